@@ -1,0 +1,1 @@
+//! See DESIGN.md; this stage is built in a later issue.

@@ -1,0 +1,1 @@
+//! Audio in: decode (isolated), mono mix, resample to 16 kHz, trim silence.

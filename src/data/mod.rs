@@ -1,0 +1,1 @@
+//! Manifests, speaker-disjoint splits, and the synthetic demo corpus.

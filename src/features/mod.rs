@@ -1,0 +1,1 @@
+//! Acoustic features and the named evidence record.
