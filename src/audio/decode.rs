@@ -232,7 +232,7 @@ fn probe_detail(e: &SymError) -> String {
     match e {
         SymError::Unsupported(_) => "unknown format or no valid header".into(),
         SymError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            "header is truncated".into()
+            "no valid header before the end of the file".into()
         }
         other => format!("invalid header: {other}"),
     }
