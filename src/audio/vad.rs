@@ -1,10 +1,13 @@
 //! Energy voice-activity detection: trim leading/trailing silence and cut at pauses.
 //!
-//! The threshold is relative to the clip itself, so the result does not depend on the
-//! recording level: a frame is voiced when its energy is within `range_db` of the clip's loud
-//! frames (95th percentile) *and* at least `floor_margin_db` above its quiet frames (10th
-//! percentile, the noise floor). Only a clip whose loud frames are below `silence_dbfs`
-//! (essentially digital silence) is judged silent by an absolute level.
+//! Thresholds are relative to the clip itself, so the result does not depend on the recording
+//! level. Two thresholds (hysteresis): speech *cores* are frames within `core_range_db` of the
+//! clip's loud frames (95th percentile); each core is then extended to the neighbouring frames
+//! that stay within `range_db` of them. Both must also be `floor_margin_db` above the quiet
+//! frames (10th percentile, the noise floor). So a faint click or breath in the silence around
+//! an utterance is not taken for speech, while soft onsets and decays next to speech are kept.
+//! Only a clip whose loud frames are below `silence_dbfs` (essentially digital silence) is
+//! judged silent by an absolute level.
 //!
 //! An energy VAD cannot tell speech from steady loud noise; on such a clip it keeps everything.
 
@@ -17,13 +20,15 @@ pub struct VadConfig {
     pub frame_s: f64,
     /// Hop between frames, seconds.
     pub hop_s: f64,
-    /// A voiced frame is at most this far (dB) below the clip's loud frames.
+    /// A speech core frame is at most this far (dB) below the clip's loud frames.
+    pub core_range_db: f64,
+    /// Cores extend over neighbouring frames at most this far (dB) below the loud frames.
     pub range_db: f64,
     /// A voiced frame is at least this far (dB) above the clip's noise floor.
     pub floor_margin_db: f64,
     /// A clip whose loud frames are below this level (dBFS) is silent.
     pub silence_dbfs: f64,
-    /// Voiced runs shorter than this are clicks, not speech.
+    /// Speech cores shorter than this are clicks, not speech.
     pub min_voiced_s: f64,
     /// Kept around each voiced span so onsets and decays are not clipped.
     pub pad_s: f64,
@@ -36,7 +41,8 @@ impl Default for VadConfig {
         Self {
             frame_s: 0.025,
             hop_s: 0.010,
-            range_db: 35.0,
+            core_range_db: 20.0,
+            range_db: 40.0,
             floor_margin_db: 10.0,
             silence_dbfs: -70.0,
             min_voiced_s: 0.05,
@@ -74,14 +80,23 @@ fn frame_decisions(samples: &[f32], rate: u32, cfg: &VadConfig) -> Frames {
     if loud < cfg.silence_dbfs {
         return Frames { voiced: vec![false; n], hop, len };
     }
-    let threshold = (loud - cfg.range_db).max(floor + cfg.floor_margin_db);
-    let mut voiced: Vec<bool> = db.iter().map(|&d| d > threshold).collect();
-    // Drop clicks: voiced runs shorter than min_voiced_s.
+    let core_thr = (loud - cfg.core_range_db).max(floor + cfg.floor_margin_db);
+    let edge_thr = (loud - cfg.range_db).max(floor + cfg.floor_margin_db);
+    let core: Vec<bool> = db.iter().map(|&d| d > core_thr).collect();
     let min_run = (cfg.min_voiced_s / cfg.hop_s).ceil() as usize;
-    for (start, end) in runs(&voiced) {
+    let mut voiced = vec![false; n];
+    for (start, end) in runs(&core) {
         if end - start < min_run {
-            voiced[start..end].iter_mut().for_each(|v| *v = false);
+            continue; // a click, not speech
         }
+        let (mut s, mut e) = (start, end);
+        while s > 0 && db[s - 1] > edge_thr {
+            s -= 1;
+        }
+        while e < n && db[e] > edge_thr {
+            e += 1;
+        }
+        voiced[s..e].iter_mut().for_each(|v| *v = true);
     }
     Frames { voiced, hop, len }
 }
