@@ -1,1 +1,4 @@
-//! See DESIGN.md; this stage is built in a later issue.
+//! Evaluation: metrics (accuracy, macro-F1, confusion, kappa, calibration error, bootstrap
+//! intervals). The `eval` command, ablations and reports build on it.
+
+pub mod metrics;
