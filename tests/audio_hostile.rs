@@ -7,11 +7,17 @@ use std::path::{Path, PathBuf};
 use camxuc::audio::{self, AudioError, LoadOptions};
 
 fn worker() -> LoadOptions {
-    LoadOptions { worker_exe: Some(env!("CARGO_BIN_EXE_camxuc").into()), ..LoadOptions::default() }
+    LoadOptions {
+        worker_exe: Some(env!("CARGO_BIN_EXE_camxuc").into()),
+        ..LoadOptions::default()
+    }
 }
 
 fn in_process() -> LoadOptions {
-    LoadOptions { isolate: false, ..LoadOptions::default() }
+    LoadOptions {
+        isolate: false,
+        ..LoadOptions::default()
+    }
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -21,7 +27,14 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// A canonical 44-byte-header PCM WAV. `data_len` is what the header declares.
-fn wav(rate: u32, channels: u16, bits: u16, format_tag: u16, data: &[u8], data_len: u32) -> Vec<u8> {
+fn wav(
+    rate: u32,
+    channels: u16,
+    bits: u16,
+    format_tag: u16,
+    data: &[u8],
+    data_len: u32,
+) -> Vec<u8> {
     let block = channels * bits / 8;
     let mut v = Vec::new();
     v.extend_from_slice(b"RIFF");
@@ -71,10 +84,18 @@ fn wav_allocation_bomb() -> Vec<u8> {
 
 fn expect_err(p: &Path, opts: &LoadOptions) -> AudioError {
     match audio::load(p, opts) {
-        Ok(a) => panic!("{} decoded ({} samples, warnings {:?}) but should fail", p.display(), a.samples.len(), a.warnings),
+        Ok(a) => panic!(
+            "{} decoded ({} samples, warnings {:?}) but should fail",
+            p.display(),
+            a.samples.len(),
+            a.warnings
+        ),
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains(&*p.to_string_lossy()), "message does not name the file: {msg}");
+            assert!(
+                msg.contains(&*p.to_string_lossy()),
+                "message does not name the file: {msg}"
+            );
             assert!(!msg.contains('\n'), "message is not one line: {msg}");
             println!("{msg}");
             e
@@ -95,20 +116,45 @@ fn bad_files_get_their_own_clear_error_in_both_modes() {
     }
     for opts in [worker(), in_process()] {
         let empty = write(d, "empty.wav", b"");
-        assert!(matches!(expect_err(&empty, &opts), AudioError::EmptyFile { .. }));
+        assert!(matches!(
+            expect_err(&empty, &opts),
+            AudioError::EmptyFile { .. }
+        ));
         let header = write(d, "truncated_header.wav", &good[..20]);
-        assert!(matches!(expect_err(&header, &opts), AudioError::NotAudio { .. }));
+        assert!(matches!(
+            expect_err(&header, &opts),
+            AudioError::NotAudio { .. }
+        ));
         let noise = write(d, "random.wav", &random);
-        assert!(matches!(expect_err(&noise, &opts), AudioError::NotAudio { .. }));
-        let text = write(d, "notes.wav", "This is a text file, not audio.\n".repeat(20).as_bytes());
-        assert!(matches!(expect_err(&text, &opts), AudioError::NotAudio { .. }));
+        assert!(matches!(
+            expect_err(&noise, &opts),
+            AudioError::NotAudio { .. }
+        ));
+        let text = write(
+            d,
+            "notes.wav",
+            "This is a text file, not audio.\n".repeat(20).as_bytes(),
+        );
+        assert!(matches!(
+            expect_err(&text, &opts),
+            AudioError::NotAudio { .. }
+        ));
         let missing = d.join("does_not_exist.wav");
         assert!(matches!(expect_err(&missing, &opts), AudioError::Io { .. }));
         let zero = write(d, "zero.wav", &wav(16_000, 1, 16, 1, &[], 0));
-        assert!(matches!(expect_err(&zero, &opts), AudioError::ZeroLength { .. }));
+        assert!(matches!(
+            expect_err(&zero, &opts),
+            AudioError::ZeroLength { .. }
+        ));
         let unknown_codec = write(d, "gsm.wav", &wav(8_000, 1, 16, 0x0031, &[0; 650], 650));
         let e = expect_err(&unknown_codec, &opts);
-        assert!(matches!(e, AudioError::NotAudio { .. } | AudioError::UnsupportedCodec { .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                AudioError::NotAudio { .. } | AudioError::UnsupportedCodec { .. }
+            ),
+            "{e:?}"
+        );
         // NaN in a float WAV: rejected, with where it is.
         let mut f = Vec::new();
         for i in 0..1600 {
@@ -131,10 +177,20 @@ fn id3_unreachable_panic_is_that_files_error() {
     for opts in [worker(), in_process()] {
         let e = expect_err(&p, &opts);
         // Fixed upstream after 0.5.5; then it is a plain "not audio" error.
-        assert!(matches!(e, AudioError::DecoderCrashed { .. } | AudioError::NotAudio { .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                AudioError::DecoderCrashed { .. } | AudioError::NotAudio { .. }
+            ),
+            "{e:?}"
+        );
     }
     // The worker pool recovers: the next file decodes.
-    let good = write(dir.path(), "good.wav", &wav(16_000, 1, 16, 1, &pcm16(0.5, 16_000), 16_000));
+    let good = write(
+        dir.path(),
+        "good.wav",
+        &wav(16_000, 1, 16, 1, &pcm16(0.5, 16_000), 16_000),
+    );
     assert_eq!(audio::load(&good, &worker()).unwrap().samples.len(), 8000);
 }
 
@@ -142,10 +198,23 @@ fn id3_unreachable_panic_is_that_files_error() {
 fn huge_allocation_kills_only_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let bomb = write(dir.path(), "bomb.wav", &wav_allocation_bomb());
-    let opts = LoadOptions { worker_memory_limit: 512 << 20, ..worker() };
+    let opts = LoadOptions {
+        worker_memory_limit: 512 << 20,
+        ..worker()
+    };
     let e = expect_err(&bomb, &opts);
-    assert!(matches!(e, AudioError::DecoderCrashed { .. } | AudioError::NotAudio { .. }), "{e:?}");
-    let good = write(dir.path(), "good.wav", &wav(16_000, 1, 16, 1, &pcm16(0.5, 16_000), 16_000));
+    assert!(
+        matches!(
+            e,
+            AudioError::DecoderCrashed { .. } | AudioError::NotAudio { .. }
+        ),
+        "{e:?}"
+    );
+    let good = write(
+        dir.path(),
+        "good.wav",
+        &wav(16_000, 1, 16, 1, &pcm16(0.5, 16_000), 16_000),
+    );
     let a = audio::load(&good, &opts).unwrap();
     assert_eq!(a.samples.len(), 8000);
     assert!(a.warnings.is_empty(), "{:?}", a.warnings);
@@ -158,18 +227,37 @@ fn truncated_and_overdeclared_wavs_decode_to_the_damage_with_a_warning() {
     // Cut at 0.6 s of the declared 1 s.
     let cut = write(dir.path(), "cut.wav", &full[..44 + 19_200]);
     // Declares ~1 GB of data but holds 0.25 s.
-    let absurd = write(dir.path(), "absurd.wav", &wav(16_000, 1, 16, 1, &pcm16(0.25, 16_000), 0x3FFF_FFF0));
+    let absurd = write(
+        dir.path(),
+        "absurd.wav",
+        &wav(16_000, 1, 16, 1, &pcm16(0.25, 16_000), 0x3FFF_FFF0),
+    );
     for opts in [worker(), in_process()] {
         let a = audio::load(&cut, &opts).unwrap();
         assert!((a.duration_s() - 0.6).abs() < 0.01, "{}", a.duration_s());
-        assert!(a.warnings.iter().any(|w| w.contains("truncated")), "{:?}", a.warnings);
+        assert!(
+            a.warnings.iter().any(|w| w.contains("truncated")),
+            "{:?}",
+            a.warnings
+        );
         let b = audio::load(&absurd, &opts).unwrap();
         assert!((b.duration_s() - 0.25).abs() < 0.01, "{}", b.duration_s());
-        assert!(b.warnings.iter().any(|w| w.contains("truncated")), "{:?}", b.warnings);
+        assert!(
+            b.warnings.iter().any(|w| w.contains("truncated")),
+            "{:?}",
+            b.warnings
+        );
     }
     // With nothing after the header, the absurd size is a zero-length error.
-    let hollow = write(dir.path(), "hollow.wav", &wav(16_000, 1, 16, 1, &[], 0x3FFF_FFF0));
-    assert!(matches!(expect_err(&hollow, &worker()), AudioError::ZeroLength { .. }));
+    let hollow = write(
+        dir.path(),
+        "hollow.wav",
+        &wav(16_000, 1, 16, 1, &[], 0x3FFF_FFF0),
+    );
+    assert!(matches!(
+        expect_err(&hollow, &worker()),
+        AudioError::ZeroLength { .. }
+    ));
 }
 
 #[cfg(unix)]
@@ -177,21 +265,44 @@ fn truncated_and_overdeclared_wavs_decode_to_the_damage_with_a_warning() {
 fn a_hung_worker_is_killed_after_the_timeout_and_a_broken_one_falls_back() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let good = write(dir.path(), "good.wav", &wav(16_000, 1, 16, 1, &pcm16(0.5, 16_000), 16_000));
+    let good = write(
+        dir.path(),
+        "good.wav",
+        &wav(16_000, 1, 16, 1, &pcm16(0.5, 16_000), 16_000),
+    );
     // Says hello like a worker, then never answers.
-    let hang = write(dir.path(), "hang.sh", b"#!/bin/sh\nprintf 'CXDEC\\000\\001\\n'\nexec sleep 30\n");
+    let hang = write(
+        dir.path(),
+        "hang.sh",
+        b"#!/bin/sh\nprintf 'CXDEC\\000\\001\\n'\nexec sleep 30\n",
+    );
     // Exits at once: not a worker at all.
     let broken = write(dir.path(), "broken.sh", b"#!/bin/sh\nexit 3\n");
     for p in [&hang, &broken] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let opts = LoadOptions { worker_exe: Some(hang), timeout_s: 1.0, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        worker_exe: Some(hang),
+        timeout_s: 1.0,
+        ..LoadOptions::default()
+    };
     match expect_err(&good, &opts) {
-        AudioError::DecoderCrashed { detail, .. } => assert!(detail.contains("no progress"), "{detail}"),
+        AudioError::DecoderCrashed { detail, .. } => {
+            assert!(detail.contains("no progress"), "{detail}")
+        }
         e => panic!("expected a timeout, got {e:?}"),
     }
-    let opts = LoadOptions { worker_exe: Some(broken), ..LoadOptions::default() };
+    let opts = LoadOptions {
+        worker_exe: Some(broken),
+        ..LoadOptions::default()
+    };
     let a = audio::load(&good, &opts).unwrap();
     assert_eq!(a.samples.len(), 8000);
-    assert!(a.warnings.iter().any(|w| w.contains("without process isolation")), "{:?}", a.warnings);
+    assert!(
+        a.warnings
+            .iter()
+            .any(|w| w.contains("without process isolation")),
+        "{:?}",
+        a.warnings
+    );
 }

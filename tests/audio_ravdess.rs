@@ -9,7 +9,11 @@ use camxuc::audio::{self, LoadOptions, VadConfig};
 
 fn corpus() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class");
-    let p = if p.is_dir() { p } else { PathBuf::from("/work/shared/data/ravdess-3class") };
+    let p = if p.is_dir() {
+        p
+    } else {
+        PathBuf::from("/work/shared/data/ravdess-3class")
+    };
     if p.join("clips").is_dir() {
         Some(p)
     } else {
@@ -18,7 +22,7 @@ fn corpus() -> Option<PathBuf> {
     }
 }
 
-fn clips(root: &PathBuf, n: usize) -> Vec<PathBuf> {
+fn clips(root: &std::path::Path, n: usize) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("clips"))
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -38,7 +42,10 @@ fn rms_db(x: &[f32]) -> f64 {
 #[test]
 fn vad_trims_leading_and_trailing_silence_of_real_clips() {
     let Some(root) = corpus() else { return };
-    let opts = LoadOptions { worker_exe: Some(env!("CARGO_BIN_EXE_camxuc").into()), ..LoadOptions::default() };
+    let opts = LoadOptions {
+        worker_exe: Some(env!("CARGO_BIN_EXE_camxuc").into()),
+        ..LoadOptions::default()
+    };
     let cfg = VadConfig::default();
     let mut kept_fractions = Vec::new();
     for p in clips(&root, 12) {
@@ -48,7 +55,11 @@ fn vad_trims_leading_and_trailing_silence_of_real_clips() {
         let start = (t.offset_s * 16_000.0).round() as usize;
         let end = start + t.samples.len();
         let kept_db = rms_db(&t.samples);
-        let removed: Vec<f32> = a.samples[..start].iter().chain(&a.samples[end..]).copied().collect();
+        let removed: Vec<f32> = a.samples[..start]
+            .iter()
+            .chain(&a.samples[end..])
+            .copied()
+            .collect();
         let removed_db = rms_db(&removed);
         println!(
             "{}: {:.2} s -> {:.2} s ({:.0} %), kept {:.1} dB, removed {:.1} dB",
@@ -59,16 +70,43 @@ fn vad_trims_leading_and_trailing_silence_of_real_clips() {
             kept_db,
             removed_db
         );
-        assert!(t.offset_s > 0.2, "{}: leading silence not cut (starts at {:.2} s)", p.display(), t.offset_s);
-        assert!(end < a.samples.len() - 3200, "{}: trailing silence not cut", p.display());
-        assert!(frac < 0.85, "{}: kept {:.0} % of the clip", p.display(), 100.0 * frac);
-        assert!(t.duration_s() > 0.7, "{}: kept only {:.2} s of speech", p.display(), t.duration_s());
-        assert!(kept_db - removed_db > 20.0, "{}: removed part is not quiet ({removed_db:.1} vs {kept_db:.1} dB)", p.display());
+        assert!(
+            t.offset_s > 0.2,
+            "{}: leading silence not cut (starts at {:.2} s)",
+            p.display(),
+            t.offset_s
+        );
+        assert!(
+            end < a.samples.len() - 3200,
+            "{}: trailing silence not cut",
+            p.display()
+        );
+        assert!(
+            frac < 0.85,
+            "{}: kept {:.0} % of the clip",
+            p.display(),
+            100.0 * frac
+        );
+        assert!(
+            t.duration_s() > 0.7,
+            "{}: kept only {:.2} s of speech",
+            p.display(),
+            t.duration_s()
+        );
+        assert!(
+            kept_db - removed_db > 20.0,
+            "{}: removed part is not quiet ({removed_db:.1} vs {kept_db:.1} dB)",
+            p.display()
+        );
         kept_fractions.push(frac);
     }
     let mean = kept_fractions.iter().sum::<f64>() / kept_fractions.len() as f64;
     println!("mean kept fraction {:.2}", mean);
-    assert!(mean < 0.75, "on average the VAD kept {:.0} % of each clip", 100.0 * mean);
+    assert!(
+        mean < 0.75,
+        "on average the VAD kept {:.0} % of each clip",
+        100.0 * mean
+    );
 }
 
 /// Not a benchmark (no assertion on speed): prints decode throughput of this (test) build,
@@ -78,8 +116,20 @@ fn decode_throughput_is_printed() {
     let Some(root) = corpus() else { return };
     let files = clips(&root, 48);
     for (label, opts) in [
-        ("worker", LoadOptions { worker_exe: Some(env!("CARGO_BIN_EXE_camxuc").into()), ..LoadOptions::default() }),
-        ("in-process", LoadOptions { isolate: false, ..LoadOptions::default() }),
+        (
+            "worker",
+            LoadOptions {
+                worker_exe: Some(env!("CARGO_BIN_EXE_camxuc").into()),
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "in-process",
+            LoadOptions {
+                isolate: false,
+                ..LoadOptions::default()
+            },
+        ),
     ] {
         let _ = audio::load(&files[0], &opts).unwrap(); // start the worker outside the timing
         let t0 = Instant::now();
@@ -88,7 +138,11 @@ fn decode_throughput_is_printed() {
             secs += audio::load(p, &opts).unwrap().duration_s();
         }
         let wall = t0.elapsed().as_secs_f64();
-        println!("decode {label}: {} clips, {secs:.1} s audio in {wall:.3} s = {:.0}x real time", files.len(), secs / wall);
+        println!(
+            "decode {label}: {} clips, {secs:.1} s audio in {wall:.3} s = {:.0}x real time",
+            files.len(),
+            secs / wall
+        );
         assert!(secs > 0.0);
     }
 }

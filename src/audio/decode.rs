@@ -52,27 +52,41 @@ pub(crate) struct NativeDecoder {
 
 impl NativeDecoder {
     pub(crate) fn open(path: &Path) -> Result<Self, AudioError> {
-        let io_err = |source| AudioError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| AudioError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         if len == 0 {
-            return Err(AudioError::EmptyFile { path: path.to_path_buf() });
+            return Err(AudioError::EmptyFile {
+                path: path.to_path_buf(),
+            });
         }
         let mss = MediaSourceStream::new(Box::new(file), Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
-        let fmt_opts = FormatOptions { enable_gapless: true, ..Default::default() };
+        let fmt_opts = FormatOptions {
+            enable_gapless: true,
+            ..Default::default()
+        };
         let probed = symphonia::default::get_probe()
             .format(&hint, mss, &fmt_opts, &MetadataOptions::default())
-            .map_err(|e| AudioError::NotAudio { path: path.to_path_buf(), detail: probe_detail(&e) })?;
+            .map_err(|e| AudioError::NotAudio {
+                path: path.to_path_buf(),
+                detail: probe_detail(&e),
+            })?;
         let format = probed.format;
         let track = format
             .tracks()
             .iter()
             .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-            .ok_or_else(|| AudioError::NotAudio { path: path.to_path_buf(), detail: "no audio track".into() })?;
+            .ok_or_else(|| AudioError::NotAudio {
+                path: path.to_path_buf(),
+                detail: "no audio track".into(),
+            })?;
         let params = track.codec_params.clone();
         let track_id = track.id;
         let decoder = symphonia::default::get_codecs()
@@ -82,7 +96,10 @@ impl NativeDecoder {
                     .get_codec(params.codec)
                     .map(|d| d.short_name.to_string())
                     .unwrap_or_else(|| format!("codec {}", params.codec));
-                AudioError::UnsupportedCodec { path: path.to_path_buf(), detail: format!("{name}: {e}") }
+                AudioError::UnsupportedCodec {
+                    path: path.to_path_buf(),
+                    detail: format!("{name}: {e}"),
+                }
             })?;
         let info = StreamInfo {
             sample_rate: params.sample_rate.unwrap_or(0),
@@ -114,17 +131,24 @@ impl NativeDecoder {
                     break;
                 }
                 Err(SymError::ResetRequired) => {
-                    self.warn("stream parameters change mid-file; decoded the first part only".into());
+                    self.warn(
+                        "stream parameters change mid-file; decoded the first part only".into(),
+                    );
                     self.end_of_stream();
                     break;
                 }
                 Err(e) => {
                     // A read error mid-stream is damage: keep what we have, as sox does.
                     if self.frames == 0 {
-                        return Err(AudioError::Decode { path: self.path.clone(), detail: e.to_string() });
+                        return Err(AudioError::Decode {
+                            path: self.path.clone(),
+                            detail: e.to_string(),
+                        });
                     }
                     let at = self.seconds();
-                    self.warn(format!("stream damaged after {at:.2} s ({e}); decoded up to there"));
+                    self.warn(format!(
+                        "stream damaged after {at:.2} s ({e}); decoded up to there"
+                    ));
                     self.end_of_stream();
                     break;
                 }
@@ -153,15 +177,25 @@ impl NativeDecoder {
                         continue;
                     }
                     let need = decoded.capacity() as u64;
-                    if self.buf.as_ref().is_none_or(|b| (b.capacity() as u64) < need * channels as u64) {
+                    if self
+                        .buf
+                        .as_ref()
+                        .is_none_or(|b| (b.capacity() as u64) < need * channels as u64)
+                    {
                         self.buf = Some(SampleBuffer::new(need, spec));
                     }
-                    let Some(buf) = self.buf.as_mut() else { continue };
+                    let Some(buf) = self.buf.as_mut() else {
+                        continue;
+                    };
                     buf.copy_interleaved_ref(decoded);
                     let mono = mix_to_mono(buf.samples(), channels);
                     if let Some(i) = mono.iter().position(|v| !v.is_finite()) {
-                        let first_at_s = (self.frames + i as u64) as f64 / self.info.sample_rate.max(1) as f64;
-                        return Err(AudioError::NonFinite { path: self.path.clone(), first_at_s });
+                        let first_at_s =
+                            (self.frames + i as u64) as f64 / self.info.sample_rate.max(1) as f64;
+                        return Err(AudioError::NonFinite {
+                            path: self.path.clone(),
+                            first_at_s,
+                        });
                     }
                     self.frames += mono.len() as u64;
                     return Ok(Some(mono));
@@ -173,7 +207,10 @@ impl NativeDecoder {
                     if self.bad_in_a_row >= MAX_CONSECUTIVE_BAD_PACKETS {
                         return Err(AudioError::Decode {
                             path: self.path.clone(),
-                            detail: format!("{} undecodable packets in a row (last: {e})", self.bad_in_a_row),
+                            detail: format!(
+                                "{} undecodable packets in a row (last: {e})",
+                                self.bad_in_a_row
+                            ),
                         });
                     }
                 }
@@ -182,7 +219,10 @@ impl NativeDecoder {
                     break;
                 }
                 Err(e) => {
-                    return Err(AudioError::Decode { path: self.path.clone(), detail: e.to_string() });
+                    return Err(AudioError::Decode {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    });
                 }
             }
         }
@@ -225,7 +265,10 @@ pub(crate) fn mix_to_mono(interleaved: &[f32], channels: usize) -> Vec<f32> {
         return interleaved.to_vec();
     }
     let scale = 1.0 / channels as f32;
-    interleaved.chunks_exact(channels).map(|f| f.iter().sum::<f32>() * scale).collect()
+    interleaved
+        .chunks_exact(channels)
+        .map(|f| f.iter().sum::<f32>() * scale)
+        .collect()
 }
 
 fn probe_detail(e: &SymError) -> String {
@@ -253,7 +296,11 @@ pub(crate) struct Stream16k {
 impl Stream16k {
     /// Open `path`. With `max_duration_s`, a longer file fails with `TooLong` (up front when
     /// the header declares its length, otherwise as soon as the limit is passed).
-    pub(crate) fn open(path: &Path, to_rate: u32, max_duration_s: Option<f64>) -> Result<Self, AudioError> {
+    pub(crate) fn open(
+        path: &Path,
+        to_rate: u32,
+        max_duration_s: Option<f64>,
+    ) -> Result<Self, AudioError> {
         let dec = NativeDecoder::open(path)?;
         let info = dec.info;
         if let (Some(limit_s), Some(n)) = (max_duration_s, info.declared_frames) {
@@ -263,11 +310,19 @@ impl Stream16k {
                 // decoder find out how much is really there.
                 let plausible = declared_is_plausible(path, n, info.channels);
                 if duration_s > limit_s && plausible {
-                    return Err(AudioError::TooLong { path: path.to_path_buf(), duration_s, limit_s });
+                    return Err(AudioError::TooLong {
+                        path: path.to_path_buf(),
+                        duration_s,
+                        limit_s,
+                    });
                 }
             }
         }
-        let rate = if info.sample_rate == 0 { to_rate } else { info.sample_rate };
+        let rate = if info.sample_rate == 0 {
+            to_rate
+        } else {
+            info.sample_rate
+        };
         let rs = StreamResampler::new(rate, to_rate).map_err(|e| e.with_path(path))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -292,12 +347,19 @@ impl Stream16k {
         }
         let mut out = Vec::new();
         match self.dec.next_mono()? {
-            Some(mono) => self.rs.push(&mono, &mut out).map_err(|e| e.with_path(&self.path))?,
+            Some(mono) => self
+                .rs
+                .push(&mono, &mut out)
+                .map_err(|e| e.with_path(&self.path))?,
             None => {
                 self.finished = true;
-                self.rs.finish(&mut out).map_err(|e| e.with_path(&self.path))?;
+                self.rs
+                    .finish(&mut out)
+                    .map_err(|e| e.with_path(&self.path))?;
                 if self.out_total + out.len() as u64 == 0 {
-                    return Err(AudioError::ZeroLength { path: self.path.clone() });
+                    return Err(AudioError::ZeroLength {
+                        path: self.path.clone(),
+                    });
                 }
             }
         }
@@ -319,10 +381,14 @@ impl Stream16k {
 /// sample per channel for PCM-like formats; compressed formats are always plausible since
 /// their declared counts come from real stream data).
 fn declared_is_plausible(path: &Path, frames: u64, channels: u32) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else { return true };
-    let is_pcm_container = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "wav" | "wave" | "aif" | "aiff" | "caf"));
+    let Ok(meta) = std::fs::metadata(path) else {
+        return true;
+    };
+    let is_pcm_container = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "wav" | "wave" | "aif" | "aiff" | "caf"
+        )
+    });
     !is_pcm_container || frames.saturating_mul(channels.max(1) as u64) <= meta.len()
 }

@@ -9,7 +9,10 @@ pub const IN_MEMORY: &str = "<in-memory samples>";
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
     #[error("{}: cannot read file: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{}: file is empty (0 bytes)", path.display())]
     EmptyFile { path: PathBuf },
@@ -46,10 +49,19 @@ pub enum AudioError {
          read it in windows (audio::open_windows)",
         path.display()
     )]
-    TooLong { path: PathBuf, duration_s: f64, limit_s: f64 },
+    TooLong {
+        path: PathBuf,
+        duration_s: f64,
+        limit_s: f64,
+    },
 
     #[error("{}: cannot resample from {from_rate} Hz to {to_rate} Hz: {detail}", path.display())]
-    Resample { path: PathBuf, from_rate: u32, to_rate: u32, detail: String },
+    Resample {
+        path: PathBuf,
+        from_rate: u32,
+        to_rate: u32,
+        detail: String,
+    },
 
     /// The decode worker process could not be started or broke the protocol.
     #[error("{}: audio decode worker failed: {detail}", path.display())]
@@ -107,10 +119,19 @@ impl AudioError {
             AudioError::ZeroLength { .. } => json!({"k": "zero"}),
             AudioError::AllSilent { .. } => json!({"k": "silent"}),
             AudioError::NonFinite { first_at_s, .. } => json!({"k": "nonfinite", "t": first_at_s}),
-            AudioError::TooLong { duration_s, limit_s, .. } => {
+            AudioError::TooLong {
+                duration_s,
+                limit_s,
+                ..
+            } => {
                 json!({"k": "too_long", "t": duration_s, "l": limit_s})
             }
-            AudioError::Resample { from_rate, to_rate, detail, .. } => {
+            AudioError::Resample {
+                from_rate,
+                to_rate,
+                detail,
+                ..
+            } => {
                 json!({"k": "resample", "f": from_rate, "r": to_rate, "d": detail})
             }
             AudioError::Worker { detail, .. } => json!({"k": "worker", "d": detail}),
@@ -120,28 +141,61 @@ impl AudioError {
     /// Inverse of [`AudioError::to_wire`]; anything unreadable becomes a `Worker` error.
     pub(crate) fn from_wire(path: &Path, v: &serde_json::Value) -> Self {
         let path = path.to_path_buf();
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
         let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0) as u32;
         match v.get("k").and_then(|k| k.as_str()).unwrap_or("") {
-            "io" => AudioError::Io { path, source: std::io::Error::other(s("d")) },
+            "io" => AudioError::Io {
+                path,
+                source: std::io::Error::other(s("d")),
+            },
             "empty" => AudioError::EmptyFile { path },
-            "not_audio" => AudioError::NotAudio { path, detail: s("d") },
-            "codec" => AudioError::UnsupportedCodec { path, detail: s("d") },
-            "decode" => AudioError::Decode { path, detail: s("d") },
-            "crashed" => AudioError::DecoderCrashed { path, detail: s("d") },
+            "not_audio" => AudioError::NotAudio {
+                path,
+                detail: s("d"),
+            },
+            "codec" => AudioError::UnsupportedCodec {
+                path,
+                detail: s("d"),
+            },
+            "decode" => AudioError::Decode {
+                path,
+                detail: s("d"),
+            },
+            "crashed" => AudioError::DecoderCrashed {
+                path,
+                detail: s("d"),
+            },
             "zero" => AudioError::ZeroLength { path },
             "silent" => AudioError::AllSilent { path },
-            "nonfinite" => AudioError::NonFinite { path, first_at_s: f("t") },
-            "too_long" => AudioError::TooLong { path, duration_s: f("t"), limit_s: f("l") },
+            "nonfinite" => AudioError::NonFinite {
+                path,
+                first_at_s: f("t"),
+            },
+            "too_long" => AudioError::TooLong {
+                path,
+                duration_s: f("t"),
+                limit_s: f("l"),
+            },
             "resample" => AudioError::Resample {
                 path,
                 from_rate: u("f"),
                 to_rate: u("r"),
                 detail: s("d"),
             },
-            "worker" => AudioError::Worker { path, detail: s("d") },
-            other => AudioError::Worker { path, detail: format!("unknown error kind '{other}' from worker") },
+            "worker" => AudioError::Worker {
+                path,
+                detail: s("d"),
+            },
+            other => AudioError::Worker {
+                path,
+                detail: format!("unknown error kind '{other}' from worker"),
+            },
         }
     }
 }

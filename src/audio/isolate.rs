@@ -87,13 +87,18 @@ fn serve() -> std::io::Result<()> {
         let mut path = vec![0u8; len.min(1 << 16)];
         input.read_exact(&mut path)?;
         let path = PathBuf::from(OsStr::from_bytes(&path));
-        let result = catch_unwind(AssertUnwindSafe(|| serve_one(&path, max_out, to_rate, &mut out)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            serve_one(&path, max_out, to_rate, &mut out)
+        }));
         match result {
             Ok(Ok(Ok(()))) => write_frame(&mut out, b'D', &[])?,
             Ok(Ok(Err(e))) => write_frame(&mut out, b'E', e.to_wire().to_string().as_bytes())?,
             Ok(Err(io)) => return Err(io), // the parent went away
             Err(panic) => {
-                let e = AudioError::DecoderCrashed { path: path.clone(), detail: panic_message(&panic) };
+                let e = AudioError::DecoderCrashed {
+                    path: path.clone(),
+                    detail: panic_message(&panic),
+                };
                 write_frame(&mut out, b'E', e.to_wire().to_string().as_bytes())?;
             }
         }
@@ -175,7 +180,9 @@ pub fn find_worker_exe() -> Option<PathBuf> {
         return Some(me);
     }
     let dir = me.parent()?;
-    [dir.join("camxuc"), dir.parent()?.join("camxuc")].into_iter().find(|p| p.is_file())
+    [dir.join("camxuc"), dir.parent()?.join("camxuc")]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// A running worker and its pipes.
@@ -201,7 +208,10 @@ struct Pool {
     broken: Vec<(PathBuf, String)>,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool { idle: Vec::new(), broken: Vec::new() });
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    idle: Vec::new(),
+    broken: Vec::new(),
+});
 
 fn pool() -> std::sync::MutexGuard<'static, Pool> {
     // A poisoned pool only means another thread panicked while holding it; its data is fine.
@@ -219,7 +229,11 @@ impl Worker {
             if let Some((_, why)) = p.broken.iter().find(|(e, _)| e == exe) {
                 return Err(Unavailable(why.clone()));
             }
-            while let Some(i) = p.idle.iter().position(|w| w.exe == exe && w.mem_limit == mem_limit) {
+            while let Some(i) = p
+                .idle
+                .iter()
+                .position(|w| w.exe == exe && w.mem_limit == mem_limit)
+            {
                 let mut w = p.idle.swap_remove(i);
                 if matches!(w.child.try_wait(), Ok(None)) {
                     return Ok(w);
@@ -234,15 +248,24 @@ impl Worker {
 
     fn spawn(exe: &Path, mem_limit: u64) -> Result<Worker, String> {
         let mut cmd = Command::new(exe);
-        cmd.arg(WORKER_ARG).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.arg(WORKER_ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         // SAFETY: the closure runs in the forked child before exec and only calls
         // async-signal-safe setrlimit.
         unsafe {
             cmd.pre_exec(move || {
-                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::setrlimit(libc::RLIMIT_CORE, &no_core);
                 if mem_limit > 0 {
-                    let lim = libc::rlimit { rlim_cur: mem_limit as libc::rlim_t, rlim_max: mem_limit as libc::rlim_t };
+                    let lim = libc::rlimit {
+                        rlim_cur: mem_limit as libc::rlim_t,
+                        rlim_max: mem_limit as libc::rlim_t,
+                    };
                     if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -250,13 +273,21 @@ impl Worker {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err("worker pipes missing".into());
         };
-        let mut w = Worker { exe: exe.to_path_buf(), mem_limit, child, stdin, reader: FrameReader::new(stdout) };
+        let mut w = Worker {
+            exe: exe.to_path_buf(),
+            mem_limit,
+            child,
+            stdin,
+            reader: FrameReader::new(stdout),
+        };
         match w.reader.skip_to_magic(Instant::now() + HELLO_TIMEOUT) {
             Ok(()) => Ok(w),
             Err(e) => Err(format!(
@@ -280,7 +311,9 @@ impl Worker {
             Some((libc::SIGABRT, _)) => {
                 format!("worker aborted (out of memory under its {mib} MiB limit, or an internal abort)")
             }
-            Some((libc::SIGSEGV, _)) | Some((libc::SIGBUS, _)) => "worker crashed with a memory fault".into(),
+            Some((libc::SIGSEGV, _)) | Some((libc::SIGBUS, _)) => {
+                "worker crashed with a memory fault".into()
+            }
             Some((libc::SIGKILL, _)) if what.starts_with("no progress") => what.into(),
             Some((sig, _)) => format!("worker killed by signal {sig} ({what})"),
             None => format!("worker exited ({what})"),
@@ -297,7 +330,10 @@ struct FrameReader {
 
 impl FrameReader {
     fn new(out: ChildStdout) -> Self {
-        Self { out, buf: Vec::new() }
+        Self {
+            out,
+            buf: Vec::new(),
+        }
     }
 
     /// Read more bytes, waiting at most until `deadline`. `Ok(false)` means end of file.
@@ -307,7 +343,11 @@ impl FrameReader {
             return Err("timed out".into());
         }
         let ms = (deadline - now).as_millis().min(i32::MAX as u128) as i32;
-        let mut pfd = libc::pollfd { fd: self.out.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd for a descriptor we own.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc == 0 {
@@ -395,22 +435,38 @@ impl WorkerStream {
         req.extend_from_slice(&to_rate.to_le_bytes());
         req.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         req.extend_from_slice(bytes);
-        if let Err(e) = worker.stdin.write_all(&req).and_then(|_| worker.stdin.flush()) {
+        if let Err(e) = worker
+            .stdin
+            .write_all(&req)
+            .and_then(|_| worker.stdin.flush())
+        {
             let detail = worker.death_reason(&format!("request failed: {e}"));
-            return Err(AudioError::Worker { path: path.to_path_buf(), detail });
+            return Err(AudioError::Worker {
+                path: path.to_path_buf(),
+                detail,
+            });
         }
-        Ok(Self { path: path.to_path_buf(), worker: Some(worker), timeout, warnings: Vec::new() })
+        Ok(Self {
+            path: path.to_path_buf(),
+            worker: Some(worker),
+            timeout,
+            warnings: Vec::new(),
+        })
     }
 
     /// Next piece of samples; `None` when the file is done.
     pub(crate) fn next_chunk(&mut self) -> Result<Option<Vec<f32>>, AudioError> {
         loop {
-            let Some(w) = self.worker.as_mut() else { return Ok(None) };
+            let Some(w) = self.worker.as_mut() else {
+                return Ok(None);
+            };
             let frame = w.reader.frame(self.timeout);
             match frame {
                 Ok((b'S', p)) => {
                     return Ok(Some(
-                        p.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                        p.chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
                     ))
                 }
                 Ok((b'W', p)) => self.warnings.push(String::from_utf8_lossy(&p).into_owned()),
@@ -423,7 +479,9 @@ impl WorkerStream {
                     let v: serde_json::Value = serde_json::from_slice(&p).unwrap_or_default();
                     return Err(AudioError::from_wire(&self.path, &v));
                 }
-                Ok((tag, _)) => return Err(self.crashed(format!("protocol error: unknown frame tag {tag}"))),
+                Ok((tag, _)) => {
+                    return Err(self.crashed(format!("protocol error: unknown frame tag {tag}")))
+                }
                 Err(e) if e == "timed out" => {
                     let secs = self.timeout.as_secs_f64();
                     return Err(self.crashed(format!("no progress for {secs:.0} s; worker killed")));
@@ -444,7 +502,10 @@ impl WorkerStream {
             Some(mut w) => w.death_reason(&what),
             None => what,
         };
-        AudioError::DecoderCrashed { path: self.path.clone(), detail }
+        AudioError::DecoderCrashed {
+            path: self.path.clone(),
+            detail,
+        }
     }
 }
 

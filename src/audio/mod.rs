@@ -90,9 +90,16 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Audio, AudioError> {
 /// (the last one shorter), each with `offset_s` set. Memory stays around one window: the file
 /// is decoded as the windows are taken. `opts.max_duration_s` does not apply. Warnings found
 /// while decoding are attached to the window in which they are known (truncation: the last).
-pub fn open_windows(path: &Path, window_s: f64, opts: &LoadOptions) -> Result<AudioWindows, AudioError> {
+pub fn open_windows(
+    path: &Path,
+    window_s: f64,
+    opts: &LoadOptions,
+) -> Result<AudioWindows, AudioError> {
     if !(window_s.is_finite() && window_s > 0.0) {
-        return Err(AudioError::Decode { path: path.to_path_buf(), detail: format!("bad window length {window_s} s") });
+        return Err(AudioError::Decode {
+            path: path.to_path_buf(),
+            detail: format!("bad window length {window_s} s"),
+        });
     }
     let src = Source::open(path, opts, None)?;
     Ok(AudioWindows {
@@ -160,20 +167,31 @@ impl Iterator for AudioWindows {
 /// A file being decoded to 16 kHz mono, by a worker or (fallback) in this process.
 enum Source {
     Worker(WorkerStream),
-    InProcess { path: PathBuf, stream: Option<Stream16k>, warnings: Vec<String>, reported: usize },
+    InProcess {
+        path: PathBuf,
+        stream: Option<Box<Stream16k>>,
+        warnings: Vec<String>,
+        reported: usize,
+    },
 }
 
 impl Source {
-    fn open(path: &Path, opts: &LoadOptions, max_duration_s: Option<f64>) -> Result<Source, AudioError> {
+    fn open(
+        path: &Path,
+        opts: &LoadOptions,
+        max_duration_s: Option<f64>,
+    ) -> Result<Source, AudioError> {
         let mut warnings = Vec::new();
         if opts.isolate {
             let exe = opts.worker_exe.clone().or_else(isolate::find_worker_exe);
             let why_not = match exe {
                 Some(exe) => match Worker::acquire(&exe, opts.worker_memory_limit) {
                     Ok(w) => {
-                        let max_out = max_duration_s.map(|s| (s * TARGET_RATE as f64).ceil() as u64);
+                        let max_out =
+                            max_duration_s.map(|s| (s * TARGET_RATE as f64).ceil() as u64);
                         let timeout = Duration::from_secs_f64(opts.timeout_s.clamp(0.1, 86_400.0));
-                        return WorkerStream::start(w, path, TARGET_RATE, max_out, timeout).map(Source::Worker);
+                        return WorkerStream::start(w, path, TARGET_RATE, max_out, timeout)
+                            .map(Source::Worker);
                     }
                     Err(isolate::Unavailable(why)) => why,
                 },
@@ -183,7 +201,12 @@ impl Source {
         }
         // In-process fallback: refuse very large files up front (an allocation guard short of
         // a memory limit) and contain panics.
-        let size = std::fs::metadata(path).map_err(|source| AudioError::Io { path: path.to_path_buf(), source })?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|source| AudioError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
         if size > IN_PROCESS_MAX_FILE_BYTES {
             return Err(AudioError::Decode {
                 path: path.to_path_buf(),
@@ -191,14 +214,21 @@ impl Source {
             });
         }
         let stream = contain(path, || Stream16k::open(path, TARGET_RATE, max_duration_s))?;
-        Ok(Source::InProcess { path: path.to_path_buf(), stream: Some(stream), warnings, reported: 0 })
+        Ok(Source::InProcess {
+            path: path.to_path_buf(),
+            stream: Some(Box::new(stream)),
+            warnings,
+            reported: 0,
+        })
     }
 
     fn next_chunk(&mut self) -> Result<Option<Vec<f32>>, AudioError> {
         match self {
             Source::Worker(w) => w.next_chunk(),
             Source::InProcess { path, stream, .. } => {
-                let Some(s) = stream.as_mut() else { return Ok(None) };
+                let Some(s) = stream.as_mut() else {
+                    return Ok(None);
+                };
                 let r = contain(path, || s.next_chunk());
                 if r.is_err() {
                     // After a panic the decoder state is unknown; stop here.
@@ -212,7 +242,12 @@ impl Source {
     fn take_warnings(&mut self) -> Vec<String> {
         match self {
             Source::Worker(w) => std::mem::take(&mut w.warnings),
-            Source::InProcess { stream, warnings, reported, .. } => {
+            Source::InProcess {
+                stream,
+                warnings,
+                reported,
+                ..
+            } => {
                 let mut out = std::mem::take(warnings);
                 if let Some(s) = stream {
                     // The decoder keeps all its warnings; hand each out once.
@@ -235,7 +270,10 @@ fn contain<T>(path: &Path, f: impl FnOnce() -> Result<T, AudioError>) -> Result<
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(AudioError::DecoderCrashed { path: path.to_path_buf(), detail: format!("decoder panicked: {msg}") })
+            Err(AudioError::DecoderCrashed {
+                path: path.to_path_buf(),
+                detail: format!("decoder panicked: {msg}"),
+            })
         }
     }
 }

@@ -145,7 +145,11 @@ mod tests {
 
     fn tone(freq: f64, rate: u32, secs: f64) -> Vec<f32> {
         let n = (rate as f64 * secs) as usize;
-        (0..n).map(|i| (0.5 * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as f32).collect()
+        (0..n)
+            .map(|i| {
+                (0.5 * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as f32
+            })
+            .collect()
     }
 
     #[test]
@@ -153,11 +157,17 @@ mod tests {
         for from in [8_000, 44_100, 48_000, 22_050] {
             let x = tone(440.0, from, 1.3);
             let y = resample(&x, from, 16_000).unwrap();
-            assert_eq!(y.len(), expected_len(x.len() as u64, from, 16_000), "from {from}");
+            assert_eq!(
+                y.len(),
+                expected_len(x.len() as u64, from, 16_000),
+                "from {from}"
+            );
             // The delay is removed: the resampled tone is in phase with the ideal one.
             let ideal = tone(440.0, 16_000, 1.3);
             let mid = y.len() / 2;
-            let err: f32 = (mid - 500..mid + 500).map(|i| (y[i] - ideal[i]).abs()).fold(0.0, f32::max);
+            let err: f32 = (mid - 500..mid + 500)
+                .map(|i| (y[i] - ideal[i]).abs())
+                .fold(0.0, f32::max);
             // Rubato removes its delay in whole output samples; a residue below half a sample remains
             // for ratios like 22050→16000 (0.03 at 440 Hz, amplitude 0.5).
             assert!(err < 0.04, "from {from}: max deviation {err}");
@@ -175,7 +185,11 @@ mod tests {
         }
         rs.finish(&mut out).unwrap();
         assert_eq!(out.len(), whole.len());
-        let max = out.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let max = out
+            .iter()
+            .zip(&whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(max < 1e-5, "streamed differs by {max}");
     }
 
@@ -184,7 +198,9 @@ mod tests {
         // 7.5 kHz at 48 kHz would alias to 8.5 → 7.5 kHz mirror if not filtered; 12 kHz must vanish.
         let x = tone(12_000.0, 48_000, 0.5);
         let y = resample(&x, 48_000, 16_000).unwrap();
-        let rms = (y[800..y.len() - 800].iter().map(|v| v * v).sum::<f32>() / (y.len() - 1600) as f32).sqrt();
+        let rms = (y[800..y.len() - 800].iter().map(|v| v * v).sum::<f32>()
+            / (y.len() - 1600) as f32)
+            .sqrt();
         assert!(rms < 0.01, "12 kHz tone leaked through with rms {rms}");
     }
 

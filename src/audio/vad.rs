@@ -63,7 +63,11 @@ fn frame_decisions(samples: &[f32], rate: u32, cfg: &VadConfig) -> Frames {
     let len = ((cfg.frame_s * rate as f64).round() as usize).max(1);
     let hop = ((cfg.hop_s * rate as f64).round() as usize).max(1);
     if samples.len() < len {
-        return Frames { voiced: Vec::new(), hop, len };
+        return Frames {
+            voiced: Vec::new(),
+            hop,
+            len,
+        };
     }
     let n = (samples.len() - len) / hop + 1;
     let db: Vec<f64> = (0..n)
@@ -78,7 +82,11 @@ fn frame_decisions(samples: &[f32], rate: u32, cfg: &VadConfig) -> Frames {
     let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
     let (loud, floor) = (pct(0.95), pct(0.10));
     if loud < cfg.silence_dbfs {
-        return Frames { voiced: vec![false; n], hop, len };
+        return Frames {
+            voiced: vec![false; n],
+            hop,
+            len,
+        };
     }
     let core_thr = (loud - cfg.core_range_db).max(floor + cfg.floor_margin_db);
     let edge_thr = (loud - cfg.range_db).max(floor + cfg.floor_margin_db);
@@ -161,7 +169,9 @@ pub fn trim_silence(audio: &Audio, cfg: &VadConfig) -> Audio {
         (Some(first), Some(last)) => slice(audio, first.0, last.1),
         _ => {
             let mut empty = slice(audio, 0, 0);
-            empty.warnings.push("no voiced frames: the audio is silent".into());
+            empty
+                .warnings
+                .push("no voiced frames: the audio is silent".into());
             empty
         }
     }
@@ -173,13 +183,19 @@ pub fn voiced_spans(audio: &Audio, cfg: &VadConfig) -> Vec<Segment> {
     let rate = audio.sample_rate.max(1) as f64;
     sample_spans(audio, cfg, cfg.min_pause_s)
         .into_iter()
-        .map(|(s, e)| Segment { start_s: audio.offset_s + s as f64 / rate, end_s: audio.offset_s + e as f64 / rate })
+        .map(|(s, e)| Segment {
+            start_s: audio.offset_s + s as f64 / rate,
+            end_s: audio.offset_s + e as f64 / rate,
+        })
         .collect()
 }
 
 /// [`voiced_spans`] cut out of the clip, each with its `offset_s` in the source.
 pub fn split_utterances(audio: &Audio, cfg: &VadConfig) -> Vec<Audio> {
-    sample_spans(audio, cfg, cfg.min_pause_s).into_iter().map(|(s, e)| slice(audio, s, e)).collect()
+    sample_spans(audio, cfg, cfg.min_pause_s)
+        .into_iter()
+        .map(|(s, e)| slice(audio, s, e))
+        .collect()
 }
 
 #[cfg(test)]
@@ -198,7 +214,10 @@ mod tests {
         let mut push = |secs: f64, amp: f32, x: &mut Vec<f32>| {
             for i in 0..(secs * rate as f64) as usize {
                 let t = i as f32 / rate as f32;
-                x.push(gain * (amp * (2.0 * std::f32::consts::PI * 200.0 * t).sin() + 0.0005 * noise()));
+                x.push(
+                    gain * (amp * (2.0 * std::f32::consts::PI * 200.0 * t).sin()
+                        + 0.0005 * noise()),
+                );
             }
         };
         push(0.5, 0.0, &mut x);
@@ -214,7 +233,11 @@ mod tests {
         for gain in [1.0, 0.05, 0.002] {
             let t = trim_silence(&bursts(gain), &VadConfig::default());
             // Voiced from 0.5 s to 1.8 s, plus 0.08 s padding on each side.
-            assert!((t.offset_s - 0.42).abs() < 0.03, "gain {gain}: start {}", t.offset_s);
+            assert!(
+                (t.offset_s - 0.42).abs() < 0.03,
+                "gain {gain}: start {}",
+                t.offset_s
+            );
             let end = t.offset_s + t.duration_s();
             assert!((end - 1.88).abs() < 0.04, "gain {gain}: end {end}");
         }
@@ -231,7 +254,10 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert!((parts[1].offset_s - spans[1].start_s).abs() < 1e-9);
         // A longer min_pause_s merges them.
-        let cfg = VadConfig { min_pause_s: 1.0, ..VadConfig::default() };
+        let cfg = VadConfig {
+            min_pause_s: 1.0,
+            ..VadConfig::default()
+        };
         assert_eq!(voiced_spans(&a, &cfg).len(), 1);
     }
 
@@ -242,6 +268,8 @@ mod tests {
         assert!(t.samples.is_empty() && !t.warnings.is_empty());
         assert!(voiced_spans(&silent, &VadConfig::default()).is_empty());
         let tiny = Audio::new(vec![0.5; 10], 16_000);
-        assert!(trim_silence(&tiny, &VadConfig::default()).samples.is_empty());
+        assert!(trim_silence(&tiny, &VadConfig::default())
+            .samples
+            .is_empty());
     }
 }
