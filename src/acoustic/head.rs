@@ -1,0 +1,159 @@
+//! The trained classification head on top of frozen frame features (Whisper encoder frames
+//! or log-mel frames), written the way candle-transformers writes models: a struct per
+//! block, `load(cfg, vb)` + `forward`.
+//!
+//! ```text
+//! frames [B,T,D] ─► standardise ─► conv1d(k=3) + GELU ─► attention pool ┐
+//!                                                     └► masked mean ───┴► concat ─► dropout ─► linear ─► logits [B,K]
+//! evidence [B,E] (gain-invariant z-scores) ─────────────────────────────┘
+//! ```
+//! Attention pooling over a masked time axis makes any clip length work.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{conv1d, linear, Conv1d, Conv1dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Shape of the head; stored in model.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    /// Width of one input frame (512 for Whisper base, n_mels for log-mel).
+    pub input_dim: usize,
+    pub hidden: usize,
+    /// Number of evidence features fused in (0 = none).
+    pub evidence_dim: usize,
+    pub n_labels: usize,
+    pub dropout: f32,
+}
+
+/// Temporal convolution block: a local view of a few frames.
+#[derive(Debug, Clone)]
+struct TemporalConv {
+    conv: Conv1d,
+}
+
+impl TemporalConv {
+    fn load(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+        let c = Conv1dConfig { padding: 1, ..Default::default() };
+        Ok(Self { conv: conv1d(cfg.input_dim, cfg.hidden, 3, c, vb.pp("conv"))? })
+    }
+
+    /// `x`: [B, T, D] → [B, T, H]
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(&x.transpose(1, 2)?.contiguous()?)?.gelu_erf()?.transpose(1, 2)
+    }
+}
+
+/// Attention pooling: one learned score per frame, softmax over the valid frames.
+#[derive(Debug, Clone)]
+struct AttentionPool {
+    score: Linear,
+}
+
+impl AttentionPool {
+    fn load(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { score: linear(cfg.hidden, 1, vb.pp("score"))? })
+    }
+
+    /// `h`: [B, T, H], `mask`: [B, T] (1 valid, 0 padding) → [B, H]
+    fn forward(&self, h: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let scores = self.score.forward(h)?.squeeze(D::Minus1)?;
+        // Padding gets a large negative score so softmax gives it no weight.
+        let penalty = ((mask - 1.0)? * 1e9)?;
+        let w = candle_nn::ops::softmax_last_dim(&(scores + penalty)?)?;
+        w.unsqueeze(2)?.broadcast_mul(h)?.sum(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Head {
+    cfg: HeadConfig,
+    /// Per-dimension mean and inverse std of the training frames: [D] each.
+    frame_mean: Tensor,
+    frame_inv_std: Tensor,
+    temporal: TemporalConv,
+    pool: AttentionPool,
+    out: Linear,
+}
+
+impl Head {
+    /// Build from a VarBuilder holding `frame_mean`, `frame_inv_std`, `temporal.conv.*`,
+    /// `pool.score.*` and `out.*`.
+    pub fn load(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+        let frame_mean = vb.get_with_hints(cfg.input_dim, "frame_mean", candle_nn::Init::Const(0.0))?;
+        let frame_inv_std = vb.get_with_hints(cfg.input_dim, "frame_inv_std", candle_nn::Init::Const(1.0))?;
+        let temporal = TemporalConv::load(cfg, vb.pp("temporal"))?;
+        let pool = AttentionPool::load(cfg, vb.pp("pool"))?;
+        let out = linear(2 * cfg.hidden + cfg.evidence_dim, cfg.n_labels, vb.pp("out"))?;
+        Ok(Self { cfg: cfg.clone(), frame_mean, frame_inv_std, temporal, pool, out })
+    }
+
+    pub fn config(&self) -> &HeadConfig {
+        &self.cfg
+    }
+
+    /// Pooled clip embedding [B, 2H] (before evidence fusion and dropout).
+    pub fn embed(&self, frames: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let x = frames.broadcast_sub(&self.frame_mean)?.broadcast_mul(&self.frame_inv_std)?;
+        // Zero the padding after standardising, so it looks like the conv's own zero padding.
+        let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
+        let h = self.temporal.forward(&x)?;
+        let attn = self.pool.forward(&h, mask)?;
+        let valid = mask.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
+        let mean = h.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?.broadcast_div(&valid)?;
+        Tensor::cat(&[attn, mean], 1)
+    }
+
+    /// Logits [B, K]. `frames` [B, T, D] zero-padded, `mask` [B, T], `evidence` [B, E]
+    /// (ignored when the head fuses no evidence). `dropout_mask`, when training, is a
+    /// [B, 2H+E] tensor of 0 or 1/(1-p) values drawn from the caller's seeded RNG (candle's
+    /// own dropout is unseeded).
+    pub fn forward(
+        &self,
+        frames: &Tensor,
+        mask: &Tensor,
+        evidence: Option<&Tensor>,
+        dropout_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut z = self.embed(frames, mask)?;
+        if self.cfg.evidence_dim > 0 {
+            let e = match evidence {
+                Some(e) => e.clone(),
+                None => Tensor::zeros((z.dim(0)?, self.cfg.evidence_dim), DType::F32, z.device())?,
+            };
+            z = Tensor::cat(&[z, e], 1)?;
+        }
+        if let Some(m) = dropout_mask {
+            z = (z * m)?;
+        }
+        self.out.forward(&z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn padding_does_not_change_the_output() {
+        let dev = Device::Cpu;
+        let cfg = HeadConfig { input_dim: 8, hidden: 6, evidence_dim: 2, n_labels: 3, dropout: 0.0 };
+        let mut vm = candle_nn::VarMap::new();
+        let head = Head::load(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        // A non-zero frame mean, as after training: padding must still be neutral.
+        vm.set_one("frame_mean", Tensor::full(0.3f32, 8, &dev).unwrap()).unwrap();
+        let frames: Vec<f32> = (0..5 * 8).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+        let x = Tensor::from_vec(frames.clone(), (1, 5, 8), &dev).unwrap();
+        let ev = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
+        let a = head.forward(&x, &Tensor::ones((1, 5), DType::F32, &dev).unwrap(), Some(&ev), None).unwrap();
+        // The same clip padded with 3 zero frames and masked. The conv sees zeros beyond the
+        // edge in both cases, so the result must be identical.
+        let mut padded = frames;
+        padded.extend(std::iter::repeat_n(0.0, 3 * 8));
+        let xp = Tensor::from_vec(padded, (1, 8, 8), &dev).unwrap();
+        let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0., 0.]], &dev).unwrap();
+        let b = head.forward(&xp, &mask, Some(&ev), None).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "padding changed logits by {diff}");
+    }
+}
