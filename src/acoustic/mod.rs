@@ -4,3 +4,4 @@
 pub mod whisper;
 pub mod head;
 pub mod train;
+pub mod calibrate;
