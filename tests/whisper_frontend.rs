@@ -19,7 +19,10 @@ fn model_dir() -> Option<PathBuf> {
     if dir.join("model.bin").is_file() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: {} has no model.bin (fetch the Whisper weights)", dir.display());
+        eprintln!(
+            "SKIPPED: {} has no model.bin (fetch the Whisper weights)",
+            dir.display()
+        );
         None
     }
 }
@@ -66,11 +69,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// First `n` frames of a `[1, frames, d]` tensor, flattened.
 fn head(x: &Tensor, n: usize) -> Vec<f32> {
-    x.i((0, 0..n)).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("head")
+    x.i((0, 0..n))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("head")
 }
 
 fn time_mean(x: &Tensor) -> Vec<f32> {
-    x.mean(1).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("mean")
+    x.mean(1)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("mean")
 }
 
 #[test]
@@ -111,13 +120,21 @@ fn encoder_matches_ctranslate2_on_the_30s_input() {
     let device = Device::Cpu;
     let (cfg, vb) = load_ct2(&dir, &device).expect("load model");
     assert_eq!(
-        (cfg.vocab_size, cfg.d_model, cfg.encoder_layers, cfg.decoder_layers, cfg.num_mel_bins),
+        (
+            cfg.vocab_size,
+            cfg.d_model,
+            cfg.encoder_layers,
+            cfg.decoder_layers,
+            cfg.num_mel_bins
+        ),
         (51865, 512, 6, 6, 80)
     );
     let encoder = WhisperEncoder::load(&cfg, vb).expect("encoder");
     // Feed the reference script's own features so this compares the encoder alone.
     let mel = WhisperMel::new(80).log_mel_padded(&synthetic_voice(16_000), N_FRAMES_30S);
-    let out = encoder.forward(&mel.to_tensor(&device).expect("tensor")).expect("forward");
+    let out = encoder
+        .forward(&mel.to_tensor(&device).expect("tensor"))
+        .expect("forward");
     assert_eq!(out.dims(), &[1, 1500, 512]);
     let (max_mean, _) = diff(&time_mean(&out), &fixture("encoder_full_mean.f32"));
     let (max_head, mean_head) = diff(&head(&out, 8), &fixture("encoder_full_head.f32"));
@@ -137,7 +154,9 @@ fn encoder_runs_over_the_real_length_like_ctranslate2() {
     let encoder = WhisperEncoder::load(&cfg, vb).expect("encoder");
     let audio = synthetic_voice(16_000);
     let mel = WhisperMel::new(80).log_mel(&audio);
-    let out = encoder.forward(&mel.to_tensor(&device).expect("tensor")).expect("forward");
+    let out = encoder
+        .forward(&mel.to_tensor(&device).expect("tensor"))
+        .expect("forward");
     assert_eq!(out.dims(), &[1, 50, 512]);
     let (max_mean, _) = diff(&time_mean(&out), &fixture("encoder_trimmed_mean.f32"));
     let (max_head, mean_head) = diff(&head(&out, 8), &fixture("encoder_trimmed_head.f32"));
@@ -163,7 +182,10 @@ fn encoder_runs_over_the_real_length_like_ctranslate2() {
     );
     let (max, mean) = diff(&head(&block3_short, 50), &head(&block3_padded, 50));
     println!("block 3, 50 frames, unpadded vs padded: cosine of means {c:.4}, max |diff| {max:.3}, mean {mean:.3}");
-    assert!(c > 0.9, "unpadded and padded block-3 features diverge: cosine {c}");
+    assert!(
+        c > 0.9,
+        "unpadded and padded block-3 features diverge: cosine {c}"
+    );
 }
 
 #[test]
@@ -175,14 +197,21 @@ fn decoder_weights_load_into_candle_whisper_and_detect_language_like_ctranslate2
     let encoder = WhisperEncoder::load(&cfg, vb.clone()).expect("encoder");
     let mut whisper = Whisper::load(&vb, cfg.clone()).expect("candle-transformers Whisper");
     let mel = WhisperMel::new(80).log_mel(&synthetic_voice(16_000));
-    let audio_features = encoder.forward(&mel.to_tensor(&device).expect("t")).expect("enc");
+    let audio_features = encoder
+        .forward(&mel.to_tensor(&device).expect("t"))
+        .expect("enc");
     // Language detection, as CTranslate2 does it: the logits after <|startoftranscript|>
     // (50258), restricted to the language tokens, softmaxed.
     let tokens = Tensor::new(&[[50258u32]], &device).expect("tokens");
-    let hidden = whisper.decoder.forward(&tokens, &audio_features, true).expect("decoder");
+    let hidden = whisper
+        .decoder
+        .forward(&tokens, &audio_features, true)
+        .expect("decoder");
     let logits = whisper.decoder.final_linear(&hidden).expect("logits");
     let (first_lang, n_langs) = (50259u32, 99);
-    let lang_logits = logits.i((0, 0)).and_then(|l| l.narrow(0, first_lang as usize, n_langs));
+    let lang_logits = logits
+        .i((0, 0))
+        .and_then(|l| l.narrow(0, first_lang as usize, n_langs));
     let probs: Vec<f32> = lang_logits
         .and_then(|l| candle_nn::ops::softmax_last_dim(&l))
         .and_then(|p| p.to_vec1())
@@ -191,11 +220,17 @@ fn decoder_weights_load_into_candle_whisper_and_detect_language_like_ctranslate2
         &std::fs::read_to_string(Path::new(FIXTURES).join("meta.json")).expect("meta.json"),
     )
     .expect("meta.json parses");
-    for expected in meta["detected_languages_trimmed"].as_array().expect("languages") {
+    for expected in meta["detected_languages_trimmed"]
+        .as_array()
+        .expect("languages")
+    {
         let id = expected["id"].as_u64().expect("id") as u32;
         let want = expected["probability"].as_f64().expect("p") as f32;
         let got = probs[(id - first_lang) as usize];
-        println!("{}: ours {got:.4}, CTranslate2 {want:.4}", expected["token"]);
+        println!(
+            "{}: ours {got:.4}, CTranslate2 {want:.4}",
+            expected["token"]
+        );
         assert!((got - want).abs() < 2e-3, "language {id}: {got} vs {want}");
     }
 }

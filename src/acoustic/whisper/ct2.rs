@@ -40,7 +40,9 @@ pub enum Ct2Error {
     },
     #[error("{path}: not a CTranslate2 model of a supported version: binary version {found}, this reader supports {SUPPORTED_BINARY_VERSION}")]
     UnsupportedVersion { path: PathBuf, found: u32 },
-    #[error("{path}: truncated: needed {needed} bytes for {what} at offset {offset}, file has {len}")]
+    #[error(
+        "{path}: truncated: needed {needed} bytes for {what} at offset {offset}, file has {len}"
+    )]
     Truncated {
         path: PathBuf,
         what: String,
@@ -239,12 +241,17 @@ impl Ct2Model {
             reason,
         };
         if variable.shape.iter().product::<usize>() != 1 {
-            return Err(bad(format!("expected a scalar, shape {:?}", variable.shape)));
+            return Err(bad(format!(
+                "expected a scalar, shape {:?}",
+                variable.shape
+            )));
         }
         Ok(match variable.dtype {
             Ct2DType::I8 => i64::from(bytes[0] as i8),
             Ct2DType::I16 => i64::from(i16::from_le_bytes([bytes[0], bytes[1]])),
-            Ct2DType::I32 => i64::from(i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+            Ct2DType::I32 => {
+                i64::from(i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            }
             other => return Err(bad(format!("expected an integer scalar, found {other:?}"))),
         })
     }
@@ -259,7 +266,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], Ct2Error> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.data.len());
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.data.len());
         match end {
             Some(end) => {
                 let bytes = &self.data[self.pos..end];

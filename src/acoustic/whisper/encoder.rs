@@ -144,7 +144,9 @@ impl WhisperEncoder {
         let positional_embedding =
             vb.get((cfg.max_source_positions, d), "embed_positions.weight")?;
         let blocks = (0..n_blocks)
-            .map(|i| EncoderBlock::load(d, cfg.encoder_attention_heads, vb.pp(format!("layers.{i}"))))
+            .map(|i| {
+                EncoderBlock::load(d, cfg.encoder_attention_heads, vb.pp(format!("layers.{i}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv1: conv1d(cfg.num_mel_bins, d, 1, vb.pp("conv1"))?,
@@ -178,7 +180,10 @@ impl WhisperEncoder {
         }
         let (_, n_mels, _) = mel.dims3()?;
         if n_mels != self.n_mels {
-            candle_core::bail!("whisper encoder: expected {} mel bins, got {n_mels}", self.n_mels);
+            candle_core::bail!(
+                "whisper encoder: expected {} mel bins, got {n_mels}",
+                self.n_mels
+            );
         }
         let mel = mel.to_dtype(DType::F32)?;
         let x = self.conv1.forward(&mel)?.gelu_erf()?;

@@ -64,7 +64,9 @@ impl WhisperMel {
             })
             .collect();
         let window = (0..N_FFT)
-            .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos()) as f32)
+            .map(|i| {
+                (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos()) as f32
+            })
             .collect();
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
         Self {
@@ -261,7 +263,10 @@ mod tests {
             .unwrap_or(0);
         // 1 kHz is 15 Slaney mels; filter m is centred on mel (m + 1) · 45.245 / 81.
         let centre_mel = |m: usize| (m + 1) as f64 * hz_to_mel(8000.0) / 81.0;
-        assert!((centre_mel(loudest) - hz_to_mel(1000.0)).abs() < 0.6, "band {loudest}");
+        assert!(
+            (centre_mel(loudest) - hz_to_mel(1000.0)).abs() < 0.6,
+            "band {loudest}"
+        );
     }
 
     #[test]

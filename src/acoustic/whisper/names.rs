@@ -35,12 +35,7 @@ pub fn ct2_source(candle_name: &str) -> Option<Ct2Source> {
     } else {
         ("decoder", candle_name.strip_prefix("model.decoder.")?)
     };
-    let whole = |name: String| {
-        Some(Ct2Source {
-            name,
-            split: None,
-        })
-    };
+    let whole = |name: String| Some(Ct2Source { name, split: None });
     match rest {
         "embed_positions.weight" => return whole(format!("{side}/position_encodings/encodings")),
         "embed_tokens.weight" if side == "decoder" => {
@@ -67,11 +62,23 @@ pub fn ct2_source(candle_name: &str) -> Option<Ct2Source> {
     };
     let layer = format!("{side}/layer_{index}");
     let (name, split) = match module {
-        "self_attn.q_proj" => (format!("{layer}/self_attention/linear_0/{param}"), Some((0, 3))),
-        "self_attn.k_proj" => (format!("{layer}/self_attention/linear_0/{param}"), Some((1, 3))),
-        "self_attn.v_proj" => (format!("{layer}/self_attention/linear_0/{param}"), Some((2, 3))),
+        "self_attn.q_proj" => (
+            format!("{layer}/self_attention/linear_0/{param}"),
+            Some((0, 3)),
+        ),
+        "self_attn.k_proj" => (
+            format!("{layer}/self_attention/linear_0/{param}"),
+            Some((1, 3)),
+        ),
+        "self_attn.v_proj" => (
+            format!("{layer}/self_attention/linear_0/{param}"),
+            Some((2, 3)),
+        ),
         "self_attn.out_proj" => (format!("{layer}/self_attention/linear_1/{param}"), None),
-        "self_attn_layer_norm" => (format!("{layer}/self_attention/layer_norm/{norm_param}"), None),
+        "self_attn_layer_norm" => (
+            format!("{layer}/self_attention/layer_norm/{norm_param}"),
+            None,
+        ),
         "encoder_attn.q_proj" if side == "decoder" => {
             (format!("{layer}/attention/linear_0/{param}"), None)
         }
@@ -113,8 +120,14 @@ impl Ct2Backend {
                 self.model.path.display()
             ))
         })?;
-        let variable = self.model.variable(&source.name).map_err(candle_core::Error::wrap)?;
-        let values = self.model.to_f32(&source.name).map_err(candle_core::Error::wrap)?;
+        let variable = self
+            .model
+            .variable(&source.name)
+            .map_err(candle_core::Error::wrap)?;
+        let values = self
+            .model
+            .to_f32(&source.name)
+            .map_err(candle_core::Error::wrap)?;
         let mut tensor = Tensor::from_vec(values, variable.shape.as_slice(), &Device::Cpu)?;
         if let Some((part, n_parts)) = source.split {
             let rows = tensor.dim(0)?;
@@ -241,8 +254,9 @@ fn read_suppress_ids(path: &Path) -> Result<Vec<u32>, Ct2Error> {
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     match json.get("suppress_ids") {
         None => Ok(Vec::new()),
-        Some(ids) => serde_json::from_value(ids.clone())
-            .map_err(|e| bad(format!("suppress_ids: {e}"))),
+        Some(ids) => {
+            serde_json::from_value(ids.clone()).map_err(|e| bad(format!("suppress_ids: {e}")))
+        }
     }
 }
 
@@ -251,9 +265,83 @@ pub const MODEL_FILE: &str = "model.bin";
 
 /// Loads a CTranslate2 Whisper model directory (`model.bin`, optional `config.json`) as a
 /// candle `Config` and a `VarBuilder` serving candle-transformers' names in f32.
-pub fn load_ct2(model_dir: &Path, device: &Device) -> Result<(Config, VarBuilder<'static>), Ct2Error> {
+pub fn load_ct2(
+    model_dir: &Path,
+    device: &Device,
+) -> Result<(Config, VarBuilder<'static>), Ct2Error> {
     let model = Ct2Model::read(&model_dir.join(MODEL_FILE))?;
     let config = whisper_config(&model, Some(&model_dir.join("config.json")))?;
     let vb = VarBuilder::from_backend(Box::new(Ct2Backend::new(model)), DType::F32, device.clone());
     Ok((config, vb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str) -> (String, Option<(usize, usize)>) {
+        let s = ct2_source(name).unwrap_or_else(|| panic!("no mapping for {name}"));
+        (s.name, s.split)
+    }
+
+    #[test]
+    fn fused_projections_are_split_in_q_k_v_order() {
+        let fused = "encoder/layer_2/self_attention/linear_0/weight".to_string();
+        assert_eq!(
+            source("model.encoder.layers.2.self_attn.q_proj.weight"),
+            (fused.clone(), Some((0, 3)))
+        );
+        assert_eq!(
+            source("model.encoder.layers.2.self_attn.k_proj.weight"),
+            (fused.clone(), Some((1, 3)))
+        );
+        assert_eq!(
+            source("model.encoder.layers.2.self_attn.v_proj.weight"),
+            (fused, Some((2, 3)))
+        );
+        let kv = "decoder/layer_5/attention/linear_1/bias".to_string();
+        assert_eq!(
+            source("model.decoder.layers.5.encoder_attn.v_proj.bias"),
+            (kv, Some((1, 2)))
+        );
+        assert_eq!(
+            source("model.decoder.layers.5.encoder_attn.q_proj.weight"),
+            (
+                "decoder/layer_5/attention/linear_0/weight".to_string(),
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn norms_ffn_convs_and_embeddings_map_by_role() {
+        assert_eq!(
+            source("model.encoder.layers.0.final_layer_norm.weight").0,
+            "encoder/layer_0/ffn/layer_norm/gamma"
+        );
+        assert_eq!(
+            source("model.decoder.layers.1.self_attn_layer_norm.bias").0,
+            "decoder/layer_1/self_attention/layer_norm/beta"
+        );
+        assert_eq!(
+            source("model.encoder.layers.3.fc2.weight").0,
+            "encoder/layer_3/ffn/linear_1/weight"
+        );
+        assert_eq!(source("model.encoder.conv2.bias").0, "encoder/conv2/bias");
+        assert_eq!(
+            source("model.encoder.layer_norm.weight").0,
+            "encoder/layer_norm/gamma"
+        );
+        assert_eq!(
+            source("model.decoder.embed_tokens.weight").0,
+            "decoder/embeddings/weight"
+        );
+        assert_eq!(
+            source("model.decoder.embed_positions.weight").0,
+            "decoder/position_encodings/encodings"
+        );
+        assert!(ct2_source("model.encoder.layers.0.encoder_attn.q_proj.weight").is_none());
+        assert!(ct2_source("model.encoder.layers.x.fc1.weight").is_none());
+        assert!(ct2_source("something.else").is_none());
+    }
 }
