@@ -152,3 +152,23 @@ fn gemma3_matches_reference_ids() {
         tok.token_id("<end_of_turn>").unwrap()
     );
 }
+
+/// The real default model cut short: in the tensor data, then inside the vocabulary.
+#[test]
+fn a_truncated_copy_of_the_real_model_is_an_error() {
+    let Some(file) = model("smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let bytes = std::fs::read(file.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.gguf");
+    for (cut, what) in [(bytes.len() / 2, "tensor data"), (100_000, "vocabulary")] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let err = GgufFile::open(&path).expect_err(what);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("half.gguf") && msg.contains("truncated"),
+            "{what}: {msg}"
+        );
+    }
+}
