@@ -23,7 +23,10 @@ fn load_err(text: &str) -> (String, std::path::PathBuf, DataError) {
 fn missing_manifest_names_the_file() {
     let e = Manifest::load(Path::new("/nonexistent/dir/m.csv"), &LabelSet::default()).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("/nonexistent/dir/m.csv") && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/dir/m.csv") && msg.contains("not found"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -31,24 +34,46 @@ fn bad_header_says_which_column_is_missing() {
     let (msg, p, e) = load_err("file,label\na.wav,calm\n");
     assert!(matches!(e, DataError::BadHeader { ref missing, .. } if missing == "path"));
     assert!(msg.contains(&p.display().to_string()), "{msg}");
-    assert!(msg.contains("'path'") && msg.contains("path,label"), "{msg}");
+    assert!(
+        msg.contains("'path'") && msg.contains("path,label"),
+        "{msg}"
+    );
 
     let (msg, _, _) = load_err("path,speaker\na.wav,s1\n");
-    assert!(msg.contains("'label'") && msg.contains("found columns: path,speaker"), "{msg}");
+    assert!(
+        msg.contains("'label'") && msg.contains("found columns: path,speaker"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_label_lists_the_valid_ones_and_the_line() {
     let (msg, p, _) = load_err("path,label\na.wav,calm\nb.wav,fear\n");
     assert!(msg.contains(&p.display().to_string()), "{msg}");
-    assert!(msg.contains("line 3") && msg.contains("'fear'") && msg.contains("calm|angry|panic"), "{msg}");
+    assert!(
+        msg.contains("line 3") && msg.contains("'fear'") && msg.contains("calm|angry|panic"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn duplicate_row_gives_both_line_numbers() {
     let (msg, p, e) = load_err("path,label\na.wav,calm\nb.wav,angry\na.wav,panic\n");
-    assert!(matches!(e, DataError::DuplicateRow { first_line: 2, second_line: 4, .. }), "{e:?}");
-    assert!(msg.contains(&p.display().to_string()) && msg.contains("'a.wav'"), "{msg}");
+    assert!(
+        matches!(
+            e,
+            DataError::DuplicateRow {
+                first_line: 2,
+                second_line: 4,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains(&p.display().to_string()) && msg.contains("'a.wav'"),
+        "{msg}"
+    );
     assert!(msg.contains("line 2") && msg.contains("line 4"), "{msg}");
 }
 
@@ -56,24 +81,42 @@ fn duplicate_row_gives_both_line_numbers() {
 fn empty_manifest_is_an_error() {
     for text in ["", "path,label\n", "path,label\n\n\n"] {
         let (msg, p, e) = load_err(text);
-        assert!(matches!(e, DataError::EmptyManifest { .. }), "{text:?}: {e:?}");
-        assert!(msg.contains(&p.display().to_string()) && msg.contains("no data rows"), "{msg}");
+        assert!(
+            matches!(e, DataError::EmptyManifest { .. }),
+            "{text:?}: {e:?}"
+        );
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains("no data rows"),
+            "{msg}"
+        );
     }
 }
 
 #[test]
 fn ragged_csv_is_unreadable_with_its_line() {
     let (msg, p, e) = load_err("path,label\na.wav,calm\nb.wav,angry,extra\n");
-    assert!(matches!(e, DataError::ManifestUnreadable { line: Some(3), .. }), "{e:?}");
-    assert!(msg.contains(&p.display().to_string()) && msg.contains("line 3"), "{msg}");
+    assert!(
+        matches!(e, DataError::ManifestUnreadable { line: Some(3), .. }),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains(&p.display().to_string()) && msg.contains("line 3"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn empty_path_or_label_cell_is_named() {
     let (msg, _, _) = load_err("path,label\n,calm\n");
-    assert!(msg.contains("line 2") && msg.contains("'path' is empty"), "{msg}");
+    assert!(
+        msg.contains("line 2") && msg.contains("'path' is empty"),
+        "{msg}"
+    );
     let (msg, _, _) = load_err("path,label\na.wav,\n");
-    assert!(msg.contains("line 2") && msg.contains("'label' is empty"), "{msg}");
+    assert!(
+        msg.contains("line 2") && msg.contains("'label' is empty"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -93,11 +136,20 @@ fn paths_resolve_against_the_manifest_folder_and_extras_are_kept() {
     assert_eq!(a.line, 2);
     assert_eq!(a.rel_path, "clips/a.wav");
     assert_eq!(a.path, sub.join("clips/a.wav"));
-    assert_eq!(a.label, "angry", "label normalised to the label set's spelling");
+    assert_eq!(
+        a.label, "angry",
+        "label normalised to the label set's spelling"
+    );
     assert_eq!(a.speaker.as_deref(), Some("s1"));
     assert_eq!(a.extra.get("Intensity").map(String::as_str), Some("strong"));
-    assert_eq!(a.extra.get("text").map(String::as_str), Some("Cứu tôi với!"));
-    assert_eq!(m.rows[1].speaker, None, "an empty speaker cell is no speaker");
+    assert_eq!(
+        a.extra.get("text").map(String::as_str),
+        Some("Cứu tôi với!")
+    );
+    assert_eq!(
+        m.rows[1].speaker, None,
+        "an empty speaker cell is no speaker"
+    );
     assert_eq!(m.extra_columns, vec!["Intensity", "text"]);
 
     // Missing audio does not stop loading; it is reported, all at once, on request.
@@ -105,7 +157,12 @@ fn paths_resolve_against_the_manifest_folder_and_extras_are_kept() {
     assert_eq!(missing.len(), 1);
     assert_eq!(missing[0].rel_path, "clips/b.wav");
     let msg = m.require_files().unwrap_err().to_string();
-    assert!(msg.contains(&p.display().to_string()) && msg.contains("line 3") && msg.contains("clips/b.wav"), "{msg}");
+    assert!(
+        msg.contains(&p.display().to_string())
+            && msg.contains("line 3")
+            && msg.contains("clips/b.wav"),
+        "{msg}"
+    );
 
     // Written elsewhere, the manifest still points at the same files and keeps its columns.
     let out = dir.path().join("copy.csv");
@@ -119,8 +176,21 @@ fn paths_resolve_against_the_manifest_folder_and_extras_are_kept() {
     let beside = sub.join("copy.csv");
     m.write(&beside).unwrap();
     let again = Manifest::load(&beside, &LabelSet::default()).unwrap();
-    assert_eq!(again.rows, m.rows.iter().map(|r| ManifestRow { line: r.line, ..r.clone() }).collect::<Vec<_>>());
-    assert_eq!(again.data_hash(), m.data_hash(), "same files, labels and sizes → same hash");
+    assert_eq!(
+        again.rows,
+        m.rows
+            .iter()
+            .map(|r| ManifestRow {
+                line: r.line,
+                ..r.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        again.data_hash(),
+        m.data_hash(),
+        "same files, labels and sizes → same hash"
+    );
 }
 
 #[test]
@@ -130,7 +200,9 @@ fn data_hash_follows_labels_and_file_sizes_not_row_order() {
     std::fs::write(dir.path().join("b.wav"), b"12345678").unwrap();
     let h = |text: &str| {
         let p = write(dir.path(), "m.csv", text);
-        Manifest::load(&p, &LabelSet::default()).unwrap().data_hash()
+        Manifest::load(&p, &LabelSet::default())
+            .unwrap()
+            .data_hash()
     };
     let base = h("path,label\na.wav,calm\nb.wav,angry\n");
     assert_eq!(base.len(), 64);
@@ -149,7 +221,9 @@ fn unlabelled_manifest_needs_only_a_path() {
     assert!(m.labels.is_none() && m.rows[0].label.is_empty());
     assert_eq!(m.rows[1].path, dir.path().join("y.mp3"));
     // The labelled loader refuses it, naming the missing column.
-    let msg = Manifest::load(&p, &LabelSet::default()).unwrap_err().to_string();
+    let msg = Manifest::load(&p, &LabelSet::default())
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("'label'"), "{msg}");
 }
 
@@ -164,5 +238,12 @@ fn ravdess_manifest_loads_when_present() {
     assert_eq!(m.rows.len(), 384);
     assert_eq!(m.speakers().len(), 16);
     assert!(m.missing_files().is_empty());
-    assert_eq!(m.label_indices().unwrap().iter().filter(|&&i| i == 0).count(), 128);
+    assert_eq!(
+        m.label_indices()
+            .unwrap()
+            .iter()
+            .filter(|&&i| i == 0)
+            .count(),
+        128
+    );
 }

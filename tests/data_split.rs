@@ -9,7 +9,11 @@ use camxuc::LabelSet;
 
 /// A manifest of `speakers` speakers × 3 classes × `per` clips (files need not exist).
 fn corpus(dir: &Path, speakers: usize, per: usize, with_speaker: bool) -> Manifest {
-    let mut text = String::from(if with_speaker { "path,label,speaker\n" } else { "path,label\n" });
+    let mut text = String::from(if with_speaker {
+        "path,label,speaker\n"
+    } else {
+        "path,label\n"
+    });
     for s in 1..=speakers {
         for label in ["calm", "angry", "panic"] {
             for k in 0..per {
@@ -27,7 +31,9 @@ fn corpus(dir: &Path, speakers: usize, per: usize, with_speaker: bool) -> Manife
 }
 
 fn speakers_of(m: &Manifest, idx: &[usize]) -> BTreeSet<String> {
-    idx.iter().filter_map(|&i| m.rows[i].speaker.clone()).collect()
+    idx.iter()
+        .filter_map(|&i| m.rows[i].speaker.clone())
+        .collect()
 }
 
 fn labels_of(m: &Manifest, idx: &[usize]) -> BTreeSet<String> {
@@ -37,7 +43,11 @@ fn labels_of(m: &Manifest, idx: &[usize]) -> BTreeSet<String> {
 fn assert_partition(m: &Manifest, s: &Split) {
     let mut all: Vec<usize> = s.train.iter().chain(&s.val).copied().collect();
     all.sort_unstable();
-    assert_eq!(all, (0..m.rows.len()).collect::<Vec<_>>(), "train + val is every row exactly once");
+    assert_eq!(
+        all,
+        (0..m.rows.len()).collect::<Vec<_>>(),
+        "train + val is every row exactly once"
+    );
 }
 
 #[test]
@@ -48,15 +58,28 @@ fn speaker_split_is_disjoint_covers_classes_and_is_seeded() {
     assert_partition(&m, &s);
     assert!(s.speaker_disjoint && s.note.is_none(), "{:?}", s.note);
     let (tr, va) = (speakers_of(&m, &s.train), speakers_of(&m, &s.val));
-    assert!(tr.is_disjoint(&va), "speakers on both sides: {:?}", tr.intersection(&va).collect::<Vec<_>>());
+    assert!(
+        tr.is_disjoint(&va),
+        "speakers on both sides: {:?}",
+        tr.intersection(&va).collect::<Vec<_>>()
+    );
     assert_eq!(va.len(), 2);
     assert_eq!(va, s.val_speakers.iter().cloned().collect());
     assert_eq!(labels_of(&m, &s.train).len(), 3);
     assert_eq!(labels_of(&m, &s.val).len(), 3);
 
-    assert_eq!(s, speaker_split(&m, 0.2, 42).unwrap(), "same seed, same split");
-    let others: Vec<Split> = (0..5).map(|seed| speaker_split(&m, 0.2, seed).unwrap()).collect();
-    assert!(others.iter().any(|o| o.val_speakers != s.val_speakers), "other seeds pick other speakers");
+    assert_eq!(
+        s,
+        speaker_split(&m, 0.2, 42).unwrap(),
+        "same seed, same split"
+    );
+    let others: Vec<Split> = (0..5)
+        .map(|seed| speaker_split(&m, 0.2, seed).unwrap())
+        .collect();
+    assert!(
+        others.iter().any(|o| o.val_speakers != s.val_speakers),
+        "other seeds pick other speakers"
+    );
 }
 
 #[test]
@@ -101,7 +124,11 @@ fn without_speakers_split_is_stratified_by_clip_and_says_so() {
     let s = speaker_split(&m, 0.2, 1).unwrap();
     assert_partition(&m, &s);
     assert!(!s.speaker_disjoint);
-    assert!(s.note.as_deref().unwrap_or("").contains("clip-level"), "{:?}", s.note);
+    assert!(
+        s.note.as_deref().unwrap_or("").contains("clip-level"),
+        "{:?}",
+        s.note
+    );
     for label in ["calm", "angry", "panic"] {
         let n = s.val.iter().filter(|&&i| m.rows[i].label == label).count();
         assert_eq!(n, 2, "{label}: 20 % of 10 clips");
@@ -113,7 +140,10 @@ fn split_rejects_bad_fraction_and_single_speaker() {
     let dir = tempfile::tempdir().unwrap();
     let m = corpus(dir.path(), 1, 2, true);
     let msg = speaker_split(&m, 0.2, 0).unwrap_err().to_string();
-    assert!(msg.contains("m.csv") && msg.contains("two speakers"), "{msg}");
+    assert!(
+        msg.contains("m.csv") && msg.contains("two speakers"),
+        "{msg}"
+    );
     let msg = speaker_split(&m, 1.5, 0).unwrap_err().to_string();
     assert!(msg.contains("(0, 1)"), "{msg}");
 }
@@ -149,16 +179,29 @@ fn speaker_ranges_and_names_select_rows() {
     assert_eq!(train.rows.len(), 36);
     let test = filter_speakers(&m, &["actor13..actor16"]).unwrap();
     assert!(test.speakers().iter().all(|s| s.as_str() >= "actor13"));
-    assert_eq!(filter_speakers(&m, &["actor02,actor05", "actor07"]).unwrap().speakers().len(), 3);
+    assert_eq!(
+        filter_speakers(&m, &["actor02,actor05", "actor07"])
+            .unwrap()
+            .speakers()
+            .len(),
+        3
+    );
     let msg = filter_speakers(&m, &["actor99"]).unwrap_err().to_string();
-    assert!(msg.contains("m.csv") && msg.contains("'actor99'") && msg.contains("actor01"), "{msg}");
+    assert!(
+        msg.contains("m.csv") && msg.contains("'actor99'") && msg.contains("actor01"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn hyphenated_speaker_names_take_ranges() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.csv");
-    std::fs::write(&p, "path,label,speaker\na,calm,synth-m1\nb,calm,synth-f2\nc,calm,synth-m3\nd,calm,synth-m4\n").unwrap();
+    std::fs::write(
+        &p,
+        "path,label,speaker\na,calm,synth-m1\nb,calm,synth-f2\nc,calm,synth-m3\nd,calm,synth-m4\n",
+    )
+    .unwrap();
     let m = Manifest::load(&p, &LabelSet::default()).unwrap();
     let sel = filter_speakers(&m, &["synth-m1-synth-m3"]).unwrap();
     assert_eq!(sel.speakers(), vec!["synth-m1", "synth-m3"]);

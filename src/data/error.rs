@@ -12,31 +12,58 @@ pub enum DataError {
     ManifestMissing { path: PathBuf },
 
     #[error("manifest {path}: cannot read it as CSV{}: {message}", at_line(*line))]
-    ManifestUnreadable { path: PathBuf, line: Option<usize>, message: String },
+    ManifestUnreadable {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
 
     #[error(
         "manifest {path}: bad header: required column '{missing}' is missing \
          (a manifest needs at least `{required}`; found columns: {found})"
     )]
-    BadHeader { path: PathBuf, missing: String, required: String, found: String },
+    BadHeader {
+        path: PathBuf,
+        missing: String,
+        required: String,
+        found: String,
+    },
 
     #[error("manifest {path}, line {line}: column '{column}' is empty")]
-    EmptyField { path: PathBuf, line: usize, column: String },
+    EmptyField {
+        path: PathBuf,
+        line: usize,
+        column: String,
+    },
 
     #[error("manifest {path}, line {line}: unknown label '{label}' (valid labels: {valid})")]
-    UnknownLabel { path: PathBuf, line: usize, label: String, valid: String },
+    UnknownLabel {
+        path: PathBuf,
+        line: usize,
+        label: String,
+        valid: String,
+    },
 
     #[error(
         "manifest {path}: duplicate row: '{rel_path}' appears on line {first_line} and again on \
          line {second_line}"
     )]
-    DuplicateRow { path: PathBuf, rel_path: String, first_line: usize, second_line: usize },
+    DuplicateRow {
+        path: PathBuf,
+        rel_path: String,
+        first_line: usize,
+        second_line: usize,
+    },
 
     #[error("manifest {path}: no data rows (only a header, or an empty file)")]
     EmptyManifest { path: PathBuf },
 
     #[error("manifest {path}: {count} audio file(s) missing: {listing}")]
-    MissingAudio { path: PathBuf, count: usize, listing: String },
+    MissingAudio {
+        path: PathBuf,
+        count: usize,
+        listing: String,
+    },
 
     #[error("manifest {path}: cannot write it: {message}")]
     ManifestWrite { path: PathBuf, message: String },
@@ -44,8 +71,14 @@ pub enum DataError {
     #[error("manifest {path}: cannot split it: {reason}")]
     CannotSplit { path: PathBuf, reason: String },
 
-    #[error("manifest {path}: speaker selector '{selector}' matches no speaker (speakers: {known})")]
-    UnknownSpeaker { path: PathBuf, selector: String, known: String },
+    #[error(
+        "manifest {path}: speaker selector '{selector}' matches no speaker (speakers: {known})"
+    )]
+    UnknownSpeaker {
+        path: PathBuf,
+        selector: String,
+        known: String,
+    },
 
     #[error(
         "espeak-ng not found (tried '{program}'): the synthetic demo corpus needs it. Install it \
@@ -54,7 +87,11 @@ pub enum DataError {
     EspeakMissing { program: String },
 
     #[error("espeak-ng failed on sentence \"{sentence}\" (voice {voice}): {message}")]
-    EspeakFailed { voice: String, sentence: String, message: String },
+    EspeakFailed {
+        voice: String,
+        sentence: String,
+        message: String,
+    },
 
     #[error("output folder {path} is not writable: {message}")]
     OutputNotWritable { path: PathBuf, message: String },

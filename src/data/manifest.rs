@@ -79,8 +79,11 @@ impl Manifest {
             return Ok(());
         }
         const SHOWN: usize = 20;
-        let mut listing: Vec<String> =
-            missing.iter().take(SHOWN).map(|r| format!("line {}: {}", r.line, r.path.display())).collect();
+        let mut listing: Vec<String> = missing
+            .iter()
+            .take(SHOWN)
+            .map(|r| format!("line {}: {}", r.line, r.path.display()))
+            .collect();
         if missing.len() > SHOWN {
             listing.push(format!("… and {} more", missing.len() - SHOWN));
         }
@@ -94,7 +97,10 @@ impl Manifest {
     /// Label index of every row in the manifest's label set (`None` for an unlabelled one).
     pub fn label_indices(&self) -> Option<Vec<usize>> {
         let labels = self.labels.as_ref()?;
-        self.rows.iter().map(|r| labels.index_of(&r.label)).collect()
+        self.rows
+            .iter()
+            .map(|r| labels.index_of(&r.label))
+            .collect()
     }
 
     /// Distinct speakers in order of first appearance.
@@ -112,7 +118,10 @@ impl Manifest {
     pub fn subset(&self, indices: &[usize]) -> Manifest {
         Manifest {
             path: self.path.clone(),
-            rows: indices.iter().filter_map(|&i| self.rows.get(i).cloned()).collect(),
+            rows: indices
+                .iter()
+                .filter_map(|&i| self.rows.get(i).cloned())
+                .collect(),
             labels: self.labels.clone(),
             extra_columns: self.extra_columns.clone(),
         }
@@ -145,7 +154,10 @@ impl Manifest {
     /// original order. Paths are written relative to `out`'s folder when the clip lies under
     /// it, otherwise absolute, so the written manifest resolves to the same files.
     pub fn write(&self, out: &Path) -> Result<(), DataError> {
-        let werr = |message: String| DataError::ManifestWrite { path: out.to_path_buf(), message };
+        let werr = |message: String| DataError::ManifestWrite {
+            path: out.to_path_buf(),
+            message,
+        };
         let out_dir = out.parent().unwrap_or(Path::new(""));
         let mut w = csv::Writer::from_path(out).map_err(|e| werr(e.to_string()))?;
         let mut header = vec!["path".to_string()];
@@ -176,11 +188,12 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
     if !path.is_file() {
         return Err(DataError::ManifestMissing { path: p });
     }
-    let unreadable = |line: Option<usize>, e: &dyn std::fmt::Display| DataError::ManifestUnreadable {
-        path: p.clone(),
-        line,
-        message: e.to_string(),
-    };
+    let unreadable =
+        |line: Option<usize>, e: &dyn std::fmt::Display| DataError::ManifestUnreadable {
+            path: p.clone(),
+            line,
+            message: e.to_string(),
+        };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
@@ -200,7 +213,11 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
         return Err(DataError::EmptyManifest { path: p });
     }
     let col = |name: &str| header.iter().position(|h| h == name);
-    let required = if labels.is_some() { REQUIRED_LABELLED } else { "path" };
+    let required = if labels.is_some() {
+        REQUIRED_LABELLED
+    } else {
+        "path"
+    };
     let missing_header = |missing: &str| DataError::BadHeader {
         path: p.clone(),
         missing: missing.into(),
@@ -216,7 +233,9 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
     let extra_cols: Vec<(usize, String)> = header_raw
         .iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i) != Some(path_col) && Some(*i) != label_col && Some(*i) != speaker_col)
+        .filter(|(i, _)| {
+            Some(*i) != Some(path_col) && Some(*i) != label_col && Some(*i) != speaker_col
+        })
         .map(|(i, h)| (i, h.clone()))
         .collect();
 
@@ -228,20 +247,31 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
             let line = e.position().map(|pos| pos.line() as usize);
             unreadable(line, &e)
         })?;
-        let line = rec.position().map(|pos| pos.line() as usize).unwrap_or(rows.len() + 2);
+        let line = rec
+            .position()
+            .map(|pos| pos.line() as usize)
+            .unwrap_or(rows.len() + 2);
         // Blank lines are skipped by the csv reader; a row of empty cells is skipped here.
         if rec.iter().all(|f| f.is_empty()) {
             continue;
         }
         let rel_path = rec.get(path_col).unwrap_or("").to_string();
         if rel_path.is_empty() {
-            return Err(DataError::EmptyField { path: p, line, column: "path".into() });
+            return Err(DataError::EmptyField {
+                path: p,
+                line,
+                column: "path".into(),
+            });
         }
         let label = match (labels, label_col) {
             (Some(set), Some(c)) => {
                 let raw = rec.get(c).unwrap_or("");
                 if raw.is_empty() {
-                    return Err(DataError::EmptyField { path: p, line, column: "label".into() });
+                    return Err(DataError::EmptyField {
+                        path: p,
+                        line,
+                        column: "label".into(),
+                    });
                 }
                 match set.index_of(raw) {
                     Some(i) => set.name(i).to_string(),
@@ -258,15 +288,30 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
             _ => String::new(),
         };
         if let Some(&first_line) = first_seen.get(&rel_path) {
-            return Err(DataError::DuplicateRow { path: p, rel_path, first_line, second_line: line });
+            return Err(DataError::DuplicateRow {
+                path: p,
+                rel_path,
+                first_line,
+                second_line: line,
+            });
         }
         first_seen.insert(rel_path.clone(), line);
-        let speaker = speaker_col.and_then(|c| rec.get(c)).filter(|s| !s.is_empty()).map(String::from);
+        let speaker = speaker_col
+            .and_then(|c| rec.get(c))
+            .filter(|s| !s.is_empty())
+            .map(String::from);
         let extra = extra_cols
             .iter()
             .map(|(i, name)| (name.clone(), rec.get(*i).unwrap_or("").to_string()))
             .collect();
-        rows.push(ManifestRow { line, path: base.join(&rel_path), rel_path, label, speaker, extra });
+        rows.push(ManifestRow {
+            line,
+            path: base.join(&rel_path),
+            rel_path,
+            label,
+            speaker,
+            extra,
+        });
     }
     if rows.is_empty() {
         return Err(DataError::EmptyManifest { path: p });
@@ -287,11 +332,18 @@ fn relative_to(file: &Path, dir: &Path) -> String {
         }
     }
     let canon_file = std::fs::canonicalize(file).or_else(|_| std::path::absolute(file));
-    let canon_dir = std::fs::canonicalize(if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+    let canon_dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    });
     if let (Ok(f), Ok(d)) = (&canon_file, &canon_dir) {
         if let Ok(rel) = f.strip_prefix(d) {
             return rel.to_string_lossy().into_owned();
         }
     }
-    canon_file.unwrap_or_else(|_| file.to_path_buf()).to_string_lossy().into_owned()
+    canon_file
+        .unwrap_or_else(|_| file.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
 }

@@ -35,7 +35,10 @@ pub struct Split {
 /// validation part are as close to `val_fraction` as the speakers allow.
 pub fn speaker_split(m: &Manifest, val_fraction: f64, seed: u64) -> Result<Split, DataError> {
     if !(val_fraction > 0.0 && val_fraction < 1.0) {
-        return Err(cannot(m, format!("validation fraction must be in (0, 1), got {val_fraction}")));
+        return Err(cannot(
+            m,
+            format!("validation fraction must be in (0, 1), got {val_fraction}"),
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     if !has_speakers(m) {
@@ -50,7 +53,10 @@ pub fn speaker_split(m: &Manifest, val_fraction: f64, seed: u64) -> Result<Split
     }
     let groups = speaker_groups(m);
     if groups.len() < 2 {
-        return Err(cannot(m, format!("needs at least two speakers, found {}", groups.len())));
+        return Err(cannot(
+            m,
+            format!("needs at least two speakers, found {}", groups.len()),
+        ));
     }
     let labels = class_keys(m);
     let n_val = ((groups.len() as f64 * val_fraction).round() as usize).clamp(1, groups.len() - 1);
@@ -76,7 +82,13 @@ pub fn speaker_split(m: &Manifest, val_fraction: f64, seed: u64) -> Result<Split
     let (train, val) = partition(m, &groups, &val_speakers);
     let note = (score >= MISSING_CLASS_PENALTY)
         .then(|| "no speaker-disjoint split puts every class in both parts".to_string());
-    Ok(Split { train, val, speaker_disjoint: true, val_speakers, note })
+    Ok(Split {
+        train,
+        val,
+        speaker_disjoint: true,
+        val_speakers,
+        note,
+    })
 }
 
 /// `k` speaker-disjoint folds: each speaker is in the validation part of exactly one fold,
@@ -84,7 +96,10 @@ pub fn speaker_split(m: &Manifest, val_fraction: f64, seed: u64) -> Result<Split
 /// when no speakers are known.
 pub fn speaker_folds(m: &Manifest, k: usize, seed: u64) -> Result<Vec<Split>, DataError> {
     if k < 2 {
-        return Err(cannot(m, format!("cross-validation needs at least 2 folds, got {k}")));
+        return Err(cannot(
+            m,
+            format!("cross-validation needs at least 2 folds, got {k}"),
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     if !has_speakers(m) {
@@ -102,11 +117,19 @@ pub fn speaker_folds(m: &Manifest, k: usize, seed: u64) -> Result<Vec<Split>, Da
             }
         }
         let note = "no speaker column: fell back to stratified clip-level folds";
-        return Ok((0..k).map(|f| fold_split(&fold_of, f, false, vec![], Some(note.into()))).collect());
+        return Ok((0..k)
+            .map(|f| fold_split(&fold_of, f, false, vec![], Some(note.into())))
+            .collect());
     }
     let groups = speaker_groups(m);
     if groups.len() < k {
-        return Err(cannot(m, format!("{k} speaker folds need at least {k} speakers, found {}", groups.len())));
+        return Err(cannot(
+            m,
+            format!(
+                "{k} speaker folds need at least {k} speakers, found {}",
+                groups.len()
+            ),
+        ));
     }
     // Shuffle speakers, then give the largest remaining speaker to the lightest fold.
     let mut names: Vec<&String> = groups.keys().collect();
@@ -133,7 +156,10 @@ pub fn speaker_folds(m: &Manifest, k: usize, seed: u64) -> Result<Vec<Split>, Da
                 .map(|l| l.as_str())
                 .collect();
             if !missing.is_empty() {
-                s.note = Some(format!("fold {f} validation has no clip of: {}", missing.join(", ")));
+                s.note = Some(format!(
+                    "fold {f} validation has no clip of: {}",
+                    missing.join(", ")
+                ));
             }
             s
         })
@@ -147,7 +173,12 @@ pub fn speaker_folds(m: &Manifest, k: usize, seed: u64) -> Result<Vec<Split>, Da
 pub fn filter_speakers(m: &Manifest, selectors: &[&str]) -> Result<Manifest, DataError> {
     let known = m.speakers();
     let mut keep = BTreeSet::new();
-    for sel in selectors.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+    for sel in selectors
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let hits: Vec<&String> = known.iter().filter(|k| selector_matches(sel, k)).collect();
         if hits.is_empty() {
             return Err(DataError::UnknownSpeaker {
@@ -168,7 +199,9 @@ fn selector_matches(sel: &str, speaker: &str) -> bool {
     if sel == speaker {
         return true;
     }
-    let Some((prefix, lo, hi)) = parse_range(sel) else { return false };
+    let Some((prefix, lo, hi)) = parse_range(sel) else {
+        return false;
+    };
     match split_number(speaker) {
         Some((p, n)) => p == prefix && (lo..=hi).contains(&n),
         None => false,
@@ -180,7 +213,10 @@ fn selector_matches(sel: &str, speaker: &str) -> bool {
 fn parse_range(sel: &str) -> Option<(&str, u64, u64)> {
     let candidates: Vec<(&str, &str)> = match sel.split_once("..") {
         Some(pair) => vec![pair],
-        None => sel.match_indices('-').map(|(i, _)| (&sel[..i], &sel[i + 1..])).collect(),
+        None => sel
+            .match_indices('-')
+            .map(|(i, _)| (&sel[..i], &sel[i + 1..]))
+            .collect(),
     };
     candidates.into_iter().find_map(|(a, b)| {
         let (pa, na) = split_number(a)?;
@@ -237,24 +273,50 @@ fn split_score(
     score
 }
 
-fn partition(m: &Manifest, groups: &BTreeMap<String, Vec<usize>>, val_speakers: &[String]) -> (Vec<usize>, Vec<usize>) {
-    let val_set: BTreeSet<usize> =
-        val_speakers.iter().flat_map(|s| groups[s].iter().copied()).collect();
+fn partition(
+    m: &Manifest,
+    groups: &BTreeMap<String, Vec<usize>>,
+    val_speakers: &[String],
+) -> (Vec<usize>, Vec<usize>) {
+    let val_set: BTreeSet<usize> = val_speakers
+        .iter()
+        .flat_map(|s| groups[s].iter().copied())
+        .collect();
     (0..m.rows.len()).partition(|i| !val_set.contains(i))
 }
 
-fn fold_split(fold_of: &[usize], f: usize, disjoint: bool, val_speakers: Vec<String>, note: Option<String>) -> Split {
+fn fold_split(
+    fold_of: &[usize],
+    f: usize,
+    disjoint: bool,
+    val_speakers: Vec<String>,
+    note: Option<String>,
+) -> Split {
     let (val, train): (Vec<usize>, Vec<usize>) = (0..fold_of.len()).partition(|&i| fold_of[i] == f);
-    Split { train, val, speaker_disjoint: disjoint, val_speakers, note }
+    Split {
+        train,
+        val,
+        speaker_disjoint: disjoint,
+        val_speakers,
+        note,
+    }
 }
 
-fn stratified_clip_split(m: &Manifest, frac: f64, rng: &mut ChaCha8Rng) -> (Vec<usize>, Vec<usize>) {
+fn stratified_clip_split(
+    m: &Manifest,
+    frac: f64,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<usize>, Vec<usize>) {
     let mut val = Vec::new();
     for (_, mut idx) in by_class(m) {
         idx.shuffle(rng);
         // At least one clip on each side whenever the class has two or more.
         let n = idx.len();
-        let k = if n >= 2 { ((n as f64 * frac).round() as usize).clamp(1, n - 1) } else { 0 };
+        let k = if n >= 2 {
+            ((n as f64 * frac).round() as usize).clamp(1, n - 1)
+        } else {
+            0
+        };
         val.extend_from_slice(&idx[..k]);
     }
     val.sort_unstable();
@@ -272,7 +334,10 @@ fn has_speakers(m: &Manifest) -> bool {
 fn speaker_groups(m: &Manifest) -> BTreeMap<String, Vec<usize>> {
     let mut g: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in m.rows.iter().enumerate() {
-        let key = r.speaker.clone().unwrap_or_else(|| format!("(unknown speaker, line {})", r.line));
+        let key = r
+            .speaker
+            .clone()
+            .unwrap_or_else(|| format!("(unknown speaker, line {})", r.line));
         g.entry(key).or_default().push(i);
     }
     g
@@ -291,5 +356,8 @@ fn class_keys(m: &Manifest) -> Vec<String> {
 }
 
 fn cannot(m: &Manifest, reason: String) -> DataError {
-    DataError::CannotSplit { path: m.path.clone(), reason }
+    DataError::CannotSplit {
+        path: m.path.clone(),
+        reason,
+    }
 }
