@@ -50,3 +50,38 @@ fn encoder_time_for_three_seconds_at_three_blocks() {
         seconds / (mel_s + enc_s)
     );
 }
+
+/// Would Q8 help? One encoder-sized linear layer ([150 frames, 512] × [512, 2048], the first
+/// feed-forward matrix) in f32 against candle's Q8_0 `QMatMul`.
+#[test]
+#[ignore = "timing report; run explicitly with --ignored --nocapture"]
+fn linear_layer_f32_against_q8() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Module, Tensor};
+    let device = Device::Cpu;
+    let weight = Tensor::randn(0f32, 0.05, (2048, 512), &device).expect("w");
+    let x = Tensor::randn(0f32, 1.0, (1, 150, 512), &device).expect("x");
+    let f32_layer = candle_nn::Linear::new(weight.clone(), None);
+    let q8 = QMatMul::from_qtensor(QTensor::quantize(&weight, GgmlDType::Q8_0).expect("q8"))
+        .expect("qmatmul");
+    let time = |f: &dyn Fn() -> Tensor| {
+        f();
+        let started = Instant::now();
+        for _ in 0..20 {
+            std::hint::black_box(f());
+        }
+        started.elapsed().as_secs_f64() / 20.0 * 1e3
+    };
+    let t_f32 = time(&|| f32_layer.forward(&x).expect("f32"));
+    let t_q8 = time(&|| q8.forward(&x).expect("q8"));
+    let reference = f32_layer.forward(&x).expect("f32");
+    let err = (q8.forward(&x).expect("q8") - &reference)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("err");
+    println!(
+        "threads {}: linear 150x512x2048 f32 {t_f32:.2} ms, Q8_0 {t_q8:.2} ms (max |diff| {err:.3})",
+        candle_core::utils::get_num_threads()
+    );
+}
