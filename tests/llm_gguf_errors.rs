@@ -209,8 +209,8 @@ fn a_small_sentencepiece_vocabulary_follows_scores_and_byte_fallback() {
     let words = ["▁", "a", "b", "c", "ab", "bc", "▁a", "▁ab", "▁abc"];
     tokens.extend(words.iter().map(|w| w.to_string()));
     let mut types = vec![2i32, 3, 3, 3];
-    types.extend(std::iter::repeat(6).take(256));
-    types.extend(std::iter::repeat(1).take(words.len()));
+    types.extend(std::iter::repeat_n(6, 256));
+    types.extend(std::iter::repeat_n(1, words.len()));
     // "bc" outscores "ab": "abc" must become a + bc, then nothing joins them.
     let word_scores = [-1.0f32, -2.0, -2.0, -2.0, -5.0, -3.0, -4.0, -6.0, -7.0];
     let mut scores = vec![0.0f32; 4 + 256];
