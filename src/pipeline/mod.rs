@@ -1,1 +1,3 @@
-//! See DESIGN.md; this stage is built in a later issue.
+//! The pipeline: one clip from file to `Decision` (analysis, acoustic model, rules, routing).
+
+pub mod analyse;

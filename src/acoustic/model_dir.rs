@@ -1,0 +1,184 @@
+//! The model directory: everything `eval` and `classify` need, with no other flag.
+//!
+//! ```text
+//! model.safetensors     head weights (and frame normalisation)
+//! model.json            ModelMeta: format_version, labels, front end, feature config,
+//!                       evidence inputs + corpus baseline, temperature, metrics, seed, data hash
+//! routing.json          RoutingConfig: threshold, margin, target_route_fraction, fitted_on
+//! train_evidence.jsonl  training clips' evidence, labels and held-out probabilities
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::head::HeadConfig;
+use super::train::EpochStats;
+use crate::features::{Baseline, FeatureConfig};
+use crate::LabelSet;
+
+/// Bump when a file's meaning changes; a directory of another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+pub const META_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const ROUTING_FILE: &str = "routing.json";
+pub const TRAIN_EVIDENCE_FILE: &str = "train_evidence.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelDirError {
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    #[error("{}: not a camxuc model directory (no {META_FILE}); train one with `camxuc train`", path.display())]
+    NotAModel { path: PathBuf },
+    #[error("{}: cannot read: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: format_version {found}, but this camxuc reads version {FORMAT_VERSION}; retrain the model with this version", path.display())]
+    FormatVersion { path: PathBuf, found: u32 },
+    #[error("{}: {message}", path.display())]
+    Mismatch { path: PathBuf, message: String },
+    #[error("{}: {what} exists; pass --force to overwrite it", path.display())]
+    Exists { path: PathBuf, what: String },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> ModelDirError {
+    ModelDirError::Io { path: path.into(), message: e.to_string() }
+}
+
+/// How frames are made from audio before the head.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FrontendConfig {
+    /// Frozen Whisper encoder, hidden states after `blocks` blocks.
+    Whisper { model: String, sha256: String, blocks: usize, level_dbfs: f32 },
+    /// The light option: per-clip mean-normalised log-mel frames.
+    LogMel,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingMetrics {
+    pub n_train: usize,
+    pub n_val: usize,
+    pub val_speakers: Vec<String>,
+    pub best_epoch: usize,
+    pub val_accuracy: f64,
+    pub val_macro_f1: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+    pub history: Vec<EpochStats>,
+    pub seconds: f64,
+}
+
+/// `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    pub format_version: u32,
+    pub name: String,
+    pub camxuc_version: String,
+    pub labels: LabelSet,
+    pub frontend: FrontendConfig,
+    pub features: FeatureConfig,
+    pub head: HeadConfig,
+    /// Evidence z-scores fused into the head, in input order.
+    pub evidence_inputs: Vec<String>,
+    /// Corpus baseline for evidence z-scores (fitted on the training clips).
+    pub evidence_baseline: Baseline,
+    pub temperature: f32,
+    pub metrics: TrainingMetrics,
+    pub seed: u64,
+    pub data_hash: String,
+    pub train_manifest: String,
+    /// Default reasoner model SPEC.
+    pub default_llm: String,
+}
+
+/// `routing.json`: when a clip goes to the reasoner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoutingConfig {
+    /// Route when the calibrated top probability is below this.
+    pub threshold: f32,
+    /// … or when top-1 minus top-2 is below this.
+    pub margin: f32,
+    pub target_route_fraction: f32,
+    /// What the threshold was fitted on (e.g. "validation: 72 clips, speakers …").
+    pub fitted_on: String,
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
+    let s = fs::read_to_string(path).map_err(|e| io(path, e))?;
+    serde_json::from_str(&s).map_err(|e| ModelDirError::Parse { path: path.into(), message: e.to_string() })
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ModelDirError> {
+    let s = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
+    fs::write(path, s + "\n").map_err(|e| io(path, e))
+}
+
+/// Read and check `model.json`: the version first (so an old directory gets the version
+/// message, not a field error), then the whole record.
+pub fn read_meta(dir: &Path) -> Result<ModelMeta, ModelDirError> {
+    let path = dir.join(META_FILE);
+    if !path.is_file() {
+        return Err(ModelDirError::NotAModel { path: dir.into() });
+    }
+    let raw: serde_json::Value = read_json(&path)?;
+    let found = raw.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    if found != FORMAT_VERSION {
+        return Err(ModelDirError::FormatVersion { path, found });
+    }
+    let meta: ModelMeta =
+        serde_json::from_value(raw).map_err(|e| ModelDirError::Parse { path: path.clone(), message: e.to_string() })?;
+    meta.features
+        .validate()
+        .map_err(|e| ModelDirError::Mismatch { path: path.clone(), message: format!("feature configuration: {e}") })?;
+    if meta.head.n_labels != meta.labels.len() || meta.head.evidence_dim != meta.evidence_inputs.len() {
+        return Err(ModelDirError::Mismatch {
+            path,
+            message: "head shape does not match the label set or the evidence inputs".into(),
+        });
+    }
+    Ok(meta)
+}
+
+pub fn write_meta(dir: &Path, meta: &ModelMeta) -> Result<(), ModelDirError> {
+    write_json(&dir.join(META_FILE), meta)
+}
+
+pub fn read_routing(dir: &Path) -> Result<RoutingConfig, ModelDirError> {
+    read_json(&dir.join(ROUTING_FILE))
+}
+
+/// The corpus evidence baseline of a model (for `camxuc features --model`).
+pub fn load_evidence_baseline(dir: &Path) -> Result<Baseline, ModelDirError> {
+    Ok(read_meta(dir)?.evidence_baseline)
+}
+
+/// Default output folder of `camxuc train`: `<models dir>/acoustic/<name>`.
+pub fn default_out(models_dir: &Path, name: &str) -> PathBuf {
+    models_dir.join("acoustic").join(name)
+}
+
+/// The most recently trained model under `<models dir>/acoustic/` (for a missing `--model`).
+pub fn most_recent(models_dir: &Path) -> Option<PathBuf> {
+    let root = models_dir.join("acoustic");
+    fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.path().join(META_FILE);
+            let t = fs::metadata(&meta).and_then(|m| m.modified()).ok()?;
+            Some((t, e.path()))
+        })
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p)
+}
+
+/// Make the output folder, refusing to overwrite an existing model unless `force`.
+pub fn prepare_out(dir: &Path, force: bool) -> Result<(), ModelDirError> {
+    if dir.join(META_FILE).exists() && !force {
+        return Err(ModelDirError::Exists { path: dir.into(), what: "a trained model".into() });
+    }
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))
+}
