@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::features::{FeatureConfig, FEATURES};
@@ -31,6 +32,9 @@ enum Command {
     Synth(SynthArgs),
     /// Print the acoustic evidence (named, documented measurements) of audio files.
     Features(FeaturesArgs),
+    /// Train the acoustic model on a manifest; writes a model directory with everything
+    /// `eval` and `classify` need.
+    Train(TrainArgs),
     /// Install, register and list the offline models (LLMs and the Whisper front end).
     Models {
         #[command(subcommand)]
@@ -52,6 +56,52 @@ struct SynthArgs {
     /// Seed for every random choice: the same seed gives the same corpus.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Training manifest (CSV: path,label[,speaker,...]).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Use only these speakers of the manifest: names, comma lists or ranges (`actor01-actor12`).
+    #[arg(long)]
+    speakers: Option<String>,
+    /// Validation manifest; without it a speaker-disjoint quarter of the training manifest is held out.
+    #[arg(long)]
+    val_manifest: Option<PathBuf>,
+    /// Output directory (default: models/acoustic/<manifest folder name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Overwrite an existing model directory.
+    #[arg(long)]
+    force: bool,
+    /// Maximum epochs (early stopping on validation macro-F1).
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+    /// Seed for every random choice (split, init, shuffling, augmentation, dropout).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of clips the default routing sends to the reasoner.
+    #[arg(long, default_value_t = 0.3)]
+    route_fraction: f32,
+    /// Frame front end: the frozen Whisper encoder, or log-mel (light, for small machines).
+    #[arg(long, value_enum, default_value_t = FrontendArg::Whisper)]
+    frontend: FrontendArg,
+    /// Whisper encoder blocks to run (of 6).
+    #[arg(long, default_value_t = 3)]
+    blocks: usize,
+    /// Perturbed copies per training clip (gain, noise, telephone band, echo, shift).
+    #[arg(long, default_value_t = 2)]
+    augment: usize,
+    /// Do not fuse the evidence z-scores into the model.
+    #[arg(long)]
+    no_evidence: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum FrontendArg {
+    Whisper,
+    Logmel,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -108,8 +158,74 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Synth(a) => synth(a),
         Command::Features(a) => features(a),
+        Command::Train(a) => train(a),
         Command::Models { command } => models(command),
     }
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    let out = a.out.unwrap_or_else(|| {
+        let name = a.manifest.parent().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned());
+        model_dir::default_out(&catalog::models_dir(), &name.unwrap_or_else(|| "model".into()))
+    });
+    let mut opts = TrainOptions::new(a.manifest, out);
+    opts.speakers = a.speakers;
+    opts.val_manifest = a.val_manifest;
+    opts.force = a.force;
+    opts.train.epochs = a.epochs;
+    opts.train.seed = a.seed;
+    opts.route_fraction = a.route_fraction;
+    opts.augment_views = a.augment;
+    opts.use_evidence = !a.no_evidence;
+    opts.frontend = match a.frontend {
+        FrontendArg::Whisper => FrontendChoice::Whisper { blocks: a.blocks },
+        FrontendArg::Logmel => FrontendChoice::LogMel,
+    };
+    let bar = progress::bar(0, "analysing");
+    let report = train_model(&opts, &mut |ev| match ev {
+        TrainEvent::Analysed { done, total } => {
+            bar.set_message("analysing");
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+        TrainEvent::Encoded { done, total } => {
+            bar.set_message("encoding");
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+        TrainEvent::Epoch(s) => {
+            bar.set_message(format!("epoch {} F1 {:.3}", s.epoch, s.val_macro_f1));
+            bar.set_length(opts.train.epochs as u64);
+            bar.set_position(s.epoch as u64);
+        }
+        TrainEvent::Note(n) => bar.println(format!("note: {n}")),
+    })?;
+    bar.finish_and_clear();
+    for s in &report.skipped {
+        eprintln!("skipped: {s}");
+    }
+    let m = &report.meta.metrics;
+    println!("model written to {}", report.dir.display());
+    println!(
+        "  {} training clips, {} validation clips (speakers {}), best epoch {} of {}, {:.0} s",
+        m.n_train,
+        m.n_val,
+        m.val_speakers.join(" "),
+        m.best_epoch,
+        m.history.len(),
+        m.seconds
+    );
+    println!("  validation: accuracy {:.3}, macro-F1 {:.3}", m.val_accuracy, m.val_macro_f1);
+    println!(
+        "  calibration: temperature {:.2}, ECE {:.3} -> {:.3}",
+        report.meta.temperature, m.ece_before, m.ece_after
+    );
+    println!(
+        "  routing: threshold {:.3} sends {:.0} % of validation clips to the reasoner",
+        report.routing.threshold,
+        100.0 * report.routing.target_route_fraction
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn models(cmd: ModelsCommand) -> Result<ExitCode> {

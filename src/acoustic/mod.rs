@@ -1,8 +1,23 @@
-//! Acoustic model. [`whisper`]: the pretrained Whisper encoder used as a frozen front end
-//! (CTranslate2 weights read into candle); the trained head is built in a later step.
+//! Acoustic model: a trained head on the frozen Whisper encoder's intermediate frames (or on
+//! log-mel frames, the light option), fused with the clip's evidence, with calibrated
+//! probabilities.
+//!
+//! - [`whisper`]: the pretrained front end (CTranslate2 weights read into candle);
+//! - [`head`], [`train`], [`calibrate`]: the model, its seeded training, temperature scaling;
+//! - [`fit`]: `camxuc train` end to end; [`model`]: a trained model for inference;
+//! - [`model_dir`]: the model directory format.
 
-pub mod whisper;
-pub mod head;
-pub mod train;
+pub mod augment;
 pub mod calibrate;
+mod error;
+pub mod fit;
+pub mod frontend;
+pub mod head;
+pub mod model;
 pub mod model_dir;
+pub mod train;
+pub mod whisper;
+
+pub use error::AcousticError;
+pub use fit::{default_device, train_model, FrontendChoice, TrainEvent, TrainOptions, TrainReport};
+pub use model::AcousticModel;

@@ -17,13 +17,18 @@ use serde::{Deserialize, Serialize};
 use super::head::{Head, HeadConfig};
 use crate::eval::metrics::Confusion;
 
-/// One training clip: one or more views of its frames (view 0 is the clean one, the others
-/// are augmented copies), its evidence vector and its label index.
+/// One view of a clip: its frames [T, D] and its evidence vector (z-scores), both measured on
+/// the same (clean or perturbed) audio.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub frames: Tensor,
+    pub evidence: Vec<f32>,
+}
+
+/// One training clip: view 0 is the clean one, the others are perturbed copies.
 #[derive(Clone, Debug)]
 pub struct Example {
-    /// Each view is a [T, D] f32 tensor.
-    pub views: Vec<Tensor>,
-    pub evidence: Vec<f32>,
+    pub views: Vec<View>,
     pub label: usize,
 }
 
@@ -84,12 +89,12 @@ pub fn pad_batch(views: &[&Tensor], dev: &Device) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::stack(&padded, 0)?, Tensor::from_vec(mask, (views.len(), t_max), dev)?))
 }
 
-fn evidence_batch(examples: &[&Example], dim: usize, dev: &Device) -> Result<Option<Tensor>> {
+fn evidence_batch(views: &[&View], dim: usize, dev: &Device) -> Result<Option<Tensor>> {
     if dim == 0 {
         return Ok(None);
     }
-    let flat: Vec<f32> = examples.iter().flat_map(|e| e.evidence.iter().copied()).collect();
-    Tensor::from_vec(flat, (examples.len(), dim), dev).map(Some)
+    let flat: Vec<f32> = views.iter().flat_map(|v| v.evidence.iter().copied()).collect();
+    Tensor::from_vec(flat, (views.len(), dim), dev).map(Some)
 }
 
 /// Per-dimension mean and 1/std of all frames of the clean views.
@@ -98,7 +103,7 @@ fn frame_statistics(train: &[Example], dim: usize) -> Result<(Vec<f32>, Vec<f32>
     let mut sq = vec![0f64; dim];
     let mut n = 0usize;
     for ex in train {
-        for row in ex.views[0].to_vec2::<f32>()? {
+        for row in ex.views[0].frames.to_vec2::<f32>()? {
             for (j, v) in row.iter().enumerate() {
                 sum[j] += *v as f64;
                 sq[j] += (*v as f64) * (*v as f64);
@@ -175,13 +180,18 @@ fn weighted_cross_entropy(logits: &Tensor, labels: &[usize], class_weight: &[f32
 pub fn predict_logits(head: &Head, examples: &[Example], batch_size: usize, dev: &Device) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
-        let views: Vec<&Tensor> = chunk.iter().map(|e| &e.views[0]).collect();
-        let (x, mask) = pad_batch(&views, dev)?;
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let ev = evidence_batch(&refs, head.config().evidence_dim, dev)?;
-        out.extend(head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()?);
+        let views: Vec<&View> = chunk.iter().map(|e| &e.views[0]).collect();
+        out.extend(predict_views(head, &views, dev)?);
     }
     Ok(out)
+}
+
+/// Logits of a batch of views.
+pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<Vec<f32>>> {
+    let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
+    let (x, mask) = pad_batch(&frames, dev)?;
+    let ev = evidence_batch(views, head.config().evidence_dim, dev)?;
+    head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -248,10 +258,11 @@ pub fn train_head(
         let mut batches = 0;
         for chunk in order.chunks(tc.batch_size.max(1)) {
             let exs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
-            let views: Vec<&Tensor> = exs.iter().map(|e| &e.views[rng.random_range(0..e.views.len())]).collect();
-            let (x, mask) = pad_batch(&views, dev)?;
+            let views: Vec<&View> = exs.iter().map(|e| &e.views[rng.random_range(0..e.views.len())]).collect();
+            let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
+            let (x, mask) = pad_batch(&frames, dev)?;
             let mask = time_mask(&mask, tc.time_mask_fraction, &mut rng)?;
-            let ev = evidence_batch(&exs, cfg.evidence_dim, dev)?;
+            let ev = evidence_batch(&views, cfg.evidence_dim, dev)?;
             let keep = 1.0 - cfg.dropout;
             let drop: Vec<f32> = (0..exs.len() * embed_dim)
                 .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
@@ -344,8 +355,8 @@ mod tests {
                         signal + rng.random_range(-1.0f32..1.0)
                     })
                     .collect();
-                let view = Tensor::from_vec(frames, (t, 8), &Device::Cpu).unwrap();
-                Example { views: vec![view], evidence: vec![rng.random_range(-1.0..1.0)], label }
+                let frames = Tensor::from_vec(frames, (t, 8), &Device::Cpu).unwrap();
+                Example { views: vec![View { frames, evidence: vec![rng.random_range(-1.0..1.0)] }], label }
             })
             .collect()
     }

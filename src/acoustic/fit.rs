@@ -1,0 +1,368 @@
+//! `camxuc train`: manifest → speaker-disjoint split → analysis → frames (clean + perturbed
+//! views) → head training → temperature → routing threshold → model directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::augment;
+use super::calibrate::{ece_at, fit_temperature, softmax_t};
+use super::frontend::Frontend;
+use super::head::HeadConfig;
+use super::model::evidence_vector;
+use super::model_dir::{self, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics};
+use super::train::{predict_logits, train_head, EpochStats, Example, TrainConfig, View};
+use super::AcousticError;
+use crate::audio::TARGET_RATE;
+use crate::catalog;
+use crate::data::manifest::Manifest;
+use crate::data::split::{filter_speakers, speaker_split};
+use crate::features::{Baseline, BaselineKind, FeatureConfig, FEATURES};
+use crate::pipeline::analyse::{AnalysedClip, ClipAnalyser};
+use crate::{Audio, Evidence, LabelSet};
+
+/// Which frames the head reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendChoice {
+    /// Frozen Whisper base encoder, stopped after this many blocks.
+    Whisper { blocks: usize },
+    LogMel,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub manifest: PathBuf,
+    /// Keep only these speakers of `manifest` (e.g. `actor01-actor12`).
+    pub speakers: Option<String>,
+    pub val_manifest: Option<PathBuf>,
+    pub out: PathBuf,
+    pub force: bool,
+    pub labels: LabelSet,
+    pub frontend: FrontendChoice,
+    pub models_dir: PathBuf,
+    pub train: TrainConfig,
+    pub hidden: usize,
+    pub dropout: f32,
+    /// Perturbed copies per training clip (besides the clean one).
+    pub augment_views: usize,
+    /// Validation share when no `val_manifest` is given (speaker-disjoint).
+    pub val_fraction: f64,
+    pub route_fraction: f32,
+    /// Fuse the evidence z-scores into the head.
+    pub use_evidence: bool,
+}
+
+impl TrainOptions {
+    pub fn new(manifest: PathBuf, out: PathBuf) -> Self {
+        Self {
+            manifest,
+            speakers: None,
+            val_manifest: None,
+            out,
+            force: false,
+            labels: LabelSet::default(),
+            frontend: FrontendChoice::Whisper { blocks: 3 },
+            models_dir: catalog::models_dir(),
+            train: TrainConfig::default(),
+            hidden: 64,
+            dropout: 0.3,
+            augment_views: 2,
+            val_fraction: 0.25,
+            route_fraction: 0.3,
+            use_evidence: true,
+        }
+    }
+}
+
+/// Progress of a training run, for a progress bar.
+pub enum TrainEvent<'a> {
+    Analysed { done: usize, total: usize },
+    Encoded { done: usize, total: usize },
+    Epoch(&'a EpochStats),
+    Note(String),
+}
+
+pub struct TrainReport {
+    pub dir: PathBuf,
+    pub meta: ModelMeta,
+    pub routing: RoutingConfig,
+    /// Clips left out, each with its reason.
+    pub skipped: Vec<String>,
+}
+
+/// Level every clip is scaled to before the Whisper encoder.
+const WHISPER_LEVEL_DBFS: f32 = -23.0;
+
+/// One line of train_evidence.jsonl.
+#[derive(Serialize)]
+struct EvidenceRecord<'a> {
+    path: &'a str,
+    label: &'a str,
+    speaker: Option<&'a str>,
+    split: &'a str,
+    evidence: &'a Evidence,
+    /// Calibrated held-out probabilities (validation clips only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probs: Option<crate::Probs>,
+}
+
+struct Analysed {
+    row: usize,
+    clip: AnalysedClip,
+}
+
+fn analyse_rows(
+    m: &Manifest,
+    rows: &[usize],
+    an: &mut ClipAnalyser,
+    skipped: &mut Vec<String>,
+    progress: &mut dyn FnMut(usize),
+) -> Vec<Analysed> {
+    let mut out = Vec::with_capacity(rows.len());
+    for &r in rows {
+        match an.analyse(&m.rows[r].path) {
+            Ok(clip) => out.push(Analysed { row: r, clip }),
+            Err(e) => skipped.push(e.to_string()),
+        }
+        progress(1);
+    }
+    out
+}
+
+pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainReport, AcousticError> {
+    let started = Instant::now();
+    let device = super::default_device();
+    model_dir::prepare_out(&opts.out, opts.force)?;
+
+    // Data: the training manifest, and validation either given or held out by speaker.
+    let mut train_m = Manifest::load(&opts.manifest, &opts.labels)?;
+    if let Some(sel) = &opts.speakers {
+        train_m = filter_speakers(&train_m, &[sel.as_str()])?;
+    }
+    train_m.require_files()?;
+    let (train_m, val_m, val_speakers) = match &opts.val_manifest {
+        Some(v) => {
+            let val_m = Manifest::load(v, &opts.labels)?;
+            val_m.require_files()?;
+            let speakers = val_m.speakers();
+            (train_m, val_m, speakers)
+        }
+        None => {
+            let split = speaker_split(&train_m, opts.val_fraction, opts.train.seed)?;
+            if let Some(note) = &split.note {
+                on_event(TrainEvent::Note(note.clone()));
+            }
+            (train_m.subset(&split.train), train_m.subset(&split.val), split.val_speakers)
+        }
+    };
+    let data_hash = train_m.data_hash();
+
+    // Analysis: decode, trim, evidence, log-mel.
+    let feature_cfg = FeatureConfig::default();
+    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|e| AcousticError::Training {
+        path: opts.manifest.clone(),
+        message: e.to_string(),
+    })?;
+    let total = train_m.rows.len() + val_m.rows.len();
+    let mut done = 0;
+    let mut skipped = Vec::new();
+    let mut tick = |n: usize, on_event: &mut dyn FnMut(TrainEvent)| {
+        done += n;
+        on_event(TrainEvent::Analysed { done, total });
+    };
+    let train_rows: Vec<usize> = (0..train_m.rows.len()).collect();
+    let val_rows: Vec<usize> = (0..val_m.rows.len()).collect();
+    let mut train_clips = analyse_rows(&train_m, &train_rows, &mut an, &mut skipped, &mut |n| tick(n, on_event));
+    let mut val_clips = analyse_rows(&val_m, &val_rows, &mut an, &mut skipped, &mut |n| tick(n, on_event));
+    if train_clips.is_empty() || val_clips.is_empty() {
+        return Err(AcousticError::Training {
+            path: opts.manifest.clone(),
+            message: format!("no usable clips in the training or validation part ({} skipped)", skipped.len()),
+        });
+    }
+
+    // Corpus evidence baseline from the training clips only.
+    let evidences: Vec<Evidence> = train_clips.iter().map(|a| a.clip.evidence.clone()).collect();
+    let baseline = Baseline::fit(BaselineKind::Corpus(data_hash[..12.min(data_hash.len())].to_string()), &evidences);
+    let evidence_inputs: Vec<String> = if opts.use_evidence {
+        FEATURES.iter().filter(|f| f.gain_invariant && baseline.features.contains_key(f.name)).map(|f| f.name.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+
+    // Front end.
+    let (frontend, frontend_cfg) = match opts.frontend {
+        FrontendChoice::Whisper { blocks } => {
+            let cfg = FrontendConfig::Whisper {
+                model: catalog::WHISPER_BASE.into(),
+                sha256: crate::acoustic::whisper::WHISPER_BASE_SHA256.into(),
+                blocks,
+                level_dbfs: WHISPER_LEVEL_DBFS,
+            };
+            (Frontend::from_config(&cfg, &opts.models_dir, &device)?, cfg)
+        }
+        FrontendChoice::LogMel => (Frontend::LogMel, FrontendConfig::LogMel),
+    };
+
+    // Views: clean for everyone, plus perturbed copies of training clips.
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
+    let n_views = train_clips.len() * (1 + opts.augment_views) + val_clips.len();
+    let mut encoded = 0;
+    let mut make_view = |clip: &mut AnalysedClip, on_event: &mut dyn FnMut(TrainEvent)| -> Result<View, AcousticError> {
+        let evidence = evidence_vector(&baseline, &evidence_inputs, &mut clip.evidence);
+        let frames = frontend.frames(&clip.speech.samples, &clip.log_mel, &device)?;
+        encoded += 1;
+        on_event(TrainEvent::Encoded { done: encoded, total: n_views });
+        Ok(View { frames, evidence })
+    };
+    let mut train_examples = Vec::with_capacity(train_clips.len());
+    for a in train_clips.iter_mut() {
+        let label = label_of(&opts.labels, &train_m.rows[a.row].label);
+        let mut views = vec![make_view(&mut a.clip, on_event)?];
+        for _ in 0..opts.augment_views {
+            let perturbed = augment::perturb(&a.clip.speech.samples, TARGET_RATE, &mut rng);
+            let audio = Audio { samples: perturbed, sample_rate: TARGET_RATE, source: a.clip.speech.source.clone(), ..Audio::default() };
+            // A perturbation can make a clip unusable (e.g. all noise); keep the clean view then.
+            if let Ok(mut c) = an.analyse_audio(audio) {
+                views.push(make_view(&mut c, on_event)?);
+            }
+        }
+        train_examples.push(Example { views, label });
+    }
+    let mut val_examples = Vec::with_capacity(val_clips.len());
+    for a in val_clips.iter_mut() {
+        let label = label_of(&opts.labels, &val_m.rows[a.row].label);
+        val_examples.push(Example { views: vec![make_view(&mut a.clip, on_event)?], label });
+    }
+
+    // Train the head.
+    let head_cfg = HeadConfig {
+        input_dim: frontend.dim(feature_cfg.n_mels),
+        hidden: opts.hidden,
+        evidence_dim: evidence_inputs.len(),
+        n_labels: opts.labels.len(),
+        dropout: opts.dropout,
+    };
+    let trained = train_head(&head_cfg, &opts.train, &train_examples, &val_examples, &device, &mut |s| {
+        on_event(TrainEvent::Epoch(s))
+    })?;
+
+    // Calibration and routing on validation predictions.
+    let val_labels: Vec<usize> = val_examples.iter().map(|e| e.label).collect();
+    let val_logits = predict_logits(&trained.head, &val_examples, 32, &device)?;
+    let temperature = fit_temperature(&val_logits, &val_labels);
+    let val_probs: Vec<Vec<f32>> = val_logits.iter().map(|l| softmax_t(l, temperature)).collect();
+    let routing = fit_routing(&val_probs, opts.route_fraction, &val_speakers);
+    let best = &trained.history[trained.best_epoch - 1];
+    let metrics = TrainingMetrics {
+        n_train: train_examples.len(),
+        n_val: val_examples.len(),
+        val_speakers,
+        best_epoch: trained.best_epoch,
+        val_accuracy: best.val_accuracy,
+        val_macro_f1: best.val_macro_f1,
+        ece_before: ece_at(&val_logits, &val_labels, 1.0),
+        ece_after: ece_at(&val_logits, &val_labels, temperature),
+        history: trained.history.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let meta = ModelMeta {
+        format_version: model_dir::FORMAT_VERSION,
+        name: opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        camxuc_version: env!("CARGO_PKG_VERSION").into(),
+        labels: opts.labels.clone(),
+        frontend: frontend_cfg,
+        features: feature_cfg,
+        head: head_cfg,
+        evidence_inputs,
+        evidence_baseline: baseline,
+        temperature,
+        metrics,
+        seed: opts.train.seed,
+        data_hash,
+        train_manifest: opts.manifest.display().to_string(),
+        default_llm: catalog::DEFAULT_LLM.into(),
+    };
+
+    // Write the directory.
+    let weights = opts.out.join(model_dir::WEIGHTS_FILE);
+    trained.varmap.save(&weights).map_err(|e| AcousticError::Training { path: weights.clone(), message: e.to_string() })?;
+    model_dir::write_meta(&opts.out, &meta)?;
+    model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
+    write_evidence(&opts.out, &opts.labels, &train_m, &train_clips, &val_m, &val_clips, &val_probs)?;
+    Ok(TrainReport { dir: opts.out.clone(), meta, routing, skipped })
+}
+
+/// Label index of a manifest label (validated against the label set when the manifest loaded).
+fn label_of(labels: &LabelSet, label: &str) -> usize {
+    labels.index_of(label).unwrap_or(0)
+}
+
+/// The threshold below which `route_fraction` of the validation clips' top probability falls.
+pub fn fit_routing(probs: &[Vec<f32>], route_fraction: f32, val_speakers: &[String]) -> RoutingConfig {
+    let mut top: Vec<f32> = probs.iter().map(|p| p.iter().fold(0f32, |a, &b| a.max(b))).collect();
+    top.sort_by(f32::total_cmp);
+    let k = ((route_fraction.clamp(0.0, 1.0) * top.len() as f32).round() as usize).min(top.len());
+    let threshold = match k {
+        0 => 0.0,
+        k if k >= top.len() => 1.01,
+        // Halfway between the last routed and the first kept clip.
+        k => (top[k - 1] + top[k]) / 2.0,
+    };
+    RoutingConfig {
+        threshold,
+        margin: 0.0,
+        target_route_fraction: route_fraction,
+        fitted_on: format!("validation predictions: {} clips, speakers {}", probs.len(), val_speakers.join(" ")),
+    }
+}
+
+fn write_evidence(
+    dir: &Path,
+    labels: &LabelSet,
+    train_m: &Manifest,
+    train: &[Analysed],
+    val_m: &Manifest,
+    val: &[Analysed],
+    val_probs: &[Vec<f32>],
+) -> Result<(), AcousticError> {
+    let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
+    let io = |e: std::io::Error| model_dir::ModelDirError::Io { path: path.clone(), message: e.to_string() };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+    let parts = [(train_m, train, "train"), (val_m, val, "val")];
+    for (m, clips, split) in parts {
+        for (i, a) in clips.iter().enumerate() {
+            let row = &m.rows[a.row];
+            let probs = (split == "val").then(|| crate::Probs::new(labels, val_probs[i].clone()));
+            let rec = EvidenceRecord {
+                path: &row.path.display().to_string(),
+                label: &row.label,
+                speaker: row.speaker.as_deref(),
+                split,
+                evidence: &a.clip.evidence,
+                probs,
+            };
+            let line = serde_json::to_string(&rec).map_err(|e| io(e.into()))?;
+            writeln!(w, "{line}").map_err(io)?;
+        }
+    }
+    Ok(w.flush().map_err(io)?)
+}
+
+/// The compute device: CPU, or the first GPU when built with `cuda` / `metal`.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return d;
+    }
+    #[cfg(feature = "metal")]
+    if let Ok(d) = Device::new_metal(0) {
+        return d;
+    }
+    Device::Cpu
+}

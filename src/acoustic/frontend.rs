@@ -1,0 +1,82 @@
+//! Frames for the head: the frozen Whisper encoder (default) or per-clip normalised log-mel
+//! (the light option for the smallest machines).
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::AcousticError;
+
+use super::model_dir::FrontendConfig;
+use super::whisper::{load_ct2, WhisperEncoder, WhisperMel, N_FRAMES_30S};
+use crate::features::LogMel;
+
+/// Frame width of each front end.
+pub const WHISPER_BASE_DIM: usize = 512;
+
+pub enum Frontend {
+    Whisper { encoder: Box<WhisperEncoder>, mel: WhisperMel, blocks: usize, level_dbfs: f32 },
+    LogMel,
+}
+
+impl Frontend {
+    /// Load the Whisper encoder (only `blocks` blocks of it) from a CTranslate2 model folder.
+    pub fn whisper(model_dir: &Path, blocks: usize, level_dbfs: f32, device: &Device) -> Result<Self, AcousticError> {
+        let (cfg, vb) = load_ct2(model_dir, device)?;
+        let encoder = WhisperEncoder::load_blocks(&cfg, vb, blocks)?;
+        Ok(Self::Whisper { encoder: Box::new(encoder), mel: WhisperMel::new(cfg.num_mel_bins), blocks, level_dbfs })
+    }
+
+    pub fn from_config(cfg: &FrontendConfig, models_dir: &Path, device: &Device) -> Result<Self, AcousticError> {
+        match cfg {
+            FrontendConfig::Whisper { model, blocks, level_dbfs, .. } => {
+                let dir = models_dir.join(model);
+                if !dir.join(super::whisper::MODEL_FILE).is_file() {
+                    return Err(AcousticError::FrontendMissing { path: dir, model: model.clone() });
+                }
+                Self::whisper(&dir, *blocks, *level_dbfs, device)
+            }
+            FrontendConfig::LogMel => Ok(Self::LogMel),
+        }
+    }
+
+    /// Frames [T, D] of one clip's voiced span. `log_mel` is the clip's own log-mel (used by
+    /// the log-mel front end).
+    pub fn frames(&self, speech: &[f32], log_mel: &LogMel, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Whisper { encoder, mel, blocks, level_dbfs } => {
+                // Per-clip level normalisation: the model never sees the recording's gain.
+                let x = normalise_level(speech, *level_dbfs);
+                // One analysis window is at most Whisper's 30 s; longer audio is windowed upstream.
+                let x = &x[..x.len().min(N_FRAMES_30S * 160)];
+                let m = mel.log_mel(x).to_tensor(device)?;
+                encoder.forward_to_block(&m, *blocks)?.squeeze(0)
+            }
+            Self::LogMel => {
+                // Subtracting the clip's mean log energy removes the recording gain (a gain
+                // is an additive constant in the log domain) and keeps the spectral shape.
+                let n = log_mel.data.len().max(1) as f32;
+                let mean = log_mel.data.iter().sum::<f32>() / n;
+                let data: Vec<f32> = log_mel.data.iter().map(|v| v - mean).collect();
+                Tensor::from_vec(data, (log_mel.n_frames.max(1), log_mel.n_mels), device)
+            }
+        }
+    }
+
+    pub fn dim(&self, n_mels: usize) -> usize {
+        match self {
+            Self::Whisper { .. } => WHISPER_BASE_DIM,
+            Self::LogMel => n_mels,
+        }
+    }
+}
+
+/// Scale to a fixed RMS level (dBFS); silence stays silence.
+pub fn normalise_level(x: &[f32], level_dbfs: f32) -> Vec<f32> {
+    let rms = (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt();
+    if rms < 1e-9 {
+        return x.to_vec();
+    }
+    let g = (10f64.powf(level_dbfs as f64 / 20.0) / rms) as f32;
+    x.iter().map(|v| v * g).collect()
+}
