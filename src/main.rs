@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
+use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
@@ -35,6 +36,8 @@ enum Command {
     /// Train the acoustic model on a manifest; writes a model directory with everything
     /// `eval` and `classify` need.
     Train(TrainArgs),
+    /// Evaluate a trained model on a labelled manifest (today: the acoustic route only).
+    Eval(EvalArgs),
     /// Install, register and list the offline models (LLMs and the Whisper front end).
     Models {
         #[command(subcommand)]
@@ -98,6 +101,25 @@ struct TrainArgs {
     no_evidence: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// Test manifest (CSV: path,label[,speaker,...]).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Use only these speakers of the manifest (`actor13-actor16`).
+    #[arg(long)]
+    speakers: Option<String>,
+    /// Model directory (default: the most recently trained model under models/acoustic).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the bootstrap intervals.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum FrontendArg {
     Whisper,
@@ -159,6 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Synth(a) => synth(a),
         Command::Features(a) => features(a),
         Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
         Command::Models { command } => models(command),
     }
 }
@@ -226,6 +249,44 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         100.0 * report.routing.target_route_fraction
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model directory to use: the one given, else the most recently trained (said aloud).
+fn pick_model(model: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m);
+    }
+    let dir = catalog::models_dir();
+    let m = model_dir::most_recent(&dir)
+        .with_context(|| format!("no trained model under {}; train one with `camxuc train` or pass --model DIR", dir.join("acoustic").display()))?;
+    eprintln!("using the most recently trained model: {}", m.display());
+    Ok(m)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let opts = EvalOptions {
+        manifest: a.manifest.clone(),
+        speakers: a.speakers,
+        model_dir: pick_model(a.model)?,
+        models_dir: catalog::models_dir(),
+        bootstrap_reps: 2000,
+        seed: a.seed,
+    };
+    let bar = progress::bar(0, "evaluating");
+    let report = evaluate(&opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    for f in &report.failures {
+        eprintln!("failed: {f}");
+    }
+    print_summary(&report, &a.manifest);
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(batch_exit_code(report.n_failed, report.n + report.n_failed))
 }
 
 fn models(cmd: ModelsCommand) -> Result<ExitCode> {

@@ -2,3 +2,4 @@
 //! intervals). The `eval` command, ablations and reports build on it.
 
 pub mod metrics;
+pub mod run;

@@ -1,0 +1,189 @@
+//! `camxuc eval`: run a trained model over a labelled manifest and summarise. Today this is the
+//! acoustic route only; rules, the LLM reasoner and their ablations plug in here (their
+//! fields are `null` until they exist, never copies of the acoustic figures).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::metrics::{accuracy, accuracy_and_f1_ci, ClassScores, Confusion, Interval};
+use crate::acoustic::{AcousticError, AcousticModel};
+use crate::data::manifest::Manifest;
+use crate::data::split::filter_speakers;
+use crate::pipeline::analyse::ClipAnalyser;
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub manifest: PathBuf,
+    pub speakers: Option<String>,
+    pub model_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub bootstrap_reps: usize,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Scores {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RoutingSummary {
+    pub threshold: f32,
+    pub routed_fraction: f64,
+    pub acoustic_accuracy_on_routed: Option<f64>,
+    /// `null` until a reasoner decides routed clips.
+    pub final_accuracy_on_routed: Option<f64>,
+    pub acoustic_accuracy_on_kept: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Ablations {
+    pub acoustic_only: Scores,
+    pub rules_only: Option<Scores>,
+    pub llm_only: Option<Scores>,
+    pub routed: Option<Scores>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Identifier {
+    pub name: String,
+    pub sha256: Option<String>,
+}
+
+/// The `--json` summary (all rates are fractions in 0..1).
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub n: usize,
+    pub n_failed: usize,
+    pub failures: Vec<String>,
+    pub labels: Vec<String>,
+    pub accuracy: f64,
+    pub accuracy_ci95: Interval,
+    pub macro_f1: f64,
+    pub macro_f1_ci95: Interval,
+    pub per_class: BTreeMap<String, ClassScores>,
+    /// Rows = true label, columns = predicted, in `labels` order.
+    pub confusion: Vec<Vec<u32>>,
+    pub ece: f64,
+    pub routing: RoutingSummary,
+    pub ablations: Ablations,
+    pub timings_ms: BTreeMap<String, f64>,
+    pub model: Identifier,
+    pub rules: Option<Identifier>,
+    pub llm: Option<Identifier>,
+    pub seed: u64,
+}
+
+pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<EvalReport, AcousticError> {
+    let device = crate::acoustic::default_device();
+    let model = AcousticModel::load(&opts.model_dir, &opts.models_dir, &device)?;
+    let labels = model.meta.labels.clone();
+    let mut m = Manifest::load(&opts.manifest, &labels)?;
+    if let Some(sel) = &opts.speakers {
+        m = filter_speakers(&m, &[sel.as_str()])?;
+    }
+    let mut analyser = ClipAnalyser::new(&model.meta.features)
+        .map_err(|e| AcousticError::Training { path: opts.model_dir.clone(), message: e.to_string() })?;
+    let mut truth = Vec::new();
+    let mut pred = Vec::new();
+    let mut top = Vec::new();
+    let mut failures = Vec::new();
+    let (mut t_analyse, mut t_model) = (0.0, 0.0);
+    for (i, row) in m.rows.iter().enumerate() {
+        progress(i, m.rows.len());
+        let t0 = Instant::now();
+        let clip = analyser.analyse(&row.path);
+        t_analyse += t0.elapsed().as_secs_f64();
+        let mut clip = match clip {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e.to_string());
+                continue;
+            }
+        };
+        let t1 = Instant::now();
+        let probs = model.predict(std::slice::from_mut(&mut clip))?.remove(0);
+        t_model += t1.elapsed().as_secs_f64();
+        let (best, p) = probs.argmax();
+        truth.push(labels.index_of(&row.label).unwrap_or(0));
+        pred.push(best);
+        top.push(p);
+    }
+    progress(m.rows.len(), m.rows.len());
+    let k = labels.len();
+    let conf = Confusion::new(k, truth.iter().copied().zip(pred.iter().copied()));
+    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &pred, opts.bootstrap_reps, opts.seed);
+    let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
+    let conf64: Vec<f64> = top.iter().map(|&p| p as f64).collect();
+    let routed: Vec<usize> = (0..truth.len()).filter(|&i| top[i] < model.routing.threshold).collect();
+    let kept: Vec<usize> = (0..truth.len()).filter(|&i| top[i] >= model.routing.threshold).collect();
+    let acc_on = |ix: &[usize]| -> Option<f64> {
+        (!ix.is_empty()).then(|| accuracy(&ix.iter().map(|&i| truth[i]).collect::<Vec<_>>(), &ix.iter().map(|&i| pred[i]).collect::<Vec<_>>()))
+    };
+    let n = truth.len().max(1) as f64;
+    let per_class = labels.names().iter().cloned().zip(conf.per_class()).collect();
+    let timings_ms = BTreeMap::from([
+        ("analyse_per_clip".to_string(), 1000.0 * t_analyse / n),
+        ("acoustic_per_clip".to_string(), 1000.0 * t_model / n),
+    ]);
+    let weights = opts.model_dir.join(crate::acoustic::model_dir::WEIGHTS_FILE);
+    Ok(EvalReport {
+        n: truth.len(),
+        n_failed: failures.len(),
+        failures,
+        labels: labels.names().to_vec(),
+        accuracy: conf.accuracy(),
+        accuracy_ci95: acc_ci,
+        macro_f1: conf.macro_f1(),
+        macro_f1_ci95: f1_ci,
+        per_class,
+        confusion: conf.counts.clone(),
+        ece: super::metrics::expected_calibration_error(&conf64, &correct, 15),
+        routing: RoutingSummary {
+            threshold: model.routing.threshold,
+            routed_fraction: routed.len() as f64 / n,
+            acoustic_accuracy_on_routed: acc_on(&routed),
+            final_accuracy_on_routed: None,
+            acoustic_accuracy_on_kept: acc_on(&kept),
+        },
+        ablations: Ablations {
+            acoustic_only: Scores { accuracy: conf.accuracy(), macro_f1: conf.macro_f1() },
+            rules_only: None,
+            llm_only: None,
+            routed: None,
+        },
+        timings_ms,
+        model: Identifier { name: opts.model_dir.display().to_string(), sha256: crate::catalog::sha256_file(&weights).ok() },
+        rules: None,
+        llm: None,
+        seed: opts.seed,
+    })
+}
+
+/// Human-readable summary.
+pub fn print_summary(r: &EvalReport, manifest: &Path) {
+    println!("{}: {} clips ({} failed)", manifest.display(), r.n, r.n_failed);
+    println!(
+        "  accuracy {:.3} [{:.3}, {:.3}]   macro-F1 {:.3} [{:.3}, {:.3}]   ECE {:.3}",
+        r.accuracy, r.accuracy_ci95[0], r.accuracy_ci95[1], r.macro_f1, r.macro_f1_ci95[0], r.macro_f1_ci95[1], r.ece
+    );
+    println!("  label    precision  recall      f1  support");
+    for (l, s) in &r.per_class {
+        println!("  {:<8} {:>9.3} {:>7.3} {:>7.3} {:>8}", l, s.precision, s.recall, s.f1, s.support);
+    }
+    println!("  confusion (rows = truth, columns = predicted, order {}):", r.labels.join(", "));
+    for (l, row) in r.labels.iter().zip(&r.confusion) {
+        println!("    {:<8} {}", l, row.iter().map(|c| format!("{c:>4}")).collect::<String>());
+    }
+    println!(
+        "  routing: threshold {:.3} would send {:.0} % to the reasoner (acoustic accuracy there {})",
+        r.routing.threshold,
+        100.0 * r.routing.routed_fraction,
+        r.routing.acoustic_accuracy_on_routed.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into())
+    );
+    println!("  rules and LLM reasoner: not built yet (acoustic route only)");
+}

@@ -1,0 +1,134 @@
+//! The acoustic model end to end: train → model directory → load → calibrated probabilities.
+
+use std::path::{Path, PathBuf};
+
+use camxuc::acoustic::{model_dir, train_model, AcousticModel, FrontendChoice, TrainOptions};
+use camxuc::data::synth::{synthesize, SynthOptions};
+use camxuc::eval::run::{evaluate, EvalOptions};
+use camxuc::features::FeatureConfig;
+use camxuc::pipeline::analyse::ClipAnalyser;
+
+fn espeak_available() -> bool {
+    std::process::Command::new("espeak-ng").arg("--version").output().is_ok()
+}
+
+fn synthetic_corpus(dir: &Path) -> PathBuf {
+    let opts = SynthOptions { out: dir.join("corpus"), per_class: 6, speakers: 3, seed: 3, ..Default::default() };
+    synthesize(&opts, &mut |_, _| {}).expect("synthesise").manifest
+}
+
+fn light_options(manifest: PathBuf, out: PathBuf, seed: u64) -> TrainOptions {
+    let mut o = TrainOptions::new(manifest, out);
+    o.frontend = FrontendChoice::LogMel;
+    o.augment_views = 1;
+    o.train.epochs = 6;
+    o.train.seed = seed;
+    o.force = true;
+    o.val_fraction = 0.34;
+    o
+}
+
+#[test]
+fn trained_directory_round_trips_and_training_is_deterministic() {
+    if !espeak_available() {
+        assert!(std::env::var_os("CI").is_none(), "espeak-ng must be installed in CI");
+        eprintln!("SKIPPED: espeak-ng is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = synthetic_corpus(tmp.path());
+    let a = train_model(&light_options(manifest.clone(), tmp.path().join("a"), 5), &mut |_| {}).unwrap();
+    let b = train_model(&light_options(manifest.clone(), tmp.path().join("b"), 5), &mut |_| {}).unwrap();
+    assert_eq!(a.meta.metrics.history, b.meta.metrics.history, "same seed, same training run");
+    assert_eq!(a.meta.temperature, b.meta.temperature);
+
+    // Refuses to overwrite without --force.
+    let mut again = light_options(manifest.clone(), tmp.path().join("a"), 5);
+    again.force = false;
+    let e = train_model(&again, &mut |_| {}).err().expect("must refuse");
+    assert!(e.to_string().contains("--force"), "{e}");
+
+    // Load twice: identical probabilities that sum to one.
+    let dev = candle_core::Device::Cpu;
+    let models = tmp.path().join("no-models-needed");
+    let m1 = AcousticModel::load(&a.dir, &models, &dev).unwrap();
+    let m2 = AcousticModel::load(&a.dir, &models, &dev).unwrap();
+    let mut an = ClipAnalyser::new(&FeatureConfig::default()).unwrap();
+    let files: Vec<PathBuf> = std::fs::read_dir(manifest.parent().unwrap().join("clips"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .take(5)
+        .collect();
+    let mut clips: Vec<_> = files.iter().map(|f| an.analyse(f).unwrap()).collect();
+    let mut clips2 = clips.clone();
+    let p1 = m1.predict(&mut clips).unwrap();
+    let p2 = m2.predict(&mut clips2).unwrap();
+    assert_eq!(p1, p2);
+    for p in &p1 {
+        assert!((p.values.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
+        assert_eq!(p.labels, vec!["calm", "angry", "panic"]);
+    }
+    // The evidence got z-scores against the model's corpus baseline.
+    assert!(clips[0].evidence.baseline.starts_with("corpus:"));
+    assert!(!clips[0].evidence.z.is_empty());
+
+    // A directory of another format version is refused with a clear message.
+    let meta_path = a.dir.join(model_dir::META_FILE);
+    let text = std::fs::read_to_string(&meta_path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["format_version"] = 99.into();
+    std::fs::write(&meta_path, json.to_string()).unwrap();
+    let e = AcousticModel::load(&a.dir, &models, &dev).err().expect("must refuse");
+    let msg = e.to_string();
+    assert!(msg.contains("format_version 99") && msg.contains("model.json"), "{msg}");
+
+    // Not a model directory at all.
+    let e = AcousticModel::load(tmp.path(), &models, &dev).err().expect("must refuse");
+    assert!(e.to_string().contains("not a camxuc model directory"), "{e}");
+}
+
+fn ravdess_manifest() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class/manifest.csv");
+    p.is_file().then_some(p)
+}
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A few epochs on a small real subset, Whisper front end: beats chance on held-out speakers.
+#[test]
+fn whisper_head_beats_chance_on_held_out_real_speakers() {
+    let Some(manifest) = ravdess_manifest() else {
+        eprintln!("SKIPPED: ../shared/data/ravdess-3class is not present");
+        return;
+    };
+    if !models_dir().join("whisper-base/model.bin").is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI must fetch whisper-base (camxuc models fetch)");
+        eprintln!("SKIPPED: models/whisper-base is not installed (camxuc models fetch whisper-base)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = TrainOptions::new(manifest.clone(), tmp.path().join("m"));
+    o.models_dir = models_dir();
+    o.speakers = Some("actor01-actor08".into());
+    o.frontend = FrontendChoice::Whisper { blocks: 2 };
+    o.augment_views = 0;
+    o.train.epochs = 25;
+    o.train.seed = 2;
+    let report = train_model(&o, &mut |_| {}).unwrap();
+    let eval = evaluate(
+        &EvalOptions {
+            manifest,
+            speakers: Some("actor09-actor10".into()),
+            model_dir: report.dir.clone(),
+            models_dir: models_dir(),
+            bootstrap_reps: 200,
+            seed: 1,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(eval.n, 48);
+    assert!(eval.macro_f1 > 0.5, "held-out macro-F1 {:.3} (chance is 0.33)", eval.macro_f1);
+}
