@@ -88,6 +88,15 @@ fn frame_decisions(samples: &[f32], rate: u32, cfg: &VadConfig) -> Frames {
             len,
         };
     }
+    if loud - floor <= cfg.floor_margin_db {
+        // No frame stands out from the quiet ones: there is no silence to trim (a tightly
+        // cropped utterance, or steady noise), so keep everything rather than call it silent.
+        return Frames {
+            voiced: vec![true; n],
+            hop,
+            len,
+        };
+    }
     let core_thr = (loud - cfg.core_range_db).max(floor + cfg.floor_margin_db);
     let edge_thr = (loud - cfg.range_db).max(floor + cfg.floor_margin_db);
     let core: Vec<bool> = db.iter().map(|&d| d > core_thr).collect();
@@ -259,6 +268,23 @@ mod tests {
             ..VadConfig::default()
         };
         assert_eq!(voiced_spans(&a, &cfg).len(), 1);
+    }
+
+    #[test]
+    fn a_clip_with_no_silence_is_kept_whole() {
+        // A tightly cropped utterance: every frame is voiced, level varying by a few dB.
+        let rate = 16_000;
+        let x: Vec<f32> = (0..rate)
+            .map(|i| {
+                let t = i as f32 / rate as f32;
+                let tremolo = 0.7 + 0.3 * (2.0 * std::f32::consts::PI * 4.0 * t).sin();
+                0.3 * tremolo * (2.0 * std::f32::consts::PI * 150.0 * t).sin()
+            })
+            .collect();
+        let a = Audio::new(x, rate);
+        let t = trim_silence(&a, &VadConfig::default());
+        assert_eq!(t.samples.len(), a.samples.len());
+        assert_eq!(voiced_spans(&a, &VadConfig::default()).len(), 1);
     }
 
     #[test]
