@@ -115,9 +115,13 @@ struct EvalArgs {
     /// Write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Seed of the bootstrap intervals.
+    /// Seed of the bootstrap intervals and of the field-condition perturbations.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also score each clip under simulated field conditions (gain, noise, telephone band,
+    /// echo) and report the paired difference.
+    #[arg(long)]
+    robustness: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -271,6 +275,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         models_dir: catalog::models_dir(),
         bootstrap_reps: 2000,
         seed: a.seed,
+        robustness: a.robustness,
     };
     let bar = progress::bar(0, "evaluating");
     let report = evaluate(&opts, &mut |done, total| {

@@ -125,6 +125,7 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
             models_dir: models_dir(),
             bootstrap_reps: 200,
             seed: 1,
+            robustness: false,
         },
         &mut |_, _| {},
     )
