@@ -74,4 +74,14 @@ pub enum LlmError {
 
     #[error("{path}: the pre-tokenizer regex failed on the input: {reason}")]
     PreTokenizer { path: PathBuf, reason: String },
+
+    #[error("{path}: the model failed: {reason}")]
+    Model { path: PathBuf, reason: String },
+
+    #[error("{path}: the prompt needs {needed} positions but the model is set up for {limit}")]
+    ContextFull {
+        path: PathBuf,
+        needed: usize,
+        limit: usize,
+    },
 }

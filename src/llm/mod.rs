@@ -13,12 +13,20 @@
 
 mod chat;
 mod error;
+mod gemma3;
 mod gguf;
+mod model;
+mod prompt;
+mod reasoner;
 mod tokenizer;
+mod transformer;
 
 pub use chat::ChatTemplate;
 pub use error::{LlmError, SUPPORTED_ARCHITECTURES, SUPPORTED_TOKENIZER_MODELS};
 pub use gguf::{Architecture, GgufFile};
+pub use model::{KvSnapshot, LlmModel, LoadOptions, LoadStats};
+pub use prompt::{PromptBuilder, PromptLanguage, RuleText};
+pub use reasoner::{LabelScores, LlmReasoner, ReasonerOptions};
 pub use tokenizer::{GgufTokenizer, TokenType};
 
 impl GgufFile {

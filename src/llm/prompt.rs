@@ -1,0 +1,370 @@
+//! The reasoner's prompt, split so that everything identical for every clip comes first.
+//!
+//! ```text
+//! [prefix: guideline, label meanings, the rules in plain language, "Clip:"]   cached once
+//! [evidence: strongest deviations, fired rule ids, acoustic probabilities]   per clip
+//! [question: the labels in one order, end of turn, answer cue "Label:"]     per clip × order
+//! [answer: " calm" | " angry" | " panic"]                                     scored
+//! ```
+//!
+//! The evidence is kept short (a handful of deviations) because every token of it is paid for
+//! on each routed clip.
+
+use crate::types::{Case, LabelSet};
+
+use super::chat::ChatTemplate;
+
+/// Language of the prompt (the rule set chooses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptLanguage {
+    #[default]
+    English,
+    Vietnamese,
+}
+
+/// A rule as the prompt states it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleText {
+    pub id: String,
+    /// The label the rule supports.
+    pub label: String,
+    pub statement: String,
+}
+
+impl RuleText {
+    pub fn new(id: &str, label: &str, statement: &str) -> Self {
+        Self {
+            id: id.into(),
+            label: label.into(),
+            statement: statement.into(),
+        }
+    }
+}
+
+/// Splits the chat template at the clip's evidence; never appears in real text.
+const MARK: &str = "\u{1}EVIDENCE\u{1}";
+
+/// Builds the reasoner's prompt pieces for one label set, rule list and language.
+#[derive(Debug, Clone)]
+pub struct PromptBuilder {
+    language: PromptLanguage,
+    labels: LabelSet,
+    prefix: String,
+    /// Closes the user turn and opens the answer (template-specific).
+    tail: String,
+    /// How many deviations the evidence lists (the largest |z| first).
+    pub max_deviations: usize,
+}
+
+impl PromptBuilder {
+    pub fn new(
+        template: ChatTemplate,
+        language: PromptLanguage,
+        labels: &LabelSet,
+        rules: &[RuleText],
+    ) -> Self {
+        let system = system_text(language, labels, rules);
+        let (intro, cue) = match language {
+            PromptLanguage::English => ("Clip:\n", "Label:"),
+            PromptLanguage::Vietnamese => ("Đoạn ghi âm:\n", "Nhãn:"),
+        };
+        let full = template.render(&system, &format!("{intro}{MARK}"), cue);
+        let (prefix, tail) = full.split_once(MARK).unwrap_or((full.as_str(), ""));
+        Self {
+            language,
+            labels: labels.clone(),
+            prefix: prefix.to_string(),
+            tail: tail.to_string(),
+            max_deviations: 4,
+        }
+    }
+
+    pub fn language(&self) -> PromptLanguage {
+        self.language
+    }
+
+    pub fn labels(&self) -> &LabelSet {
+        &self.labels
+    }
+
+    /// Guideline and rules: the same text for every clip, so its KV cache is reused.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The clip's evidence in words and numbers.
+    pub fn evidence(&self, case: &Case<'_>) -> String {
+        let vi = self.language == PromptLanguage::Vietnamese;
+        let mut zs: Vec<(&String, f64)> = case
+            .evidence
+            .z
+            .iter()
+            .filter(|(name, z)| z.is_finite() && describe_feature(name, vi).is_some())
+            .map(|(n, z)| (n, *z))
+            .collect();
+        zs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(b.0)));
+        let mut s = String::new();
+        for (name, z) in zs.iter().take(self.max_deviations) {
+            let what = describe_feature(name, vi).unwrap_or(name);
+            s.push_str(&format!("- {what} {} ({z:+.1} SD)\n", degree(*z, vi)));
+        }
+        if zs.is_empty() {
+            s.push_str(if vi {
+                "- không có số đo\n"
+            } else {
+                "- no measurements\n"
+            });
+        }
+        let fired: Vec<String> = case
+            .fired
+            .iter()
+            .map(|r| format!("{} ({})", r.id, r.label))
+            .collect();
+        let none = if vi { "không" } else { "none" };
+        let fired = if fired.is_empty() {
+            none.to_string()
+        } else {
+            fired.join(", ")
+        };
+        s.push_str(&format!(
+            "{}: {fired}\n",
+            if vi { "Luật khớp" } else { "Rules fired" }
+        ));
+        let probs: Vec<String> = case
+            .acoustic
+            .labels
+            .iter()
+            .zip(&case.acoustic.values)
+            .map(|(l, p)| format!("{l} {p:.2}"))
+            .collect();
+        if !probs.is_empty() {
+            let head = if vi {
+                "Mô hình âm học"
+            } else {
+                "Acoustic model"
+            };
+            s.push_str(&format!("{head}: {}\n", probs.join(", ")));
+        }
+        if let Some(t) = case.transcript.filter(|t| !t.trim().is_empty()) {
+            let head = if vi { "Lời nói" } else { "Words" };
+            s.push_str(&format!("{head}: \"{}\"\n", t.trim()));
+        }
+        s
+    }
+
+    /// Evidence that says nothing, for contextual calibration (the model's label prior).
+    pub fn null_evidence(&self) -> String {
+        match self.language {
+            PromptLanguage::English => "- no measurements\nRules fired: none\n".into(),
+            PromptLanguage::Vietnamese => "- không có số đo\nLuật khớp: không\n".into(),
+        }
+    }
+
+    /// The question with the labels in `order` (indices into the label set), closing the turn
+    /// and ending at the answer cue.
+    pub fn question(&self, order: &[usize]) -> String {
+        let names: Vec<&str> = order.iter().map(|&i| self.labels.name(i)).collect();
+        let list = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => {
+                let or = if self.language == PromptLanguage::Vietnamese {
+                    "hay"
+                } else {
+                    "or"
+                };
+                format!("{} {or} {last}", rest.join(", "))
+            }
+            _ => names.join(""),
+        };
+        let q = match self.language {
+            PromptLanguage::English => format!("Which label fits best: {list}?"),
+            PromptLanguage::Vietnamese => format!("Nhãn nào phù hợp nhất: {list}?"),
+        };
+        format!("{q}{}", self.tail)
+    }
+
+    /// The answer text whose likelihood scores label `index` (follows the cue).
+    pub fn answer(&self, index: usize) -> String {
+        format!(" {}", self.labels.name(index))
+    }
+
+    /// Written after the chosen answer to start the rationale.
+    pub fn rationale_cue(&self) -> &'static str {
+        match self.language {
+            PromptLanguage::English => ".\nReason: the voice",
+            PromptLanguage::Vietnamese => ".\nLý do: giọng nói",
+        }
+    }
+}
+
+fn system_text(lang: PromptLanguage, labels: &LabelSet, rules: &[RuleText]) -> String {
+    let vi = lang == PromptLanguage::Vietnamese;
+    let mut s = String::new();
+    if vi {
+        s.push_str("Bạn gán nhãn cảm xúc cho đoạn lời nói ngắn tiếng Việt, như người chú thích: nghe giọng, không nghe nội dung trừ khi có lời nói.\nNhãn:\n");
+    } else {
+        s.push_str("You label the emotion of short Vietnamese speech clips, as the annotators did: judge the voice, not the topic.\nLabels:\n");
+    }
+    for name in labels.names() {
+        s.push_str(&format!("- {name}: {}\n", label_meaning(name, vi)));
+    }
+    if !rules.is_empty() {
+        s.push_str(if vi {
+            "Luật của người chú thích:\n"
+        } else {
+            "Annotator rules:\n"
+        });
+        for r in rules {
+            s.push_str(&format!("{} ({}): {}\n", r.id, r.label, r.statement.trim()));
+        }
+    }
+    s.push_str(if vi {
+        "Số đo được so với giọng bình thường; SD là số độ lệch chuẩn. Trả lời bằng một nhãn."
+    } else {
+        "Measurements are compared with the usual voice, in standard deviations (SD). Answer with one label."
+    });
+    s
+}
+
+fn label_meaning(name: &str, vi: bool) -> &'static str {
+    match (name, vi) {
+        ("calm", false) => "relaxed, steady voice; usual pitch, loudness and tempo",
+        ("angry", false) => {
+            "forceful, tense, harsh voice; loud bursts, strong vocal effort, emphatic"
+        }
+        ("panic", false) => {
+            "fear and alarm; high, shaky, rising pitch, fast breathless speech, trembling"
+        }
+        ("calm", true) => "giọng thư thái, đều; cao độ, độ lớn và tốc độ bình thường",
+        ("angry", true) => "giọng gắt, căng, mạnh; to bất chợt, nhấn mạnh",
+        ("panic", true) => "sợ hãi, hoảng hốt; giọng cao, run, nói nhanh, hụt hơi",
+        (_, false) => "as the annotators used it",
+        (_, true) => "theo cách người chú thích dùng",
+    }
+}
+
+/// Plain words for the evidence features the prompt reports (others are left out: their
+/// names alone would mean nothing to the model).
+fn describe_feature(name: &str, vi: bool) -> Option<&'static str> {
+    let (en, vn) = match name {
+        "f0_median_st27" | "f0_mean_hz" => ("pitch", "cao độ"),
+        "f0_std_st" => ("pitch variability", "độ biến thiên cao độ"),
+        "f0_range_st" => ("pitch range", "quãng cao độ"),
+        "f0_slope_st_per_s" => ("pitch rise over the clip", "cao độ tăng dần"),
+        "f0_rise_rate_per_s" => ("pitch jumps", "số lần vọt cao độ"),
+        "f0_tremor_ratio" => ("voice tremor", "độ run giọng"),
+        "jitter_local_pct" => ("pitch roughness (jitter)", "độ rung cao độ (jitter)"),
+        "shimmer_local_db" => ("loudness roughness (shimmer)", "độ rung âm lượng (shimmer)"),
+        "hnr_db" => (
+            "voice clarity (harmonics-to-noise)",
+            "độ trong của giọng (HNR)",
+        ),
+        "loudness_range_db" => ("loudness range", "biên độ âm lượng"),
+        "loudness_std_db" => ("loudness variability", "độ biến thiên âm lượng"),
+        "loudness_rise_db_per_s" => ("loudness attacks", "độ dồn âm lượng"),
+        "speech_rate_syl_per_s" => ("speech rate", "tốc độ nói"),
+        "articulation_rate_syl_per_s" => ("articulation rate", "tốc độ phát âm"),
+        "pause_ratio" => ("pauses", "khoảng ngừng"),
+        "spectral_centroid_hz" => ("voice brightness", "độ sáng của giọng"),
+        "alpha_ratio_db" => ("vocal effort (alpha ratio)", "độ gắng sức (alpha ratio)"),
+        "hammarberg_db" => ("vocal softness (Hammarberg)", "độ mềm giọng (Hammarberg)"),
+        "spectral_slope_500_1500_db_per_khz" => ("spectral tilt", "độ dốc phổ"),
+        _ => return None,
+    };
+    Some(if vi { vn } else { en })
+}
+
+fn degree(z: f64, vi: bool) -> &'static str {
+    let a = z.abs();
+    match (vi, z >= 0.0) {
+        (false, true) if a >= 2.0 => "much higher than usual",
+        (false, true) if a >= 1.0 => "higher than usual",
+        (false, true) if a >= 0.5 => "slightly higher than usual",
+        (false, false) if a >= 2.0 => "much lower than usual",
+        (false, false) if a >= 1.0 => "lower than usual",
+        (false, false) if a >= 0.5 => "slightly lower than usual",
+        (false, _) => "about usual",
+        (true, true) if a >= 2.0 => "cao hơn nhiều so với thường",
+        (true, true) if a >= 1.0 => "cao hơn thường",
+        (true, true) if a >= 0.5 => "hơi cao hơn thường",
+        (true, false) if a >= 2.0 => "thấp hơn nhiều so với thường",
+        (true, false) if a >= 1.0 => "thấp hơn thường",
+        (true, false) if a >= 0.5 => "hơi thấp hơn thường",
+        (true, _) => "như thường",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Evidence, FiredRule, Probs};
+
+    #[test]
+    fn prefix_is_shared_and_evidence_lists_strongest_deviations() {
+        let labels = LabelSet::default();
+        let rules = [RuleText::new(
+            "R1",
+            "angry",
+            "Loud bursts with harsh voice suggest anger.",
+        )];
+        let b = PromptBuilder::new(
+            ChatTemplate::ChatMl,
+            PromptLanguage::English,
+            &labels,
+            &rules,
+        );
+        assert!(b.prefix().starts_with("<|im_start|>system\n"));
+        assert!(b.prefix().contains("R1 (angry): Loud bursts"));
+        assert!(b.prefix().ends_with("Clip:\n"));
+        let mut e = Evidence::default();
+        for (n, z) in [
+            ("f0_std_st", 1.8),
+            ("hnr_db", -0.2),
+            ("speech_rate_syl_per_s", -2.4),
+            ("unknown_x", 9.0),
+        ] {
+            e.z.insert(n.into(), z);
+        }
+        let fired = [FiredRule {
+            id: "R1".into(),
+            label: "angry".into(),
+            weight: 1.0,
+            statement_en: String::new(),
+            statement_vi: None,
+        }];
+        let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
+        let case = Case {
+            evidence: &e,
+            acoustic: &probs,
+            fired: &fired,
+            transcript: None,
+        };
+        let ev = b.evidence(&case);
+        assert_eq!(
+            ev,
+            "- speech rate much lower than usual (-2.4 SD)\n- pitch variability higher than usual (+1.8 SD)\n\
+             - voice clarity (harmonics-to-noise) about usual (-0.2 SD)\nRules fired: R1 (angry)\n\
+             Acoustic model: calm 0.20, angry 0.50, panic 0.30\n"
+        );
+        let q = b.question(&[2, 0, 1]);
+        assert_eq!(
+            q,
+            "Which label fits best: panic, calm or angry?<|im_end|>\n<|im_start|>assistant\nLabel:"
+        );
+    }
+
+    #[test]
+    fn vietnamese_prompt_uses_vietnamese_words() {
+        let labels = LabelSet::default();
+        let b = PromptBuilder::new(
+            ChatTemplate::Gemma,
+            PromptLanguage::Vietnamese,
+            &labels,
+            &[],
+        );
+        assert!(b.prefix().contains("Nhãn:\n- calm: giọng thư thái"));
+        assert!(b
+            .question(&[0, 1, 2])
+            .ends_with("<start_of_turn>model\nNhãn:"));
+    }
+}

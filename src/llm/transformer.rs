@@ -1,0 +1,259 @@
+//! One decoder for the llama family as stored in GGUF: llama (SmolLM2, Llama 3.x), qwen2
+//! (q/k/v biases) and qwen3 (per-head q/k RMS norms). Owned rather than taken from
+//! candle-transformers because candle's versions cost too much here: they expand the token
+//! embedding to f32 (+113 MB for SmolLM2, +545 MB for Qwen2.5-0.5B) where a quantised row
+//! lookup serves, size rotary tables to the trained context (32k+ positions), and cannot take
+//! re-quantised tensors at load time. The KV cache grows by concatenation, so a clone of
+//! [`Transformer`] is an independent snapshot that shares only the immutable weights.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_transformers::quantized_nn::RmsNorm;
+
+/// Where the decoder's tensors come from (the loader re-quantises on the way).
+pub(crate) trait TensorSource {
+    fn tensor(&mut self, name: &str) -> Result<QTensor>;
+    fn has(&self, name: &str) -> bool;
+}
+
+/// Shape and variant of a llama-family model, read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Hyper {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope_base: f32,
+    /// NEOX rotary layout (pairs i, i+d/2; Qwen) rather than interleaved (pairs 2i, 2i+1; Llama).
+    pub rope_neox: bool,
+    pub rms_eps: f64,
+    /// Positions the rotary table covers; the KV cache may not grow past it.
+    pub max_positions: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    attn_norm: RmsNorm,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    /// qwen2 only.
+    bias_qkv: Option<(Tensor, Tensor, Tensor)>,
+    /// qwen3 only: RMS norm over each head's q and k.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    ffn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    kv: Option<(Tensor, Tensor)>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Transformer {
+    hyper: Hyper,
+    /// Quantised token embedding; rows are dequantised on lookup.
+    embedding: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+fn qmatmul(src: &mut dyn TensorSource, name: &str) -> Result<QMatMul> {
+    QMatMul::from_qtensor(src.tensor(name)?)
+}
+
+impl Transformer {
+    pub fn load(hyper: Hyper, src: &mut dyn TensorSource, qwen2_bias: bool) -> Result<Self> {
+        let device = Device::Cpu;
+        let embedding = Arc::new(src.tensor("token_embd.weight")?);
+        let output = if src.has("output.weight") {
+            qmatmul(src, "output.weight")?
+        } else {
+            // Tied embeddings: the same quantised matrix serves as the output projection.
+            QMatMul::from_arc(embedding.clone())?
+        };
+        let norm = RmsNorm::from_qtensor(src.tensor("output_norm.weight")?, hyper.rms_eps)?;
+        let mut layers = Vec::with_capacity(hyper.n_layer);
+        for i in 0..hyper.n_layer {
+            let p = format!("blk.{i}");
+            let bias_qkv = if qwen2_bias {
+                let b = |src: &mut dyn TensorSource, n: &str| {
+                    src.tensor(&format!("{p}.{n}.bias"))?.dequantize(&device)
+                };
+                Some((b(src, "attn_q")?, b(src, "attn_k")?, b(src, "attn_v")?))
+            } else {
+                None
+            };
+            let qk_norm = if src.has(&format!("{p}.attn_q_norm.weight")) {
+                Some((
+                    RmsNorm::from_qtensor(
+                        src.tensor(&format!("{p}.attn_q_norm.weight"))?,
+                        hyper.rms_eps,
+                    )?,
+                    RmsNorm::from_qtensor(
+                        src.tensor(&format!("{p}.attn_k_norm.weight"))?,
+                        hyper.rms_eps,
+                    )?,
+                ))
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: RmsNorm::from_qtensor(
+                    src.tensor(&format!("{p}.attn_norm.weight"))?,
+                    hyper.rms_eps,
+                )?,
+                wq: qmatmul(src, &format!("{p}.attn_q.weight"))?,
+                wk: qmatmul(src, &format!("{p}.attn_k.weight"))?,
+                wv: qmatmul(src, &format!("{p}.attn_v.weight"))?,
+                wo: qmatmul(src, &format!("{p}.attn_output.weight"))?,
+                bias_qkv,
+                qk_norm,
+                ffn_norm: RmsNorm::from_qtensor(
+                    src.tensor(&format!("{p}.ffn_norm.weight"))?,
+                    hyper.rms_eps,
+                )?,
+                gate: qmatmul(src, &format!("{p}.ffn_gate.weight"))?,
+                up: qmatmul(src, &format!("{p}.ffn_up.weight"))?,
+                down: qmatmul(src, &format!("{p}.ffn_down.weight"))?,
+                kv: None,
+            });
+        }
+        let (cos, sin) = rotary_tables(hyper.rope_dim, hyper.rope_base, hyper.max_positions)?;
+        Ok(Self {
+            hyper,
+            embedding,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for l in &mut self.layers {
+            l.kv = None;
+        }
+    }
+
+    /// Runs `tokens` (shape `(1, seq)`) at positions `pos..pos+seq` against the cache and
+    /// returns the logits after the last token, shape `(vocab,)`.
+    pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_b, seq) = tokens.dims2()?;
+        let mask = if seq > 1 {
+            Some(candle_transformers::utils::build_causal_mask(
+                seq,
+                pos,
+                tokens.device(),
+            )?)
+        } else {
+            None
+        };
+        let mut x = self.embedding.embedding(tokens)?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        for layer in &mut self.layers {
+            let h = layer.attn_norm.forward(&x)?;
+            let a = attention(layer, &self.hyper, &h, mask.as_ref(), &cos, &sin)?;
+            x = (x + a)?;
+            let h = layer.ffn_norm.forward(&x)?;
+            let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+            let u = layer.up.forward(&h)?;
+            x = (x + layer.down.forward(&(g * u)?)?)?;
+        }
+        let last = x.i((.., seq - 1, ..))?;
+        let last = self.norm.forward(&last)?;
+        self.output.forward(&last)?.squeeze(0)
+    }
+}
+
+fn attention(
+    layer: &mut Layer,
+    hp: &Hyper,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
+    let (b, seq, _) = x.dims3()?;
+    let mut q = layer.wq.forward(x)?;
+    let mut k = layer.wk.forward(x)?;
+    let mut v = layer.wv.forward(x)?;
+    if let Some((bq, bk, bv)) = &layer.bias_qkv {
+        q = q.broadcast_add(bq)?;
+        k = k.broadcast_add(bk)?;
+        v = v.broadcast_add(bv)?;
+    }
+    let mut q = q.reshape((b, seq, hp.n_head, hp.head_dim))?;
+    let mut k = k.reshape((b, seq, hp.n_kv_head, hp.head_dim))?;
+    if let Some((qn, kn)) = &layer.qk_norm {
+        q = qn.forward(&q.contiguous()?)?;
+        k = kn.forward(&k.contiguous()?)?;
+    }
+    let q = rope(&q.transpose(1, 2)?.contiguous()?, hp, cos, sin)?;
+    let k = rope(&k.transpose(1, 2)?.contiguous()?, hp, cos, sin)?;
+    let v = v
+        .reshape((b, seq, hp.n_kv_head, hp.head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let (k, v) = match &layer.kv {
+        Some((kc, vc)) => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
+        None => (k, v),
+    };
+    layer.kv = Some((k.clone(), v.clone()));
+    let rep = hp.n_head / hp.n_kv_head;
+    let k = candle_transformers::utils::repeat_kv(k, rep)?;
+    let v = candle_transformers::utils::repeat_kv(v, rep)?;
+    let att = (q.matmul(&k.t()?)? * (1.0 / (hp.head_dim as f64).sqrt()))?;
+    let att = match mask {
+        Some(m) => {
+            let neg = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
+            m.broadcast_as(att.shape())?.where_cond(&neg, &att)?
+        }
+        None => att,
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let y = att.matmul(&v.contiguous()?)?;
+    let y = y
+        .transpose(1, 2)?
+        .reshape((b, seq, hp.n_head * hp.head_dim))?;
+    layer.wo.forward(&y)
+}
+
+/// Rotary embedding on the first `rope_dim` channels of each head (all of them for the
+/// catalogue models).
+fn rope(x: &Tensor, hp: &Hyper, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let rot = |t: &Tensor| {
+        if hp.rope_neox {
+            candle_nn::rotary_emb::rope(t, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(t, cos, sin)
+        }
+    };
+    if hp.rope_dim == hp.head_dim {
+        return rot(x);
+    }
+    let head = rot(&x.narrow(D::Minus1, 0, hp.rope_dim)?.contiguous()?)?;
+    let tail = x.narrow(D::Minus1, hp.rope_dim, hp.head_dim - hp.rope_dim)?;
+    Tensor::cat(&[&head, &tail], D::Minus1)
+}
+
+fn rotary_tables(dim: usize, base: f32, positions: usize) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
+        .collect();
+    let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
+    let t = Tensor::arange(0, positions as u32, &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?;
+    let freqs = t.matmul(&inv.reshape((1, dim / 2))?)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
