@@ -180,5 +180,11 @@ pub fn prepare_out(dir: &Path, force: bool) -> Result<(), ModelDirError> {
     if dir.join(META_FILE).exists() && !force {
         return Err(ModelDirError::Exists { path: dir.into(), what: "a trained model".into() });
     }
-    fs::create_dir_all(dir).map_err(|e| io(dir, e))
+    // The directory holds the training clips' labels and evidence (health data): folders it
+    // creates are readable by their owner only.
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| io(dir, e))
 }
