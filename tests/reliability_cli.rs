@@ -695,3 +695,41 @@ fn features_work_inside_a_network_namespace_with_no_network() {
         "the decode worker must run offline too"
     );
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Labels and evidence are health data: the model directory `train` creates is closed to
+/// other users (its files sit in a 0o700 folder).
+#[test]
+fn the_model_directory_is_readable_by_its_owner_only() {
+    let c = corpus();
+    let m = c.root.join("model");
+    assert_eq!(mode(&m) & 0o077, 0, "model dir mode {:o}", mode(&m));
+    assert!(m.join("train_evidence.jsonl").is_file());
+}
+
+/// `eval --json` output must be created 0o600. Known failure: src/main.rs writes it with
+/// `std::fs::write` (mode 0o666 & ~umask); the fix is `camxuc::private_fs::write_private`.
+#[test]
+#[ignore = "eval --json is written world-readable by src/main.rs (lead: use private_fs::write_private)"]
+fn eval_json_is_readable_by_its_owner_only() {
+    let c = corpus();
+    let out = c.root.join("eval_report.json");
+    let o = camxuc(
+        &c.root,
+        &[
+            "eval",
+            "--manifest",
+            "val.csv",
+            "--model",
+            "model",
+            "--json",
+            "eval_report.json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(mode(&out) & 0o077, 0, "eval json mode {:o}", mode(&out));
+}
