@@ -37,3 +37,27 @@ fmt:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+
+# Fuzz the input readers (audio decoder entry, manifest reader, GGUF metadata reader) for a
+# bounded time each (seconds). Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); uses the
+# nightly toolchain when installed, else stable with RUSTC_BOOTSTRAP=1. Findings land in
+# fuzz/artifacts/<target>/. The rule-condition parser gets a target once src/rules exists.
+fuzz seconds="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd fuzz
+    # Seeds: the format fixtures, each behind the byte that selects its extension.
+    mkdir -p corpus/audio_decode corpus/manifest corpus/gguf
+    sel=0
+    for ext in wav flac mp3 ogg; do
+        for f in ../tests/fixtures/audio/*."$ext"; do
+            { printf "\\x0$sel"; cat "$f"; } > "corpus/audio_decode/seed_$(basename "$f")"
+        done
+        sel=$((sel + 1))
+    done
+    printf 'path,label,speaker\nclips/a.wav,calm,s1\n"b c.wav",Angry,s2\n' > corpus/manifest/seed.csv
+    if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=(cargo +nightly); else tc=(env RUSTC_BOOTSTRAP=1 cargo); fi
+    for t in audio_decode manifest gguf; do
+        echo "== fuzz $t for {{seconds}} s"
+        "${tc[@]}" fuzz run -a "$t" "corpus/$t" -- -max_total_time={{seconds}} -rss_limit_mb=2048 -print_final_stats=1
+    done

@@ -334,6 +334,8 @@ fn a_one_hour_file_is_refused_up_front_by_features() {
 }
 
 /// Run camxuc and return its output and peak resident memory (kB, the worker included).
+// Reaped with libc::wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cwd: &Path, args: &[&str]) -> (Output, i64) {
     use std::io::Read;
     let mut child = Command::new(BIN)
