@@ -60,7 +60,7 @@ pub enum RulesError {
     },
 
     /// A condition does not parse. `column` counts characters of the condition text from 1.
-    #[error("{}{}: rule '{rule_id}': syntax error in `when` at column {column} (found {token}): {message}\n    {condition}\n    {}^", path.display(), AtLine(*line), " ".repeat(column.saturating_sub(1)))]
+    #[error("{}{}: rule '{rule_id}': syntax error in `when` at column {column} (found {token}): {message}", path.display(), AtLine(*line))]
     Syntax {
         path: PathBuf,
         rule_id: String,
@@ -68,7 +68,6 @@ pub enum RulesError {
         column: usize,
         token: String,
         message: String,
-        condition: String,
     },
 
     /// A condition names something that is neither a catalogue feature, its `_z`, a

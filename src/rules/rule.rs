@@ -137,7 +137,6 @@ impl RuleDraft<'_> {
             column: e.column,
             token: e.token,
             message: e.message,
-            condition: self.condition_text.to_string(),
         })?;
         match names::check(&condition, labels) {
             None => {}
