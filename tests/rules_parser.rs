@@ -344,6 +344,24 @@ fn invalid_toml_gives_the_line_and_the_rule() {
     );
     assert!(e.to_string().contains("wieght"), "{e}");
 
+    // A missing field is reported at the rule's header, and names that rule, not the one before.
+    let text = file_with(&[
+        ("first", "calm", "hnr_db_z > 1", "1"),
+        ("second", "calm", "hnr_db_z > 2", "1"),
+    ]);
+    let cut = text.rfind("source = \"guideline\"").unwrap();
+    let text = format!(
+        "{}{}",
+        &text[..cut],
+        &text[cut..].replacen("source = \"guideline\"\n", "", 1)
+    );
+    let e = parse_err(&text);
+    assert!(
+        matches!(&e, RulesError::Toml { rule_id: Some(id), line: Some(l), .. } if id == "second" && *l == line_of(&text, "id = \"second\"") - 1),
+        "{e}"
+    );
+    assert!(e.to_string().contains("source"), "{e}");
+
     // Metadata problems point at the field.
     let e = parse_err(&HEADER.replace("language = \"en\"", "language = \"fr\""));
     assert!(

@@ -68,10 +68,22 @@ fn unknown(name: &str, labels: &LabelSet) -> NameProblem {
 /// name listed first, so the answer is deterministic.
 pub fn nearest(name: &str, known: &[String]) -> Option<String> {
     let lowered = name.to_lowercase();
+    // A name typed as a z-score should get a z-score back (`alpha_ratio_z` means
+    // `alpha_ratio_db_z`, not `alpha_ratio_db`), and a raw name a raw one.
+    let wants_z = lowered.ends_with("_z");
+    let same_kind: Vec<String> = known
+        .iter()
+        .filter(|k| k.ends_with("_z") == wants_z)
+        .cloned()
+        .collect();
+    nearest_in(&lowered, &same_kind).or_else(|| nearest_in(&lowered, known))
+}
+
+fn nearest_in(lowered: &str, known: &[String]) -> Option<String> {
     let limit = (lowered.chars().count() / 3).max(2);
     let mut best: Option<(usize, &String)> = None;
     for candidate in known {
-        let d = edit_distance(&lowered, candidate);
+        let d = edit_distance(lowered, candidate);
         if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, candidate));
         }

@@ -517,9 +517,15 @@ impl LineIndex {
 /// For TOML errors inside a `[[rule]]` table: the id of that rule, read from its `id = "…"`
 /// line, so the message can name it. Best effort: `None` when the id itself is unreadable.
 fn rule_id_around(text: &str, offset: usize) -> Option<String> {
+    const HEADER: &str = "[[rule]]";
     let offset = offset.min(text.len());
-    let before = text.get(..offset)?;
-    let table_start = before.rfind("[[rule]]")?;
+    // Errors about a whole table (a missing field) point at its `[[rule]]` header itself.
+    let mut end = (offset + HEADER.len()).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    let before = &text[..end];
+    let table_start = before.rfind(HEADER)?;
     // The error must not be in a later, different table.
     let after_header = &text[table_start + "[[rule]]".len()..];
     let table_end = after_header
