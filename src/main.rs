@@ -8,7 +8,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
+use camxuc::acoustic::{default_device, AcousticModel};
 use camxuc::catalog;
+use camxuc::pipeline::decide::{probs_text, summarise_segments};
+use camxuc::pipeline::output::{BatchWriter, Failure, Format as OutputFormat, RunHeader};
+use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
+use camxuc::rules::{RuleSet, RuleVote};
+use camxuc::Route;
 use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::features::{FeatureConfig, FEATURES};
@@ -36,6 +42,8 @@ enum Command {
     /// Train the acoustic model on a manifest; writes a model directory with everything
     /// `eval` and `classify` need.
     Train(TrainArgs),
+    /// Classify recordings: one Decision per file (or per utterance with --segments).
+    Classify(ClassifyArgs),
     /// Evaluate a trained model on a labelled manifest (today: the acoustic route only).
     Eval(EvalArgs),
     /// Install, register and list the offline models (LLMs and the Whisper front end).
@@ -99,6 +107,50 @@ struct TrainArgs {
     /// Do not fuse the evidence z-scores into the model.
     #[arg(long)]
     no_evidence: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClassifyArgs {
+    /// Audio files (WAV, FLAC, MP3, OGG/Vorbis, ...).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Model directory (default: the most recently trained model under models/acoustic).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Reasoner for ambiguous clips: an LLM SPEC (NAME | PATH | hf:OWNER/REPO/FILE) or `none`
+    /// for the rule vote. Default: `none` until the LLM reasoner lands.
+    #[arg(long, default_value = "none")]
+    llm: String,
+    /// Route clips whose top probability is below this (overrides the model's routing.json).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Output format on standard output.
+    #[arg(long, value_enum, default_value_t = OutFormat::Table)]
+    format: OutFormat,
+    /// Also append each decision to this file as it is made (JSONL, or CSV when the name
+    /// ends in .csv); created readable by the owner only.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue an interrupted --out file: skip the files it already records.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Cut long recordings at pauses and decide each utterance (with start/end times).
+    #[arg(long)]
+    segments: bool,
+    /// Label `uncertain` when the final top probability is below P (ask a person instead).
+    #[arg(long, value_name = "P")]
+    abstain_below: Option<f32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum OutFormat {
+    Table,
+    Json,
+    Jsonl,
+    Csv,
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,6 +238,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Features(a) => features(a),
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
+        Command::Classify(a) => classify(a),
         Command::Models { command } => models(command),
     }
 }
@@ -265,6 +318,117 @@ fn pick_model(model: Option<PathBuf>) -> Result<PathBuf> {
         .with_context(|| format!("no trained model under {}; train one with `camxuc train` or pass --model DIR", dir.join("acoustic").display()))?;
     eprintln!("using the most recently trained model: {}", m.display());
     Ok(m)
+}
+
+/// The reasoner for ambiguous clips.
+fn build_reasoner(spec: &str, rules: &RuleSet) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
+    match catalog::ModelSpec::parse(spec)? {
+        catalog::ModelSpec::None => Ok((Box::new(RuleVote::new(rules)), Route::Rules)),
+        _ => anyhow::bail!("--llm {spec}: the LLM reasoner is not wired into classify yet; use --llm none (the rule vote)"),
+    }
+}
+
+fn classify(a: ClassifyArgs) -> Result<ExitCode> {
+    let model_dir = pick_model(a.model)?;
+    let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
+    let rules = active_rules(&model, a.rules.as_deref())?;
+    let (reasoner, route) = build_reasoner(&a.llm, &rules)?;
+    let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
+    let header = RunHeader {
+        camxuc_run: env!("CARGO_PKG_VERSION").into(),
+        model: format!("{} {}", model_dir.display(), catalog::sha256_file(&model_dir.join(model_dir::WEIGHTS_FILE))?),
+        rules: format!("{} {}", pipeline.rules.id_string(), pipeline.rules.sha256()),
+        reasoner: pipeline.reasoner_name(),
+    };
+    let labels = pipeline.model.meta.labels.names().to_vec();
+    let (mut writer, done) = match &a.out {
+        Some(p) => {
+            let format = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) { OutputFormat::Csv } else { OutputFormat::Jsonl };
+            let (w, done) = BatchWriter::open(p, format, &labels, &header, a.resume)?;
+            (Some(w), done)
+        }
+        None => (None, Default::default()),
+    };
+    if a.format == OutFormat::Csv {
+        println!("file,segment_start_s,segment_end_s,label,{},route,fired_rules", labels.iter().map(|l| format!("p_{l}")).collect::<Vec<_>>().join(","));
+    }
+    let (mut failed, mut decided, mut json_all) = (0usize, 0usize, Vec::new());
+    for file in &a.files {
+        let name = file.display().to_string();
+        if done.contains(&name) {
+            continue;
+        }
+        let results: Vec<Result<camxuc::Decision, PipelineError>> = if a.segments {
+            match pipeline.decide_segments(file, &name) {
+                Ok(r) => r,
+                Err(e) => vec![Err(e)],
+            }
+        } else {
+            vec![pipeline.decide_file(file, &name)]
+        };
+        let mut file_decisions = Vec::new();
+        for r in results {
+            match r {
+                Ok(d) => {
+                    decided += 1;
+                    if let Some(w) = writer.as_mut() {
+                        w.decision(&d)?;
+                    }
+                    match a.format {
+                        OutFormat::Table => print_decision(&d),
+                        OutFormat::Json => json_all.push(serde_json::to_value(&d)?),
+                        OutFormat::Jsonl => println!("{}", serde_json::to_string(&d)?),
+                        OutFormat::Csv => println!(
+                            "{},{},{},{},{},{},{}",
+                            d.file,
+                            d.segment.map(|s| format!("{:.3}", s.start_s)).unwrap_or_default(),
+                            d.segment.map(|s| format!("{:.3}", s.end_s)).unwrap_or_default(),
+                            d.label,
+                            d.probs.values.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(","),
+                            d.route,
+                            d.fired_rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(" ")
+                        ),
+                    }
+                    file_decisions.push(d);
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {e}");
+                    let f = Failure { file: name.clone(), error: e.to_string() };
+                    if let Some(w) = writer.as_mut() {
+                        w.failure(&f)?;
+                    }
+                    if a.format == OutFormat::Json {
+                        json_all.push(serde_json::to_value(&f)?);
+                    }
+                }
+            }
+        }
+        if a.segments && a.format == OutFormat::Table {
+            if let Some((label, share)) = summarise_segments(&file_decisions) {
+                println!("  summary of {name}: mostly {label} ({:.0} % of the speech, {} utterances)", 100.0 * share, file_decisions.len());
+            }
+        }
+    }
+    if a.format == OutFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&json_all)?);
+    }
+    Ok(batch_exit_code(failed, failed + decided))
+}
+
+fn print_decision(d: &camxuc::Decision) {
+    let seg = d.segment.map(|s| format!(" [{:.2}-{:.2} s]", s.start_s, s.end_s)).unwrap_or_default();
+    println!("{}{}: {} (route {}; {})", d.file, seg, d.label.to_uppercase(), d.route, probs_text(&d.probs));
+    if d.route != Route::Acoustic {
+        println!("    acoustic model alone: {}", probs_text(&d.acoustic_probs));
+    }
+    if !d.fired_rules.is_empty() {
+        let ids: Vec<String> = d.fired_rules.iter().map(|r| format!("{}→{}", r.id, r.label)).collect();
+        println!("    fired rules: {}", ids.join(", "));
+    }
+    if let Some(r) = &d.rationale {
+        println!("    why: {}", r.replace('\n', " "));
+    }
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {

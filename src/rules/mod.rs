@@ -27,3 +27,12 @@ pub use vote::{RuleVote, DEFAULT_PRIOR_WEIGHT};
 
 /// The shipped default rule set, relative to the repository root.
 pub const DEFAULT_RULES_PATH: &str = "rules/vi-default.toml";
+
+/// The shipped default rule set, embedded in the binary so a model works without the
+/// repository beside it.
+pub const DEFAULT_RULES_TEXT: &str = include_str!("../../rules/vi-default.toml");
+
+/// Parse the embedded default rule set.
+pub fn default_ruleset() -> Result<RuleSet, RulesError> {
+    RuleSet::parse(DEFAULT_RULES_TEXT, DEFAULT_RULES_PATH)
+}

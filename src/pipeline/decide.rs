@@ -1,0 +1,182 @@
+//! One clip to one `Decision`: acoustic model → rules → router → reasoner for ambiguous clips.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::analyse::{AnalyseError, AnalysedClip, ClipAnalyser};
+use super::route::Router;
+use crate::acoustic::{AcousticError, AcousticModel};
+use crate::audio::{self, AudioError};
+use crate::rules::{RuleSet, RulesError};
+use crate::{Case, Decision, Probs, Reasoner, ReasonerError, Route, Segment, DECISION_SCHEMA_VERSION};
+
+/// The label written when even the final decision is below `--abstain-below`.
+pub const UNCERTAIN: &str = "uncertain";
+/// Rules file a model directory may hold (written by `refine`); else the embedded default.
+pub const MODEL_RULES_FILE: &str = "rules.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Analyse(#[from] AnalyseError),
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Acoustic(#[from] AcousticError),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error(transparent)]
+    Reasoner(#[from] ReasonerError),
+    #[error("{}: the rule set's labels ({rules}) differ from the model's ({model})", path.display())]
+    LabelMismatch { path: PathBuf, rules: String, model: String },
+}
+
+/// The active rule set for a model: `explicit` if given, else `<model>/rules.toml`, else the
+/// embedded default. Checked against the model's labels.
+pub fn active_rules(model: &AcousticModel, explicit: Option<&Path>) -> Result<RuleSet, PipelineError> {
+    let in_model = model.dir.join(MODEL_RULES_FILE);
+    let rules = match explicit {
+        Some(p) => RuleSet::load(p)?,
+        None if in_model.is_file() => RuleSet::load(&in_model)?,
+        None => crate::rules::default_ruleset()?,
+    };
+    if rules.labels() != &model.meta.labels {
+        return Err(PipelineError::LabelMismatch {
+            path: rules.path().to_path_buf(),
+            rules: rules.labels().to_string(),
+            model: model.meta.labels.to_string(),
+        });
+    }
+    Ok(rules)
+}
+
+pub struct Pipeline {
+    pub analyser: ClipAnalyser,
+    pub model: AcousticModel,
+    pub rules: RuleSet,
+    pub router: Router,
+    reasoner: Box<dyn Reasoner>,
+    /// Route recorded for clips the reasoner decides (`rules` or `llm`).
+    reasoner_route: Route,
+    pub abstain_below: Option<f32>,
+}
+
+/// Milliseconds since `t`.
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Pipeline {
+    pub fn new(
+        model: AcousticModel,
+        rules: RuleSet,
+        reasoner: Box<dyn Reasoner>,
+        reasoner_route: Route,
+        threshold: Option<f32>,
+        abstain_below: Option<f32>,
+    ) -> Result<Self, PipelineError> {
+        let analyser = ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
+            path: model.dir.join(crate::acoustic::model_dir::META_FILE),
+            message: e.to_string(),
+        })?;
+        let mut router = Router::from_config(&model.routing);
+        if let Some(t) = threshold {
+            router.threshold = t;
+        }
+        Ok(Self { analyser, model, rules, router, reasoner, reasoner_route, abstain_below })
+    }
+
+    pub fn reasoner_name(&self) -> String {
+        self.reasoner.name()
+    }
+
+    /// Decide one file as one clip.
+    pub fn decide_file(&mut self, path: &Path, name: &str) -> Result<Decision, PipelineError> {
+        let t = Instant::now();
+        let audio = audio::load(path, &self.analyser.load)?;
+        let decode_ms = ms(t);
+        let t = Instant::now();
+        let clip = self.analyser.analyse_audio(audio)?;
+        let mut d = self.decide_clip(clip, name, None)?;
+        d.timings_ms.insert("decode".into(), decode_ms);
+        d.timings_ms.insert("features".into(), ms(t) - d.timings_ms.values().sum::<f64>());
+        Ok(d)
+    }
+
+    /// Decide each utterance of a long recording (cut at pauses), window by window with
+    /// bounded memory. Utterances that fail are returned as errors in place.
+    pub fn decide_segments(&mut self, path: &Path, name: &str) -> Result<Vec<Result<Decision, PipelineError>>, PipelineError> {
+        let mut out = Vec::new();
+        let windows = audio::open_windows(path, audio::DEFAULT_WINDOW_S, &self.analyser.load)?;
+        for window in windows {
+            let window = window?;
+            for utterance in audio::split_utterances(&window, &self.analyser.vad) {
+                let seg = Segment { start_s: utterance.offset_s, end_s: utterance.offset_s + utterance.duration_s() };
+                let r = self.analyser.analyse_audio(utterance).map_err(PipelineError::from);
+                out.push(r.and_then(|c| self.decide_clip(c, name, Some(seg))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decide an analysed clip.
+    pub fn decide_clip(&mut self, mut clip: AnalysedClip, name: &str, segment: Option<Segment>) -> Result<Decision, PipelineError> {
+        let mut timings = BTreeMap::new();
+        let t = Instant::now();
+        let acoustic = self.model.predict(std::slice::from_mut(&mut clip))?.remove(0);
+        timings.insert("acoustic".to_string(), ms(t));
+        let t = Instant::now();
+        let fired = self.rules.evaluate(&clip.evidence, &acoustic);
+        timings.insert("rules".to_string(), ms(t));
+        let (probs, route, rationale) = if self.router.is_ambiguous(&acoustic) {
+            let t = Instant::now();
+            let case = Case { evidence: &clip.evidence, acoustic: &acoustic, fired: &fired, transcript: None };
+            let verdict = self.reasoner.decide(&case)?;
+            timings.insert("reasoner".to_string(), ms(t));
+            (verdict.probs, self.reasoner_route, verdict.rationale)
+        } else {
+            let (i, p) = acoustic.argmax();
+            let why = format!("acoustic model confident: {} at {:.2}", acoustic.labels[i], p);
+            (acoustic.clone(), Route::Acoustic, Some(why))
+        };
+        let (best, p) = probs.argmax();
+        let label = match self.abstain_below {
+            Some(min) if p < min => UNCERTAIN.to_string(),
+            _ => probs.labels[best].clone(),
+        };
+        Ok(Decision {
+            schema_version: DECISION_SCHEMA_VERSION,
+            file: name.to_string(),
+            segment,
+            label,
+            probs,
+            acoustic_probs: acoustic,
+            route,
+            evidence: clip.evidence,
+            fired_rules: fired,
+            rationale,
+            timings_ms: timings,
+        })
+    }
+}
+
+/// Majority label (by summed duration) of a recording's segment decisions, for `--segments`.
+pub fn summarise_segments(decisions: &[Decision]) -> Option<(String, f64)> {
+    let mut by_label: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    for d in decisions {
+        let dur = d.segment.map(|s| s.end_s - s.start_s).unwrap_or(0.0);
+        *by_label.entry(d.label.as_str()).or_default() += dur;
+        total += dur;
+    }
+    by_label
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(l, d)| (l.to_string(), if total > 0.0 { d / total } else { 0.0 }))
+}
+
+/// Probabilities as a compact string, e.g. `calm 0.81 angry 0.12 panic 0.07`.
+pub fn probs_text(p: &Probs) -> String {
+    p.labels.iter().zip(&p.values).map(|(l, v)| format!("{l} {v:.2}")).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,192 @@
+//! Incremental batch output: one record per clip, appended and flushed as it is decided, so a
+//! crash or Ctrl-C loses nothing already done; `--resume` skips what the file already holds.
+//! Files are created readable by their owner only: recordings and their labels are health data.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Decision;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    #[error("{}: cannot resume: {message}", path.display())]
+    Resume { path: PathBuf, message: String },
+}
+
+/// Open `path` for appending, creating it with mode 0600 (owner read/write) when new.
+pub fn open_private_append(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// Write `contents` to a new or truncated file readable by the owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut o = OpenOptions::new();
+    o.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)?.write_all(contents)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+/// A clip that could not be decided, recorded in the output with its reason.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub file: String,
+    pub error: String,
+}
+
+/// The first JSONL line: what produced the file, so `--resume` can refuse a mismatch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunHeader {
+    pub camxuc_run: String,
+    pub model: String,
+    pub rules: String,
+    pub reasoner: String,
+}
+
+pub struct BatchWriter {
+    path: PathBuf,
+    file: File,
+    format: Format,
+    labels: Vec<String>,
+}
+
+const CSV_HEAD: [&str; 4] = ["file", "segment_start_s", "segment_end_s", "label"];
+
+impl BatchWriter {
+    /// Open the output. With `resume`, returns the files already recorded (decided or failed);
+    /// a JSONL file whose header differs from `header` is refused.
+    pub fn open(path: &Path, format: Format, labels: &[String], header: &RunHeader, resume: bool) -> Result<(Self, HashSet<String>), OutputError> {
+        let io = |e: std::io::Error| OutputError::Io { path: path.into(), message: e.to_string() };
+        let mut done = HashSet::new();
+        let exists = path.is_file() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+        if exists && !resume {
+            return Err(OutputError::Io {
+                path: path.into(),
+                message: "exists; pass --resume to continue it, or choose another --out".into(),
+            });
+        }
+        if exists {
+            done = read_done(path, format, header)?;
+        }
+        let file = open_private_append(path).map_err(io)?;
+        let mut w = Self { path: path.into(), file, format, labels: labels.to_vec() };
+        if !exists {
+            match format {
+                Format::Jsonl => w.line(&serde_json::to_string(header).map_err(|e| io(e.into()))?)?,
+                Format::Csv => {
+                    let mut cols: Vec<String> = CSV_HEAD.iter().map(|s| s.to_string()).collect();
+                    cols.extend(labels.iter().map(|l| format!("p_{l}")));
+                    cols.extend(["route", "fired_rules", "rationale", "error"].map(String::from));
+                    w.line(&csv_line(&cols))?;
+                }
+            }
+        }
+        Ok((w, done))
+    }
+
+    fn line(&mut self, s: &str) -> Result<(), OutputError> {
+        let io = |e: std::io::Error| OutputError::Io { path: self.path.clone(), message: e.to_string() };
+        writeln!(self.file, "{s}").map_err(io)?;
+        self.file.flush().map_err(io)
+    }
+
+    pub fn decision(&mut self, d: &Decision) -> Result<(), OutputError> {
+        let s = match self.format {
+            Format::Jsonl => serde_json::to_string(d).map_err(|e| OutputError::Io { path: self.path.clone(), message: e.to_string() })?,
+            Format::Csv => {
+                let seg = |f: fn(&crate::Segment) -> f64| d.segment.as_ref().map(|s| format!("{:.3}", f(s))).unwrap_or_default();
+                let mut cols = vec![d.file.clone(), seg(|s| s.start_s), seg(|s| s.end_s), d.label.clone()];
+                cols.extend(self.labels.iter().map(|l| d.probs.get(l).map(|p| format!("{p:.4}")).unwrap_or_default()));
+                cols.push(d.route.to_string());
+                cols.push(d.fired_rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(" "));
+                cols.push(d.rationale.clone().unwrap_or_default());
+                cols.push(String::new());
+                csv_line(&cols)
+            }
+        };
+        self.line(&s)
+    }
+
+    pub fn failure(&mut self, f: &Failure) -> Result<(), OutputError> {
+        let s = match self.format {
+            Format::Jsonl => serde_json::to_string(f).map_err(|e| OutputError::Io { path: self.path.clone(), message: e.to_string() })?,
+            Format::Csv => {
+                let mut cols = vec![f.file.clone(), String::new(), String::new(), String::new()];
+                cols.extend(self.labels.iter().map(|_| String::new()));
+                cols.extend([String::new(), String::new(), String::new(), f.error.clone()]);
+                csv_line(&cols)
+            }
+        };
+        self.line(&s)
+    }
+}
+
+fn csv_line(cols: &[String]) -> String {
+    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    // Writing to a Vec cannot fail.
+    let _ = w.write_record(cols);
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim_end().to_string()
+}
+
+/// Files already recorded in an output being resumed. A last line cut by a crash is ignored
+/// (that clip is done again).
+fn read_done(path: &Path, format: Format, header: &RunHeader) -> Result<HashSet<String>, OutputError> {
+    let resume = |m: String| OutputError::Resume { path: path.into(), message: m };
+    let f = File::open(path).map_err(|e| resume(e.to_string()))?;
+    let mut done = HashSet::new();
+    match format {
+        Format::Jsonl => {
+            for (i, line) in BufReader::new(f).lines().enumerate() {
+                let line = line.map_err(|e| resume(e.to_string()))?;
+                if i == 0 {
+                    let h: RunHeader = serde_json::from_str(&line)
+                        .map_err(|_| resume("the first line is not a camxuc run header".into()))?;
+                    if &h != header {
+                        return Err(resume(format!(
+                            "it was written with another model, rule set or reasoner ({} / {} / {}); this run uses {} / {} / {}",
+                            h.model, h.rules, h.reasoner, header.model, header.rules, header.reasoner
+                        )));
+                    }
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(file) = v.get("file").and_then(|f| f.as_str()) {
+                        done.insert(file.to_string());
+                    }
+                }
+            }
+        }
+        Format::Csv => {
+            let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(f);
+            for rec in r.records().flatten() {
+                if let Some(file) = rec.get(0) {
+                    done.insert(file.to_string());
+                }
+            }
+        }
+    }
+    Ok(done)
+}
