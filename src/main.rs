@@ -11,7 +11,7 @@ use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, Train
 use camxuc::acoustic::{default_device, AcousticModel};
 use camxuc::catalog;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
-use camxuc::pipeline::output::{BatchWriter, Failure, Format as OutputFormat, RunHeader};
+use camxuc::pipeline::output::{write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader};
 use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
 use camxuc::rules::{RuleSet, RuleVote};
 use camxuc::Route;
@@ -164,6 +164,12 @@ struct EvalArgs {
     /// Model directory (default: the most recently trained model under models/acoustic).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Reasoner for routed clips: `none` (the rule vote). LLM specs come with the LLM reasoner.
+    #[arg(long, default_value = "none")]
+    llm: String,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -432,11 +438,15 @@ fn print_decision(d: &camxuc::Decision) {
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
+    if !a.llm.eq_ignore_ascii_case("none") {
+        anyhow::bail!("--llm {}: the LLM reasoner is not wired into eval yet; use --llm none", a.llm);
+    }
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
         speakers: a.speakers,
         model_dir: pick_model(a.model)?,
         models_dir: catalog::models_dir(),
+        rules: a.rules,
         bootstrap_reps: 2000,
         seed: a.seed,
         robustness: a.robustness,
@@ -452,7 +462,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     }
     print_summary(&report, &a.manifest);
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+        write_private(path, (serde_json::to_string_pretty(&report)? + "\n").as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(batch_exit_code(report.n_failed, report.n + report.n_failed))

@@ -123,6 +123,7 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
             speakers: Some("actor09-actor10".into()),
             model_dir: report.dir.clone(),
             models_dir: models_dir(),
+            rules: None,
             bootstrap_reps: 200,
             seed: 1,
             robustness: false,

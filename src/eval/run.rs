@@ -1,6 +1,6 @@
-//! `camxuc eval`: run a trained model over a labelled manifest and summarise. Today this is the
-//! acoustic route only; rules, the LLM reasoner and their ablations plug in here (their
-//! fields are `null` until they exist, never copies of the acoustic figures).
+//! `camxuc eval`: run a trained model over a labelled manifest and summarise, with the
+//! ablations acoustic only / rules only / routed (rule vote for ambiguous clips). The LLM
+//! reasoner's fields are `null` until it is wired in, never copies of other figures.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,13 +11,15 @@ use serde::Serialize;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::metrics::{accuracy, accuracy_and_f1_ci, paired_macro_f1_difference, ClassScores, Confusion, Interval, PairedDifference};
+use super::metrics::{accuracy, accuracy_and_f1_ci, paired_accuracy_difference, paired_macro_f1_difference, ClassScores, Confusion, Interval, PairedDifference};
 use crate::acoustic::augment::field_conditions;
 use crate::audio;
 use crate::acoustic::{AcousticError, AcousticModel};
 use crate::data::manifest::Manifest;
 use crate::data::split::filter_speakers;
 use crate::pipeline::analyse::ClipAnalyser;
+use crate::pipeline::Router;
+use crate::rules::RuleVote;
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -25,6 +27,8 @@ pub struct EvalOptions {
     pub speakers: Option<String>,
     pub model_dir: PathBuf,
     pub models_dir: PathBuf,
+    /// Rule set (default: the model's active rules).
+    pub rules: Option<PathBuf>,
     pub bootstrap_reps: usize,
     pub seed: u64,
     /// Also score every clip under simulated field conditions (gain, noise, telephone band,
@@ -61,9 +65,15 @@ pub struct RoutingSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct Ablations {
     pub acoustic_only: Scores,
+    /// The rule vote alone (uniform prior, no acoustic model).
     pub rules_only: Option<Scores>,
+    /// `null` until the LLM reasoner is wired into eval.
     pub llm_only: Option<Scores>,
+    /// Acoustic model for confident clips, the reasoner for routed ones.
     pub routed: Option<Scores>,
+    /// routed − acoustic_only, paired bootstrap on the same clips.
+    pub routed_minus_acoustic_macro_f1: Option<PairedDifference>,
+    pub routed_minus_acoustic_accuracy: Option<PairedDifference>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -106,10 +116,20 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
     if let Some(sel) = &opts.speakers {
         m = filter_speakers(&m, &[sel.as_str()])?;
     }
+    let rules = crate::pipeline::active_rules(&model, opts.rules.as_deref()).map_err(|e| AcousticError::Training {
+        path: opts.rules.clone().unwrap_or_else(|| opts.model_dir.clone()),
+        message: e.to_string(),
+    })?;
+    let vote = RuleVote::new(&rules);
+    let rules_alone = RuleVote::new(&rules).with_prior_weight(0.0);
+    let router = Router::from_config(&model.routing);
     let mut analyser = ClipAnalyser::new(&model.meta.features)
         .map_err(|e| AcousticError::Training { path: opts.model_dir.clone(), message: e.to_string() })?;
     let mut truth = Vec::new();
     let mut pred = Vec::new();
+    let mut routed_pred = Vec::new();
+    let mut rules_pred = Vec::new();
+    let mut is_routed = Vec::new();
     let mut top = Vec::new();
     let mut failures = Vec::new();
     let mut perturbed_pred = Vec::new();
@@ -140,6 +160,11 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
         let probs = model.predict(std::slice::from_mut(&mut clip))?.remove(0);
         t_model += t1.elapsed().as_secs_f64();
         let (best, p) = probs.argmax();
+        let fired = rules.evaluate(&clip.evidence, &probs);
+        rules_pred.push(rules_alone.combine(&probs, &fired).argmax().0);
+        let ambiguous = router.is_ambiguous(&probs);
+        is_routed.push(ambiguous);
+        routed_pred.push(if ambiguous { vote.combine(&probs, &fired).argmax().0 } else { best });
         if let Some(audio) = perturbed {
             // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
             // wrong: predict a label other than the truth.
@@ -160,10 +185,14 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
     let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &pred, opts.bootstrap_reps, opts.seed);
     let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
     let conf64: Vec<f64> = top.iter().map(|&p| p as f64).collect();
-    let routed: Vec<usize> = (0..truth.len()).filter(|&i| top[i] < model.routing.threshold).collect();
-    let kept: Vec<usize> = (0..truth.len()).filter(|&i| top[i] >= model.routing.threshold).collect();
-    let acc_on = |ix: &[usize]| -> Option<f64> {
-        (!ix.is_empty()).then(|| accuracy(&ix.iter().map(|&i| truth[i]).collect::<Vec<_>>(), &ix.iter().map(|&i| pred[i]).collect::<Vec<_>>()))
+    let routed: Vec<usize> = (0..truth.len()).filter(|&i| is_routed[i]).collect();
+    let kept: Vec<usize> = (0..truth.len()).filter(|&i| !is_routed[i]).collect();
+    let acc_on = |ix: &[usize], p: &[usize]| -> Option<f64> {
+        (!ix.is_empty()).then(|| accuracy(&ix.iter().map(|&i| truth[i]).collect::<Vec<_>>(), &ix.iter().map(|&i| p[i]).collect::<Vec<_>>()))
+    };
+    let scores = |p: &[usize]| {
+        let c = Confusion::new(k, truth.iter().copied().zip(p.iter().copied()));
+        Scores { accuracy: c.accuracy(), macro_f1: c.macro_f1() }
     };
     let n = truth.len().max(1) as f64;
     let per_class = labels.names().iter().cloned().zip(conf.per_class()).collect();
@@ -196,19 +225,21 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
         routing: RoutingSummary {
             threshold: model.routing.threshold,
             routed_fraction: routed.len() as f64 / n,
-            acoustic_accuracy_on_routed: acc_on(&routed),
-            final_accuracy_on_routed: None,
-            acoustic_accuracy_on_kept: acc_on(&kept),
+            acoustic_accuracy_on_routed: acc_on(&routed, &pred),
+            final_accuracy_on_routed: acc_on(&routed, &routed_pred),
+            acoustic_accuracy_on_kept: acc_on(&kept, &pred),
         },
         ablations: Ablations {
-            acoustic_only: Scores { accuracy: conf.accuracy(), macro_f1: conf.macro_f1() },
-            rules_only: None,
+            acoustic_only: scores(&pred),
+            rules_only: Some(scores(&rules_pred)),
             llm_only: None,
-            routed: None,
+            routed: Some(scores(&routed_pred)),
+            routed_minus_acoustic_macro_f1: Some(paired_macro_f1_difference(k, &truth, &pred, &routed_pred, opts.bootstrap_reps, opts.seed)),
+            routed_minus_acoustic_accuracy: Some(paired_accuracy_difference(&truth, &pred, &routed_pred, opts.bootstrap_reps, opts.seed)),
         },
         timings_ms,
         model: Identifier { name: opts.model_dir.display().to_string(), sha256: crate::catalog::sha256_file(&weights).ok() },
-        rules: None,
+        rules: Some(Identifier { name: rules.id_string(), sha256: Some(rules.sha256()) }),
         llm: None,
         seed: opts.seed,
         robustness,
@@ -231,7 +262,7 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
         println!("    {:<8} {}", l, row.iter().map(|c| format!("{c:>4}")).collect::<String>());
     }
     println!(
-        "  routing: threshold {:.3} would send {:.0} % to the reasoner (acoustic accuracy there {})",
+        "  routing: threshold {:.3} sends {:.0} % to the reasoner (acoustic accuracy there {})",
         r.routing.threshold,
         100.0 * r.routing.routed_fraction,
         r.routing.acoustic_accuracy_on_routed.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into())
@@ -243,5 +274,17 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
             rb.clean.macro_f1, rb.perturbed.macro_f1, d.difference, d.ci95[0], d.ci95[1]
         );
     }
-    println!("  rules and LLM reasoner: not built yet (acoustic route only)");
+    let ab = &r.ablations;
+    let show = |s: &Option<Scores>| s.as_ref().map(|s| format!("accuracy {:.3}  macro-F1 {:.3}", s.accuracy, s.macro_f1)).unwrap_or_else(|| "not run".into());
+    println!("  ablations:");
+    println!("    acoustic only  accuracy {:.3}  macro-F1 {:.3}", ab.acoustic_only.accuracy, ab.acoustic_only.macro_f1);
+    println!("    rules only     {}", show(&ab.rules_only));
+    println!("    LLM only       {}", show(&ab.llm_only));
+    println!("    routed         {}", show(&ab.routed));
+    if let Some(d) = &ab.routed_minus_acoustic_macro_f1 {
+        println!("    routed − acoustic macro-F1 {:+.3} [{:+.3}, {:+.3}]", d.difference, d.ci95[0], d.ci95[1]);
+    }
+    if let (Some(a), Some(f)) = (r.routing.acoustic_accuracy_on_routed, r.routing.final_accuracy_on_routed) {
+        println!("    on the routed clips: acoustic {a:.3} -> reasoner {f:.3}");
+    }
 }
