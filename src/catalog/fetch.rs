@@ -223,10 +223,11 @@ pub fn check_gguf(file: &Path) -> Result<(), CatalogError> {
     let size = f.metadata().map_err(|e| CatalogError::io(file, e))?.len();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| not_gguf(e.to_string()))?;
     for (name, info) in &content.tensor_infos {
-        let elems: u64 = info.shape.dims().iter().map(|&d| d as u64).product();
-        let block = info.ggml_dtype.block_size() as u64;
-        let bytes = elems / block * info.ggml_dtype.type_size() as u64;
-        let end = content.tensor_data_offset + info.offset + bytes;
+        // Saturating: a hostile header's dimensions overflow u64 (found by fuzz/gguf).
+        let elems = info.shape.dims().iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let block = (info.ggml_dtype.block_size() as u64).max(1);
+        let bytes = (elems / block).saturating_mul(info.ggml_dtype.type_size() as u64);
+        let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
         if end > size {
             return Err(not_gguf(format!(
                 "truncated: tensor '{name}' ends at byte {end} but the file has {size} bytes"
