@@ -735,3 +735,18 @@ fn eval_json_is_readable_by_its_owner_only() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(mode(&out) & 0o077, 0, "eval json mode {:o}", mode(&out));
 }
+
+/// Found by fuzz/gguf: a 65-byte GGUF whose tensor dimensions multiply past u64 made
+/// `models add` panic (overflow) in its size check.
+#[test]
+fn models_add_on_a_gguf_with_overflowing_dimensions_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad/gguf_dims_overflow.gguf");
+    std::fs::copy(&src, dir.path().join("overflow.gguf")).unwrap();
+    assert_one_line_error(
+        &camxuc(dir.path(), &["models", "add", "overflow.gguf"]),
+        1,
+        &["overflow.gguf"],
+    );
+}
