@@ -750,3 +750,19 @@ fn models_add_on_a_gguf_with_overflowing_dimensions_is_an_error_not_a_panic() {
         &["overflow.gguf"],
     );
 }
+
+/// Found by fuzz/audio_decode: a 2.3 KB FLAC whose metadata makes symphonia 0.5.5's FLAC
+/// demuxer ask for 4.2 GB at probe time. The decode worker's memory limit turns that into
+/// this file's error; the CLI goes on and says so in one line.
+#[test]
+fn a_flac_metadata_allocation_bomb_is_that_files_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bad/flac_metadata_alloc_bomb.flac");
+    std::fs::copy(&src, dir.path().join("bomb.flac")).unwrap();
+    assert_one_line_error(
+        &camxuc(dir.path(), &["features", "bomb.flac"]),
+        1,
+        &["bomb.flac", "decoder crashed"],
+    );
+}
