@@ -88,6 +88,7 @@ impl BatchWriter {
             });
         }
         if exists {
+            drop_partial_last_line(path).map_err(io)?;
             done = read_done(path, format, header)?;
         }
         let file = open_private_append(path).map_err(io)?;
@@ -141,6 +142,17 @@ impl BatchWriter {
         };
         self.line(&s)
     }
+}
+
+/// A process killed mid-write can leave half a line; cut it so the next record starts on a
+/// line of its own (that clip is then decided again).
+fn drop_partial_last_line(path: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    if bytes.last().is_some_and(|&b| b != b'\n') {
+        let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+        OpenOptions::new().write(true).open(path)?.set_len(keep as u64)?;
+    }
+    Ok(())
 }
 
 fn csv_line(cols: &[String]) -> String {

@@ -1,0 +1,139 @@
+//! `camxuc classify` end to end through the real binary: decisions, recorded failures, exit
+//! codes, private incremental output, and kill -9 followed by --resume.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use camxuc::acoustic::{train_model, FrontendChoice, TrainOptions};
+use camxuc::data::synth::{synthesize, SynthOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_camxuc");
+
+fn espeak_available() -> bool {
+    Command::new("espeak-ng").arg("--version").output().is_ok()
+}
+
+/// A small synthetic corpus and a light (log-mel) model trained on it.
+fn corpus_and_model(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
+    let opts = SynthOptions { out: dir.join("corpus"), per_class: 6, speakers: 3, seed: 4, ..Default::default() };
+    let manifest = synthesize(&opts, &mut |_, _| {}).unwrap().manifest;
+    let mut o = TrainOptions::new(manifest.clone(), dir.join("model"));
+    o.frontend = FrontendChoice::LogMel;
+    o.augment_views = 0;
+    o.train.epochs = 5;
+    o.val_fraction = 0.34;
+    train_model(&o, &mut |_| {}).unwrap();
+    let m = camxuc::data::manifest::Manifest::load_unlabelled(&manifest).unwrap();
+    (m.rows.into_iter().map(|r| r.path).collect(), dir.join("model"))
+}
+
+/// Decisions of a JSONL output without timings, in file order (header line dropped).
+fn decisions(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("timings_ms");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
+    if !espeak_available() {
+        assert!(std::env::var_os("CI").is_none(), "espeak-ng must be installed in CI");
+        eprintln!("SKIPPED: espeak-ng is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (clips, model) = corpus_and_model(tmp.path());
+    let bad = tmp.path().join("broken.wav");
+    std::fs::write(&bad, b"RIFF\x10\x00\x00\x00WAVEjunk").unwrap();
+    let mut inputs: Vec<PathBuf> = clips.iter().take(17).cloned().collect();
+    inputs.insert(5, bad.clone());
+
+    // Uninterrupted run.
+    let full = tmp.path().join("full.jsonl");
+    let out = Command::new(BIN)
+        .args(["classify", "--llm", "none", "--format", "jsonl", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&full)
+        .args(&inputs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "some inputs failed → exit 2; stderr: {stderr}");
+    assert!(stderr.contains("broken.wav") && !stderr.contains("panicked"), "{stderr}");
+    let all = decisions(&full);
+    assert_eq!(all.len(), 18, "17 decisions and 1 recorded failure");
+    assert_eq!(all.iter().filter(|d| d.get("error").is_some()).count(), 1);
+    for d in all.iter().filter(|d| d.get("error").is_none()) {
+        let p: f64 = d["probs"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((p - 1.0).abs() < 1e-4);
+        assert!(["acoustic", "rules"].contains(&d["route"].as_str().unwrap()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&full).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "output must be readable by its owner only");
+    }
+
+    // Killed part-way, then resumed.
+    let part = tmp.path().join("part.jsonl");
+    let mut child = Command::new(BIN)
+        .args(["classify", "--llm", "none", "--format", "jsonl", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&part)
+        .args(&inputs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&part).map(|s| s.lines().count()).unwrap_or(0);
+        if lines >= 4 || t0.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let lines_at_kill = std::fs::read_to_string(&part).unwrap().lines().count();
+    assert!(lines_at_kill < 1 + all.len(), "the kill must land mid-batch ({lines_at_kill} lines)");
+    let status = Command::new(BIN)
+        .args(["classify", "--llm", "none", "--format", "jsonl", "--resume", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&part)
+        .args(&inputs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "the broken file still fails");
+    assert_eq!(decisions(&part), all, "resumed output must equal the uninterrupted one");
+
+    // Resuming a file written by another model is refused.
+    let header = std::fs::read_to_string(&part).unwrap();
+    let tampered = header.replacen("rule-vote", "another-reasoner", 1);
+    std::fs::write(&part, tampered).unwrap();
+    let out = Command::new(BIN)
+        .args(["classify", "--llm", "none", "--resume", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&part)
+        .args(&inputs[..1])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resume"), "{}", String::from_utf8_lossy(&out.stderr));
+}
