@@ -11,6 +11,7 @@
 //! # let _ = ids; Ok(()) }
 //! ```
 
+mod bench;
 mod chat;
 mod error;
 mod gemma3;
@@ -21,6 +22,7 @@ mod reasoner;
 mod tokenizer;
 mod transformer;
 
+pub use bench::{bench, bench_evidence, bench_rules, peak_rss_mb, BenchReport, BENCH_PROMPT};
 pub use chat::ChatTemplate;
 pub use error::{LlmError, SUPPORTED_ARCHITECTURES, SUPPORTED_TOKENIZER_MODELS};
 pub use gguf::{Architecture, GgufFile};

@@ -55,6 +55,9 @@ pub struct PromptBuilder {
     tail: String,
     /// How many deviations the evidence lists (the largest |z| first).
     pub max_deviations: usize,
+    /// Spell out each fired rule's statement, not only its id and label (more suffix tokens;
+    /// a small model may not look the id up in the prefix).
+    pub fired_statements: bool,
 }
 
 impl PromptBuilder {
@@ -77,6 +80,7 @@ impl PromptBuilder {
             prefix: prefix.to_string(),
             tail: tail.to_string(),
             max_deviations: 4,
+            fired_statements: false,
         }
     }
 
@@ -119,7 +123,17 @@ impl PromptBuilder {
         let fired: Vec<String> = case
             .fired
             .iter()
-            .map(|r| format!("{} ({})", r.id, r.label))
+            .map(|r| {
+                let statement = match (vi, &r.statement_vi) {
+                    (true, Some(s)) => s.as_str(),
+                    _ => r.statement_en.as_str(),
+                };
+                if self.fired_statements && !statement.trim().is_empty() {
+                    format!("{} ({}): {}", r.id, r.label, statement.trim())
+                } else {
+                    format!("{} ({})", r.id, r.label)
+                }
+            })
             .collect();
         let none = if vi { "không" } else { "none" };
         let fired = if fired.is_empty() {
@@ -329,7 +343,7 @@ mod tests {
             id: "R1".into(),
             label: "angry".into(),
             weight: 1.0,
-            statement_en: String::new(),
+            statement_en: "Loud bursts with harsh voice suggest anger.".into(),
             statement_vi: None,
         }];
         let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
@@ -345,6 +359,14 @@ mod tests {
             "- speech rate much lower than usual (-2.4 SD)\n- pitch variability higher than usual (+1.8 SD)\n\
              - voice clarity (harmonics-to-noise) about usual (-0.2 SD)\nRules fired: R1 (angry)\n\
              Acoustic model: calm 0.20, angry 0.50, panic 0.30\n"
+        );
+        let mut b2 = b.clone();
+        b2.fired_statements = true;
+        assert!(
+            b2.evidence(&case)
+                .contains("Rules fired: R1 (angry): Loud bursts"),
+            "{}",
+            b2.evidence(&case)
         );
         let q = b.question(&[2, 0, 1]);
         assert_eq!(

@@ -37,6 +37,8 @@ pub struct ReasonerOptions {
     pub max_rationale_tokens: usize,
     /// Deviations listed in the evidence.
     pub max_deviations: usize,
+    /// Fired rules with their statements rather than ids only.
+    pub fired_statements: bool,
 }
 
 impl Default for ReasonerOptions {
@@ -48,6 +50,7 @@ impl Default for ReasonerOptions {
             rationale: true,
             max_rationale_tokens: 40,
             max_deviations: 4,
+            fired_statements: false,
         }
     }
 }
@@ -112,6 +115,7 @@ impl LlmReasoner {
             rules,
         );
         prompt.max_deviations = options.max_deviations;
+        prompt.fired_statements = options.fired_statements;
         let n = labels.len();
         let orders: Vec<Vec<usize>> = (0..options.label_orders.clamp(1, n))
             .map(|r| (0..n).map(|i| (i + r) % n).collect())

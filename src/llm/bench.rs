@@ -1,0 +1,220 @@
+//! `camxuc models bench`: load time, prompt and generation speed, ms per routed decision with
+//! and without the prefix cache, peak memory, on a fixed prompt shipped with the project.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::types::{Case, Evidence, FiredRule, LabelSet, Probs};
+
+use super::error::LlmError;
+use super::gguf::GgufFile;
+use super::model::{LlmModel, LoadOptions};
+use super::prompt::RuleText;
+use super::reasoner::{LlmReasoner, ReasonerOptions};
+
+/// The fixed text whose prefill speed is measured.
+pub const BENCH_PROMPT: &str = include_str!("bench_prompt.txt");
+
+/// Tokens generated greedily for the generation speed.
+const GEN_TOKENS: usize = 32;
+/// Warm decisions timed (the median is reported).
+const WARM_RUNS: usize = 5;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub architecture: String,
+    pub threads: usize,
+    pub load_ms: f64,
+    pub requantized_tensors: usize,
+    pub requantize_ms: f64,
+    pub prompt_tokens: usize,
+    pub prompt_tok_s: f64,
+    pub gen_tokens: usize,
+    pub gen_tok_s: f64,
+    /// Tokens of the shared guideline + rules prefix, and its one-off prefill.
+    pub prefix_tokens: usize,
+    pub prefix_ms: f64,
+    /// Tokens a decision feeds after the cached prefix (evidence, questions, answers).
+    pub suffix_tokens: usize,
+    /// Label decision re-processing the whole prompt (no prefix cache).
+    pub decision_ms_cold: f64,
+    /// Label decision from the cached prefix (median of several).
+    pub decision_ms_warm: f64,
+    /// Rationale generation after a warm decision, timed on its own.
+    pub rationale_ms: f64,
+    pub rationale_tokens: usize,
+    pub peak_rss_mb: f64,
+}
+
+/// The rules stated in the benchmark prompt (a stand-in for a rule set of typical length).
+pub fn bench_rules() -> Vec<RuleText> {
+    [
+        (
+            "G1",
+            "angry",
+            "Loud bursts with a harsh, pressed voice suggest anger.",
+        ),
+        (
+            "G2",
+            "angry",
+            "Strong vocal effort (high alpha ratio) with emphatic stress suggests anger.",
+        ),
+        (
+            "G3",
+            "panic",
+            "High, rising pitch with fast speech suggests panic.",
+        ),
+        (
+            "G4",
+            "panic",
+            "A trembling voice with short breathless pauses suggests panic.",
+        ),
+        (
+            "G5",
+            "calm",
+            "Steady pitch, usual loudness and an even tempo suggest calm.",
+        ),
+        (
+            "G6",
+            "calm",
+            "Low vocal effort and long relaxed pauses suggest calm.",
+        ),
+    ]
+    .iter()
+    .map(|(i, l, s)| RuleText::new(i, l, s))
+    .collect()
+}
+
+/// The measured clip of the benchmark decision.
+pub fn bench_evidence() -> (Evidence, Probs, Vec<FiredRule>) {
+    let mut e = Evidence::default();
+    for (n, z) in [
+        ("f0_std_st", 1.8),
+        ("loudness_rise_db_per_s", 1.4),
+        ("speech_rate_syl_per_s", 0.7),
+        ("alpha_ratio_db", 1.1),
+        ("hnr_db", -0.9),
+        ("pause_ratio", -0.3),
+    ] {
+        e.z.insert(n.into(), z);
+    }
+    e.baseline = "corpus:bench".into();
+    let probs = Probs::new(&LabelSet::default(), vec![0.20, 0.45, 0.35]);
+    let fired = vec![FiredRule {
+        id: "G1".into(),
+        label: "angry".into(),
+        weight: 1.0,
+        statement_en: "Loud bursts with a harsh, pressed voice suggest anger.".into(),
+        statement_vi: None,
+    }];
+    (e, probs, fired)
+}
+
+/// Peak resident memory of this process (VmHWM), MB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Benchmarks the GGUF at `spec_path` on `threads` threads (0 = rayon's default).
+pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> {
+    let file = GgufFile::open(spec_path)?;
+    let tokenizer = file.tokenizer()?;
+    let options = LoadOptions {
+        threads,
+        ..LoadOptions::default()
+    };
+    let mut model = LlmModel::load(&file, &options)?;
+    let load = model.load_stats().clone();
+
+    let ids = tokenizer.encode(BENCH_PROMPT, true)?;
+    // One untimed pass warms caches and the allocator, as a routed clip after the first would.
+    model.forward(&ids[..ids.len().min(16)])?;
+    model.reset();
+    let t = Instant::now();
+    let mut logits = model.forward(&ids)?;
+    let prompt_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..GEN_TOKENS {
+        let next = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap_or(0);
+        logits = model.forward(&[next])?;
+    }
+    let gen_s = t.elapsed().as_secs_f64();
+
+    let architecture = model.architecture().as_str().to_string();
+    let reasoner_options = ReasonerOptions {
+        rationale: true,
+        ..ReasonerOptions::default()
+    };
+    let mut reasoner = LlmReasoner::new(
+        &file,
+        model,
+        &LabelSet::default(),
+        &bench_rules(),
+        reasoner_options,
+    )?;
+    let (prefix_tokens, prefix_ms) = reasoner.prefix_cost();
+    let (evidence, probs, fired) = bench_evidence();
+    let case = Case {
+        evidence: &evidence,
+        acoustic: &probs,
+        fired: &fired,
+        transcript: None,
+    };
+    let t = Instant::now();
+    let cold = reasoner.score(&case, false)?;
+    let decision_ms_cold = ms(t);
+    let mut warm = Vec::with_capacity(WARM_RUNS);
+    for _ in 0..WARM_RUNS {
+        let t = Instant::now();
+        reasoner.score(&case, true)?;
+        warm.push(ms(t));
+    }
+    warm.sort_by(f64::total_cmp);
+    let verdict =
+        crate::types::Reasoner::decide(&mut reasoner, &case).map_err(|e| LlmError::Model {
+            path: spec_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let timings: BTreeMap<String, f64> = verdict.timings_ms;
+    Ok(BenchReport {
+        model: spec_path.display().to_string(),
+        architecture,
+        threads,
+        load_ms: load.load_ms,
+        requantized_tensors: load.requantized_tensors,
+        requantize_ms: load.requantize_ms,
+        prompt_tokens: ids.len(),
+        prompt_tok_s: ids.len() as f64 / prompt_s,
+        gen_tokens: GEN_TOKENS,
+        gen_tok_s: GEN_TOKENS as f64 / gen_s,
+        prefix_tokens,
+        prefix_ms,
+        suffix_tokens: cold.suffix_tokens,
+        decision_ms_cold,
+        decision_ms_warm: warm[warm.len() / 2],
+        rationale_ms: timings.get("llm_rationale").copied().unwrap_or(0.0),
+        rationale_tokens: verdict.generated_tokens,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
