@@ -15,6 +15,7 @@ pub mod eval;
 pub mod features;
 pub mod llm;
 pub mod pipeline;
+pub mod private_fs;
 pub mod refine;
 pub mod rules;
 pub mod types;

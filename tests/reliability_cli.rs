@@ -716,7 +716,6 @@ fn the_model_directory_is_readable_by_its_owner_only() {
 /// `eval --json` output must be created 0o600. Known failure: src/main.rs writes it with
 /// `std::fs::write` (mode 0o666 & ~umask); the fix is `camxuc::private_fs::write_private`.
 #[test]
-#[ignore = "eval --json is written world-readable by src/main.rs (lead: use private_fs::write_private)"]
 fn eval_json_is_readable_by_its_owner_only() {
     let c = corpus();
     let out = c.root.join("eval_report.json");

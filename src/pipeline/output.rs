@@ -19,29 +19,7 @@ pub enum OutputError {
     Resume { path: PathBuf, message: String },
 }
 
-/// Open `path` for appending, creating it with mode 0600 (owner read/write) when new.
-pub fn open_private_append(path: &Path) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-}
-
-/// Write `contents` to a new or truncated file readable by the owner only.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut o = OpenOptions::new();
-    o.create(true).write(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)?.write_all(contents)
-}
+pub use crate::private_fs::{append_private as open_private_append, write_private};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
