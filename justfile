@@ -27,6 +27,7 @@ fetch-models:
 
 # Throughput benchmarks (release build; takes a while the first time).
 bench:
+    cargo bench --bench pipeline
     cargo bench --bench features
 
 # Format the code.

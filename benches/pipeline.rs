@@ -1,0 +1,119 @@
+//! Throughput of decode + trim + features per clip, as `camxuc` runs them: real RAVDESS clips
+//! as they come (16 kHz WAV, about half silence) when ../shared/data/ravdess-3class is present,
+//! otherwise the synthetic demo corpus (needs espeak-ng). One thread in this process; with
+//! isolation on, decoding happens in the worker process (a second process, used sequentially).
+//!
+//! Real-time factor = seconds of input audio / seconds of wall time. Results are printed and
+//! written to target/camxuc-bench/pipeline.json.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use camxuc::audio::LoadOptions;
+use camxuc::features::FeatureConfig;
+use camxuc::pipeline::analyse::ClipAnalyser;
+
+fn ravdess_clips() -> Option<Vec<PathBuf>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class/clips");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    Some(paths.into_iter().step_by(8).take(48).collect())
+}
+
+fn synthetic_clips() -> Vec<PathBuf> {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-synth");
+    let opts = camxuc::data::synth::SynthOptions {
+        out: out.clone(),
+        per_class: 8,
+        speakers: 2,
+        seed: 5,
+        ..Default::default()
+    };
+    match camxuc::data::synth::synthesize(&opts, &mut |_, _| {}) {
+        Ok(r) => camxuc::data::manifest::Manifest::load_unlabelled(&r.manifest)
+            .map(|m| m.rows.into_iter().map(|r| r.path).collect())
+            .unwrap_or_default(),
+        Err(e) => {
+            eprintln!("no RAVDESS clips and no synthetic corpus ({e}); nothing to measure");
+            Vec::new()
+        }
+    }
+}
+
+struct Run {
+    label: &'static str,
+    clips: usize,
+    audio_s: f64,
+    wall_s: f64,
+}
+
+fn measure(label: &'static str, paths: &[PathBuf], isolate: bool, rounds: usize) -> Run {
+    let mut an =
+        ClipAnalyser::new(&FeatureConfig::default()).expect("default feature config is valid");
+    an.load = LoadOptions {
+        isolate,
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_camxuc"))),
+        ..LoadOptions::default()
+    };
+    // Warm-up: worker start, buffers grown.
+    for p in paths.iter().take(4) {
+        let _ = an.analyse(p);
+    }
+    let mut audio_s = 0.0;
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        for p in paths {
+            match an.analyse(p) {
+                Ok(c) => audio_s += c.duration_s,
+                Err(e) => eprintln!("{e}"),
+            }
+        }
+    }
+    Run {
+        label,
+        clips: paths.len() * rounds,
+        audio_s,
+        wall_s: t0.elapsed().as_secs_f64(),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; this harness takes no options.
+    let (paths, corpus) = match ravdess_clips() {
+        Some(p) if !p.is_empty() => (p, "ravdess-3class (real clips, untrimmed)"),
+        _ => (synthetic_clips(), "synthetic demo corpus"),
+    };
+    if paths.is_empty() {
+        return;
+    }
+    let runs = [
+        measure("in-process decode", &paths, false, 3),
+        measure("isolated decode (worker)", &paths, true, 3),
+    ];
+    let mut json = Vec::new();
+    println!("decode + trim + features, {corpus}, one thread:");
+    for r in &runs {
+        let rtf = r.audio_s / r.wall_s;
+        let ms = 1000.0 * r.wall_s / r.clips as f64;
+        println!(
+            "  {:<26} {:>6.1} ms/clip  {:>6.0}x real time  ({} clips, {:.0} s audio)",
+            r.label, ms, rtf, r.clips, r.audio_s
+        );
+        json.push(serde_json::json!({
+            "stage": r.label, "corpus": corpus, "clips": r.clips, "audio_s": r.audio_s,
+            "ms_per_clip": ms, "real_time_factor": rtf,
+        }));
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/camxuc-bench");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let path = dir.join("pipeline.json");
+        if let Ok(s) = serde_json::to_string_pretty(&json) {
+            let _ = std::fs::write(&path, s);
+            println!("written to {}", path.display());
+        }
+    }
+}
