@@ -21,12 +21,21 @@ fn clips() -> (Vec<Audio>, &'static str) {
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for p in paths.iter().step_by(37).take(8) {
-            let Ok(mut reader) = hound::WavReader::open(p) else { continue };
-            let x: Vec<f32> = reader.samples::<i16>().filter_map(Result::ok).map(|s| s as f32 / 32768.0).collect();
+            let Ok(mut reader) = hound::WavReader::open(p) else {
+                continue;
+            };
+            let x: Vec<f32> = reader
+                .samples::<i16>()
+                .filter_map(Result::ok)
+                .map(|s| s as f32 / 32768.0)
+                .collect();
             // The middle 3 s, where the speech is.
             if x.len() >= CLIP_S * SR {
                 let start = (x.len() - CLIP_S * SR) / 2;
-                out.push(Audio::new(x[start..start + CLIP_S * SR].to_vec(), SR as u32));
+                out.push(Audio::new(
+                    x[start..start + CLIP_S * SR].to_vec(),
+                    SR as u32,
+                ));
             }
         }
     }
@@ -40,7 +49,11 @@ fn clips() -> (Vec<Audio>, &'static str) {
                 .map(|i| {
                     let t = i as f64 / SR as f64;
                     let env = (std::f64::consts::PI * (t * 4.0).fract()).sin().powi(2);
-                    (1..=10).map(|h| (std::f64::consts::TAU * h as f64 * f0 * t).sin() / h as f64).sum::<f64>() as f32 * env as f32 * 0.2
+                    (1..=10)
+                        .map(|h| (std::f64::consts::TAU * h as f64 * f0 * t).sin() / h as f64)
+                        .sum::<f64>() as f32
+                        * env as f32
+                        * 0.2
                 })
                 .collect();
             Audio::new(x, SR as u32)
@@ -51,7 +64,8 @@ fn clips() -> (Vec<Audio>, &'static str) {
 
 fn bench_features(c: &mut Criterion) {
     let (clips, kind) = clips();
-    let mut ex = EvidenceExtractor::new(&FeatureConfig::default()).expect("default config is valid");
+    let mut ex =
+        EvidenceExtractor::new(&FeatureConfig::default()).expect("default config is valid");
     let mut log_mel = LogMel::default();
     // Warm up buffers, then a direct real-time-factor figure.
     for a in &clips {
@@ -65,7 +79,10 @@ fn bench_features(c: &mut Criterion) {
         }
     }
     let audio_s = (rounds * clips.len() * CLIP_S) as f64;
-    println!("features ({kind} 3 s clips): {:.0}x real time on one core", audio_s / t0.elapsed().as_secs_f64());
+    println!(
+        "features ({kind} 3 s clips): {:.0}x real time on one core",
+        audio_s / t0.elapsed().as_secs_f64()
+    );
 
     let mut group = c.benchmark_group("features");
     group.throughput(Throughput::Elements((clips.len() * CLIP_S * SR) as u64));

@@ -27,7 +27,10 @@ fn main() -> anyhow::Result<()> {
     };
     let blocks: usize = args.get(3).map(|b| b.parse()).transpose()?.unwrap_or(3);
     let labels = LabelSet::default();
-    let m = filter_speakers(&Manifest::load(&PathBuf::from(manifest), &labels)?, &[speakers.as_str()])?;
+    let m = filter_speakers(
+        &Manifest::load(&PathBuf::from(manifest), &labels)?,
+        &[speakers.as_str()],
+    )?;
     let dev = candle_core::Device::Cpu;
     let frontend = Frontend::whisper(&PathBuf::from("models/whisper-base"), blocks, -23.0, &dev)?;
     let mut an = ClipAnalyser::new(&FeatureConfig::default())?;
@@ -50,12 +53,20 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let folds = speaker_folds(&m, 4, 1)?;
-    let inputs_all: Vec<String> = FEATURES.iter().filter(|f| f.gain_invariant).map(|f| f.name.to_string()).collect();
+    let inputs_all: Vec<String> = FEATURES
+        .iter()
+        .filter(|f| f.gain_invariant)
+        .map(|f| f.name.to_string())
+        .collect();
 
     // Per fold: baseline on its training clips, views encoded with it.
     let mut fold_data = Vec::new();
     for (k, f) in folds.iter().enumerate() {
-        let ev: Vec<_> = f.train.iter().map(|&i| clips[i].1[0].evidence.clone()).collect();
+        let ev: Vec<_> = f
+            .train
+            .iter()
+            .map(|&i| clips[i].1[0].evidence.clone())
+            .collect();
         let baseline = Baseline::fit(BaselineKind::Corpus(format!("fold{k}")), &ev);
         let make = |idx: &[usize], all_views: bool| -> anyhow::Result<Vec<Example>> {
             idx.iter()
@@ -71,7 +82,10 @@ fn main() -> anyhow::Result<()> {
                             Ok(View { frames, evidence })
                         })
                         .collect::<anyhow::Result<Vec<_>>>()?;
-                    Ok(Example { views, label: *label })
+                    Ok(Example {
+                        views,
+                        label: *label,
+                    })
                 })
                 .collect()
         };
@@ -85,7 +99,13 @@ fn main() -> anyhow::Result<()> {
         ("attn+evidence+aug", true, 2, 0.3, 64),
         ("attn+aug (no evidence)", false, 2, 0.3, 64),
         ("attn+evidence (no aug)", true, 0, 0.3, 64),
-        ("attn+evidence+aug, hidden 32, dropout 0.5", true, 2, 0.5, 32),
+        (
+            "attn+evidence+aug, hidden 32, dropout 0.5",
+            true,
+            2,
+            0.5,
+            32,
+        ),
         ("attn (no evidence, no aug)", false, 0, 0.3, 64),
     ];
     for (name, use_ev, aug, dropout, hidden) in variants {
@@ -94,7 +114,10 @@ fn main() -> anyhow::Result<()> {
             let strip = |e: &Example, keep: usize| Example {
                 views: e.views[..keep.min(e.views.len())]
                     .iter()
-                    .map(|v| View { frames: v.frames.clone(), evidence: if use_ev { v.evidence.clone() } else { vec![] } })
+                    .map(|v| View {
+                        frames: v.frames.clone(),
+                        evidence: if use_ev { v.evidence.clone() } else { vec![] },
+                    })
                     .collect(),
                 label: e.label,
             };
@@ -107,7 +130,12 @@ fn main() -> anyhow::Result<()> {
                 n_labels: 3,
                 dropout,
             };
-            let tc = TrainConfig { epochs: 30, patience: 1000, seed: 1, ..Default::default() };
+            let tc = TrainConfig {
+                epochs: 30,
+                patience: 1000,
+                seed: 1,
+                ..Default::default()
+            };
             let t = train_head(&cfg, &tc, &tr, &va, &dev, &mut |_| {})?;
             f1s.push(t.history.last().map(|h| h.val_macro_f1).unwrap_or(0.0));
         }

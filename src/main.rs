@@ -7,18 +7,20 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::acoustic::{default_device, AcousticModel};
+use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
+use camxuc::data::synth::{synthesize, SynthOptions};
+use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
+use camxuc::features::{FeatureConfig, FEATURES};
+use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
-use camxuc::pipeline::output::{write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader};
+use camxuc::pipeline::output::{
+    write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader,
+};
 use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
 use camxuc::rules::{RuleSet, RuleVote};
 use camxuc::Route;
-use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
-use camxuc::data::synth::{synthesize, SynthOptions};
-use camxuc::features::{FeatureConfig, FEATURES};
-use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 
 mod progress;
 
@@ -251,8 +253,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn train(a: TrainArgs) -> Result<ExitCode> {
     let out = a.out.unwrap_or_else(|| {
-        let name = a.manifest.parent().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned());
-        model_dir::default_out(&catalog::models_dir(), &name.unwrap_or_else(|| "model".into()))
+        let name = a
+            .manifest
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned());
+        model_dir::default_out(
+            &catalog::models_dir(),
+            &name.unwrap_or_else(|| "model".into()),
+        )
     });
     let mut opts = TrainOptions::new(a.manifest, out);
     opts.speakers = a.speakers;
@@ -301,7 +310,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         m.history.len(),
         m.seconds
     );
-    println!("  validation: accuracy {:.3}, macro-F1 {:.3}", m.val_accuracy, m.val_macro_f1);
+    println!(
+        "  validation: accuracy {:.3}, macro-F1 {:.3}",
+        m.val_accuracy, m.val_macro_f1
+    );
     println!(
         "  calibration: temperature {:.2}, ECE {:.3} -> {:.3}",
         report.meta.temperature, m.ece_before, m.ece_after
@@ -320,8 +332,12 @@ fn pick_model(model: Option<PathBuf>) -> Result<PathBuf> {
         return Ok(m);
     }
     let dir = catalog::models_dir();
-    let m = model_dir::most_recent(&dir)
-        .with_context(|| format!("no trained model under {}; train one with `camxuc train` or pass --model DIR", dir.join("acoustic").display()))?;
+    let m = model_dir::most_recent(&dir).with_context(|| {
+        format!(
+            "no trained model under {}; train one with `camxuc train` or pass --model DIR",
+            dir.join("acoustic").display()
+        )
+    })?;
     eprintln!("using the most recently trained model: {}", m.display());
     Ok(m)
 }
@@ -342,21 +358,36 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
     let header = RunHeader {
         camxuc_run: env!("CARGO_PKG_VERSION").into(),
-        model: format!("{} {}", model_dir.display(), catalog::sha256_file(&model_dir.join(model_dir::WEIGHTS_FILE))?),
+        model: format!(
+            "{} {}",
+            model_dir.display(),
+            catalog::sha256_file(&model_dir.join(model_dir::WEIGHTS_FILE))?
+        ),
         rules: format!("{} {}", pipeline.rules.id_string(), pipeline.rules.sha256()),
         reasoner: pipeline.reasoner_name(),
     };
     let labels = pipeline.model.meta.labels.names().to_vec();
     let (mut writer, done) = match &a.out {
         Some(p) => {
-            let format = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) { OutputFormat::Csv } else { OutputFormat::Jsonl };
+            let format = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+                OutputFormat::Csv
+            } else {
+                OutputFormat::Jsonl
+            };
             let (w, done) = BatchWriter::open(p, format, &labels, &header, a.resume)?;
             (Some(w), done)
         }
         None => (None, Default::default()),
     };
     if a.format == OutFormat::Csv {
-        println!("file,segment_start_s,segment_end_s,label,{},route,fired_rules", labels.iter().map(|l| format!("p_{l}")).collect::<Vec<_>>().join(","));
+        println!(
+            "file,segment_start_s,segment_end_s,label,{},route,fired_rules",
+            labels
+                .iter()
+                .map(|l| format!("p_{l}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
     }
     let (mut failed, mut decided, mut json_all) = (0usize, 0usize, Vec::new());
     for file in &a.files {
@@ -387,12 +418,25 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
                         OutFormat::Csv => println!(
                             "{},{},{},{},{},{},{}",
                             d.file,
-                            d.segment.map(|s| format!("{:.3}", s.start_s)).unwrap_or_default(),
-                            d.segment.map(|s| format!("{:.3}", s.end_s)).unwrap_or_default(),
+                            d.segment
+                                .map(|s| format!("{:.3}", s.start_s))
+                                .unwrap_or_default(),
+                            d.segment
+                                .map(|s| format!("{:.3}", s.end_s))
+                                .unwrap_or_default(),
                             d.label,
-                            d.probs.values.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(","),
+                            d.probs
+                                .values
+                                .iter()
+                                .map(|v| format!("{v:.4}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
                             d.route,
-                            d.fired_rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(" ")
+                            d.fired_rules
+                                .iter()
+                                .map(|r| r.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
                         ),
                     }
                     file_decisions.push(d);
@@ -400,7 +444,10 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
                 Err(e) => {
                     failed += 1;
                     eprintln!("error: {e}");
-                    let f = Failure { file: name.clone(), error: e.to_string() };
+                    let f = Failure {
+                        file: name.clone(),
+                        error: e.to_string(),
+                    };
                     if let Some(w) = writer.as_mut() {
                         w.failure(&f)?;
                     }
@@ -412,7 +459,11 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
         }
         if a.segments && a.format == OutFormat::Table {
             if let Some((label, share)) = summarise_segments(&file_decisions) {
-                println!("  summary of {name}: mostly {label} ({:.0} % of the speech, {} utterances)", 100.0 * share, file_decisions.len());
+                println!(
+                    "  summary of {name}: mostly {label} ({:.0} % of the speech, {} utterances)",
+                    100.0 * share,
+                    file_decisions.len()
+                );
             }
         }
     }
@@ -423,13 +474,30 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
 }
 
 fn print_decision(d: &camxuc::Decision) {
-    let seg = d.segment.map(|s| format!(" [{:.2}-{:.2} s]", s.start_s, s.end_s)).unwrap_or_default();
-    println!("{}{}: {} (route {}; {})", d.file, seg, d.label.to_uppercase(), d.route, probs_text(&d.probs));
+    let seg = d
+        .segment
+        .map(|s| format!(" [{:.2}-{:.2} s]", s.start_s, s.end_s))
+        .unwrap_or_default();
+    println!(
+        "{}{}: {} (route {}; {})",
+        d.file,
+        seg,
+        d.label.to_uppercase(),
+        d.route,
+        probs_text(&d.probs)
+    );
     if d.route != Route::Acoustic {
-        println!("    acoustic model alone: {}", probs_text(&d.acoustic_probs));
+        println!(
+            "    acoustic model alone: {}",
+            probs_text(&d.acoustic_probs)
+        );
     }
     if !d.fired_rules.is_empty() {
-        let ids: Vec<String> = d.fired_rules.iter().map(|r| format!("{}→{}", r.id, r.label)).collect();
+        let ids: Vec<String> = d
+            .fired_rules
+            .iter()
+            .map(|r| format!("{}→{}", r.id, r.label))
+            .collect();
         println!("    fired rules: {}", ids.join(", "));
     }
     if let Some(r) = &d.rationale {
@@ -439,7 +507,10 @@ fn print_decision(d: &camxuc::Decision) {
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     if !a.llm.eq_ignore_ascii_case("none") {
-        anyhow::bail!("--llm {}: the LLM reasoner is not wired into eval yet; use --llm none", a.llm);
+        anyhow::bail!(
+            "--llm {}: the LLM reasoner is not wired into eval yet; use --llm none",
+            a.llm
+        );
     }
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
@@ -462,8 +533,11 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     }
     print_summary(&report, &a.manifest);
     if let Some(path) = &a.json {
-        write_private(path, (serde_json::to_string_pretty(&report)? + "\n").as_bytes())
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        write_private(
+            path,
+            (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(batch_exit_code(report.n_failed, report.n + report.n_failed))
 }
@@ -472,20 +546,42 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
     let dir = catalog::models_dir();
     match cmd {
         ModelsCommand::List => {
-            println!("{:<22} {:<10} {:<20} description", "name", "installed", "licence");
+            println!(
+                "{:<22} {:<10} {:<20} description",
+                "name", "installed", "licence"
+            );
             for e in catalog::CATALOG {
-                let installed = if e.main_path(&dir).is_file() { "yes" } else { "no" };
-                println!("{:<22} {:<10} {:<20} {}", e.name, installed, e.licence, e.description);
+                let installed = if e.main_path(&dir).is_file() {
+                    "yes"
+                } else {
+                    "no"
+                };
+                println!(
+                    "{:<22} {:<10} {:<20} {}",
+                    e.name, installed, e.licence, e.description
+                );
             }
             for m in catalog::registered_models(&dir)? {
-                println!("{:<22} {:<10} {:<20} added from {}", m.name, "yes", "(user's)", m.source.join(", "));
+                println!(
+                    "{:<22} {:<10} {:<20} added from {}",
+                    m.name,
+                    "yes",
+                    "(user's)",
+                    m.source.join(", ")
+                );
             }
-            println!("\nmodels folder: {} (set CAMXUC_MODELS_DIR to change)", dir.display());
+            println!(
+                "\nmodels folder: {} (set CAMXUC_MODELS_DIR to change)",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Fetch { names } => {
             let names = if names.is_empty() {
-                vec![catalog::DEFAULT_LLM.to_string(), catalog::WHISPER_BASE.to_string()]
+                vec![
+                    catalog::DEFAULT_LLM.to_string(),
+                    catalog::WHISPER_BASE.to_string(),
+                ]
             } else {
                 names
             };
@@ -500,14 +596,25 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
         }
         ModelsCommand::Add { file, name } => {
             let m = catalog::add_local_gguf(&file, name.as_deref(), &dir)?;
-            println!("registered '{}' at {} (sha256 {})", m.name, m.path.display(), m.sha256);
+            println!(
+                "registered '{}' at {} (sha256 {})",
+                m.name,
+                m.path.display(),
+                m.sha256
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn synth(a: SynthArgs) -> Result<ExitCode> {
-    let opts = SynthOptions { out: a.out, per_class: a.per_class, speakers: a.speakers, seed: a.seed, ..Default::default() };
+    let opts = SynthOptions {
+        out: a.out,
+        per_class: a.per_class,
+        speakers: a.speakers,
+        seed: a.seed,
+        ..Default::default()
+    };
     let bar = progress::bar(0, "synthesising");
     let report = synthesize(&opts, &mut |done, total| {
         bar.set_length(total as u64);
@@ -587,13 +694,21 @@ fn print_evidence_table(file: &std::path::Path, clip: &AnalysedClip) {
     for w in &clip.speech.warnings {
         println!("  warning: {w}");
     }
-    println!("  {:<34} {:>10}  {:<7} {:>6}", "feature", "value", "unit", "z");
+    println!(
+        "  {:<34} {:>10}  {:<7} {:>6}",
+        "feature", "value", "unit", "z"
+    );
     for spec in FEATURES {
         let Some(v) = clip.evidence.values.get(spec.name) else {
             println!("  {:<34} {:>10}  {:<7}", spec.name, "-", spec.unit);
             continue;
         };
-        let z = clip.evidence.z.get(spec.name).map(|z| format!("{z:+.2}")).unwrap_or_default();
+        let z = clip
+            .evidence
+            .z
+            .get(spec.name)
+            .map(|z| format!("{z:+.2}"))
+            .unwrap_or_default();
         println!("  {:<34} {:>10.3}  {:<7} {:>6}", spec.name, v, spec.unit, z);
     }
     println!();

@@ -32,7 +32,11 @@ pub struct Audio {
 
 impl Audio {
     pub fn new(samples: Vec<f32>, sample_rate: u32) -> Self {
-        Self { samples, sample_rate, ..Self::default() }
+        Self {
+            samples,
+            sample_rate,
+            ..Self::default()
+        }
     }
 
     pub fn duration_s(&self) -> f64 {
@@ -59,9 +63,14 @@ impl Default for LabelSet {
 impl LabelSet {
     /// A label set from names; names must be non-empty, lower-case-insensitive unique.
     pub fn new<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Result<Self, String> {
-        let names: Vec<String> = names.into_iter().map(|s| s.into().trim().to_lowercase()).collect();
+        let names: Vec<String> = names
+            .into_iter()
+            .map(|s| s.into().trim().to_lowercase())
+            .collect();
         if names.len() < 2 {
-            return Err(format!("a label set needs at least two labels, got {names:?}"));
+            return Err(format!(
+                "a label set needs at least two labels, got {names:?}"
+            ));
         }
         for (i, n) in names.iter().enumerate() {
             if n.is_empty() {
@@ -114,7 +123,10 @@ pub struct Probs {
 impl Probs {
     pub fn new(labels: &LabelSet, values: Vec<f32>) -> Self {
         debug_assert_eq!(labels.len(), values.len());
-        Self { labels: labels.names().to_vec(), values }
+        Self {
+            labels: labels.names().to_vec(),
+            values,
+        }
     }
 
     /// Uniform distribution over the label set.
@@ -124,7 +136,10 @@ impl Probs {
     }
 
     pub fn get(&self, label: &str) -> Option<f32> {
-        self.labels.iter().position(|l| l == label).map(|i| self.values[i])
+        self.labels
+            .iter()
+            .position(|l| l == label)
+            .map(|i| self.values[i])
     }
 
     /// Index and value of the most probable label (first one on ties).
@@ -213,7 +228,8 @@ impl Evidence {
         if let Some(v) = self.values.get(name) {
             return Some(*v);
         }
-        name.strip_suffix("_z").and_then(|base| self.z.get(base).copied())
+        name.strip_suffix("_z")
+            .and_then(|base| self.z.get(base).copied())
     }
 }
 

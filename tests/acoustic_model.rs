@@ -9,12 +9,23 @@ use camxuc::features::FeatureConfig;
 use camxuc::pipeline::analyse::ClipAnalyser;
 
 fn espeak_available() -> bool {
-    std::process::Command::new("espeak-ng").arg("--version").output().is_ok()
+    std::process::Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .is_ok()
 }
 
 fn synthetic_corpus(dir: &Path) -> PathBuf {
-    let opts = SynthOptions { out: dir.join("corpus"), per_class: 6, speakers: 3, seed: 3, ..Default::default() };
-    synthesize(&opts, &mut |_, _| {}).expect("synthesise").manifest
+    let opts = SynthOptions {
+        out: dir.join("corpus"),
+        per_class: 6,
+        speakers: 3,
+        seed: 3,
+        ..Default::default()
+    };
+    synthesize(&opts, &mut |_, _| {})
+        .expect("synthesise")
+        .manifest
 }
 
 fn light_options(manifest: PathBuf, out: PathBuf, seed: u64) -> TrainOptions {
@@ -31,15 +42,29 @@ fn light_options(manifest: PathBuf, out: PathBuf, seed: u64) -> TrainOptions {
 #[test]
 fn trained_directory_round_trips_and_training_is_deterministic() {
     if !espeak_available() {
-        assert!(std::env::var_os("CI").is_none(), "espeak-ng must be installed in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "espeak-ng must be installed in CI"
+        );
         eprintln!("SKIPPED: espeak-ng is not installed");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let manifest = synthetic_corpus(tmp.path());
-    let a = train_model(&light_options(manifest.clone(), tmp.path().join("a"), 5), &mut |_| {}).unwrap();
-    let b = train_model(&light_options(manifest.clone(), tmp.path().join("b"), 5), &mut |_| {}).unwrap();
-    assert_eq!(a.meta.metrics.history, b.meta.metrics.history, "same seed, same training run");
+    let a = train_model(
+        &light_options(manifest.clone(), tmp.path().join("a"), 5),
+        &mut |_| {},
+    )
+    .unwrap();
+    let b = train_model(
+        &light_options(manifest.clone(), tmp.path().join("b"), 5),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        a.meta.metrics.history, b.meta.metrics.history,
+        "same seed, same training run"
+    );
     assert_eq!(a.meta.temperature, b.meta.temperature);
 
     // Refuses to overwrite without --force.
@@ -78,17 +103,28 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["format_version"] = 99.into();
     std::fs::write(&meta_path, json.to_string()).unwrap();
-    let e = AcousticModel::load(&a.dir, &models, &dev).err().expect("must refuse");
+    let e = AcousticModel::load(&a.dir, &models, &dev)
+        .err()
+        .expect("must refuse");
     let msg = e.to_string();
-    assert!(msg.contains("format_version 99") && msg.contains("model.json"), "{msg}");
+    assert!(
+        msg.contains("format_version 99") && msg.contains("model.json"),
+        "{msg}"
+    );
 
     // Not a model directory at all.
-    let e = AcousticModel::load(tmp.path(), &models, &dev).err().expect("must refuse");
-    assert!(e.to_string().contains("not a camxuc model directory"), "{e}");
+    let e = AcousticModel::load(tmp.path(), &models, &dev)
+        .err()
+        .expect("must refuse");
+    assert!(
+        e.to_string().contains("not a camxuc model directory"),
+        "{e}"
+    );
 }
 
 fn ravdess_manifest() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class/manifest.csv");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class/manifest.csv");
     p.is_file().then_some(p)
 }
 
@@ -104,8 +140,13 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
         return;
     };
     if !models_dir().join("whisper-base/model.bin").is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI must fetch whisper-base (camxuc models fetch)");
-        eprintln!("SKIPPED: models/whisper-base is not installed (camxuc models fetch whisper-base)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must fetch whisper-base (camxuc models fetch)"
+        );
+        eprintln!(
+            "SKIPPED: models/whisper-base is not installed (camxuc models fetch whisper-base)"
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -132,5 +173,9 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
     )
     .unwrap();
     assert_eq!(eval.n, 48);
-    assert!(eval.macro_f1 > 0.5, "held-out macro-F1 {:.3} (chance is 0.33)", eval.macro_f1);
+    assert!(
+        eval.macro_f1 > 0.5,
+        "held-out macro-F1 {:.3} (chance is 0.33)",
+        eval.macro_f1
+    );
 }

@@ -16,7 +16,13 @@ fn espeak_available() -> bool {
 
 /// A small synthetic corpus and a light (log-mel) model trained on it.
 fn corpus_and_model(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
-    let opts = SynthOptions { out: dir.join("corpus"), per_class: 6, speakers: 3, seed: 4, ..Default::default() };
+    let opts = SynthOptions {
+        out: dir.join("corpus"),
+        per_class: 6,
+        speakers: 3,
+        seed: 4,
+        ..Default::default()
+    };
     let manifest = synthesize(&opts, &mut |_, _| {}).unwrap().manifest;
     let mut o = TrainOptions::new(manifest.clone(), dir.join("model"));
     o.frontend = FrontendChoice::LogMel;
@@ -25,7 +31,10 @@ fn corpus_and_model(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
     o.val_fraction = 0.34;
     train_model(&o, &mut |_| {}).unwrap();
     let m = camxuc::data::manifest::Manifest::load_unlabelled(&manifest).unwrap();
-    (m.rows.into_iter().map(|r| r.path).collect(), dir.join("model"))
+    (
+        m.rows.into_iter().map(|r| r.path).collect(),
+        dir.join("model"),
+    )
 }
 
 /// Decisions of a JSONL output without timings, in file order (header line dropped).
@@ -47,7 +56,10 @@ fn decisions(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
     if !espeak_available() {
-        assert!(std::env::var_os("CI").is_none(), "espeak-ng must be installed in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "espeak-ng must be installed in CI"
+        );
         eprintln!("SKIPPED: espeak-ng is not installed");
         return;
     }
@@ -69,13 +81,25 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "some inputs failed → exit 2; stderr: {stderr}");
-    assert!(stderr.contains("broken.wav") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "some inputs failed → exit 2; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("broken.wav") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     let all = decisions(&full);
     assert_eq!(all.len(), 18, "17 decisions and 1 recorded failure");
     assert_eq!(all.iter().filter(|d| d.get("error").is_some()).count(), 1);
     for d in all.iter().filter(|d| d.get("error").is_none()) {
-        let p: f64 = d["probs"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+        let p: f64 = d["probs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
         assert!((p - 1.0).abs() < 1e-4);
         assert!(["acoustic", "rules"].contains(&d["route"].as_str().unwrap()));
     }
@@ -100,7 +124,9 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         .unwrap();
     let t0 = Instant::now();
     loop {
-        let lines = std::fs::read_to_string(&part).map(|s| s.lines().count()).unwrap_or(0);
+        let lines = std::fs::read_to_string(&part)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
         if lines >= 4 || t0.elapsed() > Duration::from_secs(120) {
             break;
         }
@@ -109,9 +135,14 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let lines_at_kill = std::fs::read_to_string(&part).unwrap().lines().count();
-    assert!(lines_at_kill < 1 + all.len(), "the kill must land mid-batch ({lines_at_kill} lines)");
+    assert!(
+        lines_at_kill < 1 + all.len(),
+        "the kill must land mid-batch ({lines_at_kill} lines)"
+    );
     let status = Command::new(BIN)
-        .args(["classify", "--llm", "none", "--format", "jsonl", "--resume", "--model"])
+        .args([
+            "classify", "--llm", "none", "--format", "jsonl", "--resume", "--model",
+        ])
         .arg(&model)
         .arg("--out")
         .arg(&part)
@@ -120,7 +151,11 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(2), "the broken file still fails");
-    assert_eq!(decisions(&part), all, "resumed output must equal the uninterrupted one");
+    assert_eq!(
+        decisions(&part),
+        all,
+        "resumed output must equal the uninterrupted one"
+    );
 
     // Resuming a file written by another model is refused.
     let header = std::fs::read_to_string(&part).unwrap();
@@ -135,5 +170,9 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resume"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot resume"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -23,14 +23,18 @@ impl Biquad {
         } else {
             ((1.0 - cos) / 2.0, 1.0 - cos, (1.0 - cos) / 2.0)
         };
-        Self { b: [b0 / a0, b1 / a0, b2 / a0], a: [-2.0 * cos / a0, (1.0 - alpha) / a0] }
+        Self {
+            b: [b0 / a0, b1 / a0, b2 / a0],
+            a: [-2.0 * cos / a0, (1.0 - alpha) / a0],
+        }
     }
 
     fn run(&self, x: &mut [f32]) {
         let (mut x1, mut x2, mut y1, mut y2) = (0.0, 0.0, 0.0, 0.0);
         for v in x.iter_mut() {
             let x0 = *v as f64;
-            let y0 = self.b[0] * x0 + self.b[1] * x1 + self.b[2] * x2 - self.a[0] * y1 - self.a[1] * y2;
+            let y0 =
+                self.b[0] * x0 + self.b[1] * x1 + self.b[2] * x2 - self.a[0] * y1 - self.a[1] * y2;
             (x2, x1, y2, y1) = (x1, x0, y1, y0);
             *v = y0 as f32;
         }
@@ -69,13 +73,20 @@ pub fn echo(x: &[f32], sr: u32, delay_s: f64, gain: f32) -> Vec<f32> {
 /// A random perturbation of a clip (the clean clip is view 0 elsewhere; this makes the others).
 pub fn perturb(x: &[f32], sr: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     // Time shift: drop up to 80 ms at the start.
-    let shift = rng.random_range(0..(0.08 * sr as f64) as usize + 1).min(x.len() / 4);
+    let shift = rng
+        .random_range(0..(0.08 * sr as f64) as usize + 1)
+        .min(x.len() / 4);
     let mut y = x[shift..].to_vec();
     if rng.random_bool(0.3) {
         telephone(&mut y, sr);
     }
     if rng.random_bool(0.3) {
-        y = echo(&y, sr, rng.random_range(0.04..0.2), rng.random_range(0.15..0.5));
+        y = echo(
+            &y,
+            sr,
+            rng.random_range(0.04..0.2),
+            rng.random_range(0.15..0.5),
+        );
     }
     if rng.random_bool(0.7) {
         add_noise(&mut y, rng.random_range(12.0..30.0), rng);
@@ -96,7 +107,12 @@ pub fn field_conditions(x: &[f32], sr: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
         telephone(&mut y, sr);
     }
     if rng.random_bool(0.5) {
-        y = echo(&y, sr, rng.random_range(0.05..0.15), rng.random_range(0.2..0.4));
+        y = echo(
+            &y,
+            sr,
+            rng.random_range(0.05..0.15),
+            rng.random_range(0.2..0.4),
+        );
     }
     add_noise(&mut y, rng.random_range(12.0..30.0), rng);
     let gain = 10f32.powf(rng.random_range(-12.0f32..12.0) / 20.0);
@@ -109,7 +125,9 @@ mod tests {
     use rand::SeedableRng;
 
     fn tone(f: f64, n: usize) -> Vec<f32> {
-        (0..n).map(|i| (std::f64::consts::TAU * f * i as f64 / 16_000.0).sin() as f32 * 0.5).collect()
+        (0..n)
+            .map(|i| (std::f64::consts::TAU * f * i as f64 / 16_000.0).sin() as f32 * 0.5)
+            .collect()
     }
 
     fn rms(x: &[f32]) -> f64 {

@@ -42,7 +42,10 @@ pub fn ece_at(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> f64 {
     let mut ok = Vec::with_capacity(logits.len());
     for (l, &y) in logits.iter().zip(labels) {
         let p = softmax_t(l, temperature);
-        let (i, c) = p.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        let (i, c) = p
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
         conf.push(c as f64);
         ok.push(i == y);
     }
@@ -61,14 +64,22 @@ mod tests {
         let mut labels = Vec::new();
         let mut state = 12345u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as f64 / (1u64 << 31) as f64
         };
         for _ in 0..3000 {
             let base: Vec<f32> = (0..3).map(|_| (next() * 3.0) as f32).collect();
             let p = softmax_t(&base, 1.0);
             let u = next() as f32;
-            let y = if u < p[0] { 0 } else if u < p[0] + p[1] { 1 } else { 2 };
+            let y = if u < p[0] {
+                0
+            } else if u < p[0] + p[1] {
+                1
+            } else {
+                2
+            };
             logits.push(base.iter().map(|v| v * 3.0).collect::<Vec<f32>>());
             labels.push(y);
         }

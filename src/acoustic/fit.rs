@@ -30,7 +30,9 @@ use crate::{Audio, Evidence, LabelSet};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrontendChoice {
     /// Frozen Whisper base encoder, stopped after this many blocks.
-    Whisper { blocks: usize },
+    Whisper {
+        blocks: usize,
+    },
     LogMel,
 }
 
@@ -134,7 +136,10 @@ fn analyse_rows(
     out
 }
 
-pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainReport, AcousticError> {
+pub fn train_model(
+    opts: &TrainOptions,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainReport, AcousticError> {
     let started = Instant::now();
     let device = super::default_device();
     model_dir::prepare_out(&opts.out, opts.force)?;
@@ -157,7 +162,11 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
             if let Some(note) = &split.note {
                 on_event(TrainEvent::Note(note.clone()));
             }
-            (train_m.subset(&split.train), train_m.subset(&split.val), split.val_speakers)
+            (
+                train_m.subset(&split.train),
+                train_m.subset(&split.val),
+                split.val_speakers,
+            )
         }
     };
     let data_hash = train_m.data_hash();
@@ -177,20 +186,37 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
     };
     let train_rows: Vec<usize> = (0..train_m.rows.len()).collect();
     let val_rows: Vec<usize> = (0..val_m.rows.len()).collect();
-    let mut train_clips = analyse_rows(&train_m, &train_rows, &mut an, &mut skipped, &mut |n| tick(n, on_event));
-    let mut val_clips = analyse_rows(&val_m, &val_rows, &mut an, &mut skipped, &mut |n| tick(n, on_event));
+    let mut train_clips = analyse_rows(&train_m, &train_rows, &mut an, &mut skipped, &mut |n| {
+        tick(n, on_event)
+    });
+    let mut val_clips = analyse_rows(&val_m, &val_rows, &mut an, &mut skipped, &mut |n| {
+        tick(n, on_event)
+    });
     if train_clips.is_empty() || val_clips.is_empty() {
         return Err(AcousticError::Training {
             path: opts.manifest.clone(),
-            message: format!("no usable clips in the training or validation part ({} skipped)", skipped.len()),
+            message: format!(
+                "no usable clips in the training or validation part ({} skipped)",
+                skipped.len()
+            ),
         });
     }
 
     // Corpus evidence baseline from the training clips only.
-    let evidences: Vec<Evidence> = train_clips.iter().map(|a| a.clip.evidence.clone()).collect();
-    let baseline = Baseline::fit(BaselineKind::Corpus(data_hash[..12.min(data_hash.len())].to_string()), &evidences);
+    let evidences: Vec<Evidence> = train_clips
+        .iter()
+        .map(|a| a.clip.evidence.clone())
+        .collect();
+    let baseline = Baseline::fit(
+        BaselineKind::Corpus(data_hash[..12.min(data_hash.len())].to_string()),
+        &evidences,
+    );
     let evidence_inputs: Vec<String> = if opts.use_evidence {
-        FEATURES.iter().filter(|f| f.gain_invariant && baseline.features.contains_key(f.name)).map(|f| f.name.to_string()).collect()
+        FEATURES
+            .iter()
+            .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
+            .map(|f| f.name.to_string())
+            .collect()
     } else {
         Vec::new()
     };
@@ -213,11 +239,16 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
     let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
     let n_views = train_clips.len() * (1 + opts.augment_views) + val_clips.len();
     let mut encoded = 0;
-    let mut make_view = |clip: &mut AnalysedClip, on_event: &mut dyn FnMut(TrainEvent)| -> Result<View, AcousticError> {
+    let mut make_view = |clip: &mut AnalysedClip,
+                         on_event: &mut dyn FnMut(TrainEvent)|
+     -> Result<View, AcousticError> {
         let evidence = evidence_vector(&baseline, &evidence_inputs, &mut clip.evidence);
         let frames = frontend.frames(&clip.speech.samples, &clip.log_mel, &device)?;
         encoded += 1;
-        on_event(TrainEvent::Encoded { done: encoded, total: n_views });
+        on_event(TrainEvent::Encoded {
+            done: encoded,
+            total: n_views,
+        });
         Ok(View { frames, evidence })
     };
     let mut train_examples = Vec::with_capacity(train_clips.len());
@@ -226,7 +257,12 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
         let mut views = vec![make_view(&mut a.clip, on_event)?];
         for _ in 0..opts.augment_views {
             let perturbed = augment::perturb(&a.clip.speech.samples, TARGET_RATE, &mut rng);
-            let audio = Audio { samples: perturbed, sample_rate: TARGET_RATE, source: a.clip.speech.source.clone(), ..Audio::default() };
+            let audio = Audio {
+                samples: perturbed,
+                sample_rate: TARGET_RATE,
+                source: a.clip.speech.source.clone(),
+                ..Audio::default()
+            };
             // A perturbation can make a clip unusable (e.g. all noise); keep the clean view then.
             if let Ok(mut c) = an.analyse_audio(audio) {
                 views.push(make_view(&mut c, on_event)?);
@@ -237,7 +273,10 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
     let mut val_examples = Vec::with_capacity(val_clips.len());
     for a in val_clips.iter_mut() {
         let label = label_of(&opts.labels, &val_m.rows[a.row].label);
-        val_examples.push(Example { views: vec![make_view(&mut a.clip, on_event)?], label });
+        val_examples.push(Example {
+            views: vec![make_view(&mut a.clip, on_event)?],
+            label,
+        });
     }
 
     // Train the head.
@@ -248,15 +287,23 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
         n_labels: opts.labels.len(),
         dropout: opts.dropout,
     };
-    let trained = train_head(&head_cfg, &opts.train, &train_examples, &val_examples, &device, &mut |s| {
-        on_event(TrainEvent::Epoch(s))
-    })?;
+    let trained = train_head(
+        &head_cfg,
+        &opts.train,
+        &train_examples,
+        &val_examples,
+        &device,
+        &mut |s| on_event(TrainEvent::Epoch(s)),
+    )?;
 
     // Calibration and routing on validation predictions.
     let val_labels: Vec<usize> = val_examples.iter().map(|e| e.label).collect();
     let val_logits = predict_logits(&trained.head, &val_examples, 32, &device)?;
     let temperature = fit_temperature(&val_logits, &val_labels);
-    let val_probs: Vec<Vec<f32>> = val_logits.iter().map(|l| softmax_t(l, temperature)).collect();
+    let val_probs: Vec<Vec<f32>> = val_logits
+        .iter()
+        .map(|l| softmax_t(l, temperature))
+        .collect();
     let routing = fit_routing(&val_probs, opts.route_fraction, &val_speakers);
     let best = &trained.history[trained.best_epoch - 1];
     let metrics = TrainingMetrics {
@@ -273,7 +320,11 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
     };
     let meta = ModelMeta {
         format_version: model_dir::FORMAT_VERSION,
-        name: opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: opts
+            .out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         camxuc_version: env!("CARGO_PKG_VERSION").into(),
         labels: opts.labels.clone(),
         frontend: frontend_cfg,
@@ -291,11 +342,30 @@ pub fn train_model(opts: &TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) ->
 
     // Write the directory.
     let weights = opts.out.join(model_dir::WEIGHTS_FILE);
-    trained.varmap.save(&weights).map_err(|e| AcousticError::Training { path: weights.clone(), message: e.to_string() })?;
+    trained
+        .varmap
+        .save(&weights)
+        .map_err(|e| AcousticError::Training {
+            path: weights.clone(),
+            message: e.to_string(),
+        })?;
     model_dir::write_meta(&opts.out, &meta)?;
     model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
-    write_evidence(&opts.out, &opts.labels, &train_m, &train_clips, &val_m, &val_clips, &val_probs)?;
-    Ok(TrainReport { dir: opts.out.clone(), meta, routing, skipped })
+    write_evidence(
+        &opts.out,
+        &opts.labels,
+        &train_m,
+        &train_clips,
+        &val_m,
+        &val_clips,
+        &val_probs,
+    )?;
+    Ok(TrainReport {
+        dir: opts.out.clone(),
+        meta,
+        routing,
+        skipped,
+    })
 }
 
 /// Label index of a manifest label (validated against the label set when the manifest loaded).
@@ -304,8 +374,15 @@ fn label_of(labels: &LabelSet, label: &str) -> usize {
 }
 
 /// The threshold below which `route_fraction` of the validation clips' top probability falls.
-pub fn fit_routing(probs: &[Vec<f32>], route_fraction: f32, val_speakers: &[String]) -> RoutingConfig {
-    let mut top: Vec<f32> = probs.iter().map(|p| p.iter().fold(0f32, |a, &b| a.max(b))).collect();
+pub fn fit_routing(
+    probs: &[Vec<f32>],
+    route_fraction: f32,
+    val_speakers: &[String],
+) -> RoutingConfig {
+    let mut top: Vec<f32> = probs
+        .iter()
+        .map(|p| p.iter().fold(0f32, |a, &b| a.max(b)))
+        .collect();
     top.sort_by(f32::total_cmp);
     let k = ((route_fraction.clamp(0.0, 1.0) * top.len() as f32).round() as usize).min(top.len());
     let threshold = match k {
@@ -318,7 +395,11 @@ pub fn fit_routing(probs: &[Vec<f32>], route_fraction: f32, val_speakers: &[Stri
         threshold,
         margin: 0.0,
         target_route_fraction: route_fraction,
-        fitted_on: format!("validation predictions: {} clips, speakers {}", probs.len(), val_speakers.join(" ")),
+        fitted_on: format!(
+            "validation predictions: {} clips, speakers {}",
+            probs.len(),
+            val_speakers.join(" ")
+        ),
     }
 }
 
@@ -332,7 +413,10 @@ fn write_evidence(
     val_probs: &[Vec<f32>],
 ) -> Result<(), AcousticError> {
     let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
-    let io = |e: std::io::Error| model_dir::ModelDirError::Io { path: path.clone(), message: e.to_string() };
+    let io = |e: std::io::Error| model_dir::ModelDirError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    };
     let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
     let parts = [(train_m, train, "train"), (val_m, val, "val")];
     for (m, clips, split) in parts {

@@ -15,24 +15,51 @@ use crate::features::LogMel;
 pub const WHISPER_BASE_DIM: usize = 512;
 
 pub enum Frontend {
-    Whisper { encoder: Box<WhisperEncoder>, mel: WhisperMel, blocks: usize, level_dbfs: f32 },
+    Whisper {
+        encoder: Box<WhisperEncoder>,
+        mel: WhisperMel,
+        blocks: usize,
+        level_dbfs: f32,
+    },
     LogMel,
 }
 
 impl Frontend {
     /// Load the Whisper encoder (only `blocks` blocks of it) from a CTranslate2 model folder.
-    pub fn whisper(model_dir: &Path, blocks: usize, level_dbfs: f32, device: &Device) -> Result<Self, AcousticError> {
+    pub fn whisper(
+        model_dir: &Path,
+        blocks: usize,
+        level_dbfs: f32,
+        device: &Device,
+    ) -> Result<Self, AcousticError> {
         let (cfg, vb) = load_ct2(model_dir, device)?;
         let encoder = WhisperEncoder::load_blocks(&cfg, vb, blocks)?;
-        Ok(Self::Whisper { encoder: Box::new(encoder), mel: WhisperMel::new(cfg.num_mel_bins), blocks, level_dbfs })
+        Ok(Self::Whisper {
+            encoder: Box::new(encoder),
+            mel: WhisperMel::new(cfg.num_mel_bins),
+            blocks,
+            level_dbfs,
+        })
     }
 
-    pub fn from_config(cfg: &FrontendConfig, models_dir: &Path, device: &Device) -> Result<Self, AcousticError> {
+    pub fn from_config(
+        cfg: &FrontendConfig,
+        models_dir: &Path,
+        device: &Device,
+    ) -> Result<Self, AcousticError> {
         match cfg {
-            FrontendConfig::Whisper { model, blocks, level_dbfs, .. } => {
+            FrontendConfig::Whisper {
+                model,
+                blocks,
+                level_dbfs,
+                ..
+            } => {
                 let dir = models_dir.join(model);
                 if !dir.join(super::whisper::MODEL_FILE).is_file() {
-                    return Err(AcousticError::FrontendMissing { path: dir, model: model.clone() });
+                    return Err(AcousticError::FrontendMissing {
+                        path: dir,
+                        model: model.clone(),
+                    });
                 }
                 Self::whisper(&dir, *blocks, *level_dbfs, device)
             }
@@ -42,9 +69,19 @@ impl Frontend {
 
     /// Frames [T, D] of one clip's voiced span. `log_mel` is the clip's own log-mel (used by
     /// the log-mel front end).
-    pub fn frames(&self, speech: &[f32], log_mel: &LogMel, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn frames(
+        &self,
+        speech: &[f32],
+        log_mel: &LogMel,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self {
-            Self::Whisper { encoder, mel, blocks, level_dbfs } => {
+            Self::Whisper {
+                encoder,
+                mel,
+                blocks,
+                level_dbfs,
+            } => {
                 // Per-clip level normalisation: the model never sees the recording's gain.
                 let x = normalise_level(speech, *level_dbfs);
                 // One analysis window is at most Whisper's 30 s; longer audio is windowed upstream.

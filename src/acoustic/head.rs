@@ -33,13 +33,21 @@ struct TemporalConv {
 
 impl TemporalConv {
     fn load(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
-        let c = Conv1dConfig { padding: 1, ..Default::default() };
-        Ok(Self { conv: conv1d(cfg.input_dim, cfg.hidden, 3, c, vb.pp("conv"))? })
+        let c = Conv1dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv: conv1d(cfg.input_dim, cfg.hidden, 3, c, vb.pp("conv"))?,
+        })
     }
 
     /// `x`: [B, T, D] → [B, T, H]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&x.transpose(1, 2)?.contiguous()?)?.gelu_erf()?.transpose(1, 2)
+        self.conv
+            .forward(&x.transpose(1, 2)?.contiguous()?)?
+            .gelu_erf()?
+            .transpose(1, 2)
     }
 }
 
@@ -51,7 +59,9 @@ struct AttentionPool {
 
 impl AttentionPool {
     fn load(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { score: linear(cfg.hidden, 1, vb.pp("score"))? })
+        Ok(Self {
+            score: linear(cfg.hidden, 1, vb.pp("score"))?,
+        })
     }
 
     /// `h`: [B, T, H], `mask`: [B, T] (1 valid, 0 padding) → [B, H]
@@ -79,12 +89,25 @@ impl Head {
     /// Build from a VarBuilder holding `frame_mean`, `frame_inv_std`, `temporal.conv.*`,
     /// `pool.score.*` and `out.*`.
     pub fn load(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
-        let frame_mean = vb.get_with_hints(cfg.input_dim, "frame_mean", candle_nn::Init::Const(0.0))?;
-        let frame_inv_std = vb.get_with_hints(cfg.input_dim, "frame_inv_std", candle_nn::Init::Const(1.0))?;
+        let frame_mean =
+            vb.get_with_hints(cfg.input_dim, "frame_mean", candle_nn::Init::Const(0.0))?;
+        let frame_inv_std =
+            vb.get_with_hints(cfg.input_dim, "frame_inv_std", candle_nn::Init::Const(1.0))?;
         let temporal = TemporalConv::load(cfg, vb.pp("temporal"))?;
         let pool = AttentionPool::load(cfg, vb.pp("pool"))?;
-        let out = linear(2 * cfg.hidden + cfg.evidence_dim, cfg.n_labels, vb.pp("out"))?;
-        Ok(Self { cfg: cfg.clone(), frame_mean, frame_inv_std, temporal, pool, out })
+        let out = linear(
+            2 * cfg.hidden + cfg.evidence_dim,
+            cfg.n_labels,
+            vb.pp("out"),
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            frame_mean,
+            frame_inv_std,
+            temporal,
+            pool,
+            out,
+        })
     }
 
     pub fn config(&self) -> &HeadConfig {
@@ -93,13 +116,18 @@ impl Head {
 
     /// Pooled clip embedding [B, 2H] (before evidence fusion and dropout).
     pub fn embed(&self, frames: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let x = frames.broadcast_sub(&self.frame_mean)?.broadcast_mul(&self.frame_inv_std)?;
+        let x = frames
+            .broadcast_sub(&self.frame_mean)?
+            .broadcast_mul(&self.frame_inv_std)?;
         // Zero the padding after standardising, so it looks like the conv's own zero padding.
         let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
         let h = self.temporal.forward(&x)?;
         let attn = self.pool.forward(&h, mask)?;
         let valid = mask.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
-        let mean = h.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?.broadcast_div(&valid)?;
+        let mean = h
+            .broadcast_mul(&mask.unsqueeze(2)?)?
+            .sum(1)?
+            .broadcast_div(&valid)?;
         Tensor::cat(&[attn, mean], 1)
     }
 
@@ -137,15 +165,31 @@ mod tests {
     #[test]
     fn padding_does_not_change_the_output() {
         let dev = Device::Cpu;
-        let cfg = HeadConfig { input_dim: 8, hidden: 6, evidence_dim: 2, n_labels: 3, dropout: 0.0 };
+        let cfg = HeadConfig {
+            input_dim: 8,
+            hidden: 6,
+            evidence_dim: 2,
+            n_labels: 3,
+            dropout: 0.0,
+        };
         let mut vm = candle_nn::VarMap::new();
         let head = Head::load(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
         // A non-zero frame mean, as after training: padding must still be neutral.
-        vm.set_one("frame_mean", Tensor::full(0.3f32, 8, &dev).unwrap()).unwrap();
-        let frames: Vec<f32> = (0..5 * 8).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+        vm.set_one("frame_mean", Tensor::full(0.3f32, 8, &dev).unwrap())
+            .unwrap();
+        let frames: Vec<f32> = (0..5 * 8)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+            .collect();
         let x = Tensor::from_vec(frames.clone(), (1, 5, 8), &dev).unwrap();
         let ev = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
-        let a = head.forward(&x, &Tensor::ones((1, 5), DType::F32, &dev).unwrap(), Some(&ev), None).unwrap();
+        let a = head
+            .forward(
+                &x,
+                &Tensor::ones((1, 5), DType::F32, &dev).unwrap(),
+                Some(&ev),
+                None,
+            )
+            .unwrap();
         // The same clip padded with 3 zero frames and masked. The conv sees zeros beyond the
         // edge in both cases, so the result must be identical.
         let mut padded = frames;
@@ -153,7 +197,14 @@ mod tests {
         let xp = Tensor::from_vec(padded, (1, 8, 8), &dev).unwrap();
         let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0., 0.]], &dev).unwrap();
         let b = head.forward(&xp, &mask, Some(&ev), None).unwrap();
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "padding changed logits by {diff}");
     }
 }

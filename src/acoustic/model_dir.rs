@@ -43,7 +43,10 @@ pub enum ModelDirError {
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> ModelDirError {
-    ModelDirError::Io { path: path.into(), message: e.to_string() }
+    ModelDirError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    }
 }
 
 /// How frames are made from audio before the head.
@@ -51,7 +54,12 @@ fn io(path: &Path, e: impl std::fmt::Display) -> ModelDirError {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FrontendConfig {
     /// Frozen Whisper encoder, hidden states after `blocks` blocks.
-    Whisper { model: String, sha256: String, blocks: usize, level_dbfs: f32 },
+    Whisper {
+        model: String,
+        sha256: String,
+        blocks: usize,
+        level_dbfs: f32,
+    },
     /// The light option: per-clip mean-normalised log-mel frames.
     LogMel,
 }
@@ -108,7 +116,10 @@ pub struct RoutingConfig {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
     let s = fs::read_to_string(path).map_err(|e| io(path, e))?;
-    serde_json::from_str(&s).map_err(|e| ModelDirError::Parse { path: path.into(), message: e.to_string() })
+    serde_json::from_str(&s).map_err(|e| ModelDirError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ModelDirError> {
@@ -124,16 +135,26 @@ pub fn read_meta(dir: &Path) -> Result<ModelMeta, ModelDirError> {
         return Err(ModelDirError::NotAModel { path: dir.into() });
     }
     let raw: serde_json::Value = read_json(&path)?;
-    let found = raw.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let found = raw
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as u32;
     if found != FORMAT_VERSION {
         return Err(ModelDirError::FormatVersion { path, found });
     }
-    let meta: ModelMeta =
-        serde_json::from_value(raw).map_err(|e| ModelDirError::Parse { path: path.clone(), message: e.to_string() })?;
+    let meta: ModelMeta = serde_json::from_value(raw).map_err(|e| ModelDirError::Parse {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     meta.features
         .validate()
-        .map_err(|e| ModelDirError::Mismatch { path: path.clone(), message: format!("feature configuration: {e}") })?;
-    if meta.head.n_labels != meta.labels.len() || meta.head.evidence_dim != meta.evidence_inputs.len() {
+        .map_err(|e| ModelDirError::Mismatch {
+            path: path.clone(),
+            message: format!("feature configuration: {e}"),
+        })?;
+    if meta.head.n_labels != meta.labels.len()
+        || meta.head.evidence_dim != meta.evidence_inputs.len()
+    {
         return Err(ModelDirError::Mismatch {
             path,
             message: "head shape does not match the label set or the evidence inputs".into(),
@@ -178,7 +199,10 @@ pub fn most_recent(models_dir: &Path) -> Option<PathBuf> {
 /// Make the output folder, refusing to overwrite an existing model unless `force`.
 pub fn prepare_out(dir: &Path, force: bool) -> Result<(), ModelDirError> {
     if dir.join(META_FILE).exists() && !force {
-        return Err(ModelDirError::Exists { path: dir.into(), what: "a trained model".into() });
+        return Err(ModelDirError::Exists {
+            path: dir.into(),
+            what: "a trained model".into(),
+        });
     }
     // The directory holds the training clips' labels and evidence (health data): folders it
     // creates are readable by their owner only.

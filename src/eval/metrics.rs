@@ -45,7 +45,12 @@ impl Confusion {
                 let precision = ratio(tp, predicted as f64);
                 let recall = ratio(tp, support as f64);
                 let f1 = ratio(2.0 * precision * recall, precision + recall);
-                ClassScores { precision, recall, f1, support }
+                ClassScores {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
             })
             .collect()
     }
@@ -112,7 +117,9 @@ pub fn macro_f1(n_labels: usize, truth: &[usize], pred: &[usize]) -> f64 {
 pub fn expected_calibration_error(confidence: &[f64], correct: &[bool], bins: usize) -> f64 {
     let r = reliability_bins(confidence, correct, bins);
     let n = confidence.len().max(1) as f64;
-    r.iter().map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs()).sum()
+    r.iter()
+        .map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs())
+        .sum()
 }
 
 /// One bin of a reliability diagram.
@@ -159,7 +166,12 @@ pub type Interval = [f64; 2];
 
 /// Percentile bootstrap of `stat` over resamples of the `n` items (indices with
 /// replacement), `reps` times, seeded.
-pub fn bootstrap_ci(n: usize, reps: usize, seed: u64, mut stat: impl FnMut(&[usize]) -> f64) -> Interval {
+pub fn bootstrap_ci(
+    n: usize,
+    reps: usize,
+    seed: u64,
+    mut stat: impl FnMut(&[usize]) -> f64,
+) -> Interval {
     if n == 0 || reps == 0 {
         return [0.0, 0.0];
     }
@@ -184,7 +196,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// 95 % bootstrap intervals of accuracy and macro F1 on one set of predictions.
-pub fn accuracy_and_f1_ci(n_labels: usize, truth: &[usize], pred: &[usize], reps: usize, seed: u64) -> (Interval, Interval) {
+pub fn accuracy_and_f1_ci(
+    n_labels: usize,
+    truth: &[usize],
+    pred: &[usize],
+    reps: usize,
+    seed: u64,
+) -> (Interval, Interval) {
     let acc = bootstrap_ci(truth.len(), reps, seed, |ix| {
         ix.iter().filter(|&&i| truth[i] == pred[i]).count() as f64 / ix.len() as f64
     });
@@ -210,20 +228,34 @@ pub fn paired_macro_f1_difference(
     reps: usize,
     seed: u64,
 ) -> PairedDifference {
-    let f1_on = |ix: &[usize], pred: &[usize]| Confusion::new(n_labels, ix.iter().map(|&i| (truth[i], pred[i]))).macro_f1();
+    let f1_on = |ix: &[usize], pred: &[usize]| {
+        Confusion::new(n_labels, ix.iter().map(|&i| (truth[i], pred[i]))).macro_f1()
+    };
     let all: Vec<usize> = (0..truth.len()).collect();
     PairedDifference {
         difference: f1_on(&all, pred_b) - f1_on(&all, pred_a),
-        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| f1_on(ix, pred_b) - f1_on(ix, pred_a)),
+        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| {
+            f1_on(ix, pred_b) - f1_on(ix, pred_a)
+        }),
     }
 }
 
-pub fn paired_accuracy_difference(truth: &[usize], pred_a: &[usize], pred_b: &[usize], reps: usize, seed: u64) -> PairedDifference {
-    let acc_on = |ix: &[usize], pred: &[usize]| ix.iter().filter(|&&i| truth[i] == pred[i]).count() as f64 / ix.len().max(1) as f64;
+pub fn paired_accuracy_difference(
+    truth: &[usize],
+    pred_a: &[usize],
+    pred_b: &[usize],
+    reps: usize,
+    seed: u64,
+) -> PairedDifference {
+    let acc_on = |ix: &[usize], pred: &[usize]| {
+        ix.iter().filter(|&&i| truth[i] == pred[i]).count() as f64 / ix.len().max(1) as f64
+    };
     let all: Vec<usize> = (0..truth.len()).collect();
     PairedDifference {
         difference: acc_on(&all, pred_b) - acc_on(&all, pred_a),
-        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| acc_on(ix, pred_b) - acc_on(ix, pred_a)),
+        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| {
+            acc_on(ix, pred_b) - acc_on(ix, pred_a)
+        }),
     }
 }
 
@@ -249,7 +281,10 @@ mod tests {
         for (a, b) in recall.iter().zip([0.6, 0.75, 0.5]) {
             assert!((a - b).abs() < 1e-12);
         }
-        assert_eq!(pc.iter().map(|s| s.support).collect::<Vec<_>>(), vec![5, 4, 6]);
+        assert_eq!(
+            pc.iter().map(|s| s.support).collect::<Vec<_>>(),
+            vec![5, 4, 6]
+        );
 
         let y = [0, 1, 2, 2, 1, 0, 0, 2, 1, 2, 2, 2];
         let p = [0, 2, 2, 2, 1, 1, 0, 0, 1, 2, 1, 2];
@@ -277,20 +312,35 @@ mod tests {
     #[test]
     fn bootstrap_interval_contains_the_estimate_and_narrows_with_n() {
         let truth: Vec<usize> = (0..400).map(|i| i % 3).collect();
-        let pred: Vec<usize> = truth.iter().enumerate().map(|(i, &t)| if i % 5 == 0 { (t + 1) % 3 } else { t }).collect();
+        let pred: Vec<usize> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i % 5 == 0 { (t + 1) % 3 } else { t })
+            .collect();
         let (acc, _) = accuracy_and_f1_ci(3, &truth, &pred, 500, 1);
         assert!(acc[0] < 0.8 && 0.8 < acc[1], "{acc:?}");
         let (small, _) = accuracy_and_f1_ci(3, &truth[..40], &pred[..40], 500, 1);
         assert!(small[1] - small[0] > acc[1] - acc[0]);
         // Deterministic for a seed.
-        assert_eq!(accuracy_and_f1_ci(3, &truth, &pred, 200, 9), accuracy_and_f1_ci(3, &truth, &pred, 200, 9));
+        assert_eq!(
+            accuracy_and_f1_ci(3, &truth, &pred, 200, 9),
+            accuracy_and_f1_ci(3, &truth, &pred, 200, 9)
+        );
     }
 
     #[test]
     fn paired_difference_sees_a_real_improvement() {
         let truth: Vec<usize> = (0..300).map(|i| i % 3).collect();
-        let a: Vec<usize> = truth.iter().enumerate().map(|(i, &t)| if i % 3 == 0 { (t + 1) % 3 } else { t }).collect();
-        let b: Vec<usize> = truth.iter().enumerate().map(|(i, &t)| if i % 10 == 0 { (t + 1) % 3 } else { t }).collect();
+        let a: Vec<usize> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i % 3 == 0 { (t + 1) % 3 } else { t })
+            .collect();
+        let b: Vec<usize> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i % 10 == 0 { (t + 1) % 3 } else { t })
+            .collect();
         let d = paired_accuracy_difference(&truth, &a, &b, 500, 3);
         assert!(d.difference > 0.2 && d.ci95[0] > 0.0, "{d:?}");
         let f = paired_macro_f1_difference(3, &truth, &a, &b, 300, 3);

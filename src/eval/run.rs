@@ -11,10 +11,13 @@ use serde::Serialize;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::metrics::{accuracy, accuracy_and_f1_ci, paired_accuracy_difference, paired_macro_f1_difference, ClassScores, Confusion, Interval, PairedDifference};
+use super::metrics::{
+    accuracy, accuracy_and_f1_ci, paired_accuracy_difference, paired_macro_f1_difference,
+    ClassScores, Confusion, Interval, PairedDifference,
+};
 use crate::acoustic::augment::field_conditions;
-use crate::audio;
 use crate::acoustic::{AcousticError, AcousticModel};
+use crate::audio;
 use crate::data::manifest::Manifest;
 use crate::data::split::filter_speakers;
 use crate::pipeline::analyse::ClipAnalyser;
@@ -108,7 +111,10 @@ pub struct EvalReport {
     pub robustness: Option<Robustness>,
 }
 
-pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<EvalReport, AcousticError> {
+pub fn evaluate(
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport, AcousticError> {
     let device = crate::acoustic::default_device();
     let model = AcousticModel::load(&opts.model_dir, &opts.models_dir, &device)?;
     let labels = model.meta.labels.clone();
@@ -116,15 +122,20 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
     if let Some(sel) = &opts.speakers {
         m = filter_speakers(&m, &[sel.as_str()])?;
     }
-    let rules = crate::pipeline::active_rules(&model, opts.rules.as_deref()).map_err(|e| AcousticError::Training {
-        path: opts.rules.clone().unwrap_or_else(|| opts.model_dir.clone()),
-        message: e.to_string(),
+    let rules = crate::pipeline::active_rules(&model, opts.rules.as_deref()).map_err(|e| {
+        AcousticError::Training {
+            path: opts.rules.clone().unwrap_or_else(|| opts.model_dir.clone()),
+            message: e.to_string(),
+        }
     })?;
     let vote = RuleVote::new(&rules);
     let rules_alone = RuleVote::new(&rules).with_prior_weight(0.0);
     let router = Router::from_config(&model.routing);
-    let mut analyser = ClipAnalyser::new(&model.meta.features)
-        .map_err(|e| AcousticError::Training { path: opts.model_dir.clone(), message: e.to_string() })?;
+    let mut analyser =
+        ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
+            path: opts.model_dir.clone(),
+            message: e.to_string(),
+        })?;
     let mut truth = Vec::new();
     let mut pred = Vec::new();
     let mut routed_pred = Vec::new();
@@ -147,7 +158,9 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
             }
             _ => None,
         };
-        let clip = decoded.map_err(Into::into).and_then(|a| analyser.analyse_audio(a));
+        let clip = decoded
+            .map_err(Into::into)
+            .and_then(|a| analyser.analyse_audio(a));
         t_analyse += t0.elapsed().as_secs_f64();
         let mut clip = match clip {
             Ok(c) => c,
@@ -164,13 +177,23 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
         rules_pred.push(rules_alone.combine(&probs, &fired).argmax().0);
         let ambiguous = router.is_ambiguous(&probs);
         is_routed.push(ambiguous);
-        routed_pred.push(if ambiguous { vote.combine(&probs, &fired).argmax().0 } else { best });
+        routed_pred.push(if ambiguous {
+            vote.combine(&probs, &fired).argmax().0
+        } else {
+            best
+        });
         if let Some(audio) = perturbed {
             // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
             // wrong: predict a label other than the truth.
             let wrong = (labels.index_of(&row.label).unwrap_or(0) + 1) % labels.len();
             let label = match analyser.analyse_audio(audio) {
-                Ok(mut c) => model.predict(std::slice::from_mut(&mut c))?.remove(0).argmax().0,
+                Ok(mut c) => {
+                    model
+                        .predict(std::slice::from_mut(&mut c))?
+                        .remove(0)
+                        .argmax()
+                        .0
+                }
                 Err(_) => wrong,
             };
             perturbed_pred.push(label);
@@ -188,19 +211,34 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
     let routed: Vec<usize> = (0..truth.len()).filter(|&i| is_routed[i]).collect();
     let kept: Vec<usize> = (0..truth.len()).filter(|&i| !is_routed[i]).collect();
     let acc_on = |ix: &[usize], p: &[usize]| -> Option<f64> {
-        (!ix.is_empty()).then(|| accuracy(&ix.iter().map(|&i| truth[i]).collect::<Vec<_>>(), &ix.iter().map(|&i| p[i]).collect::<Vec<_>>()))
+        (!ix.is_empty()).then(|| {
+            accuracy(
+                &ix.iter().map(|&i| truth[i]).collect::<Vec<_>>(),
+                &ix.iter().map(|&i| p[i]).collect::<Vec<_>>(),
+            )
+        })
     };
     let scores = |p: &[usize]| {
         let c = Confusion::new(k, truth.iter().copied().zip(p.iter().copied()));
-        Scores { accuracy: c.accuracy(), macro_f1: c.macro_f1() }
+        Scores {
+            accuracy: c.accuracy(),
+            macro_f1: c.macro_f1(),
+        }
     };
     let n = truth.len().max(1) as f64;
-    let per_class = labels.names().iter().cloned().zip(conf.per_class()).collect();
+    let per_class = labels
+        .names()
+        .iter()
+        .cloned()
+        .zip(conf.per_class())
+        .collect();
     let timings_ms = BTreeMap::from([
         ("analyse_per_clip".to_string(), 1000.0 * t_analyse / n),
         ("acoustic_per_clip".to_string(), 1000.0 * t_model / n),
     ]);
-    let weights = opts.model_dir.join(crate::acoustic::model_dir::WEIGHTS_FILE);
+    let weights = opts
+        .model_dir
+        .join(crate::acoustic::model_dir::WEIGHTS_FILE);
     let robustness = opts.robustness.then(|| {
         let pc = Confusion::new(k, truth.iter().copied().zip(perturbed_pred.iter().copied()));
         Robustness {
@@ -234,12 +272,31 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
             rules_only: Some(scores(&rules_pred)),
             llm_only: None,
             routed: Some(scores(&routed_pred)),
-            routed_minus_acoustic_macro_f1: Some(paired_macro_f1_difference(k, &truth, &pred, &routed_pred, opts.bootstrap_reps, opts.seed)),
-            routed_minus_acoustic_accuracy: Some(paired_accuracy_difference(&truth, &pred, &routed_pred, opts.bootstrap_reps, opts.seed)),
+            routed_minus_acoustic_macro_f1: Some(paired_macro_f1_difference(
+                k,
+                &truth,
+                &pred,
+                &routed_pred,
+                opts.bootstrap_reps,
+                opts.seed,
+            )),
+            routed_minus_acoustic_accuracy: Some(paired_accuracy_difference(
+                &truth,
+                &pred,
+                &routed_pred,
+                opts.bootstrap_reps,
+                opts.seed,
+            )),
         },
         timings_ms,
-        model: Identifier { name: opts.model_dir.display().to_string(), sha256: crate::catalog::sha256_file(&weights).ok() },
-        rules: Some(Identifier { name: rules.id_string(), sha256: Some(rules.sha256()) }),
+        model: Identifier {
+            name: opts.model_dir.display().to_string(),
+            sha256: crate::catalog::sha256_file(&weights).ok(),
+        },
+        rules: Some(Identifier {
+            name: rules.id_string(),
+            sha256: Some(rules.sha256()),
+        }),
         llm: None,
         seed: opts.seed,
         robustness,
@@ -248,24 +305,48 @@ pub fn evaluate(opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> R
 
 /// Human-readable summary.
 pub fn print_summary(r: &EvalReport, manifest: &Path) {
-    println!("{}: {} clips ({} failed)", manifest.display(), r.n, r.n_failed);
+    println!(
+        "{}: {} clips ({} failed)",
+        manifest.display(),
+        r.n,
+        r.n_failed
+    );
     println!(
         "  accuracy {:.3} [{:.3}, {:.3}]   macro-F1 {:.3} [{:.3}, {:.3}]   ECE {:.3}",
-        r.accuracy, r.accuracy_ci95[0], r.accuracy_ci95[1], r.macro_f1, r.macro_f1_ci95[0], r.macro_f1_ci95[1], r.ece
+        r.accuracy,
+        r.accuracy_ci95[0],
+        r.accuracy_ci95[1],
+        r.macro_f1,
+        r.macro_f1_ci95[0],
+        r.macro_f1_ci95[1],
+        r.ece
     );
     println!("  label    precision  recall      f1  support");
     for (l, s) in &r.per_class {
-        println!("  {:<8} {:>9.3} {:>7.3} {:>7.3} {:>8}", l, s.precision, s.recall, s.f1, s.support);
+        println!(
+            "  {:<8} {:>9.3} {:>7.3} {:>7.3} {:>8}",
+            l, s.precision, s.recall, s.f1, s.support
+        );
     }
-    println!("  confusion (rows = truth, columns = predicted, order {}):", r.labels.join(", "));
+    println!(
+        "  confusion (rows = truth, columns = predicted, order {}):",
+        r.labels.join(", ")
+    );
     for (l, row) in r.labels.iter().zip(&r.confusion) {
-        println!("    {:<8} {}", l, row.iter().map(|c| format!("{c:>4}")).collect::<String>());
+        println!(
+            "    {:<8} {}",
+            l,
+            row.iter().map(|c| format!("{c:>4}")).collect::<String>()
+        );
     }
     println!(
         "  routing: threshold {:.3} sends {:.0} % to the reasoner (acoustic accuracy there {})",
         r.routing.threshold,
         100.0 * r.routing.routed_fraction,
-        r.routing.acoustic_accuracy_on_routed.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into())
+        r.routing
+            .acoustic_accuracy_on_routed
+            .map(|a| format!("{a:.3}"))
+            .unwrap_or_else(|| "-".into())
     );
     if let Some(rb) = &r.robustness {
         let d = &rb.macro_f1_difference;
@@ -275,16 +356,29 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
         );
     }
     let ab = &r.ablations;
-    let show = |s: &Option<Scores>| s.as_ref().map(|s| format!("accuracy {:.3}  macro-F1 {:.3}", s.accuracy, s.macro_f1)).unwrap_or_else(|| "not run".into());
+    let show = |s: &Option<Scores>| {
+        s.as_ref()
+            .map(|s| format!("accuracy {:.3}  macro-F1 {:.3}", s.accuracy, s.macro_f1))
+            .unwrap_or_else(|| "not run".into())
+    };
     println!("  ablations:");
-    println!("    acoustic only  accuracy {:.3}  macro-F1 {:.3}", ab.acoustic_only.accuracy, ab.acoustic_only.macro_f1);
+    println!(
+        "    acoustic only  accuracy {:.3}  macro-F1 {:.3}",
+        ab.acoustic_only.accuracy, ab.acoustic_only.macro_f1
+    );
     println!("    rules only     {}", show(&ab.rules_only));
     println!("    LLM only       {}", show(&ab.llm_only));
     println!("    routed         {}", show(&ab.routed));
     if let Some(d) = &ab.routed_minus_acoustic_macro_f1 {
-        println!("    routed − acoustic macro-F1 {:+.3} [{:+.3}, {:+.3}]", d.difference, d.ci95[0], d.ci95[1]);
+        println!(
+            "    routed − acoustic macro-F1 {:+.3} [{:+.3}, {:+.3}]",
+            d.difference, d.ci95[0], d.ci95[1]
+        );
     }
-    if let (Some(a), Some(f)) = (r.routing.acoustic_accuracy_on_routed, r.routing.final_accuracy_on_routed) {
+    if let (Some(a), Some(f)) = (
+        r.routing.acoustic_accuracy_on_routed,
+        r.routing.final_accuracy_on_routed,
+    ) {
         println!("    on the routed clips: acoustic {a:.3} -> reasoner {f:.3}");
     }
 }

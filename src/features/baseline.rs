@@ -71,19 +71,38 @@ impl Baseline {
         let mut deviations = Vec::with_capacity(clips.len());
         for spec in FEATURES.iter().filter(|f| f.gain_invariant) {
             values.clear();
-            values.extend(clips.iter().filter_map(|e| e.values.get(spec.name)).copied().filter(|v| v.is_finite()));
+            values.extend(
+                clips
+                    .iter()
+                    .filter_map(|e| e.values.get(spec.name))
+                    .copied()
+                    .filter(|v| v.is_finite()),
+            );
             if values.len() < MIN_CLIPS_PER_FEATURE {
                 continue;
             }
-            let Some(center) = sorted_percentile(&mut values, 0.5) else { continue };
+            let Some(center) = sorted_percentile(&mut values, 0.5) else {
+                continue;
+            };
             deviations.clear();
             deviations.extend(values.iter().map(|v| (v - center).abs()));
             deviations.sort_unstable_by(|a, b| a.total_cmp(b));
             let mad = percentile_of_sorted(&deviations, 0.5);
             let scale = (MAD_TO_SIGMA * mad).max(spec.resolution);
-            features.insert(spec.name.to_string(), FeatureStat { center, scale, n: values.len() });
+            features.insert(
+                spec.name.to_string(),
+                FeatureStat {
+                    center,
+                    scale,
+                    n: values.len(),
+                },
+            );
         }
-        Baseline { kind, n: clips.len(), features }
+        Baseline {
+            kind,
+            n: clips.len(),
+            features,
+        }
     }
 
     /// Fills `evidence.z` for every feature that has both a value and a baseline entry
@@ -104,6 +123,10 @@ impl Baseline {
     /// Feature names in this baseline that the catalogue does not know (e.g. a model file
     /// from another version): callers loading a model can refuse or warn.
     pub fn unknown_features(&self) -> Vec<&str> {
-        self.features.keys().map(String::as_str).filter(|n| feature_spec(n).is_none()).collect()
+        self.features
+            .keys()
+            .map(String::as_str)
+            .filter(|n| feature_spec(n).is_none())
+            .collect()
     }
 }

@@ -28,7 +28,14 @@ const fn spec(
     egemaps: &'static str,
     resolution: f64,
 ) -> FeatureSpec {
-    FeatureSpec { name, unit, doc, gain_invariant, egemaps, resolution }
+    FeatureSpec {
+        name,
+        unit,
+        doc,
+        gain_invariant,
+        egemaps,
+        resolution,
+    }
 }
 
 /// Every evidence feature. Pitch statistics use voiced frames only; "speech span" is the

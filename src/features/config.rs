@@ -75,11 +75,19 @@ impl FeatureConfig {
     /// Checks every field; a model file with a nonsensical configuration fails here, by name.
     pub fn validate(&self) -> Result<(), FeatureError> {
         fn bad(field: &'static str, value: impl ToString, reason: &str) -> FeatureError {
-            FeatureError::InvalidConfig { field, value: value.to_string(), reason: reason.into() }
+            FeatureError::InvalidConfig {
+                field,
+                value: value.to_string(),
+                reason: reason.into(),
+            }
         }
         let nyquist = self.sample_rate as f32 / 2.0;
         if !(4_000..=192_000).contains(&self.sample_rate) {
-            return Err(bad("sample_rate", self.sample_rate, "must be 4000..=192000 Hz"));
+            return Err(bad(
+                "sample_rate",
+                self.sample_rate,
+                "must be 4000..=192000 Hz",
+            ));
         }
         if !(self.window_ms.is_finite() && self.window_ms >= 5.0 && self.window_ms <= 100.0) {
             return Err(bad("window_ms", self.window_ms, "must be 5..=100 ms"));
@@ -88,25 +96,48 @@ impl FeatureConfig {
             return Err(bad("hop_ms", self.hop_ms, "must be 1 ms ..= window_ms"));
         }
         if self.n_fft < self.window_len() || self.n_fft > 65_536 {
-            return Err(bad("n_fft", self.n_fft, "must be >= the window length in samples and <= 65536"));
+            return Err(bad(
+                "n_fft",
+                self.n_fft,
+                "must be >= the window length in samples and <= 65536",
+            ));
         }
         if !(1..=512).contains(&self.n_mels) {
             return Err(bad("n_mels", self.n_mels, "must be 1..=512"));
         }
         if !(self.fmin_hz >= 0.0 && self.fmin_hz < self.fmax_hz && self.fmax_hz <= nyquist) {
-            return Err(bad("fmin_hz/fmax_hz", format!("{}/{}", self.fmin_hz, self.fmax_hz), "need 0 <= fmin < fmax <= sample_rate/2"));
+            return Err(bad(
+                "fmin_hz/fmax_hz",
+                format!("{}/{}", self.fmin_hz, self.fmax_hz),
+                "need 0 <= fmin < fmax <= sample_rate/2",
+            ));
         }
         if !(1..=self.n_mels).contains(&self.n_mfcc) {
             return Err(bad("n_mfcc", self.n_mfcc, "must be 1..=n_mels"));
         }
-        if !(self.f0_min_hz >= 20.0 && self.f0_min_hz < self.f0_max_hz && self.f0_max_hz <= nyquist / 4.0) {
-            return Err(bad("f0_min_hz/f0_max_hz", format!("{}/{}", self.f0_min_hz, self.f0_max_hz), "need 20 <= f0_min < f0_max <= sample_rate/8"));
+        if !(self.f0_min_hz >= 20.0
+            && self.f0_min_hz < self.f0_max_hz
+            && self.f0_max_hz <= nyquist / 4.0)
+        {
+            return Err(bad(
+                "f0_min_hz/f0_max_hz",
+                format!("{}/{}", self.f0_min_hz, self.f0_max_hz),
+                "need 20 <= f0_min < f0_max <= sample_rate/8",
+            ));
         }
         if !(self.voicing_threshold > 0.0 && self.voicing_threshold < 1.0) {
-            return Err(bad("voicing_threshold", self.voicing_threshold, "must be in (0, 1)"));
+            return Err(bad(
+                "voicing_threshold",
+                self.voicing_threshold,
+                "must be in (0, 1)",
+            ));
         }
         if !(self.silence_below_db > 0.0 && self.silence_below_db <= 90.0) {
-            return Err(bad("silence_below_db", self.silence_below_db, "must be in (0, 90]"));
+            return Err(bad(
+                "silence_below_db",
+                self.silence_below_db,
+                "must be in (0, 90]",
+            ));
         }
         if !(self.min_duration_s.is_finite() && self.min_duration_s >= 0.0) {
             return Err(bad("min_duration_s", self.min_duration_s, "must be >= 0"));

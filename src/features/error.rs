@@ -7,16 +7,32 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum FeatureError {
     #[error("{clip}: sample rate is {found} Hz but the feature configuration expects {expected} Hz (resample with audio::load first)")]
-    SampleRate { clip: String, found: u32, expected: u32 },
+    SampleRate {
+        clip: String,
+        found: u32,
+        expected: u32,
+    },
 
     #[error("{clip}: clip is {duration_s:.3} s long; features need at least {min_s:.3} s")]
-    TooShort { clip: String, duration_s: f64, min_s: f64 },
+    TooShort {
+        clip: String,
+        duration_s: f64,
+        min_s: f64,
+    },
 
     #[error("{clip}: sample {index} is not a finite number ({value})")]
-    NonFinite { clip: String, index: usize, value: f32 },
+    NonFinite {
+        clip: String,
+        index: usize,
+        value: f32,
+    },
 
     #[error("invalid feature configuration: {field} = {value}: {reason}")]
-    InvalidConfig { field: &'static str, value: String, reason: String },
+    InvalidConfig {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
 
     #[error("{clip}: {message}")]
     Internal { clip: String, message: String },

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 pub use super::catalogue::{feature_spec, FeatureSpec, FEATURES};
-use super::mel::{check_audio, log_mel_from_power, LogMel, MelFilterbank};
 use super::measures::{self, Scratch};
+use super::mel::{check_audio, log_mel_from_power, LogMel, MelFilterbank};
 use super::pitch::{PitchTrack, PitchTracker};
 use super::stft::Stft;
 use super::voice::VoiceAnalyzer;
@@ -55,10 +55,20 @@ impl EvidenceExtractor {
 
     /// Evidence and the log-mel spectrogram (into `log_mel`, reusing it) from one STFT pass:
     /// what the pipeline needs per clip.
-    pub fn extract_with_log_mel(&mut self, audio: &Audio, log_mel: &mut LogMel) -> Result<Evidence, FeatureError> {
+    pub fn extract_with_log_mel(
+        &mut self,
+        audio: &Audio,
+        log_mel: &mut LogMel,
+    ) -> Result<Evidence, FeatureError> {
         check_audio(&self.cfg, audio)?;
         let n_frames = self.stft.power_spectrogram(&audio.samples, &mut self.power);
-        log_mel_from_power(&self.filterbank, &self.power, self.stft.n_bins(), n_frames, log_mel);
+        log_mel_from_power(
+            &self.filterbank,
+            &self.power,
+            self.stft.n_bins(),
+            n_frames,
+            log_mel,
+        );
         Ok(self.evidence_from_power(audio, n_frames))
     }
 
@@ -85,7 +95,18 @@ impl EvidenceExtractor {
         put("shimmer_local_db", vq.shimmer_local_db);
         put("hnr_db", vq.hnr_db);
         measures::loudness_and_tempo(s, &self.track, span, &mut put);
-        measures::spectral_features(s, &self.power, self.stft.n_bins(), &self.track, span, &mut put);
-        Evidence { values, z: BTreeMap::new(), baseline: "none".into() }
+        measures::spectral_features(
+            s,
+            &self.power,
+            self.stft.n_bins(),
+            &self.track,
+            span,
+            &mut put,
+        );
+        Evidence {
+            values,
+            z: BTreeMap::new(),
+            baseline: "none".into(),
+        }
     }
 }

@@ -65,7 +65,11 @@ impl BandRegression {
         let mx = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
         let x_centred: Vec<f64> = xs.iter().map(|x| x - mx).collect();
         let sxx = x_centred.iter().map(|x| x * x).sum();
-        Self { first, x_centred, sxx }
+        Self {
+            first,
+            x_centred,
+            sxx,
+        }
     }
 
     /// dB/kHz slope of 10·log10(power) in the band.
@@ -115,16 +119,38 @@ pub fn speech_span(s: &mut Scratch, track: &PitchTrack, silence_below_db: f64) -
     let active = |e: &f32| *e as f64 >= loud_db - silence_below_db;
     let first = track.energy_db.iter().position(active)?;
     let last = track.energy_db.iter().rposition(active)?;
-    Some(Span { first, last, loud_db, active_below_db: silence_below_db })
+    Some(Span {
+        first,
+        last,
+        loud_db,
+        active_below_db: silence_below_db,
+    })
 }
 
-pub fn pitch_features(s: &mut Scratch, track: &PitchTrack, span: Option<Span>, put: &mut impl FnMut(&'static str, Option<f64>)) {
+pub fn pitch_features(
+    s: &mut Scratch,
+    track: &PitchTrack,
+    span: Option<Span>,
+    put: &mut impl FnMut(&'static str, Option<f64>),
+) {
     let fr = s.frame_rate;
     let Some(span) = span else { return };
-    let voiced_in_span = (span.first..=span.last).filter(|&t| track.voiced[t]).count();
-    put("voiced_ratio", Some(voiced_in_span as f64 / span.len() as f64));
+    let voiced_in_span = (span.first..=span.last)
+        .filter(|&t| track.voiced[t])
+        .count();
+    put(
+        "voiced_ratio",
+        Some(voiced_in_span as f64 / span.len() as f64),
+    );
     s.a.clear();
-    s.a.extend(track.f0_hz.iter().zip(&track.voiced).filter(|(_, v)| **v).map(|(f, _)| *f as f64));
+    s.a.extend(
+        track
+            .f0_hz
+            .iter()
+            .zip(&track.voiced)
+            .filter(|(_, v)| **v)
+            .map(|(f, _)| *f as f64),
+    );
     if s.a.len() < MIN_VOICED_FRAMES {
         return;
     }
@@ -133,7 +159,10 @@ pub fn pitch_features(s: &mut Scratch, track: &PitchTrack, span: Option<Span>, p
     s.a.sort_unstable_by(|a, b| a.total_cmp(b));
     let median = percentile_of_sorted(&s.a, 0.5);
     put("f0_median_hz", Some(median));
-    put("f0_range_hz", Some(percentile_of_sorted(&s.a, 0.9) - percentile_of_sorted(&s.a, 0.1)));
+    put(
+        "f0_range_hz",
+        Some(percentile_of_sorted(&s.a, 0.9) - percentile_of_sorted(&s.a, 0.1)),
+    );
     put("f0_median_st27", Some(12.0 * (median / 27.5).log2()));
     // Semitones around the utterance median: what remains of pitch once the speaker's own
     // register is removed, so lexical tone and arousal are judged on the same footing.
@@ -150,13 +179,23 @@ pub fn pitch_features(s: &mut Scratch, track: &PitchTrack, span: Option<Span>, p
     s.a.clear();
     s.a.extend_from_slice(&s.b);
     s.a.sort_unstable_by(|a, b| a.total_cmp(b));
-    put("f0_range_st", Some(percentile_of_sorted(&s.a, 0.9) - percentile_of_sorted(&s.a, 0.1)));
-    let aperiodicity: f64 = track.aperiodicity.iter().zip(&track.voiced).filter(|(_, v)| **v).map(|(a, _)| *a as f64).sum();
+    put(
+        "f0_range_st",
+        Some(percentile_of_sorted(&s.a, 0.9) - percentile_of_sorted(&s.a, 0.1)),
+    );
+    let aperiodicity: f64 = track
+        .aperiodicity
+        .iter()
+        .zip(&track.voiced)
+        .filter(|(_, v)| **v)
+        .map(|(a, _)| *a as f64)
+        .sum();
     put("f0_aperiodicity", Some(aperiodicity / s.b.len() as f64));
 
     // Per voiced run: rises, tremor, run lengths.
     let (mut rises, mut runs, mut run_frames) = (0usize, 0usize, 0usize);
-    let (mut band_power, mut total_power, mut band_var_weighted, mut tremor_frames) = (0.0, 0.0, 0.0, 0usize);
+    let (mut band_power, mut total_power, mut band_var_weighted, mut tremor_frames) =
+        (0.0, 0.0, 0.0, 0usize);
     let n = track.voiced.len();
     let mut t = 0;
     while t < n {
@@ -171,30 +210,49 @@ pub fn pitch_features(s: &mut Scratch, track: &PitchTrack, span: Option<Span>, p
         runs += 1;
         run_frames += t - start;
         s.b.clear();
-        s.b.extend(track.f0_hz[start..t].iter().map(|&f| 12.0 * (f as f64 / median).log2()));
+        s.b.extend(
+            track.f0_hz[start..t]
+                .iter()
+                .map(|&f| 12.0 * (f as f64 / median).log2()),
+        );
         rises += count_rises(&s.b, &mut s.c);
         if (t - start) as f64 / fr >= TREMOR_MIN_RUN_S {
             if let Some((band, total, var)) = tremor(&mut s.b, fr) {
                 band_power += band;
                 total_power += total;
-                band_var_weighted += if total > 0.0 { band / total * var * (t - start) as f64 } else { 0.0 };
+                band_var_weighted += if total > 0.0 {
+                    band / total * var * (t - start) as f64
+                } else {
+                    0.0
+                };
                 tremor_frames += t - start;
             }
         }
     }
     put("f0_rise_count", Some(rises as f64));
-    put("f0_rise_rate_per_s", Some(rises as f64 / (span.len() as f64 / fr)));
-    put("voiced_segment_mean_s", (runs > 0).then(|| run_frames as f64 / runs as f64 / fr));
+    put(
+        "f0_rise_rate_per_s",
+        Some(rises as f64 / (span.len() as f64 / fr)),
+    );
+    put(
+        "voiced_segment_mean_s",
+        (runs > 0).then(|| run_frames as f64 / runs as f64 / fr),
+    );
     if tremor_frames > 0 && total_power > 0.0 {
         put("f0_tremor_ratio", Some(band_power / total_power));
-        put("f0_tremor_st", Some((band_var_weighted / tremor_frames as f64).sqrt()));
+        put(
+            "f0_tremor_st",
+            Some((band_var_weighted / tremor_frames as f64).sqrt()),
+        );
     }
 }
 
 /// Rises of at least [`RISE_ST`] in a semitone contour, smoothed over 5 frames (50 ms).
 fn count_rises(st: &[f64], smooth: &mut Vec<f64>) -> usize {
     moving_average(st, 5, smooth);
-    let Some(&first) = smooth.first() else { return 0 };
+    let Some(&first) = smooth.first() else {
+        return 0;
+    };
     let (mut rising, mut low, mut high, mut count) = (false, first, first, 0);
     for &y in smooth.iter() {
         if rising {
@@ -226,7 +284,11 @@ fn tremor(y: &mut [f64], fr: f64) -> Option<(f64, f64, f64)> {
     let xs_mean = (n - 1) as f64 / 2.0;
     let ys_mean = y.iter().sum::<f64>() / n as f64;
     let sxx: f64 = (0..n).map(|i| (i as f64 - xs_mean).powi(2)).sum();
-    let sxy: f64 = y.iter().enumerate().map(|(i, v)| (i as f64 - xs_mean) * (v - ys_mean)).sum();
+    let sxy: f64 = y
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as f64 - xs_mean) * (v - ys_mean))
+        .sum();
     let b = sxy / sxx;
     for (i, v) in y.iter_mut().enumerate() {
         *v -= ys_mean + b * (i as f64 - xs_mean);
@@ -264,7 +326,12 @@ fn moving_average(x: &[f64], width: usize, out: &mut Vec<f64>) {
     }
 }
 
-pub fn loudness_and_tempo(s: &mut Scratch, track: &PitchTrack, span: Option<Span>, put: &mut impl FnMut(&'static str, Option<f64>)) {
+pub fn loudness_and_tempo(
+    s: &mut Scratch,
+    track: &PitchTrack,
+    span: Option<Span>,
+    put: &mut impl FnMut(&'static str, Option<f64>),
+) {
     let Some(span) = span else { return };
     let fr = s.frame_rate;
     let e = &track.energy_db[span.first..=span.last];
@@ -274,7 +341,10 @@ pub fn loudness_and_tempo(s: &mut Scratch, track: &PitchTrack, span: Option<Span
     put("loudness_mean_dbfs", mean(&s.a));
     put("loudness_std_db", std_dev(&s.a));
     if let Some(p95) = sorted_percentile(&mut s.a, 0.95) {
-        put("loudness_range_db", Some(p95 - percentile_of_sorted(&s.a, 0.1)));
+        put(
+            "loudness_range_db",
+            Some(p95 - percentile_of_sorted(&s.a, 0.1)),
+        );
     }
     s.b.clear();
     s.b.extend(e.iter().map(|&v| v as f64));
@@ -293,8 +363,14 @@ pub fn loudness_and_tempo(s: &mut Scratch, track: &PitchTrack, span: Option<Span
             n_fall += 1;
         }
     }
-    put("loudness_rise_db_per_s", (n_rise > 0).then(|| rise / n_rise as f64));
-    put("loudness_fall_db_per_s", (n_fall > 0).then(|| fall / n_fall as f64));
+    put(
+        "loudness_rise_db_per_s",
+        (n_rise > 0).then(|| rise / n_rise as f64),
+    );
+    put(
+        "loudness_fall_db_per_s",
+        (n_fall > 0).then(|| fall / n_fall as f64),
+    );
 
     // Pauses: long enough runs of quiet frames inside the span.
     let quiet = span.loud_db - NUCLEUS_AND_PAUSE_BELOW_DB;
@@ -333,7 +409,9 @@ pub fn loudness_and_tempo(s: &mut Scratch, track: &PitchTrack, span: Option<Span
             dip = dip.min(sm[j]);
             j += 1;
         }
-        let near_voiced = voiced[i.saturating_sub(2)..(i + 3).min(voiced.len())].iter().any(|v| *v);
+        let near_voiced = voiced[i.saturating_sub(2)..(i + 3).min(voiced.len())]
+            .iter()
+            .any(|v| *v);
         if sm[i] - dip >= NUCLEUS_MIN_DIP_DB && near_voiced {
             nuclei += 1;
         }
@@ -341,7 +419,10 @@ pub fn loudness_and_tempo(s: &mut Scratch, track: &PitchTrack, span: Option<Span
     }
     put("speech_rate_syl_per_s", Some(nuclei as f64 / span_s));
     let phonation_s = (span.len() - pause_frames) as f64 / fr;
-    put("articulation_rate_syl_per_s", (phonation_s > 0.0).then(|| nuclei as f64 / phonation_s));
+    put(
+        "articulation_rate_syl_per_s",
+        (phonation_s > 0.0).then(|| nuclei as f64 / phonation_s),
+    );
 }
 
 pub fn spectral_features(
@@ -354,9 +435,15 @@ pub fn spectral_features(
 ) {
     let Some(span) = span else { return };
     let active_floor = (span.loud_db - span.active_below_db) as f32;
-    let (b50, b1k, b2k, b5k) = (s.bin(50.0, n_bins), s.bin(1000.0, n_bins), s.bin(2000.0, n_bins), s.bin(5000.0, n_bins));
+    let (b50, b1k, b2k, b5k) = (
+        s.bin(50.0, n_bins),
+        s.bin(1000.0, n_bins),
+        s.bin(2000.0, n_bins),
+        s.bin(5000.0, n_bins),
+    );
     let (mut centroid, mut n_centroid, mut flux, mut n_flux) = (0.0, 0usize, 0.0, 0usize);
-    let (mut alpha, mut hamm, mut slope_low, mut slope_mid, mut n_voiced) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    let (mut alpha, mut hamm, mut slope_low, mut slope_mid, mut n_voiced) =
+        (0.0, 0.0, 0.0, 0.0, 0usize);
     let mut prev_valid = false;
     for t in span.first..=span.last {
         let p = &power[t * n_bins..(t + 1) * n_bins];
@@ -369,7 +456,11 @@ pub fn spectral_features(
             prev_valid = false;
             continue;
         }
-        let weighted: f64 = p.iter().enumerate().map(|(k, &v)| k as f64 * v as f64).sum();
+        let weighted: f64 = p
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| k as f64 * v as f64)
+            .sum();
         centroid += weighted / total * s.bin_hz;
         n_centroid += 1;
         let norm = total.sqrt() as f32; // ‖|X|‖₂ = sqrt(Σ|X|²)
@@ -377,7 +468,12 @@ pub fn spectral_features(
             *m = v.sqrt() / norm;
         }
         if prev_valid {
-            flux += s.mag.iter().zip(&s.prev_mag).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+            flux += s
+                .mag
+                .iter()
+                .zip(&s.prev_mag)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
             n_flux += 1;
         }
         std::mem::swap(&mut s.mag, &mut s.prev_mag);
@@ -397,7 +493,10 @@ pub fn spectral_features(
             }
         }
     }
-    put("spectral_centroid_hz", (n_centroid > 0).then(|| centroid / n_centroid as f64));
+    put(
+        "spectral_centroid_hz",
+        (n_centroid > 0).then(|| centroid / n_centroid as f64),
+    );
     put("spectral_flux", (n_flux > 0).then(|| flux / n_flux as f64));
     if n_voiced >= MIN_VOICED_FRAMES {
         let n = n_voiced as f64;

@@ -79,13 +79,17 @@ impl MelFilterbank {
             }
             // A band narrower than one bin (many bands, short FFT) takes its nearest bin,
             // so no band is identically zero.
-            let first = first.unwrap_or_else(|| ((centre / bin_hz).round() as usize).min(n_bins - 1));
+            let first =
+                first.unwrap_or_else(|| ((centre / bin_hz).round() as usize).min(n_bins - 1));
             if weights.is_empty() {
                 weights.push(1.0);
             }
             bands.push((first, weights));
         }
-        Ok(Self { bands, centres_hz: edges[1..=cfg.n_mels].to_vec() })
+        Ok(Self {
+            bands,
+            centres_hz: edges[1..=cfg.n_mels].to_vec(),
+        })
     }
 
     pub fn n_mels(&self) -> usize {
@@ -118,7 +122,13 @@ impl MelExtractor {
     pub fn new(cfg: &FeatureConfig) -> Result<Self, FeatureError> {
         let stft = Stft::new(cfg)?;
         let filterbank = MelFilterbank::new(cfg)?;
-        Ok(Self { cfg: cfg.clone(), stft, filterbank, dct: dct_ii_matrix(cfg.n_mfcc, cfg.n_mels), power: Vec::new() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            stft,
+            filterbank,
+            dct: dct_ii_matrix(cfg.n_mfcc, cfg.n_mels),
+            power: Vec::new(),
+        })
     }
 
     pub fn filterbank(&self) -> &MelFilterbank {
@@ -135,7 +145,13 @@ impl MelExtractor {
     pub fn log_mel_into(&mut self, audio: &Audio, out: &mut LogMel) -> Result<(), FeatureError> {
         check_audio(&self.cfg, audio)?;
         let n_frames = self.stft.power_spectrogram(&audio.samples, &mut self.power);
-        log_mel_from_power(&self.filterbank, &self.power, self.stft.n_bins(), n_frames, out);
+        log_mel_from_power(
+            &self.filterbank,
+            &self.power,
+            self.stft.n_bins(),
+            n_frames,
+            out,
+        );
         Ok(())
     }
 
@@ -151,12 +167,22 @@ impl MelExtractor {
                 data[t * n_mfcc + k] = row.iter().zip(frame).map(|(a, b)| a * b).sum();
             }
         }
-        Ok(Mfcc { data, n_frames: log_mel.n_frames, n_mfcc })
+        Ok(Mfcc {
+            data,
+            n_frames: log_mel.n_frames,
+            n_mfcc,
+        })
     }
 }
 
 /// Fills `out` from a power spectrogram (frames × n_bins).
-pub(crate) fn log_mel_from_power(fb: &MelFilterbank, power: &[f32], n_bins: usize, n_frames: usize, out: &mut LogMel) {
+pub(crate) fn log_mel_from_power(
+    fb: &MelFilterbank,
+    power: &[f32],
+    n_bins: usize,
+    n_frames: usize,
+    out: &mut LogMel,
+) {
     let n_mels = fb.n_mels();
     out.n_frames = n_frames;
     out.n_mels = n_mels;
@@ -175,7 +201,11 @@ pub(crate) fn log_mel_from_power(fb: &MelFilterbank, power: &[f32], n_bins: usiz
 fn dct_ii_matrix(n_out: usize, n_in: usize) -> Vec<f32> {
     let mut m = vec![0.0; n_out * n_in];
     for k in 0..n_out {
-        let scale = if k == 0 { (1.0 / n_in as f64).sqrt() } else { (2.0 / n_in as f64).sqrt() };
+        let scale = if k == 0 {
+            (1.0 / n_in as f64).sqrt()
+        } else {
+            (2.0 / n_in as f64).sqrt()
+        };
         for n in 0..n_in {
             let angle = std::f64::consts::PI * k as f64 * (n as f64 + 0.5) / n_in as f64;
             m[k * n_in + n] = (scale * angle.cos()) as f32;
@@ -187,14 +217,31 @@ fn dct_ii_matrix(n_out: usize, n_in: usize) -> Vec<f32> {
 /// Refuses audio the features cannot be computed on: wrong rate, too short, NaN/inf samples.
 pub(crate) fn check_audio(cfg: &FeatureConfig, audio: &Audio) -> Result<(), FeatureError> {
     if audio.sample_rate != cfg.sample_rate {
-        return Err(FeatureError::SampleRate { clip: clip_name(audio), found: audio.sample_rate, expected: cfg.sample_rate });
+        return Err(FeatureError::SampleRate {
+            clip: clip_name(audio),
+            found: audio.sample_rate,
+            expected: cfg.sample_rate,
+        });
     }
     let min_s = (cfg.min_duration_s as f64).max(cfg.window_len() as f64 / cfg.sample_rate as f64);
     if audio.duration_s() < min_s {
-        return Err(FeatureError::TooShort { clip: clip_name(audio), duration_s: audio.duration_s(), min_s });
+        return Err(FeatureError::TooShort {
+            clip: clip_name(audio),
+            duration_s: audio.duration_s(),
+            min_s,
+        });
     }
-    if let Some((index, &value)) = audio.samples.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(FeatureError::NonFinite { clip: clip_name(audio), index, value });
+    if let Some((index, &value)) = audio
+        .samples
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+    {
+        return Err(FeatureError::NonFinite {
+            clip: clip_name(audio),
+            index,
+            value,
+        });
     }
     Ok(())
 }

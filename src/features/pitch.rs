@@ -138,7 +138,8 @@ impl PitchTracker {
         out.voiced.clear();
         out.voiced.resize(n_frames, false);
         self.candidates.clear();
-        self.candidates.resize(n_frames, [Candidate::default(); MAX_CANDIDATES]);
+        self.candidates
+            .resize(n_frames, [Candidate::default(); MAX_CANDIDATES]);
         self.n_candidates.clear();
         self.n_candidates.resize(n_frames, 0);
         let seg_len = self.segment_len();
@@ -148,7 +149,9 @@ impl PitchTracker {
         }
         for t in 0..n_frames {
             let centre = t * self.hop + self.centre_offset;
-            let start = centre.saturating_sub(seg_len / 2).min(samples.len() - seg_len);
+            let start = centre
+                .saturating_sub(seg_len / 2)
+                .min(samples.len() - seg_len);
             let energy = self.difference(&samples[start..start + seg_len]);
             out.energy_db[t] = (10.0 * (energy.max(1e-20)).log10()) as f32;
             self.collect_candidates(t);
@@ -156,8 +159,10 @@ impl PitchTracker {
         // Silence gate relative to the clip's loud frames, so the gain of the recording does
         // not change which frames may be voiced.
         self.sort_scratch.clear();
-        self.sort_scratch.extend(out.energy_db.iter().map(|&e| e as f64));
-        let loud_db = super::stats::sorted_percentile(&mut self.sort_scratch, 0.95).unwrap_or(0.0) as f32;
+        self.sort_scratch
+            .extend(out.energy_db.iter().map(|&e| e as f64));
+        let loud_db =
+            super::stats::sorted_percentile(&mut self.sort_scratch, 0.95).unwrap_or(0.0) as f32;
         let gate_db = loud_db - self.silence_below_db;
         for t in 0..n_frames {
             if out.energy_db[t] < gate_db || out.energy_db[t] < -150.0 {
@@ -183,8 +188,14 @@ impl PitchTracker {
             acc += x as f64 * x as f64;
             self.prefix_sq.push(acc);
         }
-        let ok = self.forward.process_with_scratch(&mut self.buf_a, &mut self.spec_a, &mut self.scratch_f).is_ok()
-            && self.forward.process_with_scratch(&mut self.buf_b, &mut self.spec_b, &mut self.scratch_f).is_ok();
+        let ok = self
+            .forward
+            .process_with_scratch(&mut self.buf_a, &mut self.spec_a, &mut self.scratch_f)
+            .is_ok()
+            && self
+                .forward
+                .process_with_scratch(&mut self.buf_b, &mut self.spec_b, &mut self.scratch_f)
+                .is_ok();
         if !ok {
             self.cmnd.fill(1.0);
             return acc / seg.len() as f64;
@@ -196,7 +207,11 @@ impl PitchTracker {
         let last = self.spec_a.len() - 1;
         self.spec_a[0].im = 0.0;
         self.spec_a[last].im = 0.0;
-        if self.inverse.process_with_scratch(&mut self.spec_a, &mut self.corr, &mut self.scratch_i).is_err() {
+        if self
+            .inverse
+            .process_with_scratch(&mut self.spec_a, &mut self.corr, &mut self.scratch_i)
+            .is_err()
+        {
             self.cmnd.fill(1.0);
             return acc / seg.len() as f64;
         }
@@ -208,7 +223,11 @@ impl PitchTracker {
             let e_tau = self.prefix_sq[tau + w] - self.prefix_sq[tau];
             let d = (e0 + e_tau - 2.0 * self.corr[tau] as f64 * scale).max(0.0);
             running += d;
-            self.cmnd[tau] = if running > 0.0 { (d * tau as f64 / running) as f32 } else { 1.0 };
+            self.cmnd[tau] = if running > 0.0 {
+                (d * tau as f64 / running) as f32
+            } else {
+                1.0
+            };
         }
         self.cmnd[max_lag + 1] = 1.0;
         acc / seg.len() as f64
@@ -227,17 +246,27 @@ impl PitchTracker {
             // Parabolic interpolation of the minimum for sub-sample period resolution.
             let (l, r) = (c[tau - 1], c[tau + 1]);
             let denom = l - 2.0 * v + r;
-            let shift = if denom > 1e-12 { (0.5 * (l - r) / denom).clamp(-0.5, 0.5) } else { 0.0 };
+            let shift = if denom > 1e-12 {
+                (0.5 * (l - r) / denom).clamp(-0.5, 0.5)
+            } else {
+                0.0
+            };
             let lag = tau as f32 + shift;
             let aperiodicity = (v - 0.25 * (l - r) * shift).clamp(0.0, 1.0);
             if aperiodicity < self.voicing_threshold {
                 shortest_lag = shortest_lag.min(lag);
             }
-            let cand = Candidate { f0: self.sample_rate / lag, aperiodicity, cost: 0.0 };
+            let cand = Candidate {
+                f0: self.sample_rate / lag,
+                aperiodicity,
+                cost: 0.0,
+            };
             if n < MAX_CANDIDATES {
                 found[n] = cand;
                 n += 1;
-            } else if let Some(worst) = (0..n).max_by(|&i, &j| found[i].aperiodicity.total_cmp(&found[j].aperiodicity)) {
+            } else if let Some(worst) =
+                (0..n).max_by(|&i, &j| found[i].aperiodicity.total_cmp(&found[j].aperiodicity))
+            {
                 if cand.aperiodicity < found[worst].aperiodicity {
                     found[worst] = cand;
                 }
@@ -245,7 +274,11 @@ impl PitchTracker {
         }
         for cand in &mut found[..n] {
             let lag = self.sample_rate / cand.f0;
-            let octaves_longer = if shortest_lag.is_finite() { (lag / shortest_lag).log2().max(0.0) } else { 0.0 };
+            let octaves_longer = if shortest_lag.is_finite() {
+                (lag / shortest_lag).log2().max(0.0)
+            } else {
+                0.0
+            };
             cand.cost = cand.aperiodicity + OCTAVE_COST * octaves_longer;
         }
         self.candidates[t] = found;
@@ -265,7 +298,11 @@ impl PitchTracker {
         for t in 0..n_frames {
             let n = self.n_candidates[t];
             for s in (0..n).chain(std::iter::once(UNVOICED)) {
-                let local = if s == UNVOICED { unvoiced_cost } else { self.candidates[t][s].cost };
+                let local = if s == UNVOICED {
+                    unvoiced_cost
+                } else {
+                    self.candidates[t][s].cost
+                };
                 if t == 0 {
                     self.path_cost[s] = local;
                     continue;
@@ -276,7 +313,10 @@ impl PitchTracker {
                     let trans = match (p == UNVOICED, s == UNVOICED) {
                         (true, true) => 0.0,
                         (false, false) => {
-                            JUMP_COST * (self.candidates[t][s].f0 / self.candidates[t - 1][p].f0).log2().abs()
+                            JUMP_COST
+                                * (self.candidates[t][s].f0 / self.candidates[t - 1][p].f0)
+                                    .log2()
+                                    .abs()
                         }
                         _ => VOICING_SWITCH_COST,
                     };
@@ -292,7 +332,9 @@ impl PitchTracker {
             return;
         }
         let last = &self.path_cost[(n_frames - 1) * S..];
-        let mut state = (0..S).min_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap_or(UNVOICED);
+        let mut state = (0..S)
+            .min_by(|&a, &b| last[a].total_cmp(&last[b]))
+            .unwrap_or(UNVOICED);
         for t in (0..n_frames).rev() {
             if state == UNVOICED {
                 out.voiced[t] = false;

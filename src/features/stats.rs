@@ -1,7 +1,11 @@
 //! Small statistics helpers over reusable scratch buffers (no allocation once grown).
 
 /// Percentile (q in 0..=1, linear interpolation) of `values`, using `scratch` for sorting.
-pub fn percentile(scratch: &mut Vec<f64>, values: impl IntoIterator<Item = f64>, q: f64) -> Option<f64> {
+pub fn percentile(
+    scratch: &mut Vec<f64>,
+    values: impl IntoIterator<Item = f64>,
+    q: f64,
+) -> Option<f64> {
     scratch.clear();
     scratch.extend(values.into_iter().filter(|v| v.is_finite()));
     sorted_percentile(scratch, q)

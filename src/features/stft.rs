@@ -70,10 +70,17 @@ impl Stft {
             }
             self.input[self.window.len()..].fill(0.0);
             // The lengths come from the plan itself, so the transform cannot fail.
-            if self.fft.process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch).is_err() {
+            if self
+                .fft
+                .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
+                .is_err()
+            {
                 continue;
             }
-            for (dst, c) in out[t * n_bins..(t + 1) * n_bins].iter_mut().zip(&self.spectrum) {
+            for (dst, c) in out[t * n_bins..(t + 1) * n_bins]
+                .iter_mut()
+                .zip(&self.spectrum)
+            {
                 *dst = c.norm_sqr();
             }
         }

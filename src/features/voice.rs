@@ -95,10 +95,19 @@ impl VoiceAnalyzer {
 
     pub fn analyze(&mut self, samples: &[f32], track: &PitchTrack) -> VoiceQuality {
         let (jitter, shimmer, pairs) = self.jitter_shimmer(samples, track);
-        VoiceQuality { jitter_local_pct: jitter, shimmer_local_db: shimmer, hnr_db: self.hnr(samples, track), n_period_pairs: pairs }
+        VoiceQuality {
+            jitter_local_pct: jitter,
+            shimmer_local_db: shimmer,
+            hnr_db: self.hnr(samples, track),
+            n_period_pairs: pairs,
+        }
     }
 
-    fn jitter_shimmer(&mut self, x: &[f32], track: &PitchTrack) -> (Option<f64>, Option<f64>, usize) {
+    fn jitter_shimmer(
+        &mut self,
+        x: &[f32],
+        track: &PitchTrack,
+    ) -> (Option<f64>, Option<f64>, usize) {
         self.periods.clear();
         let n = track.voiced.len();
         let mut t = 0;
@@ -143,17 +152,28 @@ impl VoiceAnalyzer {
 
     /// Walks one voiced run period by period, each next period found by normalised
     /// cross-correlation of the current period with the following samples.
-    fn periods_in_run(&mut self, x: &[f32], track: &PitchTrack, begin: usize, end: usize, run_id: usize) {
+    fn periods_in_run(
+        &mut self,
+        x: &[f32],
+        track: &PitchTrack,
+        begin: usize,
+        end: usize,
+        run_id: usize,
+    ) {
         let mut pos = begin;
         loop {
-            let frame = ((pos.saturating_sub(self.centre_offset) as f64 / self.hop as f64).round() as usize).min(track.f0_hz.len() - 1);
+            let frame = ((pos.saturating_sub(self.centre_offset) as f64 / self.hop as f64).round()
+                as usize)
+                .min(track.f0_hz.len() - 1);
             let f0 = track.f0_hz[frame] as f64;
             if f0 <= 0.0 {
                 break;
             }
             let expected = self.sample_rate / f0;
             let t_len = expected.round() as usize;
-            let lo = ((expected * 0.8).floor() as usize).max(self.min_period.floor() as usize).max(2);
+            let lo = ((expected * 0.8).floor() as usize)
+                .max(self.min_period.floor() as usize)
+                .max(2);
             let hi = ((expected * 1.25).ceil() as usize).min(self.max_period.ceil() as usize);
             if lo >= hi || pos + hi + t_len + 1 > end {
                 break;
@@ -170,7 +190,11 @@ impl VoiceAnalyzer {
                     dot += a as f64 * b as f64;
                     e += b as f64 * b as f64;
                 }
-                if e > 0.0 { dot / (e_ref * e).sqrt() } else { 0.0 }
+                if e > 0.0 {
+                    dot / (e_ref * e).sqrt()
+                } else {
+                    0.0
+                }
             };
             let mut best = (f64::NEG_INFINITY, lo);
             for lag in lo..=hi {
@@ -193,7 +217,9 @@ impl VoiceAnalyzer {
                     period += (0.5 * (l - r) / denom).clamp(-0.5, 0.5);
                 }
             }
-            let amplitude = x[pos..pos + lag].iter().fold(0.0f32, |m, &v| m.max(v.abs())) as f64;
+            let amplitude = x[pos..pos + lag]
+                .iter()
+                .fold(0.0f32, |m, &v| m.max(v.abs())) as f64;
             if period >= self.min_period && period <= self.max_period {
                 self.periods.push((period, amplitude, run_id));
             }
@@ -256,11 +282,15 @@ impl VoiceAnalyzer {
 
     /// Autocorrelation of `self.buf` into `self.acf`, normalised by its lag-0 value.
     fn acf_of_buf(&mut self) -> Option<()> {
-        self.forward.process_with_scratch(&mut self.buf, &mut self.spec, &mut self.scratch_f).ok()?;
+        self.forward
+            .process_with_scratch(&mut self.buf, &mut self.spec, &mut self.scratch_f)
+            .ok()?;
         for c in self.spec.iter_mut() {
             *c = Complex::new(c.norm_sqr(), 0.0);
         }
-        self.inverse.process_with_scratch(&mut self.spec, &mut self.acf, &mut self.scratch_i).ok()?;
+        self.inverse
+            .process_with_scratch(&mut self.spec, &mut self.acf, &mut self.scratch_i)
+            .ok()?;
         let r0 = self.acf[0];
         if r0 <= 0.0 {
             return None;

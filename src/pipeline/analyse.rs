@@ -37,7 +37,11 @@ pub struct ClipAnalyser {
 
 impl ClipAnalyser {
     pub fn new(cfg: &FeatureConfig) -> Result<Self, FeatureError> {
-        Ok(Self { load: LoadOptions::default(), vad: VadConfig::default(), extractor: EvidenceExtractor::new(cfg)? })
+        Ok(Self {
+            load: LoadOptions::default(),
+            vad: VadConfig::default(),
+            extractor: EvidenceExtractor::new(cfg)?,
+        })
     }
 
     pub fn config(&self) -> &FeatureConfig {
@@ -52,7 +56,10 @@ impl ClipAnalyser {
 
     /// Trim and measure audio already decoded at 16 kHz mono.
     pub fn analyse_audio(&mut self, audio: Audio) -> Result<AnalysedClip, AnalyseError> {
-        let path = audio.source.clone().unwrap_or_else(|| PathBuf::from("<memory>"));
+        let path = audio
+            .source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<memory>"));
         let duration_s = audio.duration_s();
         let speech = audio::trim_silence(&audio, &self.vad);
         if speech.samples.is_empty() {
@@ -63,6 +70,11 @@ impl ClipAnalyser {
             .extractor
             .extract_with_log_mel(&speech, &mut log_mel)
             .map_err(|source| AnalyseError::Features { path, source })?;
-        Ok(AnalysedClip { duration_s, speech, evidence, log_mel })
+        Ok(AnalysedClip {
+            duration_s,
+            speech,
+            evidence,
+            log_mel,
+        })
     }
 }

@@ -9,7 +9,9 @@ use super::route::Router;
 use crate::acoustic::{AcousticError, AcousticModel};
 use crate::audio::{self, AudioError};
 use crate::rules::{RuleSet, RulesError};
-use crate::{Case, Decision, Probs, Reasoner, ReasonerError, Route, Segment, DECISION_SCHEMA_VERSION};
+use crate::{
+    Case, Decision, Probs, Reasoner, ReasonerError, Route, Segment, DECISION_SCHEMA_VERSION,
+};
 
 /// The label written when even the final decision is below `--abstain-below`.
 pub const UNCERTAIN: &str = "uncertain";
@@ -29,12 +31,19 @@ pub enum PipelineError {
     #[error(transparent)]
     Reasoner(#[from] ReasonerError),
     #[error("{}: the rule set's labels ({rules}) differ from the model's ({model})", path.display())]
-    LabelMismatch { path: PathBuf, rules: String, model: String },
+    LabelMismatch {
+        path: PathBuf,
+        rules: String,
+        model: String,
+    },
 }
 
 /// The active rule set for a model: `explicit` if given, else `<model>/rules.toml`, else the
 /// embedded default. Checked against the model's labels.
-pub fn active_rules(model: &AcousticModel, explicit: Option<&Path>) -> Result<RuleSet, PipelineError> {
+pub fn active_rules(
+    model: &AcousticModel,
+    explicit: Option<&Path>,
+) -> Result<RuleSet, PipelineError> {
     let in_model = model.dir.join(MODEL_RULES_FILE);
     let rules = match explicit {
         Some(p) => RuleSet::load(p)?,
@@ -76,15 +85,24 @@ impl Pipeline {
         threshold: Option<f32>,
         abstain_below: Option<f32>,
     ) -> Result<Self, PipelineError> {
-        let analyser = ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
-            path: model.dir.join(crate::acoustic::model_dir::META_FILE),
-            message: e.to_string(),
-        })?;
+        let analyser =
+            ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
+                path: model.dir.join(crate::acoustic::model_dir::META_FILE),
+                message: e.to_string(),
+            })?;
         let mut router = Router::from_config(&model.routing);
         if let Some(t) = threshold {
             router.threshold = t;
         }
-        Ok(Self { analyser, model, rules, router, reasoner, reasoner_route, abstain_below })
+        Ok(Self {
+            analyser,
+            model,
+            rules,
+            router,
+            reasoner,
+            reasoner_route,
+            abstain_below,
+        })
     }
 
     pub fn reasoner_name(&self) -> String {
@@ -100,20 +118,33 @@ impl Pipeline {
         let clip = self.analyser.analyse_audio(audio)?;
         let mut d = self.decide_clip(clip, name, None)?;
         d.timings_ms.insert("decode".into(), decode_ms);
-        d.timings_ms.insert("features".into(), ms(t) - d.timings_ms.values().sum::<f64>());
+        d.timings_ms.insert(
+            "features".into(),
+            ms(t) - d.timings_ms.values().sum::<f64>(),
+        );
         Ok(d)
     }
 
     /// Decide each utterance of a long recording (cut at pauses), window by window with
     /// bounded memory. Utterances that fail are returned as errors in place.
-    pub fn decide_segments(&mut self, path: &Path, name: &str) -> Result<Vec<Result<Decision, PipelineError>>, PipelineError> {
+    pub fn decide_segments(
+        &mut self,
+        path: &Path,
+        name: &str,
+    ) -> Result<Vec<Result<Decision, PipelineError>>, PipelineError> {
         let mut out = Vec::new();
         let windows = audio::open_windows(path, audio::DEFAULT_WINDOW_S, &self.analyser.load)?;
         for window in windows {
             let window = window?;
             for utterance in audio::split_utterances(&window, &self.analyser.vad) {
-                let seg = Segment { start_s: utterance.offset_s, end_s: utterance.offset_s + utterance.duration_s() };
-                let r = self.analyser.analyse_audio(utterance).map_err(PipelineError::from);
+                let seg = Segment {
+                    start_s: utterance.offset_s,
+                    end_s: utterance.offset_s + utterance.duration_s(),
+                };
+                let r = self
+                    .analyser
+                    .analyse_audio(utterance)
+                    .map_err(PipelineError::from);
                 out.push(r.and_then(|c| self.decide_clip(c, name, Some(seg))));
             }
         }
@@ -121,23 +152,39 @@ impl Pipeline {
     }
 
     /// Decide an analysed clip.
-    pub fn decide_clip(&mut self, mut clip: AnalysedClip, name: &str, segment: Option<Segment>) -> Result<Decision, PipelineError> {
+    pub fn decide_clip(
+        &mut self,
+        mut clip: AnalysedClip,
+        name: &str,
+        segment: Option<Segment>,
+    ) -> Result<Decision, PipelineError> {
         let mut timings = BTreeMap::new();
         let t = Instant::now();
-        let acoustic = self.model.predict(std::slice::from_mut(&mut clip))?.remove(0);
+        let acoustic = self
+            .model
+            .predict(std::slice::from_mut(&mut clip))?
+            .remove(0);
         timings.insert("acoustic".to_string(), ms(t));
         let t = Instant::now();
         let fired = self.rules.evaluate(&clip.evidence, &acoustic);
         timings.insert("rules".to_string(), ms(t));
         let (probs, route, rationale) = if self.router.is_ambiguous(&acoustic) {
             let t = Instant::now();
-            let case = Case { evidence: &clip.evidence, acoustic: &acoustic, fired: &fired, transcript: None };
+            let case = Case {
+                evidence: &clip.evidence,
+                acoustic: &acoustic,
+                fired: &fired,
+                transcript: None,
+            };
             let verdict = self.reasoner.decide(&case)?;
             timings.insert("reasoner".to_string(), ms(t));
             (verdict.probs, self.reasoner_route, verdict.rationale)
         } else {
             let (i, p) = acoustic.argmax();
-            let why = format!("acoustic model confident: {} at {:.2}", acoustic.labels[i], p);
+            let why = format!(
+                "acoustic model confident: {} at {:.2}",
+                acoustic.labels[i], p
+            );
             (acoustic.clone(), Route::Acoustic, Some(why))
         };
         let (best, p) = probs.argmax();
@@ -178,5 +225,10 @@ pub fn summarise_segments(decisions: &[Decision]) -> Option<(String, f64)> {
 
 /// Probabilities as a compact string, e.g. `calm 0.81 angry 0.12 panic 0.07`.
 pub fn probs_text(p: &Probs) -> String {
-    p.labels.iter().zip(&p.values).map(|(l, v)| format!("{l} {v:.2}")).collect::<Vec<_>>().join(" ")
+    p.labels
+        .iter()
+        .zip(&p.values)
+        .map(|(l, v)| format!("{l} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -55,10 +55,22 @@ const CSV_HEAD: [&str; 4] = ["file", "segment_start_s", "segment_end_s", "label"
 impl BatchWriter {
     /// Open the output. With `resume`, returns the files already recorded (decided or failed);
     /// a JSONL file whose header differs from `header` is refused.
-    pub fn open(path: &Path, format: Format, labels: &[String], header: &RunHeader, resume: bool) -> Result<(Self, HashSet<String>), OutputError> {
-        let io = |e: std::io::Error| OutputError::Io { path: path.into(), message: e.to_string() };
+    pub fn open(
+        path: &Path,
+        format: Format,
+        labels: &[String],
+        header: &RunHeader,
+        resume: bool,
+    ) -> Result<(Self, HashSet<String>), OutputError> {
+        let io = |e: std::io::Error| OutputError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        };
         let mut done = HashSet::new();
-        let exists = path.is_file() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+        let exists = path.is_file()
+            && std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false);
         if exists && !resume {
             return Err(OutputError::Io {
                 path: path.into(),
@@ -70,10 +82,17 @@ impl BatchWriter {
             done = read_done(path, format, header)?;
         }
         let file = open_private_append(path).map_err(io)?;
-        let mut w = Self { path: path.into(), file, format, labels: labels.to_vec() };
+        let mut w = Self {
+            path: path.into(),
+            file,
+            format,
+            labels: labels.to_vec(),
+        };
         if !exists {
             match format {
-                Format::Jsonl => w.line(&serde_json::to_string(header).map_err(|e| io(e.into()))?)?,
+                Format::Jsonl => {
+                    w.line(&serde_json::to_string(header).map_err(|e| io(e.into()))?)?
+                }
                 Format::Csv => {
                     let mut cols: Vec<String> = CSV_HEAD.iter().map(|s| s.to_string()).collect();
                     cols.extend(labels.iter().map(|l| format!("p_{l}")));
@@ -86,20 +105,47 @@ impl BatchWriter {
     }
 
     fn line(&mut self, s: &str) -> Result<(), OutputError> {
-        let io = |e: std::io::Error| OutputError::Io { path: self.path.clone(), message: e.to_string() };
+        let io = |e: std::io::Error| OutputError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
         writeln!(self.file, "{s}").map_err(io)?;
         self.file.flush().map_err(io)
     }
 
     pub fn decision(&mut self, d: &Decision) -> Result<(), OutputError> {
         let s = match self.format {
-            Format::Jsonl => serde_json::to_string(d).map_err(|e| OutputError::Io { path: self.path.clone(), message: e.to_string() })?,
+            Format::Jsonl => serde_json::to_string(d).map_err(|e| OutputError::Io {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?,
             Format::Csv => {
-                let seg = |f: fn(&crate::Segment) -> f64| d.segment.as_ref().map(|s| format!("{:.3}", f(s))).unwrap_or_default();
-                let mut cols = vec![d.file.clone(), seg(|s| s.start_s), seg(|s| s.end_s), d.label.clone()];
-                cols.extend(self.labels.iter().map(|l| d.probs.get(l).map(|p| format!("{p:.4}")).unwrap_or_default()));
+                let seg = |f: fn(&crate::Segment) -> f64| {
+                    d.segment
+                        .as_ref()
+                        .map(|s| format!("{:.3}", f(s)))
+                        .unwrap_or_default()
+                };
+                let mut cols = vec![
+                    d.file.clone(),
+                    seg(|s| s.start_s),
+                    seg(|s| s.end_s),
+                    d.label.clone(),
+                ];
+                cols.extend(self.labels.iter().map(|l| {
+                    d.probs
+                        .get(l)
+                        .map(|p| format!("{p:.4}"))
+                        .unwrap_or_default()
+                }));
                 cols.push(d.route.to_string());
-                cols.push(d.fired_rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(" "));
+                cols.push(
+                    d.fired_rules
+                        .iter()
+                        .map(|r| r.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
                 cols.push(d.rationale.clone().unwrap_or_default());
                 cols.push(String::new());
                 csv_line(&cols)
@@ -110,7 +156,10 @@ impl BatchWriter {
 
     pub fn failure(&mut self, f: &Failure) -> Result<(), OutputError> {
         let s = match self.format {
-            Format::Jsonl => serde_json::to_string(f).map_err(|e| OutputError::Io { path: self.path.clone(), message: e.to_string() })?,
+            Format::Jsonl => serde_json::to_string(f).map_err(|e| OutputError::Io {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?,
             Format::Csv => {
                 let mut cols = vec![f.file.clone(), String::new(), String::new(), String::new()];
                 cols.extend(self.labels.iter().map(|_| String::new()));
@@ -127,14 +176,23 @@ impl BatchWriter {
 fn drop_partial_last_line(path: &Path) -> std::io::Result<()> {
     let bytes = std::fs::read(path)?;
     if bytes.last().is_some_and(|&b| b != b'\n') {
-        let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
-        OpenOptions::new().write(true).open(path)?.set_len(keep as u64)?;
+        let keep = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(keep as u64)?;
     }
     Ok(())
 }
 
 fn csv_line(cols: &[String]) -> String {
-    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
     // Writing to a Vec cannot fail.
     let _ = w.write_record(cols);
     let bytes = w.into_inner().unwrap_or_default();
@@ -143,8 +201,15 @@ fn csv_line(cols: &[String]) -> String {
 
 /// Files already recorded in an output being resumed. A last line cut by a crash is ignored
 /// (that clip is done again).
-fn read_done(path: &Path, format: Format, header: &RunHeader) -> Result<HashSet<String>, OutputError> {
-    let resume = |m: String| OutputError::Resume { path: path.into(), message: m };
+fn read_done(
+    path: &Path,
+    format: Format,
+    header: &RunHeader,
+) -> Result<HashSet<String>, OutputError> {
+    let resume = |m: String| OutputError::Resume {
+        path: path.into(),
+        message: m,
+    };
     let f = File::open(path).map_err(|e| resume(e.to_string()))?;
     let mut done = HashSet::new();
     match format {

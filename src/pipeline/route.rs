@@ -13,7 +13,10 @@ pub struct Router {
 
 impl Router {
     pub fn from_config(cfg: &RoutingConfig) -> Self {
-        Self { threshold: cfg.threshold, margin: cfg.margin }
+        Self {
+            threshold: cfg.threshold,
+            margin: cfg.margin,
+        }
     }
 
     pub fn is_ambiguous(&self, p: &Probs) -> bool {
@@ -29,10 +32,16 @@ mod tests {
     #[test]
     fn routes_low_confidence_and_small_margins() {
         let l = LabelSet::default();
-        let r = Router { threshold: 0.7, margin: 0.2 };
+        let r = Router {
+            threshold: 0.7,
+            margin: 0.2,
+        };
         assert!(!r.is_ambiguous(&Probs::new(&l, vec![0.8, 0.1, 0.1])));
         assert!(r.is_ambiguous(&Probs::new(&l, vec![0.6, 0.3, 0.1])));
-        let r = Router { threshold: 0.0, margin: 0.5 };
+        let r = Router {
+            threshold: 0.0,
+            margin: 0.5,
+        };
         assert!(r.is_ambiguous(&Probs::new(&l, vec![0.7, 0.3, 0.0])));
     }
 }
