@@ -19,7 +19,8 @@ use camxuc::pipeline::output::{
     write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader,
 };
 use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
-use camxuc::rules::{RuleSet, RuleVote};
+use camxuc::llm::{LlmReasoner, LoadOptions as LlmLoadOptions, ReasonerOptions, RuleText};
+use camxuc::rules::{Language, RuleSet, RuleVote};
 use camxuc::Route;
 
 mod progress;
@@ -122,8 +123,9 @@ struct ClassifyArgs {
     /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// Reasoner for ambiguous clips: an LLM SPEC (NAME | PATH | hf:OWNER/REPO/FILE) or `none`
-    /// for the rule vote. Default: `none` until the LLM reasoner lands.
+    /// Reasoner for ambiguous clips: an LLM SPEC (NAME | PATH | hf:OWNER/REPO/FILE, e.g.
+    /// smollm2-135m) or `none` for the rule vote. The default is the rule vote: on validation
+    /// the small LLMs do not beat it yet (see README).
     #[arg(long, default_value = "none")]
     llm: String,
     /// Route clips whose top probability is below this (overrides the model's routing.json).
@@ -218,6 +220,19 @@ enum ModelsCommand {
     Fetch {
         /// Catalogue names (see `camxuc models list`).
         names: Vec<String>,
+    },
+    /// Measure an LLM: load time, prompt and generation tok/s, ms per routed decision with and
+    /// without the prefix cache, peak memory, on a fixed prompt shipped with camxuc.
+    Bench {
+        /// Model SPEC (default: the default reasoner model).
+        #[arg(default_value = catalog::DEFAULT_LLM)]
+        model: String,
+        /// Threads for the LLM (0 = all cores).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Register a GGUF carried in by hand (e.g. on a USB stick): checked, hashed, copied.
     Add {
@@ -342,12 +357,23 @@ fn pick_model(model: Option<PathBuf>) -> Result<PathBuf> {
     Ok(m)
 }
 
-/// The reasoner for ambiguous clips.
+/// The reasoner for ambiguous clips: the rule vote for `none`, else a local LLM.
 fn build_reasoner(spec: &str, rules: &RuleSet) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
-    match catalog::ModelSpec::parse(spec)? {
-        catalog::ModelSpec::None => Ok((Box::new(RuleVote::new(rules)), Route::Rules)),
-        _ => anyhow::bail!("--llm {spec}: the LLM reasoner is not wired into classify yet; use --llm none (the rule vote)"),
-    }
+    let parsed = catalog::ModelSpec::parse(spec)?;
+    let Some(path) = parsed.resolve(&catalog::models_dir())? else {
+        return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
+    };
+    // The prompt is English: the small catalogue models read English far better.
+    let texts: Vec<RuleText> = rules
+        .rules()
+        .iter()
+        .filter(|r| r.enabled())
+        .map(|r| RuleText::new(r.id(), r.label(), r.statement(Language::En)))
+        .collect();
+    eprintln!("loading the LLM reasoner {}", path.display());
+    let reasoner =
+        LlmReasoner::from_path(&path, rules.labels(), &texts, ReasonerOptions::default(), &LlmLoadOptions::default())?;
+    Ok((Box::new(reasoner), Route::Llm))
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
@@ -591,6 +617,18 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
                     format!("'{n}' is not in the catalogue ({})", known.join(", "))
                 })?;
                 catalog::fetch(entry, &dir, &mut |msg| eprintln!("{msg}"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Bench { model, threads, json } => {
+            let path = catalog::ModelSpec::parse(&model)?
+                .resolve(&dir)?
+                .context("`none` is not a model to measure")?;
+            let report = camxuc::llm::bench(&path, threads)?;
+            let text = serde_json::to_string_pretty(&report)?;
+            println!("{text}");
+            if let Some(out) = json {
+                write_private(&out, (text + "\n").as_bytes()).with_context(|| format!("{}: cannot write", out.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
