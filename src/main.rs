@@ -171,7 +171,8 @@ struct EvalArgs {
     /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// Reasoner for routed clips: `none` (the rule vote). LLM specs come with the LLM reasoner.
+    /// Reasoner for routed clips: an LLM SPEC (then `llm_only` runs it on every clip too) or
+    /// `none` for the rule vote.
     #[arg(long, default_value = "none")]
     llm: String,
     /// Write the summary as JSON to this file.
@@ -548,8 +549,16 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         seed: a.seed,
         robustness: a.robustness,
     };
+    let mut llm = if a.llm.eq_ignore_ascii_case("none") {
+        None
+    } else {
+        let model = AcousticModel::load(&opts.model_dir, &opts.models_dir, &default_device())?;
+        let rules = active_rules(&model, opts.rules.as_deref())?;
+        Some(build_reasoner(&a.llm, &rules)?.0)
+    };
     let bar = progress::bar(0, "evaluating");
-    let report = evaluate(&opts, &mut |done, total| {
+    let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
+    let report = evaluate(&opts, llm_ref, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

@@ -169,6 +169,7 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
             seed: 1,
             robustness: false,
         },
+        None,
         &mut |_, _| {},
     )
     .unwrap();

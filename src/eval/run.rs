@@ -1,6 +1,6 @@
 //! `camxuc eval`: run a trained model over a labelled manifest and summarise, with the
-//! ablations acoustic only / rules only / routed (rule vote for ambiguous clips). The LLM
-//! reasoner's fields are `null` until it is wired in, never copies of other figures.
+//! ablations acoustic only / rules only / LLM only / routed (the LLM, or the rule vote with
+//! `--llm none`, for ambiguous clips).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use crate::data::split::filter_speakers;
 use crate::pipeline::analyse::ClipAnalyser;
 use crate::pipeline::Router;
 use crate::rules::RuleVote;
+use crate::{Case, Reasoner};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -70,9 +71,10 @@ pub struct Ablations {
     pub acoustic_only: Scores,
     /// The rule vote alone (uniform prior, no acoustic model).
     pub rules_only: Option<Scores>,
-    /// `null` until the LLM reasoner is wired into eval.
+    /// The LLM reasoner on every clip (`null` with `--llm none`).
     pub llm_only: Option<Scores>,
-    /// Acoustic model for confident clips, the reasoner for routed ones.
+    /// Acoustic model for confident clips, the reasoner (LLM if given, else the rule vote)
+    /// for routed ones.
     pub routed: Option<Scores>,
     /// routed − acoustic_only, paired bootstrap on the same clips.
     pub routed_minus_acoustic_macro_f1: Option<PairedDifference>,
@@ -111,8 +113,11 @@ pub struct EvalReport {
     pub robustness: Option<Robustness>,
 }
 
+/// Evaluate the model, its rules and (when `llm` is given) an LLM reasoner on a manifest.
+/// With an LLM, routed clips go to it and `llm_only` runs it on every clip.
 pub fn evaluate(
     opts: &EvalOptions,
+    mut llm: Option<&mut dyn Reasoner>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport, AcousticError> {
     let device = crate::acoustic::default_device();
@@ -140,7 +145,9 @@ pub fn evaluate(
     let mut pred = Vec::new();
     let mut routed_pred = Vec::new();
     let mut rules_pred = Vec::new();
+    let mut llm_pred = Vec::new();
     let mut is_routed = Vec::new();
+    let mut t_llm = 0.0;
     let mut top = Vec::new();
     let mut failures = Vec::new();
     let mut perturbed_pred = Vec::new();
@@ -177,11 +184,19 @@ pub fn evaluate(
         rules_pred.push(rules_alone.combine(&probs, &fired).argmax().0);
         let ambiguous = router.is_ambiguous(&probs);
         is_routed.push(ambiguous);
-        routed_pred.push(if ambiguous {
-            vote.combine(&probs, &fired).argmax().0
+        if let Some(reasoner) = llm.as_deref_mut() {
+            let case = Case { evidence: &clip.evidence, acoustic: &probs, fired: &fired, transcript: None };
+            let t = Instant::now();
+            let verdict = reasoner
+                .decide(&case)
+                .map_err(|e| AcousticError::Training { path: row.path.clone(), message: e.to_string() })?;
+            t_llm += t.elapsed().as_secs_f64();
+            let l = verdict.probs.argmax().0;
+            llm_pred.push(l);
+            routed_pred.push(if ambiguous { l } else { best });
         } else {
-            best
-        });
+            routed_pred.push(if ambiguous { vote.combine(&probs, &fired).argmax().0 } else { best });
+        }
         if let Some(audio) = perturbed {
             // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
             // wrong: predict a label other than the truth.
@@ -235,6 +250,7 @@ pub fn evaluate(
     let timings_ms = BTreeMap::from([
         ("analyse_per_clip".to_string(), 1000.0 * t_analyse / n),
         ("acoustic_per_clip".to_string(), 1000.0 * t_model / n),
+        ("llm_per_clip".to_string(), 1000.0 * t_llm / n),
     ]);
     let weights = opts
         .model_dir
@@ -270,7 +286,7 @@ pub fn evaluate(
         ablations: Ablations {
             acoustic_only: scores(&pred),
             rules_only: Some(scores(&rules_pred)),
-            llm_only: None,
+            llm_only: (!llm_pred.is_empty()).then(|| scores(&llm_pred)),
             routed: Some(scores(&routed_pred)),
             routed_minus_acoustic_macro_f1: Some(paired_macro_f1_difference(
                 k,
@@ -297,7 +313,7 @@ pub fn evaluate(
             name: rules.id_string(),
             sha256: Some(rules.sha256()),
         }),
-        llm: None,
+        llm: llm.as_ref().map(|r| Identifier { name: r.name(), sha256: None }),
         seed: opts.seed,
         robustness,
     })
