@@ -533,12 +533,6 @@ fn print_decision(d: &camxuc::Decision) {
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
-    if !a.llm.eq_ignore_ascii_case("none") {
-        anyhow::bail!(
-            "--llm {}: the LLM reasoner is not wired into eval yet; use --llm none",
-            a.llm
-        );
-    }
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
         speakers: a.speakers,
