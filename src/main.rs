@@ -13,13 +13,13 @@ use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
 use camxuc::features::{FeatureConfig, FEATURES};
+use camxuc::llm::{LlmReasoner, LoadOptions as LlmLoadOptions, ReasonerOptions, RuleText};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
 use camxuc::pipeline::output::{
     write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader,
 };
 use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
-use camxuc::llm::{LlmReasoner, LoadOptions as LlmLoadOptions, ReasonerOptions, RuleText};
 use camxuc::rules::{Language, RuleSet, RuleVote};
 use camxuc::Route;
 
@@ -372,8 +372,13 @@ fn build_reasoner(spec: &str, rules: &RuleSet) -> Result<(Box<dyn camxuc::Reason
         .map(|r| RuleText::new(r.id(), r.label(), r.statement(Language::En)))
         .collect();
     eprintln!("loading the LLM reasoner {}", path.display());
-    let reasoner =
-        LlmReasoner::from_path(&path, rules.labels(), &texts, ReasonerOptions::default(), &LlmLoadOptions::default())?;
+    let reasoner = LlmReasoner::from_path(
+        &path,
+        rules.labels(),
+        &texts,
+        ReasonerOptions::default(),
+        &LlmLoadOptions::default(),
+    )?;
     Ok((Box::new(reasoner), Route::Llm))
 }
 
@@ -623,7 +628,11 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ModelsCommand::Bench { model, threads, json } => {
+        ModelsCommand::Bench {
+            model,
+            threads,
+            json,
+        } => {
             let path = catalog::ModelSpec::parse(&model)?
                 .resolve(&dir)?
                 .context("`none` is not a model to measure")?;
@@ -631,7 +640,8 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
             let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");
             if let Some(out) = json {
-                write_private(&out, (text + "\n").as_bytes()).with_context(|| format!("{}: cannot write", out.display()))?;
+                write_private(&out, (text + "\n").as_bytes())
+                    .with_context(|| format!("{}: cannot write", out.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }

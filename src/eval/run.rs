@@ -185,17 +185,29 @@ pub fn evaluate(
         let ambiguous = router.is_ambiguous(&probs);
         is_routed.push(ambiguous);
         if let Some(reasoner) = llm.as_deref_mut() {
-            let case = Case { evidence: &clip.evidence, acoustic: &probs, fired: &fired, transcript: None };
+            let case = Case {
+                evidence: &clip.evidence,
+                acoustic: &probs,
+                fired: &fired,
+                transcript: None,
+            };
             let t = Instant::now();
             let verdict = reasoner
                 .decide(&case)
-                .map_err(|e| AcousticError::Training { path: row.path.clone(), message: e.to_string() })?;
+                .map_err(|e| AcousticError::Training {
+                    path: row.path.clone(),
+                    message: e.to_string(),
+                })?;
             t_llm += t.elapsed().as_secs_f64();
             let l = verdict.probs.argmax().0;
             llm_pred.push(l);
             routed_pred.push(if ambiguous { l } else { best });
         } else {
-            routed_pred.push(if ambiguous { vote.combine(&probs, &fired).argmax().0 } else { best });
+            routed_pred.push(if ambiguous {
+                vote.combine(&probs, &fired).argmax().0
+            } else {
+                best
+            });
         }
         if let Some(audio) = perturbed {
             // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
@@ -313,7 +325,10 @@ pub fn evaluate(
             name: rules.id_string(),
             sha256: Some(rules.sha256()),
         }),
-        llm: llm.as_ref().map(|r| Identifier { name: r.name(), sha256: None }),
+        llm: llm.as_ref().map(|r| Identifier {
+            name: r.name(),
+            sha256: None,
+        }),
         seed: opts.seed,
         robustness,
     })
