@@ -1,66 +1,24 @@
 //! The acoustic model end to end: train → model directory → load → calibrated probabilities.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use camxuc::acoustic::{model_dir, train_model, AcousticModel, FrontendChoice, TrainOptions};
-use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::eval::run::{evaluate, EvalOptions};
 use camxuc::features::FeatureConfig;
 use camxuc::pipeline::analyse::ClipAnalyser;
 
-fn espeak_available() -> bool {
-    std::process::Command::new("espeak-ng")
-        .arg("--version")
-        .output()
-        .is_ok()
-}
-
-fn synthetic_corpus(dir: &Path) -> PathBuf {
-    let opts = SynthOptions {
-        out: dir.join("corpus"),
-        per_class: 6,
-        speakers: 3,
-        seed: 3,
-        ..Default::default()
-    };
-    synthesize(&opts, &mut |_, _| {})
-        .expect("synthesise")
-        .manifest
-}
-
-fn light_options(manifest: PathBuf, out: PathBuf, seed: u64) -> TrainOptions {
-    let mut o = TrainOptions::new(manifest, out);
-    o.frontend = FrontendChoice::LogMel;
-    o.augment_views = 1;
-    o.train.epochs = 6;
-    o.train.seed = seed;
-    o.force = true;
-    o.val_fraction = 0.34;
-    o
-}
-
 #[test]
 fn trained_directory_round_trips_and_training_is_deterministic() {
-    if !espeak_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "espeak-ng must be installed in CI"
-        );
-        eprintln!("SKIPPED: espeak-ng is not installed");
+    if !common::espeak_or_skip() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let manifest = synthetic_corpus(tmp.path());
-    let a = train_model(
-        &light_options(manifest.clone(), tmp.path().join("a"), 5),
-        &mut |_| {},
-    )
-    .unwrap();
-    let b = train_model(
-        &light_options(manifest.clone(), tmp.path().join("b"), 5),
-        &mut |_| {},
-    )
-    .unwrap();
+    let manifest = common::small_corpus(tmp.path(), 3);
+    let light = |out: &str| common::light_options(manifest.clone(), tmp.path().join(out), 5, 1, 6);
+    let a = train_model(&light("a"), &mut |_| {}).unwrap();
+    let b = train_model(&light("b"), &mut |_| {}).unwrap();
     assert_eq!(
         a.meta.metrics.history, b.meta.metrics.history,
         "same seed, same training run"
@@ -68,8 +26,8 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
     assert_eq!(a.meta.temperature, b.meta.temperature);
 
     // Refuses to overwrite without --force.
-    let mut again = light_options(manifest.clone(), tmp.path().join("a"), 5);
-    again.force = false;
+    let mut again = light("a");
+    again.force = false; // the default: refuse to overwrite
     let e = train_model(&again, &mut |_| {}).err().expect("must refuse");
     assert!(e.to_string().contains("--force"), "{e}");
 

@@ -5,31 +5,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use camxuc::acoustic::{train_model, FrontendChoice, TrainOptions};
-use camxuc::data::synth::{synthesize, SynthOptions};
+use camxuc::acoustic::train_model;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_camxuc");
 
-fn espeak_available() -> bool {
-    Command::new("espeak-ng").arg("--version").output().is_ok()
-}
-
 /// A small synthetic corpus and a light (log-mel) model trained on it.
 fn corpus_and_model(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
-    let opts = SynthOptions {
-        out: dir.join("corpus"),
-        per_class: 6,
-        speakers: 3,
-        seed: 4,
-        ..Default::default()
-    };
-    let manifest = synthesize(&opts, &mut |_, _| {}).unwrap().manifest;
-    let mut o = TrainOptions::new(manifest.clone(), dir.join("model"));
-    o.frontend = FrontendChoice::LogMel;
-    o.augment_views = 0;
-    o.train.epochs = 5;
-    o.val_fraction = 0.34;
-    train_model(&o, &mut |_| {}).unwrap();
+    let manifest = common::small_corpus(dir, 4);
+    train_model(
+        &common::light_options(manifest.clone(), dir.join("model"), 1, 0, 5),
+        &mut |_| {},
+    )
+    .unwrap();
     let m = camxuc::data::manifest::Manifest::load_unlabelled(&manifest).unwrap();
     (
         m.rows.into_iter().map(|r| r.path).collect(),
@@ -55,12 +44,7 @@ fn decisions(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
-    if !espeak_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "espeak-ng must be installed in CI"
-        );
-        eprintln!("SKIPPED: espeak-ng is not installed");
+    if !common::espeak_or_skip() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

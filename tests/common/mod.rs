@@ -1,0 +1,56 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+
+use camxuc::acoustic::{FrontendChoice, TrainOptions};
+use camxuc::data::synth::{synthesize, SynthOptions};
+
+/// Whether espeak-ng can run here. In CI it must (`.ci/run` installs it): a missing
+/// espeak-ng fails there instead of skipping.
+pub fn espeak_or_skip() -> bool {
+    if std::process::Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "espeak-ng must be installed in CI"
+    );
+    eprintln!("SKIPPED: espeak-ng is not installed");
+    false
+}
+
+/// A small synthetic corpus (6 clips per class, 3 speakers); returns its manifest.
+pub fn small_corpus(dir: &Path, seed: u64) -> PathBuf {
+    let opts = SynthOptions {
+        out: dir.join("corpus"),
+        per_class: 6,
+        speakers: 3,
+        seed,
+        ..Default::default()
+    };
+    synthesize(&opts, &mut |_, _| {})
+        .expect("synthesise")
+        .manifest
+}
+
+/// Options for a light, quick model: log-mel front end, a few epochs.
+pub fn light_options(
+    manifest: PathBuf,
+    out: PathBuf,
+    seed: u64,
+    augment_views: usize,
+    epochs: usize,
+) -> TrainOptions {
+    let mut o = TrainOptions::new(manifest, out);
+    o.frontend = FrontendChoice::LogMel;
+    o.augment_views = augment_views;
+    o.train.epochs = epochs;
+    o.train.seed = seed;
+    o.force = true;
+    o.val_fraction = 0.34;
+    o
+}
