@@ -5,6 +5,10 @@
 //!
 //! Real-time factor = seconds of input audio / seconds of wall time. Results are printed and
 //! written to target/camxuc-bench/pipeline.json.
+//!
+//! With `CAMXUC_BENCH_MODEL=DIR` (a trained model directory) it also measures the whole acoustic
+//! route (decode → features → encoder → head) per clip, one clip at a time, at the thread
+//! counts in `CAMXUC_BENCH_THREADS` (default "1,2").
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -45,7 +49,7 @@ fn synthetic_clips() -> Vec<PathBuf> {
 }
 
 struct Run {
-    label: &'static str,
+    label: String,
     clips: usize,
     audio_s: f64,
     wall_s: f64,
@@ -74,11 +78,53 @@ fn measure(label: &'static str, paths: &[PathBuf], isolate: bool, rounds: usize)
         }
     }
     Run {
-        label,
+        label: label.to_string(),
         clips: paths.len() * rounds,
         audio_s,
         wall_s: t0.elapsed().as_secs_f64(),
     }
+}
+
+/// The whole acoustic route per clip with a trained model, on a rayon pool of `threads`.
+fn measure_acoustic(model_dir: &Path, paths: &[PathBuf], threads: usize) -> Option<Run> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .ok()?;
+    pool.install(|| {
+        let models = camxuc::catalog::models_dir();
+        let model = match camxuc::acoustic::AcousticModel::load(
+            model_dir,
+            &models,
+            &candle_core::Device::Cpu,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{e}");
+                return None;
+            }
+        };
+        let mut an = ClipAnalyser::new(&model.meta.features).ok()?;
+        an.load.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_camxuc")));
+        let mut one = |p: &PathBuf| -> Option<f64> {
+            let mut c = an.analyse(p).ok()?;
+            let d = c.duration_s;
+            model.predict(std::slice::from_mut(&mut c)).ok()?;
+            Some(d)
+        };
+        for p in paths.iter().take(2) {
+            one(p);
+        }
+        let t0 = Instant::now();
+        let audio_s: f64 = paths.iter().filter_map(&mut one).sum();
+        let label = format!("acoustic route, {threads} thread(s)");
+        Some(Run {
+            label,
+            clips: paths.len(),
+            audio_s,
+            wall_s: t0.elapsed().as_secs_f64(),
+        })
+    })
 }
 
 fn main() {
@@ -90,12 +136,25 @@ fn main() {
     if paths.is_empty() {
         return;
     }
-    let runs = [
+    let mut runs = vec![
         measure("in-process decode", &paths, false, 3),
         measure("isolated decode (worker)", &paths, true, 3),
     ];
+    if let Some(dir) = std::env::var_os("CAMXUC_BENCH_MODEL") {
+        let threads = std::env::var("CAMXUC_BENCH_THREADS").unwrap_or_else(|_| "1,2".into());
+        for t in threads
+            .split(',')
+            .filter_map(|t| t.trim().parse::<usize>().ok())
+        {
+            runs.extend(measure_acoustic(
+                Path::new(&dir),
+                &paths[..paths.len().min(24)],
+                t,
+            ));
+        }
+    }
     let mut json = Vec::new();
-    println!("decode + trim + features, {corpus}, one thread:");
+    println!("per clip, {corpus}:");
     for r in &runs {
         let rtf = r.audio_s / r.wall_s;
         let ms = 1000.0 * r.wall_s / r.clips as f64;
