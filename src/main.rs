@@ -49,6 +49,15 @@ enum Command {
     Classify(ClassifyArgs),
     /// Evaluate a trained model on a labelled manifest (today: the acoustic route only).
     Eval(EvalArgs),
+    /// Inter-annotator agreement: Fleiss' kappa (overall and per class) and percent agreement
+    /// of a CSV with columns item, annotator, label; optionally the majority-vote manifest.
+    Agreement {
+        /// Annotations CSV (item, annotator, label).
+        annotations: PathBuf,
+        /// Write the majority-vote manifest here (path,label,n_annotators,agreement,ambiguous,tied).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Install, register and list the offline models (LLMs and the Whisper front end).
     Models {
         #[command(subcommand)]
@@ -277,6 +286,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
         Command::Classify(a) => classify(a),
+        Command::Agreement { annotations, out } => agreement(&annotations, out.as_deref()),
         Command::Models { command } => models(command),
     }
 }
@@ -588,6 +598,40 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(batch_exit_code(report.n_failed, report.n + report.n_failed))
+}
+
+fn agreement(annotations: &std::path::Path, out: Option<&std::path::Path>) -> Result<ExitCode> {
+    use camxuc::eval::agreement::{fleiss, majority, read_annotations};
+    let labels = camxuc::LabelSet::default();
+    let ratings = read_annotations(annotations, &labels)?;
+    let a = fleiss(&labels, &ratings);
+    println!(
+        "{}: {} items, {} annotations",
+        annotations.display(),
+        a.n_items,
+        a.n_annotations
+    );
+    println!(
+        "  Fleiss' kappa {:.4}   percent agreement {:.1} %",
+        a.kappa,
+        100.0 * a.percent_agreement
+    );
+    for (label, k) in &a.kappa_per_class {
+        println!("  kappa {label:<8} {k:.4}");
+    }
+    let rows = majority(&labels, &ratings);
+    let ambiguous = rows.iter().filter(|r| r.ambiguous).count();
+    println!("  ambiguous items (tie or under two thirds agreeing): {ambiguous}");
+    if let Some(out) = out {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in &rows {
+            w.serialize(r)?;
+        }
+        write_private(out, &w.into_inner()?)
+            .with_context(|| format!("{}: cannot write", out.display()))?;
+        println!("majority-vote manifest written to {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn models(cmd: ModelsCommand) -> Result<ExitCode> {
