@@ -49,6 +49,25 @@ enum Command {
     Classify(ClassifyArgs),
     /// Evaluate a trained model on a labelled manifest (today: the acoustic route only).
     Eval(EvalArgs),
+    /// A review queue for people: the routed / low-confidence clips of a manifest with their
+    /// evidence, fired rules and rationale, as CSV to label.
+    Review {
+        /// Manifest of the clips (path[,label,...]; labels optional).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Model directory (default: the most recently trained model under models/acoustic).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Rule set (default: the model's active rules).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Queue file to write (CSV, owner-only).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also queue clips whose final top probability is below this.
+        #[arg(long, default_value_t = 0.0)]
+        below: f32,
+    },
     /// Inter-annotator agreement: Fleiss' kappa (overall and per class) and percent agreement
     /// of a CSV with columns item, annotator, label; optionally the majority-vote manifest.
     Agreement {
@@ -287,6 +306,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval(a),
         Command::Classify(a) => classify(a),
         Command::Agreement { annotations, out } => agreement(&annotations, out.as_deref()),
+        Command::Review {
+            manifest,
+            model,
+            rules,
+            out,
+            below,
+        } => review(&manifest, model, rules, &out, below),
         Command::Models { command } => models(command),
     }
 }
@@ -598,6 +624,84 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(batch_exit_code(report.n_failed, report.n + report.n_failed))
+}
+
+fn review(
+    manifest: &std::path::Path,
+    model: Option<PathBuf>,
+    rules: Option<PathBuf>,
+    out: &std::path::Path,
+    below: f32,
+) -> Result<ExitCode> {
+    let model_dir = pick_model(model)?;
+    let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
+    let rules = active_rules(&model, rules.as_deref())?;
+    let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest)?;
+    let (reasoner, route) = build_reasoner("none", &rules)?;
+    let mut pipeline = Pipeline::new(model, rules, reasoner, route, None, None)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "path",
+        "given_label",
+        "predicted",
+        "confidence",
+        "route",
+        "strongest_evidence",
+        "fired_rules",
+        "rationale",
+        "your_label",
+    ])?;
+    let (mut queued, mut failed) = (0, 0);
+    let bar = progress::bar(m.rows.len() as u64, "reviewing");
+    for row in &m.rows {
+        bar.inc(1);
+        let d = match pipeline.decide_file(&row.path, &row.rel_path) {
+            Ok(d) => d,
+            Err(e) => {
+                failed += 1;
+                bar.println(format!("error: {e}"));
+                continue;
+            }
+        };
+        let (_, p) = d.probs.argmax();
+        if d.route == Route::Acoustic && p >= below {
+            continue;
+        }
+        queued += 1;
+        // The four largest deviations from the training corpus, in z-scores.
+        let mut z: Vec<(&String, &f64)> = d.evidence.z.iter().collect();
+        z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        let strongest: Vec<String> = z
+            .iter()
+            .take(4)
+            .map(|(n, v)| format!("{n} {v:+.1}"))
+            .collect();
+        let given = row.extra.get("label").cloned().unwrap_or_default();
+        w.write_record([
+            row.rel_path.as_str(),
+            given.as_str(),
+            d.label.as_str(),
+            &format!("{p:.2}"),
+            &d.route.to_string(),
+            &strongest.join("; "),
+            &d.fired_rules
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            d.rationale.as_deref().unwrap_or(""),
+            "",
+        ])?;
+    }
+    bar.finish_and_clear();
+    write_private(out, &w.into_inner()?)
+        .with_context(|| format!("{}: cannot write", out.display()))?;
+    println!(
+        "{queued} of {} clips queued for review in {} ({failed} failed)",
+        m.rows.len(),
+        out.display()
+    );
+    Ok(batch_exit_code(failed, m.rows.len()))
 }
 
 fn agreement(annotations: &std::path::Path, out: Option<&std::path::Path>) -> Result<ExitCode> {

@@ -141,6 +141,35 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         "resumed output must equal the uninterrupted one"
     );
 
+    // A review queue of every clip (everything is below confidence 1.01), owner-only.
+    let queue = tmp.path().join("queue.csv");
+    let out = Command::new(BIN)
+        .args(["review", "--below", "1.01", "--model"])
+        .arg(&model)
+        .arg("--manifest")
+        .arg(tmp.path().join("corpus/manifest.csv"))
+        .arg("--out")
+        .arg(&queue)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&queue).unwrap();
+    assert!(text.starts_with("path,given_label,predicted,confidence,route,strongest_evidence"));
+    let rows = csv::Reader::from_reader(text.as_bytes()).records().count();
+    assert_eq!(rows, clips.len(), "every clip queued");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&queue).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
     // Resuming a file written by another model is refused.
     let header = std::fs::read_to_string(&part).unwrap();
     let tampered = header.replacen("rule-vote", "another-reasoner", 1);
