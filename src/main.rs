@@ -49,6 +49,17 @@ enum Command {
     Classify(ClassifyArgs),
     /// Evaluate a trained model on a labelled manifest (today: the acoustic route only).
     Eval(EvalArgs),
+    /// Site calibration: refit the evidence baseline, temperature and routing threshold of a
+    /// model on a few dozen labelled clips from a new site, without retraining (the previous
+    /// model.json and routing.json are kept as *.prev).
+    Calibrate {
+        /// Labelled clips from the site (path,label[,speaker]).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Model directory to calibrate (default: the most recently trained model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// A review queue for people: the routed / low-confidence clips of a manifest with their
     /// evidence, fired rules and rationale, as CSV to label.
     Review {
@@ -305,6 +316,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
         Command::Classify(a) => classify(a),
+        Command::Calibrate { manifest, model } => {
+            let dir = pick_model(model)?;
+            let r =
+                camxuc::acoustic::site::calibrate_site(&dir, &catalog::models_dir(), &manifest)?;
+            for f in &r.failed {
+                eprintln!("skipped: {f}");
+            }
+            println!(
+                "{} calibrated on {} clips of {}",
+                dir.display(),
+                r.n,
+                manifest.display()
+            );
+            println!(
+                "  temperature {:.2} -> {:.2}, ECE on the site clips {:.3} -> {:.3}",
+                r.temperature_before, r.temperature_after, r.ece_before, r.ece_after
+            );
+            println!(
+                "  routing threshold {:.3} -> {:.3}; evidence baseline refitted on the site",
+                r.threshold_before, r.threshold_after
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agreement { annotations, out } => agreement(&annotations, out.as_deref()),
         Command::Review {
             manifest,

@@ -15,6 +15,7 @@ pub mod frontend;
 pub mod head;
 pub mod model;
 pub mod model_dir;
+pub mod site;
 pub mod train;
 pub mod whisper;
 

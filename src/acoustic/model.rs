@@ -82,15 +82,20 @@ impl AcousticModel {
 
     /// Calibrated probabilities of a batch of clips (their evidence gets z-scores).
     pub fn predict(&self, clips: &mut [AnalysedClip]) -> Result<Vec<Probs>, AcousticError> {
+        Ok(self
+            .logits(clips)?
+            .iter()
+            .map(|l| Probs::new(&self.meta.labels, softmax_t(l, self.meta.temperature)))
+            .collect())
+    }
+
+    /// Uncalibrated logits of a batch of clips (their evidence gets z-scores).
+    pub fn logits(&self, clips: &mut [AnalysedClip]) -> Result<Vec<Vec<f32>>, AcousticError> {
         let views = clips
             .iter_mut()
             .map(|c| self.view(c))
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&View> = views.iter().collect();
-        let logits = predict_views(&self.head, &refs, &self.device)?;
-        Ok(logits
-            .iter()
-            .map(|l| Probs::new(&self.meta.labels, softmax_t(l, self.meta.temperature)))
-            .collect())
+        Ok(predict_views(&self.head, &refs, &self.device)?)
     }
 }
