@@ -42,13 +42,15 @@ lint:
 # Fuzz the input readers (audio decoder entry, manifest reader, GGUF metadata reader) for a
 # bounded time each (seconds). Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); uses the
 # nightly toolchain when installed, else stable with RUSTC_BOOTSTRAP=1. Findings land in
-# fuzz/artifacts/<target>/. The rule-condition parser gets a target once src/rules exists.
+# fuzz/artifacts/<target>/.
 fuzz seconds="60":
     #!/usr/bin/env bash
     set -euo pipefail
     cd fuzz
     # Seeds: the format fixtures, each behind the byte that selects its extension.
-    mkdir -p corpus/audio_decode corpus/manifest corpus/gguf
+    mkdir -p corpus/audio_decode corpus/manifest corpus/gguf corpus/rule_condition
+    printf 'pitch_mean_z >= 1.0 and not (hnr_db_z < -0.5 or p_angry > 0.4)' > corpus/rule_condition/seed_condition
+    cp ../rules/vi-default.toml corpus/rule_condition/seed_rules.toml
     sel=0
     for ext in wav flac mp3 ogg; do
         for f in ../tests/fixtures/audio/*."$ext"; do
@@ -58,7 +60,7 @@ fuzz seconds="60":
     done
     printf 'path,label,speaker\nclips/a.wav,calm,s1\n"b c.wav",Angry,s2\n' > corpus/manifest/seed.csv
     if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=(cargo +nightly); else tc=(env RUSTC_BOOTSTRAP=1 cargo); fi
-    for t in audio_decode manifest gguf; do
+    for t in audio_decode manifest gguf rule_condition; do
         echo "== fuzz $t for {{seconds}} s"
         "${tc[@]}" fuzz run -a "$t" "corpus/$t" -- -max_total_time={{seconds}} -rss_limit_mb=2048 -print_final_stats=1
     done
