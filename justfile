@@ -11,12 +11,12 @@ default:
 build:
     cargo build --bin camxuc
 
-# Run the demo: synthesise Vietnamese demo speech (SYNTHETIC), show its evidence.
+# Run the demo on SYNTHETIC Vietnamese speech: synth, train, eval, classify.
 demo out="demo-out": build
     bash scripts/demo.sh "{{out}}"
 
-# Run every test (unit, integration, end-to-end). Needs espeak-ng and the fetched models;
-# `.ci/run` installs both.
+# Needs espeak-ng and the fetched models; `.ci/run` installs both.
+# Run every test (unit, integration, end-to-end).
 test: build
     cargo nextest run --no-fail-fast
     cargo test --doc --quiet
@@ -39,10 +39,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Fuzz the input readers (audio decoder entry, manifest reader, GGUF metadata reader) for a
-# bounded time each (seconds). Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); uses the
-# nightly toolchain when installed, else stable with RUSTC_BOOTSTRAP=1. Findings land in
-# fuzz/artifacts/<target>/.
+# Targets: audio decoder entry, manifest reader, GGUF metadata reader, rule conditions/files.
+# Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); uses the nightly toolchain when
+# installed, else stable with RUSTC_BOOTSTRAP=1. Findings land in fuzz/artifacts/<target>/.
+# Fuzz each target for a bounded time (default 60 s each).
 fuzz seconds="60":
     #!/usr/bin/env bash
     set -euo pipefail
