@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
-use super::transformer::TensorSource;
+use super::transformer::{rotary_tables, TensorSource};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -131,8 +131,8 @@ impl Gemma3 {
             layers,
             norm,
             output,
-            rope_global: tables(head_dim, base_global, max_positions)?,
-            rope_local: tables(head_dim, base_local, max_positions)?,
+            rope_global: rotary_tables(head_dim, base_global, max_positions)?,
+            rope_local: rotary_tables(head_dim, base_local, max_positions)?,
         })
     }
 
@@ -244,17 +244,4 @@ fn mask(seq: usize, pos: usize, window: Option<usize>, dev: &Device) -> Result<T
         })
         .collect();
     Tensor::from_vec(data, (seq, kv), dev)
-}
-
-fn tables(dim: usize, base: f32, positions: usize) -> Result<(Tensor, Tensor)> {
-    let inv: Vec<f32> = (0..dim)
-        .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
-        .collect();
-    let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
-    let t = Tensor::arange(0, positions as u32, &Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .reshape((positions, 1))?;
-    let f = t.matmul(&inv.reshape((1, dim / 2))?)?;
-    Ok((f.cos()?, f.sin()?))
 }

@@ -245,7 +245,8 @@ fn rope(x: &Tensor, hp: &Hyper, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&head, &tail], D::Minus1)
 }
 
-fn rotary_tables(dim: usize, base: f32, positions: usize) -> Result<(Tensor, Tensor)> {
+/// Rotary cos/sin tables [positions, dim/2] (shared by the llama/qwen and gemma3 decoders).
+pub(crate) fn rotary_tables(dim: usize, base: f32, positions: usize) -> Result<(Tensor, Tensor)> {
     let inv: Vec<f32> = (0..dim)
         .step_by(2)
         .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
