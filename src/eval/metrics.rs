@@ -196,6 +196,16 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// 95 % bootstrap intervals of accuracy and macro F1 on one set of predictions.
+/// Accuracy of `pred` on the items `ix` (with repeats, as a bootstrap resample gives them).
+pub fn accuracy_on(truth: &[usize], pred: &[usize], ix: &[usize]) -> f64 {
+    ix.iter().filter(|&&i| truth[i] == pred[i]).count() as f64 / ix.len().max(1) as f64
+}
+
+/// Macro F1 of `pred` on the items `ix`.
+fn macro_f1_on(n_labels: usize, truth: &[usize], pred: &[usize], ix: &[usize]) -> f64 {
+    Confusion::new(n_labels, ix.iter().map(|&i| (truth[i], pred[i]))).macro_f1()
+}
+
 pub fn accuracy_and_f1_ci(
     n_labels: usize,
     truth: &[usize],
@@ -203,11 +213,9 @@ pub fn accuracy_and_f1_ci(
     reps: usize,
     seed: u64,
 ) -> (Interval, Interval) {
-    let acc = bootstrap_ci(truth.len(), reps, seed, |ix| {
-        ix.iter().filter(|&&i| truth[i] == pred[i]).count() as f64 / ix.len() as f64
-    });
+    let acc = bootstrap_ci(truth.len(), reps, seed, |ix| accuracy_on(truth, pred, ix));
     let f1 = bootstrap_ci(truth.len(), reps, seed, |ix| {
-        Confusion::new(n_labels, ix.iter().map(|&i| (truth[i], pred[i]))).macro_f1()
+        macro_f1_on(n_labels, truth, pred, ix)
     });
     (acc, f1)
 }
@@ -220,6 +228,22 @@ pub struct PairedDifference {
     pub ci95: Interval,
 }
 
+/// `metric(ix, pred_b) − metric(ix, pred_a)` on all items and over paired resamples.
+fn paired_difference(
+    n: usize,
+    pred_a: &[usize],
+    pred_b: &[usize],
+    reps: usize,
+    seed: u64,
+    metric: impl Fn(&[usize], &[usize]) -> f64,
+) -> PairedDifference {
+    let all: Vec<usize> = (0..n).collect();
+    PairedDifference {
+        difference: metric(&all, pred_b) - metric(&all, pred_a),
+        ci95: bootstrap_ci(n, reps, seed, |ix| metric(ix, pred_b) - metric(ix, pred_a)),
+    }
+}
+
 pub fn paired_macro_f1_difference(
     n_labels: usize,
     truth: &[usize],
@@ -228,16 +252,9 @@ pub fn paired_macro_f1_difference(
     reps: usize,
     seed: u64,
 ) -> PairedDifference {
-    let f1_on = |ix: &[usize], pred: &[usize]| {
-        Confusion::new(n_labels, ix.iter().map(|&i| (truth[i], pred[i]))).macro_f1()
-    };
-    let all: Vec<usize> = (0..truth.len()).collect();
-    PairedDifference {
-        difference: f1_on(&all, pred_b) - f1_on(&all, pred_a),
-        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| {
-            f1_on(ix, pred_b) - f1_on(ix, pred_a)
-        }),
-    }
+    paired_difference(truth.len(), pred_a, pred_b, reps, seed, |ix, pred| {
+        macro_f1_on(n_labels, truth, pred, ix)
+    })
 }
 
 pub fn paired_accuracy_difference(
@@ -247,16 +264,9 @@ pub fn paired_accuracy_difference(
     reps: usize,
     seed: u64,
 ) -> PairedDifference {
-    let acc_on = |ix: &[usize], pred: &[usize]| {
-        ix.iter().filter(|&&i| truth[i] == pred[i]).count() as f64 / ix.len().max(1) as f64
-    };
-    let all: Vec<usize> = (0..truth.len()).collect();
-    PairedDifference {
-        difference: acc_on(&all, pred_b) - acc_on(&all, pred_a),
-        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| {
-            acc_on(ix, pred_b) - acc_on(ix, pred_a)
-        }),
-    }
+    paired_difference(truth.len(), pred_a, pred_b, reps, seed, |ix, pred| {
+        accuracy_on(truth, pred, ix)
+    })
 }
 
 #[cfg(test)]

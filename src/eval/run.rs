@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::metrics::{
-    accuracy, accuracy_and_f1_ci, paired_accuracy_difference, paired_macro_f1_difference,
+    accuracy_and_f1_ci, accuracy_on, paired_accuracy_difference, paired_macro_f1_difference,
     ClassScores, Confusion, Interval, PairedDifference,
 };
 use crate::acoustic::augment::field_conditions;
@@ -237,14 +237,7 @@ pub fn evaluate(
     let conf64: Vec<f64> = top.iter().map(|&p| p as f64).collect();
     let routed: Vec<usize> = (0..truth.len()).filter(|&i| is_routed[i]).collect();
     let kept: Vec<usize> = (0..truth.len()).filter(|&i| !is_routed[i]).collect();
-    let acc_on = |ix: &[usize], p: &[usize]| -> Option<f64> {
-        (!ix.is_empty()).then(|| {
-            accuracy(
-                &ix.iter().map(|&i| truth[i]).collect::<Vec<_>>(),
-                &ix.iter().map(|&i| p[i]).collect::<Vec<_>>(),
-            )
-        })
-    };
+    let acc_on = |ix: &[usize], p: &[usize]| (!ix.is_empty()).then(|| accuracy_on(&truth, p, ix));
     let scores = |p: &[usize]| {
         let c = Confusion::new(k, truth.iter().copied().zip(p.iter().copied()));
         Scores {
