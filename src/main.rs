@@ -378,20 +378,11 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     };
     let bar = progress::bar(0, "analysing");
     let report = train_model(&opts, &mut |ev| match ev {
-        TrainEvent::Analysed { done, total } => {
-            bar.set_message("analysing");
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }
-        TrainEvent::Encoded { done, total } => {
-            bar.set_message("encoding");
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }
+        TrainEvent::Analysed { done, total } => progress::show(&bar, "analysing", done, total),
+        TrainEvent::Encoded { done, total } => progress::show(&bar, "encoding", done, total),
         TrainEvent::Epoch(s) => {
-            bar.set_message(format!("epoch {} F1 {:.3}", s.epoch, s.val_macro_f1));
-            bar.set_length(opts.train.epochs as u64);
-            bar.set_position(s.epoch as u64);
+            let what = format!("epoch {} F1 {:.3}", s.epoch, s.val_macro_f1);
+            progress::show(&bar, what, s.epoch, opts.train.epochs)
         }
         TrainEvent::Note(n) => bar.println(format!("note: {n}")),
     })?;
@@ -642,8 +633,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
     let report = evaluate(&opts, llm_ref, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        progress::show(&bar, "evaluating", done, total)
     })?;
     bar.finish_and_clear();
     for f in &report.failures {
@@ -864,8 +854,7 @@ fn synth(a: SynthArgs) -> Result<ExitCode> {
     };
     let bar = progress::bar(0, "synthesising");
     let report = synthesize(&opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        progress::show(&bar, "synthesising", done, total)
     })?;
     bar.finish_and_clear();
     println!(

@@ -12,3 +12,15 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     b.set_message(what.to_string());
     b
 }
+
+/// Show `done` of `total` under `what` (the total may only be known once work starts).
+pub fn show(
+    bar: &ProgressBar,
+    what: impl Into<std::borrow::Cow<'static, str>>,
+    done: usize,
+    total: usize,
+) {
+    bar.set_message(what);
+    bar.set_length(total as u64);
+    bar.set_position(done as u64);
+}
