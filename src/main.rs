@@ -15,6 +15,7 @@ use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
 use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::llm::{LlmReasoner, LoadOptions as LlmLoadOptions, ReasonerOptions, RuleText};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
+use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
 use camxuc::pipeline::output::{
     write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader,
@@ -626,8 +627,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let mut llm = if a.llm.eq_ignore_ascii_case("none") {
         None
     } else {
-        let model = AcousticModel::load(&opts.model_dir, &opts.models_dir, &default_device())?;
-        let rules = active_rules(&model, opts.rules.as_deref())?;
+        // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
+        let labels = model_dir::read_meta(&opts.model_dir)?.labels;
+        let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
         Some(build_reasoner(&a.llm, &rules)?.0)
     };
     let bar = progress::bar(0, "evaluating");

@@ -10,7 +10,8 @@ use crate::acoustic::{AcousticError, AcousticModel};
 use crate::audio::{self, AudioError};
 use crate::rules::{RuleSet, RulesError};
 use crate::{
-    Case, Decision, Probs, Reasoner, ReasonerError, Route, Segment, DECISION_SCHEMA_VERSION,
+    Case, Decision, LabelSet, Probs, Reasoner, ReasonerError, Route, Segment,
+    DECISION_SCHEMA_VERSION,
 };
 
 /// The label written when even the final decision is below `--abstain-below`.
@@ -38,26 +39,35 @@ pub enum PipelineError {
     },
 }
 
-/// The active rule set for a model: `explicit` if given, else `<model>/rules.toml`, else the
-/// embedded default. Checked against the model's labels.
-pub fn active_rules(
-    model: &AcousticModel,
+/// The active rule set for a model directory: `explicit` if given, else `<model>/rules.toml`,
+/// else the embedded default. Checked against the model's labels.
+pub fn active_rules_for(
+    model_dir: &Path,
+    labels: &LabelSet,
     explicit: Option<&Path>,
 ) -> Result<RuleSet, PipelineError> {
-    let in_model = model.dir.join(MODEL_RULES_FILE);
+    let in_model = model_dir.join(MODEL_RULES_FILE);
     let rules = match explicit {
         Some(p) => RuleSet::load(p)?,
         None if in_model.is_file() => RuleSet::load(&in_model)?,
         None => crate::rules::default_ruleset()?,
     };
-    if rules.labels() != &model.meta.labels {
+    if rules.labels() != labels {
         return Err(PipelineError::LabelMismatch {
             path: rules.path().to_path_buf(),
             rules: rules.labels().to_string(),
-            model: model.meta.labels.to_string(),
+            model: labels.to_string(),
         });
     }
     Ok(rules)
+}
+
+/// [`active_rules_for`] a loaded model.
+pub fn active_rules(
+    model: &AcousticModel,
+    explicit: Option<&Path>,
+) -> Result<RuleSet, PipelineError> {
+    active_rules_for(&model.dir, &model.meta.labels, explicit)
 }
 
 pub struct Pipeline {
