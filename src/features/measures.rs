@@ -196,17 +196,7 @@ pub fn pitch_features(
     let (mut rises, mut runs, mut run_frames) = (0usize, 0usize, 0usize);
     let (mut band_power, mut total_power, mut band_var_weighted, mut tremor_frames) =
         (0.0, 0.0, 0.0, 0usize);
-    let n = track.voiced.len();
-    let mut t = 0;
-    while t < n {
-        if !track.voiced[t] {
-            t += 1;
-            continue;
-        }
-        let start = t;
-        while t < n && track.voiced[t] {
-            t += 1;
-        }
+    for std::ops::Range { start, end: t } in track.voiced_runs() {
         runs += 1;
         run_frames += t - start;
         s.b.clear();

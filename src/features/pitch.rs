@@ -44,6 +44,22 @@ impl PitchTrack {
     pub fn n_voiced(&self) -> usize {
         self.voiced.iter().filter(|v| **v).count()
     }
+
+    /// The voiced runs as frame ranges, in order.
+    pub fn voiced_runs(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let n = self.voiced.len();
+        let mut t = 0;
+        std::iter::from_fn(move || {
+            while t < n && !self.voiced[t] {
+                t += 1;
+            }
+            let start = t;
+            while t < n && self.voiced[t] {
+                t += 1;
+            }
+            (start < t).then_some(start..t)
+        })
+    }
 }
 
 #[derive(Clone, Copy, Default)]

@@ -109,18 +109,8 @@ impl VoiceAnalyzer {
         track: &PitchTrack,
     ) -> (Option<f64>, Option<f64>, usize) {
         self.periods.clear();
-        let n = track.voiced.len();
-        let mut t = 0;
         let mut run_id = 0;
-        while t < n {
-            if !track.voiced[t] {
-                t += 1;
-                continue;
-            }
-            let start = t;
-            while t < n && track.voiced[t] {
-                t += 1;
-            }
+        for std::ops::Range { start, end: t } in track.voiced_runs() {
             run_id += 1;
             let begin = (start * self.hop + self.centre_offset).saturating_sub(self.hop / 2);
             let end = ((t - 1) * self.hop + self.centre_offset + self.hop / 2).min(x.len());
