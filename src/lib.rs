@@ -17,6 +17,7 @@ pub mod llm;
 pub mod pipeline;
 pub mod private_fs;
 pub mod refine;
+pub mod report;
 pub mod rules;
 pub mod types;
 

@@ -3,4 +3,5 @@
 
 pub mod agreement;
 pub mod metrics;
+pub mod record;
 pub mod run;
