@@ -18,6 +18,9 @@ pub struct AblationLabels {
     /// The LLM on this clip, when an LLM ran (`None` with `--llm none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_only: Option<String>,
+    /// What the routed clips' reasoner (the LLM when given, else the rule vote with the acoustic
+    /// prior) says about this clip, routed or not: the accuracy-vs-coverage curve needs it.
+    pub reasoner: String,
     /// Acoustic for kept clips, the reasoner for routed ones (= `decision.label` unless
     /// `--abstain-below` replaced it with `uncertain`).
     pub routed: String,
