@@ -1,0 +1,261 @@
+//! The report's four figures as standalone SVG documents, drawn from the numbers in `stats`.
+
+use super::stats::{self, AblationRow, Reliability};
+use super::svg::{blue, Anchor, Frame, Svg, SERIES};
+use crate::eval::record::EvalRecord;
+
+/// One figure: its file stem (`figures/<stem>.svg`), caption and SVG text.
+pub struct Figure {
+    pub stem: &'static str,
+    pub caption: String,
+    pub svg: String,
+}
+
+/// Confusion matrix of one ablation: rows truth, columns predicted, counts with row-normalised
+/// shading. A column "other" appears only when some prediction is outside the label set.
+pub fn confusion(labels: &[String], records: &[EvalRecord], routed: bool) -> Figure {
+    let k = labels.len();
+    let truth = stats::truth_indices(labels, records);
+    let pred = stats::indices_of(
+        labels,
+        records.iter().map(|r| {
+            if routed {
+                r.ablations.routed.as_str()
+            } else {
+                r.ablations.acoustic_only.as_str()
+            }
+        }),
+    );
+    let counts = stats::confusion_with_other(k, &truth, &pred).counts;
+    let has_other_col = counts.iter().any(|row| row[k] > 0);
+    let has_other_row = counts[k].iter().any(|&c| c > 0);
+    let mut col_names: Vec<String> = labels.to_vec();
+    if has_other_col {
+        col_names.push("other".into());
+    }
+    let mut row_names: Vec<String> = labels.to_vec();
+    if has_other_row {
+        row_names.push("other".into());
+    }
+    let cell = 84.0;
+    let (left, top) = (130.0, 92.0);
+    let width = (left + cell * col_names.len() as f64 + 30.0).max(420.0);
+    let height = top + cell * row_names.len() as f64 + 56.0;
+    let mut svg = Svg::new(width, height);
+    let which = if routed { "final (routed) decisions" } else { "acoustic model alone" };
+    svg.title(&format!("Confusion matrix: {which}"));
+    svg.text(
+        left + cell * col_names.len() as f64 / 2.0,
+        52.0,
+        "predicted label",
+        14.0,
+        Anchor::Middle,
+        r#"font-style="italic""#,
+    );
+    svg.vtext(24.0, top + cell * row_names.len() as f64 / 2.0, "true label", 14.0);
+    for (j, name) in col_names.iter().enumerate() {
+        svg.text(left + cell * (j as f64 + 0.5), top - 10.0, name, 14.0, Anchor::Middle, r#"font-weight="bold""#);
+    }
+    for (i, name) in row_names.iter().enumerate() {
+        let row = &counts[i];
+        let total: u32 = row.iter().sum();
+        let y = top + cell * i as f64;
+        svg.text(left - 10.0, y + cell / 2.0 + 5.0, name, 14.0, Anchor::End, r#"font-weight="bold""#);
+        for j in 0..col_names.len() {
+            let x = left + cell * j as f64;
+            let share = if total > 0 { row[j] as f64 / total as f64 } else { 0.0 };
+            svg.rect(x, y, cell, cell, &format!(r##"fill="{}" stroke="#888" stroke-width="1""##, blue(share)));
+            let ink = if share > 0.55 { r##"fill="#ffffff""## } else { r##"fill="#111""## };
+            svg.text(x + cell / 2.0, y + cell / 2.0, &row[j].to_string(), 18.0, Anchor::Middle, &format!(r#"font-weight="bold" {ink}"#));
+            svg.text(x + cell / 2.0, y + cell / 2.0 + 20.0, &format!("{:.0} %", 100.0 * share), 13.0, Anchor::Middle, ink);
+        }
+    }
+    svg.text(
+        left,
+        height - 16.0,
+        &format!("{} clips; cell = count, shading and % = share of the true-label row", records.len()),
+        12.0,
+        Anchor::Start,
+        r##"fill="#555""##,
+    );
+    let stem = if routed { "confusion_routed" } else { "confusion_acoustic" };
+    let caption = format!("Confusion matrix of the {which}: rows are true labels, columns predicted labels; shading is the row share.");
+    let svg = svg.finish(&caption);
+    Figure { stem, caption, svg }
+}
+
+/// Reliability diagram of the acoustic model's top-label probability before and after
+/// temperature scaling, with the diagonal of perfect calibration and each curve's ECE.
+pub fn reliability(records: &[EvalRecord]) -> Figure {
+    let after = stats::reliability(records, false);
+    let before = stats::reliability(records, true);
+    let temperature = records.first().map(|r| r.temperature).unwrap_or(1.0);
+    let mut svg = Svg::new(560.0, 500.0);
+    svg.title("Reliability of the acoustic model");
+    let f = Frame {
+        left: 80.0,
+        top: 48.0,
+        width: 440.0,
+        height: 320.0,
+        x_range: (0.0, 1.0),
+        y_range: (0.0, 1.0),
+    };
+    f.draw_axes(&mut svg, 0.1, 0.2, "top-label probability (mean per bin)", "accuracy in bin");
+    svg.line(f.x(0.0), f.y(0.0), f.x(1.0), f.y(1.0), r##"stroke="#999" stroke-width="1.5" stroke-dasharray="6 4""##);
+    let n = records.len().max(1) as f64;
+    let series = |svg: &mut Svg, rel: &Reliability, colour: &str, dashed: bool| {
+        let pts: Vec<(f64, f64)> = rel
+            .bins
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (f.x(b.confidence), f.y(b.accuracy)))
+            .collect();
+        let dash = if dashed { r#" stroke-dasharray="5 3""# } else { "" };
+        svg.polyline(&pts, &format!(r#"stroke="{colour}" stroke-width="2.2"{dash}"#));
+        for b in rel.bins.iter().filter(|b| b.count > 0) {
+            // Marker area grows with the bin's share of clips.
+            let r = 3.0 + 9.0 * (b.count as f64 / n).sqrt();
+            svg.circle(f.x(b.confidence), f.y(b.accuracy), r, &format!(r##"fill="{colour}" fill-opacity="0.55" stroke="{colour}" stroke-width="1.5""##));
+        }
+    };
+    series(&mut svg, &before, SERIES[1], true);
+    series(&mut svg, &after, SERIES[0], false);
+    let ly = f.bottom() + 66.0;
+    let legend = [
+        (SERIES[0], format!("after calibration: ECE {:.3}", after.ece), false),
+        (SERIES[1], format!("before calibration (T = {temperature:.2} undone): ECE {:.3}", before.ece), true),
+        ("#999", "perfect calibration".to_string(), true),
+    ];
+    for (i, (colour, text, dashed)) in legend.iter().enumerate() {
+        let y = ly + 20.0 * i as f64;
+        let dash = if *dashed { r#" stroke-dasharray="5 3""# } else { "" };
+        svg.line(f.left, y - 4.0, f.left + 30.0, y - 4.0, &format!(r#"stroke="{colour}" stroke-width="2.5"{dash}"#));
+        svg.text(f.left + 38.0, y, text, 13.0, Anchor::Start, "");
+    }
+    svg.text(
+        f.left + f.width,
+        ly + 40.0,
+        &format!("{} bins; marker area ∝ clips; ECE over {} bins", stats::RELIABILITY_BINS, stats::ECE_BINS),
+        12.0,
+        Anchor::End,
+        r##"fill="#555""##,
+    );
+    let caption = format!(
+        "Reliability diagram: the acoustic model's top probability against accuracy, before (ECE {:.3}) and after (ECE {:.3}) temperature scaling.",
+        before.ece, after.ece
+    );
+    let svg = svg.finish(&caption);
+    Figure { stem: "reliability", caption, svg }
+}
+
+/// Accuracy as the router sends more of the least confident clips to the reasoner, with the
+/// actual operating point.
+pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
+    let curve = stats::coverage_curve(records);
+    let op = stats::operating_point(records);
+    let mut svg = Svg::new(600.0, 470.0);
+    svg.title("Accuracy vs. share of clips sent to the reasoner");
+    let ys: Vec<f64> = curve.iter().map(|p| p.1).chain(op.map(|p| p.1)).collect();
+    let lo = ys.iter().copied().fold(1.0, f64::min);
+    let hi = ys.iter().copied().fold(0.0, f64::max);
+    // A y range in whole tenths with some room, so small differences stay visible.
+    let y0 = ((lo - 0.05) * 10.0).floor().max(0.0) / 10.0;
+    let y1 = (((hi + 0.05) * 10.0).ceil() / 10.0).clamp(y0 + 0.1, 1.0);
+    let f = Frame {
+        left: 80.0,
+        top: 48.0,
+        width: 480.0,
+        height: 300.0,
+        x_range: (0.0, 1.0),
+        y_range: (y0, y1),
+    };
+    let y_step = if y1 - y0 > 0.5 { 0.1 } else { 0.05 };
+    f.draw_axes(&mut svg, 0.1, y_step, "fraction of clips routed (least confident first)", "accuracy (all clips)");
+    let pts: Vec<(f64, f64)> = curve.iter().map(|&(x, y)| (f.x(x), f.y(y))).collect();
+    svg.polyline(&pts, &format!(r#"stroke="{}" stroke-width="2.4""#, SERIES[0]));
+    if let (Some(first), Some(last)) = (curve.first(), curve.last()) {
+        svg.circle(f.x(first.0), f.y(first.1), 4.5, &format!(r#"fill="{}""#, SERIES[0]));
+        svg.circle(f.x(last.0), f.y(last.1), 4.5, &format!(r#"fill="{}""#, SERIES[0]));
+        let below = |y: f64| if f.y(y) < f.top + 20.0 { 20.0 } else { -10.0 };
+        svg.text(f.x(first.0) + 8.0, f.y(first.1) + below(first.1), &format!("acoustic only {:.3}", first.1), 13.0, Anchor::Start, "");
+        svg.text(f.x(last.0) - 8.0, f.y(last.1) + below(last.1), &format!("reasoner on all {:.3}", last.1), 13.0, Anchor::End, "");
+    }
+    let mut legend = vec![(SERIES[0].to_string(), "curve: route the f least confident clips".to_string())];
+    if let Some((x, y)) = op {
+        let x_line = f.x(routed_fraction.clamp(0.0, 1.0));
+        svg.line(x_line, f.top, x_line, f.bottom(), &format!(r#"stroke="{}" stroke-width="1.2" stroke-dasharray="4 3""#, SERIES[4]));
+        svg.circle(f.x(x), f.y(y), 7.0, &format!(r##"fill="{}" stroke="#fff" stroke-width="1.5""##, SERIES[4]));
+        legend.push((
+            SERIES[4].to_string(),
+            format!("operating point: {:.1} % routed, accuracy {:.3} (dashed: routed_fraction of the summary)", 100.0 * x, y),
+        ));
+    }
+    let ly = f.bottom() + 66.0;
+    for (i, (colour, text)) in legend.iter().enumerate() {
+        let y = ly + 20.0 * i as f64;
+        svg.circle(f.left + 8.0, y - 4.0, 5.0, &format!(r#"fill="{colour}""#));
+        svg.text(f.left + 22.0, y, text, 13.0, Anchor::Start, "");
+    }
+    let caption = match op {
+        Some((x, y)) => format!(
+            "Accuracy-vs-coverage of the router: accuracy when the least confident clips go to the reasoner and the rest keep the acoustic label; operating point {:.1} % routed, accuracy {y:.3}.",
+            100.0 * x
+        ),
+        None => "Accuracy-vs-coverage of the router (no clips).".to_string(),
+    };
+    let svg = svg.finish(&caption);
+    Figure { stem: "coverage", caption, svg }
+}
+
+/// Grouped bars: per-class F1 (and macro F1) for each ablation.
+pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
+    let groups: Vec<String> = labels.iter().cloned().chain(["macro F1".to_string()]).collect();
+    let mut svg = Svg::new(680.0, 470.0);
+    svg.title("F1 per class for each ablation");
+    let f = Frame {
+        left: 80.0,
+        top: 48.0,
+        width: 560.0,
+        height: 300.0,
+        x_range: (0.0, groups.len() as f64),
+        y_range: (0.0, 1.0),
+    };
+    // Axes by hand: the x axis carries group names, not numbers.
+    let grid = r##"stroke="#e3e3e3" stroke-width="1""##;
+    for i in 0..=5 {
+        let v = i as f64 * 0.2;
+        svg.line(f.left, f.y(v), f.left + f.width, f.y(v), grid);
+        svg.text(f.left - 8.0, f.y(v) + 4.5, &format!("{v:.1}"), 13.0, Anchor::End, "");
+    }
+    svg.vtext(f.left - 44.0, f.top + f.height / 2.0, "F1", 14.0);
+    let nb = rows.len().max(1) as f64;
+    let group_w = f.width / groups.len() as f64;
+    let bar_w = (group_w * 0.8 / nb).min(44.0);
+    for (g, name) in groups.iter().enumerate() {
+        let centre = f.left + group_w * (g as f64 + 0.5);
+        svg.text(centre, f.bottom() + 20.0, name, 14.0, Anchor::Middle, r#"font-weight="bold""#);
+        for (b, row) in rows.iter().enumerate() {
+            let v = if g < labels.len() {
+                row.per_class_f1.get(g).copied().unwrap_or(0.0)
+            } else {
+                row.macro_f1
+            };
+            let x = centre - bar_w * nb / 2.0 + bar_w * b as f64;
+            svg.rect(x + 1.0, f.y(v), bar_w - 2.0, f.bottom() - f.y(v), &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]));
+            svg.text(x + bar_w / 2.0, f.y(v) - 4.0, &format!("{:.2}", v), 11.0, Anchor::Middle, "");
+        }
+    }
+    svg.line(f.left, f.bottom(), f.left + f.width, f.bottom(), r##"stroke="#444" stroke-width="1.2""##);
+    svg.line(f.left, f.top, f.left, f.bottom(), r##"stroke="#444" stroke-width="1.2""##);
+    // Legend in one row under the axis.
+    let ly = f.bottom() + 56.0;
+    let mut x = f.left;
+    for (b, row) in rows.iter().enumerate() {
+        svg.rect(x, ly - 12.0, 14.0, 14.0, &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]));
+        svg.text(x + 20.0, ly, row.name, 13.0, Anchor::Start, "");
+        x += 40.0 + 8.0 * row.name.len() as f64;
+    }
+    let caption = "Per-class F1 (and macro F1) of each ablation on the same clips.".to_string();
+    let svg = svg.finish(&caption);
+    Figure { stem: "per_class_f1", caption, svg }
+}
