@@ -20,11 +20,12 @@ pub fn html(s: &str) -> String {
 }
 
 /// Escape text for one Markdown table cell: HTML-escaped (renderers pass raw HTML through),
-/// pipes escaped, line breaks flattened.
+/// pipes escaped, line breaks as `<br>` (a table row must stay on one line).
 pub fn markdown_cell(s: &str) -> String {
     html(s)
         .replace('|', "\\|")
-        .replace(['\r', '\n'], " ")
+        .replace("\r\n", "\n")
+        .replace(['\r', '\n'], "<br>")
 }
 
 /// The last component of a path written with `/` or `\` separators.
@@ -100,7 +101,7 @@ mod tests {
 
     #[test]
     fn markdown_cells_keep_one_line_and_escape_pipes() {
-        assert_eq!(markdown_cell("a|b\nc <d>"), "a\\|b c &lt;d&gt;");
+        assert_eq!(markdown_cell("a|b\nc <d>"), "a\\|b<br>c &lt;d&gt;");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn confusion(labels: &[String], records: &[EvalRecord], routed: bool) -> Fig
     let cell = 84.0;
     let (left, top) = (130.0, 92.0);
     let width = (left + cell * col_names.len() as f64 + 30.0).max(420.0);
-    let height = top + cell * row_names.len() as f64 + 56.0;
+    let height = top + cell * row_names.len() as f64 + 62.0;
     let mut svg = Svg::new(width, height);
     let which = if routed { "final (routed) decisions" } else { "acoustic model alone" };
     svg.title(&format!("Confusion matrix: {which}"));
@@ -70,14 +70,9 @@ pub fn confusion(labels: &[String], records: &[EvalRecord], routed: bool) -> Fig
             svg.text(x + cell / 2.0, y + cell / 2.0 + 20.0, &format!("{:.0} %", 100.0 * share), 13.0, Anchor::Middle, ink);
         }
     }
-    svg.text(
-        left,
-        height - 16.0,
-        &format!("{} clips; cell = count, shading and % = share of the true-label row", records.len()),
-        12.0,
-        Anchor::Start,
-        r##"fill="#555""##,
-    );
+    let grey = r##"fill="#555""##;
+    svg.text(left, height - 30.0, &format!("{} clips; the number is a count,", records.len()), 12.0, Anchor::Start, grey);
+    svg.text(left, height - 14.0, "shading and % its share of the true-label row", 12.0, Anchor::Start, grey);
     let stem = if routed { "confusion_routed" } else { "confusion_acoustic" };
     let caption = format!("Confusion matrix of the {which}: rows are true labels, columns predicted labels; shading is the row share.");
     let svg = svg.finish(&caption);
@@ -90,7 +85,7 @@ pub fn reliability(records: &[EvalRecord]) -> Figure {
     let after = stats::reliability(records, false);
     let before = stats::reliability(records, true);
     let temperature = records.first().map(|r| r.temperature).unwrap_or(1.0);
-    let mut svg = Svg::new(560.0, 500.0);
+    let mut svg = Svg::new(560.0, 520.0);
     svg.title("Reliability of the acoustic model");
     let f = Frame {
         left: 80.0,
@@ -133,11 +128,11 @@ pub fn reliability(records: &[EvalRecord]) -> Figure {
         svg.text(f.left + 38.0, y, text, 13.0, Anchor::Start, "");
     }
     svg.text(
-        f.left + f.width,
-        ly + 40.0,
+        f.left,
+        ly + 64.0,
         &format!("{} bins; marker area ∝ clips; ECE over {} bins", stats::RELIABILITY_BINS, stats::ECE_BINS),
         12.0,
-        Anchor::End,
+        Anchor::Start,
         r##"fill="#555""##,
     );
     let caption = format!(
@@ -153,7 +148,7 @@ pub fn reliability(records: &[EvalRecord]) -> Figure {
 pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
     let curve = stats::coverage_curve(records);
     let op = stats::operating_point(records);
-    let mut svg = Svg::new(600.0, 470.0);
+    let mut svg = Svg::new(600.0, 480.0);
     svg.title("Accuracy vs. share of clips sent to the reasoner");
     let ys: Vec<f64> = curve.iter().map(|p| p.1).chain(op.map(|p| p.1)).collect();
     let lo = ys.iter().copied().fold(1.0, f64::min);
@@ -173,22 +168,20 @@ pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
     f.draw_axes(&mut svg, 0.1, y_step, "fraction of clips routed (least confident first)", "accuracy (all clips)");
     let pts: Vec<(f64, f64)> = curve.iter().map(|&(x, y)| (f.x(x), f.y(y))).collect();
     svg.polyline(&pts, &format!(r#"stroke="{}" stroke-width="2.4""#, SERIES[0]));
+    let mut legend = vec![(SERIES[0].to_string(), "curve: the f least confident clips go to the reasoner".to_string())];
     if let (Some(first), Some(last)) = (curve.first(), curve.last()) {
         svg.circle(f.x(first.0), f.y(first.1), 4.5, &format!(r#"fill="{}""#, SERIES[0]));
         svg.circle(f.x(last.0), f.y(last.1), 4.5, &format!(r#"fill="{}""#, SERIES[0]));
-        let below = |y: f64| if f.y(y) < f.top + 20.0 { 20.0 } else { -10.0 };
-        svg.text(f.x(first.0) + 8.0, f.y(first.1) + below(first.1), &format!("acoustic only {:.3}", first.1), 13.0, Anchor::Start, "");
-        svg.text(f.x(last.0) - 8.0, f.y(last.1) + below(last.1), &format!("reasoner on all {:.3}", last.1), 13.0, Anchor::End, "");
+        legend.push((
+            SERIES[0].to_string(),
+            format!("f = 0 (acoustic only): {:.3};  f = 1 (reasoner on all): {:.3}", first.1, last.1),
+        ));
     }
-    let mut legend = vec![(SERIES[0].to_string(), "curve: route the f least confident clips".to_string())];
     if let Some((x, y)) = op {
         let x_line = f.x(routed_fraction.clamp(0.0, 1.0));
         svg.line(x_line, f.top, x_line, f.bottom(), &format!(r#"stroke="{}" stroke-width="1.2" stroke-dasharray="4 3""#, SERIES[4]));
         svg.circle(f.x(x), f.y(y), 7.0, &format!(r##"fill="{}" stroke="#fff" stroke-width="1.5""##, SERIES[4]));
-        legend.push((
-            SERIES[4].to_string(),
-            format!("operating point: {:.1} % routed, accuracy {:.3} (dashed: routed_fraction of the summary)", 100.0 * x, y),
-        ));
+        legend.push((SERIES[4].to_string(), format!("operating point (dashed): {:.1} % routed, accuracy {y:.3}", 100.0 * x)));
     }
     let ly = f.bottom() + 66.0;
     for (i, (colour, text)) in legend.iter().enumerate() {
@@ -210,12 +203,12 @@ pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
 /// Grouped bars: per-class F1 (and macro F1) for each ablation.
 pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
     let groups: Vec<String> = labels.iter().cloned().chain(["macro F1".to_string()]).collect();
-    let mut svg = Svg::new(680.0, 470.0);
+    let mut svg = Svg::new(900.0, 470.0);
     svg.title("F1 per class for each ablation");
     let f = Frame {
         left: 80.0,
         top: 48.0,
-        width: 560.0,
+        width: 780.0,
         height: 300.0,
         x_range: (0.0, groups.len() as f64),
         y_range: (0.0, 1.0),
@@ -242,7 +235,7 @@ pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
             };
             let x = centre - bar_w * nb / 2.0 + bar_w * b as f64;
             svg.rect(x + 1.0, f.y(v), bar_w - 2.0, f.bottom() - f.y(v), &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]));
-            svg.text(x + bar_w / 2.0, f.y(v) - 4.0, &format!("{:.2}", v), 11.0, Anchor::Middle, "");
+            svg.text(x + bar_w / 2.0, f.y(v) - 4.0, &format!("{:.2}", v), 12.0, Anchor::Middle, "");
         }
     }
     svg.line(f.left, f.bottom(), f.left + f.width, f.bottom(), r##"stroke="#444" stroke-width="1.2""##);

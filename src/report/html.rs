@@ -17,6 +17,7 @@ h2 { font-size: 20px; margin: 32px 0 8px; border-bottom: 2px solid #e4e4e4; padd
 .figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 18px; }
 figure { margin: 0; border: 1px solid #e4e4e4; padding: 8px; background: #fff; }
 figure svg { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+figure.wide { grid-column: 1 / -1; }
 figcaption { font-size: 13px; color: #444; margin-top: 4px; }
 table { border-collapse: collapse; margin: 6px 0 4px; font-size: 14px; }
 th, td { border: 1px solid #d6d6d6; padding: 5px 9px; text-align: left; vertical-align: top; }
@@ -47,7 +48,8 @@ pub fn table(t: &Table) -> String {
         s.push_str("<tr>");
         for (i, cell) in row.iter().enumerate() {
             let class = if t.numeric.get(i).copied().unwrap_or(false) { r#" class="num""# } else { "" };
-            let _ = write!(s, "<td{class}>{}</td>", esc(cell));
+            // Line breaks inside a cell separate list items (evidence, rules).
+            let _ = write!(s, "<td{class}>{}</td>", esc(cell).replace('\n', "<br>"));
         }
         s.push_str("</tr>\n");
     }
@@ -56,8 +58,10 @@ pub fn table(t: &Table) -> String {
 }
 
 fn figure(f: &Figure) -> String {
+    // The grouped bars need the width; the other figures sit two by two.
+    let wide = if f.stem == "per_class_f1" { r#" class="wide""# } else { "" };
     format!(
-        "<figure id=\"{}\">\n{}<figcaption>{}</figcaption>\n</figure>\n",
+        "<figure id=\"{}\"{wide}>\n{}<figcaption>{}</figcaption>\n</figure>\n",
         f.stem,
         f.svg,
         esc(&f.caption)

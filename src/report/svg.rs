@@ -176,12 +176,10 @@ fn ticks((a, b): (f64, f64), step: f64) -> Vec<f64> {
     out
 }
 
+/// As many decimals as the step needs (0.05 → two), so neighbouring ticks never read the same.
 fn tick_label(v: f64, step: f64) -> String {
-    if step >= 1.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
+    let decimals = if step >= 1.0 { 0 } else { (-step.log10() - 1e-9).ceil() as usize };
+    format!("{v:.decimals$}")
 }
 
 /// White → blue by `t` in 0..1 (cell shading of the confusion matrix).
@@ -199,6 +197,9 @@ mod tests {
     fn ticks_include_both_ends() {
         assert_eq!(ticks((0.0, 1.0), 0.2).len(), 6);
         assert_eq!(tick_label(0.6000000001, 0.2), "0.6");
+        assert_eq!(tick_label(0.85, 0.05), "0.85");
+        assert_eq!(tick_label(0.9, 0.1), "0.9");
+        assert_eq!(tick_label(3.0, 1.0), "3");
     }
 
     #[test]

@@ -217,11 +217,11 @@ pub fn examples(labels: &[String], records: &[EvalRecord], opts: &ReportOptions)
         t.row([
             shown_path(&r.decision.file, opts.full_paths),
             r.truth.clone(),
-            probs.join(" · "),
+            probs.join("\n"),
             format!("{} ({})", r.decision.label, r.decision.route),
             outcome.to_string(),
-            strongest_evidence(r, 4).join("; "),
-            if rules.is_empty() { "none".into() } else { rules.join(", ") },
+            strongest_evidence(r, 4).join("\n"),
+            if rules.is_empty() { "none".into() } else { rules.join("\n") },
             r.decision.rationale.clone().unwrap_or_default(),
         ]);
     }
