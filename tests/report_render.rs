@@ -49,7 +49,11 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
         .map(|i| {
             // Hard clips (about a third) have a weak acoustic signal.
             let leaning = i % 3;
-            let strength = if rng.random_bool(0.35) { rng.random_range(0.0..0.8) } else { rng.random_range(1.5..3.5) };
+            let strength = if rng.random_bool(0.35) {
+                rng.random_range(0.0..0.8)
+            } else {
+                rng.random_range(1.5..3.5)
+            };
             let logits: Vec<f64> = (0..3)
                 .map(|c| if c == leaning { strength } else { 0.0 } + rng.random_range(-0.8..0.8))
                 .collect();
@@ -59,13 +63,35 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
             // temperature scaling aims for.
             let u: f32 = rng.random_range(0.0..1.0);
             let mut acc = 0.0;
-            let truth = acoustic.values.iter().position(|&p| { acc += p; u < acc }).unwrap_or(2);
+            let truth = acoustic
+                .values
+                .iter()
+                .position(|&p| {
+                    acc += p;
+                    u < acc
+                })
+                .unwrap_or(2);
             let routed = top < 0.6;
-            let reasoner = if rng.random_bool(0.72) { truth } else { pick_other(&mut rng, truth) };
-            let rules_only = if rng.random_bool(0.58) { truth } else { pick_other(&mut rng, truth) };
-            let llm_only = if rng.random_bool(0.7) { truth } else { pick_other(&mut rng, truth) };
+            let reasoner = if rng.random_bool(0.72) {
+                truth
+            } else {
+                pick_other(&mut rng, truth)
+            };
+            let rules_only = if rng.random_bool(0.58) {
+                truth
+            } else {
+                pick_other(&mut rng, truth)
+            };
+            let llm_only = if rng.random_bool(0.7) {
+                truth
+            } else {
+                pick_other(&mut rng, truth)
+            };
             let final_ix = if routed { reasoner } else { a_ix };
-            let mut evidence = Evidence { baseline: "corpus:test".into(), ..Evidence::default() };
+            let mut evidence = Evidence {
+                baseline: "corpus:test".into(),
+                ..Evidence::default()
+            };
             for (f, dirs) in FEATURES {
                 let z = dirs[truth] * strength.max(0.3) / 2.0 + rng.random_range(-0.9..0.9);
                 evidence.z.insert(f.into(), z);
@@ -138,9 +164,22 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
 fn summary(records: &[EvalRecord]) -> EvalReport {
     let labels = LabelSet::default();
     let ix = |l: &str| labels.index_of(l).unwrap_or(0);
-    let conf = Confusion::new(3, records.iter().map(|r| (ix(&r.truth), ix(&r.ablations.routed))));
-    let routed = records.iter().filter(|r| r.decision.route != Route::Acoustic).count();
-    let per_class: BTreeMap<String, ClassScores> = labels.names().iter().cloned().zip(conf.per_class()).collect();
+    let conf = Confusion::new(
+        3,
+        records
+            .iter()
+            .map(|r| (ix(&r.truth), ix(&r.ablations.routed))),
+    );
+    let routed = records
+        .iter()
+        .filter(|r| r.decision.route != Route::Acoustic)
+        .count();
+    let per_class: BTreeMap<String, ClassScores> = labels
+        .names()
+        .iter()
+        .cloned()
+        .zip(conf.per_class())
+        .collect();
     EvalReport {
         n: records.len(),
         n_failed: 2,
@@ -164,17 +203,41 @@ fn summary(records: &[EvalRecord]) -> EvalReport {
             acoustic_accuracy_on_kept: Some(0.9),
         },
         ablations: Ablations {
-            acoustic_only: Scores { accuracy: 0.78, macro_f1: 0.77 },
-            rules_only: Some(Scores { accuracy: 0.58, macro_f1: 0.57 }),
-            llm_only: Some(Scores { accuracy: 0.7, macro_f1: 0.69 }),
-            routed: Some(Scores { accuracy: conf.accuracy(), macro_f1: conf.macro_f1() }),
+            acoustic_only: Scores {
+                accuracy: 0.78,
+                macro_f1: 0.77,
+            },
+            rules_only: Some(Scores {
+                accuracy: 0.58,
+                macro_f1: 0.57,
+            }),
+            llm_only: Some(Scores {
+                accuracy: 0.7,
+                macro_f1: 0.69,
+            }),
+            routed: Some(Scores {
+                accuracy: conf.accuracy(),
+                macro_f1: conf.macro_f1(),
+            }),
             routed_minus_acoustic_macro_f1: None,
             routed_minus_acoustic_accuracy: None,
         },
-        timings_ms: BTreeMap::from([("analyse_per_clip".into(), 35.2), ("llm_per_clip".into(), 410.0)]),
-        model: Identifier { name: format!("{PRIVATE_DIR}/../models/synth-v1"), sha256: Some("ab".repeat(32)) },
-        rules: Some(Identifier { name: "vi-guidelines v3".into(), sha256: Some("cd".repeat(32)) }),
-        llm: Some(Identifier { name: "smollm2-360m-instruct-q8".into(), sha256: None }),
+        timings_ms: BTreeMap::from([
+            ("analyse_per_clip".into(), 35.2),
+            ("llm_per_clip".into(), 410.0),
+        ]),
+        model: Identifier {
+            name: format!("{PRIVATE_DIR}/../models/synth-v1"),
+            sha256: Some("ab".repeat(32)),
+        },
+        rules: Some(Identifier {
+            name: "vi-guidelines v3".into(),
+            sha256: Some("cd".repeat(32)),
+        }),
+        llm: Some(Identifier {
+            name: "smollm2-360m-instruct-q8".into(),
+            sha256: None,
+        }),
         seed: 7,
         robustness: None,
     }
@@ -202,16 +265,35 @@ fn report_is_complete_private_and_escaped() {
     };
     let files = write_report(&dir, &report, &recs, &opts).unwrap();
     assert!(files.html.is_file() && files.markdown.is_file());
-    let stems: Vec<String> = files.figures.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(stems, ["confusion_routed", "confusion_acoustic", "reliability", "coverage", "per_class_f1"]);
+    let stems: Vec<String> = files
+        .figures
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        stems,
+        [
+            "confusion_routed",
+            "confusion_acoustic",
+            "reliability",
+            "coverage",
+            "per_class_f1"
+        ]
+    );
 
     let html = std::fs::read_to_string(&files.html).unwrap();
     let md = std::fs::read_to_string(&files.markdown).unwrap();
     // Every figure inline in the HTML, and linked from the Markdown.
     assert_eq!(html.matches("<svg ").count(), files.figures.len());
     for s in &stems {
-        assert!(html.contains(&format!("<figure id=\"{s}\"")), "{s} missing from the HTML");
-        assert!(md.contains(&format!("(figures/{s}.svg)")), "{s} not linked from the Markdown");
+        assert!(
+            html.contains(&format!("<figure id=\"{s}\"")),
+            "{s} missing from the HTML"
+        );
+        assert!(
+            md.contains(&format!("(figures/{s}.svg)")),
+            "{s} not linked from the Markdown"
+        );
     }
     // Self-contained: nothing to fetch, no scripts.
     for bad in ["<script", "http://", "https://", "<link", "@import", "url("] {
@@ -221,8 +303,18 @@ fn report_is_complete_private_and_escaped() {
     // The note, the reliability ECEs and the tables are there.
     assert!(html.contains("Data is SYNTHETIC"));
     assert!(html.contains("before calibration (T = 1.60 undone): ECE"));
-    for id in ["headline", "ablations", "per_class", "routing", "examples", "failures"] {
-        assert!(html.contains(&format!("<h2 id=\"{id}\">")), "table {id} missing");
+    for id in [
+        "headline",
+        "ablations",
+        "per_class",
+        "routing",
+        "examples",
+        "failures",
+    ] {
+        assert!(
+            html.contains(&format!("<h2 id=\"{id}\">")),
+            "table {id} missing"
+        );
     }
     assert!(md.contains("| ablation | accuracy | macro F1 |"));
     assert!(md.contains("| LLM only |"));
@@ -248,8 +340,20 @@ fn report_is_complete_private_and_escaped() {
 
     // Full paths only when asked.
     let dir2 = tmp.path().join("full");
-    write_report(&dir2, &report, &recs, &ReportOptions { full_paths: true, bootstrap_reps: 50, ..ReportOptions::default() }).unwrap();
-    assert!(std::fs::read_to_string(dir2.join("report.html")).unwrap().contains(PRIVATE_DIR));
+    write_report(
+        &dir2,
+        &report,
+        &recs,
+        &ReportOptions {
+            full_paths: true,
+            bootstrap_reps: 50,
+            ..ReportOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(dir2.join("report.html"))
+        .unwrap()
+        .contains(PRIVATE_DIR));
 
     render_if_chromium(&dir);
 }
@@ -274,18 +378,36 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 }
 
 fn render_if_chromium(dir: &Path) {
-    let has = |b: &str| Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().map(|o| o.status.success()).unwrap_or(false);
-    if !["chromium", "chromium-browser", "google-chrome"].iter().any(|b| has(b)) {
+    let has = |b: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {b}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|b| has(b))
+    {
         println!("skipped the screenshot: chromium is not installed (apt-get install chromium)");
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/render_report.sh");
     let out = Command::new("bash").arg(&script).arg(dir).output().unwrap();
-    assert!(out.status.success(), "render_report.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "render_report.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(dir.join("report.png")).unwrap();
     assert_eq!(png_size(&png), Some((1200, 3000)));
     // A blank 1200×3000 page compresses to a few KB; text, tables and figures make it far larger.
-    assert!(png.len() > 100_000, "screenshot looks blank ({} bytes)", png.len());
+    assert!(
+        png.len() > 100_000,
+        "screenshot looks blank ({} bytes)",
+        png.len()
+    );
     if let Ok(keep) = std::env::var("CAMXUC_KEEP_REPORT") {
         // For looking at the page by eye: copy the whole report out of the temp dir.
         let keep = Path::new(&keep);

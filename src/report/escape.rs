@@ -75,16 +75,25 @@ fn redact_word(word: &str) -> String {
     let core_start = word.find(|c: char| !is_wrap(c)).unwrap_or(word.len());
     let mut core_end = word.trim_end_matches(is_wrap).len().max(core_start);
     // A trailing ':' (as in "a.wav: bad header") is punctuation, not part of the path.
-    while core_end > core_start && word[..core_end].ends_with([':', '.']) && !word[core_start..core_end].ends_with("..") {
+    while core_end > core_start
+        && word[..core_end].ends_with([':', '.'])
+        && !word[core_start..core_end].ends_with("..")
+    {
         core_end -= 1;
     }
     let core = &word[core_start..core_end];
-    let drive = core.len() > 2 && core.as_bytes()[1] == b':' && core.as_bytes()[0].is_ascii_alphabetic();
+    let drive =
+        core.len() > 2 && core.as_bytes()[1] == b':' && core.as_bytes()[0].is_ascii_alphabetic();
     let starts_like_path = core.starts_with(['/', '~', '.', '\\']) || drive;
     // A relative path to a file ("actor13/a.wav") names folders too; "calm/angry" does not.
     let names_a_file = file_name(core).contains('.');
     if core.contains(['/', '\\']) && (starts_like_path || names_a_file) {
-        format!("{}{}{}", &word[..core_start], file_name(core), &word[core_end..])
+        format!(
+            "{}{}{}",
+            &word[..core_start],
+            file_name(core),
+            &word[core_end..]
+        )
     } else {
         word.to_string()
     }
@@ -96,7 +105,10 @@ mod tests {
 
     #[test]
     fn html_escapes_markup_and_quotes() {
-        assert_eq!(html(r#"<script>"a" & 'b'</script>"#), "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;");
+        assert_eq!(
+            html(r#"<script>"a" & 'b'</script>"#),
+            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
+        );
     }
 
     #[test]
@@ -115,6 +127,9 @@ mod tests {
             "decode 'a.wav': bad header (calm/angry) in b.flac, c.wav."
         );
         assert_eq!(redact_paths("/srv/x/a.wav: empty", false), "a.wav: empty");
-        assert_eq!(redact_paths("/srv/x/a.wav: empty", true), "/srv/x/a.wav: empty");
+        assert_eq!(
+            redact_paths("/srv/x/a.wav: empty", true),
+            "/srv/x/a.wav: empty"
+        );
     }
 }

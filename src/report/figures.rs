@@ -42,7 +42,11 @@ pub fn confusion(labels: &[String], records: &[EvalRecord], routed: bool) -> Fig
     let width = (left + cell * col_names.len() as f64 + 30.0).max(420.0);
     let height = top + cell * row_names.len() as f64 + 62.0;
     let mut svg = Svg::new(width, height);
-    let which = if routed { "final (routed) decisions" } else { "acoustic model alone" };
+    let which = if routed {
+        "final (routed) decisions"
+    } else {
+        "acoustic model alone"
+    };
     svg.title(&format!("Confusion matrix: {which}"));
     svg.text(
         left + cell * col_names.len() as f64 / 2.0,
@@ -52,28 +56,93 @@ pub fn confusion(labels: &[String], records: &[EvalRecord], routed: bool) -> Fig
         Anchor::Middle,
         r#"font-style="italic""#,
     );
-    svg.vtext(24.0, top + cell * row_names.len() as f64 / 2.0, "true label", 14.0);
+    svg.vtext(
+        24.0,
+        top + cell * row_names.len() as f64 / 2.0,
+        "true label",
+        14.0,
+    );
     for (j, name) in col_names.iter().enumerate() {
-        svg.text(left + cell * (j as f64 + 0.5), top - 10.0, name, 14.0, Anchor::Middle, r#"font-weight="bold""#);
+        svg.text(
+            left + cell * (j as f64 + 0.5),
+            top - 10.0,
+            name,
+            14.0,
+            Anchor::Middle,
+            r#"font-weight="bold""#,
+        );
     }
     for (i, name) in row_names.iter().enumerate() {
         let row = &counts[i];
         let total: u32 = row.iter().sum();
         let y = top + cell * i as f64;
-        svg.text(left - 10.0, y + cell / 2.0 + 5.0, name, 14.0, Anchor::End, r#"font-weight="bold""#);
-        for j in 0..col_names.len() {
+        svg.text(
+            left - 10.0,
+            y + cell / 2.0 + 5.0,
+            name,
+            14.0,
+            Anchor::End,
+            r#"font-weight="bold""#,
+        );
+        for (j, &count) in row.iter().take(col_names.len()).enumerate() {
             let x = left + cell * j as f64;
-            let share = if total > 0 { row[j] as f64 / total as f64 } else { 0.0 };
-            svg.rect(x, y, cell, cell, &format!(r##"fill="{}" stroke="#888" stroke-width="1""##, blue(share)));
-            let ink = if share > 0.55 { r##"fill="#ffffff""## } else { r##"fill="#111""## };
-            svg.text(x + cell / 2.0, y + cell / 2.0, &row[j].to_string(), 18.0, Anchor::Middle, &format!(r#"font-weight="bold" {ink}"#));
-            svg.text(x + cell / 2.0, y + cell / 2.0 + 20.0, &format!("{:.0} %", 100.0 * share), 13.0, Anchor::Middle, ink);
+            let share = if total > 0 {
+                count as f64 / total as f64
+            } else {
+                0.0
+            };
+            svg.rect(
+                x,
+                y,
+                cell,
+                cell,
+                &format!(r##"fill="{}" stroke="#888" stroke-width="1""##, blue(share)),
+            );
+            let ink = if share > 0.55 {
+                r##"fill="#ffffff""##
+            } else {
+                r##"fill="#111""##
+            };
+            svg.text(
+                x + cell / 2.0,
+                y + cell / 2.0,
+                &count.to_string(),
+                18.0,
+                Anchor::Middle,
+                &format!(r#"font-weight="bold" {ink}"#),
+            );
+            svg.text(
+                x + cell / 2.0,
+                y + cell / 2.0 + 20.0,
+                &format!("{:.0} %", 100.0 * share),
+                13.0,
+                Anchor::Middle,
+                ink,
+            );
         }
     }
     let grey = r##"fill="#555""##;
-    svg.text(left, height - 30.0, &format!("{} clips; the number is a count,", records.len()), 12.0, Anchor::Start, grey);
-    svg.text(left, height - 14.0, "shading and % its share of the true-label row", 12.0, Anchor::Start, grey);
-    let stem = if routed { "confusion_routed" } else { "confusion_acoustic" };
+    svg.text(
+        left,
+        height - 30.0,
+        &format!("{} clips; the number is a count,", records.len()),
+        12.0,
+        Anchor::Start,
+        grey,
+    );
+    svg.text(
+        left,
+        height - 14.0,
+        "shading and % its share of the true-label row",
+        12.0,
+        Anchor::Start,
+        grey,
+    );
+    let stem = if routed {
+        "confusion_routed"
+    } else {
+        "confusion_acoustic"
+    };
     let caption = format!("Confusion matrix of the {which}: rows are true labels, columns predicted labels; shading is the row share.");
     let svg = svg.finish(&caption);
     Figure { stem, caption, svg }
@@ -95,8 +164,20 @@ pub fn reliability(records: &[EvalRecord]) -> Figure {
         x_range: (0.0, 1.0),
         y_range: (0.0, 1.0),
     };
-    f.draw_axes(&mut svg, 0.1, 0.2, "top-label probability (mean per bin)", "accuracy in bin");
-    svg.line(f.x(0.0), f.y(0.0), f.x(1.0), f.y(1.0), r##"stroke="#999" stroke-width="1.5" stroke-dasharray="6 4""##);
+    f.draw_axes(
+        &mut svg,
+        0.1,
+        0.2,
+        "top-label probability (mean per bin)",
+        "accuracy in bin",
+    );
+    svg.line(
+        f.x(0.0),
+        f.y(0.0),
+        f.x(1.0),
+        f.y(1.0),
+        r##"stroke="#999" stroke-width="1.5" stroke-dasharray="6 4""##,
+    );
     let n = records.len().max(1) as f64;
     let series = |svg: &mut Svg, rel: &Reliability, colour: &str, dashed: bool| {
         let pts: Vec<(f64, f64)> = rel
@@ -105,32 +186,71 @@ pub fn reliability(records: &[EvalRecord]) -> Figure {
             .filter(|b| b.count > 0)
             .map(|b| (f.x(b.confidence), f.y(b.accuracy)))
             .collect();
-        let dash = if dashed { r#" stroke-dasharray="5 3""# } else { "" };
-        svg.polyline(&pts, &format!(r#"stroke="{colour}" stroke-width="2.2"{dash}"#));
+        let dash = if dashed {
+            r#" stroke-dasharray="5 3""#
+        } else {
+            ""
+        };
+        svg.polyline(
+            &pts,
+            &format!(r#"stroke="{colour}" stroke-width="2.2"{dash}"#),
+        );
         for b in rel.bins.iter().filter(|b| b.count > 0) {
             // Marker area grows with the bin's share of clips.
             let r = 3.0 + 9.0 * (b.count as f64 / n).sqrt();
-            svg.circle(f.x(b.confidence), f.y(b.accuracy), r, &format!(r##"fill="{colour}" fill-opacity="0.55" stroke="{colour}" stroke-width="1.5""##));
+            svg.circle(
+                f.x(b.confidence),
+                f.y(b.accuracy),
+                r,
+                &format!(
+                    r##"fill="{colour}" fill-opacity="0.55" stroke="{colour}" stroke-width="1.5""##
+                ),
+            );
         }
     };
     series(&mut svg, &before, SERIES[1], true);
     series(&mut svg, &after, SERIES[0], false);
     let ly = f.bottom() + 66.0;
     let legend = [
-        (SERIES[0], format!("after calibration: ECE {:.3}", after.ece), false),
-        (SERIES[1], format!("before calibration (T = {temperature:.2} undone): ECE {:.3}", before.ece), true),
+        (
+            SERIES[0],
+            format!("after calibration: ECE {:.3}", after.ece),
+            false,
+        ),
+        (
+            SERIES[1],
+            format!(
+                "before calibration (T = {temperature:.2} undone): ECE {:.3}",
+                before.ece
+            ),
+            true,
+        ),
         ("#999", "perfect calibration".to_string(), true),
     ];
     for (i, (colour, text, dashed)) in legend.iter().enumerate() {
         let y = ly + 20.0 * i as f64;
-        let dash = if *dashed { r#" stroke-dasharray="5 3""# } else { "" };
-        svg.line(f.left, y - 4.0, f.left + 30.0, y - 4.0, &format!(r#"stroke="{colour}" stroke-width="2.5"{dash}"#));
+        let dash = if *dashed {
+            r#" stroke-dasharray="5 3""#
+        } else {
+            ""
+        };
+        svg.line(
+            f.left,
+            y - 4.0,
+            f.left + 30.0,
+            y - 4.0,
+            &format!(r#"stroke="{colour}" stroke-width="2.5"{dash}"#),
+        );
         svg.text(f.left + 38.0, y, text, 13.0, Anchor::Start, "");
     }
     svg.text(
         f.left,
         ly + 64.0,
-        &format!("{} bins; marker area ∝ clips; ECE over {} bins", stats::RELIABILITY_BINS, stats::ECE_BINS),
+        &format!(
+            "{} bins; marker area ∝ clips; ECE over {} bins",
+            stats::RELIABILITY_BINS,
+            stats::ECE_BINS
+        ),
         12.0,
         Anchor::Start,
         r##"fill="#555""##,
@@ -140,7 +260,11 @@ pub fn reliability(records: &[EvalRecord]) -> Figure {
         before.ece, after.ece
     );
     let svg = svg.finish(&caption);
-    Figure { stem: "reliability", caption, svg }
+    Figure {
+        stem: "reliability",
+        caption,
+        svg,
+    }
 }
 
 /// Accuracy as the router sends more of the least confident clips to the reasoner, with the
@@ -165,23 +289,68 @@ pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
         y_range: (y0, y1),
     };
     let y_step = if y1 - y0 > 0.5 { 0.1 } else { 0.05 };
-    f.draw_axes(&mut svg, 0.1, y_step, "fraction of clips routed (least confident first)", "accuracy (all clips)");
+    f.draw_axes(
+        &mut svg,
+        0.1,
+        y_step,
+        "fraction of clips routed (least confident first)",
+        "accuracy (all clips)",
+    );
     let pts: Vec<(f64, f64)> = curve.iter().map(|&(x, y)| (f.x(x), f.y(y))).collect();
-    svg.polyline(&pts, &format!(r#"stroke="{}" stroke-width="2.4""#, SERIES[0]));
-    let mut legend = vec![(SERIES[0].to_string(), "curve: the f least confident clips go to the reasoner".to_string())];
+    svg.polyline(
+        &pts,
+        &format!(r#"stroke="{}" stroke-width="2.4""#, SERIES[0]),
+    );
+    let mut legend = vec![(
+        SERIES[0].to_string(),
+        "curve: the f least confident clips go to the reasoner".to_string(),
+    )];
     if let (Some(first), Some(last)) = (curve.first(), curve.last()) {
-        svg.circle(f.x(first.0), f.y(first.1), 4.5, &format!(r#"fill="{}""#, SERIES[0]));
-        svg.circle(f.x(last.0), f.y(last.1), 4.5, &format!(r#"fill="{}""#, SERIES[0]));
+        svg.circle(
+            f.x(first.0),
+            f.y(first.1),
+            4.5,
+            &format!(r#"fill="{}""#, SERIES[0]),
+        );
+        svg.circle(
+            f.x(last.0),
+            f.y(last.1),
+            4.5,
+            &format!(r#"fill="{}""#, SERIES[0]),
+        );
         legend.push((
             SERIES[0].to_string(),
-            format!("f = 0 (acoustic only): {:.3};  f = 1 (reasoner on all): {:.3}", first.1, last.1),
+            format!(
+                "f = 0 (acoustic only): {:.3};  f = 1 (reasoner on all): {:.3}",
+                first.1, last.1
+            ),
         ));
     }
     if let Some((x, y)) = op {
         let x_line = f.x(routed_fraction.clamp(0.0, 1.0));
-        svg.line(x_line, f.top, x_line, f.bottom(), &format!(r#"stroke="{}" stroke-width="1.2" stroke-dasharray="4 3""#, SERIES[4]));
-        svg.circle(f.x(x), f.y(y), 7.0, &format!(r##"fill="{}" stroke="#fff" stroke-width="1.5""##, SERIES[4]));
-        legend.push((SERIES[4].to_string(), format!("operating point (dashed): {:.1} % routed, accuracy {y:.3}", 100.0 * x)));
+        svg.line(
+            x_line,
+            f.top,
+            x_line,
+            f.bottom(),
+            &format!(
+                r#"stroke="{}" stroke-width="1.2" stroke-dasharray="4 3""#,
+                SERIES[4]
+            ),
+        );
+        svg.circle(
+            f.x(x),
+            f.y(y),
+            7.0,
+            &format!(r##"fill="{}" stroke="#fff" stroke-width="1.5""##, SERIES[4]),
+        );
+        legend.push((
+            SERIES[4].to_string(),
+            format!(
+                "operating point (dashed): {:.1} % routed, accuracy {y:.3}",
+                100.0 * x
+            ),
+        ));
     }
     let ly = f.bottom() + 66.0;
     for (i, (colour, text)) in legend.iter().enumerate() {
@@ -197,12 +366,20 @@ pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
         None => "Accuracy-vs-coverage of the router (no clips).".to_string(),
     };
     let svg = svg.finish(&caption);
-    Figure { stem: "coverage", caption, svg }
+    Figure {
+        stem: "coverage",
+        caption,
+        svg,
+    }
 }
 
 /// Grouped bars: per-class F1 (and macro F1) for each ablation.
 pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
-    let groups: Vec<String> = labels.iter().cloned().chain(["macro F1".to_string()]).collect();
+    let groups: Vec<String> = labels
+        .iter()
+        .cloned()
+        .chain(["macro F1".to_string()])
+        .collect();
     let mut svg = Svg::new(900.0, 470.0);
     svg.title("F1 per class for each ablation");
     let f = Frame {
@@ -218,7 +395,14 @@ pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
     for i in 0..=5 {
         let v = i as f64 * 0.2;
         svg.line(f.left, f.y(v), f.left + f.width, f.y(v), grid);
-        svg.text(f.left - 8.0, f.y(v) + 4.5, &format!("{v:.1}"), 13.0, Anchor::End, "");
+        svg.text(
+            f.left - 8.0,
+            f.y(v) + 4.5,
+            &format!("{v:.1}"),
+            13.0,
+            Anchor::End,
+            "",
+        );
     }
     svg.vtext(f.left - 44.0, f.top + f.height / 2.0, "F1", 14.0);
     let nb = rows.len().max(1) as f64;
@@ -226,7 +410,14 @@ pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
     let bar_w = (group_w * 0.8 / nb).min(44.0);
     for (g, name) in groups.iter().enumerate() {
         let centre = f.left + group_w * (g as f64 + 0.5);
-        svg.text(centre, f.bottom() + 20.0, name, 14.0, Anchor::Middle, r#"font-weight="bold""#);
+        svg.text(
+            centre,
+            f.bottom() + 20.0,
+            name,
+            14.0,
+            Anchor::Middle,
+            r#"font-weight="bold""#,
+        );
         for (b, row) in rows.iter().enumerate() {
             let v = if g < labels.len() {
                 row.per_class_f1.get(g).copied().unwrap_or(0.0)
@@ -234,21 +425,56 @@ pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
                 row.macro_f1
             };
             let x = centre - bar_w * nb / 2.0 + bar_w * b as f64;
-            svg.rect(x + 1.0, f.y(v), bar_w - 2.0, f.bottom() - f.y(v), &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]));
-            svg.text(x + bar_w / 2.0, f.y(v) - 4.0, &format!("{:.2}", v), 12.0, Anchor::Middle, "");
+            svg.rect(
+                x + 1.0,
+                f.y(v),
+                bar_w - 2.0,
+                f.bottom() - f.y(v),
+                &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]),
+            );
+            svg.text(
+                x + bar_w / 2.0,
+                f.y(v) - 4.0,
+                &format!("{:.2}", v),
+                12.0,
+                Anchor::Middle,
+                "",
+            );
         }
     }
-    svg.line(f.left, f.bottom(), f.left + f.width, f.bottom(), r##"stroke="#444" stroke-width="1.2""##);
-    svg.line(f.left, f.top, f.left, f.bottom(), r##"stroke="#444" stroke-width="1.2""##);
+    svg.line(
+        f.left,
+        f.bottom(),
+        f.left + f.width,
+        f.bottom(),
+        r##"stroke="#444" stroke-width="1.2""##,
+    );
+    svg.line(
+        f.left,
+        f.top,
+        f.left,
+        f.bottom(),
+        r##"stroke="#444" stroke-width="1.2""##,
+    );
     // Legend in one row under the axis.
     let ly = f.bottom() + 56.0;
     let mut x = f.left;
     for (b, row) in rows.iter().enumerate() {
-        svg.rect(x, ly - 12.0, 14.0, 14.0, &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]));
+        svg.rect(
+            x,
+            ly - 12.0,
+            14.0,
+            14.0,
+            &format!(r#"fill="{}""#, SERIES[b % SERIES.len()]),
+        );
         svg.text(x + 20.0, ly, row.name, 13.0, Anchor::Start, "");
         x += 40.0 + 8.0 * row.name.len() as f64;
     }
     let caption = "Per-class F1 (and macro F1) of each ablation on the same clips.".to_string();
     let svg = svg.finish(&caption);
-    Figure { stem: "per_class_f1", caption, svg }
+    Figure {
+        stem: "per_class_f1",
+        caption,
+        svg,
+    }
 }

@@ -47,7 +47,11 @@ pub fn table(t: &Table) -> String {
     for row in &t.rows {
         s.push_str("<tr>");
         for (i, cell) in row.iter().enumerate() {
-            let class = if t.numeric.get(i).copied().unwrap_or(false) { r#" class="num""# } else { "" };
+            let class = if t.numeric.get(i).copied().unwrap_or(false) {
+                r#" class="num""#
+            } else {
+                ""
+            };
             // Line breaks inside a cell separate list items (evidence, rules).
             let _ = write!(s, "<td{class}>{}</td>", esc(cell).replace('\n', "<br>"));
         }
@@ -59,7 +63,11 @@ pub fn table(t: &Table) -> String {
 
 fn figure(f: &Figure) -> String {
     // The grouped bars need the width; the other figures sit two by two.
-    let wide = if f.stem == "per_class_f1" { r#" class="wide""# } else { "" };
+    let wide = if f.stem == "per_class_f1" {
+        r#" class="wide""#
+    } else {
+        ""
+    };
     format!(
         "<figure id=\"{}\"{wide}>\n{}<figcaption>{}</figcaption>\n</figure>\n",
         f.stem,
@@ -69,7 +77,14 @@ fn figure(f: &Figure) -> String {
 }
 
 /// The whole page: title, note, summary line, then figures and tables in reading order.
-pub fn page(title: &str, note: Option<&str>, summary: &str, figures: &[Figure], before: &[Table], after: &[Table]) -> String {
+pub fn page(
+    title: &str,
+    note: Option<&str>,
+    summary: &str,
+    figures: &[Figure],
+    before: &[Table],
+    after: &[Table],
+) -> String {
     let mut s = String::new();
     let _ = write!(
         s,

@@ -19,7 +19,13 @@ pub fn table(t: &Table) -> String {
     let head: Vec<String> = t.header.iter().map(|h| cell(h)).collect();
     let _ = writeln!(s, "| {} |", head.join(" | "));
     let rule: Vec<&str> = (0..t.header.len())
-        .map(|i| if t.numeric.get(i).copied().unwrap_or(false) { "---:" } else { "---" })
+        .map(|i| {
+            if t.numeric.get(i).copied().unwrap_or(false) {
+                "---:"
+            } else {
+                "---"
+            }
+        })
         .collect();
     let _ = writeln!(s, "| {} |", rule.join(" | "));
     for row in &t.rows {
@@ -30,7 +36,14 @@ pub fn table(t: &Table) -> String {
     s
 }
 
-pub fn page(title: &str, note: Option<&str>, summary: &str, figures: &[Figure], before: &[Table], after: &[Table]) -> String {
+pub fn page(
+    title: &str,
+    note: Option<&str>,
+    summary: &str,
+    figures: &[Figure],
+    before: &[Table],
+    after: &[Table],
+) -> String {
     let mut s = format!("# {}\n\n", cell(title));
     if let Some(n) = note {
         let _ = writeln!(s, "> **Note:** {}\n", cell(n));
@@ -41,7 +54,13 @@ pub fn page(title: &str, note: Option<&str>, summary: &str, figures: &[Figure], 
     }
     s.push_str("## Figures\n\n");
     for f in figures {
-        let _ = writeln!(s, "![{}](figures/{}.svg)\n\n*{}*\n", cell(&f.caption), f.stem, cell(&f.caption));
+        let _ = writeln!(
+            s,
+            "![{}](figures/{}.svg)\n\n*{}*\n",
+            cell(&f.caption),
+            f.stem,
+            cell(&f.caption)
+        );
     }
     for t in after {
         s.push_str(&table(t));

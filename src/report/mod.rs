@@ -104,23 +104,42 @@ pub fn write_report(
         records.len(),
         report.n_failed,
         labels.join(" / "),
-        records.iter().filter(|r| r.decision.route != crate::Route::Acoustic).count(),
-        if opts.full_paths { "shown" } else { "hidden (file names only)" }
+        records
+            .iter()
+            .filter(|r| r.decision.route != crate::Route::Acoustic)
+            .count(),
+        if opts.full_paths {
+            "shown"
+        } else {
+            "hidden (file names only)"
+        }
     );
     let note = opts.note.as_deref();
 
     let fig_dir = dir.join("figures");
-    create_private_dir_all(&fig_dir).map_err(|source| ReportError::Write { path: fig_dir.clone(), source })?;
+    create_private_dir_all(&fig_dir).map_err(|source| ReportError::Write {
+        path: fig_dir.clone(),
+        source,
+    })?;
     let write = |path: PathBuf, text: &str| {
-        write_private(&path, text).map_err(|source| ReportError::Write { path: path.clone(), source })?;
+        write_private(&path, text).map_err(|source| ReportError::Write {
+            path: path.clone(),
+            source,
+        })?;
         Ok::<_, ReportError>(path)
     };
     let mut figure_paths = Vec::new();
     for f in &figs {
         figure_paths.push(write(fig_dir.join(format!("{}.svg", f.stem)), &f.svg)?);
     }
-    let html = write(dir.join("report.html"), &html::page(&opts.title, note, &summary, &figs, &before, &after))?;
-    let markdown = write(dir.join("report.md"), &markdown::page(&opts.title, note, &summary, &figs, &before, &after))?;
+    let html = write(
+        dir.join("report.html"),
+        &html::page(&opts.title, note, &summary, &figs, &before, &after),
+    )?;
+    let markdown = write(
+        dir.join("report.md"),
+        &markdown::page(&opts.title, note, &summary, &figs, &before, &after),
+    )?;
     Ok(ReportFiles {
         html,
         markdown,

@@ -5,7 +5,9 @@
 //! wrong: they get an extra "other" index `k` so they never match a true label and never add to
 //! any class's predicted count.
 
-use crate::eval::metrics::{bootstrap_ci, reliability_bins, ClassScores, Confusion, ReliabilityBin};
+use crate::eval::metrics::{
+    bootstrap_ci, reliability_bins, ClassScores, Confusion, ReliabilityBin,
+};
 use crate::eval::record::EvalRecord;
 use crate::Route;
 
@@ -20,7 +22,10 @@ pub fn label_index(labels: &[String], label: &str) -> usize {
 
 /// True label indices of the records.
 pub fn truth_indices(labels: &[String], records: &[EvalRecord]) -> Vec<usize> {
-    records.iter().map(|r| label_index(labels, &r.truth)).collect()
+    records
+        .iter()
+        .map(|r| label_index(labels, &r.truth))
+        .collect()
 }
 
 /// One ablation's predictions, by index.
@@ -81,18 +86,44 @@ pub struct AblationRow {
 /// LLM only (when every record has it), routed.
 pub fn ablation_predictions(records: &[EvalRecord]) -> Vec<(&'static str, Vec<&str>)> {
     let mut out = vec![
-        ("acoustic only", records.iter().map(|r| r.ablations.acoustic_only.as_str()).collect()),
-        ("rules only", records.iter().map(|r| r.ablations.rules_only.as_str()).collect()),
+        (
+            "acoustic only",
+            records
+                .iter()
+                .map(|r| r.ablations.acoustic_only.as_str())
+                .collect(),
+        ),
+        (
+            "rules only",
+            records
+                .iter()
+                .map(|r| r.ablations.rules_only.as_str())
+                .collect(),
+        ),
     ];
-    let llm: Option<Vec<&str>> = records.iter().map(|r| r.ablations.llm_only.as_deref()).collect();
+    let llm: Option<Vec<&str>> = records
+        .iter()
+        .map(|r| r.ablations.llm_only.as_deref())
+        .collect();
     if let Some(llm) = llm.filter(|v| !v.is_empty()) {
         out.push(("LLM only", llm));
     }
-    out.push(("routed", records.iter().map(|r| r.ablations.routed.as_str()).collect()));
+    out.push((
+        "routed",
+        records
+            .iter()
+            .map(|r| r.ablations.routed.as_str())
+            .collect(),
+    ));
     out
 }
 
-pub fn ablation_rows(labels: &[String], records: &[EvalRecord], reps: usize, seed: u64) -> Vec<AblationRow> {
+pub fn ablation_rows(
+    labels: &[String],
+    records: &[EvalRecord],
+    reps: usize,
+    seed: u64,
+) -> Vec<AblationRow> {
     let k = labels.len();
     let truth = truth_indices(labels, records);
     let n = truth.len();
@@ -108,7 +139,9 @@ pub fn ablation_rows(labels: &[String], records: &[EvalRecord], reps: usize, see
         .map(|(i, (name, pred))| {
             let diff = |metric: &dyn Fn(&[usize], &[usize]) -> f64| WithCi {
                 value: metric(&all, &pred) - metric(&all, &acoustic),
-                ci95: bootstrap_ci(n, reps, seed, |ix| metric(ix, &pred) - metric(ix, &acoustic)),
+                ci95: bootstrap_ci(n, reps, seed, |ix| {
+                    metric(ix, &pred) - metric(ix, &acoustic)
+                }),
             };
             let acc = |ix: &[usize], p: &[usize]| accuracy_on(&truth, p, ix);
             let f1 = |ix: &[usize], p: &[usize]| macro_f1_on(k, &truth, p, ix);
@@ -126,17 +159,37 @@ pub fn ablation_rows(labels: &[String], records: &[EvalRecord], reps: usize, see
 
 /// Top-label confidence of the acoustic model and whether its label was right, per clip.
 /// `before_calibration` undoes the temperature: p_raw = softmax(T · ln p_calibrated).
-pub fn acoustic_confidence(records: &[EvalRecord], before_calibration: bool) -> (Vec<f64>, Vec<bool>) {
+pub fn acoustic_confidence(
+    records: &[EvalRecord],
+    before_calibration: bool,
+) -> (Vec<f64>, Vec<bool>) {
     records
         .iter()
         .map(|r| {
-            let p: Vec<f64> = r.decision.acoustic_probs.values.iter().map(|&v| v as f64).collect();
-            let p = if before_calibration { uncalibrate(&p, r.temperature as f64) } else { p };
-            let (best, conf) = p
+            let p: Vec<f64> = r
+                .decision
+                .acoustic_probs
+                .values
                 .iter()
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-            let label = r.decision.acoustic_probs.labels.get(best).map(String::as_str).unwrap_or("");
+                .map(|&v| v as f64)
+                .collect();
+            let p = if before_calibration {
+                uncalibrate(&p, r.temperature as f64)
+            } else {
+                p
+            };
+            let (best, conf) =
+                p.iter().enumerate().fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            let label = r
+                .decision
+                .acoustic_probs
+                .labels
+                .get(best)
+                .map(String::as_str)
+                .unwrap_or("");
             let conf = if conf.is_finite() { conf } else { 0.0 };
             (conf, label.eq_ignore_ascii_case(r.truth.trim()))
         })
@@ -146,7 +199,11 @@ pub fn acoustic_confidence(records: &[EvalRecord], before_calibration: bool) -> 
 /// softmax(T · ln p): the model's probabilities before temperature scaling divided its logits
 /// by T. Zero probabilities are floored so the logarithm stays finite.
 pub fn uncalibrate(p: &[f64], temperature: f64) -> Vec<f64> {
-    let t = if temperature.is_finite() && temperature > 0.0 { temperature } else { 1.0 };
+    let t = if temperature.is_finite() && temperature > 0.0 {
+        temperature
+    } else {
+        1.0
+    };
     let logits: Vec<f64> = p.iter().map(|&v| t * v.max(1e-12).ln()).collect();
     let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = logits.iter().map(|&z| (z - m).exp()).collect();
@@ -187,12 +244,16 @@ pub fn coverage_curve(records: &[EvalRecord]) -> Vec<(f64, f64)> {
     // Ties keep input order so the curve is deterministic.
     order.sort_by(|&a, &b| conf[a].total_cmp(&conf[b]));
     let right = |label: &str, r: &EvalRecord| label.trim().eq_ignore_ascii_case(r.truth.trim());
-    let mut correct = records.iter().filter(|r| right(&r.ablations.acoustic_only, r)).count() as i64;
+    let mut correct = records
+        .iter()
+        .filter(|r| right(&r.ablations.acoustic_only, r))
+        .count() as i64;
     let mut out = Vec::with_capacity(n + 1);
     out.push((0.0, correct as f64 / n as f64));
     for (i, &c) in order.iter().enumerate() {
         let r = &records[c];
-        correct += right(&r.ablations.reasoner, r) as i64 - right(&r.ablations.acoustic_only, r) as i64;
+        correct +=
+            right(&r.ablations.reasoner, r) as i64 - right(&r.ablations.acoustic_only, r) as i64;
         out.push(((i + 1) as f64 / n as f64, correct as f64 / n as f64));
     }
     out
@@ -204,10 +265,18 @@ pub fn operating_point(records: &[EvalRecord]) -> Option<(f64, f64)> {
         return None;
     }
     let n = records.len() as f64;
-    let routed = records.iter().filter(|r| r.decision.route != Route::Acoustic).count() as f64;
+    let routed = records
+        .iter()
+        .filter(|r| r.decision.route != Route::Acoustic)
+        .count() as f64;
     let ok = records
         .iter()
-        .filter(|r| r.ablations.routed.trim().eq_ignore_ascii_case(r.truth.trim()))
+        .filter(|r| {
+            r.ablations
+                .routed
+                .trim()
+                .eq_ignore_ascii_case(r.truth.trim())
+        })
         .count() as f64;
     Some((routed / n, ok / n))
 }
@@ -227,10 +296,18 @@ mod tests {
                 schema_version: DECISION_SCHEMA_VERSION,
                 file: "x.wav".into(),
                 segment: None,
-                label: if routed { reasoner.into() } else { acoustic.into() },
+                label: if routed {
+                    reasoner.into()
+                } else {
+                    acoustic.into()
+                },
                 probs: probs.clone(),
                 acoustic_probs: probs,
-                route: if routed { Route::Rules } else { Route::Acoustic },
+                route: if routed {
+                    Route::Rules
+                } else {
+                    Route::Acoustic
+                },
                 evidence: Evidence::default(),
                 fired_rules: vec![],
                 rationale: None,
@@ -243,7 +320,11 @@ mod tests {
                 rules_only: reasoner.into(),
                 llm_only: None,
                 reasoner: reasoner.into(),
-                routed: if routed { reasoner.into() } else { acoustic.into() },
+                routed: if routed {
+                    reasoner.into()
+                } else {
+                    acoustic.into()
+                },
             },
             perturbed_label: None,
             temperature: 1.5,
@@ -266,7 +347,11 @@ mod tests {
         let r = sample();
         let c = coverage_curve(&r);
         assert_eq!(c.len(), r.len() + 1);
-        let acoustic = r.iter().filter(|x| x.ablations.acoustic_only == x.truth).count() as f64 / 6.0;
+        let acoustic = r
+            .iter()
+            .filter(|x| x.ablations.acoustic_only == x.truth)
+            .count() as f64
+            / 6.0;
         let reasoner = r.iter().filter(|x| x.ablations.reasoner == x.truth).count() as f64 / 6.0;
         assert_eq!(c[0], (0.0, acoustic));
         assert_eq!(c[6], (1.0, reasoner));
@@ -317,7 +402,10 @@ mod tests {
         let r = sample();
         let labels: Vec<String> = ["calm", "angry", "panic"].map(String::from).to_vec();
         let rows = ablation_rows(&labels, &r, 200, 7);
-        assert_eq!(rows.iter().map(|x| x.name).collect::<Vec<_>>(), ["acoustic only", "rules only", "routed"]);
+        assert_eq!(
+            rows.iter().map(|x| x.name).collect::<Vec<_>>(),
+            ["acoustic only", "rules only", "routed"]
+        );
         assert!(rows[0].accuracy_minus_acoustic.is_none());
         let d = rows[2].accuracy_minus_acoustic.unwrap();
         assert!((d.value - (rows[2].accuracy - rows[0].accuracy)).abs() < 1e-12);

@@ -79,11 +79,17 @@ impl Svg {
     }
 
     pub fn circle(&mut self, x: f64, y: f64, r: f64, style: &str) {
-        let _ = writeln!(self.body, r#"<circle cx="{x:.1}" cy="{y:.1}" r="{r}" {style}/>"#);
+        let _ = writeln!(
+            self.body,
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="{r}" {style}/>"#
+        );
     }
 
     pub fn polyline(&mut self, points: &[(f64, f64)], style: &str) {
-        let pts: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect();
         let _ = writeln!(
             self.body,
             r#"<polyline points="{}" fill="none" {style}/>"#,
@@ -144,15 +150,35 @@ impl Frame {
         for v in ticks(self.y_range, y_step) {
             let y = self.y(v);
             svg.line(self.left, y, self.left + self.width, y, grid);
-            svg.text(self.left - 8.0, y + 4.5, &tick_label(v, y_step), 13.0, Anchor::End, "");
+            svg.text(
+                self.left - 8.0,
+                y + 4.5,
+                &tick_label(v, y_step),
+                13.0,
+                Anchor::End,
+                "",
+            );
         }
         for v in ticks(self.x_range, x_step) {
             let x = self.x(v);
             svg.line(x, self.top, x, self.bottom(), grid);
-            svg.text(x, self.bottom() + 18.0, &tick_label(v, x_step), 13.0, Anchor::Middle, "");
+            svg.text(
+                x,
+                self.bottom() + 18.0,
+                &tick_label(v, x_step),
+                13.0,
+                Anchor::Middle,
+                "",
+            );
         }
         let axis = r##"stroke="#444" stroke-width="1.2""##;
-        svg.line(self.left, self.bottom(), self.left + self.width, self.bottom(), axis);
+        svg.line(
+            self.left,
+            self.bottom(),
+            self.left + self.width,
+            self.bottom(),
+            axis,
+        );
         svg.line(self.left, self.top, self.left, self.bottom(), axis);
         svg.text(
             self.left + self.width / 2.0,
@@ -162,7 +188,12 @@ impl Frame {
             Anchor::Middle,
             "",
         );
-        svg.vtext(self.left - 44.0, self.top + self.height / 2.0, y_title, 14.0);
+        svg.vtext(
+            self.left - 44.0,
+            self.top + self.height / 2.0,
+            y_title,
+            14.0,
+        );
     }
 }
 
@@ -178,15 +209,28 @@ fn ticks((a, b): (f64, f64), step: f64) -> Vec<f64> {
 
 /// As many decimals as the step needs (0.05 → two), so neighbouring ticks never read the same.
 fn tick_label(v: f64, step: f64) -> String {
-    let decimals = if step >= 1.0 { 0 } else { (-step.log10() - 1e-9).ceil() as usize };
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10() - 1e-9).ceil() as usize
+    };
     format!("{v:.decimals$}")
 }
 
 /// White → blue by `t` in 0..1 (cell shading of the confusion matrix).
 pub fn blue(t: f64) -> String {
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let mix = |w: f64, c: f64| (w + (c - w) * t).round() as u8;
-    format!("#{:02x}{:02x}{:02x}", mix(255.0, 33.0), mix(255.0, 94.0), mix(255.0, 168.0))
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        mix(255.0, 33.0),
+        mix(255.0, 94.0),
+        mix(255.0, 168.0)
+    )
 }
 
 #[cfg(test)]

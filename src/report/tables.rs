@@ -55,28 +55,71 @@ fn signed(d: Option<WithCi>) -> String {
 }
 
 pub fn headline(report: &EvalReport, opts: &ReportOptions) -> Table {
-    let mut t = Table::new("headline", "Headline metrics", &["metric", "value", "95 % CI"], &[false, true, true]);
+    let mut t = Table::new(
+        "headline",
+        "Headline metrics",
+        &["metric", "value", "95 % CI"],
+        &[false, true, true],
+    );
     t.note = Some(format!(
         "As in `eval --json`; intervals are percentile bootstraps over clips (seed {}).",
         report.seed
     ));
-    t.row(["clips evaluated".into(), report.n.to_string(), String::new()]);
-    t.row(["clips that failed".into(), report.n_failed.to_string(), String::new()]);
-    t.row(["accuracy".into(), f3(report.accuracy), ci(report.accuracy_ci95)]);
-    t.row(["macro F1".into(), f3(report.macro_f1), ci(report.macro_f1_ci95)]);
-    t.row(["ECE (acoustic, calibrated)".into(), f3(report.ece), String::new()]);
-    t.row(["routed fraction".into(), f3(report.routing.routed_fraction), String::new()]);
+    t.row([
+        "clips evaluated".into(),
+        report.n.to_string(),
+        String::new(),
+    ]);
+    t.row([
+        "clips that failed".into(),
+        report.n_failed.to_string(),
+        String::new(),
+    ]);
+    t.row([
+        "accuracy".into(),
+        f3(report.accuracy),
+        ci(report.accuracy_ci95),
+    ]);
+    t.row([
+        "macro F1".into(),
+        f3(report.macro_f1),
+        ci(report.macro_f1_ci95),
+    ]);
+    t.row([
+        "ECE (acoustic, calibrated)".into(),
+        f3(report.ece),
+        String::new(),
+    ]);
+    t.row([
+        "routed fraction".into(),
+        f3(report.routing.routed_fraction),
+        String::new(),
+    ]);
     let id = |name: &str, sha: &Option<String>| {
-        let short = sha.as_deref().map(|s| format!(" (sha256 {})", &s[..s.len().min(12)])).unwrap_or_default();
+        let short = sha
+            .as_deref()
+            .map(|s| format!(" (sha256 {})", &s[..s.len().min(12)]))
+            .unwrap_or_default();
         format!("{}{short}", redact_paths(name, opts.full_paths))
     };
-    t.row(["model".into(), id(&shown_path(&report.model.name, opts.full_paths), &report.model.sha256), String::new()]);
+    t.row([
+        "model".into(),
+        id(
+            &shown_path(&report.model.name, opts.full_paths),
+            &report.model.sha256,
+        ),
+        String::new(),
+    ]);
     if let Some(r) = &report.rules {
         t.row(["rules".into(), id(&r.name, &r.sha256), String::new()]);
     }
     t.row([
         "LLM".into(),
-        report.llm.as_ref().map(|l| id(&l.name, &l.sha256)).unwrap_or_else(|| "none".into()),
+        report
+            .llm
+            .as_ref()
+            .map(|l| id(&l.name, &l.sha256))
+            .unwrap_or_else(|| "none".into()),
         String::new(),
     ]);
     t.row(["seed".into(), report.seed.to_string(), String::new()]);
@@ -92,8 +135,17 @@ pub fn per_class(labels: &[String], records: &[EvalRecord]) -> Table {
     );
     let truth = stats::truth_indices(labels, records);
     let pred = stats::indices_of(labels, records.iter().map(|r| r.ablations.routed.as_str()));
-    for (name, s) in labels.iter().zip(stats::per_class(labels.len(), &truth, &pred)) {
-        t.row([name.clone(), f3(s.precision), f3(s.recall), f3(s.f1), s.support.to_string()]);
+    for (name, s) in labels
+        .iter()
+        .zip(stats::per_class(labels.len(), &truth, &pred))
+    {
+        t.row([
+            name.clone(),
+            f3(s.precision),
+            f3(s.recall),
+            f3(s.f1),
+            s.support.to_string(),
+        ]);
     }
     t
 }
@@ -102,7 +154,13 @@ pub fn ablations(rows: &[AblationRow], reps: usize, seed: u64) -> Table {
     let mut t = Table::new(
         "ablations",
         "Ablations",
-        &["ablation", "accuracy", "macro F1", "Δ accuracy vs acoustic [95 % CI]", "Δ macro F1 vs acoustic [95 % CI]"],
+        &[
+            "ablation",
+            "accuracy",
+            "macro F1",
+            "Δ accuracy vs acoustic [95 % CI]",
+            "Δ macro F1 vs acoustic [95 % CI]",
+        ],
         &[false, true, true, true, true],
     );
     t.note = Some(format!(
@@ -125,9 +183,18 @@ pub fn routing(report: &EvalReport, records: &[EvalRecord]) -> Table {
     let mut t = Table::new("routing", "Routing", &["quantity", "value"], &[false, true]);
     t.row(["confidence threshold".into(), format!("{:.3}", r.threshold)]);
     t.row(["routed fraction".into(), f3(r.routed_fraction)]);
-    t.row(["acoustic accuracy on routed clips".into(), opt(r.acoustic_accuracy_on_routed)]);
-    t.row(["final accuracy on routed clips".into(), opt(r.final_accuracy_on_routed)]);
-    t.row(["acoustic accuracy on kept clips".into(), opt(r.acoustic_accuracy_on_kept)]);
+    t.row([
+        "acoustic accuracy on routed clips".into(),
+        opt(r.acoustic_accuracy_on_routed),
+    ]);
+    t.row([
+        "final accuracy on routed clips".into(),
+        opt(r.final_accuracy_on_routed),
+    ]);
+    t.row([
+        "acoustic accuracy on kept clips".into(),
+        opt(r.acoustic_accuracy_on_kept),
+    ]);
     for route in [Route::Acoustic, Route::Llm, Route::Rules] {
         let n = records.iter().filter(|x| x.decision.route == route).count();
         if n > 0 {
@@ -146,7 +213,12 @@ pub fn timings(report: &EvalReport) -> Table {
 }
 
 pub fn failures(report: &EvalReport, opts: &ReportOptions) -> Table {
-    let mut t = Table::new("failures", "Clips that could not be analysed", &["#", "error"], &[true, false]);
+    let mut t = Table::new(
+        "failures",
+        "Clips that could not be analysed",
+        &["#", "error"],
+        &[true, false],
+    );
     t.note = (!opts.full_paths).then(|| "Folders are hidden; file names only.".to_string());
     for (i, f) in report.failures.iter().enumerate() {
         t.row([(i + 1).to_string(), redact_paths(f, opts.full_paths)]);
@@ -156,15 +228,25 @@ pub fn failures(report: &EvalReport, opts: &ReportOptions) -> Table {
 
 /// Routed clips to read, mixing outcomes: reasoner fixed the acoustic label, broke it, both
 /// wrong, both right (in that order, round robin, file order within each).
-pub fn routed_examples<'a>(labels: &[String], records: &'a [EvalRecord], max: usize) -> Vec<(&'static str, &'a EvalRecord)> {
-    let right = |l: &str, r: &EvalRecord| stats::label_index(labels, l) == stats::label_index(labels, &r.truth) && stats::label_index(labels, l) < labels.len();
+pub fn routed_examples<'a>(
+    labels: &[String],
+    records: &'a [EvalRecord],
+    max: usize,
+) -> Vec<(&'static str, &'a EvalRecord)> {
+    let right = |l: &str, r: &EvalRecord| {
+        stats::label_index(labels, l) == stats::label_index(labels, &r.truth)
+            && stats::label_index(labels, l) < labels.len()
+    };
     let mut buckets: [(&'static str, Vec<&EvalRecord>); 4] = [
         ("fixed", vec![]),
         ("broken", vec![]),
         ("both wrong", vec![]),
         ("both right", vec![]),
     ];
-    for r in records.iter().filter(|r| r.decision.route != Route::Acoustic) {
+    for r in records
+        .iter()
+        .filter(|r| r.decision.route != Route::Acoustic)
+    {
         let a = right(&r.ablations.acoustic_only, r);
         let f = right(&r.ablations.routed, r);
         let b = match (a, f) {
@@ -192,28 +274,60 @@ pub fn routed_examples<'a>(labels: &[String], records: &'a [EvalRecord], max: us
 
 /// The `n` evidence features farthest from the baseline, as `name z=+1.9`.
 pub fn strongest_evidence(r: &EvalRecord, n: usize) -> Vec<String> {
-    let mut z: Vec<(&String, f64)> = r.decision.evidence.z.iter().map(|(k, v)| (k, *v)).filter(|(_, v)| v.is_finite()).collect();
+    let mut z: Vec<(&String, f64)> = r
+        .decision
+        .evidence
+        .z
+        .iter()
+        .map(|(k, v)| (k, *v))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
     z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(b.0)));
-    z.into_iter().take(n).map(|(k, v)| format!("{k} z={v:+.1}")).collect()
+    z.into_iter()
+        .take(n)
+        .map(|(k, v)| format!("{k} z={v:+.1}"))
+        .collect()
 }
 
 pub fn examples(labels: &[String], records: &[EvalRecord], opts: &ReportOptions) -> Table {
     let mut t = Table::new(
         "examples",
         "Example routed clips",
-        &["file", "truth", "acoustic probabilities", "final", "outcome", "strongest evidence (|z|)", "fired rules", "rationale"],
+        &[
+            "file",
+            "truth",
+            "acoustic probabilities",
+            "final",
+            "outcome",
+            "strongest evidence (|z|)",
+            "fired rules",
+            "rationale",
+        ],
         &[false; 8],
     );
     let picked = routed_examples(labels, records, opts.max_routed_examples);
-    let total = records.iter().filter(|r| r.decision.route != Route::Acoustic).count();
+    let total = records
+        .iter()
+        .filter(|r| r.decision.route != Route::Acoustic)
+        .count();
     t.note = Some(format!(
         "{} of {total} routed clips, mixing outcomes (fixed = the reasoner corrected the acoustic label, broken = it overturned a right one).",
         picked.len()
     ));
     for (outcome, r) in picked {
         let p = &r.decision.acoustic_probs;
-        let probs: Vec<String> = p.labels.iter().zip(&p.values).map(|(l, v)| format!("{l} {v:.2}")).collect();
-        let rules: Vec<String> = r.decision.fired_rules.iter().map(|f| format!("{} → {}", f.id, f.label)).collect();
+        let probs: Vec<String> = p
+            .labels
+            .iter()
+            .zip(&p.values)
+            .map(|(l, v)| format!("{l} {v:.2}"))
+            .collect();
+        let rules: Vec<String> = r
+            .decision
+            .fired_rules
+            .iter()
+            .map(|f| format!("{} → {}", f.id, f.label))
+            .collect();
         t.row([
             shown_path(&r.decision.file, opts.full_paths),
             r.truth.clone(),
@@ -221,7 +335,11 @@ pub fn examples(labels: &[String], records: &[EvalRecord], opts: &ReportOptions)
             format!("{} ({})", r.decision.label, r.decision.route),
             outcome.to_string(),
             strongest_evidence(r, 4).join("\n"),
-            if rules.is_empty() { "none".into() } else { rules.join("\n") },
+            if rules.is_empty() {
+                "none".into()
+            } else {
+                rules.join("\n")
+            },
             r.decision.rationale.clone().unwrap_or_default(),
         ]);
     }
