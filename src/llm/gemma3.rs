@@ -12,7 +12,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
-use super::transformer::{rotary_tables, TensorSource};
+use super::transformer::{rotary_tables, HiddenSum, TensorSource};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -48,6 +48,8 @@ pub(crate) struct Gemma3 {
     /// (cos, sin) for global and for sliding layers (different rope bases).
     rope_global: (Tensor, Tensor),
     rope_local: (Tensor, Tensor),
+    /// See [`super::transformer::HiddenSum`].
+    pub(crate) hidden_sum: Option<HiddenSum>,
 }
 
 fn md_u32(ct: &Content, key: &str) -> Result<usize> {
@@ -133,6 +135,7 @@ impl Gemma3 {
             output,
             rope_global: rotary_tables(head_dim, base_global, max_positions)?,
             rope_local: rotary_tables(head_dim, base_local, max_positions)?,
+            hidden_sum: None,
         })
     }
 
@@ -174,6 +177,9 @@ impl Gemma3 {
             let h = layer.ffn_norm.forward(&x)?;
             let f = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
             x = (x + layer.post_ffn_norm.forward(&layer.down.forward(&f)?)?)?;
+        }
+        if let Some(acc) = self.hidden_sum.as_mut() {
+            acc.add(&self.norm.forward(&x)?)?;
         }
         let last = self.norm.forward(&x.i((.., seq - 1, ..))?)?;
         self.output.forward(&last)?.squeeze(0)

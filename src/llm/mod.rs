@@ -28,7 +28,7 @@ pub use error::{LlmError, SUPPORTED_ARCHITECTURES, SUPPORTED_TOKENIZER_MODELS};
 pub use gguf::{Architecture, GgufFile};
 pub use model::{KvSnapshot, LlmModel, LoadOptions, LoadStats};
 pub use prompt::{PromptBuilder, PromptLanguage, RuleText};
-pub use reasoner::{LabelScores, LlmReasoner, ReasonerOptions};
+pub use reasoner::{LabelScores, LlmExplains, LlmReasoner, ReasonerOptions};
 pub use tokenizer::{GgufTokenizer, TokenType};
 
 impl GgufFile {

@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use super::error::LlmError;
 use super::gemma3::Gemma3;
 use super::gguf::{Architecture, GgufFile};
-use super::transformer::{Hyper, TensorSource, Transformer};
+use super::transformer::{HiddenSum, Hyper, TensorSource, Transformer};
 
 /// How to load and run a model.
 #[derive(Debug, Clone)]
@@ -230,6 +230,35 @@ impl LlmModel {
             path: self.path.clone(),
             reason: e.to_string(),
         })
+    }
+
+    /// Feeds `tokens` like [`LlmModel::forward`] and returns the mean of their final (normed)
+    /// hidden states as well: the LLM as an encoder of what was fed.
+    pub fn forward_mean_hidden(
+        &mut self,
+        tokens: &[u32],
+    ) -> Result<(Vec<f32>, Vec<f32>), LlmError> {
+        self.set_hidden_capture(Some(HiddenSum::default()));
+        let logits = self.forward(tokens);
+        let mean = match &self.decoder {
+            Decoder::Llama(m) => m.hidden_sum.as_ref().map(HiddenSum::mean),
+            Decoder::Gemma3(m) => m.hidden_sum.as_ref().map(HiddenSum::mean),
+        };
+        self.set_hidden_capture(None);
+        let mean = mean
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(|e| LlmError::Model {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((logits?, mean))
+    }
+
+    fn set_hidden_capture(&mut self, h: Option<HiddenSum>) {
+        match &mut self.decoder {
+            Decoder::Llama(m) => m.hidden_sum = h,
+            Decoder::Gemma3(m) => m.hidden_sum = h,
+        }
     }
 
     /// The current cache, to come back to with [`LlmModel::restore`].

@@ -175,6 +175,32 @@ impl PromptBuilder {
         }
     }
 
+    /// Content-free evidence texts for an ensemble calibration, the plain one first:
+    /// "no measurements", every listed measure at its usual value with flat acoustic
+    /// probabilities, and "N/A".
+    pub fn null_evidences(&self) -> Vec<String> {
+        let vi = self.language == PromptLanguage::Vietnamese;
+        let n = self.labels.len().max(1);
+        let flat: Vec<String> = self
+            .labels
+            .names()
+            .iter()
+            .map(|l| format!("{l} {:.2}", 1.0 / n as f32))
+            .collect();
+        let neutral = if vi {
+            format!(
+                "- cao độ như thường (+0.0 SD)\n- tốc độ nói như thường (+0.0 SD)\nLuật khớp: không\nMô hình âm học: {}\n",
+                flat.join(", ")
+            )
+        } else {
+            format!(
+                "- pitch about usual (+0.0 SD)\n- speech rate about usual (+0.0 SD)\nRules fired: none\nAcoustic model: {}\n",
+                flat.join(", ")
+            )
+        };
+        vec![self.null_evidence(), neutral, "N/A\n".to_string()]
+    }
+
     /// The question with the labels in `order` (indices into the label set), closing the turn
     /// and ending at the answer cue.
     pub fn question(&self, order: &[usize]) -> String {

@@ -27,11 +27,15 @@ use super::tokenizer::GgufTokenizer;
 #[derive(Debug, Clone)]
 pub struct ReasonerOptions {
     pub language: PromptLanguage,
-    /// Rotations of the label list to average over (1 = the label-set order only; at most
-    /// the number of labels). Each costs a few question tokens per clip.
+    /// Orders of the label list to average over: first the rotations of the label-set order,
+    /// then the rotations of its reverse (for three labels, 6 = every permutation). 1 = the
+    /// label-set order only. Each costs a question and its answers per clip.
     pub label_orders: usize,
     /// Subtract the evidence-free scores (contextual calibration).
     pub calibrate: bool,
+    /// Content-free evidence texts averaged for the calibration (1 = "no measurements" only;
+    /// more add a neutral-numbers prompt and "N/A", Zhao et al. 2021's ensemble).
+    pub calibration_prompts: usize,
     /// Generate a rationale for the chosen label.
     pub rationale: bool,
     pub max_rationale_tokens: usize,
@@ -39,6 +43,9 @@ pub struct ReasonerOptions {
     pub max_deviations: usize,
     /// Fired rules with their statements rather than ids only.
     pub fired_statements: bool,
+    /// Also return the mean final hidden state over the clip's evidence tokens
+    /// ([`LabelScores::embedding`]): the LLM as an encoder, for a trained head.
+    pub embed_evidence: bool,
 }
 
 impl Default for ReasonerOptions {
@@ -47,12 +54,46 @@ impl Default for ReasonerOptions {
             language: PromptLanguage::English,
             label_orders: 3,
             calibrate: true,
+            calibration_prompts: 1,
             rationale: true,
             max_rationale_tokens: 40,
             max_deviations: 4,
             fired_statements: false,
+            embed_evidence: false,
         }
     }
+}
+
+impl ReasonerOptions {
+    /// The full label-bias removal: every label order (permutations for three labels) and
+    /// the three-prompt calibration ensemble. On an evidence-free prompt the label
+    /// distribution is then near uniform by construction.
+    pub fn debiased() -> Self {
+        Self {
+            label_orders: 6,
+            calibrate: true,
+            calibration_prompts: 3,
+            ..Self::default()
+        }
+    }
+}
+
+/// Label orders to average over: rotations of the label-set order, then rotations of its
+/// reverse, without repeats, at most `wanted` (at least one).
+pub(crate) fn label_orders(n: usize, wanted: usize) -> Vec<Vec<usize>> {
+    let forward: Vec<usize> = (0..n).collect();
+    let backward: Vec<usize> = (0..n).rev().collect();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for base in [&forward, &backward] {
+        for r in 0..n.max(1) {
+            let o: Vec<usize> = (0..n).map(|i| base[(i + r) % n]).collect();
+            if !out.contains(&o) {
+                out.push(o);
+            }
+        }
+    }
+    out.truncate(wanted.max(1));
+    out
 }
 
 /// Raw and debiased label scores of one clip.
@@ -63,6 +104,12 @@ pub struct LabelScores {
     /// Averaged over orders, calibration subtracted: what the probabilities are a softmax of.
     pub score: Vec<f32>,
     pub suffix_tokens: usize,
+    /// Mean final hidden state over the evidence tokens (empty unless
+    /// `ReasonerOptions::embed_evidence`).
+    pub embedding: Vec<f32>,
+    /// Milliseconds for the evidence, then for each order's question and answers.
+    pub evidence_ms: f64,
+    pub order_ms: Vec<f64>,
 }
 
 pub struct LlmReasoner {
@@ -82,6 +129,8 @@ pub struct LlmReasoner {
     calibration: Vec<Vec<f32>>,
     name: String,
     prefix_ms: f64,
+    /// Milliseconds of the last `loglik_after`: the evidence, then each order.
+    timing: Vec<f64>,
 }
 
 impl LlmReasoner {
@@ -117,9 +166,7 @@ impl LlmReasoner {
         prompt.max_deviations = options.max_deviations;
         prompt.fired_statements = options.fired_statements;
         let n = labels.len();
-        let orders: Vec<Vec<usize>> = (0..options.label_orders.clamp(1, n))
-            .map(|r| (0..n).map(|i| (i + r) % n).collect())
-            .collect();
+        let orders = label_orders(n, options.label_orders);
         let question_ids = orders
             .iter()
             .map(|o| tokenizer.encode(&prompt.question(o), false))
@@ -160,10 +207,22 @@ impl LlmReasoner {
             stop_ids,
             name,
             prefix_ms,
+            timing: Vec::new(),
         };
         if r.options.calibrate {
-            let null = r.tokenizer.encode(&r.prompt.null_evidence(), false)?;
-            r.calibration = r.loglik_after(&null, true)?.0;
+            let nulls = r.prompt.null_evidences();
+            let k = r.options.calibration_prompts.clamp(1, nulls.len());
+            let mut sum = vec![vec![0.0f32; n]; r.orders.len()];
+            for text in &nulls[..k] {
+                let ids = r.tokenizer.encode(text, false)?;
+                let rows = r.loglik_after(&ids, true)?.0;
+                for (s, row) in sum.iter_mut().zip(rows) {
+                    for (a, b) in s.iter_mut().zip(row) {
+                        *a += b / k as f32;
+                    }
+                }
+            }
+            r.calibration = sum;
         }
         Ok(r)
     }
@@ -176,6 +235,17 @@ impl LlmReasoner {
         &self.model
     }
 
+    /// The label orders averaged over (indices into the label set), one per `loglik` row.
+    pub fn orders(&self) -> &[Vec<usize>] {
+        &self.orders
+    }
+
+    /// Evidence-free log-likelihoods subtracted per order and label (zeros without
+    /// calibration).
+    pub fn calibration(&self) -> &[Vec<f32>] {
+        &self.calibration
+    }
+
     /// Tokens in the shared prefix and the milliseconds its prefill took.
     pub fn prefix_cost(&self) -> (usize, f64) {
         (self.prefix_ids.len(), self.prefix_ms)
@@ -184,8 +254,20 @@ impl LlmReasoner {
     /// Label scores of one clip. `use_cache = false` re-processes the prefix from scratch
     /// (what every clip would pay without prompt caching).
     pub fn score(&mut self, case: &Case<'_>, use_cache: bool) -> Result<LabelScores, LlmError> {
-        let evidence = self.tokenizer.encode(&self.prompt.evidence(case), false)?;
-        let (loglik, suffix_tokens, _) = self.loglik_after(&evidence, use_cache)?;
+        let text = self.prompt.evidence(case);
+        self.score_text(&text, use_cache)
+    }
+
+    /// Label scores after an evidence text of the caller's (e.g. one of
+    /// [`PromptBuilder::null_evidences`], to study the calibration).
+    pub fn score_text(&mut self, text: &str, use_cache: bool) -> Result<LabelScores, LlmError> {
+        let evidence = self.tokenizer.encode(text, false)?;
+        self.timing.clear();
+        let (loglik, suffix_tokens, _, embedding) = self.loglik_after(&evidence, use_cache)?;
+        let (evidence_ms, order_ms) = match self.timing.split_first() {
+            Some((e, rest)) => (*e, rest.to_vec()),
+            None => (0.0, Vec::new()),
+        };
         let k = loglik.len() as f32;
         let n = self.answer_ids.len();
         let score = (0..n)
@@ -202,20 +284,30 @@ impl LlmReasoner {
             loglik,
             score,
             suffix_tokens,
+            embedding,
+            evidence_ms,
+            order_ms,
         })
     }
 
     /// Log-likelihood of every answer after prefix + `evidence` + each order's question.
     /// Returns them per order, the suffix tokens fed, and the cache after the first
-    /// question (where the rationale continues).
+    /// question (where the rationale continues), and the evidence embedding when asked for.
     fn loglik_after(
         &mut self,
         evidence: &[u32],
         use_cache: bool,
-    ) -> Result<(Vec<Vec<f32>>, usize, KvSnapshot), LlmError> {
+    ) -> Result<(Vec<Vec<f32>>, usize, KvSnapshot, Vec<f32>), LlmError> {
+        let mut embedding = Vec::new();
+        let mut clock = Instant::now();
+        let mut timing = Vec::with_capacity(self.orders.len() + 1);
         if use_cache {
             self.model.restore(&self.prefix_cache);
-            self.model.forward(evidence)?;
+            if self.options.embed_evidence {
+                embedding = self.model.forward_mean_hidden(evidence)?.1;
+            } else {
+                self.model.forward(evidence)?;
+            }
         } else {
             self.model.reset();
             let mut all = self.prefix_ids.clone();
@@ -224,6 +316,8 @@ impl LlmReasoner {
         }
         let mut fed = evidence.len();
         let after_evidence = self.model.snapshot();
+        timing.push(clock.elapsed().as_secs_f64() * 1e3);
+        clock = Instant::now();
         let mut rows = Vec::with_capacity(self.orders.len());
         let mut first_question = None;
         for q in 0..self.orders.len() {
@@ -238,12 +332,15 @@ impl LlmReasoner {
                 row.push(ll);
             }
             rows.push(row);
+            timing.push(clock.elapsed().as_secs_f64() * 1e3);
+            clock = Instant::now();
             if first_question.is_none() {
                 first_question = Some(after_question);
             }
         }
         let snap = first_question.unwrap_or(after_evidence);
-        Ok((rows, fed, snap))
+        self.timing = timing;
+        Ok((rows, fed, snap, embedding))
     }
 
     /// Sum of log-probabilities of answer `a`'s tokens; the first comes from `logits`, later
@@ -301,10 +398,35 @@ impl LlmReasoner {
         Ok((format!("{cue_tail}{}", text.trim_end()), out.len()))
     }
 
+    /// A rationale for a label chosen elsewhere (e.g. by the rule vote): the evidence and the
+    /// first question are fed, the label is written as the answer, and the model explains it.
+    /// Returns the text and the tokens generated.
+    pub fn rationale_for(
+        &mut self,
+        case: &Case<'_>,
+        label: usize,
+    ) -> Result<(String, usize), LlmError> {
+        if label >= self.answer_ids.len() {
+            return Err(LlmError::Model {
+                path: self.model.path().to_path_buf(),
+                reason: format!(
+                    "label index {label} is outside the {} labels",
+                    self.answer_ids.len()
+                ),
+            });
+        }
+        let mut feed = self.tokenizer.encode(&self.prompt.evidence(case), false)?;
+        feed.extend_from_slice(&self.question_ids[0]);
+        self.model.restore(&self.prefix_cache);
+        self.model.forward(&feed)?;
+        let after_question = self.model.snapshot();
+        self.rationale(&after_question, label)
+    }
+
     fn decide_inner(&mut self, case: &Case<'_>) -> Result<Verdict, LlmError> {
         let start = Instant::now();
         let evidence = self.tokenizer.encode(&self.prompt.evidence(case), false)?;
-        let (loglik, suffix_tokens, after_question) = self.loglik_after(&evidence, true)?;
+        let (loglik, suffix_tokens, after_question, _) = self.loglik_after(&evidence, true)?;
         let n = self.answer_ids.len();
         let k = loglik.len() as f32;
         let score: Vec<f32> = (0..n)
@@ -352,6 +474,40 @@ impl Reasoner for LlmReasoner {
     }
 }
 
+/// Another reasoner decides (the rule vote, which the validation measurements favour over
+/// the small LLMs' label scores); the LLM only writes the rationale for that decision.
+pub struct LlmExplains {
+    pub decider: Box<dyn Reasoner>,
+    pub llm: LlmReasoner,
+}
+
+impl Reasoner for LlmExplains {
+    fn name(&self) -> String {
+        format!("{}+rationale:{}", self.decider.name(), self.llm.name)
+    }
+
+    fn decide(&mut self, case: &Case<'_>) -> Result<Verdict, ReasonerError> {
+        let mut v = self.decider.decide(case)?;
+        let label = v.probs.argmax().0;
+        let t = Instant::now();
+        let (text, generated) =
+            self.llm
+                .rationale_for(case, label)
+                .map_err(|e| ReasonerError::Failed {
+                    reasoner: self.llm.name.clone(),
+                    message: e.to_string(),
+                })?;
+        v.timings_ms
+            .insert("llm_rationale".into(), t.elapsed().as_secs_f64() * 1e3);
+        v.rationale = Some(match v.rationale.take() {
+            Some(decider) if !decider.trim().is_empty() => format!("{decider}\n{text}"),
+            _ => text,
+        });
+        v.generated_tokens += generated;
+        Ok(v)
+    }
+}
+
 fn log_softmax_at(logits: &[f32], index: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
@@ -391,5 +547,28 @@ mod tests {
         assert!((p[1] - 0.75).abs() < 1e-6);
         assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
         assert_eq!(log_softmax_at(&l, 9), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn six_orders_are_every_permutation_of_three_labels() {
+        let six = label_orders(3, 6);
+        assert_eq!(six.len(), 6);
+        for o in &six {
+            let mut s = o.clone();
+            s.sort();
+            assert_eq!(s, vec![0, 1, 2]);
+        }
+        let mut dedup = six.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 6);
+        // The first three are the rotations the shipped default uses.
+        assert_eq!(
+            label_orders(3, 3),
+            vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1]]
+        );
+        assert_eq!(label_orders(3, 99).len(), 6);
+        assert_eq!(label_orders(2, 6), vec![vec![0, 1], vec![1, 0]]);
+        assert_eq!(label_orders(3, 0).len(), 1);
     }
 }

@@ -62,6 +62,38 @@ pub(crate) struct Transformer {
     output: QMatMul,
     cos: Tensor,
     sin: Tensor,
+    /// When set, the final-normed hidden states of every fed token are summed here (the LLM
+    /// as an encoder).
+    pub(crate) hidden_sum: Option<HiddenSum>,
+}
+
+/// Running sum of final hidden states over fed tokens.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HiddenSum {
+    sum: Option<Tensor>,
+    tokens: usize,
+}
+
+impl HiddenSum {
+    /// Adds hidden states of shape `(1, seq, dim)`.
+    pub fn add(&mut self, h: &Tensor) -> Result<()> {
+        let (_b, seq, _d) = h.dims3()?;
+        let s = h.to_dtype(DType::F32)?.sum(1)?.squeeze(0)?;
+        self.sum = Some(match self.sum.take() {
+            Some(acc) => (acc + s)?,
+            None => s,
+        });
+        self.tokens += seq;
+        Ok(())
+    }
+
+    /// Mean hidden state (empty when no token was fed).
+    pub fn mean(&self) -> Result<Vec<f32>> {
+        match &self.sum {
+            Some(s) => (s / self.tokens.max(1) as f64)?.to_vec1::<f32>(),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 fn qmatmul(src: &mut dyn TensorSource, name: &str) -> Result<QMatMul> {
@@ -134,6 +166,7 @@ impl Transformer {
             output,
             cos,
             sin,
+            hidden_sum: None,
         })
     }
 
@@ -167,6 +200,9 @@ impl Transformer {
             let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
             let u = layer.up.forward(&h)?;
             x = (x + layer.down.forward(&(g * u)?)?)?;
+        }
+        if let Some(acc) = self.hidden_sum.as_mut() {
+            acc.add(&self.norm.forward(&x)?)?;
         }
         let last = x.i((.., seq - 1, ..))?;
         let last = self.norm.forward(&last)?;
