@@ -21,7 +21,7 @@ use super::AcousticError;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
 use crate::data::manifest::Manifest;
-use crate::data::split::{filter_speakers, speaker_split};
+use crate::data::split::{filter_speakers, speaker_folds, speaker_split};
 use crate::features::{Baseline, BaselineKind, FeatureConfig, FEATURES};
 use crate::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use crate::{Audio, Evidence, LabelSet};
@@ -57,6 +57,10 @@ pub struct TrainOptions {
     pub route_fraction: f32,
     /// Fuse the evidence z-scores into the head.
     pub use_evidence: bool,
+    /// Speaker folds for out-of-fold predictions on the training clips (0 or 1: none). They
+    /// are stored in train_evidence.jsonl for refinement, and calibrate the temperature and
+    /// routing threshold together with the validation predictions.
+    pub oof_folds: usize,
 }
 
 impl TrainOptions {
@@ -77,15 +81,27 @@ impl TrainOptions {
             val_fraction: 0.25,
             route_fraction: 0.3,
             use_evidence: true,
+            oof_folds: 3,
         }
     }
 }
 
 /// Progress of a training run, for a progress bar.
 pub enum TrainEvent<'a> {
-    Analysed { done: usize, total: usize },
-    Encoded { done: usize, total: usize },
+    Analysed {
+        done: usize,
+        total: usize,
+    },
+    Encoded {
+        done: usize,
+        total: usize,
+    },
     Epoch(&'a EpochStats),
+    /// Out-of-fold head `fold` of `folds` is being trained.
+    Fold {
+        fold: usize,
+        folds: usize,
+    },
     Note(String),
 }
 
@@ -108,7 +124,8 @@ struct EvidenceRecord<'a> {
     speaker: Option<&'a str>,
     split: &'a str,
     evidence: &'a Evidence,
-    /// Calibrated held-out probabilities (validation clips only).
+    /// Calibrated held-out probabilities: the model's for validation clips, the out-of-fold
+    /// head's for training clips (absent when no folds were trained).
     #[serde(skip_serializing_if = "Option::is_none")]
     probs: Option<crate::Probs>,
 }
@@ -296,15 +313,49 @@ pub fn train_model(
         &mut |s| on_event(TrainEvent::Epoch(s)),
     )?;
 
-    // Calibration and routing on validation predictions.
+    // Out-of-fold logits for the training clips (refinement needs predictions on clips whose
+    // speaker the model never saw; training-set predictions are near perfect).
+    let oof_logits = out_of_fold_logits(
+        opts,
+        &train_m,
+        &train_clips,
+        &train_examples,
+        &val_examples,
+        &head_cfg,
+        &device,
+        on_event,
+    )?;
+
+    // Calibration and routing on held-out predictions: validation plus out-of-fold.
     let val_labels: Vec<usize> = val_examples.iter().map(|e| e.label).collect();
     let val_logits = predict_logits(&trained.head, &val_examples, 32, &device)?;
-    let temperature = fit_temperature(&val_logits, &val_labels);
-    let val_probs: Vec<Vec<f32>> = val_logits
+    let mut held_logits = val_logits.clone();
+    let mut held_labels = val_labels.clone();
+    for (l, e) in oof_logits.iter().zip(&train_examples) {
+        if let Some(l) = l {
+            held_logits.push(l.clone());
+            held_labels.push(e.label);
+        }
+    }
+    let temperature = fit_temperature(&held_logits, &held_labels);
+    let probs_of = |l: &Vec<f32>| softmax_t(l, temperature);
+    let val_probs: Vec<Vec<f32>> = val_logits.iter().map(probs_of).collect();
+    let oof_probs: Vec<Option<Vec<f32>>> = oof_logits
         .iter()
-        .map(|l| softmax_t(l, temperature))
+        .map(|l| l.as_ref().map(probs_of))
         .collect();
-    let routing = fit_routing(&val_probs, opts.route_fraction, &val_speakers);
+    let held_probs: Vec<Vec<f32>> = held_logits.iter().map(probs_of).collect();
+    let n_oof = held_probs.len() - val_probs.len();
+    let mut routing = fit_routing(&held_probs, opts.route_fraction, &val_speakers);
+    if n_oof > 0 {
+        routing.fitted_on = format!(
+            "{} validation predictions (speakers {}) and {} out-of-fold predictions ({} speaker folds of the training part)",
+            val_probs.len(),
+            val_speakers.join(" "),
+            n_oof,
+            opts.oof_folds
+        );
+    }
     let best = &trained.history[trained.best_epoch - 1];
     let metrics = TrainingMetrics {
         n_train: train_examples.len(),
@@ -359,6 +410,7 @@ pub fn train_model(
         &val_m,
         &val_clips,
         &val_probs,
+        &oof_probs,
     )?;
     Ok(TrainReport {
         dir: opts.out.clone(),
@@ -366,6 +418,64 @@ pub fn train_model(
         routing,
         skipped,
     })
+}
+
+/// Out-of-fold logits of the training clips, in `train_examples` order (`None` for a clip in
+/// no fold, or for all when folds are off or there are too few speakers). Each fold's head is
+/// trained on the other folds with the same configuration and early stopping on the
+/// validation part as the main head, then predicts its held-out speakers' clean views.
+#[allow(clippy::too_many_arguments)]
+fn out_of_fold_logits(
+    opts: &TrainOptions,
+    train_m: &Manifest,
+    train_clips: &[Analysed],
+    train_examples: &[Example],
+    val_examples: &[Example],
+    head_cfg: &HeadConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<Vec<Option<Vec<f32>>>, AcousticError> {
+    let mut out = vec![None; train_examples.len()];
+    let n_speakers = train_m.speakers().len();
+    let k = opts.oof_folds.min(n_speakers);
+    if k < 2 {
+        if opts.oof_folds >= 2 {
+            on_event(TrainEvent::Note(format!(
+                "no out-of-fold predictions: the training part has {n_speakers} speaker(s)"
+            )));
+        }
+        return Ok(out);
+    }
+    let folds = speaker_folds(train_m, k, opts.train.seed)?;
+    // Manifest row → position in train_examples (clips that failed analysis have none).
+    let mut position = vec![None; train_m.rows.len()];
+    for (i, a) in train_clips.iter().enumerate() {
+        position[a.row] = Some(i);
+    }
+    for (f, fold) in folds.iter().enumerate() {
+        on_event(TrainEvent::Fold {
+            fold: f + 1,
+            folds: k,
+        });
+        let pick =
+            |rows: &[usize]| -> Vec<usize> { rows.iter().filter_map(|&r| position[r]).collect() };
+        let (fit_ix, held_ix) = (pick(&fold.train), pick(&fold.val));
+        if fit_ix.is_empty() || held_ix.is_empty() {
+            continue;
+        }
+        let fit: Vec<Example> = fit_ix.iter().map(|&i| train_examples[i].clone()).collect();
+        let held: Vec<Example> = held_ix.iter().map(|&i| train_examples[i].clone()).collect();
+        let tc = TrainConfig {
+            seed: opts.train.seed.wrapping_add(1 + f as u64),
+            ..opts.train.clone()
+        };
+        let trained = train_head(head_cfg, &tc, &fit, val_examples, device, &mut |_| {})?;
+        let logits = predict_logits(&trained.head, &held, 32, device)?;
+        for (&i, l) in held_ix.iter().zip(logits) {
+            out[i] = Some(l);
+        }
+    }
+    Ok(out)
 }
 
 /// Label index of a manifest label (validated against the label set when the manifest loaded).
@@ -403,6 +513,7 @@ pub fn fit_routing(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_evidence(
     dir: &Path,
     labels: &LabelSet,
@@ -411,6 +522,7 @@ fn write_evidence(
     val_m: &Manifest,
     val: &[Analysed],
     val_probs: &[Vec<f32>],
+    oof_probs: &[Option<Vec<f32>>],
 ) -> Result<(), AcousticError> {
     let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
     let io = |e: std::io::Error| model_dir::ModelDirError::Io {
@@ -422,7 +534,12 @@ fn write_evidence(
     for (m, clips, split) in parts {
         for (i, a) in clips.iter().enumerate() {
             let row = &m.rows[a.row];
-            let probs = (split == "val").then(|| crate::Probs::new(labels, val_probs[i].clone()));
+            let probs = if split == "val" {
+                Some(val_probs[i].clone())
+            } else {
+                oof_probs.get(i).cloned().flatten()
+            }
+            .map(|p| crate::Probs::new(labels, p));
             let rec = EvidenceRecord {
                 path: &row.path.display().to_string(),
                 label: &row.label,

@@ -1,0 +1,174 @@
+//! The clips refinement learns from: held-out acoustic predictions, never training-set ones
+//! (those are near perfect and would make every rule look useless).
+//!
+//! For each manifest row: a clip the model was trained on is taken from the model directory's
+//! `train_evidence.jsonl` with its stored held-out probabilities (validation, or out-of-fold
+//! from `train --oof-folds`); a training clip without them is left out and counted; a clip the
+//! model never saw is analysed and predicted now.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::RefineError;
+use crate::acoustic::{model_dir, AcousticModel};
+use crate::data::manifest::Manifest;
+use crate::pipeline::analyse::ClipAnalyser;
+use crate::{Evidence, LabelSet, Probs};
+
+/// Where a clip's acoustic probabilities come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// The model's own validation part.
+    Validation,
+    /// A training clip, predicted by the head of the fold that left its speaker out.
+    OutOfFold,
+    /// A clip outside the model's training data, predicted now.
+    Unseen,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Validation => "validation",
+            Source::OutOfFold => "out-of-fold",
+            Source::Unseen => "not in training, predicted now",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RefineClip {
+    /// The manifest's path column as written.
+    pub file: String,
+    /// Index of the true label in the label set.
+    pub truth: usize,
+    pub speaker: Option<String>,
+    /// Evidence with z-scores against the model's baseline.
+    pub evidence: Evidence,
+    /// Calibrated held-out acoustic probabilities.
+    pub probs: Probs,
+    pub source: Source,
+}
+
+/// The usable clips and what was left out, with reasons.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub clips: Vec<RefineClip>,
+    /// Training clips without held-out probabilities (train with `--oof-folds` to use them).
+    pub in_sample: Vec<String>,
+    /// Clips that could not be analysed, each with its error.
+    pub failures: Vec<String>,
+}
+
+/// One line of train_evidence.jsonl (the fields refinement reads).
+#[derive(Deserialize)]
+struct Stored {
+    path: String,
+    split: String,
+    evidence: Evidence,
+    #[serde(default)]
+    probs: Option<Probs>,
+}
+
+/// A path as a lookup key: canonical when the file exists, else as written.
+fn key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn read_stored(dir: &Path) -> Result<HashMap<PathBuf, Stored>, RefineError> {
+    let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        // A model directory without it (older, or copied without it): everything is unseen.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(RefineError::io(&path, e)),
+    };
+    let mut out = HashMap::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| RefineError::io(&path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let s: Stored = serde_json::from_str(&line).map_err(|e| RefineError::Data {
+            path: path.clone(),
+            message: format!("line {}: {e}", i + 1),
+        })?;
+        out.insert(key(Path::new(&s.path)), s);
+    }
+    Ok(out)
+}
+
+/// Held-out predictions for every labelled row of `manifest` (see the module docs).
+/// `progress(done, total)` is called as clips are predicted.
+pub fn gather(
+    manifest: &Manifest,
+    model_dir: &Path,
+    models_dir: &Path,
+    labels: &LabelSet,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Gathered, RefineError> {
+    let stored = read_stored(model_dir)?;
+    let mut out = Gathered::default();
+    let mut unseen = Vec::new();
+    for row in &manifest.rows {
+        let Some(truth) = labels.index_of(&row.label) else {
+            out.failures
+                .push(format!("{}: no label in the manifest", row.path.display()));
+            continue;
+        };
+        match stored.get(&key(&row.path)) {
+            Some(s) => match &s.probs {
+                Some(p) => out.clips.push(RefineClip {
+                    file: row.rel_path.clone(),
+                    truth,
+                    speaker: row.speaker.clone(),
+                    evidence: s.evidence.clone(),
+                    probs: p.clone(),
+                    source: if s.split == "val" {
+                        Source::Validation
+                    } else {
+                        Source::OutOfFold
+                    },
+                }),
+                None => out.in_sample.push(row.rel_path.clone()),
+            },
+            None => unseen.push((row, truth)),
+        }
+    }
+    if unseen.is_empty() {
+        return Ok(out);
+    }
+    // Clips outside the training data: analyse and predict them with the model.
+    let device = crate::acoustic::default_device();
+    let model = AcousticModel::load(model_dir, models_dir, &device)?;
+    let mut analyser = ClipAnalyser::new(&model.meta.features).map_err(|e| RefineError::Data {
+        path: model_dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let total = unseen.len();
+    for (done, (row, truth)) in unseen.into_iter().enumerate() {
+        progress(done, total);
+        let mut clip = match analyser.analyse(&row.path) {
+            Ok(c) => c,
+            Err(e) => {
+                out.failures.push(e.to_string());
+                continue;
+            }
+        };
+        let probs = model.predict(std::slice::from_mut(&mut clip))?.remove(0);
+        out.clips.push(RefineClip {
+            file: row.rel_path.clone(),
+            truth,
+            speaker: row.speaker.clone(),
+            evidence: clip.evidence,
+            probs,
+            source: Source::Unseen,
+        });
+    }
+    progress(total, total);
+    Ok(out)
+}
