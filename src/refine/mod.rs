@@ -447,6 +447,7 @@ pub fn refine(
     if let Some(sel) = &opts.speakers {
         m = filter_speakers(&m, &[sel.as_str()])?;
     }
+    m.require_files()?;
     let gathered = clips::gather(
         &m,
         &opts.model_dir,

@@ -1,0 +1,209 @@
+//! `camxuc refine` end to end through the real binary on SYNTHETIC speech: held-out
+//! (out-of-fold) predictions are used, every round writes a versioned rule file and a report,
+//! the active rules change only with --accept and a passed check, and bad inputs get clear
+//! errors naming the file.
+
+use std::path::Path;
+use std::process::Command;
+
+use camxuc::acoustic::train_model;
+use camxuc::data::synth::{synthesize, SynthOptions};
+use camxuc::rules::RuleSet;
+
+#[allow(dead_code)]
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_camxuc");
+
+/// 36 synthetic clips of 3 speakers and a light model with out-of-fold predictions.
+fn corpus_and_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let manifest = synthesize(
+        &SynthOptions {
+            out: dir.join("corpus"),
+            per_class: 12,
+            speakers: 3,
+            seed: 11,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .manifest;
+    let mut opts = common::light_options(manifest.clone(), dir.join("model"), 1, 0, 6);
+    opts.oof_folds = 2;
+    train_model(&opts, &mut |_| {}).unwrap();
+    (manifest, dir.join("model"))
+}
+
+fn refine(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).arg("refine").args(args).output().unwrap()
+}
+
+#[test]
+fn refine_uses_held_out_predictions_and_writes_versions_and_reports() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (manifest, model) = corpus_and_model(tmp.path());
+    let (m, d) = (manifest.to_str().unwrap(), model.to_str().unwrap());
+    let json = tmp.path().join("refine.json");
+
+    // Without --accept: proposals only; the model's active rules stay the embedded default.
+    let out = refine(&[
+        "--manifest",
+        m,
+        "--model",
+        d,
+        "--rounds",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Every clip of the manifest was in training (train or validation part) and all have
+    // held-out predictions: none was predicted by a model that saw it.
+    assert_eq!(v["clips"], 36, "{v}");
+    assert_eq!(v["in_sample_skipped"], 0);
+    assert!(v["by_source"]["out-of-fold"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        !model.join("rules.toml").exists(),
+        "no --accept: nothing becomes active"
+    );
+    let rounds = v["rounds"].as_array().unwrap();
+    for (i, r) in rounds.iter().enumerate() {
+        let version = r["version"].as_u64().unwrap();
+        assert_eq!(version, i as u64 + 2);
+        let file = model.join(format!("rules.v{version}.toml"));
+        let set = RuleSet::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.version() as u64, version);
+        // The changelog says what the round did and the header says where it may live.
+        let last = set.changelog().last().unwrap();
+        assert!(last.note.contains("refinement round"), "{}", last.note);
+        assert!(set.header_comment().contains("never shipped in rules/"));
+        let report =
+            std::fs::read_to_string(model.join(format!("refine-round-{}.md", i + 1))).unwrap();
+        for section in [
+            "## Error analysis",
+            "### Rules where they fire",
+            "## Proposed edits",
+            "## Cross-fitted check",
+        ] {
+            assert!(report.contains(section), "missing {section}:\n{report}");
+        }
+        let ac = &r["acceptance"];
+        let (cur, crossed, diff) = (
+            ac["macro_f1_current"].as_f64().unwrap(),
+            ac["macro_f1_cross_fitted"].as_f64().unwrap(),
+            ac["difference"].as_f64().unwrap(),
+        );
+        assert!((crossed - cur - diff).abs() < 1e-9, "{ac}");
+        assert!(r["kept"] == false);
+    }
+
+    // With --accept and an impossible confidence, nothing can be kept.
+    let out = refine(&[
+        "--manifest",
+        m,
+        "--model",
+        d,
+        "--accept",
+        "--confidence",
+        "1.01",
+    ]);
+    assert!(out.status.success());
+    assert!(!model.join("rules.toml").exists());
+    if !rounds.is_empty() {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("rejected"));
+    }
+
+    // With --accept and no requirement beyond "not worse", a kept round becomes rules.toml,
+    // which classify and eval then use.
+    let out = refine(&[
+        "--manifest",
+        m,
+        "--model",
+        d,
+        "--accept",
+        "--confidence",
+        "0",
+        "--tolerance",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    if stdout.contains("KEPT") {
+        let active = RuleSet::load(model.join("rules.toml")).unwrap();
+        assert!(active.version() >= 2);
+        assert!(
+            stdout.contains(&format!("active rules: vi-default v{}", active.version())),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn refine_rejects_bad_inputs_with_the_file_named() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (manifest, model) = corpus_and_model(tmp.path());
+    let d = model.to_str().unwrap();
+
+    // A rules file with a typo in a feature name: rejected before any clip is read.
+    let bad_rules = tmp.path().join("typo.toml");
+    let text = std::fs::read_to_string("rules/vi-default.toml")
+        .unwrap()
+        .replacen("hnr_db_z", "hnr_dbb_z", 1);
+    std::fs::write(&bad_rules, text).unwrap();
+    let out = refine(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--model",
+        d,
+        "--rules",
+        bad_rules.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("typo.toml") && err.contains("hnr_dbb_z") && err.contains("hnr_db_z"),
+        "{err}"
+    );
+
+    // A manifest naming a missing file.
+    let missing = tmp.path().join("missing.csv");
+    std::fs::write(&missing, "path,label,speaker\nnowhere.wav,calm,s1\n").unwrap();
+    let out = refine(&["--manifest", missing.to_str().unwrap(), "--model", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nowhere.wav"), "{err}");
+
+    // Too few clips with held-out predictions to refine anything.
+    let few = tmp.path().join("few.csv");
+    let rows: Vec<String> = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .lines()
+        .take(6)
+        .map(String::from)
+        .collect();
+    std::fs::write(&few, rows.join("\n") + "\n").unwrap();
+    // Paths in the manifest are relative to its folder: keep the copy beside the original.
+    let few_beside = manifest.with_file_name("few.csv");
+    std::fs::copy(&few, &few_beside).unwrap();
+    let out = refine(&["--manifest", few_beside.to_str().unwrap(), "--model", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("few.csv") && err.contains("at least 20"),
+        "{err}"
+    );
+}
