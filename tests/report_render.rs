@@ -164,11 +164,12 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
 fn summary(records: &[EvalRecord]) -> EvalReport {
     let labels = LabelSet::default();
     let ix = |l: &str| labels.index_of(l).unwrap_or(0);
+    // Like `eval --json` today: the headline numbers are the acoustic model's.
     let conf = Confusion::new(
         3,
         records
             .iter()
-            .map(|r| (ix(&r.truth), ix(&r.ablations.routed))),
+            .map(|r| (ix(&r.truth), ix(&r.ablations.acoustic_only))),
     );
     let routed = records
         .iter()
@@ -302,6 +303,9 @@ fn report_is_complete_private_and_escaped() {
     }
     // The note, the reliability ECEs and the tables are there.
     assert!(html.contains("Data is SYNTHETIC"));
+    // The final decisions lead the headline; the summary's numbers say whose they are.
+    assert!(html.contains("accuracy, final (routed) decisions"));
+    assert!(html.contains("accuracy, acoustic only (eval --json)"));
     assert!(html.contains("before calibration (T = 1.60 undone): ECE"));
     for id in [
         "headline",

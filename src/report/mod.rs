@@ -89,7 +89,12 @@ pub fn write_report(
         figures::per_class_f1(labels, &rows),
     ];
     let before = [
-        tables::headline(report, opts),
+        tables::headline(
+            report,
+            &rows,
+            stats::final_with_ci(labels, records, opts.bootstrap_reps, report.seed),
+            opts,
+        ),
         tables::ablations(&rows, opts.bootstrap_reps, report.seed),
     ];
     let after = [

@@ -157,6 +157,34 @@ pub fn ablation_rows(
         .collect()
 }
 
+/// Accuracy and macro F1 of the final (routed) decisions with 95 % bootstrap intervals;
+/// `None` without records.
+pub fn final_with_ci(
+    labels: &[String],
+    records: &[EvalRecord],
+    reps: usize,
+    seed: u64,
+) -> Option<(WithCi, WithCi)> {
+    if records.is_empty() {
+        return None;
+    }
+    let k = labels.len();
+    let truth = truth_indices(labels, records);
+    let pred = indices_of(labels, records.iter().map(|r| r.ablations.routed.as_str()));
+    let all: Vec<usize> = (0..truth.len()).collect();
+    let acc = WithCi {
+        value: accuracy_on(&truth, &pred, &all),
+        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| accuracy_on(&truth, &pred, ix)),
+    };
+    let f1 = WithCi {
+        value: macro_f1_on(k, &truth, &pred, &all),
+        ci95: bootstrap_ci(truth.len(), reps, seed, |ix| {
+            macro_f1_on(k, &truth, &pred, ix)
+        }),
+    };
+    Some((acc, f1))
+}
+
 /// Top-label confidence of the acoustic model and whether its label was right, per clip.
 /// `before_calibration` undoes the temperature: p_raw = softmax(T · ln p_calibrated).
 pub fn acoustic_confidence(
