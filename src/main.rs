@@ -89,11 +89,62 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Refine the rules from error analysis on held-out predictions: per-rule precision,
+    /// confused classes, proposed edits (retune, reverse, disable, new mined rules), checked by
+    /// cross-fitting. Writes rules.v<N>.toml and refine-round-<r>.md into the model directory;
+    /// with --accept a round that reliably helps becomes the model's rules.toml.
+    Refine(RefineArgs),
     /// Install, register and list the offline models (LLMs and the Whisper front end).
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RefineArgs {
+    /// Labelled clips to learn from: the training manifest (its clips' out-of-fold predictions
+    /// are read from the model directory) and/or clips of other speakers (predicted now).
+    /// Never the test speakers.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Use only these speakers of the manifest (names, comma lists or ranges).
+    #[arg(long)]
+    speakers: Option<String>,
+    /// Model directory (default: the most recently trained model under models/acoustic).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Starting rule set (default: the model's active rules).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Refinement rounds.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Keep a round only when the cross-fitted check passes, and make it the active rules.
+    #[arg(long)]
+    accept: bool,
+    /// Also check each proposal with an LLM reasoner on the routed clips: NAME | PATH |
+    /// hf:REPO/FILE | none.
+    #[arg(long, default_value = "none")]
+    llm: String,
+    /// Bootstrap probability of improvement a round needs to be kept.
+    #[arg(long, default_value_t = 0.9)]
+    confidence: f64,
+    /// Largest per-class F1 drop a kept round may cause.
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
+    /// Most edits per round (one edit per checked round generalised best in our measurements).
+    #[arg(long, default_value_t = 1)]
+    max_edits: usize,
+    /// Speaker folds of the cross-fitted check.
+    #[arg(long, default_value_t = 4)]
+    folds: usize,
+    /// Seed of the folds and bootstrap.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the outcome (every round's edits and checks) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +201,10 @@ struct TrainArgs {
     /// Do not fuse the evidence z-scores into the model.
     #[arg(long)]
     no_evidence: bool,
+    /// Speaker folds for out-of-fold predictions on the training clips (what `refine`
+    /// analyses; they also calibrate the temperature and routing). 0 turns them off.
+    #[arg(long, default_value_t = 3)]
+    oof_folds: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,6 +280,15 @@ struct EvalArgs {
     /// echo) and report the paired difference.
     #[arg(long)]
     robustness: bool,
+    /// Append one JSON record per clip (Decision, true label, each ablation's label) or its
+    /// failure to this JSONL file as it goes; the first line names the model, rules and
+    /// reasoner with their hashes. Created readable by its owner only.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the --out file of an interrupted run: clips it holds are read back, not
+    /// redone (refused when it was written with another model, rule set or reasoner).
+    #[arg(long, requires = "out")]
+    resume: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -341,6 +405,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agreement { annotations, out } => agreement(&annotations, out.as_deref()),
+        Command::Refine(a) => refine(a),
         Command::Review {
             manifest,
             model,
@@ -373,6 +438,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     opts.route_fraction = a.route_fraction;
     opts.augment_views = a.augment;
     opts.use_evidence = !a.no_evidence;
+    opts.oof_folds = a.oof_folds;
     opts.frontend = match a.frontend {
         FrontendArg::Whisper => FrontendChoice::Whisper { blocks: a.blocks },
         FrontendArg::Logmel => FrontendChoice::LogMel,
@@ -385,6 +451,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             let what = format!("epoch {} F1 {:.3}", s.epoch, s.val_macro_f1);
             progress::show(&bar, what, s.epoch, opts.train.epochs)
         }
+        TrainEvent::Fold { fold, folds } => progress::show(
+            &bar,
+            format!("out-of-fold head {fold}/{folds}"),
+            fold,
+            folds,
+        ),
         TrainEvent::Note(n) => bar.println(format!("note: {n}")),
     })?;
     bar.finish_and_clear();
@@ -634,10 +706,19 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     };
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
-    let report = evaluate(&opts, llm_ref, &mut |done, total| {
-        progress::show(&bar, "evaluating", done, total)
-    })?;
+    let mut show = |done, total| progress::show(&bar, "evaluating", done, total);
+    let outcome = match a.out {
+        None => evaluate(&opts, llm_ref, &mut show)?,
+        Some(path) => {
+            let output = camxuc::eval::run::EvalOutput {
+                path,
+                resume: a.resume,
+            };
+            camxuc::eval::run::evaluate_with_output(&opts, Some(&output), llm_ref, &mut show)?
+        }
+    };
     bar.finish_and_clear();
+    let report = outcome.report;
     for f in &report.failures {
         eprintln!("failed: {f}");
     }
@@ -728,6 +809,108 @@ fn review(
         out.display()
     );
     Ok(batch_exit_code(failed, m.rows.len()))
+}
+
+fn refine(a: RefineArgs) -> Result<ExitCode> {
+    use camxuc::refine::{refine, RefineEvent, RefineOptions};
+    let mut opts = RefineOptions::new(a.manifest, pick_model(a.model)?);
+    opts.speakers = a.speakers;
+    opts.rules = a.rules;
+    opts.rounds = a.rounds;
+    opts.accept = a.accept;
+    opts.confidence = a.confidence;
+    opts.class_tolerance = a.tolerance;
+    opts.search.max_edits = a.max_edits;
+    opts.folds = a.folds;
+    opts.seed = a.seed;
+    let spec = a.llm.clone();
+    let mut factory = |rules: &RuleSet| -> std::result::Result<Box<dyn camxuc::Reasoner>, String> {
+        build_reasoner(&spec, rules)
+            .map(|(r, _)| r)
+            .map_err(|e| format!("{e:#}"))
+    };
+    let llm = (!a.llm.eq_ignore_ascii_case("none"))
+        .then_some(&mut factory as camxuc::refine::ReasonerFactory);
+    let bar = progress::bar(0, "refining");
+    let outcome = refine(&opts, llm, &mut |ev| match ev {
+        RefineEvent::Predicting { done, total } => {
+            progress::show(&bar, "predicting clips", done, total)
+        }
+        RefineEvent::Round { round, rounds } => {
+            progress::show(&bar, format!("round {round}/{rounds}"), round - 1, rounds)
+        }
+        RefineEvent::Fold { fold, folds } => progress::show(
+            &bar,
+            format!("cross-fitting fold {fold}/{folds}"),
+            fold,
+            folds,
+        ),
+        RefineEvent::Note(n) => bar.println(format!("note: {n}")),
+    })?;
+    bar.finish_and_clear();
+    for f in &outcome.failures {
+        eprintln!("failed: {f}");
+    }
+    let sources: Vec<String> = outcome
+        .by_source
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    println!(
+        "{} clips with held-out predictions ({}); {:.0} % routed; starting rules {}",
+        outcome.clips,
+        sources.join(", "),
+        100.0 * outcome.routed_fraction,
+        outcome.starting_rules
+    );
+    if outcome.in_sample_skipped > 0 {
+        println!(
+            "  {} training clips left out (no held-out prediction stored)",
+            outcome.in_sample_skipped
+        );
+    }
+    if outcome.rounds.is_empty() {
+        println!("no edit raises macro-F1 on these clips: rules unchanged");
+    }
+    for r in &outcome.rounds {
+        let ac = &r.acceptance;
+        println!(
+            "round {} → version {}: {} edit(s); cross-fitted macro-F1 {:.3} -> {:.3} ({:+.3} [{:+.3}, {:+.3}], better in {:.0} % of resamples){}",
+            r.round,
+            r.version,
+            r.edits.len(),
+            ac.macro_f1_current,
+            ac.macro_f1_cross_fitted,
+            ac.difference,
+            ac.difference_ci95[0],
+            ac.difference_ci95[1],
+            100.0 * ac.probability_of_improvement,
+            if r.kept { "; KEPT" } else if opts.accept { "; rejected" } else { "; proposed" }
+        );
+        for e in &r.edits {
+            println!("    {} {}", e.kind, e.description);
+        }
+        if let Some(c) = &r.llm_check {
+            println!(
+                "    LLM {} on {} routed clips: {:.3} -> {:.3}",
+                c.reasoner, c.routed_clips, c.accuracy_current, c.accuracy_proposed
+            );
+        }
+        println!(
+            "    {}  {}",
+            r.rules_file.display(),
+            r.report_file.display()
+        );
+    }
+    println!("active rules: {}", outcome.active_rules);
+    if let Some(path) = &a.json {
+        write_private(
+            path,
+            (serde_json::to_string_pretty(&outcome)? + "\n").as_bytes(),
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn agreement(annotations: &std::path::Path, out: Option<&std::path::Path>) -> Result<ExitCode> {

@@ -1,12 +1,14 @@
-//! `camxuc eval`: run a trained model over a labelled manifest and summarise, with the
-//! ablations acoustic only / rules only / LLM only / routed (the LLM, or the rule vote with
-//! `--llm none`, for ambiguous clips).
+//! `camxuc eval`: run a trained model over a labelled manifest, one [`EvalRecord`] per clip
+//! (appended to `--out` as it is decided, so `--resume` can pick up after a crash), then
+//! summarise the records with the ablations acoustic only / rules only / LLM only / routed
+//! (the LLM, or the rule vote with `--llm none`, for ambiguous clips).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -15,15 +17,20 @@ use super::metrics::{
     accuracy_and_f1_ci, accuracy_on, paired_accuracy_difference, paired_macro_f1_difference,
     ClassScores, Confusion, Interval, PairedDifference,
 };
+use super::record::{AblationLabels, EvalHeader, EvalLine, EvalRecord, EvalSettings, UNUSABLE};
 use crate::acoustic::augment::field_conditions;
+use crate::acoustic::model_dir::{META_FILE, ROUTING_FILE, WEIGHTS_FILE};
 use crate::acoustic::{AcousticError, AcousticModel};
 use crate::audio;
-use crate::data::manifest::Manifest;
+use crate::data::manifest::{Manifest, ManifestRow};
 use crate::data::split::filter_speakers;
+use crate::data::DataError;
 use crate::pipeline::analyse::ClipAnalyser;
-use crate::pipeline::Router;
-use crate::rules::RuleVote;
-use crate::{Case, Reasoner};
+use crate::pipeline::decide::{assess, Consult};
+use crate::pipeline::output::{BatchWriter, Failure, OutputError, RunHeader};
+use crate::pipeline::{active_rules, PipelineError, Router};
+use crate::rules::{RuleSet, RuleVote};
+use crate::{LabelSet, Reasoner, Route};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -113,13 +120,83 @@ pub struct EvalReport {
     pub robustness: Option<Robustness>,
 }
 
+/// Where `eval --out` appends its records (JSONL: a header line, then one [`EvalLine`] per clip).
+#[derive(Clone, Debug)]
+pub struct EvalOutput {
+    pub path: PathBuf,
+    /// Continue an existing file: clips it already holds are read back, not redone.
+    pub resume: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Acoustic(#[from] AcousticError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Boxed: the pipeline's error is large and this one travels on every clip's `Result`.
+    #[error(transparent)]
+    Pipeline(Box<PipelineError>),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("{}: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+}
+
+impl From<PipelineError> for EvalError {
+    fn from(e: PipelineError) -> Self {
+        EvalError::Pipeline(Box::new(e))
+    }
+}
+
+/// The summary and the per-clip records it was computed from (manifest order).
+#[derive(Clone, Debug)]
+pub struct EvalOutcome {
+    pub report: EvalReport,
+    pub records: Vec<EvalRecord>,
+    pub failures: Vec<Failure>,
+}
+
+/// Callers that only want the numbers read them straight off the outcome.
+impl std::ops::Deref for EvalOutcome {
+    type Target = EvalReport;
+    fn deref(&self) -> &EvalReport {
+        &self.report
+    }
+}
+
+/// What [`summarise`] needs besides the records: the run's identity and settings.
+#[derive(Clone, Debug)]
+pub struct SummaryContext {
+    pub labels: LabelSet,
+    pub threshold: f32,
+    pub bootstrap_reps: usize,
+    pub seed: u64,
+    pub model: Identifier,
+    pub rules: Option<Identifier>,
+    /// `Some` when an LLM was the reasoner (then `llm_only` and `llm_per_clip` are filled).
+    pub llm: Option<Identifier>,
+    pub robustness: bool,
+}
+
 /// Evaluate the model, its rules and (when `llm` is given) an LLM reasoner on a manifest.
 /// With an LLM, routed clips go to it and `llm_only` runs it on every clip.
 pub fn evaluate(
     opts: &EvalOptions,
-    mut llm: Option<&mut dyn Reasoner>,
+    llm: Option<&mut dyn Reasoner>,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<EvalReport, AcousticError> {
+) -> Result<EvalOutcome, EvalError> {
+    evaluate_with_output(opts, None, llm, progress)
+}
+
+/// [`evaluate`], appending each clip's record (or failure) to `output` as it is decided and,
+/// with `output.resume`, reading back the clips the file already holds instead of redoing them.
+pub fn evaluate_with_output(
+    opts: &EvalOptions,
+    output: Option<&EvalOutput>,
+    llm: Option<&mut dyn Reasoner>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalOutcome, EvalError> {
     let device = crate::acoustic::default_device();
     let model = AcousticModel::load(&opts.model_dir, &opts.models_dir, &device)?;
     let labels = model.meta.labels.clone();
@@ -127,114 +204,282 @@ pub fn evaluate(
     if let Some(sel) = &opts.speakers {
         m = filter_speakers(&m, &[sel.as_str()])?;
     }
-    let rules = crate::pipeline::active_rules(&model, opts.rules.as_deref()).map_err(|e| {
-        AcousticError::Training {
-            path: opts.rules.clone().unwrap_or_else(|| opts.model_dir.clone()),
-            message: e.to_string(),
+    let rules = active_rules(&model, opts.rules.as_deref())?;
+    let weights_sha = crate::catalog::sha256_file(&opts.model_dir.join(WEIGHTS_FILE)).ok();
+    let ctx = SummaryContext {
+        labels: labels.clone(),
+        threshold: model.routing.threshold,
+        bootstrap_reps: opts.bootstrap_reps,
+        seed: opts.seed,
+        model: Identifier {
+            name: opts.model_dir.display().to_string(),
+            sha256: weights_sha.clone(),
+        },
+        rules: Some(Identifier {
+            name: rules.id_string(),
+            sha256: Some(rules.sha256()),
+        }),
+        llm: llm.as_ref().map(|r| Identifier {
+            name: r.name(),
+            sha256: None,
+        }),
+        robustness: opts.robustness,
+    };
+    let mut rule_vote = RuleVote::new(&rules);
+    let (reasoner, route): (&mut dyn Reasoner, Route) = match llm {
+        Some(r) => (r, Route::Llm),
+        None => (&mut rule_vote, Route::Rules),
+    };
+    let header = EvalHeader {
+        run: RunHeader {
+            camxuc_run: format!("{} eval", env!("CARGO_PKG_VERSION")),
+            model: format!(
+                "{} {}",
+                opts.model_dir.display(),
+                weights_sha.as_deref().unwrap_or("unhashed")
+            ),
+            rules: format!("{} {}", rules.id_string(), rules.sha256()),
+            reasoner: reasoner.name(),
+        },
+        eval: EvalSettings {
+            model_config_sha256: model_config_sha256(&opts.model_dir),
+            perturbation_seed: opts.robustness.then_some(opts.seed),
+        },
+    };
+    let (mut writer, mut previous) = match output {
+        Some(o) => {
+            let (w, lines) = BatchWriter::open_jsonl(&o.path, &header, o.resume)?;
+            (Some(w), parse_previous(&o.path, &lines)?)
         }
+        None => (None, HashMap::new()),
+    };
+    let analyser = ClipAnalyser::new(&model.meta.features).map_err(|e| EvalError::Model {
+        path: opts.model_dir.join(META_FILE),
+        message: e.to_string(),
     })?;
-    let vote = RuleVote::new(&rules);
-    let rules_alone = RuleVote::new(&rules).with_prior_weight(0.0);
-    let router = Router::from_config(&model.routing);
-    let mut analyser =
-        ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
-            path: opts.model_dir.clone(),
-            message: e.to_string(),
-        })?;
-    let mut truth = Vec::new();
-    let mut pred = Vec::new();
-    let mut routed_pred = Vec::new();
-    let mut rules_pred = Vec::new();
-    let mut llm_pred = Vec::new();
-    let mut is_routed = Vec::new();
-    let mut t_llm = 0.0;
-    let mut top = Vec::new();
-    let mut failures = Vec::new();
-    let mut perturbed_pred = Vec::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xf1e1d);
-    let (mut t_analyse, mut t_model) = (0.0, 0.0);
+    let mut stages = Stages {
+        rules_alone: RuleVote::new(&rules).with_prior_weight(0.0),
+        router: Router::from_config(&model.routing),
+        temperature: model.meta.temperature,
+        model,
+        rules,
+        analyser,
+        reasoner,
+        route,
+        llm_given: ctx.llm.is_some(),
+        perturbation_seed: header.eval.perturbation_seed,
+    };
+    let (mut records, mut failures) = (Vec::new(), Vec::new());
     for (i, row) in m.rows.iter().enumerate() {
         progress(i, m.rows.len());
-        let t0 = Instant::now();
-        let decoded = audio::load(&row.path, &analyser.load);
-        let perturbed = match (&decoded, opts.robustness) {
-            (Ok(a), true) => {
-                let mut p = a.clone();
-                p.samples = field_conditions(&a.samples, a.sample_rate, &mut rng);
-                Some(p)
-            }
-            _ => None,
-        };
-        let clip = decoded
-            .map_err(Into::into)
-            .and_then(|a| analyser.analyse_audio(a));
-        t_analyse += t0.elapsed().as_secs_f64();
-        let mut clip = match clip {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(e.to_string());
-                continue;
-            }
-        };
-        let t1 = Instant::now();
-        let probs = model.predict(std::slice::from_mut(&mut clip))?.remove(0);
-        t_model += t1.elapsed().as_secs_f64();
-        let (best, p) = probs.argmax();
-        let fired = rules.evaluate(&clip.evidence, &probs);
-        rules_pred.push(rules_alone.combine(&probs, &fired).argmax().0);
-        let ambiguous = router.is_ambiguous(&probs);
-        is_routed.push(ambiguous);
-        if let Some(reasoner) = llm.as_deref_mut() {
-            let case = Case {
-                evidence: &clip.evidence,
-                acoustic: &probs,
-                fired: &fired,
-                transcript: None,
-            };
-            let t = Instant::now();
-            let verdict = reasoner
-                .decide(&case)
-                .map_err(|e| AcousticError::Training {
-                    path: row.path.clone(),
-                    message: e.to_string(),
-                })?;
-            t_llm += t.elapsed().as_secs_f64();
-            let l = verdict.probs.argmax().0;
-            llm_pred.push(l);
-            routed_pred.push(if ambiguous { l } else { best });
-        } else {
-            routed_pred.push(if ambiguous {
-                vote.combine(&probs, &fired).argmax().0
-            } else {
-                best
-            });
-        }
-        if let Some(audio) = perturbed {
-            // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
-            // wrong: predict a label other than the truth.
-            let wrong = (labels.index_of(&row.label).unwrap_or(0) + 1) % labels.len();
-            let label = match analyser.analyse_audio(audio) {
-                Ok(mut c) => {
-                    model
-                        .predict(std::slice::from_mut(&mut c))?
-                        .remove(0)
-                        .argmax()
-                        .0
+        let line = match previous.remove(&row.rel_path) {
+            Some(line) => line,
+            None => {
+                let line = stages.clip(row)?;
+                if let Some(w) = writer.as_mut() {
+                    w.record(&line)?;
                 }
-                Err(_) => wrong,
-            };
-            perturbed_pred.push(label);
+                line
+            }
+        };
+        match line {
+            EvalLine::Record(mut r) => {
+                // The manifest is the authority on labels, even for records read back.
+                r.truth = row.label.clone();
+                r.speaker = row.speaker.clone();
+                records.push(*r);
+            }
+            EvalLine::Failure(f) => failures.push(f),
         }
-        truth.push(labels.index_of(&row.label).unwrap_or(0));
-        pred.push(best);
-        top.push(p);
     }
     progress(m.rows.len(), m.rows.len());
+    Ok(EvalOutcome {
+        report: summarise(&records, &failures, &ctx),
+        records,
+        failures,
+    })
+}
+/// The loaded stages of one evaluation and how to run them on a manifest row.
+struct Stages<'r> {
+    model: AcousticModel,
+    rules: RuleSet,
+    router: Router,
+    analyser: ClipAnalyser,
+    /// The LLM when given, else the rule vote with the acoustic prior.
+    reasoner: &'r mut dyn Reasoner,
+    /// Route of clips the reasoner decides.
+    route: Route,
+    llm_given: bool,
+    /// The rule vote alone (uniform prior): the rules-only ablation.
+    rules_alone: RuleVote,
+    temperature: f32,
+    perturbation_seed: Option<u64>,
+}
+
+impl Stages<'_> {
+    /// One clip's record, or its failure when it cannot be decoded or analysed. Errors of the
+    /// model or the reasoner stop the whole evaluation: they are not about this clip.
+    fn clip(&mut self, row: &ManifestRow) -> Result<EvalLine, EvalError> {
+        let failure = |e: &dyn std::fmt::Display| {
+            EvalLine::Failure(Failure {
+                file: row.rel_path.clone(),
+                error: e.to_string(),
+            })
+        };
+        let t = Instant::now();
+        let decoded = match audio::load(&row.path, &self.analyser.load) {
+            Ok(a) => a,
+            Err(e) => return Ok(failure(&e)),
+        };
+        let decode_ms = ms(t);
+        let perturbed = self.perturbation_seed.map(|seed| {
+            let mut p = decoded.clone();
+            let mut rng = clip_rng(seed, &row.rel_path);
+            p.samples = field_conditions(&decoded.samples, decoded.sample_rate, &mut rng);
+            p
+        });
+        let t = Instant::now();
+        let mut clip = match self.analyser.analyse_audio(decoded) {
+            Ok(c) => c,
+            Err(e) => return Ok(failure(&e)),
+        };
+        let features_ms = ms(t);
+        let assessment = assess(
+            &self.model,
+            &self.rules,
+            &self.router,
+            &mut *self.reasoner,
+            &mut clip,
+            Consult::Always,
+        )?;
+        let acoustic_only = assessment.acoustic.top_label().to_string();
+        let rules_only = self
+            .rules_alone
+            .combine(&assessment.acoustic, &assessment.fired)
+            .top_label()
+            .to_string();
+        let reasoner = match &assessment.verdict {
+            Some(v) => v.probs.top_label().to_string(),
+            // `Consult::Always` asks the reasoner on every clip; keep the acoustic label if not.
+            None => acoustic_only.clone(),
+        };
+        let mut decision =
+            assessment.into_decision(clip.evidence, &row.rel_path, None, self.route, None);
+        decision.timings_ms.insert("decode".into(), decode_ms);
+        decision.timings_ms.insert("features".into(), features_ms);
+        let perturbed_label = match perturbed {
+            None => None,
+            // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
+            // wrong in the robustness scores.
+            Some(audio) => Some(match self.analyser.analyse_audio(audio) {
+                Ok(mut c) => self
+                    .model
+                    .predict(std::slice::from_mut(&mut c))?
+                    .remove(0)
+                    .top_label()
+                    .to_string(),
+                Err(_) => UNUSABLE.to_string(),
+            }),
+        };
+        Ok(EvalLine::Record(Box::new(EvalRecord {
+            ablations: AblationLabels {
+                acoustic_only,
+                rules_only,
+                llm_only: self.llm_given.then(|| reasoner.clone()),
+                reasoner,
+                routed: decision.label.clone(),
+            },
+            decision,
+            truth: row.label.clone(),
+            speaker: row.speaker.clone(),
+            perturbed_label,
+            temperature: self.temperature,
+        })))
+    }
+}
+
+/// Milliseconds since `t`.
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The perturbation stream of one clip, from the seed and the clip's name alone, so a resumed
+/// run perturbs each clip exactly as an uninterrupted one.
+fn clip_rng(seed: u64, file: &str) -> ChaCha8Rng {
+    let digest = Sha256::digest(file.as_bytes());
+    let mut stream = [0u8; 8];
+    stream.copy_from_slice(&digest[..8]);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xf1e1d);
+    rng.set_stream(u64::from_le_bytes(stream));
+    rng
+}
+
+/// sha256 over the model's model.json and routing.json (a missing file hashes as empty).
+fn model_config_sha256(dir: &Path) -> String {
+    let mut h = Sha256::new();
+    for f in [META_FILE, ROUTING_FILE] {
+        h.update(std::fs::read(dir.join(f)).unwrap_or_default());
+        // A separator, so moving bytes from one file to the other changes the hash.
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The records and failures of a file being resumed, by clip name.
+fn parse_previous(path: &Path, lines: &[String]) -> Result<HashMap<String, EvalLine>, EvalError> {
+    let mut done = HashMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        let parsed: EvalLine = serde_json::from_str(line).map_err(|e| OutputError::Resume {
+            path: path.to_path_buf(),
+            // +2: line numbers are 1-based and the header is line 1.
+            message: format!(
+                "line {} is neither an eval record nor a failure: {e}",
+                i + 2
+            ),
+        })?;
+        done.insert(parsed.file().to_string(), parsed);
+    }
+    Ok(done)
+}
+
+/// Every number of the report, from the records alone (in their order: the bootstrap
+/// resamples clip indices, so the same records in the same order give the same intervals).
+pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryContext) -> EvalReport {
+    let labels = &ctx.labels;
     let k = labels.len();
+    let truth: Vec<usize> = records
+        .iter()
+        .map(|r| labels.index_of(&r.truth).unwrap_or(0))
+        .collect();
+    // A label outside the set (e.g. `unusable`, or a missing one) counts as wrong.
+    let as_index = |l: Option<&str>, t: usize| {
+        l.and_then(|l| labels.index_of(l))
+            .unwrap_or((t + 1) % k.max(1))
+    };
+    let column = |get: &dyn Fn(&EvalRecord) -> Option<&str>| -> Vec<usize> {
+        records
+            .iter()
+            .zip(&truth)
+            .map(|(r, &t)| as_index(get(r), t))
+            .collect()
+    };
+    let pred = column(&|r| Some(r.ablations.acoustic_only.as_str()));
+    let routed_pred = column(&|r| Some(r.ablations.routed.as_str()));
+    let rules_pred = column(&|r| Some(r.ablations.rules_only.as_str()));
+    let llm_ran = ctx.llm.is_some()
+        && !records.is_empty()
+        && records.iter().all(|r| r.ablations.llm_only.is_some());
+    let llm_pred = llm_ran.then(|| column(&|r| r.ablations.llm_only.as_deref()));
+    let perturbed_pred = column(&|r| r.perturbed_label.as_deref());
+    let is_routed: Vec<bool> = records.iter().map(EvalRecord::routed).collect();
+
     let conf = Confusion::new(k, truth.iter().copied().zip(pred.iter().copied()));
-    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &pred, opts.bootstrap_reps, opts.seed);
+    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &pred, ctx.bootstrap_reps, ctx.seed);
     let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
-    let conf64: Vec<f64> = top.iter().map(|&p| p as f64).collect();
+    let top: Vec<f64> = records
+        .iter()
+        .map(|r| f64::from(r.decision.acoustic_probs.argmax().1))
+        .collect();
     let routed: Vec<usize> = (0..truth.len()).filter(|&i| is_routed[i]).collect();
     let kept: Vec<usize> = (0..truth.len()).filter(|&i| !is_routed[i]).collect();
     let acc_on = |ix: &[usize], p: &[usize]| (!ix.is_empty()).then(|| accuracy_on(&truth, p, ix));
@@ -246,43 +491,57 @@ pub fn evaluate(
         }
     };
     let n = truth.len().max(1) as f64;
-    let per_class = labels
-        .names()
-        .iter()
-        .cloned()
-        .zip(conf.per_class())
-        .collect();
+    let mean_ms = |stages: &[&str]| {
+        let total: f64 = records
+            .iter()
+            .flat_map(|r| stages.iter().filter_map(|s| r.decision.timings_ms.get(*s)))
+            .sum();
+        total / n
+    };
     let timings_ms = BTreeMap::from([
-        ("analyse_per_clip".to_string(), 1000.0 * t_analyse / n),
-        ("acoustic_per_clip".to_string(), 1000.0 * t_model / n),
-        ("llm_per_clip".to_string(), 1000.0 * t_llm / n),
+        (
+            "analyse_per_clip".to_string(),
+            mean_ms(&["decode", "features"]),
+        ),
+        ("acoustic_per_clip".to_string(), mean_ms(&["acoustic"])),
+        ("rules_per_clip".to_string(), mean_ms(&["rules"])),
+        (
+            "llm_per_clip".to_string(),
+            if ctx.llm.is_some() {
+                mean_ms(&["reasoner"])
+            } else {
+                0.0
+            },
+        ),
     ]);
-    let weights = opts
-        .model_dir
-        .join(crate::acoustic::model_dir::WEIGHTS_FILE);
-    let robustness = opts.robustness.then(|| {
+    let robustness = ctx.robustness.then(|| {
         let pc = Confusion::new(k, truth.iter().copied().zip(perturbed_pred.iter().copied()));
         Robustness {
             clean: Scores { accuracy: conf.accuracy(), macro_f1: conf.macro_f1() },
             perturbed: Scores { accuracy: pc.accuracy(), macro_f1: pc.macro_f1() },
-            macro_f1_difference: paired_macro_f1_difference(k, &truth, &pred, &perturbed_pred, opts.bootstrap_reps, opts.seed),
+            macro_f1_difference: paired_macro_f1_difference(k, &truth, &pred, &perturbed_pred, ctx.bootstrap_reps, ctx.seed),
             conditions: "gain U(-12,+12) dB and white noise at U(12,30) dB SNR on every clip; 300-3400 Hz telephone band on 50 %; one echo (50-150 ms, 0.2-0.4) on 50 %".into(),
         }
     });
-    Ok(EvalReport {
+    EvalReport {
         n: truth.len(),
         n_failed: failures.len(),
-        failures,
+        failures: failures.iter().map(|f| f.error.clone()).collect(),
         labels: labels.names().to_vec(),
         accuracy: conf.accuracy(),
         accuracy_ci95: acc_ci,
         macro_f1: conf.macro_f1(),
         macro_f1_ci95: f1_ci,
-        per_class,
+        per_class: labels
+            .names()
+            .iter()
+            .cloned()
+            .zip(conf.per_class())
+            .collect(),
         confusion: conf.counts.clone(),
-        ece: super::metrics::expected_calibration_error(&conf64, &correct, 15),
+        ece: super::metrics::expected_calibration_error(&top, &correct, 15),
         routing: RoutingSummary {
-            threshold: model.routing.threshold,
+            threshold: ctx.threshold,
             routed_fraction: routed.len() as f64 / n,
             acoustic_accuracy_on_routed: acc_on(&routed, &pred),
             final_accuracy_on_routed: acc_on(&routed, &routed_pred),
@@ -291,40 +550,31 @@ pub fn evaluate(
         ablations: Ablations {
             acoustic_only: scores(&pred),
             rules_only: Some(scores(&rules_pred)),
-            llm_only: (!llm_pred.is_empty()).then(|| scores(&llm_pred)),
+            llm_only: llm_pred.as_deref().map(scores),
             routed: Some(scores(&routed_pred)),
             routed_minus_acoustic_macro_f1: Some(paired_macro_f1_difference(
                 k,
                 &truth,
                 &pred,
                 &routed_pred,
-                opts.bootstrap_reps,
-                opts.seed,
+                ctx.bootstrap_reps,
+                ctx.seed,
             )),
             routed_minus_acoustic_accuracy: Some(paired_accuracy_difference(
                 &truth,
                 &pred,
                 &routed_pred,
-                opts.bootstrap_reps,
-                opts.seed,
+                ctx.bootstrap_reps,
+                ctx.seed,
             )),
         },
         timings_ms,
-        model: Identifier {
-            name: opts.model_dir.display().to_string(),
-            sha256: crate::catalog::sha256_file(&weights).ok(),
-        },
-        rules: Some(Identifier {
-            name: rules.id_string(),
-            sha256: Some(rules.sha256()),
-        }),
-        llm: llm.as_ref().map(|r| Identifier {
-            name: r.name(),
-            sha256: None,
-        }),
-        seed: opts.seed,
+        model: ctx.model.clone(),
+        rules: ctx.rules.clone(),
+        llm: ctx.llm.clone(),
+        seed: ctx.seed,
         robustness,
-    })
+    }
 }
 
 /// Human-readable summary.
@@ -404,5 +654,142 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
         r.routing.final_accuracy_on_routed,
     ) {
         println!("    on the routed clips: acoustic {a:.3} -> reasoner {f:.3}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Decision, Evidence, Probs, DECISION_SCHEMA_VERSION};
+
+    /// A clip whose acoustic model says `acoustic` (at 0.6, or 0.9 when kept) and whose
+    /// reasoner, when routed, says `reasoner`.
+    fn record(file: &str, truth: &str, acoustic: &str, routed_to: Option<&str>) -> EvalRecord {
+        let labels = LabelSet::default();
+        let top = if routed_to.is_some() { 0.6 } else { 0.9 };
+        let values = labels
+            .names()
+            .iter()
+            .map(|l| {
+                if l == acoustic {
+                    top
+                } else {
+                    (1.0 - top) / 2.0
+                }
+            })
+            .collect();
+        let probs = Probs::new(&labels, values);
+        let label = routed_to.unwrap_or(acoustic).to_string();
+        EvalRecord {
+            decision: Decision {
+                schema_version: DECISION_SCHEMA_VERSION,
+                file: file.into(),
+                segment: None,
+                label: label.clone(),
+                probs: probs.clone(),
+                acoustic_probs: probs,
+                route: if routed_to.is_some() {
+                    Route::Rules
+                } else {
+                    Route::Acoustic
+                },
+                evidence: Evidence::default(),
+                fired_rules: Vec::new(),
+                rationale: None,
+                timings_ms: BTreeMap::from([("acoustic".to_string(), 2.0)]),
+            },
+            truth: truth.into(),
+            speaker: None,
+            ablations: AblationLabels {
+                acoustic_only: acoustic.into(),
+                rules_only: "calm".into(),
+                llm_only: None,
+                reasoner: routed_to.unwrap_or(acoustic).into(),
+                routed: label,
+            },
+            perturbed_label: None,
+            temperature: 1.0,
+        }
+    }
+
+    fn context() -> SummaryContext {
+        SummaryContext {
+            labels: LabelSet::default(),
+            threshold: 0.7,
+            bootstrap_reps: 200,
+            seed: 3,
+            model: Identifier {
+                name: "m".into(),
+                sha256: None,
+            },
+            rules: None,
+            llm: None,
+            robustness: false,
+        }
+    }
+
+    fn records() -> Vec<EvalRecord> {
+        vec![
+            record("a.wav", "calm", "calm", None),
+            record("b.wav", "angry", "calm", Some("angry")),
+            record("c.wav", "panic", "panic", None),
+            record("d.wav", "angry", "panic", Some("panic")),
+        ]
+    }
+
+    #[test]
+    fn the_summary_counts_what_the_records_say() {
+        let failures = [Failure {
+            file: "x.wav".into(),
+            error: "x.wav: not audio".into(),
+        }];
+        let r = summarise(&records(), &failures, &context());
+        assert_eq!((r.n, r.n_failed), (4, 1));
+        assert_eq!(r.failures, vec!["x.wav: not audio".to_string()]);
+        assert_eq!(r.ablations.acoustic_only.accuracy, 0.5);
+        assert_eq!(r.ablations.routed.as_ref().unwrap().accuracy, 0.75);
+        assert_eq!(r.ablations.rules_only.as_ref().unwrap().accuracy, 0.25);
+        assert!(r.ablations.llm_only.is_none(), "no LLM in the context");
+        assert_eq!(r.routing.routed_fraction, 0.5);
+        assert_eq!(r.routing.acoustic_accuracy_on_routed, Some(0.0));
+        assert_eq!(r.routing.final_accuracy_on_routed, Some(0.5));
+        assert_eq!(r.routing.acoustic_accuracy_on_kept, Some(1.0));
+        // Rows = truth (calm, angry, panic), columns = acoustic prediction.
+        assert_eq!(
+            r.confusion,
+            vec![vec![1, 0, 0], vec![1, 0, 1], vec![0, 0, 1]]
+        );
+        assert_eq!(r.timings_ms["acoustic_per_clip"], 2.0);
+        assert_eq!(r.timings_ms["llm_per_clip"], 0.0);
+    }
+
+    #[test]
+    fn records_read_back_from_jsonl_give_the_same_summary() {
+        let records = records();
+        let back: Vec<EvalRecord> = records
+            .iter()
+            .map(|r| {
+                let line = serde_json::to_string(&EvalLine::Record(Box::new(r.clone()))).unwrap();
+                match serde_json::from_str(&line).unwrap() {
+                    EvalLine::Record(r) => *r,
+                    EvalLine::Failure(f) => panic!("read back as a failure: {f:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(back, records);
+        let json = |r: &[EvalRecord]| serde_json::to_value(summarise(r, &[], &context())).unwrap();
+        assert_eq!(json(&back), json(&records));
+        let failure: EvalLine =
+            serde_json::from_str(r#"{"file":"x.wav","error":"x.wav: not audio"}"#).unwrap();
+        assert!(matches!(failure, EvalLine::Failure(_)));
+    }
+
+    #[test]
+    fn a_clips_perturbation_depends_on_the_seed_and_its_name_only() {
+        use rand::Rng;
+        let draw = |seed, name| clip_rng(seed, name).random::<u64>();
+        assert_eq!(draw(1, "a.wav"), draw(1, "a.wav"));
+        assert_ne!(draw(1, "a.wav"), draw(1, "b.wav"));
+        assert_ne!(draw(1, "a.wav"), draw(2, "a.wav"));
     }
 }

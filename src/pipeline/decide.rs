@@ -10,8 +10,8 @@ use crate::acoustic::{AcousticError, AcousticModel};
 use crate::audio::{self, AudioError};
 use crate::rules::{RuleSet, RulesError};
 use crate::{
-    Case, Decision, LabelSet, Probs, Reasoner, ReasonerError, Route, Segment,
-    DECISION_SCHEMA_VERSION,
+    Case, Decision, Evidence, FiredRule, LabelSet, Probs, Reasoner, ReasonerError, Route, Segment,
+    Verdict, DECISION_SCHEMA_VERSION,
 };
 
 /// The label written when even the final decision is below `--abstain-below`.
@@ -168,53 +168,128 @@ impl Pipeline {
         name: &str,
         segment: Option<Segment>,
     ) -> Result<Decision, PipelineError> {
-        let mut timings = BTreeMap::new();
+        let assessment = assess(
+            &self.model,
+            &self.rules,
+            &self.router,
+            self.reasoner.as_mut(),
+            &mut clip,
+            Consult::RoutedOnly,
+        )?;
+        Ok(assessment.into_decision(
+            clip.evidence,
+            name,
+            segment,
+            self.reasoner_route,
+            self.abstain_below,
+        ))
+    }
+}
+
+/// When to ask the reasoner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consult {
+    /// Only for clips the router finds ambiguous (`classify`).
+    RoutedOnly,
+    /// For every clip (`eval`: the LLM-only ablation and the accuracy-vs-coverage curve need
+    /// the reasoner's opinion on kept clips too).
+    Always,
+}
+
+/// What the stages after analysis say about one clip.
+#[derive(Clone, Debug)]
+pub struct Assessment {
+    /// Calibrated probabilities of the acoustic model alone.
+    pub acoustic: Probs,
+    pub fired: Vec<FiredRule>,
+    /// Whether the router sends the clip to the reasoner.
+    pub ambiguous: bool,
+    /// The reasoner's verdict; `None` only for a kept clip under [`Consult::RoutedOnly`].
+    pub verdict: Option<Verdict>,
+    /// Milliseconds of `acoustic`, `rules` and (when asked) `reasoner`.
+    pub timings_ms: BTreeMap<String, f64>,
+}
+
+/// Acoustic model → rules → router → reasoner on an analysed clip (its evidence gets
+/// z-scores): the step `classify` and `eval` share.
+pub fn assess(
+    model: &AcousticModel,
+    rules: &RuleSet,
+    router: &Router,
+    reasoner: &mut dyn Reasoner,
+    clip: &mut AnalysedClip,
+    consult: Consult,
+) -> Result<Assessment, PipelineError> {
+    let mut timings = BTreeMap::new();
+    let t = Instant::now();
+    let acoustic = model.predict(std::slice::from_mut(clip))?.remove(0);
+    timings.insert("acoustic".to_string(), ms(t));
+    let t = Instant::now();
+    let fired = rules.evaluate(&clip.evidence, &acoustic);
+    timings.insert("rules".to_string(), ms(t));
+    let ambiguous = router.is_ambiguous(&acoustic);
+    let verdict = if ambiguous || consult == Consult::Always {
         let t = Instant::now();
-        let acoustic = self
-            .model
-            .predict(std::slice::from_mut(&mut clip))?
-            .remove(0);
-        timings.insert("acoustic".to_string(), ms(t));
-        let t = Instant::now();
-        let fired = self.rules.evaluate(&clip.evidence, &acoustic);
-        timings.insert("rules".to_string(), ms(t));
-        let (probs, route, rationale) = if self.router.is_ambiguous(&acoustic) {
-            let t = Instant::now();
-            let case = Case {
-                evidence: &clip.evidence,
-                acoustic: &acoustic,
-                fired: &fired,
-                transcript: None,
-            };
-            let verdict = self.reasoner.decide(&case)?;
-            timings.insert("reasoner".to_string(), ms(t));
-            (verdict.probs, self.reasoner_route, verdict.rationale)
-        } else {
-            let (i, p) = acoustic.argmax();
-            let why = format!(
-                "acoustic model confident: {} at {:.2}",
-                acoustic.labels[i], p
-            );
-            (acoustic.clone(), Route::Acoustic, Some(why))
+        let case = Case {
+            evidence: &clip.evidence,
+            acoustic: &acoustic,
+            fired: &fired,
+            transcript: None,
+        };
+        let verdict = reasoner.decide(&case)?;
+        timings.insert("reasoner".to_string(), ms(t));
+        Some(verdict)
+    } else {
+        None
+    };
+    Ok(Assessment {
+        acoustic,
+        fired,
+        ambiguous,
+        verdict,
+        timings_ms: timings,
+    })
+}
+
+impl Assessment {
+    /// The Decision: the reasoner's verdict for an ambiguous clip, else the acoustic model's.
+    pub fn into_decision(
+        self,
+        evidence: Evidence,
+        name: &str,
+        segment: Option<Segment>,
+        reasoner_route: Route,
+        abstain_below: Option<f32>,
+    ) -> Decision {
+        let (probs, route, rationale) = match self.verdict {
+            Some(v) if self.ambiguous => (v.probs, reasoner_route, v.rationale),
+            _ => {
+                let (i, p) = self.acoustic.argmax();
+                let why = format!(
+                    "acoustic model confident: {} at {:.2}",
+                    self.acoustic.labels[i], p
+                );
+                (self.acoustic.clone(), Route::Acoustic, Some(why))
+            }
         };
         let (best, p) = probs.argmax();
-        let label = match self.abstain_below {
+        let label = match abstain_below {
             Some(min) if p < min => UNCERTAIN.to_string(),
             _ => probs.labels[best].clone(),
         };
-        Ok(Decision {
+        Decision {
             schema_version: DECISION_SCHEMA_VERSION,
             file: name.to_string(),
             segment,
             label,
             probs,
-            acoustic_probs: acoustic,
+            acoustic_probs: self.acoustic,
             route,
-            evidence: clip.evidence,
-            fired_rules: fired,
+            evidence,
+            fired_rules: self.fired,
             rationale,
-            timings_ms: timings,
-        })
+            timings_ms: self.timings_ms,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::Decision;
@@ -52,6 +53,46 @@ pub struct BatchWriter {
 
 const CSV_HEAD: [&str; 4] = ["file", "segment_start_s", "segment_end_s", "label"];
 
+/// A first line that `--resume` compares with the run's own, refusing a mismatch.
+pub trait ResumeHeader: Serialize + DeserializeOwned + PartialEq {
+    /// Why the file's header `found` does not match this run's (one line).
+    fn mismatch(&self, found: &Self) -> String;
+}
+
+impl ResumeHeader for RunHeader {
+    fn mismatch(&self, h: &Self) -> String {
+        format!(
+            "it was written with another model, rule set or reasoner ({} / {} / {}); this run uses {} / {} / {}",
+            h.model, h.rules, h.reasoner, self.model, self.rules, self.reasoner
+        )
+    }
+}
+
+/// Whether `path` already holds output: refused without `resume`; with it, a half-written
+/// last line is cut first.
+fn existing_output(path: &Path, resume: bool) -> Result<bool, OutputError> {
+    let exists = path.is_file()
+        && std::fs::metadata(path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+    if exists && !resume {
+        return Err(OutputError::Io {
+            path: path.into(),
+            message: "exists; pass --resume to continue it, or choose another --out".into(),
+        });
+    }
+    if !exists {
+        return Ok(false);
+    }
+    let io = |e: std::io::Error| OutputError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    drop_partial_last_line(path).map_err(io)?;
+    // A run killed while writing its header leaves nothing to resume: start afresh.
+    Ok(std::fs::metadata(path).map_err(io)?.len() > 0)
+}
+
 impl BatchWriter {
     /// Open the output. With `resume`, returns the files already recorded (decided or failed);
     /// a JSONL file whose header differs from `header` is refused.
@@ -66,28 +107,13 @@ impl BatchWriter {
             path: path.into(),
             message: e.to_string(),
         };
-        let mut done = HashSet::new();
-        let exists = path.is_file()
-            && std::fs::metadata(path)
-                .map(|m| m.len() > 0)
-                .unwrap_or(false);
-        if exists && !resume {
-            return Err(OutputError::Io {
-                path: path.into(),
-                message: "exists; pass --resume to continue it, or choose another --out".into(),
-            });
-        }
-        if exists {
-            drop_partial_last_line(path).map_err(io)?;
-            done = read_done(path, format, header)?;
-        }
-        let file = open_private_append(path).map_err(io)?;
-        let mut w = Self {
-            path: path.into(),
-            file,
-            format,
-            labels: labels.to_vec(),
+        let exists = existing_output(path, resume)?;
+        let done = if exists {
+            read_done(path, format, header)?
+        } else {
+            HashSet::new()
         };
+        let mut w = Self::append(path, format, labels)?;
         if !exists {
             match format {
                 Format::Jsonl => {
@@ -104,6 +130,49 @@ impl BatchWriter {
         Ok((w, done))
     }
 
+    /// Open a JSONL output of any records (see [`BatchWriter::record`]) whose first line is
+    /// `header`. With `resume`, returns the lines already written after the header (a line
+    /// cut by a crash is dropped); a file whose header differs is refused.
+    pub fn open_jsonl<H: ResumeHeader>(
+        path: &Path,
+        header: &H,
+        resume: bool,
+    ) -> Result<(Self, Vec<String>), OutputError> {
+        let exists = existing_output(path, resume)?;
+        let lines = if exists {
+            read_jsonl_body(path, header)?
+        } else {
+            Vec::new()
+        };
+        let mut w = Self::append(path, Format::Jsonl, &[])?;
+        if !exists {
+            w.record(header)?;
+        }
+        Ok((w, lines))
+    }
+
+    fn append(path: &Path, format: Format, labels: &[String]) -> Result<Self, OutputError> {
+        let file = open_private_append(path).map_err(|e| OutputError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.into(),
+            file,
+            format,
+            labels: labels.to_vec(),
+        })
+    }
+
+    /// Append one JSON line and flush it (JSONL outputs).
+    pub fn record<T: Serialize + ?Sized>(&mut self, r: &T) -> Result<(), OutputError> {
+        let s = serde_json::to_string(r).map_err(|e| OutputError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        self.line(&s)
+    }
+
     fn line(&mut self, s: &str) -> Result<(), OutputError> {
         let io = |e: std::io::Error| OutputError::Io {
             path: self.path.clone(),
@@ -115,10 +184,7 @@ impl BatchWriter {
 
     pub fn decision(&mut self, d: &Decision) -> Result<(), OutputError> {
         let s = match self.format {
-            Format::Jsonl => serde_json::to_string(d).map_err(|e| OutputError::Io {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?,
+            Format::Jsonl => return self.record(d),
             Format::Csv => {
                 let seg = |f: fn(&crate::Segment) -> f64| {
                     d.segment
@@ -156,10 +222,7 @@ impl BatchWriter {
 
     pub fn failure(&mut self, f: &Failure) -> Result<(), OutputError> {
         let s = match self.format {
-            Format::Jsonl => serde_json::to_string(f).map_err(|e| OutputError::Io {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?,
+            Format::Jsonl => return self.record(f),
             Format::Csv => {
                 let mut cols = vec![f.file.clone(), String::new(), String::new(), String::new()];
                 cols.extend(self.labels.iter().map(|_| String::new()));
@@ -210,23 +273,10 @@ fn read_done(
         path: path.into(),
         message: m,
     };
-    let f = File::open(path).map_err(|e| resume(e.to_string()))?;
     let mut done = HashSet::new();
     match format {
         Format::Jsonl => {
-            for (i, line) in BufReader::new(f).lines().enumerate() {
-                let line = line.map_err(|e| resume(e.to_string()))?;
-                if i == 0 {
-                    let h: RunHeader = serde_json::from_str(&line)
-                        .map_err(|_| resume("the first line is not a camxuc run header".into()))?;
-                    if &h != header {
-                        return Err(resume(format!(
-                            "it was written with another model, rule set or reasoner ({} / {} / {}); this run uses {} / {} / {}",
-                            h.model, h.rules, h.reasoner, header.model, header.rules, header.reasoner
-                        )));
-                    }
-                    continue;
-                }
+            for line in read_jsonl_body(path, header)? {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if let Some(file) = v.get("file").and_then(|f| f.as_str()) {
                         done.insert(file.to_string());
@@ -235,6 +285,7 @@ fn read_done(
             }
         }
         Format::Csv => {
+            let f = File::open(path).map_err(|e| resume(e.to_string()))?;
             let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(f);
             for rec in r.records().flatten() {
                 if let Some(file) = rec.get(0) {
@@ -244,4 +295,27 @@ fn read_done(
         }
     }
     Ok(done)
+}
+
+/// The lines after the header of a JSONL output being resumed, once the header matches.
+fn read_jsonl_body<H: ResumeHeader>(path: &Path, header: &H) -> Result<Vec<String>, OutputError> {
+    let resume = |m: String| OutputError::Resume {
+        path: path.into(),
+        message: m,
+    };
+    let f = File::open(path).map_err(|e| resume(e.to_string()))?;
+    let mut lines = BufReader::new(f).lines();
+    let first = lines
+        .next()
+        .transpose()
+        .map_err(|e| resume(e.to_string()))?
+        .unwrap_or_default();
+    let found: H = serde_json::from_str(&first)
+        .map_err(|_| resume("the first line is not a camxuc run header".into()))?;
+    if &found != header {
+        return Err(resume(header.mismatch(&found)));
+    }
+    lines
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| resume(e.to_string()))
 }
