@@ -319,3 +319,66 @@ fn read_jsonl_body<H: ResumeHeader>(path: &Path, header: &H) -> Result<Vec<Strin
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| resume(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(rules: &str) -> RunHeader {
+        RunHeader {
+            camxuc_run: "test".into(),
+            model: "m abc".into(),
+            rules: rules.into(),
+            reasoner: "rule-vote".into(),
+        }
+    }
+
+    #[test]
+    fn a_jsonl_output_resumes_its_whole_lines_and_refuses_another_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let (mut w, lines) = BatchWriter::open_jsonl(&path, &header("r1"), false).unwrap();
+        assert!(lines.is_empty());
+        w.record(&Failure {
+            file: "a.wav".into(),
+            error: "a.wav: not audio".into(),
+        })
+        .unwrap();
+        drop(w);
+        // A crash mid-write leaves half a record.
+        let mut f = open_private_append(&path).unwrap();
+        f.write_all(b"{\"file\":\"b.w").unwrap();
+        drop(f);
+        assert!(matches!(
+            BatchWriter::open_jsonl(&path, &header("r1"), false),
+            Err(OutputError::Io { .. })
+        ));
+        let e = BatchWriter::open_jsonl(&path, &header("r2"), true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("out.jsonl: cannot resume") && e.contains("r2"),
+            "{e}"
+        );
+        let (_, lines) = BatchWriter::open_jsonl(&path, &header("r1"), true).unwrap();
+        assert_eq!(
+            lines,
+            vec![r#"{"file":"a.wav","error":"a.wav: not audio"}"#]
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("not audio\"}\n"), "partial line cut: {text}");
+    }
+
+    #[test]
+    fn a_run_killed_while_writing_its_header_starts_afresh_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"{\"camxuc_run\":\"te").unwrap();
+        let (_, lines) = BatchWriter::open_jsonl(&path, &header("r1"), true).unwrap();
+        assert!(lines.is_empty());
+        let first = std::fs::read_to_string(&path).unwrap();
+        let back: RunHeader = serde_json::from_str(first.trim_end()).unwrap();
+        assert_eq!(back, header("r1"));
+    }
+}
