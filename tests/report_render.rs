@@ -189,6 +189,7 @@ fn summary(records: &[EvalRecord]) -> EvalReport {
             format!("'{PRIVATE_DIR}/clip_9999.m4a': no speech found after trimming"),
         ],
         labels: labels.names().to_vec(),
+        headline: "final decisions of the routed pipeline (= ablations.routed)".into(),
         accuracy: conf.accuracy(),
         accuracy_ci95: [conf.accuracy() - 0.05, conf.accuracy() + 0.05],
         macro_f1: conf.macro_f1(),
@@ -196,6 +197,7 @@ fn summary(records: &[EvalRecord]) -> EvalReport {
         per_class,
         confusion: conf.counts.clone(),
         ece: 0.04,
+        acoustic_ece: 0.05,
         routing: RoutingSummary {
             threshold: 0.6,
             routed_fraction: routed as f64 / records.len() as f64,
@@ -207,18 +209,22 @@ fn summary(records: &[EvalRecord]) -> EvalReport {
             acoustic_only: Scores {
                 accuracy: 0.78,
                 macro_f1: 0.77,
+                ..Default::default()
             },
             rules_only: Some(Scores {
                 accuracy: 0.58,
                 macro_f1: 0.57,
+                ..Default::default()
             }),
             llm_only: Some(Scores {
                 accuracy: 0.7,
                 macro_f1: 0.69,
+                ..Default::default()
             }),
             routed: Some(Scores {
                 accuracy: conf.accuracy(),
                 macro_f1: conf.macro_f1(),
+                ..Default::default()
             }),
             routed_minus_acoustic_macro_f1: None,
             routed_minus_acoustic_accuracy: None,
@@ -394,6 +400,11 @@ fn render_if_chromium(dir: &Path) {
         .iter()
         .any(|b| has(b))
     {
+        // .ci/run installs Chromium: in CI a missing browser is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium must be installed in CI (.ci/run installs it)"
+        );
         println!("skipped the screenshot: chromium is not installed (apt-get install chromium)");
         return;
     }

@@ -57,10 +57,15 @@ pub struct Robustness {
     pub conditions: String,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Scores {
     pub accuracy: f64,
     pub macro_f1: f64,
+    /// 95 % bootstrap intervals (ablations only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_ci95: Option<Interval>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub macro_f1_ci95: Option<Interval>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -101,6 +106,9 @@ pub struct EvalReport {
     pub n_failed: usize,
     pub failures: Vec<String>,
     pub labels: Vec<String>,
+    /// What the headline figures (accuracy … ece) score: the final decisions of the routed
+    /// pipeline, as `classify` gives them (= `ablations.routed`).
+    pub headline: String,
     pub accuracy: f64,
     pub accuracy_ci95: Interval,
     pub macro_f1: f64,
@@ -108,7 +116,10 @@ pub struct EvalReport {
     pub per_class: BTreeMap<String, ClassScores>,
     /// Rows = true label, columns = predicted, in `labels` order.
     pub confusion: Vec<Vec<u32>>,
+    /// Expected calibration error of the final decisions' probabilities.
     pub ece: f64,
+    /// … and of the acoustic model's calibrated probabilities alone.
+    pub acoustic_ece: f64,
     pub routing: RoutingSummary,
     pub ablations: Ablations,
     pub timings_ms: BTreeMap<String, f64>,
@@ -227,7 +238,15 @@ pub fn evaluate_with_output(
     };
     let mut rule_vote = RuleVote::new(&rules);
     let (reasoner, route): (&mut dyn Reasoner, Route) = match llm {
-        Some(r) => (r, Route::Llm),
+        // An LLM that only explains leaves the decision to the rule vote: route `rules`.
+        Some(r) => {
+            let route = if r.llm_decides() {
+                Route::Llm
+            } else {
+                Route::Rules
+            };
+            (r, route)
+        }
         None => (&mut rule_vote, Route::Rules),
     };
     let header = EvalHeader {
@@ -257,6 +276,7 @@ pub fn evaluate_with_output(
         path: opts.model_dir.join(META_FILE),
         message: e.to_string(),
     })?;
+    let reasoner_decides = reasoner.llm_decides();
     let mut stages = Stages {
         rules_alone: RuleVote::new(&rules).with_prior_weight(0.0),
         router: Router::from_config(&model.routing),
@@ -266,7 +286,7 @@ pub fn evaluate_with_output(
         analyser,
         reasoner,
         route,
-        llm_given: ctx.llm.is_some(),
+        llm_decides: reasoner_decides,
         perturbation_seed: header.eval.perturbation_seed,
     };
     let (mut records, mut failures) = (Vec::new(), Vec::new());
@@ -309,7 +329,8 @@ struct Stages<'r> {
     reasoner: &'r mut dyn Reasoner,
     /// Route of clips the reasoner decides.
     route: Route,
-    llm_given: bool,
+    /// An LLM decides (see `Reasoner::llm_decides`): consult it on every clip.
+    llm_decides: bool,
     /// The rule vote alone (uniform prior): the rules-only ablation.
     rules_alone: RuleVote,
     temperature: f32,
@@ -350,7 +371,13 @@ impl Stages<'_> {
             &self.router,
             &mut *self.reasoner,
             &mut clip,
-            Consult::Always,
+            // An LLM that decides is scored on every clip (the llm_only ablation); other
+            // reasoners (the rule vote, an LLM that only explains) only where routed.
+            if self.llm_decides {
+                Consult::Always
+            } else {
+                Consult::RoutedOnly
+            },
         )?;
         let acoustic_only = assessment.acoustic.top_label().to_string();
         let rules_only = self
@@ -360,8 +387,12 @@ impl Stages<'_> {
             .to_string();
         let reasoner = match &assessment.verdict {
             Some(v) => v.probs.top_label().to_string(),
-            // `Consult::Always` asks the reasoner on every clip; keep the acoustic label if not.
-            None => acoustic_only.clone(),
+            // Not consulted on a kept clip: the rule vote with the acoustic prior, which is
+            // what decides routed clips unless an LLM does (the coverage curve needs it).
+            None => RuleVote::new(&self.rules)
+                .combine(&assessment.acoustic, &assessment.fired)
+                .top_label()
+                .to_string(),
         };
         let mut decision =
             assessment.into_decision(clip.evidence, &row.rel_path, None, self.route, None);
@@ -385,7 +416,7 @@ impl Stages<'_> {
             ablations: AblationLabels {
                 acoustic_only,
                 rules_only,
-                llm_only: self.llm_given.then(|| reasoner.clone()),
+                llm_only: self.llm_decides.then(|| reasoner.clone()),
                 reasoner,
                 routed: decision.label.clone(),
             },
@@ -473,21 +504,33 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
     let perturbed_pred = column(&|r| r.perturbed_label.as_deref());
     let is_routed: Vec<bool> = records.iter().map(EvalRecord::routed).collect();
 
-    let conf = Confusion::new(k, truth.iter().copied().zip(pred.iter().copied()));
-    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &pred, ctx.bootstrap_reps, ctx.seed);
-    let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
+    // Headline: the final (routed) decisions; `acoustic_conf` for the acoustic model alone.
+    let conf = Confusion::new(k, truth.iter().copied().zip(routed_pred.iter().copied()));
+    let acoustic_conf = Confusion::new(k, truth.iter().copied().zip(pred.iter().copied()));
+    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &routed_pred, ctx.bootstrap_reps, ctx.seed);
+    let top_of = |p: &crate::Probs| f64::from(p.argmax().1);
+    let final_top: Vec<f64> = records.iter().map(|r| top_of(&r.decision.probs)).collect();
+    let final_correct: Vec<bool> = truth
+        .iter()
+        .zip(&routed_pred)
+        .map(|(t, p)| t == p)
+        .collect();
     let top: Vec<f64> = records
         .iter()
-        .map(|r| f64::from(r.decision.acoustic_probs.argmax().1))
+        .map(|r| top_of(&r.decision.acoustic_probs))
         .collect();
+    let correct: Vec<bool> = truth.iter().zip(&pred).map(|(t, p)| t == p).collect();
     let routed: Vec<usize> = (0..truth.len()).filter(|&i| is_routed[i]).collect();
     let kept: Vec<usize> = (0..truth.len()).filter(|&i| !is_routed[i]).collect();
     let acc_on = |ix: &[usize], p: &[usize]| (!ix.is_empty()).then(|| accuracy_on(&truth, p, ix));
     let scores = |p: &[usize]| {
         let c = Confusion::new(k, truth.iter().copied().zip(p.iter().copied()));
+        let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, p, ctx.bootstrap_reps, ctx.seed);
         Scores {
             accuracy: c.accuracy(),
             macro_f1: c.macro_f1(),
+            accuracy_ci95: Some(acc_ci),
+            macro_f1_ci95: Some(f1_ci),
         }
     };
     let n = truth.len().max(1) as f64;
@@ -517,8 +560,8 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
     let robustness = ctx.robustness.then(|| {
         let pc = Confusion::new(k, truth.iter().copied().zip(perturbed_pred.iter().copied()));
         Robustness {
-            clean: Scores { accuracy: conf.accuracy(), macro_f1: conf.macro_f1() },
-            perturbed: Scores { accuracy: pc.accuracy(), macro_f1: pc.macro_f1() },
+            clean: Scores { accuracy: acoustic_conf.accuracy(), macro_f1: acoustic_conf.macro_f1(), ..Default::default() },
+            perturbed: Scores { accuracy: pc.accuracy(), macro_f1: pc.macro_f1(), ..Default::default() },
             macro_f1_difference: paired_macro_f1_difference(k, &truth, &pred, &perturbed_pred, ctx.bootstrap_reps, ctx.seed),
             conditions: "gain U(-12,+12) dB and white noise at U(12,30) dB SNR on every clip; 300-3400 Hz telephone band on 50 %; one echo (50-150 ms, 0.2-0.4) on 50 %".into(),
         }
@@ -528,6 +571,7 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
         n_failed: failures.len(),
         failures: failures.iter().map(|f| f.error.clone()).collect(),
         labels: labels.names().to_vec(),
+        headline: "final decisions of the routed pipeline (= ablations.routed)".into(),
         accuracy: conf.accuracy(),
         accuracy_ci95: acc_ci,
         macro_f1: conf.macro_f1(),
@@ -539,7 +583,8 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
             .zip(conf.per_class())
             .collect(),
         confusion: conf.counts.clone(),
-        ece: super::metrics::expected_calibration_error(&top, &correct, 15),
+        ece: super::metrics::expected_calibration_error(&final_top, &final_correct, 15),
+        acoustic_ece: super::metrics::expected_calibration_error(&top, &correct, 15),
         routing: RoutingSummary {
             threshold: ctx.threshold,
             routed_fraction: routed.len() as f64 / n,
@@ -585,15 +630,17 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
         r.n,
         r.n_failed
     );
+    println!("  final decisions (acoustic model; the reasoner for routed clips):");
     println!(
-        "  accuracy {:.3} [{:.3}, {:.3}]   macro-F1 {:.3} [{:.3}, {:.3}]   ECE {:.3}",
+        "  accuracy {:.3} [{:.3}, {:.3}]   macro-F1 {:.3} [{:.3}, {:.3}]   ECE {:.3} (acoustic alone {:.3})",
         r.accuracy,
         r.accuracy_ci95[0],
         r.accuracy_ci95[1],
         r.macro_f1,
         r.macro_f1_ci95[0],
         r.macro_f1_ci95[1],
-        r.ece
+        r.ece,
+        r.acoustic_ece
     );
     println!("  label    precision  recall      f1  support");
     for (l, s) in &r.per_class {
@@ -632,13 +679,19 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
     let ab = &r.ablations;
     let show = |s: &Option<Scores>| {
         s.as_ref()
-            .map(|s| format!("accuracy {:.3}  macro-F1 {:.3}", s.accuracy, s.macro_f1))
+            .map(|s| {
+                let ci = s
+                    .macro_f1_ci95
+                    .map(|c| format!(" [{:.3}, {:.3}]", c[0], c[1]))
+                    .unwrap_or_default();
+                format!("accuracy {:.3}  macro-F1 {:.3}{ci}", s.accuracy, s.macro_f1)
+            })
             .unwrap_or_else(|| "not run".into())
     };
     println!("  ablations:");
     println!(
-        "    acoustic only  accuracy {:.3}  macro-F1 {:.3}",
-        ab.acoustic_only.accuracy, ab.acoustic_only.macro_f1
+        "    acoustic only  {}",
+        show(&Some(ab.acoustic_only.clone()))
     );
     println!("    rules only     {}", show(&ab.rules_only));
     println!("    LLM only       {}", show(&ab.llm_only));
@@ -754,10 +807,11 @@ mod tests {
         assert_eq!(r.routing.acoustic_accuracy_on_routed, Some(0.0));
         assert_eq!(r.routing.final_accuracy_on_routed, Some(0.5));
         assert_eq!(r.routing.acoustic_accuracy_on_kept, Some(1.0));
-        // Rows = truth (calm, angry, panic), columns = acoustic prediction.
+        // Headline = final decisions. Rows = truth (calm, angry, panic), columns = final label.
+        assert_eq!(r.accuracy, 0.75);
         assert_eq!(
             r.confusion,
-            vec![vec![1, 0, 0], vec![1, 0, 1], vec![0, 0, 1]]
+            vec![vec![1, 0, 0], vec![0, 1, 1], vec![0, 0, 1]]
         );
         assert_eq!(r.timings_ms["acoustic_per_clip"], 2.0);
         assert_eq!(r.timings_ms["llm_per_clip"], 0.0);

@@ -495,6 +495,10 @@ impl Reasoner for LlmReasoner {
         self.name.clone()
     }
 
+    fn llm_decides(&self) -> bool {
+        true
+    }
+
     fn decide(&mut self, case: &Case<'_>) -> Result<Verdict, ReasonerError> {
         self.decide_inner(case).map_err(|e| ReasonerError::Failed {
             reasoner: self.name.clone(),

@@ -115,8 +115,13 @@ pub fn headline(
         ]);
     }
     t.row([
-        "ECE (acoustic, calibrated, 15 bins)".into(),
+        "ECE, final decisions (15 bins)".into(),
         f3(report.ece),
+        String::new(),
+    ]);
+    t.row([
+        "ECE, acoustic model alone (calibrated, 15 bins)".into(),
+        f3(report.acoustic_ece),
         String::new(),
     ]);
     t.row([
