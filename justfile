@@ -25,10 +25,10 @@ test: build
 fetch-models:
     cargo run --quiet --bin camxuc -- models fetch
 
-# Throughput benchmarks (release build; takes a while the first time).
+# Throughput and peak-memory figures -> target/camxuc-bench/bench.json + a Markdown summary
+# (release build; set CAMXUC_BENCH_MODEL=DIR for the acoustic route and `classify` memory).
 bench:
-    cargo bench --bench pipeline
-    cargo bench --bench features
+    bash scripts/bench.sh
 
 # Format the code.
 fmt:

@@ -50,6 +50,7 @@ fn synthetic_clips() -> Vec<PathBuf> {
 
 struct Run {
     label: String,
+    threads: usize,
     clips: usize,
     audio_s: f64,
     wall_s: f64,
@@ -79,6 +80,7 @@ fn measure(label: &'static str, paths: &[PathBuf], isolate: bool, rounds: usize)
     }
     Run {
         label: label.to_string(),
+        threads: 1,
         clips: paths.len() * rounds,
         audio_s,
         wall_s: t0.elapsed().as_secs_f64(),
@@ -120,6 +122,7 @@ fn measure_acoustic(model_dir: &Path, paths: &[PathBuf], threads: usize) -> Opti
         let label = format!("acoustic route, {threads} thread(s)");
         Some(Run {
             label,
+            threads,
             clips: paths.len(),
             audio_s,
             wall_s: t0.elapsed().as_secs_f64(),
@@ -158,12 +161,14 @@ fn main() {
     for r in &runs {
         let rtf = r.audio_s / r.wall_s;
         let ms = 1000.0 * r.wall_s / r.clips as f64;
+        let clips_per_s = r.clips as f64 / r.wall_s;
         println!(
             "  {:<26} {:>6.1} ms/clip  {:>6.0}x real time  ({} clips, {:.0} s audio)",
             r.label, ms, rtf, r.clips, r.audio_s
         );
         json.push(serde_json::json!({
-            "stage": r.label, "corpus": corpus, "clips": r.clips, "audio_s": r.audio_s,
+            "stage": r.label, "corpus": corpus, "threads": r.threads, "clips": r.clips,
+            "audio_s": r.audio_s, "wall_s": r.wall_s, "clips_per_s": clips_per_s,
             "ms_per_clip": ms, "real_time_factor": rtf,
         }));
     }
