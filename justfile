@@ -11,9 +11,16 @@ default:
 build:
     cargo build --bin camxuc
 
-# Run the demo on SYNTHETIC Vietnamese speech: synth, train, eval, classify.
+# The whole pipeline on SYNTHETIC Vietnamese speech: fetch models, synth, train, refine,
+# evaluate on held-out speakers, write the report (and a screenshot when Chromium is there).
 demo out="demo-out": build
-    bash scripts/demo.sh "{{out}}"
+    target/debug/camxuc demo --out "{{out}}"
+    if command -v chromium >/dev/null; then bash scripts/render_report.sh "{{out}}/report" 2600; fi
+
+# The RAVDESS experiment (train actors 01-12, refine on their held-out predictions, test on
+# 13-16) with JSON and report; LLM = none or a SPEC (the LLM then writes the rationale).
+ravdess out="ravdess-out" seed="1" llm="none": build
+    bash scripts/ravdess.sh "{{out}}" "{{seed}}" "{{llm}}"
 
 # Needs espeak-ng and the fetched models; `.ci/run` installs both.
 # Run every test (unit, integration, end-to-end).

@@ -47,7 +47,11 @@ impl TemporalConv {
         self.conv
             .forward(&x.transpose(1, 2)?.contiguous()?)?
             .gelu_erf()?
-            .transpose(1, 2)
+            .transpose(1, 2)?
+            // Contiguous before the pooling's Linear: candle 0.11's batched matmul on a
+            // transposed (strided) [B, T, H] input gives wrong rows after the first on CPU,
+            // so batch and single-clip predictions differed.
+            .contiguous()
     }
 }
 
@@ -206,5 +210,58 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "padding changed logits by {diff}");
+    }
+
+    /// Each row of a batch must get the logits it gets alone (a strided tensor once made every
+    /// row after the first wrong, so training and single-clip inference disagreed).
+    #[test]
+    fn batch_rows_equal_single_clip_logits() {
+        let dev = Device::Cpu;
+        let cfg = HeadConfig {
+            input_dim: 8,
+            hidden: 6,
+            evidence_dim: 2,
+            n_labels: 3,
+            dropout: 0.0,
+        };
+        let vm = candle_nn::VarMap::new();
+        let head = Head::load(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let clip = |seed: usize, t: usize| -> Tensor {
+            let v: Vec<f32> = (0..t * 8)
+                .map(|i| (((i + seed) * 37 % 11) as f32 - 5.0) / 5.0)
+                .collect();
+            Tensor::from_vec(v, (t, 8), &dev).unwrap()
+        };
+        let clips = [clip(0, 5), clip(3, 7), clip(7, 7), clip(1, 4)];
+        let evidence = [[0.5f32, -1.0], [0.0, 0.3], [-0.7, 1.2], [1.5, 0.1]];
+        let refs: Vec<&Tensor> = clips.iter().collect();
+        let (x, mask) = crate::acoustic::train::pad_batch(&refs, &dev).unwrap();
+        let ev = Tensor::new(&evidence, &dev).unwrap();
+        let batch = head
+            .forward(&x, &mask, Some(&ev), None)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (i, c) in clips.iter().enumerate() {
+            let t = c.dim(0).unwrap();
+            let single = head
+                .forward(
+                    &c.unsqueeze(0).unwrap(),
+                    &Tensor::ones((1, t), DType::F32, &dev).unwrap(),
+                    Some(&Tensor::new(&[evidence[i]], &dev).unwrap()),
+                    None,
+                )
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (a, b) in batch[i].iter().zip(&single[0]) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "row {i}: batch {:?} vs single {:?}",
+                    batch[i],
+                    single[0]
+                );
+            }
+        }
     }
 }
