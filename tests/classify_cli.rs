@@ -141,26 +141,51 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         "resumed output must equal the uninterrupted one"
     );
 
-    // A review queue of every clip (everything is below confidence 1.01), owner-only.
+    // A review queue of every clip (everything is below confidence 1.01), owner-only; the
+    // broken file is queued too, with its reason, and the batch goes on.
     let queue = tmp.path().join("queue.csv");
+    let review_manifest = tmp.path().join("review.csv");
+    let mut rows = String::from("path\n");
+    for c in clips.iter().chain([&bad]) {
+        rows.push_str(&format!("{}\n", c.display()));
+    }
+    std::fs::write(&review_manifest, rows).unwrap();
     let out = Command::new(BIN)
         .args(["review", "--below", "1.01", "--model"])
         .arg(&model)
         .arg("--manifest")
-        .arg(tmp.path().join("corpus/manifest.csv"))
+        .arg(&review_manifest)
         .arg("--out")
         .arg(&queue)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "one input failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&queue).unwrap();
     assert!(text.starts_with("path,given_label,predicted,confidence,route,strongest_evidence"));
-    let rows = csv::Reader::from_reader(text.as_bytes()).records().count();
-    assert_eq!(rows, clips.len(), "every clip queued");
+    let records: Vec<csv::StringRecord> = csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        records.len(),
+        clips.len() + 1,
+        "every clip queued, the broken one too"
+    );
+    let broken = records
+        .iter()
+        .find(|r| r[0].ends_with("broken.wav"))
+        .expect("the broken file has a row");
+    assert_eq!(&broken[4], "failed");
+    assert!(
+        broken[9].contains("broken.wav"),
+        "reason names the file: {:?}",
+        broken
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
