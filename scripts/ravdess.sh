@@ -28,6 +28,7 @@ echo
 rm -f "$out/decisions.jsonl"
 echo "== 3/4 evaluating on the test actors 13-16 (reasoner: $llm)"
 "$bin" eval --manifest "$manifest" --speakers actor13-actor16 --model "$out/model" --llm "$llm" \
-    --robustness --json "$out/eval.json" --out "$out/decisions.jsonl" --report "$out/report"
+    --robustness --json "$out/eval.json" --out "$out/decisions.jsonl" --report "$out/report" \
+    --report-note "RAVDESS actors 13-16: acted North American English speech (CC BY-NC-SA 4.0), test speakers never used for training, routing or refinement. Evaluation only."
 echo
 echo "== 4/4 done: $out/eval.json, $out/refine.json, $out/report/report.html"
