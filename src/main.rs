@@ -973,7 +973,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "\nDone. Report: {out}/report/report.html (Markdown: {out}/report/report.md); model and its refined rules: {model}; decisions: {out}/decisions.jsonl.\nThe speech is SYNTHETIC (espeak-ng): the figures show that the pipeline works end to end, not how it does on real recordings."
+        "\nDone. Report: {out}/report/report.html (Markdown: {out}/report/report.md); model (with its rule versions and refinement report): {model}; decisions: {out}/decisions.jsonl.\nThe speech is SYNTHETIC (espeak-ng): the figures show that the pipeline works end to end, not how it does on real recordings."
     );
     Ok(ExitCode::SUCCESS)
 }
