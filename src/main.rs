@@ -300,6 +300,9 @@ struct EvalArgs {
     /// the llm_only ablation). Off by default: on validation it did worse than the rule vote.
     #[arg(long)]
     llm_decides: bool,
+    /// Score labels only, without generating rationales (much faster with an LLM).
+    #[arg(long)]
+    no_rationale: bool,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -555,6 +558,20 @@ fn build_reasoner(
     rules: &RuleSet,
     llm_decides: bool,
 ) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
+    build_reasoner_with(spec, rules, llm_decides, true)
+}
+
+/// [`build_reasoner`]; `rationale: false` scores labels only (an LLM that would only explain
+/// is then not loaded at all).
+fn build_reasoner_with(
+    spec: &str,
+    rules: &RuleSet,
+    llm_decides: bool,
+    rationale: bool,
+) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
+    if !rationale && !llm_decides {
+        return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
+    }
     let parsed = catalog::ModelSpec::parse(spec)?;
     let Some(path) = parsed.resolve(&catalog::models_dir())? else {
         return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
@@ -571,7 +588,10 @@ fn build_reasoner(
         &path,
         rules.labels(),
         &texts,
-        ReasonerOptions::default(),
+        ReasonerOptions {
+            rationale,
+            ..ReasonerOptions::default()
+        },
         &LlmLoadOptions::default(),
     )?;
     if llm_decides {
@@ -756,7 +776,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
         let labels = model_dir::read_meta(&opts.model_dir)?.labels;
         let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
-        Some(build_reasoner(&a.llm, &rules, a.llm_decides)?.0)
+        Some(build_reasoner_with(&a.llm, &rules, a.llm_decides, !a.no_rationale)?.0)
     };
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
