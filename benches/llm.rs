@@ -1,5 +1,6 @@
 //! LLM speed and memory: `cargo bench --bench llm` (default model, 2 threads), or
-//! `CAMXUC_BENCH_MODEL=SPEC CAMXUC_BENCH_THREADS=N cargo bench --bench llm`. Prints the
+//! `CAMXUC_BENCH_MODEL=SPEC CAMXUC_BENCH_THREADS=N cargo bench --bench llm`;
+//! `CAMXUC_BENCH_PACKED=1` measures `LoadOptions::packed_kernels`. Prints the
 //! `camxuc models bench` JSON report.
 
 use camxuc::catalog::{models_dir, ModelSpec};
@@ -21,7 +22,12 @@ fn main() {
             return;
         }
     };
-    match camxuc::llm::bench(&path, threads) {
+    let options = camxuc::llm::LoadOptions {
+        threads,
+        packed_kernels: std::env::var("CAMXUC_BENCH_PACKED").is_ok_and(|v| v == "1"),
+        ..camxuc::llm::LoadOptions::default()
+    };
+    match camxuc::llm::bench_with(&path, &options) {
         Ok(report) => match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("llm bench: cannot serialise the report: {e}"),

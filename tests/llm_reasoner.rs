@@ -163,6 +163,73 @@ fn the_default_model_loads_and_gives_finite_logits() {
     assert_eq!(model.position(), 0);
 }
 
+/// candle's quantised products run on the calling thread unless CANDLE_NUM_THREADS asks for
+/// more (its spin-waiting pool made decoding 12x slower on a 2-vCPU machine); the decoder
+/// passes are counted.
+#[test]
+fn loading_sizes_the_matmul_pool_and_counts_passes() {
+    let Some(path) = default_model() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let mut model = LlmModel::load(&file, &load_options()).unwrap();
+    let wanted = std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    assert_eq!(model.load_stats().matmul_threads, wanted);
+    let tokens: Vec<u32> = (100..300).collect();
+    model.forward(&tokens).unwrap();
+    // 200 tokens in prefill chunks of 128: two passes; then one per single token.
+    assert_eq!(model.passes(), 2);
+    model.forward(&[42]).unwrap();
+    assert_eq!(model.passes(), 3);
+}
+
+/// The opt-in packed kernels (zero-padded projections) compute the same model, less
+/// precisely: the same top next token and logits close to the default path's.
+#[test]
+fn packed_kernels_give_nearly_the_same_logits() {
+    let Some(path) = default_model() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let tokenizer = file.tokenizer().unwrap();
+    let ids = tokenizer
+        .encode("The voice is loud and harsh, the speaker sounds", true)
+        .unwrap();
+    let mut plain = LlmModel::load(&file, &load_options()).unwrap();
+    let packed_options = LoadOptions {
+        packed_kernels: true,
+        ..load_options()
+    };
+    let mut packed = LlmModel::load(&file, &packed_options).unwrap();
+    let a = plain.forward(&ids).unwrap();
+    let b = packed.forward(&ids).unwrap();
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(i, _)| i)
+    };
+    assert_eq!(argmax(&a), argmax(&b));
+    // Log-probabilities of the plain path's ten likeliest tokens.
+    let log_softmax = |v: &[f32]| {
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = v.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+        v.iter().map(|x| x - lse).collect::<Vec<f32>>()
+    };
+    let (la, lb) = (log_softmax(&a), log_softmax(&b));
+    let mut top: Vec<usize> = (0..la.len()).collect();
+    top.sort_by(|&x, &y| la[y].total_cmp(&la[x]));
+    let worst = top[..10]
+        .iter()
+        .map(|&i| (la[i] - lb[i]).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("packed vs plain: top-10 log-probabilities differ by up to {worst} nats");
+    assert!(
+        worst < 1.0,
+        "packed kernels moved a top log-probability by {worst}"
+    );
+}
+
 #[test]
 fn the_prompt_cache_gives_the_same_label_likelihoods_as_a_cold_prompt() {
     let Some(path) = default_model() else { return };

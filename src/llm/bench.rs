@@ -29,6 +29,10 @@ pub struct BenchReport {
     pub load_ms: f64,
     pub requantized_tensors: usize,
     pub requantize_ms: f64,
+    /// Threads of candle's quantised-matmul pool (see `LoadOptions::matmul_threads`).
+    pub matmul_threads: usize,
+    /// Zero-padded projections for candle's packed kernels (`LoadOptions::packed_kernels`).
+    pub packed_kernels: bool,
     pub prompt_tokens: usize,
     pub prompt_tok_s: f64,
     pub gen_tokens: usize,
@@ -38,6 +42,14 @@ pub struct BenchReport {
     pub prefix_ms: f64,
     /// Tokens a decision feeds after the cached prefix (evidence, questions, answers).
     pub suffix_tokens: usize,
+    /// Of those, the clip's evidence (fed once; the rest is per label order).
+    pub evidence_tokens: usize,
+    /// Label orders averaged per decision and decoder passes one warm decision runs.
+    pub label_orders: usize,
+    pub decision_passes: usize,
+    /// The warm decision split: evidence, then each order's question and answers (ms).
+    pub decision_evidence_ms: f64,
+    pub decision_order_ms: Vec<f64>,
     /// Label decision re-processing the whole prompt (no prefix cache).
     pub decision_ms_cold: f64,
     /// Label decision from the cached prefix (median of several).
@@ -45,6 +57,12 @@ pub struct BenchReport {
     /// Rationale generation after a warm decision, timed on its own.
     pub rationale_ms: f64,
     pub rationale_tokens: usize,
+    /// The default product path (`LlmExplains`): another reasoner decided, the LLM feeds the
+    /// evidence and first question from the cached prefix, writes the label and explains it
+    /// in at most `explain_max_tokens` tokens.
+    pub explain_ms: f64,
+    pub explain_tokens: usize,
+    pub explain_max_tokens: usize,
     pub peak_rss_mb: f64,
 }
 
@@ -131,15 +149,22 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// Benchmarks the GGUF at `spec_path` on `threads` threads (0 = rayon's default).
+/// Benchmarks the GGUF at `spec_path` on `threads` threads (see [`LoadOptions::threads`]),
+/// otherwise loaded as the product loads it.
 pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> {
-    let file = GgufFile::open(spec_path)?;
-    let tokenizer = file.tokenizer()?;
     let options = LoadOptions {
         threads,
         ..LoadOptions::default()
     };
-    let mut model = LlmModel::load(&file, &options)?;
+    bench_with(spec_path, &options)
+}
+
+/// [`bench`] with every load option chosen (e.g. `packed_kernels`).
+pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport, LlmError> {
+    let threads = options.threads;
+    let file = GgufFile::open(spec_path)?;
+    let tokenizer = file.tokenizer()?;
+    let mut model = LlmModel::load(&file, options)?;
     let load = model.load_stats().clone();
 
     let ids = tokenizer.encode(BENCH_PROMPT, true)?;
@@ -185,18 +210,31 @@ pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> 
     let cold = reasoner.score(&case, false)?;
     let decision_ms_cold = ms(t);
     let mut warm = Vec::with_capacity(WARM_RUNS);
+    let mut split = (0.0, Vec::new());
+    let mut decision_passes = 0;
     for _ in 0..WARM_RUNS {
+        let passes = reasoner.model().passes();
         let t = Instant::now();
-        reasoner.score(&case, true)?;
+        let s = reasoner.score(&case, true)?;
         warm.push(ms(t));
+        decision_passes = reasoner.model().passes() - passes;
+        split = (s.evidence_ms, s.order_ms);
     }
     warm.sort_by(f64::total_cmp);
+    let evidence_tokens = tokenizer
+        .encode(&reasoner.prompt().evidence(&case), false)?
+        .len();
+    let label_orders = reasoner.orders().len();
     let verdict =
         crate::types::Reasoner::decide(&mut reasoner, &case).map_err(|e| LlmError::Model {
             path: spec_path.to_path_buf(),
             reason: e.to_string(),
         })?;
     let timings: BTreeMap<String, f64> = verdict.timings_ms;
+    let chosen = verdict.probs.argmax().0;
+    let t = Instant::now();
+    let (_, explain_tokens) = reasoner.rationale_for(&case, chosen)?;
+    let explain_ms = ms(t);
     Ok(BenchReport {
         model: spec_path.display().to_string(),
         architecture,
@@ -204,6 +242,8 @@ pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> 
         load_ms: load.load_ms,
         requantized_tensors: load.requantized_tensors,
         requantize_ms: load.requantize_ms,
+        matmul_threads: load.matmul_threads,
+        packed_kernels: options.packed_kernels,
         prompt_tokens: ids.len(),
         prompt_tok_s: ids.len() as f64 / prompt_s,
         gen_tokens: GEN_TOKENS,
@@ -211,10 +251,18 @@ pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> 
         prefix_tokens,
         prefix_ms,
         suffix_tokens: cold.suffix_tokens,
+        evidence_tokens,
+        label_orders,
+        decision_passes,
+        decision_evidence_ms: split.0,
+        decision_order_ms: split.1,
         decision_ms_cold,
         decision_ms_warm: warm[warm.len() / 2],
         rationale_ms: timings.get("llm_rationale").copied().unwrap_or(0.0),
         rationale_tokens: verdict.generated_tokens,
+        explain_ms,
+        explain_tokens,
+        explain_max_tokens: ReasonerOptions::default().max_rationale_tokens,
         peak_rss_mb: peak_rss_mb(),
     })
 }

@@ -12,7 +12,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
-use super::transformer::{rotary_tables, HiddenSum, TensorSource};
+use super::transformer::{grouped_attention, rotary_tables, HiddenSum, TensorSource};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -221,19 +221,7 @@ fn attention(
         None => (k, v),
     };
     layer.kv = Some((k.clone(), v.clone()));
-    let k = candle_transformers::utils::repeat_kv(k, n_head / n_kv)?;
-    let v = candle_transformers::utils::repeat_kv(v, n_head / n_kv)?;
-    let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let att = match mask {
-        Some(m) => {
-            let neg = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
-            m.broadcast_as(att.shape())?.where_cond(&neg, &att)?
-        }
-        None => att,
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    let y = att
-        .matmul(&v)?
+    let y = grouped_attention(&q, &k, &v, mask, n_kv)?
         .transpose(1, 2)?
         .reshape((b, seq, n_head * hd))?;
     layer.wo.forward(&y)

@@ -22,7 +22,9 @@ mod reasoner;
 mod tokenizer;
 mod transformer;
 
-pub use bench::{bench, bench_evidence, bench_rules, peak_rss_mb, BenchReport, BENCH_PROMPT};
+pub use bench::{
+    bench, bench_evidence, bench_rules, bench_with, peak_rss_mb, BenchReport, BENCH_PROMPT,
+};
 pub use chat::ChatTemplate;
 pub use error::{LlmError, SUPPORTED_ARCHITECTURES, SUPPORTED_TOKENIZER_MODELS};
 pub use gguf::{Architecture, GgufFile};
