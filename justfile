@@ -67,7 +67,13 @@ fuzz seconds="60":
     done
     printf 'path,label,speaker\nclips/a.wav,calm,s1\n"b c.wav",Angry,s2\n' > corpus/manifest/seed.csv
     if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=(cargo +nightly); else tc=(env RUSTC_BOOTSTRAP=1 cargo); fi
+    # Every target runs even when an earlier one finds something; the recipe fails at the end.
+    found=()
     for t in audio_decode manifest gguf rule_condition; do
         echo "== fuzz $t for {{seconds}} s"
-        "${tc[@]}" fuzz run -a "$t" "corpus/$t" -- -max_total_time={{seconds}} -rss_limit_mb=2048 -print_final_stats=1
+        "${tc[@]}" fuzz run -a "$t" "corpus/$t" -- -max_total_time={{seconds}} -rss_limit_mb=2048 -print_final_stats=1 || found+=("$t")
     done
+    if [ ${#found[@]} -gt 0 ]; then
+        echo "fuzz: findings in ${found[*]} (fuzz/artifacts/<target>/)"
+        exit 1
+    fi

@@ -750,6 +750,21 @@ fn models_add_on_a_gguf_with_overflowing_dimensions_is_an_error_not_a_panic() {
     );
 }
 
+/// Found by fuzz/gguf (session 2): a 61-byte GGUF whose tensor shape [.., 2^64-1, ..] passed
+/// `models add`'s check but overflowed the element count in the LLM loader's extent check.
+#[test]
+fn loading_a_gguf_with_an_overflowing_shape_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bad/gguf_shape_overflow_open.gguf");
+    std::fs::copy(&src, dir.path().join("shape.gguf")).unwrap();
+    assert_one_line_error(
+        &camxuc(dir.path(), &["models", "bench", "shape.gguf"]),
+        1,
+        &["shape.gguf"],
+    );
+}
+
 /// Found by fuzz/audio_decode: a 2.3 KB FLAC whose metadata makes symphonia 0.5.5's FLAC
 /// demuxer ask for 4.2 GB at probe time. The decode worker's memory limit turns that into
 /// this file's error; the CLI goes on and says so in one line.

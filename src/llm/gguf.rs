@@ -141,7 +141,14 @@ impl GgufFile {
 /// that tensor is loaded.
 fn check_tensor_extents(path: &Path, content: &Content, file_size: u64) -> Result<(), LlmError> {
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count() as u64;
+        // Not `shape.elem_count()`: its product overflows (a panic with overflow checks) on
+        // a hostile shape such as [u64::MAX, 10] (found by fuzz/gguf).
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
         let block = info.ggml_dtype.block_size() as u64;
         let bytes = (elems / block.max(1)).saturating_mul(info.ggml_dtype.type_size() as u64);
         let end = content
