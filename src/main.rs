@@ -230,25 +230,33 @@ struct TrainArgs {
     oof_folds: usize,
 }
 
+/// The model, rules and reasoner flags `classify` and `eval` share.
 #[derive(clap::Args, Debug)]
-struct ClassifyArgs {
-    /// Audio files (WAV, FLAC, MP3, OGG/Vorbis, ...).
-    #[arg(required = true)]
-    files: Vec<PathBuf>,
+struct PipelineArgs {
     /// Model directory (default: the most recently trained model under models/acoustic).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// LLM for ambiguous clips: NAME | PATH | hf:OWNER/REPO/FILE (e.g. smollm2-135m), or `none`
-    /// for the rule vote alone. With an LLM the rule vote still decides and the LLM writes the
-    /// rationale: on validation the small LLMs' own decisions were worse (see README).
+    /// LLM for ambiguous (routed) clips: NAME | PATH | hf:OWNER/REPO/FILE (e.g. smollm2-135m),
+    /// or `none` for the rule vote alone. With an LLM the rule vote still decides and the LLM
+    /// writes the rationale: on validation the small LLMs' own decisions were worse (README).
     #[arg(long, default_value = "none")]
     llm: String,
-    /// Let the LLM's own label scores decide ambiguous clips (research; off by default).
+    /// Let the LLM's own label scores decide routed clips (research; off by default). In
+    /// `eval` it is then also scored alone on every clip (the llm_only ablation).
     #[arg(long)]
     llm_decides: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClassifyArgs {
+    /// Audio files (WAV, FLAC, MP3, OGG/Vorbis, ...).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// Route clips whose top probability is below this (overrides the model's routing.json).
     #[arg(long)]
     threshold: Option<f32>,
@@ -286,20 +294,8 @@ struct EvalArgs {
     /// Use only these speakers of the manifest (`actor13-actor16`).
     #[arg(long)]
     speakers: Option<String>,
-    /// Model directory (default: the most recently trained model under models/acoustic).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
-    #[arg(long)]
-    rules: Option<PathBuf>,
-    /// LLM for routed clips: NAME | PATH | hf:REPO/FILE, or `none` for the rule vote alone. By
-    /// default the rule vote decides and the LLM writes the rationale (see --llm-decides).
-    #[arg(long, default_value = "none")]
-    llm: String,
-    /// Let the LLM's own label scores decide routed clips (and score it alone on every clip:
-    /// the llm_only ablation). Off by default: on validation it did worse than the rule vote.
-    #[arg(long)]
-    llm_decides: bool,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// Score labels only, without generating rationales (much faster with an LLM).
     #[arg(long)]
     no_rationale: bool,
@@ -605,10 +601,10 @@ fn build_reasoner_with(
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
-    let model_dir = pick_model(a.model)?;
+    let model_dir = pick_model(a.pipeline.model)?;
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
-    let rules = active_rules(&model, a.rules.as_deref())?;
-    let (reasoner, route) = build_reasoner(&a.llm, &rules, a.llm_decides)?;
+    let rules = active_rules(&model, a.pipeline.rules.as_deref())?;
+    let (reasoner, route) = build_reasoner(&a.pipeline.llm, &rules, a.pipeline.llm_decides)?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
     let header = RunHeader {
         camxuc_run: env!("CARGO_PKG_VERSION").into(),
@@ -763,20 +759,28 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
         speakers: a.speakers,
-        model_dir: pick_model(a.model)?,
+        model_dir: pick_model(a.pipeline.model)?,
         models_dir: catalog::models_dir(),
-        rules: a.rules,
+        rules: a.pipeline.rules,
         bootstrap_reps: 2000,
         seed: a.seed,
         robustness: a.robustness,
     };
-    let mut llm = if a.llm.eq_ignore_ascii_case("none") {
+    let mut llm = if a.pipeline.llm.eq_ignore_ascii_case("none") {
         None
     } else {
         // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
         let labels = model_dir::read_meta(&opts.model_dir)?.labels;
         let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
-        Some(build_reasoner_with(&a.llm, &rules, a.llm_decides, !a.no_rationale)?.0)
+        Some(
+            build_reasoner_with(
+                &a.pipeline.llm,
+                &rules,
+                a.pipeline.llm_decides,
+                !a.no_rationale,
+            )?
+            .0,
+        )
     };
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);

@@ -168,14 +168,6 @@ pub struct EvalOutcome {
     pub failures: Vec<Failure>,
 }
 
-/// Callers that only want the numbers read them straight off the outcome.
-impl std::ops::Deref for EvalOutcome {
-    type Target = EvalReport;
-    fn deref(&self) -> &EvalReport {
-        &self.report
-    }
-}
-
 /// What [`summarise`] needs besides the records: the run's identity and settings.
 #[derive(Clone, Debug)]
 pub struct SummaryContext {
