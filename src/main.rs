@@ -151,6 +151,12 @@ struct RefineArgs {
     /// Write the outcome (every round's edits and checks) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// After the rounds, refit the routing threshold with the reasoner in the loop (route
+    /// fewer clips when the rules do worse than the acoustic model, more when better); with
+    /// --accept it replaces routing.json (old one kept as routing.json.prev) when the
+    /// cross-fitted check passes.
+    #[arg(long)]
+    refit_routing: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -1014,6 +1020,7 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
     opts.search.max_edits = a.max_edits;
     opts.folds = a.folds;
     opts.seed = a.seed;
+    opts.refit_routing = a.refit_routing;
     let spec = a.llm.clone();
     let mut factory = |rules: &RuleSet| -> std::result::Result<Box<dyn camxuc::Reasoner>, String> {
         build_reasoner(&spec, rules, true)
@@ -1091,6 +1098,19 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
             "    {}  {}",
             r.rules_file.display(),
             r.report_file.display()
+        );
+    }
+    if let Some(r) = &outcome.routing {
+        println!(
+            "routing refit: threshold {:.3} ({:.0} % routed) -> {:.3} ({:.0} %): cross-fitted macro-F1 {:.3} -> {:.3}, {}; {}",
+            r.threshold_before,
+            100.0 * r.fraction_before,
+            r.threshold_after,
+            100.0 * r.fraction_after,
+            r.macro_f1_current,
+            r.macro_f1_cross_fitted,
+            r.reason,
+            if r.kept { "KEPT (routing.json rewritten)" } else if r.passes { "passes (use --accept to keep)" } else { "rejected" }
         );
     }
     println!("active rules: {}", outcome.active_rules);

@@ -21,6 +21,7 @@
 pub mod analysis;
 pub mod clips;
 pub mod report;
+pub mod routing;
 pub mod search;
 pub mod wording;
 
@@ -102,6 +103,10 @@ pub struct RefineOptions {
     pub class_tolerance: f64,
     pub bootstrap_reps: usize,
     pub seed: u64,
+    /// After the rounds, refit the routing threshold with the reasoner in the loop
+    /// ([`routing`]); kept (routing.json rewritten, the old one as routing.json.prev) only
+    /// with `accept` and a passed cross-fitted check.
+    pub refit_routing: bool,
 }
 
 impl RefineOptions {
@@ -121,6 +126,7 @@ impl RefineOptions {
             class_tolerance: 0.05,
             bootstrap_reps: 2000,
             seed: 1,
+            refit_routing: false,
         }
     }
 }
@@ -180,6 +186,8 @@ pub struct RefineOutcome {
     pub rounds: Vec<RoundOutcome>,
     /// The model's active rule set after refinement.
     pub active_rules: String,
+    /// The routing refit (`--refit-routing`), when asked for.
+    pub routing: Option<routing::RoutingRefit>,
 }
 
 /// Progress of a refinement run.
@@ -566,6 +574,11 @@ pub fn refine(
         rules = proposal;
     }
     let active = active_rules_for(&opts.model_dir, &labels, None)?;
+    let routing_refit = if opts.refit_routing {
+        Some(refit_routing(opts, &active, &clips, &mut routing)?)
+    } else {
+        None
+    };
     Ok(RefineOutcome {
         clips: clips.len(),
         by_source,
@@ -575,6 +588,92 @@ pub fn refine(
         starting_rules,
         rounds: outcomes,
         active_rules: active.id_string(),
+        routing: routing_refit,
+    })
+}
+
+/// The routing refit with its cross-fitted check (see [`routing`]).
+fn refit_routing(
+    opts: &RefineOptions,
+    rules: &RuleSet,
+    clips: &[&RefineClip],
+    cfg: &mut model_dir::RoutingConfig,
+) -> Result<routing::RoutingRefit, RefineError> {
+    let k = rules.labels().len();
+    let truth: Vec<usize> = clips.iter().map(|c| c.truth).collect();
+    let prefer = cfg.target_route_fraction;
+    let current = routing::labels_at(clips, rules, cfg.threshold);
+    let (t_all, _) = routing::best_threshold(clips, rules, prefer);
+    let n_folds = opts.folds.max(2);
+    let fold = folds_of(clips, n_folds, opts.seed ^ 0x7007);
+    let mut crossed = current.clone();
+    for f in 0..n_folds {
+        let (fit, held): (Vec<usize>, Vec<usize>) = (0..clips.len()).partition(|&i| fold[i] != f);
+        if fit.is_empty() || held.is_empty() {
+            continue;
+        }
+        let pick = |ix: &[usize]| ix.iter().map(|&i| clips[i]).collect::<Vec<_>>();
+        let (t, _) = routing::best_threshold(&pick(&fit), rules, prefer);
+        for (&i, l) in held.iter().zip(routing::labels_at(&pick(&held), rules, t)) {
+            crossed[i] = l;
+        }
+    }
+    let (difference, ci, p) = paired_f1(
+        k,
+        &truth,
+        &current,
+        &crossed,
+        opts.bootstrap_reps,
+        opts.seed,
+    );
+    let worst_drop = per_class_f1(k, &truth, &current)
+        .iter()
+        .zip(per_class_f1(k, &truth, &crossed))
+        .map(|(b, a)| b - a)
+        .fold(0.0, f64::max);
+    let f1 = |pred: &[usize]| {
+        Confusion::new(k, truth.iter().copied().zip(pred.iter().copied())).macro_f1()
+    };
+    let passes = difference > 0.0 && p >= opts.confidence && worst_drop <= opts.class_tolerance;
+    let kept = passes && opts.accept;
+    let reason = format!(
+        "cross-fitted macro-F1 {difference:+.3} [{:+.3}, {:+.3}], better in {:.0} % of resamples, largest class drop {worst_drop:.3}",
+        ci[0],
+        ci[1],
+        100.0 * p
+    );
+    let before = (cfg.threshold, routing::fraction_at(clips, cfg.threshold));
+    if kept {
+        let path = opts.model_dir.join(model_dir::ROUTING_FILE);
+        let prev = opts
+            .model_dir
+            .join(format!("{}.prev", model_dir::ROUTING_FILE));
+        std::fs::copy(&path, &prev).map_err(|e| RefineError::io(&prev, e))?;
+        cfg.threshold = t_all;
+        cfg.fitted_on = format!(
+            "refine --refit-routing on {} held-out clips of {} ({reason})",
+            clips.len(),
+            file_name(&opts.manifest)
+        );
+        let text = serde_json::to_string_pretty(&*cfg).map_err(|e| RefineError::Data {
+            path: path.clone(),
+            message: e.to_string(),
+        })? + "\n";
+        std::fs::write(&path, text).map_err(|e| RefineError::io(&path, e))?;
+    }
+    Ok(routing::RoutingRefit {
+        threshold_before: before.0,
+        fraction_before: before.1,
+        threshold_after: t_all,
+        fraction_after: routing::fraction_at(clips, t_all),
+        macro_f1_current: f1(&current),
+        macro_f1_cross_fitted: f1(&crossed),
+        difference,
+        difference_ci95: ci,
+        probability_of_improvement: p,
+        passes,
+        kept,
+        reason,
     })
 }
 
