@@ -519,6 +519,15 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         m.history.len(),
         m.seconds
     );
+    let phase = |k: &str| m.phase_seconds.get(k).copied().unwrap_or(0.0);
+    println!(
+        "  time: analysis {:.0} s, encoding {:.0} s, head {:.0} s ({:.2} s per epoch), out-of-fold heads {:.0} s",
+        phase("analyse"),
+        phase("encode"),
+        phase("head"),
+        phase("head") / m.history.len().max(1) as f64,
+        phase("out_of_fold")
+    );
     println!(
         "  validation: accuracy {:.3}, macro-F1 {:.3}",
         m.val_accuracy, m.val_macro_f1

@@ -203,6 +203,12 @@ pub fn train_model(
     };
     let train_rows: Vec<usize> = (0..train_m.rows.len()).collect();
     let val_rows: Vec<usize> = (0..val_m.rows.len()).collect();
+    let mut phase_seconds = std::collections::BTreeMap::new();
+    let mut phase_start = Instant::now();
+    let mut lap = |name: &str, phases: &mut std::collections::BTreeMap<String, f64>| {
+        phases.insert(name.to_string(), phase_start.elapsed().as_secs_f64());
+        phase_start = Instant::now();
+    };
     let mut train_clips = analyse_rows(&train_m, &train_rows, &mut an, &mut skipped, &mut |n| {
         tick(n, on_event)
     });
@@ -218,6 +224,8 @@ pub fn train_model(
             ),
         });
     }
+
+    lap("analyse", &mut phase_seconds);
 
     // Corpus evidence baseline from the training clips only.
     let evidences: Vec<Evidence> = train_clips
@@ -296,6 +304,8 @@ pub fn train_model(
         });
     }
 
+    lap("encode", &mut phase_seconds);
+
     // Train the head.
     let head_cfg = HeadConfig {
         input_dim: frontend.dim(feature_cfg.n_mels),
@@ -313,6 +323,8 @@ pub fn train_model(
         &mut |s| on_event(TrainEvent::Epoch(s)),
     )?;
 
+    lap("head", &mut phase_seconds);
+
     // Out-of-fold logits for the training clips (refinement needs predictions on clips whose
     // speaker the model never saw; training-set predictions are near perfect).
     let oof_logits = out_of_fold_logits(
@@ -325,6 +337,8 @@ pub fn train_model(
         &device,
         on_event,
     )?;
+
+    lap("out_of_fold", &mut phase_seconds);
 
     // Calibration and routing on held-out predictions: validation plus out-of-fold.
     let val_labels: Vec<usize> = val_examples.iter().map(|e| e.label).collect();
@@ -368,6 +382,7 @@ pub fn train_model(
         ece_after: ece_at(&val_logits, &val_labels, temperature),
         history: trained.history.clone(),
         seconds: started.elapsed().as_secs_f64(),
+        phase_seconds,
     };
     let meta = ModelMeta {
         format_version: model_dir::FORMAT_VERSION,

@@ -76,6 +76,11 @@ pub struct TrainingMetrics {
     pub ece_after: f64,
     pub history: Vec<EpochStats>,
     pub seconds: f64,
+    /// Wall seconds per phase: `analyse` (decode, trim, evidence), `encode` (front end over
+    /// every view), `head` (the main head's epochs), `out_of_fold` (the fold heads); absent in
+    /// directories written before it existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub phase_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 /// `model.json`.
