@@ -1116,10 +1116,10 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
             100.0 * r.fraction_before,
             r.threshold_after,
             100.0 * r.fraction_after,
-            r.macro_f1_current,
-            r.macro_f1_cross_fitted,
-            r.reason,
-            if r.kept { "KEPT (routing.json rewritten)" } else if r.passes { "passes (use --accept to keep)" } else { "rejected" }
+            r.acceptance.macro_f1_current,
+            r.acceptance.macro_f1_cross_fitted,
+            r.acceptance.reason,
+            if r.kept { "KEPT (routing.json rewritten)" } else if r.acceptance.passes { "passes (use --accept to keep)" } else { "rejected" }
         );
     }
     println!("active rules: {}", outcome.active_rules);

@@ -170,10 +170,21 @@ pub fn bootstrap_ci(
     n: usize,
     reps: usize,
     seed: u64,
-    mut stat: impl FnMut(&[usize]) -> f64,
+    stat: impl FnMut(&[usize]) -> f64,
 ) -> Interval {
+    interval(&bootstrap_values(n, reps, seed, stat))
+}
+
+/// `stat` on `reps` seeded resamples of the `n` items, sorted (empty when there is nothing
+/// to resample).
+fn bootstrap_values(
+    n: usize,
+    reps: usize,
+    seed: u64,
+    mut stat: impl FnMut(&[usize]) -> f64,
+) -> Vec<f64> {
     if n == 0 || reps == 0 {
-        return [0.0, 0.0];
+        return Vec::new();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut idx = vec![0usize; n];
@@ -186,7 +197,15 @@ pub fn bootstrap_ci(
         })
         .collect();
     values.sort_by(f64::total_cmp);
-    [percentile(&values, 0.025), percentile(&values, 0.975)]
+    values
+}
+
+/// The 95 % percentile interval of sorted bootstrap values (`[0, 0]` when there are none).
+fn interval(sorted: &[f64]) -> Interval {
+    if sorted.is_empty() {
+        return [0.0, 0.0];
+    }
+    [percentile(sorted, 0.025), percentile(sorted, 0.975)]
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -228,7 +247,8 @@ pub struct PairedDifference {
     pub ci95: Interval,
 }
 
-/// `metric(ix, pred_b) − metric(ix, pred_a)` on all items and over paired resamples.
+/// `metric(ix, pred_b) − metric(ix, pred_a)` on all items and over paired resamples, with the
+/// share of resamples where `b` is strictly better.
 fn paired_difference(
     n: usize,
     pred_a: &[usize],
@@ -236,12 +256,32 @@ fn paired_difference(
     reps: usize,
     seed: u64,
     metric: impl Fn(&[usize], &[usize]) -> f64,
-) -> PairedDifference {
+) -> (PairedDifference, f64) {
     let all: Vec<usize> = (0..n).collect();
-    PairedDifference {
-        difference: metric(&all, pred_b) - metric(&all, pred_a),
-        ci95: bootstrap_ci(n, reps, seed, |ix| metric(ix, pred_b) - metric(ix, pred_a)),
-    }
+    let values = bootstrap_values(n, reps, seed, |ix| metric(ix, pred_b) - metric(ix, pred_a));
+    let better = values.iter().filter(|&&v| v > 0.0).count() as f64 / values.len().max(1) as f64;
+    (
+        PairedDifference {
+            difference: metric(&all, pred_b) - metric(&all, pred_a),
+            ci95: interval(&values),
+        },
+        better,
+    )
+}
+
+/// [`paired_macro_f1_difference`] and the share of paired resamples where `pred_b` has the
+/// higher macro-F1 (the bootstrap probability of improvement).
+pub fn paired_macro_f1_test(
+    n_labels: usize,
+    truth: &[usize],
+    pred_a: &[usize],
+    pred_b: &[usize],
+    reps: usize,
+    seed: u64,
+) -> (PairedDifference, f64) {
+    paired_difference(truth.len(), pred_a, pred_b, reps, seed, |ix, pred| {
+        macro_f1_on(n_labels, truth, pred, ix)
+    })
 }
 
 pub fn paired_macro_f1_difference(
@@ -252,9 +292,7 @@ pub fn paired_macro_f1_difference(
     reps: usize,
     seed: u64,
 ) -> PairedDifference {
-    paired_difference(truth.len(), pred_a, pred_b, reps, seed, |ix, pred| {
-        macro_f1_on(n_labels, truth, pred, ix)
-    })
+    paired_macro_f1_test(n_labels, truth, pred_a, pred_b, reps, seed).0
 }
 
 pub fn paired_accuracy_difference(
@@ -267,6 +305,7 @@ pub fn paired_accuracy_difference(
     paired_difference(truth.len(), pred_a, pred_b, reps, seed, |ix, pred| {
         accuracy_on(truth, pred, ix)
     })
+    .0
 }
 
 #[cfg(test)]

@@ -29,14 +29,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::acoustic::{model_dir, AcousticError};
 use crate::data::manifest::Manifest;
 use crate::data::split::filter_speakers;
-use crate::eval::metrics::{Confusion, Interval};
+use crate::eval::metrics::{paired_macro_f1_test, Confusion, Interval};
 use crate::pipeline::decide::{active_rules_for, MODEL_RULES_FILE};
 use crate::pipeline::{PipelineError, Router};
 use crate::rules::{RuleSet, RulesError};
@@ -261,38 +261,6 @@ fn folds_of(clips: &[&RefineClip], k: usize, seed: u64) -> Vec<usize> {
     }
 }
 
-/// Macro-F1 difference of `b` over `a` on the same clips: interval and the share of paired
-/// resamples where `b` is better.
-fn paired_f1(
-    k: usize,
-    truth: &[usize],
-    a: &[usize],
-    b: &[usize],
-    reps: usize,
-    seed: u64,
-) -> (f64, Interval, f64) {
-    let f1 = |ix: &[usize], pred: &[usize]| {
-        Confusion::new(k, ix.iter().map(|&i| (truth[i], pred[i]))).macro_f1()
-    };
-    let n = truth.len();
-    let all: Vec<usize> = (0..n).collect();
-    let diff = f1(&all, b) - f1(&all, a);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut ix = vec![0; n];
-    let mut values: Vec<f64> = (0..reps)
-        .map(|_| {
-            for i in ix.iter_mut() {
-                *i = rng.random_range(0..n);
-            }
-            f1(&ix, b) - f1(&ix, a)
-        })
-        .collect();
-    values.sort_by(f64::total_cmp);
-    let pick = |q: f64| values[((q * (values.len() - 1) as f64).round()) as usize];
-    let p = values.iter().filter(|&&v| v > 0.0).count() as f64 / values.len().max(1) as f64;
-    (diff, [pick(0.025), pick(0.975)], p)
-}
-
 fn per_class_f1(k: usize, truth: &[usize], pred: &[usize]) -> Vec<f64> {
     Confusion::new(k, truth.iter().copied().zip(pred.iter().copied()))
         .per_class()
@@ -301,55 +269,49 @@ fn per_class_f1(k: usize, truth: &[usize], pred: &[usize]) -> Vec<f64> {
         .collect()
 }
 
-/// The cross-fitted check of the search procedure from `rules` (see the module docs).
-fn cross_fit(
-    rules: &RuleSet,
+/// Every clip's label from a procedure that never saw the clip's fold: for each of `n_folds`
+/// speaker folds, `fit_and_label(fit, held)` fits on the `fit` clip indices and labels the
+/// `held` ones. A fold that cannot be fitted keeps its `current` labels.
+fn cross_fitted_labels(
     clips: &[&RefineClip],
-    routed: &[bool],
-    opts: &RefineOptions,
-    round: usize,
-    on_event: &mut dyn FnMut(RefineEvent),
-) -> Acceptance {
-    let labels = rules.labels();
-    let k = labels.len();
-    let n_folds = opts.folds.max(2);
-    let fold = folds_of(clips, n_folds, opts.seed.wrapping_add(round as u64));
-    let truth: Vec<usize> = clips.iter().map(|c| c.truth).collect();
-    let all = Problem::new(clips.to_vec(), routed.to_vec(), labels);
-    let current = all.labels_for(rules);
-    let mut crossed = current.clone();
+    current: &[usize],
+    n_folds: usize,
+    seed: u64,
+    on_fold: &mut dyn FnMut(usize),
+    mut fit_and_label: impl FnMut(&[usize], &[usize]) -> Vec<usize>,
+) -> Vec<usize> {
+    let fold = folds_of(clips, n_folds, seed);
+    let mut crossed = current.to_vec();
     for f in 0..n_folds {
-        on_event(RefineEvent::Fold {
-            fold: f + 1,
-            folds: n_folds,
-        });
+        on_fold(f);
         let (fit, held): (Vec<usize>, Vec<usize>) = (0..clips.len()).partition(|&i| fold[i] != f);
         if fit.is_empty() || held.is_empty() {
             continue;
         }
-        let sub = |ix: &[usize]| {
-            Problem::new(
-                ix.iter().map(|&i| clips[i]).collect(),
-                ix.iter().map(|&i| routed[i]).collect(),
-                labels,
-            )
-        };
-        let (proposal, _) = search::propose(rules, &sub(&fit), &opts.search);
-        let held_pred = sub(&held).labels_for(&proposal);
-        for (&i, l) in held.iter().zip(held_pred) {
+        for (&i, l) in held.iter().zip(fit_and_label(&fit, &held)) {
             crossed[i] = l;
         }
     }
-    let (difference, ci, p) = paired_f1(
-        k,
-        &truth,
-        &current,
-        &crossed,
-        opts.bootstrap_reps,
-        opts.seed,
-    );
-    let before = per_class_f1(k, &truth, &current);
-    let after = per_class_f1(k, &truth, &crossed);
+    crossed
+}
+
+/// Compares cross-fitted labels with the current ones on the same clips and says whether the
+/// change may be kept (see the module docs for the rule).
+fn judge(
+    rules: &RuleSet,
+    truth: &[usize],
+    current: &[usize],
+    crossed: &[usize],
+    n_folds: usize,
+    opts: &RefineOptions,
+) -> Acceptance {
+    let labels = rules.labels();
+    let k = labels.len();
+    let (paired, p) =
+        paired_macro_f1_test(k, truth, current, crossed, opts.bootstrap_reps, opts.seed);
+    let (difference, ci) = (paired.difference, paired.ci95);
+    let before = per_class_f1(k, truth, current);
+    let after = per_class_f1(k, truth, crossed);
     let per_class_f1_change: BTreeMap<String, f64> = labels
         .names()
         .iter()
@@ -398,8 +360,8 @@ fn cross_fit(
     };
     Acceptance {
         folds: n_folds,
-        macro_f1_current: f1(&current),
-        macro_f1_cross_fitted: f1(&crossed),
+        macro_f1_current: f1(current),
+        macro_f1_cross_fitted: f1(crossed),
         difference,
         difference_ci95: ci,
         probability_of_improvement: p,
@@ -407,6 +369,45 @@ fn cross_fit(
         passes,
         reason,
     }
+}
+
+/// The cross-fitted check of the search procedure from `rules` (see the module docs).
+fn cross_fit(
+    rules: &RuleSet,
+    clips: &[&RefineClip],
+    routed: &[bool],
+    opts: &RefineOptions,
+    round: usize,
+    on_event: &mut dyn FnMut(RefineEvent),
+) -> Acceptance {
+    let labels = rules.labels();
+    let n_folds = opts.folds.max(2);
+    let truth: Vec<usize> = clips.iter().map(|c| c.truth).collect();
+    let current = Problem::new(clips.to_vec(), routed.to_vec(), labels).labels_for(rules);
+    let sub = |ix: &[usize]| {
+        Problem::new(
+            ix.iter().map(|&i| clips[i]).collect(),
+            ix.iter().map(|&i| routed[i]).collect(),
+            labels,
+        )
+    };
+    let crossed = cross_fitted_labels(
+        clips,
+        &current,
+        n_folds,
+        opts.seed.wrapping_add(round as u64),
+        &mut |f| {
+            on_event(RefineEvent::Fold {
+                fold: f + 1,
+                folds: n_folds,
+            })
+        },
+        |fit, held| {
+            let (proposal, _) = search::propose(rules, &sub(fit), &opts.search);
+            sub(held).labels_for(&proposal)
+        },
+    );
+    judge(rules, &truth, &current, &crossed, n_folds, opts)
 }
 
 /// Accuracy of the LLM reasoner on the routed clips with `rules` in its prompt.
@@ -599,49 +600,25 @@ fn refit_routing(
     clips: &[&RefineClip],
     cfg: &mut model_dir::RoutingConfig,
 ) -> Result<routing::RoutingRefit, RefineError> {
-    let k = rules.labels().len();
     let truth: Vec<usize> = clips.iter().map(|c| c.truth).collect();
     let prefer = cfg.target_route_fraction;
     let current = routing::labels_at(clips, rules, cfg.threshold);
     let (t_all, _) = routing::best_threshold(clips, rules, prefer);
     let n_folds = opts.folds.max(2);
-    let fold = folds_of(clips, n_folds, opts.seed ^ 0x7007);
-    let mut crossed = current.clone();
-    for f in 0..n_folds {
-        let (fit, held): (Vec<usize>, Vec<usize>) = (0..clips.len()).partition(|&i| fold[i] != f);
-        if fit.is_empty() || held.is_empty() {
-            continue;
-        }
-        let pick = |ix: &[usize]| ix.iter().map(|&i| clips[i]).collect::<Vec<_>>();
-        let (t, _) = routing::best_threshold(&pick(&fit), rules, prefer);
-        for (&i, l) in held.iter().zip(routing::labels_at(&pick(&held), rules, t)) {
-            crossed[i] = l;
-        }
-    }
-    let (difference, ci, p) = paired_f1(
-        k,
-        &truth,
+    let pick = |ix: &[usize]| ix.iter().map(|&i| clips[i]).collect::<Vec<_>>();
+    let crossed = cross_fitted_labels(
+        clips,
         &current,
-        &crossed,
-        opts.bootstrap_reps,
-        opts.seed,
+        n_folds,
+        opts.seed ^ 0x7007,
+        &mut |_| {},
+        |fit, held| {
+            let (t, _) = routing::best_threshold(&pick(fit), rules, prefer);
+            routing::labels_at(&pick(held), rules, t)
+        },
     );
-    let worst_drop = per_class_f1(k, &truth, &current)
-        .iter()
-        .zip(per_class_f1(k, &truth, &crossed))
-        .map(|(b, a)| b - a)
-        .fold(0.0, f64::max);
-    let f1 = |pred: &[usize]| {
-        Confusion::new(k, truth.iter().copied().zip(pred.iter().copied())).macro_f1()
-    };
-    let passes = difference > 0.0 && p >= opts.confidence && worst_drop <= opts.class_tolerance;
-    let kept = passes && opts.accept;
-    let reason = format!(
-        "cross-fitted macro-F1 {difference:+.3} [{:+.3}, {:+.3}], better in {:.0} % of resamples, largest class drop {worst_drop:.3}",
-        ci[0],
-        ci[1],
-        100.0 * p
-    );
+    let acceptance = judge(rules, &truth, &current, &crossed, n_folds, opts);
+    let kept = acceptance.passes && opts.accept;
     let before = (cfg.threshold, routing::fraction_at(clips, cfg.threshold));
     if kept {
         let path = opts.model_dir.join(model_dir::ROUTING_FILE);
@@ -651,29 +628,20 @@ fn refit_routing(
         std::fs::copy(&path, &prev).map_err(|e| RefineError::io(&prev, e))?;
         cfg.threshold = t_all;
         cfg.fitted_on = format!(
-            "refine --refit-routing on {} held-out clips of {} ({reason})",
+            "refine --refit-routing on {} held-out clips of {} ({})",
             clips.len(),
-            file_name(&opts.manifest)
+            file_name(&opts.manifest),
+            acceptance.reason
         );
-        let text = serde_json::to_string_pretty(&*cfg).map_err(|e| RefineError::Data {
-            path: path.clone(),
-            message: e.to_string(),
-        })? + "\n";
-        std::fs::write(&path, text).map_err(|e| RefineError::io(&path, e))?;
+        model_dir::write_json(&path, &*cfg).map_err(AcousticError::from)?;
     }
     Ok(routing::RoutingRefit {
         threshold_before: before.0,
         fraction_before: before.1,
         threshold_after: t_all,
         fraction_after: routing::fraction_at(clips, t_all),
-        macro_f1_current: f1(&current),
-        macro_f1_cross_fitted: f1(&crossed),
-        difference,
-        difference_ci95: ci,
-        probability_of_improvement: p,
-        passes,
+        acceptance,
         kept,
-        reason,
     })
 }
 
@@ -750,9 +718,12 @@ mod tests {
         for w in worse.iter_mut().step_by(4) {
             *w = (*w + 1) % 3;
         }
-        let (d, ci, p) = paired_f1(3, &truth, &worse, &truth, 500, 1);
-        assert!(d > 0.2 && ci[0] > 0.0 && p > 0.99, "{d} {ci:?} {p}");
-        let (d, ci, p) = paired_f1(3, &truth, &worse, &worse, 500, 1);
-        assert_eq!((d, ci, p), (0.0, [0.0, 0.0], 0.0));
+        let (d, p) = paired_macro_f1_test(3, &truth, &worse, &truth, 500, 1);
+        assert!(
+            d.difference > 0.2 && d.ci95[0] > 0.0 && p > 0.99,
+            "{d:?} {p}"
+        );
+        let (d, p) = paired_macro_f1_test(3, &truth, &worse, &worse, 500, 1);
+        assert_eq!((d.difference, d.ci95, p), (0.0, [0.0, 0.0], 0.0));
     }
 }

@@ -32,10 +32,7 @@ pub fn round_markdown(
     let _ = writeln!(
         s,
         "- Manifest: `{}`{}",
-        opts.manifest
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        super::file_name(&opts.manifest),
         opts.speakers
             .as_deref()
             .map(|sp| format!(", speakers {sp}"))
@@ -187,10 +184,7 @@ pub fn round_markdown(
     let _ = writeln!(
         s,
         "## Files\n\n- Proposed rule set: `{}`{}\n",
-        r.rules_file
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        super::file_name(&r.rules_file),
         if r.kept {
             " (copied to `rules.toml`: active)"
         } else {

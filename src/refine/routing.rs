@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::clips::RefineClip;
 use super::search::Problem;
 use crate::acoustic::fit::fit_routing;
-use crate::eval::metrics::{Confusion, Interval};
+use crate::eval::metrics::Confusion;
 use crate::rules::RuleSet;
 
 /// Route fractions tried.
@@ -24,14 +24,9 @@ pub struct RoutingRefit {
     /// Chosen on all refinement clips.
     pub threshold_after: f32,
     pub fraction_after: f64,
-    pub macro_f1_current: f64,
-    pub macro_f1_cross_fitted: f64,
-    pub difference: f64,
-    pub difference_ci95: Interval,
-    pub probability_of_improvement: f64,
-    pub passes: bool,
+    /// The cross-fitted check, the same as for a rule edit.
+    pub acceptance: super::Acceptance,
     pub kept: bool,
-    pub reason: String,
 }
 
 fn top(c: &RefineClip) -> f32 {

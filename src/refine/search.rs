@@ -14,8 +14,8 @@
 use super::clips::RefineClip;
 use super::wording;
 use crate::eval::metrics::Confusion;
+use crate::rules::DEFAULT_PRIOR_WEIGHT;
 use crate::rules::{CompareOp, Condition, Operand, Rule, RuleSet, Statements};
-use crate::rules::{RuleVote, DEFAULT_PRIOR_WEIGHT};
 use crate::LabelSet;
 
 /// What the greedy search maximises on the refinement clips.
@@ -648,11 +648,6 @@ pub fn propose(rules: &RuleSet, p: &Problem, cfg: &SearchConfig) -> (RuleSet, Ve
         });
     }
     (current, edits)
-}
-
-/// The rule vote the search assumes, for callers that want to show its probabilities.
-pub fn vote(rules: &RuleSet) -> RuleVote {
-    RuleVote::new(rules).with_prior_weight(DEFAULT_PRIOR_WEIGHT)
 }
 
 #[cfg(test)]
