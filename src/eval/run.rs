@@ -271,6 +271,7 @@ pub fn evaluate_with_output(
     let reasoner_decides = reasoner.llm_decides();
     let mut stages = Stages {
         rules_alone: RuleVote::new(&rules).with_prior_weight(0.0),
+        rules_with_prior: RuleVote::new(&rules),
         router: Router::from_config(&model.routing),
         temperature: model.meta.temperature,
         model,
@@ -325,6 +326,9 @@ struct Stages<'r> {
     llm_decides: bool,
     /// The rule vote alone (uniform prior): the rules-only ablation.
     rules_alone: RuleVote,
+    /// The rule vote with the acoustic prior: the reasoner's label on clips it was not asked
+    /// about. Built once (building one hashes the rule set).
+    rules_with_prior: RuleVote,
     temperature: f32,
     perturbation_seed: Option<u64>,
 }
@@ -381,7 +385,8 @@ impl Stages<'_> {
             Some(v) => v.probs.top_label().to_string(),
             // Not consulted on a kept clip: the rule vote with the acoustic prior, which is
             // what decides routed clips unless an LLM does (the coverage curve needs it).
-            None => RuleVote::new(&self.rules)
+            None => self
+                .rules_with_prior
                 .combine(&assessment.acoustic, &assessment.fired)
                 .top_label()
                 .to_string(),
@@ -499,7 +504,6 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
     // Headline: the final (routed) decisions; `acoustic_conf` for the acoustic model alone.
     let conf = Confusion::new(k, truth.iter().copied().zip(routed_pred.iter().copied()));
     let acoustic_conf = Confusion::new(k, truth.iter().copied().zip(pred.iter().copied()));
-    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &routed_pred, ctx.bootstrap_reps, ctx.seed);
     let top_of = |p: &crate::Probs| f64::from(p.argmax().1);
     let final_top: Vec<f64> = records.iter().map(|r| top_of(&r.decision.probs)).collect();
     let final_correct: Vec<bool> = truth
@@ -524,6 +528,14 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
             accuracy_ci95: Some(acc_ci),
             macro_f1_ci95: Some(f1_ci),
         }
+    };
+    // The headline scores the routed decisions, so the routed ablation is the headline.
+    let (acc_ci, f1_ci) = accuracy_and_f1_ci(k, &truth, &routed_pred, ctx.bootstrap_reps, ctx.seed);
+    let routed_scores = Scores {
+        accuracy: conf.accuracy(),
+        macro_f1: conf.macro_f1(),
+        accuracy_ci95: Some(acc_ci),
+        macro_f1_ci95: Some(f1_ci),
     };
     let n = truth.len().max(1) as f64;
     let mean_ms = |stages: &[&str]| {
@@ -588,7 +600,7 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
             acoustic_only: scores(&pred),
             rules_only: Some(scores(&rules_pred)),
             llm_only: llm_pred.as_deref().map(scores),
-            routed: Some(scores(&routed_pred)),
+            routed: Some(routed_scores),
             routed_minus_acoustic_macro_f1: Some(paired_macro_f1_difference(
                 k,
                 &truth,
