@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use camxuc::acoustic::train_model;
 
@@ -96,7 +95,7 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
 
     // Killed part-way, then resumed.
     let part = tmp.path().join("part.jsonl");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["classify", "--llm", "none", "--format", "jsonl", "--model"])
         .arg(&model)
         .arg("--out")
@@ -106,18 +105,7 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&part)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= 4 || t0.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::kill_after_lines(child, &part, 4);
     let lines_at_kill = std::fs::read_to_string(&part).unwrap().lines().count();
     assert!(
         lines_at_kill < 1 + all.len(),

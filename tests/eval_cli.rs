@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use camxuc::acoustic::train_model;
 use serde_json::Value;
@@ -244,7 +243,7 @@ fn eval_out_records_every_clip_and_resume_after_kill_gives_the_same_summary() {
 
     // Killed part-way (SIGKILL), then resumed.
     let part = path("part.jsonl");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["eval", "--llm", "none", "--robustness", "--manifest"])
         .arg(&manifest)
         .arg("--model")
@@ -255,18 +254,7 @@ fn eval_out_records_every_clip_and_resume_after_kill_gives_the_same_summary() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let n = std::fs::read_to_string(&part)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if n >= 5 || t0.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_after_lines(child, &part, 5);
     let at_kill = std::fs::read_to_string(&part).unwrap().lines().count();
     assert!(
         at_kill < 1 + CLIPS + BAD,

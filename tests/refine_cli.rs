@@ -10,7 +10,6 @@ use camxuc::acoustic::train_model;
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::rules::RuleSet;
 
-#[allow(dead_code)]
 mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_camxuc");

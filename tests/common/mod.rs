@@ -1,6 +1,9 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests. Each test crate uses a subset of them.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 use camxuc::acoustic::{FrontendChoice, TrainOptions};
 use camxuc::data::synth::{synthesize, SynthOptions};
@@ -53,4 +56,21 @@ pub fn light_options(
     o.force = true;
     o.val_fraction = 0.34;
     o
+}
+
+/// SIGKILL `child` once `path` holds at least `lines` lines (or after two minutes), as a crash
+/// in the middle of a batch would, and reap it.
+pub fn kill_after_lines(mut child: Child, path: &Path, lines: usize) {
+    let t0 = Instant::now();
+    loop {
+        let n = std::fs::read_to_string(path)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if n >= lines || t0.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }
