@@ -3,36 +3,23 @@
 //! the hand-written clear-cut cases keep the ranking they had without it. Skipped with a
 //! printed reason when models/smollm2-135m is not installed (a failure under CI).
 
-use std::path::PathBuf;
+use camxuc::llm::{bench_rules, LlmReasoner, ReasonerOptions};
+use camxuc::LabelSet;
 
-use camxuc::catalog::{models_dir, ModelSpec};
-use camxuc::llm::{bench_rules, LlmReasoner, LoadOptions, ReasonerOptions};
-use camxuc::{Case, Evidence, FiredRule, LabelSet, Probs};
-
-fn default_model() -> Option<PathBuf> {
-    let found = ModelSpec::parse("smollm2-135m")
-        .ok()
-        .and_then(|s| s.resolve(&models_dir()).ok().flatten())
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but the default LLM is not installed (camxuc models fetch smollm2-135m)"
-        );
-        eprintln!("skipped: default LLM smollm2-135m is not installed (camxuc models fetch)");
-    }
-    found
-}
+mod llm_common;
+use llm_common::{case, clear_cases, default_model, load_options};
 
 fn reasoner(options: ReasonerOptions) -> Option<LlmReasoner> {
     let path = default_model()?;
-    let load = LoadOptions {
-        threads: 2,
-        ..LoadOptions::default()
-    };
     Some(
-        LlmReasoner::from_path(&path, &LabelSet::default(), &bench_rules(), options, &load)
-            .unwrap(),
+        LlmReasoner::from_path(
+            &path,
+            &LabelSet::default(),
+            &bench_rules(),
+            options,
+            &load_options(),
+        )
+        .unwrap(),
     )
 }
 
@@ -41,67 +28,6 @@ fn softmax(s: &[f32]) -> Vec<f32> {
     let e: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
     let t: f32 = e.iter().sum();
     e.iter().map(|v| v / t).collect()
-}
-
-fn rule(id: &str, label: &str) -> FiredRule {
-    FiredRule {
-        id: id.into(),
-        label: label.into(),
-        weight: 1.0,
-        statement_en: String::new(),
-        statement_vi: None,
-    }
-}
-
-/// The clear-cut cases of tests/llm_reasoner.rs.
-fn clear_cases() -> Vec<(&'static str, Evidence, Probs, Vec<FiredRule>)> {
-    let labels = LabelSet::default();
-    let mk = |label, z: &[(&str, f64)], p: [f32; 3], fired| {
-        let mut e = Evidence::default();
-        for (n, v) in z {
-            e.z.insert(n.to_string(), *v);
-        }
-        e.baseline = "corpus:test".into();
-        (label, e, Probs::new(&labels, p.to_vec()), fired)
-    };
-    vec![
-        mk(
-            "calm",
-            &[
-                ("f0_std_st", -1.2),
-                ("loudness_rise_db_per_s", -1.3),
-                ("alpha_ratio_db", -1.1),
-                ("speech_rate_syl_per_s", -0.8),
-                ("hnr_db", 0.9),
-            ],
-            [0.40, 0.31, 0.29],
-            vec![rule("G5", "calm"), rule("G6", "calm")],
-        ),
-        mk(
-            "angry",
-            &[
-                ("loudness_rise_db_per_s", 2.3),
-                ("alpha_ratio_db", 2.0),
-                ("hammarberg_db", -1.6),
-                ("hnr_db", -1.2),
-                ("f0_std_st", 0.9),
-            ],
-            [0.27, 0.40, 0.33],
-            vec![rule("G1", "angry"), rule("G2", "angry")],
-        ),
-        mk(
-            "panic",
-            &[
-                ("f0_median_st27", 2.2),
-                ("f0_tremor_ratio", 2.0),
-                ("speech_rate_syl_per_s", 1.7),
-                ("f0_slope_st_per_s", 1.5),
-                ("pause_ratio", -1.2),
-            ],
-            [0.27, 0.33, 0.40],
-            vec![rule("G3", "panic"), rule("G4", "panic")],
-        ),
-    ]
 }
 
 #[test]
@@ -174,13 +100,8 @@ fn debiasing_keeps_the_clear_cases_it_ranked_right() {
     };
     let labels = LabelSet::default();
     let mut lost = Vec::new();
-    for (label, evidence, acoustic, fired) in clear_cases() {
-        let case = Case {
-            evidence: &evidence,
-            acoustic: &acoustic,
-            fired: &fired,
-            transcript: None,
-        };
+    for c in clear_cases() {
+        let (label, case) = (c.label, case(&c));
         let before = softmax(&shipped.score(&case, true).unwrap().score);
         let after = softmax(&debiased.score(&case, true).unwrap().score);
         let top = |p: &[f32]| {
@@ -214,16 +135,11 @@ fn the_rule_vote_decides_and_the_llm_only_explains() {
         decider: Box::new(vote.clone()),
         llm,
     };
-    for (label, evidence, acoustic, fired) in clear_cases() {
-        let case = Case {
-            evidence: &evidence,
-            acoustic: &acoustic,
-            fired: &fired,
-            transcript: None,
-        };
+    for c in clear_cases() {
+        let (label, case) = (c.label, case(&c));
         let v = explained.decide(&case).unwrap();
         // The decision is exactly the rule vote's.
-        assert_eq!(v.probs, vote.combine(&acoustic, &fired));
+        assert_eq!(v.probs, vote.combine(&c.acoustic, &c.fired));
         let text = v.rationale.unwrap_or_default();
         eprintln!("{label} -> {}: {text:?}", v.probs.top_label());
         assert!(v.generated_tokens > 0, "{text:?}");
