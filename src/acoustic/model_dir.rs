@@ -127,6 +127,13 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
     })
 }
 
+/// Copies `dir/file` to `dir/file.prev` before a command rewrites it (site calibration,
+/// routing refit), so the previous version can be restored by hand.
+pub(crate) fn keep_previous(dir: &Path, file: &str) -> Result<(), ModelDirError> {
+    let (from, to) = (dir.join(file), dir.join(format!("{file}.prev")));
+    fs::copy(&from, &to).map(|_| ()).map_err(|e| io(&to, e))
+}
+
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ModelDirError> {
     let s = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
     fs::write(path, s + "\n").map_err(|e| io(path, e))

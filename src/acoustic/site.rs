@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::fit::fit_routing;
-use super::model_dir::{self, ModelDirError};
+use super::model_dir;
 use super::{AcousticError, AcousticModel};
 use crate::data::manifest::Manifest;
 use crate::features::{Baseline, BaselineKind};
@@ -90,11 +90,7 @@ pub fn calibrate_site(
     };
     model.meta.temperature = temperature;
     for f in [model_dir::META_FILE, model_dir::ROUTING_FILE] {
-        let (from, to) = (model_dir.join(f), model_dir.join(format!("{f}.prev")));
-        std::fs::copy(&from, &to).map_err(|e| ModelDirError::Io {
-            path: to.clone(),
-            message: e.to_string(),
-        })?;
+        model_dir::keep_previous(model_dir, f)?;
     }
     model_dir::write_meta(model_dir, &model.meta)?;
     model_dir::write_json(&model_dir.join(model_dir::ROUTING_FILE), &routing)?;

@@ -622,10 +622,8 @@ fn refit_routing(
     let before = (cfg.threshold, routing::fraction_at(clips, cfg.threshold));
     if kept {
         let path = opts.model_dir.join(model_dir::ROUTING_FILE);
-        let prev = opts
-            .model_dir
-            .join(format!("{}.prev", model_dir::ROUTING_FILE));
-        std::fs::copy(&path, &prev).map_err(|e| RefineError::io(&prev, e))?;
+        model_dir::keep_previous(&opts.model_dir, model_dir::ROUTING_FILE)
+            .map_err(AcousticError::from)?;
         cfg.threshold = t_all;
         cfg.fitted_on = format!(
             "refine --refit-routing on {} held-out clips of {} ({})",
