@@ -8,6 +8,7 @@
 //! ```
 
 pub mod acoustic;
+pub mod asr;
 pub mod audio;
 pub mod catalog;
 pub mod data;

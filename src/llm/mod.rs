@@ -16,6 +16,7 @@ mod chat;
 mod error;
 mod gemma3;
 mod gguf;
+pub mod lora;
 mod model;
 mod prompt;
 mod reasoner;

@@ -1,0 +1,1 @@
+//! Speech recognition (what was said), for the reasoner: the offline Whisper decoder.
