@@ -1,11 +1,13 @@
 //! The proposal search: greedy edits of a rule set scored with the rule-vote reasoner.
 //!
-//! Edits: disable a rule that hurts, reverse its label, halve or double its weight, move one
-//! threshold of its condition, or add a one-feature rule (a decision stump on a z-scored,
-//! gain-invariant feature) for a confused class pair. The score is the routed pipeline's
-//! macro-F1 on the refinement clips (acoustic label for kept clips, the rule vote for routed
-//! ones), ties broken by the vote's mean log-likelihood of the truth on routed clips. An edit
-//! is taken only when it raises macro-F1; at most `max_edits` per round.
+//! Edits: scale every weight (how far the rules are trusted against the acoustic prior),
+//! disable a rule that hurts, reverse its label, halve or double its weight, move one threshold
+//! of its condition, or add a one-feature rule (a decision stump on a z-scored, gain-invariant
+//! feature) for a confused class pair. Each candidate is scored on the refinement clips with
+//! the routed pipeline (acoustic label for kept clips, the rule vote for routed ones). By
+//! default ([`Objective::LogLikelihood`]) the search maximises the vote's mean ln p(truth) on
+//! routed clips and refuses any edit that lowers macro-F1; [`Objective::MacroF1`] maximises
+//! macro-F1 with the log-likelihood as tie-break. At most `max_edits` per round.
 //!
 //! Guards against fitting noise: mined rules must fire on enough clips and have a precision
 //! on all clips clearly above their label's base rate; a reversed rule must be more precise
@@ -340,9 +342,15 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[pos.round() as usize]
 }
 
+/// Factors tried for every rule's weight at once. The grid reaches down to a quarter: when the
+/// rules are written for other voices (the synthetic corpus, a new site) the right amount of
+/// trust can be far below the hand-written weights, and halving twice costs two rounds, each
+/// with its own acceptance test.
+const SCALE_FACTORS: [f64; 5] = [0.25, 0.5, 0.75, 1.5, 2.0];
+
 fn candidates(rules: &RuleSet, p: &Problem, cfg: &SearchConfig) -> Vec<Candidate> {
     let labels = rules.labels();
-    let mut out: Vec<Candidate> = [0.5, 2.0]
+    let mut out: Vec<Candidate> = SCALE_FACTORS
         .iter()
         .map(|&f| Candidate {
             kind: "scale",
