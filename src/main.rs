@@ -254,6 +254,27 @@ struct PipelineArgs {
     /// `eval` it is then also scored alone on every clip (the llm_only ablation).
     #[arg(long)]
     llm_decides: bool,
+    /// Prompt layout of the LLM: `compact` caches the question with the guideline and rules
+    /// and writes the clip's evidence tersely (about 40 tokens per decision); `full` asks the
+    /// question after worded evidence in three label orders (about 160 tokens).
+    #[arg(long, value_enum, default_value_t = PromptLayout::default_layout())]
+    llm_prompt: PromptLayout,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PromptLayout {
+    Compact,
+    Full,
+}
+
+impl PromptLayout {
+    fn default_layout() -> Self {
+        if camxuc::llm::DECISION_PROMPT_COMPACT {
+            Self::Compact
+        } else {
+            Self::Full
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -568,8 +589,9 @@ fn build_reasoner(
     spec: &str,
     rules: &RuleSet,
     llm_decides: bool,
+    layout: PromptLayout,
 ) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
-    build_reasoner_with(spec, rules, llm_decides, true)
+    build_reasoner_with(spec, rules, llm_decides, true, layout)
 }
 
 /// [`build_reasoner`]; `rationale: false` scores labels only (an LLM that would only explain
@@ -579,6 +601,7 @@ fn build_reasoner_with(
     rules: &RuleSet,
     llm_decides: bool,
     rationale: bool,
+    layout: PromptLayout,
 ) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
     if !rationale && !llm_decides {
         return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
@@ -601,7 +624,10 @@ fn build_reasoner_with(
         &texts,
         ReasonerOptions {
             rationale,
-            ..ReasonerOptions::default()
+            ..match layout {
+                PromptLayout::Compact => ReasonerOptions::compact(),
+                PromptLayout::Full => ReasonerOptions::default(),
+            }
         },
         &LlmLoadOptions::default(),
     )?;
@@ -619,7 +645,12 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     let model_dir = pick_model(a.pipeline.model)?;
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, a.pipeline.rules.as_deref())?;
-    let (reasoner, route) = build_reasoner(&a.pipeline.llm, &rules, a.pipeline.llm_decides)?;
+    let (reasoner, route) = build_reasoner(
+        &a.pipeline.llm,
+        &rules,
+        a.pipeline.llm_decides,
+        a.pipeline.llm_prompt,
+    )?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
     let header = RunHeader {
         camxuc_run: env!("CARGO_PKG_VERSION").into(),
@@ -793,6 +824,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
                 &rules,
                 a.pipeline.llm_decides,
                 !a.no_rationale,
+                a.pipeline.llm_prompt,
             )?
             .0,
         )
@@ -858,7 +890,7 @@ fn review(
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, rules.as_deref())?;
     let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest)?;
-    let (reasoner, route) = build_reasoner("none", &rules, false)?;
+    let (reasoner, route) = build_reasoner("none", &rules, false, PromptLayout::default_layout())?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, None, None)?;
     // Written as it goes (flushed per clip, owner-only): an interrupted review keeps its queue.
     let file = camxuc::private_fs::create_private(out)
@@ -1032,7 +1064,7 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
     opts.refit_routing = a.refit_routing;
     let spec = a.llm.clone();
     let mut factory = |rules: &RuleSet| -> std::result::Result<Box<dyn camxuc::Reasoner>, String> {
-        build_reasoner(&spec, rules, true)
+        build_reasoner(&spec, rules, true, PromptLayout::default_layout())
             .map(|(r, _)| r)
             .map_err(|e| format!("{e:#}"))
     };

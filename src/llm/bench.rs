@@ -40,6 +40,9 @@ pub struct BenchReport {
     /// Tokens of the shared guideline + rules prefix, and its one-off prefill.
     pub prefix_tokens: usize,
     pub prefix_ms: f64,
+    /// The prompt layout of the product's LLM decision (`compact` or `full`), which the
+    /// `decision_*` and `suffix_tokens` figures describe.
+    pub decision_prompt: String,
     /// Tokens a decision feeds after the cached prefix (evidence, questions, answers).
     pub suffix_tokens: usize,
     /// Of those, the clip's evidence (fed once; the rest is per label order).
@@ -54,6 +57,11 @@ pub struct BenchReport {
     pub decision_ms_cold: f64,
     /// Label decision from the cached prefix (median of several).
     pub decision_ms_warm: f64,
+    /// The other prompt layout, for comparison: its suffix tokens and decision times.
+    pub other_prompt: String,
+    pub other_suffix_tokens: usize,
+    pub other_decision_ms_cold: f64,
+    pub other_decision_ms_warm: f64,
     /// Rationale generation after a warm decision, timed on its own.
     pub rationale_ms: f64,
     pub rationale_tokens: usize,
@@ -145,6 +153,54 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Whether the product's LLM decision (`--llm-decides`) uses the compact prompt.
+pub const DECISION_PROMPT_COMPACT: bool = true;
+
+fn prompt_name(compact: bool) -> &'static str {
+    if compact {
+        "compact"
+    } else {
+        "full"
+    }
+}
+
+/// Cold and warm timings of one prompt layout's label decision.
+struct DecisionTiming {
+    suffix_tokens: usize,
+    passes: usize,
+    evidence_ms: f64,
+    order_ms: Vec<f64>,
+    cold_ms: f64,
+    /// Median of [`WARM_RUNS`].
+    warm_ms: f64,
+}
+
+fn time_decisions(reasoner: &mut LlmReasoner, case: &Case<'_>) -> Result<DecisionTiming, LlmError> {
+    let t = Instant::now();
+    let cold = reasoner.score(case, false)?;
+    let cold_ms = ms(t);
+    let mut warm = Vec::with_capacity(WARM_RUNS);
+    let mut split = (0.0, Vec::new());
+    let mut passes = 0;
+    for _ in 0..WARM_RUNS {
+        let before = reasoner.model().passes();
+        let t = Instant::now();
+        let s = reasoner.score(case, true)?;
+        warm.push(ms(t));
+        passes = reasoner.model().passes() - before;
+        split = (s.evidence_ms, s.order_ms);
+    }
+    warm.sort_by(f64::total_cmp);
+    Ok(DecisionTiming {
+        suffix_tokens: cold.suffix_tokens,
+        passes,
+        evidence_ms: split.0,
+        order_ms: split.1,
+        cold_ms,
+        warm_ms: warm[warm.len() / 2],
+    })
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -187,18 +243,6 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     let gen_s = t.elapsed().as_secs_f64();
 
     let architecture = model.architecture().as_str().to_string();
-    let reasoner_options = ReasonerOptions {
-        rationale: true,
-        ..ReasonerOptions::default()
-    };
-    let mut reasoner = LlmReasoner::new(
-        &file,
-        model,
-        &LabelSet::default(),
-        &bench_rules(),
-        reasoner_options,
-    )?;
-    let (prefix_tokens, prefix_ms) = reasoner.prefix_cost();
     let (evidence, probs, fired) = bench_evidence();
     let case = Case {
         evidence: &evidence,
@@ -206,21 +250,22 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
         fired: &fired,
         transcript: None,
     };
-    let t = Instant::now();
-    let cold = reasoner.score(&case, false)?;
-    let decision_ms_cold = ms(t);
-    let mut warm = Vec::with_capacity(WARM_RUNS);
-    let mut split = (0.0, Vec::new());
-    let mut decision_passes = 0;
-    for _ in 0..WARM_RUNS {
-        let passes = reasoner.model().passes();
-        let t = Instant::now();
-        let s = reasoner.score(&case, true)?;
-        warm.push(ms(t));
-        decision_passes = reasoner.model().passes() - passes;
-        split = (s.evidence_ms, s.order_ms);
-    }
-    warm.sort_by(f64::total_cmp);
+    // The product's LLM decision first (with its rationale and the explain path), then the
+    // other prompt layout on a second load of the same file, for comparison.
+    let (main_options, other_options) = if DECISION_PROMPT_COMPACT {
+        (ReasonerOptions::compact(), ReasonerOptions::default())
+    } else {
+        (ReasonerOptions::default(), ReasonerOptions::compact())
+    };
+    let mut reasoner = LlmReasoner::new(
+        &file,
+        model,
+        &LabelSet::default(),
+        &bench_rules(),
+        main_options,
+    )?;
+    let (prefix_tokens, prefix_ms) = reasoner.prefix_cost();
+    let main = time_decisions(&mut reasoner, &case)?;
     let evidence_tokens = tokenizer
         .encode(&reasoner.prompt().evidence(&case), false)?
         .len();
@@ -235,6 +280,16 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     let t = Instant::now();
     let (_, explain_tokens) = reasoner.rationale_for(&case, chosen)?;
     let explain_ms = ms(t);
+    drop(reasoner);
+    let other_model = LlmModel::load(&file, options)?;
+    let mut other = LlmReasoner::new(
+        &file,
+        other_model,
+        &LabelSet::default(),
+        &bench_rules(),
+        other_options,
+    )?;
+    let other = time_decisions(&mut other, &case)?;
     Ok(BenchReport {
         model: spec_path.display().to_string(),
         architecture,
@@ -250,14 +305,19 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
         gen_tok_s: GEN_TOKENS as f64 / gen_s,
         prefix_tokens,
         prefix_ms,
-        suffix_tokens: cold.suffix_tokens,
+        decision_prompt: prompt_name(DECISION_PROMPT_COMPACT).into(),
+        suffix_tokens: main.suffix_tokens,
         evidence_tokens,
         label_orders,
-        decision_passes,
-        decision_evidence_ms: split.0,
-        decision_order_ms: split.1,
-        decision_ms_cold,
-        decision_ms_warm: warm[warm.len() / 2],
+        decision_passes: main.passes,
+        decision_evidence_ms: main.evidence_ms,
+        decision_order_ms: main.order_ms,
+        decision_ms_cold: main.cold_ms,
+        decision_ms_warm: main.warm_ms,
+        other_prompt: prompt_name(!DECISION_PROMPT_COMPACT).into(),
+        other_suffix_tokens: other.suffix_tokens,
+        other_decision_ms_cold: other.cold_ms,
+        other_decision_ms_warm: other.warm_ms,
         rationale_ms: timings.get("llm_rationale").copied().unwrap_or(0.0),
         rationale_tokens: verdict.generated_tokens,
         explain_ms,

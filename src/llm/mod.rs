@@ -25,6 +25,7 @@ mod transformer;
 
 pub use bench::{
     bench, bench_evidence, bench_rules, bench_with, peak_rss_mb, BenchReport, BENCH_PROMPT,
+    DECISION_PROMPT_COMPACT,
 };
 pub use chat::ChatTemplate;
 pub use error::{LlmError, SUPPORTED_ARCHITECTURES, SUPPORTED_TOKENIZER_MODELS};

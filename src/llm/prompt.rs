@@ -9,6 +9,16 @@
 //!
 //! The evidence is kept short (a handful of deviations) because every token of it is paid for
 //! on each routed clip.
+//!
+//! The compact layout ([`PromptBuilder::compact`]) moves the question into the cached prefix
+//! and writes the evidence tersely, so a decision pays only for the clip's numbers and the
+//! answer cue (one label order; the label bias is left to the calibration):
+//!
+//! ```text
+//! [prefix: guideline, labels, rules, the question, "Clip:"]                  cached once
+//! [evidence: "pitch variability +1.8; …", fired rule ids, probabilities]     per clip
+//! [tail: end of turn, answer cue "Label:"]                                   per clip
+//! ```
 
 use crate::types::{Case, LabelSet};
 
@@ -58,6 +68,8 @@ pub struct PromptBuilder {
     /// Spell out each fired rule's statement, not only its id and label (more suffix tokens;
     /// a small model may not look the id up in the prefix).
     pub fired_statements: bool,
+    /// The compact layout: question in the prefix, terse evidence.
+    compact: bool,
 }
 
 impl PromptBuilder {
@@ -81,7 +93,45 @@ impl PromptBuilder {
             tail: tail.to_string(),
             max_deviations: 4,
             fired_statements: false,
+            compact: false,
         }
+    }
+
+    /// The compact layout (see the module docs): the question, with the labels in label-set
+    /// order, is part of the cached prefix; the evidence lists the three strongest deviations
+    /// as signed numbers. A warm decision then feeds about 40 tokens.
+    pub fn compact(
+        template: ChatTemplate,
+        language: PromptLanguage,
+        labels: &LabelSet,
+        rules: &[RuleText],
+    ) -> Self {
+        let system = system_text(language, labels, rules);
+        let order: Vec<usize> = (0..labels.len()).collect();
+        let mut b = Self {
+            language,
+            labels: labels.clone(),
+            prefix: String::new(),
+            tail: String::new(),
+            max_deviations: 3,
+            fired_statements: false,
+            compact: true,
+        };
+        let (intro, cue) = match language {
+            PromptLanguage::English => ("Clip:\n", "Label:"),
+            PromptLanguage::Vietnamese => ("Đoạn ghi âm:\n", "Nhãn:"),
+        };
+        let user = format!("{}\n{intro}{MARK}", b.question_text(&order));
+        let full = template.render(&system, &user, cue);
+        let (prefix, tail) = full.split_once(MARK).unwrap_or((full.as_str(), ""));
+        b.prefix = prefix.to_string();
+        b.tail = tail.to_string();
+        b
+    }
+
+    /// Whether this is the compact layout (one label order: the question is in the prefix).
+    pub fn is_compact(&self) -> bool {
+        self.compact
     }
 
     pub fn language(&self) -> PromptLanguage {
@@ -108,6 +158,9 @@ impl PromptBuilder {
             .map(|(n, z)| (n, *z))
             .collect();
         zs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(b.0)));
+        if self.compact {
+            return self.compact_evidence(case, &zs);
+        }
         let mut s = String::new();
         for (name, z) in zs.iter().take(self.max_deviations) {
             let what = describe_feature(name, vi).unwrap_or(name);
@@ -167,11 +220,65 @@ impl PromptBuilder {
         s
     }
 
+    /// The compact evidence: `pitch variability +1.8; speech rate -2.4` (SD units, as the
+    /// guideline says), the fired rule ids and the acoustic probabilities, one line each.
+    fn compact_evidence(&self, case: &Case<'_>, zs: &[(&String, f64)]) -> String {
+        let vi = self.language == PromptLanguage::Vietnamese;
+        let measures: Vec<String> = zs
+            .iter()
+            .take(self.max_deviations)
+            .map(|(name, z)| format!("{} {z:+.1}", describe_feature(name, vi).unwrap_or(name)))
+            .collect();
+        let mut s = if measures.is_empty() {
+            (if vi {
+                "không có số đo"
+            } else {
+                "no measurements"
+            })
+            .to_string()
+        } else {
+            measures.join("; ")
+        };
+        s.push('\n');
+        let fired: Vec<&str> = case.fired.iter().map(|r| r.id.as_str()).collect();
+        let none = if vi { "không" } else { "none" };
+        s.push_str(&format!(
+            "{}: {}\n",
+            if vi { "Luật" } else { "Rules" },
+            if fired.is_empty() {
+                none.to_string()
+            } else {
+                fired.join(", ")
+            }
+        ));
+        let probs: Vec<String> = case
+            .acoustic
+            .labels
+            .iter()
+            .zip(&case.acoustic.values)
+            .map(|(l, p)| format!("{l} {p:.2}"))
+            .collect();
+        if !probs.is_empty() {
+            s.push_str(&format!(
+                "{}: {}\n",
+                if vi { "Âm học" } else { "Acoustic" },
+                probs.join(", ")
+            ));
+        }
+        if let Some(t) = case.transcript.filter(|t| !t.trim().is_empty()) {
+            let head = if vi { "Lời nói" } else { "Words" };
+            s.push_str(&format!("{head}: \"{}\"\n", t.trim()));
+        }
+        s
+    }
+
     /// Evidence that says nothing, for contextual calibration (the model's label prior).
     pub fn null_evidence(&self) -> String {
-        match self.language {
-            PromptLanguage::English => "- no measurements\nRules fired: none\n".into(),
-            PromptLanguage::Vietnamese => "- không có số đo\nLuật khớp: không\n".into(),
+        match (self.language, self.compact) {
+            (PromptLanguage::English, false) => "- no measurements\nRules fired: none\n".into(),
+            (PromptLanguage::Vietnamese, false) => "- không có số đo\nLuật khớp: không\n".into(),
+            (PromptLanguage::English, true) => "no measurements\nRules: none\n".into(),
+            (PromptLanguage::Vietnamese, true) => "không có số đo\nLuật: không\n".into(),
         }
     }
 
@@ -187,23 +294,39 @@ impl PromptBuilder {
             .iter()
             .map(|l| format!("{l} {:.2}", 1.0 / n as f32))
             .collect();
-        let neutral = if vi {
-            format!(
+        let neutral = match (vi, self.compact) {
+            (true, true) => format!(
+                "cao độ +0.0; tốc độ nói +0.0\nLuật: không\nÂm học: {}\n",
+                flat.join(", ")
+            ),
+            (false, true) => format!(
+                "pitch +0.0; speech rate +0.0\nRules: none\nAcoustic: {}\n",
+                flat.join(", ")
+            ),
+            (true, false) => format!(
                 "- cao độ như thường (+0.0 SD)\n- tốc độ nói như thường (+0.0 SD)\nLuật khớp: không\nMô hình âm học: {}\n",
                 flat.join(", ")
-            )
-        } else {
-            format!(
+            ),
+            (false, false) => format!(
                 "- pitch about usual (+0.0 SD)\n- speech rate about usual (+0.0 SD)\nRules fired: none\nAcoustic model: {}\n",
                 flat.join(", ")
-            )
+            ),
         };
         vec![self.null_evidence(), neutral, "N/A\n".to_string()]
     }
 
     /// The question with the labels in `order` (indices into the label set), closing the turn
-    /// and ending at the answer cue.
+    /// and ending at the answer cue. In the compact layout the question is already in the
+    /// prefix (label-set order), so only the turn end and cue are left, whatever `order`.
     pub fn question(&self, order: &[usize]) -> String {
+        if self.compact {
+            return self.tail.clone();
+        }
+        format!("{}{}", self.question_text(order), self.tail)
+    }
+
+    /// `Which label fits best: calm, angry or panic?` in the prompt's language.
+    fn question_text(&self, order: &[usize]) -> String {
         let names: Vec<&str> = order.iter().map(|&i| self.labels.name(i)).collect();
         let list = match names.split_last() {
             Some((last, rest)) if !rest.is_empty() => {
@@ -216,11 +339,10 @@ impl PromptBuilder {
             }
             _ => names.join(""),
         };
-        let q = match self.language {
+        match self.language {
             PromptLanguage::English => format!("Which label fits best: {list}?"),
             PromptLanguage::Vietnamese => format!("Nhãn nào phù hợp nhất: {list}?"),
-        };
-        format!("{q}{}", self.tail)
+        }
     }
 
     /// The answer text whose likelihood scores label `index` (follows the cue).
@@ -399,6 +521,59 @@ mod tests {
             q,
             "Which label fits best: panic, calm or angry?<|im_end|>\n<|im_start|>assistant\nLabel:"
         );
+    }
+
+    #[test]
+    fn compact_prompt_caches_the_question_and_writes_terse_evidence() {
+        let labels = LabelSet::default();
+        let rules = [RuleText::new("R1", "angry", "Loud bursts suggest anger.")];
+        let b = PromptBuilder::compact(
+            ChatTemplate::ChatMl,
+            PromptLanguage::English,
+            &labels,
+            &rules,
+        );
+        assert!(b.is_compact());
+        assert!(
+            b.prefix()
+                .ends_with("Which label fits best: calm, angry or panic?\nClip:\n"),
+            "{}",
+            b.prefix()
+        );
+        // Whatever the order asked for, only the turn end and the cue are left per clip.
+        let tail = "<|im_end|>\n<|im_start|>assistant\nLabel:";
+        assert_eq!(b.question(&[2, 1, 0]), tail);
+        assert_eq!(b.question(&[0, 1, 2]), tail);
+        let mut e = Evidence::default();
+        for (n, z) in [
+            ("f0_std_st", 1.8),
+            ("hnr_db", -0.2),
+            ("speech_rate_syl_per_s", -2.4),
+            ("pause_ratio", 0.9),
+        ] {
+            e.z.insert(n.into(), z);
+        }
+        let fired = [FiredRule {
+            id: "R1".into(),
+            label: "angry".into(),
+            weight: 1.0,
+            statement_en: "Loud bursts suggest anger.".into(),
+            statement_vi: None,
+        }];
+        let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
+        let case = Case {
+            evidence: &e,
+            acoustic: &probs,
+            fired: &fired,
+            transcript: Some("cứu tôi với"),
+        };
+        assert_eq!(
+            b.evidence(&case),
+            "speech rate -2.4; pitch variability +1.8; pauses +0.9\nRules: R1\n\
+             Acoustic: calm 0.20, angry 0.50, panic 0.30\nWords: \"cứu tôi với\"\n"
+        );
+        assert_eq!(b.null_evidence(), "no measurements\nRules: none\n");
+        assert!(b.null_evidences().iter().all(|t| !t.contains("SD)")));
     }
 
     #[test]

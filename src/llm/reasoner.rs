@@ -53,6 +53,10 @@ pub struct ReasonerOptions {
     /// Also return the mean final hidden state over the clip's evidence tokens
     /// ([`LabelScores::embedding`]): the LLM as an encoder, for a trained head.
     pub embed_evidence: bool,
+    /// The compact prompt ([`PromptBuilder::compact`]): the question is cached with the
+    /// prefix and the evidence is terse, so a warm decision feeds about 40 tokens. Implies one
+    /// label order (`label_orders` is ignored); `max_deviations` still applies.
+    pub compact: bool,
 }
 
 impl Default for ReasonerOptions {
@@ -67,6 +71,7 @@ impl Default for ReasonerOptions {
             max_deviations: 4,
             fired_statements: false,
             embed_evidence: false,
+            compact: false,
         }
     }
 }
@@ -80,6 +85,17 @@ impl ReasonerOptions {
             label_orders: 6,
             calibrate: true,
             calibration_prompts: 3,
+            ..Self::default()
+        }
+    }
+
+    /// The fast decision: the compact prompt, one label order, the evidence-free calibration
+    /// (computed once at load, free per clip), three deviations.
+    pub fn compact() -> Self {
+        Self {
+            compact: true,
+            label_orders: 1,
+            max_deviations: 3,
             ..Self::default()
         }
     }
@@ -175,7 +191,12 @@ impl LlmReasoner {
         options: ReasonerOptions,
     ) -> Result<Self, LlmError> {
         let tokenizer = file.tokenizer()?;
-        let mut prompt = PromptBuilder::new(
+        let build = if options.compact {
+            PromptBuilder::compact
+        } else {
+            PromptBuilder::new
+        };
+        let mut prompt = build(
             ChatTemplate::for_file(file),
             options.language,
             labels,
@@ -184,7 +205,13 @@ impl LlmReasoner {
         prompt.max_deviations = options.max_deviations;
         prompt.fired_statements = options.fired_statements;
         let n = labels.len();
-        let orders = label_orders(n, options.label_orders);
+        // The compact prompt asks its question once, in the prefix: one order.
+        let wanted_orders = if options.compact {
+            1
+        } else {
+            options.label_orders
+        };
+        let orders = label_orders(n, wanted_orders);
         let question_ids = orders
             .iter()
             .map(|o| tokenizer.encode(&prompt.question(o), false))
