@@ -259,6 +259,15 @@ struct PipelineArgs {
     /// question after worded evidence in three label orders (about 160 tokens).
     #[arg(long, value_enum, default_value_t = PromptLayout::default_layout())]
     llm_prompt: PromptLayout,
+    /// Transcribe the clips the reasoner is asked about with the offline Whisper base
+    /// (models/whisper-base) and give the words to the LLM reasoner; each such decision keeps
+    /// its transcript. Costs seconds per transcribed clip on CPU; the rule vote ignores words.
+    #[arg(long)]
+    transcribe: bool,
+    /// Language of the speech for --transcribe: a Whisper code, or `auto` to detect it per
+    /// clip (unreliable on short clips).
+    #[arg(long, default_value = "vi")]
+    asr_language: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -652,6 +661,12 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
         a.pipeline.llm_prompt,
     )?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
+    if a.pipeline.transcribe {
+        pipeline.words = Some(camxuc::pipeline::Words::load(
+            &catalog::models_dir(),
+            Some(&a.pipeline.asr_language),
+        )?);
+    }
     let header = RunHeader {
         camxuc_run: env!("CARGO_PKG_VERSION").into(),
         model: format!(
@@ -811,6 +826,10 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         bootstrap_reps: 2000,
         seed: a.seed,
         robustness: a.robustness,
+        transcribe: a
+            .pipeline
+            .transcribe
+            .then(|| a.pipeline.asr_language.clone()),
     };
     let mut llm = if a.pipeline.llm.eq_ignore_ascii_case("none") {
         None

@@ -295,6 +295,9 @@ pub struct Decision {
     pub fired_rules: Vec<FiredRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rationale: Option<String>,
+    /// What was said, when the clip was transcribed for the reasoner (`--transcribe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
     /// Milliseconds per stage (`decode`, `features`, `acoustic`, `rules`, `reasoner`, …).
     pub timings_ms: BTreeMap<String, f64>,
 }
@@ -385,6 +388,7 @@ mod tests {
             evidence: Evidence::default(),
             fired_rules: vec![],
             rationale: Some("low effort".into()),
+            transcript: None,
             timings_ms: BTreeMap::from([("decode".into(), 1.5)]),
         };
         let s = serde_json::to_string(&d).unwrap();

@@ -145,6 +145,7 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
             bootstrap_reps: 200,
             seed: 1,
             robustness: false,
+            transcribe: None,
         },
         None,
         &mut |_, _| {},

@@ -202,3 +202,85 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The models folder the binary uses, when it has the Whisper weights (else skip; under CI a
+/// missing model is a failure).
+fn models_with_whisper() -> Option<PathBuf> {
+    let root = std::env::var_os("CAMXUC_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    if root.join("whisper-base/model.bin").is_file() {
+        return Some(root);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but {} has no whisper-base/model.bin (camxuc models fetch)",
+        root.display()
+    );
+    eprintln!("SKIPPED: no Whisper weights under {}", root.display());
+    None
+}
+
+#[test]
+fn transcribe_gives_routed_clips_their_words_and_a_bad_language_is_refused() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let Some(models) = models_with_whisper() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (clips, model) = corpus_and_model(tmp.path());
+    // Threshold above 1 routes every clip, so every clip is transcribed.
+    let out = Command::new(BIN)
+        .env("CAMXUC_MODELS_DIR", &models)
+        .args(["classify", "--llm", "none", "--format", "jsonl"])
+        .args(["--threshold", "1.01", "--transcribe", "--model"])
+        .arg(&model)
+        .args(&clips[..2])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let decisions: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.contains("\"schema_version\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{stdout}");
+    for d in &decisions {
+        assert_eq!(d["route"], "rules", "{d}");
+        let words = d["transcript"].as_str().unwrap_or("");
+        // Synthetic Vietnamese sentences: Whisper gets roughly half the characters right
+        // (README), so only ask for a few letters of text.
+        assert!(
+            words.chars().filter(|c| c.is_alphabetic()).count() >= 5,
+            "routed clip transcribed: {d}"
+        );
+        assert!(d["timings_ms"]["transcribe"].as_f64().unwrap() > 0.0);
+    }
+
+    let out = Command::new(BIN)
+        .env("CAMXUC_MODELS_DIR", &models)
+        .args([
+            "classify",
+            "--llm",
+            "none",
+            "--transcribe",
+            "--asr-language",
+            "xx",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .args(&clips[..1])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xx") && err.contains("whisper-base"), "{err}");
+}

@@ -142,6 +142,7 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
                     evidence,
                     fired_rules: fired,
                     rationale,
+                    transcript: None,
                     timings_ms: BTreeMap::from([("acoustic".into(), 4.0)]),
                 },
                 truth: name(truth),

@@ -45,6 +45,9 @@ pub struct EvalOptions {
     /// Also score every clip under simulated field conditions (gain, noise, telephone band,
     /// echo; `acoustic::augment::field_conditions`) and compare on the same clips.
     pub robustness: bool,
+    /// Transcribe the clips the reasoner is asked about, in this Whisper language (`auto`
+    /// detects it), so an LLM reasoner reads what was said.
+    pub transcribe: Option<String>,
 }
 
 /// Clean vs field-condition scores on the same clips, with a paired bootstrap interval.
@@ -269,7 +272,19 @@ pub fn evaluate_with_output(
         message: e.to_string(),
     })?;
     let reasoner_decides = reasoner.llm_decides();
+    let words = match &opts.transcribe {
+        Some(language) => Some(
+            crate::pipeline::Words::load(&opts.models_dir, Some(language)).map_err(|e| {
+                EvalError::Model {
+                    path: opts.models_dir.join(crate::pipeline::words::WHISPER_DIR),
+                    message: e.to_string(),
+                }
+            })?,
+        ),
+        None => None,
+    };
     let mut stages = Stages {
+        words,
         rules_alone: RuleVote::new(&rules).with_prior_weight(0.0),
         rules_with_prior: RuleVote::new(&rules),
         router: Router::from_config(&model.routing),
@@ -331,6 +346,8 @@ struct Stages<'r> {
     rules_with_prior: RuleVote,
     temperature: f32,
     perturbation_seed: Option<u64>,
+    /// Transcribes the clips the reasoner is asked about (`--transcribe`).
+    words: Option<crate::pipeline::Words>,
 }
 
 impl Stages<'_> {
@@ -374,6 +391,7 @@ impl Stages<'_> {
             } else {
                 Consult::RoutedOnly
             },
+            self.words.as_mut(),
         )?;
         let acoustic_only = assessment.acoustic.top_label().to_string();
         let rules_only = self
@@ -753,6 +771,7 @@ mod tests {
                 evidence: Evidence::default(),
                 fired_rules: Vec::new(),
                 rationale: None,
+                transcript: None,
                 timings_ms: BTreeMap::from([("acoustic".to_string(), 2.0)]),
             },
             truth: truth.into(),

@@ -79,6 +79,8 @@ pub struct Pipeline {
     /// Route recorded for clips the reasoner decides (`rules` or `llm`).
     reasoner_route: Route,
     pub abstain_below: Option<f32>,
+    /// Transcribes the clips the reasoner is asked about (`--transcribe`).
+    pub words: Option<super::Words>,
 }
 
 /// Milliseconds since `t`.
@@ -112,6 +114,7 @@ impl Pipeline {
             reasoner,
             reasoner_route,
             abstain_below,
+            words: None,
         })
     }
 
@@ -175,6 +178,7 @@ impl Pipeline {
             self.reasoner.as_mut(),
             &mut clip,
             Consult::RoutedOnly,
+            self.words.as_mut(),
         )?;
         Ok(assessment.into_decision(
             clip.evidence,
@@ -206,12 +210,15 @@ pub struct Assessment {
     pub ambiguous: bool,
     /// The reasoner's verdict; `None` only for a kept clip under [`Consult::RoutedOnly`].
     pub verdict: Option<Verdict>,
-    /// Milliseconds of `acoustic`, `rules` and (when asked) `reasoner`.
+    /// What was said, when `words` transcribed the clip for the reasoner.
+    pub transcript: Option<String>,
+    /// Milliseconds of `acoustic`, `rules` and (when asked) `transcribe` and `reasoner`.
     pub timings_ms: BTreeMap<String, f64>,
 }
 
 /// Acoustic model → rules → router → reasoner on an analysed clip (its evidence gets
-/// z-scores): the step `classify` and `eval` share.
+/// z-scores): the step `classify` and `eval` share. With `words`, a clip the reasoner is asked
+/// about is transcribed first and the reasoner reads what was said.
 pub fn assess(
     model: &AcousticModel,
     rules: &RuleSet,
@@ -219,6 +226,7 @@ pub fn assess(
     reasoner: &mut dyn Reasoner,
     clip: &mut AnalysedClip,
     consult: Consult,
+    words: Option<&mut super::Words>,
 ) -> Result<Assessment, PipelineError> {
     let mut timings = BTreeMap::new();
     let t = Instant::now();
@@ -228,13 +236,30 @@ pub fn assess(
     let fired = rules.evaluate(&clip.evidence, &acoustic);
     timings.insert("rules".to_string(), ms(t));
     let ambiguous = router.is_ambiguous(&acoustic);
-    let verdict = if ambiguous || consult == Consult::Always {
+    let consulted = ambiguous || consult == Consult::Always;
+    let transcript = match words {
+        Some(w) if consulted => {
+            let t = Instant::now();
+            let text = match w.of(&clip.speech) {
+                Ok(text) => Some(text),
+                // The words are extra evidence: without them the clip is still decided.
+                Err(e) => {
+                    eprintln!("warning: {e}; deciding this clip without its words");
+                    None
+                }
+            };
+            timings.insert("transcribe".to_string(), ms(t));
+            text
+        }
+        _ => None,
+    };
+    let verdict = if consulted {
         let t = Instant::now();
         let case = Case {
             evidence: &clip.evidence,
             acoustic: &acoustic,
             fired: &fired,
-            transcript: None,
+            transcript: transcript.as_deref(),
         };
         let verdict = reasoner.decide(&case)?;
         timings.insert("reasoner".to_string(), ms(t));
@@ -247,6 +272,7 @@ pub fn assess(
         fired,
         ambiguous,
         verdict,
+        transcript,
         timings_ms: timings,
     })
 }
@@ -288,6 +314,7 @@ impl Assessment {
             evidence,
             fired_rules: self.fired,
             rationale,
+            transcript: self.transcript,
             timings_ms: self.timings_ms,
         }
     }

@@ -5,6 +5,8 @@ pub mod analyse;
 pub mod decide;
 pub mod output;
 pub mod route;
+pub mod words;
 
 pub use decide::{active_rules, Pipeline, PipelineError, UNCERTAIN};
 pub use route::Router;
+pub use words::Words;

@@ -339,6 +339,7 @@ mod tests {
                 evidence: Evidence::default(),
                 fired_rules: vec![],
                 rationale: None,
+                transcript: None,
                 timings_ms: BTreeMap::new(),
             },
             truth: truth.into(),
