@@ -22,6 +22,10 @@ demo out="demo-out": build
 ravdess out="ravdess-out" seed="1" llm="none": build
     bash scripts/ravdess.sh "{{out}}" "{{seed}}" "{{llm}}"
 
+# The same protocol on a 12-voice SYNTHETIC corpus (train 8 voices, refine, test 4 voices).
+synthetic out="synthetic-out" seed="11": build
+    bash scripts/synthetic.sh "{{out}}" "{{seed}}"
+
 # Needs espeak-ng and the fetched models; `.ci/run` installs both.
 # Run every test (unit, integration, end-to-end).
 test: build
