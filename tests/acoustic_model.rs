@@ -161,3 +161,97 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
         acoustic.macro_f1
     );
 }
+
+/// A model trained with out-of-fold heads keeps them: model.json lists the members, the
+/// weights file holds each under its prefix, and the served logits are exactly the mean of
+/// the members' logits (each member loaded alone from an edited copy of model.json). A
+/// directory without the `ensemble` field (as written before ensembles) still loads, as one head.
+#[test]
+fn ensemble_serves_the_mean_of_its_heads_and_single_head_directories_still_load() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = common::small_corpus(tmp.path(), 3);
+    let opts = common::light_options(manifest.clone(), tmp.path().join("ens"), 3, 0, 4);
+    let report = train_model(&opts, &mut |_| {}).unwrap();
+    let ens = report.meta.ensemble.clone().expect("fold heads kept");
+    assert_eq!(ens.members[0], "", "main head first, unprefixed");
+    assert!(ens.members.len() >= 3, "{:?}", ens.members);
+    let tensors = candle_core::safetensors::load(
+        report.dir.join(model_dir::WEIGHTS_FILE),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(tensors.contains_key("out.weight") && tensors.contains_key("fold1.out.weight"));
+
+    let dev = candle_core::Device::Cpu;
+    let models = tmp.path().join("no-models-needed");
+    let mut an = ClipAnalyser::new(&FeatureConfig::default()).unwrap();
+    let files: Vec<PathBuf> = std::fs::read_dir(manifest.parent().unwrap().join("clips"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .take(6)
+        .collect();
+    let clips: Vec<_> = files.iter().map(|f| an.analyse(f).unwrap()).collect();
+    let served = AcousticModel::load(&report.dir, &models, &dev).unwrap();
+    assert_eq!(served.n_heads(), ens.members.len());
+    let combined = served.logits(&mut clips.clone()).unwrap();
+
+    // Each member alone: a copy of the directory whose model.json names only that member.
+    let member_logits: Vec<Vec<Vec<f32>>> = ens
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, prefix)| {
+            let dir = tmp.path().join(format!("member{i}"));
+            copy_dir(&report.dir, &dir);
+            let mut meta = report.meta.clone();
+            meta.ensemble.as_mut().unwrap().members = vec![prefix.clone()];
+            model_dir::write_meta(&dir, &meta).unwrap();
+            let m = AcousticModel::load(&dir, &models, &dev).unwrap();
+            assert_eq!(m.n_heads(), 1);
+            m.logits(&mut clips.clone()).unwrap()
+        })
+        .collect();
+    for (c, row) in combined.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            let mean =
+                member_logits.iter().map(|m| m[c][j]).sum::<f32>() / member_logits.len() as f32;
+            assert!((v - mean).abs() < 1e-5, "clip {c}: {row:?} vs mean {mean}");
+        }
+    }
+    // The members disagree somewhere (otherwise the ensemble would be pointless).
+    assert!(member_logits[0] != member_logits[1]);
+
+    // A directory written before ensembles (no `ensemble` in model.json): the main head alone.
+    let old = tmp.path().join("old");
+    copy_dir(&report.dir, &old);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(old.join(model_dir::META_FILE)).unwrap())
+            .unwrap();
+    json.as_object_mut().unwrap().remove("ensemble");
+    std::fs::write(old.join(model_dir::META_FILE), json.to_string()).unwrap();
+    let single = AcousticModel::load(&old, &models, &dev).unwrap();
+    assert_eq!(single.n_heads(), 1);
+    assert_eq!(single.logits(&mut clips.clone()).unwrap(), member_logits[0]);
+
+    // An ensemble that names a head the weights file lacks is refused, naming the head.
+    let bad = tmp.path().join("bad");
+    copy_dir(&report.dir, &bad);
+    let mut meta = report.meta.clone();
+    meta.ensemble.as_mut().unwrap().members.push("fold9".into());
+    model_dir::write_meta(&bad, &meta).unwrap();
+    let e = AcousticModel::load(&bad, &models, &dev)
+        .err()
+        .expect("must refuse");
+    assert!(e.to_string().contains("fold9"), "{e}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

@@ -13,10 +13,12 @@ use serde::Serialize;
 use super::augment;
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::frontend::Frontend;
-use super::head::HeadConfig;
+use super::head::{combine_logits, EnsembleCombine, HeadConfig};
 use super::model::evidence_vector;
-use super::model_dir::{self, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics};
-use super::train::{predict_logits, train_head, EpochStats, Example, TrainConfig, View};
+use super::model_dir::{
+    self, EnsembleConfig, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics,
+};
+use super::train::{predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View};
 use super::AcousticError;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
@@ -61,6 +63,9 @@ pub struct TrainOptions {
     /// are stored in train_evidence.jsonl for refinement, and calibrate the temperature and
     /// routing threshold together with the validation predictions.
     pub oof_folds: usize,
+    /// Keep the out-of-fold heads and combine them with the main head at inference (`None`:
+    /// throw them away after their out-of-fold predictions, one head as before).
+    pub ensemble: Option<EnsembleCombine>,
 }
 
 impl TrainOptions {
@@ -82,6 +87,7 @@ impl TrainOptions {
             route_fraction: 0.3,
             use_evidence: true,
             oof_folds: 3,
+            ensemble: Some(EnsembleCombine::MeanLogits),
         }
     }
 }
@@ -327,7 +333,7 @@ pub fn train_model(
 
     // Out-of-fold logits for the training clips (refinement needs predictions on clips whose
     // speaker the model never saw; training-set predictions are near perfect).
-    let oof_logits = out_of_fold_logits(
+    let fold_heads = out_of_fold_heads(
         opts,
         &train_m,
         &train_clips,
@@ -340,9 +346,26 @@ pub fn train_model(
 
     lap("out_of_fold", &mut phase_seconds);
 
-    // Calibration and routing on held-out predictions: validation plus out-of-fold.
+    // The served model: the main head, or the main head and the fold heads combined.
+    let members: Vec<&Trained> = match opts.ensemble {
+        Some(_) => std::iter::once(&trained)
+            .chain(fold_heads.heads.iter().map(|(_, t)| t))
+            .collect(),
+        None => vec![&trained],
+    };
+    let combine = opts.ensemble.unwrap_or(EnsembleCombine::MeanLogits);
+
+    // Calibration and routing on held-out predictions, each from members that never trained
+    // on the clip: validation clips from the whole served model (no member trained on them;
+    // they only chose each member's stopping epoch), training clips from the one fold head
+    // that held their speaker out (every other member trained on them).
     let val_labels: Vec<usize> = val_examples.iter().map(|e| e.label).collect();
-    let val_logits = predict_logits(&trained.head, &val_examples, 32, &device)?;
+    let val_per_head = members
+        .iter()
+        .map(|t| predict_logits(&t.head, &val_examples, 32, &device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let val_logits = combine_logits(&val_per_head, combine);
+    let oof_logits = fold_heads.oof;
     let mut held_logits = val_logits.clone();
     let mut held_labels = val_labels.clone();
     for (l, e) in oof_logits.iter().zip(&train_examples) {
@@ -370,6 +393,26 @@ pub fn train_model(
             opts.oof_folds
         );
     }
+    let ensemble = (members.len() > 1).then(|| {
+        let conf = crate::eval::metrics::Confusion::new(
+            opts.labels.len(),
+            val_labels.iter().copied().zip(val_logits.iter().map(|l| argmax(l))),
+        );
+        EnsembleConfig {
+            members: std::iter::once(String::new())
+                .chain(fold_heads.heads.iter().map(|(p, _)| p.clone()))
+                .collect(),
+            combine,
+            calibrated_on: format!(
+                "temperature and routing: {} validation clips predicted by all {} heads, {} training clips each predicted only by the fold head that held its speaker out",
+                val_logits.len(),
+                members.len(),
+                n_oof
+            ),
+            val_accuracy: Some(conf.accuracy()),
+            val_macro_f1: Some(conf.macro_f1()),
+        }
+    });
     let best = &trained.history[trained.best_epoch - 1];
     let metrics = TrainingMetrics {
         n_train: train_examples.len(),
@@ -404,17 +447,16 @@ pub fn train_model(
         data_hash,
         train_manifest: opts.manifest.display().to_string(),
         default_llm: catalog::DEFAULT_LLM.into(),
+        ensemble,
     };
 
     // Write the directory.
     let weights = opts.out.join(model_dir::WEIGHTS_FILE);
-    trained
-        .varmap
-        .save(&weights)
-        .map_err(|e| AcousticError::Training {
-            path: weights.clone(),
-            message: e.to_string(),
-        })?;
+    let mut prefixed: Vec<(&str, &Trained)> = vec![("", &trained)];
+    if meta.ensemble.is_some() {
+        prefixed.extend(fold_heads.heads.iter().map(|(p, t)| (p.as_str(), t)));
+    }
+    save_heads(&weights, &prefixed)?;
     model_dir::write_meta(&opts.out, &meta)?;
     model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
     write_evidence(
@@ -435,12 +477,18 @@ pub fn train_model(
     })
 }
 
-/// Out-of-fold logits of the training clips, in `train_examples` order (`None` for a clip in
-/// no fold, or for all when folds are off or there are too few speakers). Each fold's head is
-/// trained on the other folds with the same configuration and early stopping on the
-/// validation part as the main head, then predicts its held-out speakers' clean views.
+/// The fold heads (each with its tensor prefix) and the out-of-fold logits of the training
+/// clips, in `train_examples` order (`None` for a clip in no fold, or for all when folds are
+/// off or there are too few speakers). Each fold's head is trained on the other folds with the
+/// same configuration and early stopping on the validation part as the main head, then
+/// predicts its held-out speakers' clean views.
+struct FoldHeads {
+    heads: Vec<(String, Trained)>,
+    oof: Vec<Option<Vec<f32>>>,
+}
+
 #[allow(clippy::too_many_arguments)]
-fn out_of_fold_logits(
+fn out_of_fold_heads(
     opts: &TrainOptions,
     train_m: &Manifest,
     train_clips: &[Analysed],
@@ -449,8 +497,11 @@ fn out_of_fold_logits(
     head_cfg: &HeadConfig,
     device: &Device,
     on_event: &mut dyn FnMut(TrainEvent),
-) -> Result<Vec<Option<Vec<f32>>>, AcousticError> {
-    let mut out = vec![None; train_examples.len()];
+) -> Result<FoldHeads, AcousticError> {
+    let mut out = FoldHeads {
+        heads: Vec::new(),
+        oof: vec![None; train_examples.len()],
+    };
     let n_speakers = train_m.speakers().len();
     let k = opts.oof_folds.min(n_speakers);
     if k < 2 {
@@ -487,10 +538,47 @@ fn out_of_fold_logits(
         let trained = train_head(head_cfg, &tc, &fit, val_examples, device, &mut |_| {})?;
         let logits = predict_logits(&trained.head, &held, 32, device)?;
         for (&i, l) in held_ix.iter().zip(logits) {
-            out[i] = Some(l);
+            out.oof[i] = Some(l);
         }
+        out.heads.push((format!("fold{}", f + 1), trained));
     }
     Ok(out)
+}
+
+/// Write the heads' weights into one safetensors file, each head's tensors under its prefix
+/// ("" keeps the names unprefixed, as a single-head directory has them).
+fn save_heads(path: &Path, heads: &[(&str, &Trained)]) -> Result<(), AcousticError> {
+    let fail = |message: String| AcousticError::Training {
+        path: path.into(),
+        message,
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for (prefix, t) in heads {
+        let data = t
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| fail("var map lock poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            tensors.insert(key, var.as_tensor().clone());
+        }
+    }
+    candle_core::safetensors::save(&tensors, path).map_err(|e| fail(e.to_string()))
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
 }
 
 /// Label index of a manifest label (validated against the label set when the manifest loaded).
@@ -571,14 +659,35 @@ fn write_evidence(
 }
 
 /// The compute device: CPU, or the first GPU when built with `cuda` / `metal`.
+///
+/// Chosen once per process and shared: every `Device::new_cuda` call opens a new device
+/// with its own id, and candle refuses to mix tensors of two ids (a model loaded on one and
+/// a batch made on another). A GPU build says on stderr which device it got, because a
+/// missing or hidden GPU (`CUDA_VISIBLE_DEVICES=`) silently falls back to the CPU.
 pub fn default_device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
-    }
-    #[cfg(feature = "metal")]
-    if let Ok(d) = Device::new_metal(0) {
-        return d;
-    }
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(pick_device).clone()
+}
+
+#[cfg(not(any(feature = "cuda", feature = "metal")))]
+fn pick_device() -> Device {
     Device::Cpu
+}
+
+#[cfg(any(feature = "cuda", feature = "metal"))]
+fn pick_device() -> Device {
+    #[cfg(feature = "cuda")]
+    let gpu = Device::new_cuda(0).map(|d| (d, "CUDA GPU 0"));
+    #[cfg(all(feature = "metal", not(feature = "cuda")))]
+    let gpu = Device::new_metal(0).map(|d| (d, "Metal GPU 0"));
+    match gpu {
+        Ok((d, name)) => {
+            eprintln!("compute device: {name}");
+            d
+        }
+        Err(e) => {
+            eprintln!("compute device: CPU (no usable GPU: {e})");
+            Device::Cpu
+        }
+    }
 }

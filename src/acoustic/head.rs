@@ -25,6 +25,50 @@ pub struct HeadConfig {
     pub dropout: f32,
 }
 
+/// How the heads of an ensemble are combined into one set of logits; stored in model.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnsembleCombine {
+    /// Mean of the members' logits.
+    MeanLogits,
+    /// Log of the mean of the members' probabilities (a log-probability vector, so
+    /// temperature scaling applies to it like to logits).
+    MeanProbs,
+}
+
+/// Combine the logits of several heads on the same clips: `per_head[h][i]` is head `h`'s
+/// logits of clip `i`. One head gives its own logits back unchanged.
+pub fn combine_logits(per_head: &[Vec<Vec<f32>>], how: EnsembleCombine) -> Vec<Vec<f32>> {
+    let Some(first) = per_head.first() else {
+        return Vec::new();
+    };
+    if per_head.len() == 1 {
+        return first.clone();
+    }
+    let members = per_head.len() as f32;
+    (0..first.len())
+        .map(|i| {
+            let k = first[i].len();
+            match how {
+                EnsembleCombine::MeanLogits => (0..k)
+                    .map(|j| per_head.iter().map(|h| h[i][j]).sum::<f32>() / members)
+                    .collect(),
+                EnsembleCombine::MeanProbs => {
+                    let mut p = vec![0f32; k];
+                    for h in per_head {
+                        let q = super::calibrate::softmax_t(&h[i], 1.0);
+                        for (a, b) in p.iter_mut().zip(q) {
+                            *a += b / members;
+                        }
+                    }
+                    // Floor so a probability that underflowed to 0 keeps a finite log.
+                    p.into_iter().map(|v| v.max(1e-30).ln()).collect()
+                }
+            }
+        })
+        .collect()
+}
+
 /// Temporal convolution block: a local view of a few frames.
 #[derive(Debug, Clone)]
 struct TemporalConv {
@@ -210,6 +254,32 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "padding changed logits by {diff}");
+    }
+
+    #[test]
+    fn combining_heads_averages_logits_or_probabilities() {
+        let a = vec![vec![2.0f32, 0.0, -2.0], vec![0.0, 1.0, 0.0]];
+        let b = vec![vec![0.0f32, 2.0, -2.0], vec![0.0, 3.0, 0.0]];
+        // One head: its own logits, unchanged.
+        assert_eq!(
+            combine_logits(std::slice::from_ref(&a), EnsembleCombine::MeanLogits),
+            a
+        );
+        let mean = combine_logits(&[a.clone(), b.clone()], EnsembleCombine::MeanLogits);
+        assert_eq!(mean, vec![vec![1.0, 1.0, -2.0], vec![0.0, 2.0, 0.0]]);
+        // Mean of probabilities: exp of the result sums to one and is the average of the
+        // members' softmax.
+        let lp = combine_logits(&[a.clone(), b.clone()], EnsembleCombine::MeanProbs);
+        for (i, row) in lp.iter().enumerate() {
+            let p: Vec<f32> = row.iter().map(|v| v.exp()).collect();
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
+            let pa = crate::acoustic::calibrate::softmax_t(&a[i], 1.0);
+            let pb = crate::acoustic::calibrate::softmax_t(&b[i], 1.0);
+            for j in 0..3 {
+                assert!((p[j] - (pa[j] + pb[j]) / 2.0).abs() < 1e-5);
+            }
+        }
+        assert!(combine_logits(&[], EnsembleCombine::MeanLogits).is_empty());
     }
 
     /// Each row of a batch must get the logits it gets alone (a strided tensor once made every

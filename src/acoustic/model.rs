@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::calibrate::softmax_t;
 use super::frontend::Frontend;
-use super::head::Head;
+use super::head::{combine_logits, EnsembleCombine, Head};
 use super::model_dir::{self, ModelMeta, RoutingConfig};
 use super::train::{predict_views, View};
 use super::AcousticError;
@@ -33,7 +33,9 @@ pub struct AcousticModel {
     pub dir: PathBuf,
     pub meta: ModelMeta,
     pub routing: RoutingConfig,
-    head: Head,
+    /// The main head first, then the other ensemble members (one head without an ensemble).
+    heads: Vec<Head>,
+    combine: EnsembleCombine,
     frontend: Frontend,
     device: Device,
 }
@@ -51,16 +53,34 @@ impl AcousticModel {
             }
         })?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let head = Head::load(&meta.head, vb).map_err(|e| model_dir::ModelDirError::Mismatch {
-            path: weights.clone(),
-            message: format!("weights do not fit model.json: {e}"),
-        })?;
+        let (members, combine) = match &meta.ensemble {
+            Some(e) => (e.members.clone(), e.combine),
+            None => (vec![String::new()], EnsembleCombine::MeanLogits),
+        };
+        let heads = members
+            .iter()
+            .map(|prefix| {
+                let vb = if prefix.is_empty() {
+                    vb.clone()
+                } else {
+                    vb.pp(prefix)
+                };
+                Head::load(&meta.head, vb).map_err(|e| model_dir::ModelDirError::Mismatch {
+                    path: weights.clone(),
+                    message: format!(
+                        "weights of head '{}' do not fit model.json: {e}",
+                        if prefix.is_empty() { "main" } else { prefix }
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let frontend = Frontend::from_config(&meta.frontend, models_dir, device)?;
         Ok(Self {
             dir: dir.into(),
             meta,
             routing,
-            head,
+            heads,
+            combine,
             frontend,
             device: device.clone(),
         })
@@ -89,13 +109,29 @@ impl AcousticModel {
             .collect())
     }
 
-    /// Uncalibrated logits of a batch of clips (their evidence gets z-scores).
+    /// Uncalibrated logits of a batch of clips (their evidence gets z-scores): the heads'
+    /// combined logits when the model is an ensemble (the encoder runs once per clip).
     pub fn logits(&self, clips: &mut [AnalysedClip]) -> Result<Vec<Vec<f32>>, AcousticError> {
         let views = clips
             .iter_mut()
             .map(|c| self.view(c))
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&View> = views.iter().collect();
-        Ok(predict_views(&self.head, &refs, &self.device)?)
+        self.logits_of_views(&refs)
+    }
+
+    /// Combined, uncalibrated logits of views already made with [`Self::view`].
+    pub fn logits_of_views(&self, views: &[&View]) -> Result<Vec<Vec<f32>>, AcousticError> {
+        let per_head = self
+            .heads
+            .iter()
+            .map(|h| predict_views(h, views, &self.device))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(combine_logits(&per_head, self.combine))
+    }
+
+    /// Number of heads whose logits are combined (1 without an ensemble).
+    pub fn n_heads(&self) -> usize {
+        self.heads.len()
     }
 }

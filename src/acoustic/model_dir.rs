@@ -1,7 +1,8 @@
 //! The model directory: everything `eval` and `classify` need, with no other flag.
 //!
 //! ```text
-//! model.safetensors     head weights (and frame normalisation)
+//! model.safetensors     head weights (and frame normalisation); ensemble members other
+//!                       than the main head under their prefix (`fold1.*`, …)
 //! model.json            ModelMeta: format_version, labels, front end, feature config,
 //!                       evidence inputs + corpus baseline, temperature, metrics, seed, data hash
 //! routing.json          RoutingConfig: threshold, margin, target_route_fraction, fitted_on
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::head::HeadConfig;
+use super::head::{EnsembleCombine, HeadConfig};
 use super::train::EpochStats;
 use crate::features::{Baseline, FeatureConfig};
 use crate::LabelSet;
@@ -83,6 +84,26 @@ pub struct TrainingMetrics {
     pub phase_seconds: std::collections::BTreeMap<String, f64>,
 }
 
+/// Several heads of the same shape on the same frames, combined at inference. The encoder is
+/// shared, so the extra heads cost little; they come from the out-of-fold training that
+/// `camxuc train` does anyway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// Tensor name prefix of each member in model.safetensors: "" is the main head (its names
+    /// unprefixed, as in a single-head directory), "fold1" the first fold head (`fold1.out.weight`…).
+    pub members: Vec<String>,
+    pub combine: EnsembleCombine,
+    /// Which held-out predictions fitted the temperature and routing (each clip's prediction
+    /// comes only from members that did not train on it).
+    pub calibrated_on: String,
+    /// The combined model's accuracy and macro-F1 on the validation part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_macro_f1: Option<f64>,
+}
+
 /// `model.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +126,10 @@ pub struct ModelMeta {
     pub train_manifest: String,
     /// Default reasoner model SPEC.
     pub default_llm: String,
+    /// Head ensemble; absent: one head (directories written before ensembles, or trained
+    /// without fold heads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleConfig>,
 }
 
 /// `routing.json`: when a clip goes to the reasoner.
@@ -164,6 +189,14 @@ pub fn read_meta(dir: &Path) -> Result<ModelMeta, ModelDirError> {
             path: path.clone(),
             message: format!("feature configuration: {e}"),
         })?;
+    if let Some(e) = &meta.ensemble {
+        if e.members.is_empty() {
+            return Err(ModelDirError::Mismatch {
+                path,
+                message: "ensemble lists no member heads".into(),
+            });
+        }
+    }
     if meta.head.n_labels != meta.labels.len()
         || meta.head.evidence_dim != meta.evidence_inputs.len()
     {
