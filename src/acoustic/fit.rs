@@ -686,7 +686,10 @@ fn pick_device() -> Device {
             d
         }
         Err(e) => {
-            eprintln!("compute device: CPU (no usable GPU: {e})");
+            // candle appends a backtrace to the error under RUST_BACKTRACE: keep the cause.
+            let e = e.to_string();
+            let cause = e.lines().next().unwrap_or_default();
+            eprintln!("compute device: CPU (no usable GPU: {cause})");
             Device::Cpu
         }
     }
