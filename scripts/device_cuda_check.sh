@@ -61,6 +61,11 @@ run cpu_train env CUDA_VISIBLE_DEVICES= "$BIN" "${TRAIN[@]}" --out "$W/m_cpu"
 run cpu_eval env CUDA_VISIBLE_DEVICES= "$BIN" "${EVAL[@]}" --model "$W/m_cpu" --out "$W/cpu_eval.jsonl"
 run cpu_eval_gpu_model env CUDA_VISIBLE_DEVICES= "$BIN" "${EVAL[@]}" --model "$W/m_gpu" --out "$W/cpu_eval_gpu_model.jsonl"
 
+echo "== device used"
+for f in gpu_train gpu_eval; do
+  grep -q 'compute device: CUDA' "$W/$f.txt" && echo "$f: CUDA" || echo "$f: NOT ON THE GPU"
+done
+
 echo "== agreement of acoustic_probs (max |diff| over clips and labels)"
 python3 - "$W" <<'EOF'
 import json, sys
