@@ -234,6 +234,10 @@ struct TrainArgs {
     /// analyses; they also calibrate the temperature and routing). 0 turns them off.
     #[arg(long, default_value_t = 3)]
     oof_folds: usize,
+    /// Serve the main head alone instead of the ensemble of the main and out-of-fold heads
+    /// (the ensemble was chosen by speaker cross-validation; README, RAVDESS).
+    #[arg(long)]
+    single_head: bool,
 }
 
 /// The model, rules and reasoner flags `classify` and `eval` share.
@@ -514,6 +518,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     opts.augment_views = a.augment;
     opts.use_evidence = !a.no_evidence;
     opts.oof_folds = a.oof_folds;
+    if a.single_head {
+        opts.ensemble = None;
+    }
     opts.frontend = match a.frontend {
         FrontendArg::Whisper => FrontendChoice::Whisper { blocks: a.blocks },
         FrontendArg::Logmel => FrontendChoice::LogMel,
