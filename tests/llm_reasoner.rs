@@ -125,35 +125,51 @@ fn packed_kernels_give_nearly_the_same_logits() {
 #[test]
 fn the_prompt_cache_gives_the_same_label_likelihoods_as_a_cold_prompt() {
     let Some(path) = default_model() else { return };
-    let mut r = reasoner(&path, ReasonerOptions::default());
-    for c in clear_cases() {
-        let warm = r.score(&case(&c), true).unwrap();
-        let cold = r.score(&case(&c), false).unwrap();
-        assert_eq!(warm.suffix_tokens, cold.suffix_tokens);
-        for (w, k) in warm
-            .loglik
-            .iter()
-            .flatten()
-            .zip(cold.loglik.iter().flatten())
-        {
-            assert!((w - k).abs() < 1e-3, "{}: warm {w} vs cold {k}", c.label);
+    // Both prompt layouts. candle's quantised kernels give slightly different numbers when the
+    // same tokens are grouped into different passes (measured: 36 tokens as one pass or as
+    // 29 + 7 after a 193-token prefix gave logits up to 0.67 apart), and the cold prompt is
+    // fed in 128-token chunks while the warm one starts at the cached prefix. With the compact
+    // layout a chunk boundary falls inside the evidence: measured 0.013 nats on the likeliest
+    // label and 0.08 on an unlikely one (ln p = -4.6). A cache at the wrong position would be
+    // off by whole nats, and the ranking must not change.
+    for options in [ReasonerOptions::default(), ReasonerOptions::compact()] {
+        let compact = options.compact;
+        let tolerance = if compact { 0.25 } else { 1e-3 };
+        let mut r = reasoner(&path, options);
+        for c in clear_cases() {
+            let warm = r.score(&case(&c), true).unwrap();
+            let cold = r.score(&case(&c), false).unwrap();
+            assert_eq!(warm.suffix_tokens, cold.suffix_tokens);
+            assert_eq!(warm.loglik.len(), if compact { 1 } else { 3 });
+            let best = |s: &[f32]| (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b]));
+            assert_eq!(best(&warm.score), best(&cold.score), "{}", c.label);
+            for (w, k) in warm
+                .loglik
+                .iter()
+                .flatten()
+                .zip(cold.loglik.iter().flatten())
+            {
+                assert!(
+                    (w - k).abs() < tolerance,
+                    "{} (compact {compact}): warm {w} vs cold {k}",
+                    c.label
+                );
+            }
         }
     }
 }
 
-/// Measured with SmolLM2-135M (3 label orders, contextual calibration): calm and angry are
-/// ranked first, the clear panic case is ranked angry (p = 0.58 angry vs 0.20 panic). The
-/// model does not separate the two high-arousal labels; this test states the requirement and
-/// stays ignored until a reasoner meets it (`cargo test --test llm_reasoner -- --ignored`).
+/// The product's LLM decision (the compact prompt, one order, contextual calibration) ranks
+/// each clear-cut case's label first: measured with SmolLM2-135M p = 0.86 calm, 0.92 angry,
+/// 0.92 panic. (With the full prompt and 3 orders it ranked the panic case angry.)
 #[test]
-#[ignore = "SmolLM2-135M ranks the clear panic case angry (2 of 3 right); see the doc comment"]
 fn clear_cut_cases_get_the_right_label() {
     let Some(path) = default_model() else { return };
     let mut r = reasoner(
         &path,
         ReasonerOptions {
             rationale: false,
-            ..ReasonerOptions::default()
+            ..ReasonerOptions::compact()
         },
     );
     let labels = LabelSet::default();

@@ -98,7 +98,7 @@ impl PromptBuilder {
     }
 
     /// The compact layout (see the module docs): the question, with the labels in label-set
-    /// order, is part of the cached prefix; the evidence lists the three strongest deviations
+    /// order, is part of the cached prefix; the evidence lists the two strongest deviations
     /// as signed numbers. A warm decision then feeds about 40 tokens.
     pub fn compact(
         template: ChatTemplate,
@@ -113,7 +113,7 @@ impl PromptBuilder {
             labels: labels.clone(),
             prefix: String::new(),
             tail: String::new(),
-            max_deviations: 3,
+            max_deviations: 2,
             fired_statements: false,
             compact: true,
         };
@@ -221,13 +221,19 @@ impl PromptBuilder {
     }
 
     /// The compact evidence: `pitch variability +1.8; speech rate -2.4` (SD units, as the
-    /// guideline says), the fired rule ids and the acoustic probabilities, one line each.
+    /// guideline says), the fired rule ids and the acoustic model's guess, one line each.
     fn compact_evidence(&self, case: &Case<'_>, zs: &[(&String, f64)]) -> String {
         let vi = self.language == PromptLanguage::Vietnamese;
         let measures: Vec<String> = zs
             .iter()
             .take(self.max_deviations)
-            .map(|(name, z)| format!("{} {z:+.1}", describe_feature(name, vi).unwrap_or(name)))
+            .map(|(name, z)| {
+                let what = describe_feature(name, vi).unwrap_or(name);
+                // Without the parenthesised measure name (`vocal effort (alpha ratio)`): the
+                // words are what the model reads, the name only costs tokens.
+                let what = what.split(" (").next().unwrap_or(what);
+                format!("{what} {z:+.1}")
+            })
             .collect();
         let mut s = if measures.is_empty() {
             (if vi {
@@ -251,18 +257,14 @@ impl PromptBuilder {
                 fired.join(", ")
             }
         ));
-        let probs: Vec<String> = case
-            .acoustic
-            .labels
-            .iter()
-            .zip(&case.acoustic.values)
-            .map(|(l, p)| format!("{l} {p:.2}"))
-            .collect();
-        if !probs.is_empty() {
+        // Only the acoustic model's guess: each probability costs about four tokens, and the
+        // full distribution is what the router already judged to be unsure.
+        if !case.acoustic.labels.is_empty() {
+            let (best, p) = case.acoustic.argmax();
             s.push_str(&format!(
-                "{}: {}\n",
+                "{}: {} {p:.2}\n",
                 if vi { "Âm học" } else { "Acoustic" },
-                probs.join(", ")
+                case.acoustic.labels[best]
             ));
         }
         if let Some(t) = case.transcript.filter(|t| !t.trim().is_empty()) {
@@ -295,14 +297,9 @@ impl PromptBuilder {
             .map(|l| format!("{l} {:.2}", 1.0 / n as f32))
             .collect();
         let neutral = match (vi, self.compact) {
-            (true, true) => format!(
-                "cao độ +0.0; tốc độ nói +0.0\nLuật: không\nÂm học: {}\n",
-                flat.join(", ")
-            ),
-            (false, true) => format!(
-                "pitch +0.0; speech rate +0.0\nRules: none\nAcoustic: {}\n",
-                flat.join(", ")
-            ),
+            // The compact evidence names only the acoustic guess, and a content-free one has none.
+            (true, true) => "cao độ +0.0; tốc độ nói +0.0\nLuật: không\n".to_string(),
+            (false, true) => "pitch +0.0; speech rate +0.0\nRules: none\n".to_string(),
             (true, false) => format!(
                 "- cao độ như thường (+0.0 SD)\n- tốc độ nói như thường (+0.0 SD)\nLuật khớp: không\nMô hình âm học: {}\n",
                 flat.join(", ")
@@ -549,7 +546,7 @@ mod tests {
             ("f0_std_st", 1.8),
             ("hnr_db", -0.2),
             ("speech_rate_syl_per_s", -2.4),
-            ("pause_ratio", 0.9),
+            ("alpha_ratio_db", 2.0),
         ] {
             e.z.insert(n.into(), z);
         }
@@ -569,8 +566,8 @@ mod tests {
         };
         assert_eq!(
             b.evidence(&case),
-            "speech rate -2.4; pitch variability +1.8; pauses +0.9\nRules: R1\n\
-             Acoustic: calm 0.20, angry 0.50, panic 0.30\nWords: \"cứu tôi với\"\n"
+            "speech rate -2.4; vocal effort +2.0\nRules: R1\n\
+             Acoustic: angry 0.50\nWords: \"cứu tôi với\"\n"
         );
         assert_eq!(b.null_evidence(), "no measurements\nRules: none\n");
         assert!(b.null_evidences().iter().all(|t| !t.contains("SD)")));

@@ -90,12 +90,12 @@ impl ReasonerOptions {
     }
 
     /// The fast decision: the compact prompt, one label order, the evidence-free calibration
-    /// (computed once at load, free per clip), three deviations.
+    /// (computed once at load, free per clip), the two strongest deviations.
     pub fn compact() -> Self {
         Self {
             compact: true,
             label_orders: 1,
-            max_deviations: 3,
+            max_deviations: 2,
             ..Self::default()
         }
     }
