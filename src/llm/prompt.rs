@@ -213,10 +213,7 @@ impl PromptBuilder {
             };
             s.push_str(&format!("{head}: {}\n", probs.join(", ")));
         }
-        if let Some(t) = case.transcript.filter(|t| !t.trim().is_empty()) {
-            let head = if vi { "Lời nói" } else { "Words" };
-            s.push_str(&format!("{head}: \"{}\"\n", t.trim()));
-        }
+        push_words(&mut s, case, vi);
         s
     }
 
@@ -267,10 +264,7 @@ impl PromptBuilder {
                 case.acoustic.labels[best]
             ));
         }
-        if let Some(t) = case.transcript.filter(|t| !t.trim().is_empty()) {
-            let head = if vi { "Lời nói" } else { "Words" };
-            s.push_str(&format!("{head}: \"{}\"\n", t.trim()));
-        }
+        push_words(&mut s, case, vi);
         s
     }
 
@@ -353,6 +347,14 @@ impl PromptBuilder {
             PromptLanguage::English => ".\nReason: the voice",
             PromptLanguage::Vietnamese => ".\nLý do: giọng nói",
         }
+    }
+}
+
+/// What was said, when the clip was transcribed: the same line in both layouts.
+fn push_words(s: &mut String, case: &Case<'_>, vi: bool) {
+    if let Some(t) = case.transcript.filter(|t| !t.trim().is_empty()) {
+        let head = if vi { "Lời nói" } else { "Words" };
+        s.push_str(&format!("{head}: \"{}\"\n", t.trim()));
     }
 }
 
@@ -458,6 +460,26 @@ mod tests {
     use super::*;
     use crate::types::{Evidence, FiredRule, Probs};
 
+    /// Evidence with these z-scores.
+    fn evidence_of(zs: &[(&str, f64)]) -> Evidence {
+        let mut e = Evidence::default();
+        for (n, z) in zs {
+            e.z.insert((*n).into(), *z);
+        }
+        e
+    }
+
+    /// Rule R1 (angry) as fired, with this statement.
+    fn r1_fired(statement: &str) -> [FiredRule; 1] {
+        [FiredRule {
+            id: "R1".into(),
+            label: "angry".into(),
+            weight: 1.0,
+            statement_en: statement.into(),
+            statement_vi: None,
+        }]
+    }
+
     #[test]
     fn prefix_is_shared_and_evidence_lists_strongest_deviations() {
         let labels = LabelSet::default();
@@ -475,22 +497,13 @@ mod tests {
         assert!(b.prefix().starts_with("<|im_start|>system\n"));
         assert!(b.prefix().contains("R1 (angry): Loud bursts"));
         assert!(b.prefix().ends_with("Clip:\n"));
-        let mut e = Evidence::default();
-        for (n, z) in [
+        let e = evidence_of(&[
             ("f0_std_st", 1.8),
             ("hnr_db", -0.2),
             ("speech_rate_syl_per_s", -2.4),
             ("unknown_x", 9.0),
-        ] {
-            e.z.insert(n.into(), z);
-        }
-        let fired = [FiredRule {
-            id: "R1".into(),
-            label: "angry".into(),
-            weight: 1.0,
-            statement_en: "Loud bursts with harsh voice suggest anger.".into(),
-            statement_vi: None,
-        }];
+        ]);
+        let fired = r1_fired("Loud bursts with harsh voice suggest anger.");
         let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
         let case = Case {
             evidence: &e,
@@ -541,22 +554,13 @@ mod tests {
         let tail = "<|im_end|>\n<|im_start|>assistant\nLabel:";
         assert_eq!(b.question(&[2, 1, 0]), tail);
         assert_eq!(b.question(&[0, 1, 2]), tail);
-        let mut e = Evidence::default();
-        for (n, z) in [
+        let e = evidence_of(&[
             ("f0_std_st", 1.8),
             ("hnr_db", -0.2),
             ("speech_rate_syl_per_s", -2.4),
             ("alpha_ratio_db", 2.0),
-        ] {
-            e.z.insert(n.into(), z);
-        }
-        let fired = [FiredRule {
-            id: "R1".into(),
-            label: "angry".into(),
-            weight: 1.0,
-            statement_en: "Loud bursts suggest anger.".into(),
-            statement_vi: None,
-        }];
+        ]);
+        let fired = r1_fired("Loud bursts suggest anger.");
         let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
         let case = Case {
             evidence: &e,
