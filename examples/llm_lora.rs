@@ -27,13 +27,12 @@ use camxuc::llm::lora::{CachedPrompt, LoraConfig, LoraTarget, LoraTask, TrainOpt
 use camxuc::llm::{GgufFile, RuleText};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
-use camxuc::rules::{Language, RuleSet};
+use camxuc::rules::{Language, RuleSet, RuleVote};
 use camxuc::{Case, Evidence, FiredRule, LabelSet, Probs};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
 struct Record {
-    path: String,
     label: String,
     speaker: Option<String>,
     evidence: Evidence,
@@ -138,6 +137,7 @@ fn load_clips(
 ) -> Result<Vec<Clip>> {
     let path = dir.join("train_evidence.jsonl");
     let file = std::fs::File::open(&path).with_context(|| path.display().to_string())?;
+    let vote = RuleVote::new(rules);
     let mut clips = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let r: Record = serde_json::from_str(&line?)
@@ -146,17 +146,7 @@ fn load_clips(
             continue;
         };
         let fired = rules.evaluate(&r.evidence, &acoustic);
-        let mut vote_logits: Vec<f64> = acoustic
-            .values
-            .iter()
-            .map(|&p| f64::from(p).max(1e-6).ln())
-            .collect();
-        for f in &fired {
-            if let Some(j) = labels.index_of(&f.label) {
-                vote_logits[j] += f64::from(f.weight);
-            }
-        }
-        let _ = r.path;
+        let vote_logits = vote.logits(&acoustic, &fired);
         clips.push(Clip {
             truth,
             speaker: r.speaker.unwrap_or_default(),

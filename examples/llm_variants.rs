@@ -151,19 +151,7 @@ fn load_clips(
             continue;
         };
         let fired = rules.evaluate(&r.evidence, &acoustic);
-        let mut vote_logits: Vec<f64> = acoustic
-            .values
-            .iter()
-            .map(|&p| f64::from(p).max(1e-6).ln())
-            .collect();
-        for f in &fired {
-            if let Some(j) = labels.index_of(&f.label) {
-                vote_logits[j] += f64::from(f.weight);
-            }
-        }
-        // Sanity: the log-linear vote here is the rule vote's.
-        let v = vote.combine(&acoustic, &fired);
-        debug_assert_eq!(argmax(&vote_logits), v.argmax().0);
+        let vote_logits = vote.logits(&acoustic, &fired);
         clips.push(Clip {
             path: r.path,
             truth,

@@ -16,8 +16,8 @@
 use super::clips::RefineClip;
 use super::wording;
 use crate::eval::metrics::Confusion;
-use crate::rules::DEFAULT_PRIOR_WEIGHT;
 use crate::rules::{CompareOp, Condition, Operand, Rule, RuleSet, Statements};
+use crate::rules::{DEFAULT_PRIOR_WEIGHT, PROB_FLOOR};
 use crate::LabelSet;
 
 /// What the greedy search maximises on the refinement clips.
@@ -145,7 +145,7 @@ impl<'a> Problem<'a> {
                 c.probs
                     .values
                     .iter()
-                    .map(|&p| DEFAULT_PRIOR_WEIGHT * f64::from(p).max(1e-6).ln())
+                    .map(|&p| DEFAULT_PRIOR_WEIGHT * f64::from(p).max(PROB_FLOOR).ln())
                     .collect()
             })
             .collect();

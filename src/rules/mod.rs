@@ -23,6 +23,7 @@ pub use error::RulesError;
 pub use names::{edit_distance, known_identifiers, nearest};
 pub use rule::{Language, Rule, Statements};
 pub use ruleset::{ChangelogEntry, RuleSet};
+pub(crate) use vote::PROB_FLOOR;
 pub use vote::{RuleVote, DEFAULT_PRIOR_WEIGHT};
 
 /// The shipped default rule set, relative to the repository root.

@@ -21,7 +21,7 @@ use super::rule::Language;
 use super::ruleset::RuleSet;
 
 /// Floor on acoustic probabilities before the logarithm, so a zero never vetoes a label.
-const PROB_FLOOR: f64 = 1e-6;
+pub(crate) const PROB_FLOOR: f64 = 1e-6;
 
 /// Default trust in the acoustic prior (see the module docs).
 pub const DEFAULT_PRIOR_WEIGHT: f64 = 1.0;
@@ -60,8 +60,9 @@ impl RuleVote {
         self.prior_weight
     }
 
-    /// The combined probabilities (no rationale).
-    pub fn combine(&self, acoustic: &Probs, fired: &[crate::FiredRule]) -> Probs {
+    /// The vote's logits per label: prior_weight · ln p(acoustic) plus the weight of every
+    /// fired rule for that label ([`combine`](Self::combine) is their softmax).
+    pub fn logits(&self, acoustic: &Probs, fired: &[crate::FiredRule]) -> Vec<f64> {
         let mut logits: Vec<f64> = acoustic
             .values
             .iter()
@@ -77,6 +78,12 @@ impl RuleVote {
                 logits[i] += f64::from(rule.weight);
             }
         }
+        logits
+    }
+
+    /// The combined probabilities (no rationale).
+    pub fn combine(&self, acoustic: &Probs, fired: &[crate::FiredRule]) -> Probs {
+        let logits = self.logits(acoustic, fired);
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = exp.iter().sum();
