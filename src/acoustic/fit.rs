@@ -18,7 +18,9 @@ use super::model::evidence_vector;
 use super::model_dir::{
     self, EnsembleConfig, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics,
 };
-use super::train::{predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View};
+use super::train::{
+    argmax, predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View,
+};
 use super::AcousticError;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
@@ -569,16 +571,6 @@ fn save_heads(path: &Path, heads: &[(&str, &Trained)]) -> Result<(), AcousticErr
         }
     }
     candle_core::safetensors::save(&tensors, path).map_err(|e| fail(e.to_string()))
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 /// Label index of a manifest label (validated against the label set when the manifest loaded).

@@ -243,7 +243,8 @@ pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<V
     head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()
 }
 
-fn argmax(v: &[f32]) -> usize {
+/// Index of the largest logit (the first on ties).
+pub(crate) fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
         .fold(
