@@ -12,13 +12,9 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::whisper::Config;
+use candle_transformers::utils::build_additive_causal_mask;
 
-/// Whisper's layer-norm epsilon.
-const LN_EPS: f64 = 1e-5;
-
-fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    candle_nn::layer_norm(size, LN_EPS, vb)
-}
+use crate::acoustic::whisper::encoder::layer_norm;
 
 /// Multi-head attention weights; the caller decides where keys and values come from.
 #[derive(Debug, Clone)]
@@ -197,7 +193,13 @@ impl TextDecoder {
             .broadcast_add(&positions)?;
         // Several tokens at once (the prompt) must not see the ones after them.
         let mask = if n > 1 {
-            Some(causal_mask(n, self.position, &device)?)
+            Some(build_additive_causal_mask(
+                n,
+                self.position,
+                None,
+                &device,
+                DType::F32,
+            )?)
         } else {
             None
         };
@@ -211,22 +213,17 @@ impl TextDecoder {
     }
 }
 
-/// `[n, past + n]`: 0 where token `i` may see position `j`, −∞ where `j` lies in its future.
-fn causal_mask(n: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let width = past + n;
-    let values: Vec<f32> = (0..n)
-        .flat_map(|i| (0..width).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(values, (n, width), device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn causal_mask_hides_only_the_future() -> Result<()> {
-        let mask = causal_mask(2, 3, &candle_core::Device::Cpu)?.to_vec2::<f32>()?;
+        // The decoder relies on candle's mask being [1, 1, new, past + new], −∞ on the future.
+        let mask = build_additive_causal_mask(2, 3, None, &candle_core::Device::Cpu, DType::F32)?
+            .squeeze(0)?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
         assert_eq!(mask[0][..4], [0.0; 4]);
         assert!(mask[0][4].is_infinite());
         assert_eq!(mask[1], vec![0.0; 5]);

@@ -18,7 +18,8 @@ use candle_transformers::models::whisper::Config;
 /// Whisper's layer-norm epsilon.
 const LN_EPS: f64 = 1e-5;
 
-fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
+/// A Whisper layer norm (the encoder's and the text decoder's, `crate::asr`).
+pub(crate) fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(size, LN_EPS, vb)
 }
 
