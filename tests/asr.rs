@@ -16,23 +16,7 @@ use camxuc::Audio;
 use candle_core::Device;
 
 fn model_dir() -> Option<PathBuf> {
-    let root = std::env::var_os("CAMXUC_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    let dir = root.join("whisper-base");
-    if dir.join("model.bin").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but {} has no model.bin (camxuc models fetch)",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: {} has no model.bin (fetch the Whisper weights)",
-        dir.display()
-    );
-    None
+    common::whisper_models_or_skip().map(|root| root.join("whisper-base"))
 }
 
 /// One recogniser for the whole test binary (loading converts 74 M weights to f32).

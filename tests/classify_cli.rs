@@ -203,30 +203,12 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
     );
 }
 
-/// The models folder the binary uses, when it has the Whisper weights (else skip; under CI a
-/// missing model is a failure).
-fn models_with_whisper() -> Option<PathBuf> {
-    let root = std::env::var_os("CAMXUC_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    if root.join("whisper-base/model.bin").is_file() {
-        return Some(root);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but {} has no whisper-base/model.bin (camxuc models fetch)",
-        root.display()
-    );
-    eprintln!("SKIPPED: no Whisper weights under {}", root.display());
-    None
-}
-
 #[test]
 fn transcribe_gives_routed_clips_their_words_and_a_bad_language_is_refused() {
     if !common::espeak_or_skip() {
         return;
     }
-    let Some(models) = models_with_whisper() else {
+    let Some(models) = common::whisper_models_or_skip() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -6,25 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use camxuc::acoustic::whisper::{load_ct2, WhisperEncoder, WhisperMel, N_FRAMES_30S};
 use candle_core::{Device, IndexOp, Tensor};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/whisper");
 
 fn model_dir() -> Option<PathBuf> {
-    let root = std::env::var_os("CAMXUC_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    let dir = root.join("whisper-base");
-    if dir.join("model.bin").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: {} has no model.bin (fetch the Whisper weights)",
-            dir.display()
-        );
-        None
-    }
+    common::whisper_models_or_skip().map(|root| root.join("whisper-base"))
 }
 
 fn fixture(name: &str) -> Vec<f32> {

@@ -26,6 +26,28 @@ pub fn espeak_or_skip() -> bool {
     false
 }
 
+/// The models folder (`CAMXUC_MODELS_DIR`, else `models/`) when it holds the Whisper base
+/// weights. Without them the test skips with a printed reason, except in CI (`.ci/run`
+/// fetches them), where that is a failure.
+pub fn whisper_models_or_skip() -> Option<PathBuf> {
+    let root = std::env::var_os("CAMXUC_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    if root.join("whisper-base/model.bin").is_file() {
+        return Some(root);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but {} has no whisper-base/model.bin (camxuc models fetch whisper-base)",
+        root.display()
+    );
+    eprintln!(
+        "SKIPPED: {} has no whisper-base/model.bin (camxuc models fetch whisper-base)",
+        root.display()
+    );
+    None
+}
+
 /// A small synthetic corpus (6 clips per class, 3 speakers); returns its manifest.
 pub fn small_corpus(dir: &Path, seed: u64) -> PathBuf {
     let opts = SynthOptions {
