@@ -33,6 +33,10 @@ pub struct BenchReport {
     pub matmul_threads: usize,
     /// Zero-padded projections for candle's packed kernels (`LoadOptions::packed_kernels`).
     pub packed_kernels: bool,
+    /// Q4_1 projections run by camxuc's own product (`LoadOptions::q4_1_kernel`), and the
+    /// threads its large products use (`LoadOptions::product_threads`).
+    pub q4_1_kernel: bool,
+    pub product_threads: usize,
     pub prompt_tokens: usize,
     pub prompt_tok_s: f64,
     pub gen_tokens: usize,
@@ -205,12 +209,19 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// Benchmarks the GGUF at `spec_path` on `threads` threads (see [`LoadOptions::threads`]),
+/// Benchmarks the GGUF at `spec_path` on `threads` threads (see [`LoadOptions::threads`] and
+/// [`LoadOptions::product_threads`]; 0 = the defaults),
 /// otherwise loaded as the product loads it.
 pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> {
+    let defaults = LoadOptions::default();
     let options = LoadOptions {
         threads,
-        ..LoadOptions::default()
+        product_threads: if threads == 0 {
+            defaults.product_threads
+        } else {
+            threads
+        },
+        ..defaults
     };
     bench_with(spec_path, &options)
 }
@@ -299,6 +310,8 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
         requantize_ms: load.requantize_ms,
         matmul_threads: load.matmul_threads,
         packed_kernels: options.packed_kernels,
+        q4_1_kernel: options.q4_1_kernel,
+        product_threads: options.product_threads,
         prompt_tokens: ids.len(),
         prompt_tok_s: ids.len() as f64 / prompt_s,
         gen_tokens: GEN_TOKENS,

@@ -11,6 +11,7 @@
 //! # let _ = ids; Ok(()) }
 //! ```
 
+mod attention;
 mod bench;
 mod chat;
 mod error;
@@ -19,6 +20,7 @@ mod gguf;
 pub mod lora;
 mod model;
 mod prompt;
+mod q4_1;
 mod reasoner;
 mod tokenizer;
 mod transformer;

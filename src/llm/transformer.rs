@@ -12,6 +12,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::attention::causal_attention;
+use super::q4_1::Q41Matrix;
+
 /// Where the decoder's tensors come from (the loader re-quantises on the way).
 pub(crate) trait TensorSource {
     fn tensor(&mut self, name: &str) -> Result<QTensor>;
@@ -35,6 +38,8 @@ pub(crate) struct Hyper {
     /// Widen Q8_0 projections whose input width is not a multiple of 256 with zero columns
     /// (see [`Proj`]).
     pub pad_inputs: bool,
+    /// Threads for large Q4_1 products (`LoadOptions::product_threads`).
+    pub product_threads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +67,7 @@ pub(crate) struct Transformer {
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Proj,
     cos: Tensor,
     sin: Tensor,
     /// When set, the final-normed hidden states of every fed token are summed here (the LLM
@@ -99,49 +104,57 @@ impl HiddenSum {
     }
 }
 
-fn qmatmul(src: &mut dyn TensorSource, name: &str) -> Result<QMatMul> {
-    QMatMul::from_qtensor(src.tensor(name)?)
-}
-
 /// Input widths candle 0.11.1's packed x86 kernels take (a Q8_K super-block).
 const PACKED_K: usize = 256;
 
-/// A quantised projection, possibly widened with zero input columns.
+/// A quantised projection.
 ///
-/// candle 0.11.1 runs Q8_0 products through packed AVX512-VNNI kernels only when the input
-/// width is a multiple of 256; SmolLM2's 576 is not, so all but the down projection fell back
-/// to the generic block dot product. Padding the weights to 768 zero-filled columns (and the
-/// input with zeros) costs a third more arithmetic on a kernel that is several times faster.
+/// Q4_1 weights run through [`Q41Matrix`] (candle 0.11.1 has only a scalar Q4_1 product).
+/// Otherwise candle's product, possibly on weights widened with zero input columns: candle
+/// runs Q8_0 products through packed AVX512-VNNI kernels only when the input width is a
+/// multiple of 256; SmolLM2's 576 is not, so padding the weights to 768 zero-filled columns
+/// (and the input with zeros) costs a third more arithmetic on a kernel that is several times
+/// faster (`LoadOptions::packed_kernels`, off by default).
 #[derive(Debug, Clone)]
-struct Proj {
-    mm: QMatMul,
-    /// Zero columns appended to the input.
-    pad: usize,
+enum Proj {
+    Candle {
+        mm: QMatMul,
+        /// Zero columns appended to the input.
+        pad: usize,
+    },
+    Q41(Arc<Q41Matrix>),
 }
 
 impl Proj {
-    fn load(src: &mut dyn TensorSource, name: &str, pad_inputs: bool) -> Result<Self> {
-        let t = src.tensor(name)?;
+    fn load(src: &mut dyn TensorSource, name: &str, hyper: &Hyper) -> Result<Self> {
+        Self::from_qtensor(src.tensor(name)?, hyper)
+    }
+
+    fn from_qtensor(t: QTensor, hyper: &Hyper) -> Result<Self> {
+        if let Some(m) = Q41Matrix::from_qtensor(&t, hyper.product_threads)? {
+            return Ok(Self::Q41(Arc::new(m)));
+        }
         let (_n, k) = t.shape().dims2()?;
         let pad = (PACKED_K - k % PACKED_K) % PACKED_K;
-        if !pad_inputs || pad == 0 || t.dtype() != GgmlDType::Q8_0 {
-            return Ok(Self {
+        if !hyper.pad_inputs || pad == 0 || t.dtype() != GgmlDType::Q8_0 {
+            return Ok(Self::Candle {
                 mm: QMatMul::from_qtensor(t)?,
                 pad: 0,
             });
         }
         let w = t.dequantize(&Device::Cpu)?.pad_with_zeros(1, 0, pad)?;
-        Ok(Self {
+        Ok(Self::Candle {
             mm: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
             pad,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.pad == 0 {
-            return self.mm.forward(x);
+        match self {
+            Self::Candle { mm, pad: 0 } => mm.forward(x),
+            Self::Candle { mm, pad } => mm.forward(&x.pad_with_zeros(D::Minus1, 0, *pad)?),
+            Self::Q41(m) => m.forward(x),
         }
-        self.mm.forward(&x.pad_with_zeros(D::Minus1, 0, self.pad)?)
     }
 }
 
@@ -149,11 +162,21 @@ impl Transformer {
     pub fn load(hyper: Hyper, src: &mut dyn TensorSource, qwen2_bias: bool) -> Result<Self> {
         let device = Device::Cpu;
         let embedding = Arc::new(src.tensor("token_embd.weight")?);
+        let unpadded = Hyper {
+            pad_inputs: false,
+            ..hyper.clone()
+        };
         let output = if src.has("output.weight") {
-            qmatmul(src, "output.weight")?
+            Proj::load(src, "output.weight", &unpadded)?
+        } else if embedding.dtype() == GgmlDType::Q4_1 {
+            // Tied embeddings: the same blocks serve as the output projection (a copy of
+            // them, as Q41Matrix owns its bytes).
+            Proj::from_qtensor(src.tensor("token_embd.weight")?, &unpadded)?
         } else {
-            // Tied embeddings: the same quantised matrix serves as the output projection.
-            QMatMul::from_arc(embedding.clone())?
+            Proj::Candle {
+                mm: QMatMul::from_arc(embedding.clone())?,
+                pad: 0,
+            }
         };
         let norm = RmsNorm::from_qtensor(src.tensor("output_norm.weight")?, hyper.rms_eps)?;
         let mut layers = Vec::with_capacity(hyper.n_layer);
@@ -186,19 +209,19 @@ impl Transformer {
                     src.tensor(&format!("{p}.attn_norm.weight"))?,
                     hyper.rms_eps,
                 )?,
-                wq: Proj::load(src, &format!("{p}.attn_q.weight"), hyper.pad_inputs)?,
-                wk: Proj::load(src, &format!("{p}.attn_k.weight"), hyper.pad_inputs)?,
-                wv: Proj::load(src, &format!("{p}.attn_v.weight"), hyper.pad_inputs)?,
-                wo: Proj::load(src, &format!("{p}.attn_output.weight"), hyper.pad_inputs)?,
+                wq: Proj::load(src, &format!("{p}.attn_q.weight"), &hyper)?,
+                wk: Proj::load(src, &format!("{p}.attn_k.weight"), &hyper)?,
+                wv: Proj::load(src, &format!("{p}.attn_v.weight"), &hyper)?,
+                wo: Proj::load(src, &format!("{p}.attn_output.weight"), &hyper)?,
                 bias_qkv,
                 qk_norm,
                 ffn_norm: RmsNorm::from_qtensor(
                     src.tensor(&format!("{p}.ffn_norm.weight"))?,
                     hyper.rms_eps,
                 )?,
-                gate: Proj::load(src, &format!("{p}.ffn_gate.weight"), hyper.pad_inputs)?,
-                up: Proj::load(src, &format!("{p}.ffn_up.weight"), hyper.pad_inputs)?,
-                down: Proj::load(src, &format!("{p}.ffn_down.weight"), hyper.pad_inputs)?,
+                gate: Proj::load(src, &format!("{p}.ffn_gate.weight"), &hyper)?,
+                up: Proj::load(src, &format!("{p}.ffn_up.weight"), &hyper)?,
+                down: Proj::load(src, &format!("{p}.ffn_down.weight"), &hyper)?,
                 kv: None,
             });
         }
@@ -225,21 +248,12 @@ impl Transformer {
     /// returns the logits after the last token, shape `(vocab,)`.
     pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
         let (_b, seq) = tokens.dims2()?;
-        let mask = if seq > 1 {
-            Some(candle_transformers::utils::build_causal_mask(
-                seq,
-                pos,
-                tokens.device(),
-            )?)
-        } else {
-            None
-        };
         let mut x = self.embedding.embedding(tokens)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         for layer in &mut self.layers {
             let h = layer.attn_norm.forward(&x)?;
-            let a = attention(layer, &self.hyper, &h, mask.as_ref(), &cos, &sin)?;
+            let a = attention(layer, &self.hyper, &h, &cos, &sin)?;
             x = (x + a)?;
             let h = layer.ffn_norm.forward(&x)?;
             let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
@@ -259,7 +273,6 @@ fn attention(
     layer: &mut Layer,
     hp: &Hyper,
     x: &Tensor,
-    mask: Option<&Tensor>,
     cos: &Tensor,
     sin: &Tensor,
 ) -> Result<Tensor> {
@@ -289,7 +302,7 @@ fn attention(
         None => (k, v),
     };
     layer.kv = Some((k.clone(), v.clone()));
-    let y = grouped_attention(&q, &k, &v, mask, hp.n_kv_head)?;
+    let y = causal_attention(&q, &k, &v, hp.n_kv_head)?;
     let y = y
         .transpose(1, 2)?
         .reshape((b, seq, hp.n_head * hp.head_dim))?;
