@@ -8,7 +8,11 @@
 //!
 //! With `CAMXUC_BENCH_MODEL=DIR` (a trained model directory) it also measures the whole acoustic
 //! route (decode → features → encoder → head) per clip, one clip at a time, at the thread
-//! counts in `CAMXUC_BENCH_THREADS` (default "1,2").
+//! counts in `CAMXUC_BENCH_THREADS` (default "1,2"). candle's element-wise ops run on a
+//! process-wide pool sized once from `CANDLE_NUM_THREADS` (default: all cores), which a rayon
+//! pool does not bound: for a true one-core figure run one process per thread count with
+//! `CANDLE_NUM_THREADS` set to it, as `scripts/bench.sh` does (`CAMXUC_BENCH_ACOUSTIC_ONLY=1`
+//! skips the decode stages, `CAMXUC_BENCH_JSON=FILE` writes elsewhere).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -139,10 +143,11 @@ fn main() {
     if paths.is_empty() {
         return;
     }
-    let mut runs = vec![
-        measure("in-process decode", &paths, false, 3),
-        measure("isolated decode (worker)", &paths, true, 3),
-    ];
+    let mut runs = Vec::new();
+    if std::env::var_os("CAMXUC_BENCH_ACOUSTIC_ONLY").is_none() {
+        runs.push(measure("in-process decode", &paths, false, 3));
+        runs.push(measure("isolated decode (worker)", &paths, true, 3));
+    }
     if let Some(dir) = std::env::var_os("CAMXUC_BENCH_MODEL") {
         let threads = std::env::var("CAMXUC_BENCH_THREADS").unwrap_or_else(|_| "1,2".into());
         for t in threads
@@ -172,9 +177,15 @@ fn main() {
             "ms_per_clip": ms, "real_time_factor": rtf,
         }));
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/camxuc-bench");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let path = dir.join("pipeline.json");
+    let path = std::env::var_os("CAMXUC_BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/camxuc-bench/pipeline.json")
+        });
+    if path
+        .parent()
+        .is_none_or(|d| std::fs::create_dir_all(d).is_ok())
+    {
         if let Ok(s) = serde_json::to_string_pretty(&json) {
             let _ = std::fs::write(&path, s);
             println!("written to {}", path.display());

@@ -59,9 +59,17 @@ cargo build --release --quiet --bin camxuc
 
 # 1. Decode + trim + features per clip (and the acoustic route with a model): benches/pipeline.rs.
 log "pipeline bench (log: $work/pipeline.log)"
-rm -f "$out/pipeline.json"
-if ! CAMXUC_BENCH_MODEL="$model" cargo bench --quiet --bench pipeline >"$work/pipeline.log" 2>&1; then
+# candle's element-wise pool is process-wide and sized once from CANDLE_NUM_THREADS, so each
+# thread count is its own process: the one-thread figures really use one core.
+rm -f "$out/pipeline.json" "$work/pipeline-2.json"
+if ! CAMXUC_BENCH_MODEL="$model" CAMXUC_BENCH_THREADS=1 CANDLE_NUM_THREADS=1 RAYON_NUM_THREADS=1 \
+    cargo bench --quiet --bench pipeline >"$work/pipeline.log" 2>&1; then
     log "pipeline bench failed; see $work/pipeline.log"
+fi
+if [[ -n "$model" ]] && ! CAMXUC_BENCH_MODEL="$model" CAMXUC_BENCH_THREADS=2 CANDLE_NUM_THREADS=2 \
+    RAYON_NUM_THREADS=2 CAMXUC_BENCH_ACOUSTIC_ONLY=1 CAMXUC_BENCH_JSON="$work/pipeline-2.json" \
+    cargo bench --quiet --bench pipeline >>"$work/pipeline.log" 2>&1; then
+    log "pipeline bench (2 threads) failed; see $work/pipeline.log"
 fi
 
 # 2. The reasoner LLM: ms per routed clip, from `camxuc models bench`.
@@ -174,6 +182,8 @@ result = {
 
 # Stages per clip.
 stages = load(f"{out}/pipeline.json")
+if stages is not None:
+    stages += load(f"{work}/pipeline-2.json") or []
 def stage(prefix):
     return [s for s in stages or [] if s["stage"].startswith(prefix)]
 pipeline = {"features": stage("in-process decode") + stage("isolated decode"),

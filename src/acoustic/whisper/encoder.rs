@@ -5,15 +5,18 @@
 //! emotion front end:
 //! - blocks are public through `forward_to_block`, and only the blocks asked for are loaded;
 //! - q, k and v are fused into one [3d, d] projection (one matmul instead of three);
-//! - GELU is the exact erf form, as in Whisper and CTranslate2 (candle's uses the tanh form);
+//! - GELU is the exact erf form, as in Whisper and CTranslate2 (candle's uses the tanh form),
+//!   computed by a vectorised erf ([`super::gelu`]);
 //! - the stored position encodings are used (CTranslate2 stores them; they are sinusoids).
 //!
 //! A shorter input than 3000 mel frames is accepted: the position encodings are sliced to the
 //! frame count, as CTranslate2 and the original implementation do.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, VarBuilder};
 use candle_transformers::models::whisper::Config;
+
+use super::gelu::gelu_erf;
 
 /// Whisper's layer-norm epsilon.
 const LN_EPS: f64 = 1e-5;
@@ -39,11 +42,48 @@ fn conv1d(
     Ok(Conv1d::new(weight, Some(bias), config))
 }
 
+/// A linear layer whose weight is kept transposed, [in, out]: candle's CPU product (gemm)
+/// then reads the right-hand side row by row instead of repacking a transposed view on every
+/// call. Measured on this project's 2-vCPU machine, one thread, 90 frames: fc1 2.00 -> 1.46
+/// ms, fc2 1.98 -> 1.32 ms, qkv 1.48 -> 1.06 ms (`candle_nn::Linear` vs this).
+#[derive(Debug, Clone)]
+struct InputMajorLinear {
+    /// [in, out], contiguous.
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl InputMajorLinear {
+    fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let l = candle_nn::linear(in_dim, out_dim, vb)?;
+        Self::new(l.weight(), l.bias().cloned())
+    }
+}
+
+impl Module for InputMajorLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let y = x.reshape((b * t, d))?.matmul(&self.weight_t)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        y.reshape((b, t, ()))
+    }
+}
+
 /// Self-attention with the three input projections fused into one matrix.
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    qkv: Linear,
-    out: Linear,
+    qkv: InputMajorLinear,
+    out: InputMajorLinear,
     n_head: usize,
 }
 
@@ -59,9 +99,9 @@ impl SelfAttention {
             _ => candle_core::bail!("whisper attention: q and v projections need a bias"),
         };
         let bias = Tensor::cat(&[&q_bias, &zeros, &v_bias], 0)?;
-        let out = candle_nn::linear(n_state, n_state, vb.pp("out_proj"))?;
+        let out = InputMajorLinear::load(n_state, n_state, vb.pp("out_proj"))?;
         Ok(Self {
-            qkv: Linear::new(weight, Some(bias)),
+            qkv: InputMajorLinear::new(&weight, Some(bias))?,
             out,
             n_head,
         })
@@ -91,8 +131,8 @@ impl SelfAttention {
 struct EncoderBlock {
     attn: SelfAttention,
     attn_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: InputMajorLinear,
+    fc2: InputMajorLinear,
     mlp_ln: LayerNorm,
 }
 
@@ -101,15 +141,15 @@ impl EncoderBlock {
         Ok(Self {
             attn: SelfAttention::load(n_state, n_head, vb.pp("self_attn"))?,
             attn_ln: layer_norm(n_state, vb.pp("self_attn_layer_norm"))?,
-            fc1: candle_nn::linear(n_state, 4 * n_state, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(4 * n_state, n_state, vb.pp("fc2"))?,
+            fc1: InputMajorLinear::load(n_state, 4 * n_state, vb.pp("fc1"))?,
+            fc2: InputMajorLinear::load(4 * n_state, n_state, vb.pp("fc2"))?,
             mlp_ln: layer_norm(n_state, vb.pp("final_layer_norm"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.attn_ln.forward(x)?)?)?;
-        let hidden = self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?;
+        let hidden = gelu_erf(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?)?;
         x + self.fc2.forward(&hidden)?
     }
 }
@@ -187,8 +227,8 @@ impl WhisperEncoder {
             );
         }
         let mel = mel.to_dtype(DType::F32)?;
-        let x = self.conv1.forward(&mel)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?.transpose(1, 2)?;
+        let x = gelu_erf(&self.conv1.forward(&mel)?)?;
+        let x = gelu_erf(&self.conv2.forward(&x)?)?.transpose(1, 2)?;
         let frames = x.dim(1)?;
         let max_frames = self.positional_embedding.dim(0)?;
         if frames > max_frames {

@@ -15,6 +15,7 @@
 
 pub mod ct2;
 pub mod encoder;
+pub(crate) mod gelu;
 pub mod mel;
 pub mod names;
 
