@@ -57,14 +57,15 @@ pub struct LoadOptions {
     /// memory for nothing.
     pub max_context: usize,
     /// Widen Q8_0 projections whose input width is not a multiple of 256 (SmolLM2's 576) with
-    /// zero columns so candle's packed AVX512-VNNI kernels take them. Measured on the 2-vCPU
-    /// build machine (SmolLM2-135M, one thread): prompt 152 -> 396 tok/s, generation 40 -> 52
-    /// tok/s, warm decision 1049 -> 515 ms, but peak RSS 315 -> 434 MB (candle keeps the
-    /// packed copy beside the original) and less precise: those kernels quantise activations
-    /// in 256-wide blocks (Q8_K) instead of 32-wide (Q8_0), so outlier channels cost the
-    /// others their resolution: the ten likeliest next tokens' log-probabilities move by up to
-    /// 0.41 nats against the default path, and the same label likelihoods with and without the
-    /// prompt cache differ by up to 0.035 nats (< 0.001 without). Off by default for that.
+    /// zero columns so candle's packed AVX512-VNNI kernels take them (Q4_1 weights are then
+    /// re-quantised to Q8_0 first). Measured on the 2-vCPU build machine (SmolLM2-135M, one
+    /// thread) against the re-quantised Q8_0 path that was the default before `q4_1_kernel`:
+    /// prompt 152 -> 396 tok/s, generation 40 -> 52 tok/s, warm decision 1049 -> 515 ms (full
+    /// prompt), but peak RSS 315 -> 434 MB and less precise: those kernels quantise activations
+    /// in 256-wide blocks (Q8_K), so outlier channels cost the others their resolution; the
+    /// ten likeliest next tokens' log-probabilities move by up to 0.65 nats against today's
+    /// default path (`tests/llm_reasoner.rs`). Today's default is as fast at generation, uses
+    /// half the memory and keeps the file's weights, so this stays off.
     pub packed_kernels: bool,
     /// Tokens per forward call during prefill: longer chunks amortise per-call overhead,
     /// shorter ones bound the attention matrix.
