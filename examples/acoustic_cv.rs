@@ -42,6 +42,9 @@ use rand::SeedableRng;
 struct Encoded {
     label: usize,
     views: Vec<(Tensor, Evidence)>,
+    /// Per view: mean and standard deviation of its frames over time (all frames are real:
+    /// the front end encodes only the clip's own length).
+    pooled: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Logits of every head of one outer fold on the clips it scores.
@@ -108,9 +111,14 @@ fn main() -> anyhow::Result<()> {
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let pooled = views
+            .iter()
+            .map(|(f, _)| probe::mean_std(f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         clips.push(Encoded {
             label: labels.index_of(&row.label).unwrap_or(0),
             views,
+            pooled,
         });
         if i % 48 == 0 {
             eprintln!(
@@ -122,6 +130,28 @@ fn main() -> anyhow::Result<()> {
     }
 
     let outer = speaker_folds(&m, outer_k, 1)?;
+    // Linear probes first (seconds per fold), in the same outer folds as the heads below.
+    let mut probe_folds: Vec<Vec<probe::ProbeFold>> = Vec::new();
+    for (k, f) in outer.iter().enumerate() {
+        let t0 = Instant::now();
+        let per_variant = probe::VARIANTS
+            .iter()
+            .map(|v| probe::outer_fold(&m, &clips, &f.train, &f.val, *v))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        eprintln!(
+            "probes, outer fold {k} (test {}): {:.0} s",
+            f.val_speakers.join(" "),
+            t0.elapsed().as_secs_f64()
+        );
+        probe_folds.push(per_variant);
+    }
+    probe::report(&probe_folds);
+    let out_dir = PathBuf::from(std::env::var("CV_OUT").unwrap_or("/tmp/acoustic-cv".into()));
+    std::fs::create_dir_all(&out_dir)?;
+    probe::save(&probe_folds, &out_dir.join("probes.json"))?;
+    if std::env::var("CV_PROBES_ONLY").is_ok() {
+        return Ok(());
+    }
     let mut folds = Vec::new();
     for (k, f) in outer.iter().enumerate() {
         let t0 = Instant::now();
@@ -141,6 +171,32 @@ fn main() -> anyhow::Result<()> {
         );
         report(&folds);
     }
+    save_heads(&folds, &out_dir.join("heads.json"))?;
+    if folds.len() == outer.len() {
+        probe::compare(&probe_folds, &folds)?;
+    }
+    Ok(())
+}
+
+/// Per outer fold: test labels and the main / main+folds (mean logits) test logits, for
+/// re-analysis without retraining.
+fn save_heads(folds: &[FoldLogits], path: &std::path::Path) -> anyhow::Result<()> {
+    let rows: Vec<serde_json::Value> = folds
+        .iter()
+        .map(|f| {
+            let members: Vec<&Vec<Vec<f32>>> = (0..=OOF_FOLDS).map(|h| &f.test[h]).collect();
+            serde_json::json!({
+                "test_labels": f.test_labels,
+                "main": f.test[0],
+                "main_folds": combine(&members, Combine::Logits),
+                "val_labels": f.val_labels,
+                "val_main": f.val[0],
+                "oof": f.oof,
+                "oof_labels": f.oof_labels,
+            })
+        })
+        .collect();
+    std::fs::write(path, serde_json::to_string(&rows)?)?;
     Ok(())
 }
 
@@ -434,4 +490,491 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("acoustic_cv-single-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// Linear probes on pooled encoder frames: multinomial logistic regression (L2) fitted by
+/// full-batch accelerated gradient descent in f64 — deterministic, no RNG at all. The weight
+/// decay is chosen by speaker cross-validation inside the outer fold's training speakers
+/// (lowest pooled out-of-fold NLL), the temperature on those same out-of-fold logits, then
+/// the probe is refitted on all of them and scores the outer fold.
+mod probe {
+    use super::{argmax, Encoded, FoldLogits, OOF_FOLDS};
+    use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
+    use camxuc::acoustic::model::evidence_vector;
+    use camxuc::acoustic::train::mean_nll;
+    use camxuc::data::manifest::Manifest;
+    use camxuc::data::split::speaker_folds;
+    use camxuc::eval::metrics::{accuracy, macro_f1, paired_macro_f1_test};
+    use camxuc::features::{Baseline, BaselineKind, FEATURES};
+    use camxuc::Evidence;
+    use candle_core::Tensor;
+
+    const INNER_FOLDS: usize = 3;
+    /// L2 weight decay on standardised inputs (objective: mean cross-entropy + λ/2 ‖W‖²).
+    pub const LAMBDAS: [f64; 9] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4];
+
+    #[derive(Clone, Copy, Debug)]
+    pub struct Variant {
+        pub name: &'static str,
+        pub std: bool,
+        pub evidence: bool,
+    }
+
+    pub const VARIANTS: [Variant; 4] = [
+        Variant {
+            name: "probe mean",
+            std: false,
+            evidence: false,
+        },
+        Variant {
+            name: "probe mean+evidence",
+            std: false,
+            evidence: true,
+        },
+        Variant {
+            name: "probe mean+std",
+            std: true,
+            evidence: false,
+        },
+        Variant {
+            name: "probe mean+std+evidence",
+            std: true,
+            evidence: true,
+        },
+    ];
+
+    /// Mean and standard deviation over time of frames [T, D].
+    pub fn mean_std(frames: &Tensor) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        let rows = frames.to_vec2::<f32>()?;
+        let d = rows.first().map_or(0, |r| r.len());
+        let n = rows.len().max(1) as f64;
+        let (mut s, mut q) = (vec![0f64; d], vec![0f64; d]);
+        for r in &rows {
+            for (j, &v) in r.iter().enumerate() {
+                s[j] += v as f64;
+                q[j] += (v as f64) * (v as f64);
+            }
+        }
+        let mean: Vec<f32> = s.iter().map(|v| (v / n) as f32).collect();
+        let std: Vec<f32> = q
+            .iter()
+            .zip(&s)
+            .map(|(q, s)| ((q / n - (s / n) * (s / n)).max(0.0)).sqrt() as f32)
+            .collect();
+        Ok((mean, std))
+    }
+
+    /// One variant on one outer fold.
+    pub struct ProbeFold {
+        pub variant: &'static str,
+        pub test_logits: Vec<Vec<f32>>,
+        pub test_labels: Vec<usize>,
+        pub lambda: f64,
+        /// Pooled inner out-of-fold NLL (T = 1) per λ of [`LAMBDAS`].
+        pub inner_nll: Vec<f64>,
+        pub inner_f1: Vec<f64>,
+        pub temperature: f32,
+    }
+
+    /// Logistic regression weights: `w` [K × D] row-major, `b` [K].
+    #[derive(Clone)]
+    struct Logreg {
+        w: Vec<f64>,
+        b: Vec<f64>,
+        d: usize,
+        k: usize,
+    }
+
+    impl Logreg {
+        fn zeros(d: usize, k: usize) -> Self {
+            Self {
+                w: vec![0.0; d * k],
+                b: vec![0.0; k],
+                d,
+                k,
+            }
+        }
+
+        fn logits(&self, x: &[f64]) -> Vec<f64> {
+            (0..self.k)
+                .map(|c| {
+                    let w = &self.w[c * self.d..(c + 1) * self.d];
+                    self.b[c] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f64>()
+                })
+                .collect()
+        }
+    }
+
+    /// Objective and gradient (same layout as the weights) of mean CE + λ/2 ‖W‖².
+    fn objective(m: &Logreg, x: &[f64], y: &[usize], lambda: f64) -> (f64, Logreg) {
+        let (d, k) = (m.d, m.k);
+        let n = y.len();
+        let mut g = Logreg::zeros(d, k);
+        let mut loss = 0.0;
+        for (i, &yi) in y.iter().enumerate() {
+            let xi = &x[i * d..(i + 1) * d];
+            let z = m.logits(xi);
+            let mx = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f64> = z.iter().map(|v| (v - mx).exp()).collect();
+            let s: f64 = e.iter().sum();
+            loss += s.ln() + mx - z[yi];
+            for (c, ec) in e.iter().enumerate() {
+                let r = (ec / s - if c == yi { 1.0 } else { 0.0 }) / n as f64;
+                g.b[c] += r;
+                for (gw, xv) in g.w[c * d..(c + 1) * d].iter_mut().zip(xi) {
+                    *gw += r * xv;
+                }
+            }
+        }
+        let mut reg = 0.0;
+        for (gw, w) in g.w.iter_mut().zip(&m.w) {
+            *gw += lambda * w;
+            reg += w * w;
+        }
+        (loss / n as f64 + 0.5 * lambda * reg, g)
+    }
+
+    /// Largest eigenvalue of [X 1]ᵀ[X 1] / n by power iteration (for the step size).
+    fn max_eigen(x: &[f64], n: usize, d: usize) -> f64 {
+        let mut v = vec![1.0 / ((d + 1) as f64).sqrt(); d + 1];
+        let mut lam = 1.0;
+        for _ in 0..50 {
+            let mut out = vec![0.0; d + 1];
+            for i in 0..n {
+                let xi = &x[i * d..(i + 1) * d];
+                let u = v[d] + xi.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+                for (o, a) in out.iter_mut().zip(xi) {
+                    *o += u * a / n as f64;
+                }
+                out[d] += u / n as f64;
+            }
+            lam = out.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if lam <= 0.0 {
+                return 1.0;
+            }
+            v = out.iter().map(|a| a / lam).collect();
+        }
+        lam
+    }
+
+    /// Accelerated gradient descent (Nesterov, with restart when the objective rises), step
+    /// 1/L from Böhning's bound on the softmax Hessian: L = λmax/2 + λ.
+    fn fit(
+        x: &[f64],
+        y: &[usize],
+        d: usize,
+        k: usize,
+        lambda: f64,
+        init: Option<&Logreg>,
+        eig: f64,
+    ) -> Logreg {
+        let step = 1.0 / (0.5 * eig + lambda);
+        let mut theta = init.cloned().unwrap_or_else(|| Logreg::zeros(d, k));
+        let mut prev = theta.clone();
+        let mut t = 1.0f64;
+        let mut last = f64::INFINITY;
+        for _ in 0..3000 {
+            let t_next = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0;
+            let beta = (t - 1.0) / t_next;
+            let mut look = theta.clone();
+            for (l, (a, p)) in look.w.iter_mut().zip(theta.w.iter().zip(&prev.w)) {
+                *l = a + beta * (a - p);
+            }
+            for (l, (a, p)) in look.b.iter_mut().zip(theta.b.iter().zip(&prev.b)) {
+                *l = a + beta * (a - p);
+            }
+            let (f, g) = objective(&look, x, y, lambda);
+            let gmax = g.w.iter().chain(&g.b).fold(0.0f64, |a, b| a.max(b.abs()));
+            if gmax < 1e-6 {
+                return look;
+            }
+            prev = theta;
+            theta = look;
+            for (w, gw) in theta.w.iter_mut().zip(&g.w) {
+                *w -= step * gw;
+            }
+            for (b, gb) in theta.b.iter_mut().zip(&g.b) {
+                *b -= step * gb;
+            }
+            if f > last {
+                t = 1.0; // restart the momentum
+                prev = theta.clone();
+            } else {
+                t = t_next;
+            }
+            last = f;
+        }
+        theta
+    }
+
+    /// Rows of inputs for `rows` (all views, or the clean one only).
+    fn features(
+        clips: &[Encoded],
+        rows: &[usize],
+        all_views: bool,
+        v: Variant,
+        ev: &(Baseline, Vec<String>),
+    ) -> (Vec<Vec<f64>>, Vec<usize>) {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for &i in rows {
+            let c = &clips[i];
+            let n = if all_views { c.views.len() } else { 1 };
+            for j in 0..n {
+                let (mean, std) = &c.pooled[j];
+                let mut x: Vec<f64> = mean.iter().map(|&a| a as f64).collect();
+                if v.std {
+                    x.extend(std.iter().map(|&a| a as f64));
+                }
+                if v.evidence {
+                    let mut e: Evidence = c.views[j].1.clone();
+                    x.extend(
+                        evidence_vector(&ev.0, &ev.1, &mut e)
+                            .iter()
+                            .map(|&a| a as f64),
+                    );
+                }
+                xs.push(x);
+                ys.push(c.label);
+            }
+        }
+        (xs, ys)
+    }
+
+    /// Standardise with the fitting rows' statistics; returns the flat fitted matrix and a
+    /// function of the statistics for other rows.
+    struct Scaler {
+        mean: Vec<f64>,
+        inv: Vec<f64>,
+    }
+
+    impl Scaler {
+        fn fit(xs: &[Vec<f64>]) -> Self {
+            let d = xs[0].len();
+            let n = xs.len() as f64;
+            let mut mean = vec![0.0; d];
+            for x in xs {
+                for (m, v) in mean.iter_mut().zip(x) {
+                    *m += v / n;
+                }
+            }
+            let mut var = vec![0.0; d];
+            for x in xs {
+                for ((s, v), m) in var.iter_mut().zip(x).zip(&mean) {
+                    *s += (v - m) * (v - m) / n;
+                }
+            }
+            let inv = var.iter().map(|v| 1.0 / v.sqrt().max(1e-6)).collect();
+            Self { mean, inv }
+        }
+
+        fn apply(&self, xs: &[Vec<f64>]) -> Vec<f64> {
+            xs.iter()
+                .flat_map(|x| {
+                    x.iter()
+                        .zip(&self.mean)
+                        .zip(&self.inv)
+                        .map(|((v, m), s)| (v - m) * s)
+                })
+                .collect()
+        }
+    }
+
+    /// Fit at each λ (warm-started from the larger one) on `fit_rows`, logits of `pred_rows`'
+    /// clean views per λ.
+    fn path(
+        clips: &[Encoded],
+        fit_rows: &[usize],
+        pred_rows: &[usize],
+        v: Variant,
+        ev: &(Baseline, Vec<String>),
+        lambdas: &[f64],
+    ) -> Vec<Vec<Vec<f32>>> {
+        let (xs, ys) = features(clips, fit_rows, true, v, ev);
+        let scaler = Scaler::fit(&xs);
+        let x = scaler.apply(&xs);
+        let d = xs[0].len();
+        let (ps, _) = features(clips, pred_rows, false, v, ev);
+        let xp = scaler.apply(&ps);
+        let eig = max_eigen(&x, ys.len(), d);
+        let mut model: Option<Logreg> = None;
+        lambdas
+            .iter()
+            .map(|&lam| {
+                let m = fit(&x, &ys, d, 3, lam, model.as_ref(), eig);
+                let out = (0..ps.len())
+                    .map(|i| {
+                        m.logits(&xp[i * d..(i + 1) * d])
+                            .iter()
+                            .map(|&a| a as f32)
+                            .collect()
+                    })
+                    .collect();
+                model = Some(m);
+                out
+            })
+            .collect()
+    }
+
+    pub fn outer_fold(
+        m: &Manifest,
+        clips: &[Encoded],
+        inner: &[usize],
+        test: &[usize],
+        v: Variant,
+    ) -> anyhow::Result<ProbeFold> {
+        // Evidence baseline from the inner speakers' clean clips, as `train` fits it.
+        let evs: Vec<Evidence> = inner.iter().map(|&i| clips[i].views[0].1.clone()).collect();
+        let baseline = Baseline::fit(BaselineKind::Corpus("cv".into()), &evs);
+        let inputs: Vec<String> = FEATURES
+            .iter()
+            .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
+            .map(|f| f.name.to_string())
+            .collect();
+        let ev = (baseline, inputs);
+        let inner_m = m.subset(inner);
+        let mut oof: Vec<Vec<Vec<f32>>> = vec![Vec::new(); LAMBDAS.len()];
+        let mut oof_y = Vec::new();
+        for f in speaker_folds(&inner_m, INNER_FOLDS, 1)? {
+            let fit_rows: Vec<usize> = f.train.iter().map(|&i| inner[i]).collect();
+            let held: Vec<usize> = f.val.iter().map(|&i| inner[i]).collect();
+            for (l, logits) in path(clips, &fit_rows, &held, v, &ev, &LAMBDAS)
+                .into_iter()
+                .enumerate()
+            {
+                oof[l].extend(logits);
+            }
+            oof_y.extend(held.iter().map(|&i| clips[i].label));
+        }
+        let inner_nll: Vec<f64> = oof.iter().map(|l| mean_nll(l, &oof_y, 1.0)).collect();
+        let inner_f1: Vec<f64> = oof
+            .iter()
+            .map(|l| macro_f1(3, &oof_y, &l.iter().map(|r| argmax(r)).collect::<Vec<_>>()))
+            .collect();
+        let best = (0..LAMBDAS.len())
+            .min_by(|&a, &b| inner_nll[a].total_cmp(&inner_nll[b]))
+            .unwrap_or(0);
+        let temperature = fit_temperature(&oof[best], &oof_y);
+        // Refit on all inner speakers along the path down to the chosen λ (same warm starts).
+        let mut test_path = path(clips, inner, test, v, &ev, &LAMBDAS[..=best]);
+        Ok(ProbeFold {
+            variant: v.name,
+            test_logits: test_path.pop().unwrap_or_default(),
+            test_labels: test.iter().map(|&i| clips[i].label).collect(),
+            lambda: LAMBDAS[best],
+            inner_nll,
+            inner_f1,
+            temperature,
+        })
+    }
+
+    /// Pooled macro-F1, accuracy, per-fold F1, and ECE / NLL at T = 1 and at each fold's
+    /// temperature, over the held-out outer folds.
+    pub fn report(folds: &[Vec<ProbeFold>]) {
+        println!(
+            "{:<26} {:>8} {:>6} {:<32} {:<30} | {:>6} {:>6} {:>6} | {:>6} {:>6}",
+            "variant",
+            "pooledF1",
+            "acc",
+            "per-fold F1",
+            "λ per fold",
+            "T",
+            "ECE",
+            "NLL",
+            "ECE@1",
+            "NLL@1"
+        );
+        for v in 0..folds[0].len() {
+            let (mut truth, mut pred, mut per_fold, mut lams) = (vec![], vec![], vec![], vec![]);
+            let (mut ece, mut nll, mut ece1, mut nll1, mut tmean) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            let n: usize = folds.iter().map(|f| f[v].test_labels.len()).sum();
+            for f in folds {
+                let p = &f[v];
+                let y = &p.test_labels;
+                let pr: Vec<usize> = p.test_logits.iter().map(|l| argmax(l)).collect();
+                per_fold.push(macro_f1(3, y, &pr));
+                lams.push(p.lambda);
+                truth.extend(y.iter().copied());
+                pred.extend(pr);
+                let w = y.len() as f64 / n as f64;
+                ece += ece_at(&p.test_logits, y, p.temperature) * w;
+                nll += mean_nll(&p.test_logits, y, p.temperature) * w;
+                ece1 += ece_at(&p.test_logits, y, 1.0) * w;
+                nll1 += mean_nll(&p.test_logits, y, 1.0) * w;
+                tmean += p.temperature as f64 / folds.len() as f64;
+            }
+            println!(
+                "{:<26} {:>8.3} {:>6.3} {:<32} {:<30} | {:>6.2} {:>6.3} {:>6.3} | {:>6.3} {:>6.3}",
+                folds[0][v].variant,
+                macro_f1(3, &truth, &pred),
+                accuracy(&truth, &pred),
+                format!("{per_fold:.3?}"),
+                format!("{lams:?}"),
+                tmean,
+                ece,
+                nll,
+                ece1,
+                nll1
+            );
+        }
+        for (k, f) in folds.iter().enumerate() {
+            for p in f {
+                println!(
+                    "  fold {k} {:<26} inner NLL per λ {:.3?}  inner F1 {:.3?}",
+                    p.variant, p.inner_nll, p.inner_f1
+                );
+            }
+        }
+    }
+
+    pub fn save(folds: &[Vec<ProbeFold>], path: &std::path::Path) -> anyhow::Result<()> {
+        let rows: Vec<serde_json::Value> = folds
+            .iter()
+            .map(|f| {
+                serde_json::json!(f
+                    .iter()
+                    .map(|p| serde_json::json!({
+                        "variant": p.variant, "lambda": p.lambda, "temperature": p.temperature,
+                        "inner_nll": p.inner_nll, "inner_f1": p.inner_f1,
+                        "test_labels": p.test_labels, "test_logits": p.test_logits,
+                    }))
+                    .collect::<Vec<_>>())
+            })
+            .collect();
+        std::fs::write(path, serde_json::to_string(&rows)?)?;
+        Ok(())
+    }
+
+    /// Paired bootstrap (same 288 clips, 10 000 resamples) of each probe against `main` and
+    /// `main+folds (logits)`.
+    pub fn compare(probes: &[Vec<ProbeFold>], heads: &[FoldLogits]) -> anyhow::Result<()> {
+        let mut truth = Vec::new();
+        let (mut main, mut ens) = (Vec::new(), Vec::new());
+        for h in heads {
+            truth.extend(h.test_labels.iter().copied());
+            main.extend(h.test[0].iter().map(|l| argmax(l)));
+            let members: Vec<&Vec<Vec<f32>>> = (0..=OOF_FOLDS).map(|i| &h.test[i]).collect();
+            ens.extend(
+                super::combine(&members, super::Combine::Logits)
+                    .iter()
+                    .map(|l| argmax(l)),
+            );
+        }
+        println!("paired bootstrap of macro-F1 (probe − head), 288 clips, 10000 resamples:");
+        for v in 0..probes[0].len() {
+            let mut pred = Vec::new();
+            for (f, h) in probes.iter().zip(heads) {
+                anyhow::ensure!(f[v].test_labels == h.test_labels, "fold clips differ");
+                pred.extend(f[v].test_logits.iter().map(|l| argmax(l)));
+            }
+            for (name, base) in [("main", &main), ("main+folds", &ens)] {
+                let (d, p) = paired_macro_f1_test(3, &truth, base, &pred, 10_000, 7);
+                println!(
+                    "  {:<26} vs {name:<11} {:+.3} [{:+.3}, {:+.3}]  P(better) {:.3}",
+                    probes[0][v].variant, d.difference, d.ci95[0], d.ci95[1], p
+                );
+            }
+        }
+        Ok(())
+    }
 }
