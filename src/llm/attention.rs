@@ -17,13 +17,24 @@ const LANES: usize = 8;
 /// Query rows that share one pass over the cache (reuse of each key/value row).
 const ROWS_PER_PASS: usize = 4;
 
-/// `q` (1, n_head, seq, d) against the cache `k`, `v` (1, n_kv, kv_len, d), where the `seq`
-/// queries are the last `seq` positions of the cache and each sees positions up to its own.
-/// Returns (1, n_head, seq, d).
-pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_kv: usize) -> Result<Tensor> {
+/// `q` (1, n_head, seq, d) against the first `kv_len` positions of the cache buffers `k`, `v`
+/// (1, n_kv, capacity, d), where the `seq` queries are the last `seq` of those positions and
+/// each sees positions up to its own. Returns (1, n_head, seq, d).
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: usize,
+    n_kv: usize,
+) -> Result<Tensor> {
     let (b, n_head, seq, d) = q.dims4()?;
-    let kv_len = k.dim(2)?;
-    if b != 1 || k.dims4()? != (1, n_kv, kv_len, d) || v.dims() != k.dims() || seq > kv_len {
+    let capacity = k.dim(2)?;
+    if b != 1
+        || k.dims4()? != (1, n_kv, capacity, d)
+        || v.dims() != k.dims()
+        || seq > kv_len
+        || kv_len > capacity
+    {
         bail!(
             "attention shapes q {:?}, k {:?}, v {:?} do not fit",
             q.dims(),
@@ -44,8 +55,8 @@ pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_kv: usize) 
                 let mut scores = vec![0f32; ROWS_PER_PASS * kv_len];
                 for h in 0..n_head {
                     let kv = h / rep;
-                    let keys = &ks[kv * kv_len * d..(kv + 1) * kv_len * d];
-                    let values = &vs[kv * kv_len * d..(kv + 1) * kv_len * d];
+                    let keys = &ks[kv * capacity * d..][..kv_len * d];
+                    let values = &vs[kv * capacity * d..][..kv_len * d];
                     let head_q = &qs[h * seq * d..(h + 1) * seq * d];
                     let head_out = &mut out[h * seq * d..(h + 1) * seq * d];
                     let mut i0 = 0;
@@ -173,7 +184,7 @@ mod tests {
                 .then(|| candle_transformers::utils::build_causal_mask(seq, cached, &dev))
                 .transpose()?;
             let want = grouped_attention(&q, &k, &v, mask.as_ref(), kv_heads)?;
-            let got = causal_attention(&q, &k, &v, kv_heads)?;
+            let got = causal_attention(&q, &k, &v, cached + seq, kv_heads)?;
             assert_eq!(got.dims(), want.dims());
             let diff = max_diff(&got, &want)?;
             assert!(diff < 1e-5, "seq {seq}: differs by {diff}");
@@ -188,10 +199,10 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (1, heads, len, d), &dev)?;
         let k = Tensor::randn(0f32, 1.0, (1, kv_heads, len, d), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (1, kv_heads, len, d), &dev)?;
-        let all = causal_attention(&q, &k, &v, kv_heads)?;
+        let all = causal_attention(&q, &k, &v, len, kv_heads)?;
         // The last 3 rows as their own pass over the same cache, and the last row alone.
         for tail in [3usize, 1] {
-            let part = causal_attention(&q.narrow(2, len - tail, tail)?, &k, &v, kv_heads)?;
+            let part = causal_attention(&q.narrow(2, len - tail, tail)?, &k, &v, len, kv_heads)?;
             let want = all.narrow(2, len - tail, tail)?;
             assert_eq!(max_diff(&part, &want)?, 0.0, "last {tail} rows");
         }
@@ -203,9 +214,18 @@ mod tests {
         let dev = Device::Cpu;
         let q = Tensor::zeros((1, 4, 3, 8), candle_core::DType::F32, &dev)?;
         let k = Tensor::zeros((1, 3, 3, 8), candle_core::DType::F32, &dev)?;
-        assert!(causal_attention(&q, &k, &k, 3).is_err());
+        assert!(causal_attention(&q, &k, &k, 3, 3).is_err());
         let short = Tensor::zeros((1, 2, 2, 8), candle_core::DType::F32, &dev)?;
-        assert!(causal_attention(&q, &short, &short, 2).is_err());
+        assert!(causal_attention(&q, &short, &short, 2, 2).is_err());
+        let roomy = Tensor::zeros((1, 2, 8, 8), candle_core::DType::F32, &dev)?;
+        assert!(
+            causal_attention(&q, &roomy, &roomy, 2, 2).is_err(),
+            "3 queries, 2 positions"
+        );
+        assert!(
+            causal_attention(&q, &roomy, &roomy, 9, 2).is_err(),
+            "past the capacity"
+        );
         Ok(())
     }
 }

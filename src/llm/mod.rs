@@ -17,6 +17,7 @@ mod chat;
 mod error;
 mod gemma3;
 mod gguf;
+mod kv_cache;
 pub mod lora;
 mod model;
 mod prompt;

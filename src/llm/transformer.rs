@@ -3,8 +3,9 @@
 //! candle-transformers because candle's versions cost too much here: they expand the token
 //! embedding to f32 (+113 MB for SmolLM2, +545 MB for Qwen2.5-0.5B) where a quantised row
 //! lookup serves, size rotary tables to the trained context (32k+ positions), and cannot take
-//! re-quantised tensors at load time. The KV cache grows by concatenation, so a clone of
-//! [`Transformer`] is an independent snapshot that shares only the immutable weights.
+//! re-quantised tensors at load time. A clone of [`Transformer`] is an independent snapshot:
+//! the weights are shared, and the KV cache ([`KvCache`]) grows in place only for the holder
+//! at its tip.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 
 use super::attention::causal_attention;
+use super::kv_cache::KvCache;
 use super::q4_1::Q41Matrix;
 
 /// Where the decoder's tensors come from (the loader re-quantises on the way).
@@ -57,7 +59,7 @@ struct Layer {
     gate: Proj,
     up: Proj,
     down: Proj,
-    kv: Option<(Tensor, Tensor)>,
+    kv: Option<KvCache>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,12 +299,16 @@ fn attention(
         .reshape((b, seq, hp.n_kv_head, hp.head_dim))?
         .transpose(1, 2)?
         .contiguous()?;
-    let (k, v) = match &layer.kv {
-        Some((kc, vc)) => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
-        None => (k, v),
+    let cache = match layer.kv.take() {
+        Some(mut cache) => {
+            cache.append(&k, &v)?;
+            cache
+        }
+        None => KvCache::new(&k, &v)?,
     };
-    layer.kv = Some((k.clone(), v.clone()));
-    let y = causal_attention(&q, &k, &v, hp.n_kv_head)?;
+    let (kb, vb) = cache.buffers();
+    let y = causal_attention(&q, kb, vb, cache.len(), hp.n_kv_head)?;
+    layer.kv = Some(cache);
     let y = y
         .transpose(1, 2)?
         .reshape((b, seq, hp.n_head * hp.head_dim))?;
