@@ -206,7 +206,15 @@ fn score_model(
     rules: &[RuleText],
     args: &Args,
 ) -> Result<ModelScores> {
-    let cache = args.out.join(format!("scores-{name}.json"));
+    // A PATH or hf: spec names folders: keep only its last part, made file-name safe.
+    let stem: String = name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(name)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect();
+    let cache = args.out.join(format!("scores-{stem}.json"));
     let mut scores: ModelScores = match std::fs::read(&cache) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => ModelScores::default(),
