@@ -23,6 +23,7 @@ mod model;
 mod prompt;
 mod q4_1;
 mod reasoner;
+mod split;
 mod tokenizer;
 mod transformer;
 

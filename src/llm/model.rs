@@ -32,11 +32,9 @@ pub struct LoadOptions {
     /// instead of re-quantising them to Q8_0: no re-quantisation at load, 0.625 instead of
     /// 1.06 bytes per weight, and the file's own weights. llama family only.
     pub q4_1_kernel: bool,
-    /// Threads for the large Q4_1 products (a prompt chunk's projections, the output
-    /// projection); a generated token's projections always run on the calling thread.
-    /// Default: the machine's cores, at most 4. Measured with SmolLM2-135M on the 2-vCPU build
-    /// machine: 2 threads took prompts from 158 to 234 tok/s and the warm decision from 273
-    /// to 210 ms.
+    /// Threads for the Q4_1 products: 1 runs them on the calling thread; 2 or more gives the
+    /// model one helper thread that takes half of every product (more threads are not used:
+    /// the hand-off is tuned for two). Default: 2 where the machine has two cores or more.
     pub product_threads: usize,
     /// Threads of the local rayon pool that runs candle's element-wise ops (norms, softmax,
     /// rotary), at most as many as the matmul pool has; 0 = no local pool (rayon's global
@@ -79,7 +77,7 @@ impl Default for LoadOptions {
             q4_1_kernel: true,
             product_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
-                .min(4),
+                .min(2),
             threads: 0,
             matmul_threads: 1,
             packed_kernels: false,
@@ -478,5 +476,6 @@ fn llama_hyper(
         max_positions,
         pad_inputs,
         product_threads,
+        split: None,
     })
 }

@@ -8,12 +8,17 @@
 //! weights are widened in registers, and each block adds `d_w·d_a·Σ q_w·q_a + m_w·s`.
 //!
 //! Every activation row gets exactly the same arithmetic whether it comes alone (a generated
-//! token) or with others (a prompt chunk, taken four rows per pass over a weight block), so a
-//! prompt fed in one pass or in several gives the same projections.
+//! token) or with others (a prompt chunk, taken four rows per pass over a weight block), and
+//! whichever thread computes it, so a prompt fed in one pass or in several gives the same
+//! projections.
 
 use candle_core::quantized::{GgmlDType, QTensor};
+use std::sync::Arc;
+
 use candle_core::{bail, Result, Tensor};
 use half::f16;
+
+use super::split::SplitPool;
 
 /// Values per block (the same for Q4_1 and the Q8_1 activations).
 const QK: usize = 32;
@@ -22,12 +27,10 @@ const QK: usize = 32;
 const BLOCK_BYTES: usize = 20;
 /// Activation rows that share one pass over a weight block.
 const ROWS_PER_PASS: usize = 4;
-/// Products at least this big (multiply-adds) are split across threads: a prompt chunk's
-/// projections and the vocabulary-wide output projection. Smaller ones (a generated token's
-/// projections, ~0.3-0.9 M) stay on the calling thread, as starting a thread (tens of µs)
-/// would cost more than it saves: splitting every product made generation 36 % slower on
-/// the 2-vCPU build machine, splitting only these made prompts 1.5x faster.
-const SPLIT_MIN_MACS: usize = 1 << 22;
+/// Products at least this big (multiply-adds) are split with the helper thread: every
+/// projection of SmolLM2 (the smallest, k and v, have 110 k). Below this the hand-off would
+/// cost more than the half it saves.
+const SPLIT_MIN_MACS: usize = 1 << 16;
 
 /// A `rows × cols` Q4_1 matrix (a projection's weight, one output per row).
 #[derive(Debug)]
@@ -36,8 +39,9 @@ pub(crate) struct Q41Matrix {
     cols: usize,
     /// The GGUF blocks, row after row.
     data: Vec<u8>,
-    /// Threads for large products (see [`SPLIT_MIN_MACS`]).
-    threads: usize,
+    /// The helper thread that takes half of each product (see [`SPLIT_MIN_MACS`]); shared by
+    /// all the matrices of a model.
+    split: Option<Arc<SplitPool>>,
 }
 
 /// Activation rows quantised per block (ggml's Q8_1, scales kept in f32).
@@ -49,9 +53,9 @@ struct Q8Rows {
 }
 
 impl Q41Matrix {
-    /// Takes a 2-D Q4_1 tensor's blocks; `None` for any other type or shape. Large products
-    /// use up to `threads` threads.
-    pub fn from_qtensor(t: &QTensor, threads: usize) -> Result<Option<Self>> {
+    /// Takes a 2-D Q4_1 tensor's blocks; `None` for any other type or shape. With `split`,
+    /// products are shared with its helper thread.
+    pub fn from_qtensor(t: &QTensor, split: Option<Arc<SplitPool>>) -> Result<Option<Self>> {
         if t.dtype() != GgmlDType::Q4_1 {
             return Ok(None);
         }
@@ -73,7 +77,7 @@ impl Q41Matrix {
             rows,
             cols,
             data,
-            threads: threads.max(1),
+            split,
         }))
     }
 
@@ -98,37 +102,29 @@ impl Q41Matrix {
 
     /// out[r][j] = row r of the activations · weight row j (`out` is m × rows, row-major).
     fn product(&self, acts: &Q8Rows, m: usize, out: &mut [f32]) {
-        let threads = self.threads.min(self.rows).max(1);
-        if threads == 1 || m * self.rows * self.cols < SPLIT_MIN_MACS {
-            let rows: Vec<&mut [f32]> = out.chunks_exact_mut(self.rows).collect();
-            self.rows_product(acts, 0, rows);
+        let Some(split) = self
+            .split
+            .as_ref()
+            .filter(|_| m * self.rows * self.cols >= SPLIT_MIN_MACS)
+        else {
+            self.rows_product(acts, 0, out.chunks_exact_mut(self.rows).collect());
             return;
-        }
-        // Each thread takes a range of weight rows, i.e. a range of columns of every output
-        // row.
-        let per = self.rows.div_ceil(threads);
-        let mut parts: Vec<(usize, Vec<&mut [f32]>)> = (0..self.rows)
-            .step_by(per)
-            .map(|j0| (j0, Vec::with_capacity(m)))
-            .collect();
+        };
+        // Half of the weight rows, i.e. half of the columns of every output row, each.
+        let half = self.rows / 2;
+        let mut mine = Vec::with_capacity(m);
+        let mut theirs = Vec::with_capacity(m);
         for row in out.chunks_exact_mut(self.rows) {
-            let mut rest = row;
-            for (_, part) in parts.iter_mut() {
-                let (mine, tail) = rest.split_at_mut(per.min(rest.len()));
-                part.push(mine);
-                rest = tail;
-            }
+            let (a, b) = row.split_at_mut(half);
+            mine.push(a);
+            theirs.push(b);
         }
-        std::thread::scope(|s| {
-            let mut parts = parts.into_iter();
-            let (first_j0, first) = parts.next().expect("at least one range");
-            let others: Vec<_> = parts
-                .map(|(j0, dst)| s.spawn(move || self.rows_product(acts, j0, dst)))
-                .collect();
-            self.rows_product(acts, first_j0, first);
-            for h in others {
-                // A panicking worker can only be a bug in this module: re-raise it here.
-                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        // The helper's half goes through a lock only to be movable out of a `Fn`.
+        let theirs = std::sync::Mutex::new(Some(theirs));
+        split.join(|| self.rows_product(acts, 0, mine), &|| {
+            let dst = theirs.lock().ok().and_then(|mut t| t.take());
+            if let Some(dst) = dst {
+                self.rows_product(acts, half, dst);
             }
         });
     }
@@ -308,7 +304,7 @@ mod tests {
     fn matrix(rows: usize, cols: usize) -> Result<(QTensor, Q41Matrix)> {
         let w = Tensor::from_vec(values(rows * cols, 7), (rows, cols), &Device::Cpu)?;
         let q = QTensor::quantize(&w, GgmlDType::Q4_1)?;
-        let m = Q41Matrix::from_qtensor(&q, 1)?.expect("a Q4_1 matrix");
+        let m = Q41Matrix::from_qtensor(&q, None)?.expect("a Q4_1 matrix");
         Ok((q, m))
     }
 
@@ -352,13 +348,16 @@ mod tests {
     #[test]
     fn a_product_split_across_threads_equals_one_thread() -> Result<()> {
         let (q, one) = matrix(256, 576)?;
-        let three = Q41Matrix::from_qtensor(&q, 3)?.expect("a Q4_1 matrix");
-        // 32 × 256 × 576 multiply-adds: above the split threshold.
-        const { assert!(32 * 256 * 576 >= SPLIT_MIN_MACS) };
-        let x = Tensor::from_vec(values(32 * 576, 9), (32, 576), &Device::Cpu)?;
-        let a = one.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
-        let b = three.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(a, b);
+        let pool = Arc::new(SplitPool::new().expect("a helper thread"));
+        let two = Q41Matrix::from_qtensor(&q, Some(pool))?.expect("a Q4_1 matrix");
+        // A prompt chunk and a single token, both above the split threshold.
+        for m in [32usize, 1] {
+            assert!(m * 256 * 576 >= SPLIT_MIN_MACS);
+            let x = Tensor::from_vec(values(m * 576, 9), (m, 576), &Device::Cpu)?;
+            let a = one.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let b = two.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(a, b, "{m} rows");
+        }
         Ok(())
     }
 
@@ -391,7 +390,7 @@ mod tests {
     #[test]
     fn other_types_and_wrong_widths_are_declined_or_refused() -> Result<()> {
         let w = Tensor::from_vec(values(32 * 64, 1), (32, 64), &Device::Cpu)?;
-        assert!(Q41Matrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0)?, 1)?.is_none());
+        assert!(Q41Matrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0)?, None)?.is_none());
         let (_q, mine) = matrix(32, 64)?;
         let x = Tensor::zeros((1, 63), candle_core::DType::F32, &Device::Cpu)?;
         assert!(mine.forward(&x).is_err());

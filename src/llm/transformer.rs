@@ -16,6 +16,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 use super::attention::causal_attention;
 use super::kv_cache::KvCache;
 use super::q4_1::Q41Matrix;
+use super::split::SplitPool;
 
 /// Where the decoder's tensors come from (the loader re-quantises on the way).
 pub(crate) trait TensorSource {
@@ -40,8 +41,11 @@ pub(crate) struct Hyper {
     /// Widen Q8_0 projections whose input width is not a multiple of 256 with zero columns
     /// (see [`Proj`]).
     pub pad_inputs: bool,
-    /// Threads for large Q4_1 products (`LoadOptions::product_threads`).
+    /// Threads for Q4_1 products (`LoadOptions::product_threads`): 2 or more gives the model
+    /// a helper thread that takes half of each product.
     pub product_threads: usize,
+    /// That helper, made by [`Transformer::load`].
+    pub split: Option<Arc<SplitPool>>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +137,7 @@ impl Proj {
     }
 
     fn from_qtensor(t: QTensor, hyper: &Hyper) -> Result<Self> {
-        if let Some(m) = Q41Matrix::from_qtensor(&t, hyper.product_threads)? {
+        if let Some(m) = Q41Matrix::from_qtensor(&t, hyper.split.clone())? {
             return Ok(Self::Q41(Arc::new(m)));
         }
         let (_n, k) = t.shape().dims2()?;
@@ -161,8 +165,13 @@ impl Proj {
 }
 
 impl Transformer {
-    pub fn load(hyper: Hyper, src: &mut dyn TensorSource, qwen2_bias: bool) -> Result<Self> {
+    pub fn load(mut hyper: Hyper, src: &mut dyn TensorSource, qwen2_bias: bool) -> Result<Self> {
         let device = Device::Cpu;
+        if hyper.product_threads >= 2 && hyper.split.is_none() {
+            let pool = SplitPool::new()
+                .map_err(|e| candle_core::Error::Msg(format!("cannot start a thread: {e}")))?;
+            hyper.split = Some(Arc::new(pool));
+        }
         let embedding = Arc::new(src.tensor("token_embd.weight")?);
         let unpadded = Hyper {
             pad_inputs: false,
