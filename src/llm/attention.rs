@@ -12,20 +12,27 @@
 
 use candle_core::{bail, Result, Storage, Tensor};
 
+use super::split::SplitPool;
+
 /// Lanes of the fixed-order sums (one AVX2 register of f32).
 const LANES: usize = 8;
 /// Query rows that share one pass over the cache (reuse of each key/value row).
 const ROWS_PER_PASS: usize = 4;
+/// Attention at least this big (multiply-adds of the scores) shares its heads with the
+/// model's helper thread.
+const SPLIT_MIN_MACS: usize = 1 << 16;
 
 /// `q` (1, n_head, seq, d) against the first `kv_len` positions of the cache buffers `k`, `v`
 /// (1, n_kv, capacity, d), where the `seq` queries are the last `seq` of those positions and
-/// each sees positions up to its own. Returns (1, n_head, seq, d).
+/// each sees positions up to its own. Returns (1, n_head, seq, d). With `split`, the helper
+/// thread takes half of the heads.
 pub(crate) fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     kv_len: usize,
     n_kv: usize,
+    split: Option<&SplitPool>,
 ) -> Result<Tensor> {
     let (b, n_head, seq, d) = q.dims4()?;
     let capacity = k.dim(2)?;
@@ -52,28 +59,46 @@ pub(crate) fn causal_attention(
         with_f32(&k, |ks| {
             with_f32(&v, |vs| {
                 let scale = 1.0 / (d as f32).sqrt();
-                let mut scores = vec![0f32; ROWS_PER_PASS * kv_len];
-                for h in 0..n_head {
-                    let kv = h / rep;
-                    let keys = &ks[kv * capacity * d..][..kv_len * d];
-                    let values = &vs[kv * capacity * d..][..kv_len * d];
-                    let head_q = &qs[h * seq * d..(h + 1) * seq * d];
-                    let head_out = &mut out[h * seq * d..(h + 1) * seq * d];
-                    let mut i0 = 0;
-                    while i0 < seq {
-                        let rows = (seq - i0).min(ROWS_PER_PASS);
-                        attend_rows(
-                            &head_q[i0 * d..(i0 + rows) * d],
-                            keys,
-                            values,
-                            kv_len - seq + i0,
-                            scale,
-                            d,
-                            &mut scores,
-                            &mut head_out[i0 * d..(i0 + rows) * d],
-                        );
-                        i0 += rows;
+                // Heads `first..` into `out` (their rows of the output, head after head).
+                let run_heads = |first: usize, out: &mut [f32]| {
+                    let mut scores = vec![0f32; ROWS_PER_PASS * kv_len];
+                    for (i, head_out) in out.chunks_exact_mut(seq * d).enumerate() {
+                        let h = first + i;
+                        let kv = h / rep;
+                        let keys = &ks[kv * capacity * d..][..kv_len * d];
+                        let values = &vs[kv * capacity * d..][..kv_len * d];
+                        let head_q = &qs[h * seq * d..(h + 1) * seq * d];
+                        let mut i0 = 0;
+                        while i0 < seq {
+                            let rows = (seq - i0).min(ROWS_PER_PASS);
+                            attend_rows(
+                                &head_q[i0 * d..(i0 + rows) * d],
+                                keys,
+                                values,
+                                kv_len - seq + i0,
+                                scale,
+                                d,
+                                &mut scores,
+                                &mut head_out[i0 * d..(i0 + rows) * d],
+                            );
+                            i0 += rows;
+                        }
                     }
+                };
+                match split.filter(|_| n_head > 1 && n_head * seq * kv_len * d >= SPLIT_MIN_MACS) {
+                    Some(pool) => {
+                        // Half of the heads each; a head's numbers do not depend on who runs it.
+                        let half = n_head / 2;
+                        let (mine, theirs) = out.split_at_mut(half * seq * d);
+                        let theirs = std::sync::Mutex::new(Some(theirs));
+                        pool.join(|| run_heads(0, mine), &|| {
+                            let dst = theirs.lock().ok().and_then(|mut t| t.take());
+                            if let Some(dst) = dst {
+                                run_heads(half, dst);
+                            }
+                        });
+                    }
+                    None => run_heads(0, &mut out),
                 }
                 Ok(())
             })
@@ -184,7 +209,7 @@ mod tests {
                 .then(|| candle_transformers::utils::build_causal_mask(seq, cached, &dev))
                 .transpose()?;
             let want = grouped_attention(&q, &k, &v, mask.as_ref(), kv_heads)?;
-            let got = causal_attention(&q, &k, &v, cached + seq, kv_heads)?;
+            let got = causal_attention(&q, &k, &v, cached + seq, kv_heads, None)?;
             assert_eq!(got.dims(), want.dims());
             let diff = max_diff(&got, &want)?;
             assert!(diff < 1e-5, "seq {seq}: differs by {diff}");
@@ -195,14 +220,23 @@ mod tests {
     #[test]
     fn a_query_row_gets_the_same_numbers_in_any_pass() -> Result<()> {
         let dev = Device::Cpu;
-        let (heads, kv_heads, d, len) = (6, 2, 32, 11);
+        // 6 × 40 × 40 × 32 score multiply-adds: above the threshold for sharing heads.
+        let (heads, kv_heads, d, len) = (6, 2, 32, 40);
         let q = Tensor::randn(0f32, 1.0, (1, heads, len, d), &dev)?;
         let k = Tensor::randn(0f32, 1.0, (1, kv_heads, len, d), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (1, kv_heads, len, d), &dev)?;
-        let all = causal_attention(&q, &k, &v, len, kv_heads)?;
+        let all = causal_attention(&q, &k, &v, len, kv_heads, None)?;
+        let pool = SplitPool::new().expect("a helper thread");
+        let shared = causal_attention(&q, &k, &v, len, kv_heads, Some(&pool))?;
+        assert_eq!(
+            max_diff(&all, &shared)?,
+            0.0,
+            "heads shared with the helper"
+        );
         // The last 3 rows as their own pass over the same cache, and the last row alone.
         for tail in [3usize, 1] {
-            let part = causal_attention(&q.narrow(2, len - tail, tail)?, &k, &v, len, kv_heads)?;
+            let part =
+                causal_attention(&q.narrow(2, len - tail, tail)?, &k, &v, len, kv_heads, None)?;
             let want = all.narrow(2, len - tail, tail)?;
             assert_eq!(max_diff(&part, &want)?, 0.0, "last {tail} rows");
         }
@@ -214,16 +248,16 @@ mod tests {
         let dev = Device::Cpu;
         let q = Tensor::zeros((1, 4, 3, 8), candle_core::DType::F32, &dev)?;
         let k = Tensor::zeros((1, 3, 3, 8), candle_core::DType::F32, &dev)?;
-        assert!(causal_attention(&q, &k, &k, 3, 3).is_err());
+        assert!(causal_attention(&q, &k, &k, 3, 3, None).is_err());
         let short = Tensor::zeros((1, 2, 2, 8), candle_core::DType::F32, &dev)?;
-        assert!(causal_attention(&q, &short, &short, 2, 2).is_err());
+        assert!(causal_attention(&q, &short, &short, 2, 2, None).is_err());
         let roomy = Tensor::zeros((1, 2, 8, 8), candle_core::DType::F32, &dev)?;
         assert!(
-            causal_attention(&q, &roomy, &roomy, 2, 2).is_err(),
+            causal_attention(&q, &roomy, &roomy, 2, 2, None).is_err(),
             "3 queries, 2 positions"
         );
         assert!(
-            causal_attention(&q, &roomy, &roomy, 9, 2).is_err(),
+            causal_attention(&q, &roomy, &roomy, 9, 2, None).is_err(),
             "past the capacity"
         );
         Ok(())

@@ -21,7 +21,7 @@ mod kv_cache;
 pub mod lora;
 mod model;
 mod prompt;
-mod q4_1;
+mod qmatrix;
 mod reasoner;
 mod split;
 mod tokenizer;

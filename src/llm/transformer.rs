@@ -15,7 +15,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 
 use super::attention::causal_attention;
 use super::kv_cache::KvCache;
-use super::q4_1::Q41Matrix;
+use super::qmatrix::QMatrix;
 use super::split::SplitPool;
 
 /// Where the decoder's tensors come from (the loader re-quantises on the way).
@@ -115,7 +115,8 @@ const PACKED_K: usize = 256;
 
 /// A quantised projection.
 ///
-/// Q4_1 weights run through [`Q41Matrix`] (candle 0.11.1 has only a scalar Q4_1 product).
+/// Q4_1 and Q8_0 weights run through [`QMatrix`] (candle 0.11.1 has only a scalar Q4_1
+/// product, and its products differ with the number of rows in a pass).
 /// Otherwise candle's product, possibly on weights widened with zero input columns: candle
 /// runs Q8_0 products through packed AVX512-VNNI kernels only when the input width is a
 /// multiple of 256; SmolLM2's 576 is not, so padding the weights to 768 zero-filled columns
@@ -128,7 +129,7 @@ enum Proj {
         /// Zero columns appended to the input.
         pad: usize,
     },
-    Q41(Arc<Q41Matrix>),
+    Own(Arc<QMatrix>),
 }
 
 impl Proj {
@@ -137,14 +138,19 @@ impl Proj {
     }
 
     fn from_qtensor(t: QTensor, hyper: &Hyper) -> Result<Self> {
-        if let Some(m) = Q41Matrix::from_qtensor(&t, hyper.split.clone())? {
-            return Ok(Self::Q41(Arc::new(m)));
+        // The packed kernels take Q8_0 weights widened for candle; everything else that
+        // QMatrix runs goes there.
+        let t = Arc::new(t);
+        if !(hyper.pad_inputs && t.dtype() == GgmlDType::Q8_0) {
+            if let Some(m) = QMatrix::from_qtensor(t.clone(), hyper.split.clone())? {
+                return Ok(Self::Own(Arc::new(m)));
+            }
         }
         let (_n, k) = t.shape().dims2()?;
         let pad = (PACKED_K - k % PACKED_K) % PACKED_K;
         if !hyper.pad_inputs || pad == 0 || t.dtype() != GgmlDType::Q8_0 {
             return Ok(Self::Candle {
-                mm: QMatMul::from_qtensor(t)?,
+                mm: QMatMul::from_arc(t)?,
                 pad: 0,
             });
         }
@@ -159,7 +165,7 @@ impl Proj {
         match self {
             Self::Candle { mm, pad: 0 } => mm.forward(x),
             Self::Candle { mm, pad } => mm.forward(&x.pad_with_zeros(D::Minus1, 0, *pad)?),
-            Self::Q41(m) => m.forward(x),
+            Self::Own(m) => m.forward(x),
         }
     }
 }
@@ -179,10 +185,9 @@ impl Transformer {
         };
         let output = if src.has("output.weight") {
             Proj::load(src, "output.weight", &unpadded)?
-        } else if embedding.dtype() == GgmlDType::Q4_1 {
-            // Tied embeddings: the same blocks serve as the output projection (a copy of
-            // them, as Q41Matrix owns its bytes).
-            Proj::from_qtensor(src.tensor("token_embd.weight")?, &unpadded)?
+        } else if let Some(m) = QMatrix::from_qtensor(embedding.clone(), hyper.split.clone())? {
+            // Tied embeddings: the same blocks serve as the output projection.
+            Proj::Own(Arc::new(m))
         } else {
             Proj::Candle {
                 mm: QMatMul::from_arc(embedding.clone())?,
@@ -316,7 +321,7 @@ fn attention(
         None => KvCache::new(&k, &v)?,
     };
     let (kb, vb) = cache.buffers();
-    let y = causal_attention(&q, kb, vb, cache.len(), hp.n_kv_head)?;
+    let y = causal_attention(&q, kb, vb, cache.len(), hp.n_kv_head, hp.split.as_deref())?;
     layer.kv = Some(cache);
     let y = y
         .transpose(1, 2)?
