@@ -212,7 +212,13 @@ fn score_model(
         .next()
         .unwrap_or(name)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let cache = args.out.join(format!("scores-{stem}.json"));
     let mut scores: ModelScores = match std::fs::read(&cache) {
