@@ -10,7 +10,6 @@
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// Spins before the helper parks (each a `spin_loop` hint: a few microseconds in all), long
 /// enough to span the element-wise work between two products of a decoding step.
@@ -127,9 +126,9 @@ fn helper_loop(shared: &Shared) {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
-                // Sleep until the next job (unpark) or a while; a missed unpark costs at most
-                // the timeout.
-                std::thread::park_timeout(Duration::from_millis(1));
+                // Sleep until `join` unparks it: an unpark that comes before this park makes
+                // it return at once, so no job is missed, and an idle model costs no wake-ups.
+                std::thread::park();
             }
         };
         let ptr = shared.job.load(Ordering::Acquire) as *const Job<'static>;
@@ -157,6 +156,7 @@ impl Drop for SplitPool {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     #[test]
     fn both_halves_run_every_time() {
