@@ -90,13 +90,7 @@ pub(crate) fn causal_attention(
                         // Half of the heads each; a head's numbers do not depend on who runs it.
                         let half = n_head / 2;
                         let (mine, theirs) = out.split_at_mut(half * seq * d);
-                        let theirs = std::sync::Mutex::new(Some(theirs));
-                        pool.join(|| run_heads(0, mine), &|| {
-                            let dst = theirs.lock().ok().and_then(|mut t| t.take());
-                            if let Some(dst) = dst {
-                                run_heads(half, dst);
-                            }
-                        });
+                        pool.join(|| run_heads(0, mine), || run_heads(half, theirs));
                     }
                     None => run_heads(0, &mut out),
                 }

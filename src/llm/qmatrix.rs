@@ -15,9 +15,9 @@
 //! whichever thread computes it, so a prompt fed in one pass or in several gives the same
 //! projections.
 
-use candle_core::quantized::{GgmlDType, QTensor};
 use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result, Tensor};
 use half::f16;
 
@@ -52,6 +52,7 @@ impl Format {
         }
     }
 }
+
 /// Activation rows that share one pass over a weight block.
 const ROWS_PER_PASS: usize = 4;
 /// Products at least this big (multiply-adds) are split with the helper thread: every
@@ -81,7 +82,8 @@ struct Q8Rows {
 }
 
 impl QMatrix {
-    /// Takes a 2-D Q4_1 or Q8_0 tensor on the CPU; `None` for any other type, shape or device.
+    /// Takes a 2-D Q4_1 or Q8_0 tensor on the CPU; `None` for any other type, shape (an empty
+    /// row included) or device.
     /// With `split`, products are shared with its helper thread.
     pub fn from_qtensor(t: Arc<QTensor>, split: Option<Arc<SplitPool>>) -> Result<Option<Self>> {
         let Some(format) = Format::of(t.dtype()) else {
@@ -90,7 +92,7 @@ impl QMatrix {
         let Ok((rows, cols)) = t.shape().dims2() else {
             return Ok(None);
         };
-        if cols % QK != 0 || !t.device().is_cpu() {
+        if cols == 0 || cols % QK != 0 || !t.device().is_cpu() {
             return Ok(None);
         }
         let expected = rows * cols / QK * format.block_bytes();
@@ -149,14 +151,10 @@ impl QMatrix {
             mine.push(a);
             theirs.push(b);
         }
-        // The helper's half goes through a lock only to be movable out of a `Fn`.
-        let theirs = std::sync::Mutex::new(Some(theirs));
-        split.join(|| self.rows_product(data, acts, 0, mine), &|| {
-            let dst = theirs.lock().ok().and_then(|mut t| t.take());
-            if let Some(dst) = dst {
-                self.rows_product(data, acts, half, dst);
-            }
-        });
+        split.join(
+            || self.rows_product(data, acts, 0, mine),
+            || self.rows_product(data, acts, half, theirs),
+        );
     }
 
     /// Products of weight rows `j0..j0 + dst[r].len()` with every activation row `r`.
@@ -295,8 +293,10 @@ mod avx2 {
     use super::{half_at, Format, Q8Rows, QK, ROWS_PER_PASS};
     use std::arch::x86_64::*;
 
-    /// Σ over 32 lanes of u8 weights × i8 activations, as 8 i32 partial sums. u8 (≤ 15) ×
-    /// i8 pairs summed to i16 cannot saturate (2·15·128 < 32767). (AVX512-VNNI's
+    /// Σ over 32 lanes of u8 × i8, as 8 i32 partial sums. Pairs are summed to i16 first, so
+    /// callers keep them small enough not to saturate: Q4_1 nibbles (≤ 15) × activations
+    /// (2·15·128 < 32767), Q8_0's |w| (≤ 128) × activations (≤ 127 in size: 2·128·127 =
+    /// 32512). (AVX512-VNNI's
     /// `vpdpbusd` does this in one instruction; measured no faster here, as the product
     /// waits on memory, so the AVX2 form serves every x86-64-v3 machine.)
     #[inline(always)]
@@ -351,19 +351,17 @@ mod avx2 {
         sums: &mut [f32; ROWS_PER_PASS],
     ) {
         let nb = acts.blocks_per_row;
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
         for (b, blk) in w.chunks_exact(Format::Q8_0.block_bytes()).enumerate() {
             let dw = half_at(blk, 0);
             let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-            // maddubs takes unsigned × signed: |w| times a with w's sign (ggml's trick);
-            // |w| ≤ 128 and |a| ≤ 127, so pairs stay below 32767.
+            // `block_isum` takes unsigned × signed: |w| times a with w's sign (ggml's trick).
             let abs_w = _mm256_sign_epi8(wq, wq);
             for (r, acc_r) in acc[..rows].iter_mut().enumerate() {
                 let i = (r0 + r) * nb + b;
                 let a = _mm256_loadu_si256(acts.qs.as_ptr().add(i * QK) as *const __m256i);
                 let signed_a = _mm256_sign_epi8(a, wq);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs_w, signed_a), ones);
+                let p = block_isum(abs_w, signed_a);
                 *acc_r = _mm256_fmadd_ps(
                     _mm256_set1_ps(dw * acts.d[i]),
                     _mm256_cvtepi32_ps(p),

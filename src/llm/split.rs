@@ -63,10 +63,19 @@ impl SplitPool {
     }
 
     /// Runs `mine` on this thread and `theirs` on the helper, and returns when both are done.
-    pub fn join(&self, mine: impl FnOnce(), theirs: &(dyn Fn() + Sync)) {
+    pub fn join(&self, mine: impl FnOnce(), theirs: impl FnOnce() + Send) {
         // A poisoned lock only means an earlier job panicked; the state is consistent.
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let job: Job<'_> = theirs;
+        // The helper calls jobs through a shared reference; the cell lets it take `theirs`
+        // (and whatever `theirs` owns, e.g. its half of the output) out by value.
+        let cell = std::sync::Mutex::new(Some(theirs));
+        let run = || {
+            let theirs = cell.lock().ok().and_then(|mut c| c.take());
+            if let Some(theirs) = theirs {
+                theirs();
+            }
+        };
+        let job: Job<'_> = &run;
         let seq = self.shared.posted.load(Ordering::Relaxed) + 1;
         // SAFETY of the lifetime erasure: the helper only dereferences the pointer for job
         // `seq`, and this function does not return (nor unwind: see `Wait`) before `done`
@@ -166,14 +175,13 @@ mod tests {
         for i in 0..10_000 {
             let mut out = [0usize; 2];
             let (a, b) = out.split_at_mut(1);
-            let b = std::sync::Mutex::new(b);
             pool.join(
                 || {
                     a[0] = i;
                     mine_runs += 1;
                 },
-                &|| {
-                    b.lock().unwrap()[0] = i + 1;
+                || {
+                    b[0] = i + 1;
                     theirs_runs.fetch_add(1, Ordering::Relaxed);
                 },
             );
@@ -188,9 +196,12 @@ mod tests {
         let pool = SplitPool::new().unwrap();
         std::thread::sleep(Duration::from_millis(20)); // the helper is parked by now
         let hit = AtomicUsize::new(0);
-        pool.join(|| {}, &|| {
-            hit.fetch_add(1, Ordering::Relaxed);
-        });
+        pool.join(
+            || {},
+            || {
+                hit.fetch_add(1, Ordering::Relaxed);
+            },
+        );
         assert_eq!(hit.load(Ordering::Relaxed), 1);
     }
 
@@ -198,14 +209,17 @@ mod tests {
     fn a_panic_on_the_helper_reaches_the_caller() {
         let pool = SplitPool::new().unwrap();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.join(|| {}, &|| panic!("boom"));
+            pool.join(|| {}, || panic!("boom"));
         }));
         assert!(r.is_err());
         // The pool still works afterwards.
         let hit = AtomicUsize::new(0);
-        pool.join(|| {}, &|| {
-            hit.fetch_add(1, Ordering::Relaxed);
-        });
+        pool.join(
+            || {},
+            || {
+                hit.fetch_add(1, Ordering::Relaxed);
+            },
+        );
         assert_eq!(hit.load(Ordering::Relaxed), 1);
     }
 }
