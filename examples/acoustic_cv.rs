@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use camxuc::acoustic::augment::perturb;
 use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
+use camxuc::acoustic::fit::evidence_inputs;
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
 use camxuc::acoustic::model::evidence_vector;
@@ -32,7 +33,7 @@ use camxuc::acoustic::train::{mean_nll, predict_logits, train_head, Example, Tra
 use camxuc::data::manifest::Manifest;
 use camxuc::data::split::{filter_speakers, speaker_folds, speaker_split};
 use camxuc::eval::metrics::{accuracy, macro_f1};
-use camxuc::features::{Baseline, BaselineKind, FeatureConfig, FEATURES};
+use camxuc::features::{Baseline, BaselineKind, FeatureConfig};
 use camxuc::pipeline::analyse::ClipAnalyser;
 use camxuc::{Audio, Evidence, LabelSet};
 use candle_core::Tensor;
@@ -219,11 +220,7 @@ fn run_outer_fold(
         .map(|&i| clips[i].views[0].1.clone())
         .collect();
     let baseline = Baseline::fit(BaselineKind::Corpus("cv".into()), &ev);
-    let inputs: Vec<String> = FEATURES
-        .iter()
-        .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
-        .map(|f| f.name.to_string())
-        .collect();
+    let inputs = evidence_inputs(&baseline);
     let make = |rows: &[usize], all_views: bool| -> Vec<Example> {
         rows.iter()
             .map(|&i| {
@@ -500,12 +497,13 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 mod probe {
     use super::{argmax, Encoded, FoldLogits, OOF_FOLDS};
     use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
+    use camxuc::acoustic::fit::evidence_inputs;
     use camxuc::acoustic::model::evidence_vector;
     use camxuc::acoustic::train::mean_nll;
     use camxuc::data::manifest::Manifest;
     use camxuc::data::split::speaker_folds;
     use camxuc::eval::metrics::{accuracy, macro_f1, paired_macro_f1_test};
-    use camxuc::features::{Baseline, BaselineKind, FEATURES};
+    use camxuc::features::{Baseline, BaselineKind};
     use camxuc::Evidence;
     use candle_core::Tensor;
 
@@ -826,11 +824,7 @@ mod probe {
         // Evidence baseline from the inner speakers' clean clips, as `train` fits it.
         let evs: Vec<Evidence> = inner.iter().map(|&i| clips[i].views[0].1.clone()).collect();
         let baseline = Baseline::fit(BaselineKind::Corpus("cv".into()), &evs);
-        let inputs: Vec<String> = FEATURES
-            .iter()
-            .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
-            .map(|f| f.name.to_string())
-            .collect();
+        let inputs = evidence_inputs(&baseline);
         let ev = (baseline, inputs);
         let inner_m = m.subset(inner);
         let mut oof: Vec<Vec<Vec<f32>>> = vec![Vec::new(); LAMBDAS.len()];

@@ -244,12 +244,8 @@ pub fn train_model(
         BaselineKind::Corpus(data_hash[..12.min(data_hash.len())].to_string()),
         &evidences,
     );
-    let evidence_inputs: Vec<String> = if opts.use_evidence {
-        FEATURES
-            .iter()
-            .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
-            .map(|f| f.name.to_string())
-            .collect()
+    let evidence_inputs = if opts.use_evidence {
+        evidence_inputs(&baseline)
     } else {
         Vec::new()
     };
@@ -648,6 +644,16 @@ fn write_evidence(
         }
     }
     Ok(w.flush().map_err(io)?)
+}
+
+/// The evidence features a head reads beside the frames: the gain-invariant ones `baseline`
+/// has statistics for (a level feature would let the head learn the recording's gain).
+pub fn evidence_inputs(baseline: &Baseline) -> Vec<String> {
+    FEATURES
+        .iter()
+        .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
+        .map(|f| f.name.to_string())
+        .collect()
 }
 
 /// The compute device: CPU, or the first GPU when built with `cuda` / `metal`.
