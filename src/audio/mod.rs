@@ -15,6 +15,7 @@
 
 mod decode;
 mod error;
+pub mod field;
 pub mod isolate;
 mod resample;
 mod vad;
