@@ -97,12 +97,6 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
     );
 }
 
-fn ravdess_manifest() -> Option<PathBuf> {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class/manifest.csv");
-    p.is_file().then_some(p)
-}
-
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
@@ -110,8 +104,7 @@ fn models_dir() -> PathBuf {
 /// A few epochs on a small real subset, Whisper front end: beats chance on held-out speakers.
 #[test]
 fn whisper_head_beats_chance_on_held_out_real_speakers() {
-    let Some(manifest) = ravdess_manifest() else {
-        eprintln!("SKIPPED: ../shared/data/ravdess-3class is not present");
+    let Some(manifest) = common::ravdess_or_skip().map(|d| d.join("manifest.csv")) else {
         return;
     };
     if !models_dir().join("whisper-base/model.bin").is_file() {

@@ -7,19 +7,10 @@ use std::time::Instant;
 
 use camxuc::audio::{self, LoadOptions, VadConfig};
 
+mod common;
+
 fn corpus() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class");
-    let p = if p.is_dir() {
-        p
-    } else {
-        PathBuf::from("/work/shared/data/ravdess-3class")
-    };
-    if p.join("clips").is_dir() {
-        Some(p)
-    } else {
-        println!("SKIP: ravdess-3class not found at ../shared/data/ravdess-3class");
-        None
-    }
+    common::ravdess_or_skip()
 }
 
 fn clips(root: &std::path::Path, n: usize) -> Vec<PathBuf> {

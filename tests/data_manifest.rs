@@ -6,6 +6,8 @@ use std::path::Path;
 use camxuc::data::{DataError, Manifest, ManifestRow};
 use camxuc::LabelSet;
 
+mod common;
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -229,12 +231,10 @@ fn unlabelled_manifest_needs_only_a_path() {
 
 #[test]
 fn ravdess_manifest_loads_when_present() {
-    let p = Path::new("/work/shared/data/ravdess-3class/manifest.csv");
-    if !p.is_file() {
-        eprintln!("skipped: {} not present", p.display());
+    let Some(dir) = common::ravdess_or_skip() else {
         return;
-    }
-    let m = Manifest::load(p, &LabelSet::default()).unwrap();
+    };
+    let m = Manifest::load(&dir.join("manifest.csv"), &LabelSet::default()).unwrap();
     assert_eq!(m.rows.len(), 384);
     assert_eq!(m.speakers().len(), 16);
     assert!(m.missing_files().is_empty());

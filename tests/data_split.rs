@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use camxuc::data::{filter_speakers, speaker_folds, speaker_split, Manifest, Split};
 use camxuc::LabelSet;
 
+mod common;
+
 /// A manifest of `speakers` speakers × 3 classes × `per` clips (files need not exist).
 fn corpus(dir: &Path, speakers: usize, per: usize, with_speaker: bool) -> Manifest {
     let mut text = String::from(if with_speaker {
@@ -210,12 +212,10 @@ fn hyphenated_speaker_names_take_ranges() {
 
 #[test]
 fn ravdess_folds_are_disjoint_when_present() {
-    let p = Path::new("/work/shared/data/ravdess-3class/manifest.csv");
-    if !p.is_file() {
-        eprintln!("skipped: {} not present", p.display());
+    let Some(dir) = common::ravdess_or_skip() else {
         return;
-    }
-    let m = Manifest::load(p, &LabelSet::default()).unwrap();
+    };
+    let m = Manifest::load(&dir.join("manifest.csv"), &LabelSet::default()).unwrap();
     let folds = speaker_folds(&m, 4, 0).unwrap();
     let mut seen = BTreeSet::new();
     for f in &folds {

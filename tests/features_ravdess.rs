@@ -9,17 +9,10 @@ use std::path::{Path, PathBuf};
 use camxuc::features::{EvidenceExtractor, FeatureConfig, FEATURES};
 use camxuc::{Audio, Evidence};
 
+mod common;
+
 fn corpus() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class");
-    if dir.join("manifest.csv").is_file() {
-        Some(dir)
-    } else {
-        println!(
-            "skipped: {} not found (the RAVDESS subset is not on this machine)",
-            dir.display()
-        );
-        None
-    }
+    common::ravdess_or_skip()
 }
 
 struct Clip {

@@ -144,7 +144,29 @@ fn the_rule_vote_decides_and_the_llm_only_explains() {
         eprintln!("{label} -> {}: {text:?}", v.probs.top_label());
         assert!(v.generated_tokens > 0, "{text:?}");
         assert!(v.timings_ms.contains_key("llm_rationale"));
-        assert!(text.contains(v.probs.top_label()), "{text:?}");
+        // The rule vote's own rationale comes first (it names the label, so it says nothing
+        // about the LLM); the LLM's explanation follows on a line of its own and must say
+        // something beyond the cue the prompt put in its mouth.
+        let vote_text = vote.clone().decide(&case).unwrap().rationale.unwrap();
+        let explanation = text
+            .strip_prefix(vote_text.as_str())
+            .and_then(|rest| rest.strip_prefix('\n'))
+            .unwrap_or_else(|| {
+                panic!("the rule vote's rationale {vote_text:?} must lead {text:?}")
+            });
+        let cue_tail = explained
+            .llm
+            .prompt()
+            .rationale_cue()
+            .rsplit(':')
+            .next()
+            .unwrap_or("")
+            .trim();
+        let written = explanation.strip_prefix(cue_tail).unwrap_or(explanation);
+        assert!(
+            written.chars().filter(|c| c.is_alphabetic()).count() >= 3,
+            "the LLM wrote nothing after the cue {cue_tail:?}: {text:?}"
+        );
     }
     assert!(explained.name().contains("llm:"));
 }

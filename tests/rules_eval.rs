@@ -4,10 +4,12 @@
 //! on them).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use camxuc::rules::{Language, Rule, RuleSet, RuleVote, Statements, DEFAULT_RULES_PATH};
 use camxuc::{Case, Evidence, LabelSet, Probs, Reasoner};
+
+mod common;
 
 fn evidence(values: &[(&str, f64)], z: &[(&str, f64)]) -> Evidence {
     Evidence {
@@ -335,12 +337,10 @@ fn rule_vote_is_log_linear_in_the_prior_and_the_weights() {
 /// on those clips. Printed for the refinement loop; nothing here feeds back into rules/.
 #[test]
 fn ravdess_actors_01_12_per_rule_figures() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class");
-    let manifest_path = root.join("manifest.csv");
-    if !manifest_path.exists() {
-        println!("skipped: {} is absent", manifest_path.display());
+    let Some(root) = common::ravdess_or_skip() else {
         return;
-    }
+    };
+    let manifest_path = root.join("manifest.csv");
     let labels = LabelSet::default();
     let manifest = camxuc::data::Manifest::load(&manifest_path, &labels).unwrap();
     let train: Vec<_> = manifest

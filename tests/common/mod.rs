@@ -48,6 +48,27 @@ pub fn whisper_models_or_skip() -> Option<PathBuf> {
     None
 }
 
+/// The RAVDESS subset beside the repository (`../shared/data/ravdess-3class`: CC BY-NC-SA,
+/// never copied into it) when its manifest and clips are there. Without it the test skips
+/// with a printed reason, except when `CAMXUC_REQUIRE_DATA=1` (`.ci/run` sets it), where a
+/// missing corpus is a failure instead of a silent pass.
+pub fn ravdess_or_skip() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class");
+    if dir.join("manifest.csv").is_file() && dir.join("clips").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CAMXUC_REQUIRE_DATA").is_none_or(|v| v != "1"),
+        "CAMXUC_REQUIRE_DATA=1 but {} has no manifest.csv and clips/ (the RAVDESS subset)",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: {} has no manifest.csv and clips/ (the RAVDESS subset is not on this machine)",
+        dir.display()
+    );
+    None
+}
+
 /// A small synthetic corpus (6 clips per class, 3 speakers); returns its manifest.
 pub fn small_corpus(dir: &Path, seed: u64) -> PathBuf {
     let opts = SynthOptions {
