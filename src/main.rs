@@ -18,7 +18,7 @@ use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
 use camxuc::pipeline::output::{
-    write_private, BatchWriter, Failure, Format as OutputFormat, RunHeader,
+    write_private, BatchWriter, CsvDecisions, Failure, Format as OutputFormat, RunHeader,
 };
 use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
 use camxuc::rules::{Language, RuleSet, RuleVote};
@@ -697,16 +697,11 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
         }
         None => (None, Default::default()),
     };
-    if a.format == OutFormat::Csv {
-        println!(
-            "file,segment_start_s,segment_end_s,label,{},route,fired_rules",
-            labels
-                .iter()
-                .map(|l| format!("p_{l}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-    }
+    // Standard output in CSV has the schema of a CSV `--out` file (one writer for both).
+    let mut csv_stdout = match a.format {
+        OutFormat::Csv => Some(CsvDecisions::new(std::io::stdout(), &labels)?),
+        _ => None,
+    };
     let (mut failed, mut decided, mut json_all) = (0usize, 0usize, Vec::new());
     for file in &a.files {
         let name = file.display().to_string();
@@ -733,29 +728,10 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
                         OutFormat::Table => print_decision(&d),
                         OutFormat::Json => json_all.push(serde_json::to_value(&d)?),
                         OutFormat::Jsonl => println!("{}", serde_json::to_string(&d)?),
-                        OutFormat::Csv => println!(
-                            "{},{},{},{},{},{},{}",
-                            d.file,
-                            d.segment
-                                .map(|s| format!("{:.3}", s.start_s))
-                                .unwrap_or_default(),
-                            d.segment
-                                .map(|s| format!("{:.3}", s.end_s))
-                                .unwrap_or_default(),
-                            d.label,
-                            d.probs
-                                .values
-                                .iter()
-                                .map(|v| format!("{v:.4}"))
-                                .collect::<Vec<_>>()
-                                .join(","),
-                            d.route,
-                            d.fired_rules
-                                .iter()
-                                .map(|r| r.id.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        ),
+                        OutFormat::Csv => {}
+                    }
+                    if let Some(c) = csv_stdout.as_mut() {
+                        c.decision(&d)?;
                     }
                     file_decisions.push(d);
                 }
@@ -771,6 +747,9 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
                     }
                     if a.format == OutFormat::Json {
                         json_all.push(serde_json::to_value(&f)?);
+                    }
+                    if let Some(c) = csv_stdout.as_mut() {
+                        c.failure(&f)?;
                     }
                 }
             }

@@ -203,6 +203,60 @@ fn batch_records_failures_and_resume_after_kill_gives_the_same_output() {
     );
 }
 
+/// `--format csv` on standard output and a CSV `--out` file are one schema: the same header
+/// and the same rows, properly quoted (a file name with a comma stays one field).
+#[test]
+fn csv_on_stdout_and_a_csv_out_file_are_the_same_csv() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (clips, model) = corpus_and_model(tmp.path());
+    let comma = tmp.path().join("a, b.wav");
+    std::fs::copy(&clips[0], &comma).unwrap();
+    let file = tmp.path().join("x.csv");
+    let out = Command::new(BIN)
+        .args(["classify", "--llm", "none", "--format", "csv", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&file)
+        .arg(&comma)
+        .args(&clips[1..3])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        stdout.lines().next(),
+        written.lines().next(),
+        "one header for both"
+    );
+    assert!(
+        stdout.starts_with(
+            "file,segment_start_s,segment_end_s,label,p_calm,p_angry,p_panic,route,fired_rules,rationale,error\n"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(stdout, written, "the same rows on stdout and in the file");
+    assert!(
+        stdout.contains(&format!("\n\"{}\",", comma.display())),
+        "a name with a comma is quoted: {stdout}"
+    );
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(stdout.as_bytes())
+        .records()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert_eq!(&rows[0][0], comma.display().to_string());
+    assert!(rows.iter().all(|r| r.len() == 11), "{stdout}");
+}
+
 #[test]
 fn transcribe_gives_routed_clips_their_words_and_a_bad_language_is_refused() {
     if !common::espeak_or_skip() {

@@ -119,12 +119,7 @@ impl BatchWriter {
                 Format::Jsonl => {
                     w.line(&serde_json::to_string(header).map_err(|e| io(e.into()))?)?
                 }
-                Format::Csv => {
-                    let mut cols: Vec<String> = CSV_HEAD.iter().map(|s| s.to_string()).collect();
-                    cols.extend(labels.iter().map(|l| format!("p_{l}")));
-                    cols.extend(["route", "fired_rules", "rationale", "error"].map(String::from));
-                    w.line(&csv_line(&cols))?;
-                }
+                Format::Csv => w.line(&csv_line(&csv_header(labels)))?,
             }
         }
         Ok((w, done))
@@ -185,37 +180,7 @@ impl BatchWriter {
     pub fn decision(&mut self, d: &Decision) -> Result<(), OutputError> {
         let s = match self.format {
             Format::Jsonl => return self.record(d),
-            Format::Csv => {
-                let seg = |f: fn(&crate::Segment) -> f64| {
-                    d.segment
-                        .as_ref()
-                        .map(|s| format!("{:.3}", f(s)))
-                        .unwrap_or_default()
-                };
-                let mut cols = vec![
-                    d.file.clone(),
-                    seg(|s| s.start_s),
-                    seg(|s| s.end_s),
-                    d.label.clone(),
-                ];
-                cols.extend(self.labels.iter().map(|l| {
-                    d.probs
-                        .get(l)
-                        .map(|p| format!("{p:.4}"))
-                        .unwrap_or_default()
-                }));
-                cols.push(d.route.to_string());
-                cols.push(
-                    d.fired_rules
-                        .iter()
-                        .map(|r| r.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-                cols.push(d.rationale.clone().unwrap_or_default());
-                cols.push(String::new());
-                csv_line(&cols)
-            }
+            Format::Csv => csv_line(&csv_decision(d, &self.labels)),
         };
         self.line(&s)
     }
@@ -223,15 +188,94 @@ impl BatchWriter {
     pub fn failure(&mut self, f: &Failure) -> Result<(), OutputError> {
         let s = match self.format {
             Format::Jsonl => return self.record(f),
-            Format::Csv => {
-                let mut cols = vec![f.file.clone(), String::new(), String::new(), String::new()];
-                cols.extend(self.labels.iter().map(|_| String::new()));
-                cols.extend([String::new(), String::new(), String::new(), f.error.clone()]);
-                csv_line(&cols)
-            }
+            Format::Csv => csv_line(&csv_failure(f, &self.labels)),
         };
         self.line(&s)
     }
+}
+
+/// Decisions as CSV on any writer (standard output for `classify --format csv`): the header
+/// and rows of a CSV [`BatchWriter`] file, one schema for both, each line flushed as it is
+/// written.
+pub struct CsvDecisions<W: Write> {
+    out: W,
+    labels: Vec<String>,
+}
+
+impl<W: Write> CsvDecisions<W> {
+    /// Writes the header line (`labels` give the `p_<label>` columns, in this order).
+    pub fn new(out: W, labels: &[String]) -> std::io::Result<Self> {
+        let mut w = Self {
+            out,
+            labels: labels.to_vec(),
+        };
+        w.line(&csv_header(labels))?;
+        Ok(w)
+    }
+
+    pub fn decision(&mut self, d: &Decision) -> std::io::Result<()> {
+        let cols = csv_decision(d, &self.labels);
+        self.line(&cols)
+    }
+
+    /// A row with only the file and the `error` column filled.
+    pub fn failure(&mut self, f: &Failure) -> std::io::Result<()> {
+        let cols = csv_failure(f, &self.labels);
+        self.line(&cols)
+    }
+
+    fn line(&mut self, cols: &[String]) -> std::io::Result<()> {
+        writeln!(self.out, "{}", csv_line(cols))?;
+        self.out.flush()
+    }
+}
+
+/// The CSV columns of a decision: file, segment start and end, label, one `p_<label>` per
+/// label, route, fired rules, rationale, error.
+pub fn csv_header(labels: &[String]) -> Vec<String> {
+    let mut cols: Vec<String> = CSV_HEAD.iter().map(|s| s.to_string()).collect();
+    cols.extend(labels.iter().map(|l| format!("p_{l}")));
+    cols.extend(["route", "fired_rules", "rationale", "error"].map(String::from));
+    cols
+}
+
+fn csv_decision(d: &Decision, labels: &[String]) -> Vec<String> {
+    let seg = |f: fn(&crate::Segment) -> f64| {
+        d.segment
+            .as_ref()
+            .map(|s| format!("{:.3}", f(s)))
+            .unwrap_or_default()
+    };
+    let mut cols = vec![
+        d.file.clone(),
+        seg(|s| s.start_s),
+        seg(|s| s.end_s),
+        d.label.clone(),
+    ];
+    cols.extend(labels.iter().map(|l| {
+        d.probs
+            .get(l)
+            .map(|p| format!("{p:.4}"))
+            .unwrap_or_default()
+    }));
+    cols.push(d.route.to_string());
+    cols.push(
+        d.fired_rules
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    cols.push(d.rationale.clone().unwrap_or_default());
+    cols.push(String::new());
+    cols
+}
+
+fn csv_failure(f: &Failure, labels: &[String]) -> Vec<String> {
+    let mut cols = vec![f.file.clone(), String::new(), String::new(), String::new()];
+    cols.extend(labels.iter().map(|_| String::new()));
+    cols.extend([String::new(), String::new(), String::new(), f.error.clone()]);
+    cols
 }
 
 /// A process killed mid-write can leave half a line; cut it so the next record starts on a
@@ -368,6 +412,64 @@ mod tests {
         );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("not audio\"}\n"), "partial line cut: {text}");
+    }
+
+    /// A decision from its JSON (so fields added with a serde default need no change here).
+    fn decision(file: &str) -> Decision {
+        let probs = serde_json::json!({"calm": 0.2, "angry": 0.5, "panic": 0.3});
+        serde_json::from_value(serde_json::json!({
+            "schema_version": crate::types::DECISION_SCHEMA_VERSION,
+            "file": file,
+            "label": "angry",
+            "probs": probs,
+            "acoustic_probs": probs,
+            "route": "rules",
+            "evidence": {"values": {}},
+            "fired_rules": [
+                {"id": "r1", "label": "angry", "weight": 1.0, "statement_en": "loud"}
+            ],
+            "rationale": "Decision: angry (50%).\n- [r1] \"loud\", fast",
+            "timings_ms": {},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn stdout_csv_and_a_csv_output_file_share_one_schema_and_quote_commas() {
+        let labels = crate::LabelSet::default().names().to_vec();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let (mut file, _) =
+            BatchWriter::open(&path, Format::Csv, &labels, &header("r1"), false).unwrap();
+        let mut stdout = CsvDecisions::new(Vec::new(), &labels).unwrap();
+        let failure = Failure {
+            file: "c.wav".into(),
+            error: "c.wav: not audio".into(),
+        };
+        for d in [decision("a, b.wav"), decision("plain.wav")] {
+            file.decision(&d).unwrap();
+            stdout.decision(&d).unwrap();
+        }
+        file.failure(&failure).unwrap();
+        stdout.failure(&failure).unwrap();
+        drop(file);
+        let written = std::fs::read_to_string(&path).unwrap();
+        let printed = String::from_utf8(stdout.out).unwrap();
+        assert_eq!(printed, written);
+        assert!(
+            written.starts_with("file,segment_start_s,segment_end_s,label,p_calm,p_angry,p_panic,route,fired_rules,rationale,error\n"),
+            "{written}"
+        );
+        assert!(written.contains("\n\"a, b.wav\",,,angry,"), "{written}");
+        let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(written.as_bytes())
+            .records()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.len() == 11));
+        assert_eq!(&rows[0][0], "a, b.wav");
+        assert_eq!(&rows[0][9], "Decision: angry (50%).\n- [r1] \"loud\", fast");
+        assert_eq!(&rows[2][10], "c.wav: not audio");
     }
 
     #[test]
