@@ -891,103 +891,34 @@ fn review(
     out: &std::path::Path,
     below: f32,
 ) -> Result<ExitCode> {
+    use camxuc::pipeline::review::{review, ReviewEvent, ReviewOptions};
     let model_dir = pick_model(model)?;
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, rules.as_deref())?;
     let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest)?;
     let (reasoner, route) = build_reasoner("none", &rules, false, PromptLayout::default_layout())?;
     let mut pipeline = Pipeline::new(model, rules, reasoner, route, None, None)?;
-    // Written as it goes (flushed per clip, owner-only): an interrupted review keeps its queue.
-    let file = camxuc::private_fs::create_private(out)
-        .with_context(|| format!("{}: cannot create", out.display()))?;
-    let mut w = csv::Writer::from_writer(file);
-    let write = |w: &mut csv::Writer<std::fs::File>, cols: &[&str]| -> Result<()> {
-        w.write_record(cols)?;
-        w.flush()
-            .with_context(|| format!("{}: cannot write", out.display()))
-    };
-    write(
-        &mut w,
-        &[
-            "path",
-            "given_label",
-            "predicted",
-            "confidence",
-            "route",
-            "strongest_evidence",
-            "fired_rules",
-            "rationale",
-            "your_label",
-            "error",
-        ],
-    )?;
-    let (mut queued, mut failed) = (0, 0);
     let bar = progress::bar(m.rows.len() as u64, "reviewing");
-    for row in &m.rows {
-        bar.inc(1);
-        let given = row.extra.get("label").cloned().unwrap_or_default();
-        let d = match pipeline.decide_file(&row.path, &row.rel_path) {
-            Ok(d) => d,
-            Err(e) => {
-                // A clip that could not be analysed needs a person too: queue it with the reason.
-                failed += 1;
-                let reason = e.to_string();
-                bar.println(format!("error: {reason}"));
-                write(
-                    &mut w,
-                    &[
-                        row.rel_path.as_str(),
-                        &given,
-                        "",
-                        "",
-                        "failed",
-                        "",
-                        "",
-                        "",
-                        "",
-                        &reason,
-                    ],
-                )?;
-                continue;
-            }
-        };
-        let (_, p) = d.probs.argmax();
-        if d.route == Route::Acoustic && p >= below {
-            continue;
-        }
-        queued += 1;
-        // The four largest deviations from the training corpus, in z-scores.
-        let mut z: Vec<(&String, &f64)> = d.evidence.z.iter().collect();
-        z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-        let strongest: Vec<String> = z
-            .iter()
-            .take(4)
-            .map(|(n, v)| format!("{n} {v:+.1}"))
-            .collect();
-        let fired: Vec<&str> = d.fired_rules.iter().map(|r| r.id.as_str()).collect();
-        write(
-            &mut w,
-            &[
-                row.rel_path.as_str(),
-                &given,
-                &d.label,
-                &format!("{p:.2}"),
-                &d.route.to_string(),
-                &strongest.join("; "),
-                &fired.join(" "),
-                d.rationale.as_deref().unwrap_or(""),
-                "",
-                "",
-            ],
-        )?;
-    }
-    bar.finish_and_clear();
-    println!(
-        "{queued} of {} clips queued for review in {} ({failed} failed)",
-        m.rows.len(),
-        out.display()
+    let summary = review(
+        &mut pipeline,
+        &m,
+        out,
+        &ReviewOptions { below },
+        &mut |e| match e {
+            ReviewEvent::Clip { .. } => bar.inc(1),
+            ReviewEvent::Failed { reason } => bar.println(format!("error: {reason}")),
+        },
     );
-    Ok(batch_exit_code(failed, m.rows.len()))
+    bar.finish_and_clear();
+    let summary = summary?;
+    println!(
+        "{} of {} clips queued for review in {} ({} failed)",
+        summary.queued,
+        summary.total,
+        out.display(),
+        summary.failed
+    );
+    Ok(batch_exit_code(summary.failed, summary.total))
 }
 
 /// `camxuc demo`: runs the same subcommands a user would, in order, so the demo shows exactly

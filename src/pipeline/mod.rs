@@ -1,9 +1,10 @@
 //! The pipeline: one clip from file to `Decision` (analysis, acoustic model, rules, routing,
-//! reasoner), and the incremental batch output.
+//! reasoner), the incremental batch output and the review queue for people.
 
 pub mod analyse;
 pub mod decide;
 pub mod output;
+pub mod review;
 pub mod route;
 pub mod words;
 
