@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use camxuc::acoustic::{default_device, AcousticModel};
+use camxuc::acoustic::model_dir::ModelSource;
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
@@ -59,7 +60,8 @@ enum Command {
         /// Labelled clips from the site (path,label[,speaker]).
         #[arg(long)]
         manifest: PathBuf,
-        /// Model directory to calibrate (default: the most recently trained model).
+        /// Model directory to calibrate (default: $CAMXUC_MODEL); calibrate refuses to change
+        /// the default model in the models folder: pass a copy.
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -69,7 +71,7 @@ enum Command {
         /// Manifest of the clips (path[,label,...]; labels optional).
         #[arg(long)]
         manifest: PathBuf,
-        /// Model directory (default: the most recently trained model under models/acoustic).
+        /// Model directory (default: $CAMXUC_MODEL, else <models folder>/acoustic/default).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Rule set (default: the model's active rules).
@@ -117,7 +119,8 @@ struct RefineArgs {
     /// Use only these speakers of the manifest (names, comma lists or ranges).
     #[arg(long)]
     speakers: Option<String>,
-    /// Model directory (default: the most recently trained model under models/acoustic).
+    /// Model directory whose rules are refined (default: $CAMXUC_MODEL); refine refuses to
+    /// write into the default model in the models folder: pass a copy.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Starting rule set (default: the model's active rules).
@@ -203,7 +206,8 @@ struct TrainArgs {
     /// Validation manifest; without it a speaker-disjoint quarter of the training manifest is held out.
     #[arg(long)]
     val_manifest: Option<PathBuf>,
-    /// Output directory (default: models/acoustic/<manifest folder name>).
+    /// Output directory (default: <models folder>/acoustic/<manifest folder name>; `--out
+    /// <models folder>/acoustic/default` makes it the model other commands use by default).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Overwrite an existing model directory.
@@ -243,7 +247,7 @@ struct TrainArgs {
 /// The model, rules and reasoner flags `classify` and `eval` share.
 #[derive(clap::Args, Debug)]
 struct PipelineArgs {
-    /// Model directory (default: the most recently trained model under models/acoustic).
+    /// Model directory (default: $CAMXUC_MODEL, else <models folder>/acoustic/default).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Rule set (default: the model's active rules, else the shipped rules/vi-default.toml).
@@ -460,7 +464,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval(a),
         Command::Classify(a) => classify(a),
         Command::Calibrate { manifest, model } => {
-            let dir = pick_model(model)?;
+            let dir = pick_model_to_change(model, "calibrate")?;
             let r =
                 camxuc::acoustic::site::calibrate_site(&dir, &catalog::models_dir(), &manifest)?;
             for f in &r.failed {
@@ -581,20 +585,27 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The model directory to use: the one given, else the most recently trained (said aloud).
-fn pick_model(model: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(m) = model {
-        return Ok(m);
+/// The acoustic model directory a command uses: `--model`, else `$CAMXUC_MODEL`, else the
+/// default model in the models folder ([`model_dir::resolve`]); one stderr line says which and
+/// why.
+fn pick_model(model: Option<PathBuf>) -> Result<(PathBuf, ModelSource)> {
+    let (dir, source) = model_dir::resolve(model.as_deref(), &catalog::models_dir())?;
+    eprintln!("model: {} ({source})", dir.display());
+    Ok((dir, source))
+}
+
+/// [`pick_model`] for a command that writes into the model directory (`refine`, `calibrate`):
+/// the default model is what every other command uses, so it is never changed in place.
+fn pick_model_to_change(model: Option<PathBuf>, command: &str) -> Result<PathBuf> {
+    let (dir, source) = pick_model(model)?;
+    if source == ModelSource::Default {
+        anyhow::bail!(
+            "{command} writes into the model directory and does not change the default model {}; copy it (`cp -r {} my-model`) and pass --model my-model",
+            dir.display(),
+            dir.display()
+        );
     }
-    let dir = catalog::models_dir();
-    let m = model_dir::most_recent(&dir).with_context(|| {
-        format!(
-            "no trained model under {}; train one with `camxuc train` or pass --model DIR",
-            dir.join("acoustic").display()
-        )
-    })?;
-    eprintln!("using the most recently trained model: {}", m.display());
-    Ok(m)
+    Ok(dir)
 }
 
 /// The reasoner for ambiguous clips: the rule vote for `none`, else a local LLM.
@@ -658,7 +669,7 @@ fn build_reasoner_with(
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
-    let model_dir = pick_model(a.pipeline.model)?;
+    let (model_dir, _) = pick_model(a.pipeline.model)?;
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, a.pipeline.rules.as_deref())?;
     let (reasoner, route) = build_reasoner(
@@ -806,7 +817,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
         speakers: a.speakers,
-        model_dir: pick_model(a.pipeline.model)?,
+        model_dir: pick_model(a.pipeline.model)?.0,
         models_dir: catalog::models_dir(),
         rules: a.pipeline.rules,
         bootstrap_reps: 2000,
@@ -892,7 +903,7 @@ fn review(
     below: f32,
 ) -> Result<ExitCode> {
     use camxuc::pipeline::review::{review, ReviewEvent, ReviewOptions};
-    let model_dir = pick_model(model)?;
+    let (model_dir, _) = pick_model(model)?;
     let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
     let rules = active_rules(&model, rules.as_deref())?;
     let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest)?;
@@ -987,7 +998,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
 
 fn refine(a: RefineArgs) -> Result<ExitCode> {
     use camxuc::refine::{refine, RefineEvent, RefineOptions};
-    let mut opts = RefineOptions::new(a.manifest, pick_model(a.model)?);
+    let mut opts = RefineOptions::new(a.manifest, pick_model_to_change(a.model, "refine")?);
     opts.speakers = a.speakers;
     opts.rules = a.rules;
     opts.rounds = a.rounds;

@@ -41,6 +41,8 @@ pub enum ModelDirError {
     Mismatch { path: PathBuf, message: String },
     #[error("{}: {what} exists; pass --force to overwrite it", path.display())]
     Exists { path: PathBuf, what: String },
+    #[error("no acoustic model: looked at --model (not given), ${MODEL_ENV} (not set) and {} (no {META_FILE}); train one with `camxuc train --manifest M --out {}`, or pass --model DIR", default.display(), default.display())]
+    NoModel { default: PathBuf },
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> ModelDirError {
@@ -226,19 +228,69 @@ pub fn default_out(models_dir: &Path, name: &str) -> PathBuf {
     models_dir.join("acoustic").join(name)
 }
 
-/// The most recently trained model under `<models dir>/acoustic/` (for a missing `--model`).
-pub fn most_recent(models_dir: &Path) -> Option<PathBuf> {
-    let root = models_dir.join("acoustic");
-    fs::read_dir(root)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let meta = e.path().join(META_FILE);
-            let t = fs::metadata(&meta).and_then(|m| m.modified()).ok()?;
-            Some((t, e.path()))
+/// The environment variable that names the acoustic model directory.
+pub const MODEL_ENV: &str = "CAMXUC_MODEL";
+
+/// Why a command uses the acoustic model it uses (see [`resolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// `--model DIR`.
+    Flag,
+    /// `$CAMXUC_MODEL`.
+    Env,
+    /// `<models dir>/acoustic/default`: shared by every command, so `refine` and `calibrate`
+    /// do not write into it.
+    Default,
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Flag => "from --model",
+            Self::Env => "from CAMXUC_MODEL",
+            Self::Default => "the default model in the models folder",
         })
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, p)| p)
+    }
+}
+
+/// The default acoustic model: `<models dir>/acoustic/default`.
+pub fn default_model(models_dir: &Path) -> PathBuf {
+    models_dir.join("acoustic").join("default")
+}
+
+/// The acoustic model a command uses, in this order: `explicit` (`--model DIR`), else
+/// `$CAMXUC_MODEL` (when set and not empty), else [`default_model`] when it holds a
+/// [`META_FILE`]. A directory given by the flag or the variable is taken as it is (loading it
+/// names what is wrong with it); when none of the three gives a model, the error lists each
+/// place looked at and how to get a model.
+pub fn resolve(
+    explicit: Option<&Path>,
+    models_dir: &Path,
+) -> Result<(PathBuf, ModelSource), ModelDirError> {
+    resolve_with(explicit, std::env::var_os(MODEL_ENV), models_dir)
+}
+
+/// [`resolve`] with the variable's value given (tests run in parallel threads: they pass it
+/// instead of setting the process's environment).
+fn resolve_with(
+    explicit: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    models_dir: &Path,
+) -> Result<(PathBuf, ModelSource), ModelDirError> {
+    if let Some(dir) = explicit {
+        return Ok((dir.to_path_buf(), ModelSource::Flag));
+    }
+    if let Some(dir) = env.filter(|v| !v.is_empty()) {
+        return Ok((PathBuf::from(dir), ModelSource::Env));
+    }
+    let default = default_model(models_dir);
+    if default.join(META_FILE).is_file() {
+        return Ok((default, ModelSource::Default));
+    }
+    // Hook, not yet built: a model embedded in the binary (issue "Ready to use") goes here,
+    // after the default location, as its own `ModelSource` that `refine` and `calibrate`
+    // refuse like `Default`, and `NoModel`'s message then lists it too.
+    Err(ModelDirError::NoModel { default })
 }
 
 /// Make the output folder, refusing to overwrite an existing model unless `force`.
@@ -256,4 +308,60 @@ pub fn prepare_out(dir: &Path, force: bool) -> Result<(), ModelDirError> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).map_err(|e| io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_order_is_flag_then_env_then_default() {
+        let tmp = tempfile::tempdir().unwrap();
+        let models = tmp.path().join("models");
+        let flag = tmp.path().join("flag-model");
+        let env = tmp.path().join("env-model");
+
+        // Nothing anywhere: the error lists every place looked at and how to get a model.
+        let e = resolve_with(None, None, &models).unwrap_err();
+        let msg = e.to_string();
+        let default = default_model(&models);
+        for needle in [
+            "--model (not given)",
+            "$CAMXUC_MODEL (not set)",
+            &default.display().to_string(),
+            "camxuc train",
+            "--model DIR",
+        ] {
+            assert!(msg.contains(needle), "lacks '{needle}': {msg}");
+        }
+        // An empty folder at the default place is not a model.
+        fs::create_dir_all(&default).unwrap();
+        assert!(resolve_with(None, Some("".into()), &models).is_err());
+
+        // With a model at the default place, it is used…
+        fs::write(default.join(META_FILE), "{}").unwrap();
+        assert_eq!(
+            resolve_with(None, None, &models).unwrap(),
+            (default.clone(), ModelSource::Default)
+        );
+        // … an empty variable counts as unset …
+        assert_eq!(
+            resolve_with(None, Some("".into()), &models).unwrap().1,
+            ModelSource::Default
+        );
+        // … the variable comes before it …
+        assert_eq!(
+            resolve_with(None, Some(env.clone().into()), &models).unwrap(),
+            (env.clone(), ModelSource::Env)
+        );
+        // … and the flag before both.
+        assert_eq!(
+            resolve_with(Some(&flag), Some(env.into()), &models).unwrap(),
+            (flag.clone(), ModelSource::Flag)
+        );
+        assert_eq!(
+            resolve_with(Some(&flag), None, &models).unwrap(),
+            (flag, ModelSource::Flag)
+        );
+    }
 }
