@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use camxuc::acoustic::train_model;
+use camxuc::data::synth::{synthesize, SynthOptions};
 
 mod common;
 
@@ -70,7 +71,19 @@ fn the_default_model_is_used_and_refine_and_calibrate_do_not_change_it() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
-    let manifest = common::small_corpus_of(&root, 3, 8, 4);
+    // 24 clips of 3 voices: enough held-out predictions for refine.
+    let manifest = synthesize(
+        &SynthOptions {
+            out: root.join("corpus"),
+            per_class: 8,
+            speakers: 3,
+            seed: 4,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .manifest;
     let models = root.join("models");
     let default = models.join("acoustic/default");
     let mut opts = common::light_options(manifest.clone(), default.clone(), 1, 0, 3);
