@@ -446,6 +446,7 @@ pub fn train_model(
         train_manifest: opts.manifest.display().to_string(),
         default_llm: catalog::DEFAULT_LLM.into(),
         ensemble,
+        adaptation: None,
     };
 
     // Write the directory.

@@ -132,6 +132,32 @@ pub struct ModelMeta {
     /// without fold heads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleConfig>,
+    /// Present when `camxuc adapt` wrote this directory from another model: what was refitted
+    /// on the site's clips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<Adaptation>,
+}
+
+/// What `camxuc adapt` refitted on a site's clips (model.json `adaptation`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptation {
+    /// What was refitted, each with the clips it was fitted on.
+    pub refitted: Vec<String>,
+    /// What was kept from the source model, and why.
+    pub not_refitted: Vec<String>,
+    /// Unlabelled site clips used (the label-free refits use the labelled ones too).
+    pub n_unlabelled: usize,
+    /// Labelled site clips used (a file given both ways counts here only).
+    pub n_labelled: usize,
+    /// The source model directory as given.
+    pub source_model: String,
+    /// sha256 of the source's model.json (hex).
+    pub source_model_json_sha256: String,
+    /// Penalty λ of the MAP refit toward the source head (absent: the head was not refitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_lambda: Option<f64>,
+    pub seed: u64,
 }
 
 /// `routing.json`: when a clip goes to the reasoner.
