@@ -65,6 +65,14 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Site adaptation into a new model directory (the source is only read): with unlabelled
+    /// site clips, refit the linear classifier's input standardisation, the evidence
+    /// baseline, the unfamiliarity reference and the routing threshold; with labelled ones
+    /// also the head (a refit pulled toward the source weights) and the temperature, and
+    /// report macro-F1 / ECE before and after on a held-out part of the labels. A model of
+    /// attention heads gets the evidence baseline and routing (and temperature) only.
+    /// Exit code 0: every input used; 2: some inputs failed (named); 1: nothing could run.
+    Adapt(AdaptArgs),
     /// A review queue for people: the routed / low-confidence clips of a manifest with their
     /// evidence, fired rules and rationale, as CSV to label.
     Review {
@@ -107,6 +115,35 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct AdaptArgs {
+    /// Source model directory (default: $CAMXUC_MODEL, else <models folder>/acoustic/default);
+    /// only read, never changed.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The new model directory (must differ from the source; refused when it exists, unless
+    /// --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Site clips without labels: a folder (every wav/flac/mp3/ogg file in it or below it) or
+    /// a CSV manifest with a `path` column (other columns ignored).
+    #[arg(long)]
+    unlabelled: Option<PathBuf>,
+    /// Labelled site clips: a manifest path,label[,speaker]. Give at least one of
+    /// --unlabelled and --labelled.
+    #[arg(long)]
+    labelled: Option<PathBuf>,
+    /// Write what was refitted, the failed inputs and the before / after scores as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Replace an existing --out (only a model directory or an empty folder).
+    #[arg(long)]
+    force: bool,
+    /// Seed for the held-out part and the folds: the same inputs and seed give the same model.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -486,6 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Adapt(a) => adapt(a),
         Command::Agreement { annotations, out } => agreement(&annotations, out.as_deref()),
         Command::Refine(a) => refine(a),
         Command::Demo(a) => demo(a),
@@ -1289,6 +1327,60 @@ fn features(a: FeaturesArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&json_out)?);
     }
     Ok(batch_exit_code(failed, a.files.len()))
+}
+
+fn adapt(a: AdaptArgs) -> Result<ExitCode> {
+    use camxuc::acoustic::adapt::{adapt, AdaptEvent, AdaptOptions, HeldOutScores};
+    let (model, _) = pick_model(a.model)?;
+    let mut opts = AdaptOptions::new(model.clone(), catalog::models_dir(), a.out);
+    opts.unlabelled = a.unlabelled;
+    opts.labelled = a.labelled;
+    opts.force = a.force;
+    opts.seed = a.seed;
+    let bar = progress::bar(0, "analysing");
+    let r = adapt(&opts, &mut |ev| match ev {
+        AdaptEvent::Analysed { done, total } => progress::show(&bar, "analysing", done, total),
+        AdaptEvent::Stage(s) => bar.set_message(s),
+    })?;
+    bar.finish_and_clear();
+    for f in &r.failed {
+        eprintln!("failed: {}: {}", f.file, f.reason);
+    }
+    if r.n_ignored > 0 {
+        eprintln!(
+            "ignored {} files of --unlabelled that are not wav/flac/mp3/ogg",
+            r.n_ignored
+        );
+    }
+    println!(
+        "{} adapted from {}: {} site clips ({} labelled), {} of {} inputs failed",
+        r.out.display(),
+        model.display(),
+        r.n_site,
+        r.n_labelled,
+        r.failed.len(),
+        r.n_inputs
+    );
+    for s in &r.refitted {
+        println!("  refitted: {s}");
+    }
+    for s in &r.not_refitted {
+        println!("  kept: {s}");
+    }
+    let show = |s: &HeldOutScores| format!("macro-F1 {:.3}, ECE {:.3}", s.macro_f1, s.ece);
+    if let (Some(h), Some(b), Some(af)) = (&r.held_out, &r.before, &r.after) {
+        println!("  held out: {h}");
+        println!("  source  : {}", show(b));
+        println!("  adapted : {}", show(af));
+    }
+    if let Some(path) = &a.json {
+        write_private(
+            path,
+            (serde_json::to_string_pretty(&r)? + "\n").as_bytes(),
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(batch_exit_code(r.failed.len(), r.n_inputs))
 }
 
 /// 0: everything decided; 2: some inputs failed; 1: nothing could run.

@@ -7,6 +7,7 @@
 //! - [`fit`]: `camxuc train` end to end; [`model`]: a trained model for inference;
 //! - [`model_dir`]: the model directory format.
 
+pub mod adapt;
 pub mod augment;
 pub mod calibrate;
 mod error;

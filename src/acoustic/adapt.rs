@@ -1,0 +1,1153 @@
+//! Site adaptation (`camxuc adapt`): a new model directory fitted to a site's recordings,
+//! the way a clinic would do it — with the clips it has (unlabelled, plus a few labelled ones
+//! when someone has labelled them). The source directory is only read, never written.
+//!
+//! ```text
+//! source model ─┬─ site clips (any, labels ignored) ─► evidence baseline
+//!               │                                    ─► linear input standardisation (AdaBN:
+//!               │                                       site mean / std, weights unchanged)
+//!               │                                    ─► unfamiliarity reference + unit
+//!               ├─ labelled site clips ─► MAP refit of the linear head toward the source
+//!               │     weights (λ/2 ‖W − W_src‖², λ by speaker-held-out NLL; "keep the source
+//!               │     weights" is a candidate too) ─► temperature on the held-out predictions
+//!               └─ site predictions (labelled ones out of fold) ─► routing threshold at the
+//!                     source's route fraction
+//! ```
+//!
+//! A model of attention heads gets the evidence baseline and routing (and, with labels, the
+//! temperature); its heads are kept. With labelled clips, `before` / `after` compare the
+//! source with a model adapted *without* a held-out part of the labels (by speaker when the
+//! labelled manifest has two or more, else a seeded third of the clips), on that part.
+//! Every random choice takes the seed, so the same inputs give the same directory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::calibrate::{ece_at, fit_temperature, softmax_t};
+use super::fit::fit_routing;
+use super::linear::{fit, FitOptions, LinearHead, Scaler};
+use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
+use super::model_dir::{self, Adaptation, ModelDirError, RoutingConfig};
+use super::train::{argmax, mean_nll, View};
+use super::unfamiliar::Unfamiliarity;
+use super::{AcousticError, AcousticModel};
+use crate::data::manifest::{Manifest, ManifestRow};
+use crate::data::split::{speaker_folds, speaker_split};
+use crate::eval::metrics::Confusion;
+use crate::features::{Baseline, BaselineKind};
+use crate::pipeline::analyse::ClipAnalyser;
+use crate::private_fs::create_private_dir_all;
+use crate::Evidence;
+
+/// File extensions taken from a `--unlabelled` folder (case-insensitive).
+pub const AUDIO_EXTENSIONS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
+/// Fewer usable site clips than this (all inputs together), or fewer labelled ones when
+/// labels are given, cannot say much about a site.
+pub const MIN_SITE_CLIPS: usize = super::site::MIN_SITE_CLIPS;
+/// Penalties toward the source weights tried by the MAP refit, largest first (each fit
+/// warm-starts from the previous one); before them, "keep the source weights" (λ = ∞).
+pub const PRIOR_LAMBDAS: [f64; 9] = [30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003];
+/// Share of the labelled clips held out to report `before` / `after`.
+pub const HELD_OUT_FRACTION: f64 = 1.0 / 3.0;
+/// Most folds used to choose λ and to set the unfamiliarity unit.
+const MAX_FOLDS: usize = 5;
+/// Site clips per principal direction of the site's unfamiliarity reference (at most the
+/// source's number of directions).
+const SITE_CLIPS_PER_COMPONENT: usize = 5;
+
+#[derive(Clone, Debug)]
+pub struct AdaptOptions {
+    /// The source model directory (only read).
+    pub model: PathBuf,
+    /// The models folder (Whisper front end).
+    pub models_dir: PathBuf,
+    /// The new model directory.
+    pub out: PathBuf,
+    /// A folder of audio files (searched recursively) or a CSV manifest with a `path` column.
+    pub unlabelled: Option<PathBuf>,
+    /// A labelled manifest `path,label[,speaker]`.
+    pub labelled: Option<PathBuf>,
+    /// Replace an existing `out` (a model directory or an empty folder).
+    pub force: bool,
+    pub seed: u64,
+}
+
+impl AdaptOptions {
+    pub fn new(model: PathBuf, models_dir: PathBuf, out: PathBuf) -> Self {
+        Self {
+            model,
+            models_dir,
+            out,
+            unlabelled: None,
+            labelled: None,
+            force: false,
+            seed: 1,
+        }
+    }
+}
+
+/// Progress of [`adapt`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdaptEvent {
+    /// Site clips decoded, measured and encoded so far.
+    Analysed { done: usize, total: usize },
+    /// A fitting stage began.
+    Stage(String),
+}
+
+/// An input that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailedInput {
+    pub file: String,
+    pub reason: String,
+}
+
+/// Scores on the held-out labelled clips.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeldOutScores {
+    pub macro_f1: f64,
+    /// Expected calibration error (15 bins) of the top label.
+    pub ece: f64,
+    pub n: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdaptReport {
+    pub out: PathBuf,
+    pub refitted: Vec<String>,
+    pub not_refitted: Vec<String>,
+    pub failed: Vec<FailedInput>,
+    /// Input files named (folder files and manifest rows, after removing unlabelled files
+    /// that are also labelled).
+    pub n_inputs: usize,
+    /// Files of the `--unlabelled` folder skipped for their extension.
+    pub n_ignored: usize,
+    /// Usable site clips (labelled ones included).
+    pub n_site: usize,
+    pub n_labelled: usize,
+    pub prior_lambda: Option<f64>,
+    pub temperature_before: f32,
+    pub temperature_after: f32,
+    pub threshold_before: f32,
+    pub threshold_after: f32,
+    /// How the held-out part of the labels was chosen (absent without labels).
+    pub held_out: Option<String>,
+    /// The source model on the held-out labelled clips.
+    pub before: Option<HeldOutScores>,
+    /// A model adapted without the held-out clips, on them.
+    pub after: Option<HeldOutScores>,
+}
+
+fn err(path: &Path, message: impl Into<String>) -> AcousticError {
+    AcousticError::Training {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// One input file: from the folder / unlabelled manifest (no label) or the labelled manifest.
+struct Input {
+    file: PathBuf,
+    label: Option<usize>,
+    speaker: Option<String>,
+}
+
+/// A usable site clip: what every refit needs, computed once.
+struct SiteClip {
+    file: PathBuf,
+    evidence: Evidence,
+    label: Option<usize>,
+    speaker: Option<String>,
+    /// The linear classifier's pooled encoder statistics (without the evidence part).
+    pooled: Vec<f32>,
+    /// The attention heads' frames (models without a linear classifier).
+    frames: Option<Tensor>,
+}
+
+/// The source model and the pieces adaptation changes.
+struct Source {
+    model: AcousticModel,
+    head: Option<LinearHead>,
+    unfamiliarity: Option<Unfamiliarity>,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Source {
+    /// The linear classifier's raw input of a clip with evidence z-scores against `baseline`.
+    fn input(&self, c: &SiteClip, baseline: &Baseline) -> Vec<f32> {
+        let mut x = c.pooled.clone();
+        if self
+            .model
+            .meta
+            .linear
+            .as_ref()
+            .is_some_and(|l| l.evidence_dim > 0)
+        {
+            let mut ev = c.evidence.clone();
+            x.extend(evidence_vector(
+                baseline,
+                &self.model.meta.evidence_inputs,
+                &mut ev,
+            ));
+        }
+        x
+    }
+
+    /// The attention heads' combined logits of clips with evidence against `baseline`.
+    fn head_logits(
+        &self,
+        clips: &[&SiteClip],
+        baseline: &Baseline,
+    ) -> Result<Vec<Vec<f32>>, AcousticError> {
+        let views: Vec<View> = clips
+            .iter()
+            .map(|c| {
+                let mut ev = c.evidence.clone();
+                View {
+                    frames: c
+                        .frames
+                        .clone()
+                        .expect("frames of an attention model's clip"),
+                    evidence: evidence_vector(baseline, &self.model.meta.evidence_inputs, &mut ev),
+                }
+            })
+            .collect();
+        let refs: Vec<&View> = views.iter().collect();
+        self.model.logits_of_views(&refs)
+    }
+}
+
+/// What one adaptation fitted (on some of the site clips).
+struct Adapted {
+    baseline: Baseline,
+    head: Option<LinearHead>,
+    unfamiliarity: Option<Unfamiliarity>,
+    temperature: f32,
+    routing: RoutingConfig,
+    prior_lambda: Option<f64>,
+    refitted: Vec<String>,
+    not_refitted: Vec<String>,
+}
+
+impl Adapted {
+    /// Uncalibrated logits of clips under this adaptation.
+    fn logits(&self, src: &Source, clips: &[&SiteClip]) -> Result<Vec<Vec<f32>>, AcousticError> {
+        match &self.head {
+            Some(h) => Ok(clips
+                .iter()
+                .map(|c| h.logits(&src.input(c, &self.baseline)))
+                .collect()),
+            None => src.head_logits(clips, &self.baseline),
+        }
+    }
+}
+
+/// Adapt `opts.model` to the site's clips and write `opts.out`; see the module doc.
+pub fn adapt(
+    opts: &AdaptOptions,
+    progress: &mut dyn FnMut(AdaptEvent),
+) -> Result<AdaptReport, AcousticError> {
+    if opts.unlabelled.is_none() && opts.labelled.is_none() {
+        return Err(err(
+            &opts.model,
+            "adapt needs site clips: give --unlabelled (a folder or a manifest) and/or --labelled (a manifest)",
+        ));
+    }
+    check_out(&opts.model, &opts.out, opts.force)?;
+    let device = super::default_device();
+    let src = load_source(&opts.model, &opts.models_dir, &device)?;
+    let labels = src.model.meta.labels.clone();
+    let source_sha = hex::encode(Sha256::digest(
+        fs::read(opts.model.join(model_dir::META_FILE))
+            .map_err(|e| err(&opts.model.join(model_dir::META_FILE), e.to_string()))?,
+    ));
+
+    // Inputs: labelled rows first, then unlabelled files that are not also labelled.
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut site_hash = Sha256::new();
+    if let Some(path) = &opts.labelled {
+        let m = Manifest::load(path, &labels)?;
+        let classes: BTreeSet<&str> = m.rows.iter().map(|r| r.label.as_str()).collect();
+        if classes.len() < 2 {
+            return Err(err(
+                path,
+                format!(
+                    "the labelled clips are all of one class ({}): refitting the classifier needs at least two of {labels}",
+                    classes.into_iter().next().unwrap_or("none")
+                ),
+            ));
+        }
+        site_hash.update(format!("labelled {}\n", m.data_hash()));
+        for r in &m.rows {
+            inputs.push(Input {
+                file: r.path.clone(),
+                label: labels.index_of(&r.label),
+                speaker: r.speaker.clone(),
+            });
+        }
+    }
+    let mut n_ignored = 0;
+    if let Some(path) = &opts.unlabelled {
+        let (files, ignored, hash) = unlabelled_files(path)?;
+        n_ignored = ignored;
+        site_hash.update(format!("unlabelled {hash}\n"));
+        // A clip both labelled and in the unlabelled set (the same file, or a copy) counts
+        // once, as labelled.
+        let labelled: BTreeSet<String> = inputs
+            .iter()
+            .filter_map(|i| content_hash(&i.file))
+            .collect();
+        for (file, speaker) in files {
+            if !content_hash(&file).is_some_and(|h| labelled.contains(&h)) {
+                inputs.push(Input {
+                    file,
+                    label: None,
+                    speaker,
+                });
+            }
+        }
+    }
+    let site_id = hex::encode(site_hash.finalize())[..12].to_string();
+
+    // Decode, measure and encode each clip once; failures are named and the rest go on.
+    let mut an =
+        ClipAnalyser::new(&src.model.meta.features).map_err(|e| err(&opts.model, e.to_string()))?;
+    let mut site: Vec<SiteClip> = Vec::new();
+    let mut failed: Vec<FailedInput> = Vec::new();
+    let total = inputs.len();
+    for (done, input) in inputs.iter().enumerate() {
+        match analyse(&src, &mut an, input) {
+            Ok(c) => site.push(c),
+            Err(reason) => failed.push(FailedInput {
+                file: input.file.display().to_string(),
+                reason,
+            }),
+        }
+        progress(AdaptEvent::Analysed {
+            done: done + 1,
+            total,
+        });
+    }
+    let named = opts.labelled.as_ref().or(opts.unlabelled.as_ref()).unwrap();
+    if site.len() < MIN_SITE_CLIPS {
+        let why = failed
+            .first()
+            .map(|f| format!(" ({} failed, e.g. {}: {})", failed.len(), f.file, f.reason))
+            .unwrap_or_default();
+        return Err(err(
+            named,
+            format!(
+                "adapt needs at least {MIN_SITE_CLIPS} usable site clips, got {}{why}",
+                site.len()
+            ),
+        ));
+    }
+    let lab: Vec<usize> = (0..site.len())
+        .filter(|&i| site[i].label.is_some())
+        .collect();
+    if let Some(path) = &opts.labelled {
+        let classes: BTreeSet<usize> = lab.iter().filter_map(|&i| site[i].label).collect();
+        if lab.len() < MIN_SITE_CLIPS || classes.len() < 2 {
+            return Err(err(
+                path,
+                format!(
+                    "refitting the classifier needs at least {MIN_SITE_CLIPS} usable labelled clips of at least two classes, got {} of {} class(es)",
+                    lab.len(),
+                    classes.len()
+                ),
+            ));
+        }
+    }
+
+    // Held-out check: the source against a model adapted without the held-out labels.
+    let (mut held_out, mut before, mut after) = (None, None, None);
+    if !lab.is_empty() {
+        progress(AdaptEvent::Stage("held-out check".into()));
+        let m = site_manifest(&site, &lab, &labels, named);
+        let n_speakers = m.speakers().len();
+        let split = if n_speakers >= 2 {
+            speaker_split(&m, HELD_OUT_FRACTION, opts.seed)?
+        } else {
+            speaker_split(&without_speakers(&m), HELD_OUT_FRACTION, opts.seed)?
+        };
+        let h: Vec<usize> = split.val.iter().map(|&i| lab[i]).collect();
+        let hs: BTreeSet<usize> = h.iter().copied().collect();
+        let keep: Vec<usize> = (0..site.len()).filter(|i| !hs.contains(i)).collect();
+        let clips: Vec<&SiteClip> = h.iter().map(|&i| &site[i]).collect();
+        let y: Vec<usize> = clips.iter().filter_map(|c| c.label).collect();
+        let src_logits = match &src.head {
+            Some(head) => clips
+                .iter()
+                .map(|c| head.logits(&src.input(c, &src.model.meta.evidence_baseline)))
+                .collect(),
+            None => src.head_logits(&clips, &src.model.meta.evidence_baseline)?,
+        };
+        before = Some(scores(
+            &src_logits,
+            &y,
+            src.model.meta.temperature,
+            labels.len(),
+        ));
+        let part = adapt_on(&src, &site, &keep, &site_id, opts.seed)?;
+        after = Some(scores(
+            &part.logits(&src, &clips)?,
+            &y,
+            part.temperature,
+            labels.len(),
+        ));
+        held_out = Some(if split.speaker_disjoint {
+            format!(
+                "{} labelled clips of speaker(s) {} held out; `after` was adapted on the other {} site clips",
+                h.len(),
+                split.val_speakers.join(", "),
+                keep.len()
+            )
+        } else {
+            format!(
+                "a seeded third of the labelled clips ({}) held out; `after` was adapted on the other {} site clips",
+                h.len(),
+                keep.len()
+            )
+        });
+    }
+
+    progress(AdaptEvent::Stage("fitting on every site clip".into()));
+    let all: Vec<usize> = (0..site.len()).collect();
+    let adapted = adapt_on(&src, &site, &all, &site_id, opts.seed)?;
+    progress(AdaptEvent::Stage("writing".into()));
+    write_dir(opts, &src, &adapted, &site, lab.len(), &source_sha)?;
+    Ok(AdaptReport {
+        out: opts.out.clone(),
+        refitted: adapted.refitted.clone(),
+        not_refitted: adapted.not_refitted.clone(),
+        failed,
+        n_inputs: total,
+        n_ignored,
+        n_site: site.len(),
+        n_labelled: lab.len(),
+        prior_lambda: adapted.prior_lambda,
+        temperature_before: src.model.meta.temperature,
+        temperature_after: adapted.temperature,
+        threshold_before: src.model.routing.threshold,
+        threshold_after: adapted.routing.threshold,
+        held_out,
+        before,
+        after,
+    })
+}
+
+fn scores(logits: &[Vec<f32>], y: &[usize], temperature: f32, n_labels: usize) -> HeldOutScores {
+    let conf = Confusion::new(
+        n_labels,
+        y.iter().copied().zip(logits.iter().map(|l| argmax(l))),
+    );
+    HeldOutScores {
+        macro_f1: conf.macro_f1(),
+        ece: ece_at(logits, y, temperature),
+        n: y.len(),
+    }
+}
+
+/// Refuse an `out` that is the source, lies inside it or holds it, or exists without `force`
+/// (with `force`, only a model directory or an empty folder is replaced).
+fn check_out(model: &Path, out: &Path, force: bool) -> Result<(), AcousticError> {
+    let (m, o) = (absolute(model), absolute(out));
+    if m == o {
+        return Err(err(
+            out,
+            "--out is the source model directory; adapt writes a new directory and never changes the source: give another --out",
+        ));
+    }
+    if o.starts_with(&m) {
+        return Err(err(
+            out,
+            format!(
+                "--out lies inside the source model {}: give a folder outside it",
+                model.display()
+            ),
+        ));
+    }
+    if m.starts_with(&o) {
+        return Err(err(
+            out,
+            format!(
+                "--out holds the source model {}: give another folder",
+                model.display()
+            ),
+        ));
+    }
+    if fs::symlink_metadata(out).is_ok() {
+        if !force {
+            return Err(ModelDirError::Exists {
+                path: out.into(),
+                what: "the output folder".into(),
+            }
+            .into());
+        }
+        let empty = fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !out.join(model_dir::META_FILE).is_file() && !empty {
+            return Err(err(
+                out,
+                "exists and is not a model directory (no model.json) nor an empty folder; --force replaces only those",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `p` made absolute with symbolic links resolved as far as it exists.
+fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            absolute(parent).join(name)
+        }
+        _ => std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.into()),
+    }
+}
+
+/// sha256 of a file's bytes (`None` when it cannot be read).
+fn content_hash(p: &Path) -> Option<String> {
+    fs::read(p).ok().map(|b| hex::encode(Sha256::digest(b)))
+}
+
+fn load_source(dir: &Path, models_dir: &Path, device: &Device) -> Result<Source, AcousticError> {
+    let model = AcousticModel::load(dir, models_dir, device)?;
+    let weights = dir.join(model_dir::WEIGHTS_FILE);
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| {
+        ModelDirError::Parse {
+            path: weights.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let get = |name: &str| tensors.get(name).cloned();
+    let mismatch = |message: String| ModelDirError::Mismatch {
+        path: weights.clone(),
+        message,
+    };
+    let head = match &model.meta.linear {
+        Some(cfg) => Some(LinearHead::from_tensors(&get, LINEAR_PREFIX, cfg).map_err(mismatch)?),
+        None => None,
+    };
+    let unfamiliarity = match &model.meta.unfamiliarity {
+        Some(cfg) => {
+            Some(Unfamiliarity::from_tensors(&get, UNFAMILIARITY_PREFIX, cfg).map_err(mismatch)?)
+        }
+        None => None,
+    };
+    Ok(Source {
+        model,
+        head,
+        unfamiliarity,
+        tensors,
+    })
+}
+
+/// The files of `--unlabelled` with their speaker (a manifest's `speaker` column), the number
+/// of folder files skipped for their extension, and a content hash (paths and sizes).
+#[allow(clippy::type_complexity)]
+fn unlabelled_files(
+    path: &Path,
+) -> Result<(Vec<(PathBuf, Option<String>)>, usize, String), AcousticError> {
+    if path.is_dir() {
+        let mut files = Vec::new();
+        let mut ignored = 0;
+        walk(path, &mut files, &mut ignored)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(err(
+                path,
+                format!(
+                    "no audio files ({}) in this folder or below it{}",
+                    AUDIO_EXTENSIONS.join(", "),
+                    if ignored > 0 {
+                        format!(" ({ignored} other files)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+        let mut h = Sha256::new();
+        for f in &files {
+            let size = fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            let rel = f.strip_prefix(path).unwrap_or(f);
+            h.update(format!("{}\t{size}\n", rel.display()));
+        }
+        let hash = hex::encode(h.finalize());
+        Ok((
+            files.into_iter().map(|f| (f, None)).collect(),
+            ignored,
+            hash,
+        ))
+    } else if path.is_file() {
+        let m = Manifest::load_unlabelled(path)?;
+        if m.rows.is_empty() {
+            return Err(err(path, "the manifest lists no clips"));
+        }
+        let hash = m.data_hash();
+        Ok((
+            m.rows.into_iter().map(|r| (r.path, r.speaker)).collect(),
+            0,
+            hash,
+        ))
+    } else {
+        Err(err(
+            path,
+            "not found: --unlabelled takes a folder of audio files or a CSV manifest with a `path` column",
+        ))
+    }
+}
+
+/// Audio files under `dir` (symbolic links to folders are not followed).
+fn walk(dir: &Path, files: &mut Vec<PathBuf>, ignored: &mut usize) -> Result<(), AcousticError> {
+    let entries = fs::read_dir(dir).map_err(|e| err(dir, e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(dir, e.to_string()))?;
+        let p = entry.path();
+        let kind = entry.file_type().map_err(|e| err(&p, e.to_string()))?;
+        if kind.is_dir() {
+            walk(&p, files, ignored)?;
+        } else if kind.is_file() || (kind.is_symlink() && p.is_file()) {
+            let audio = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            if audio {
+                files.push(p);
+            } else {
+                *ignored += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decode, measure and encode one input; the reason when it cannot be used.
+fn analyse(src: &Source, an: &mut ClipAnalyser, input: &Input) -> Result<SiteClip, String> {
+    if !input.file.is_file() {
+        return Err("file not found".into());
+    }
+    let mut clip = an.analyse(&input.file).map_err(|e| e.to_string())?;
+    let evidence = clip.evidence.clone();
+    let (pooled, frames) = match &src.model.meta.linear {
+        Some(cfg) => {
+            let mut x = src
+                .model
+                .pooled_input(&mut clip)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            x.truncate(cfg.pooled_dim);
+            (x, None)
+        }
+        None => (
+            Vec::new(),
+            Some(src.model.view(&mut clip).map_err(|e| e.to_string())?.frames),
+        ),
+    };
+    Ok(SiteClip {
+        file: input.file.clone(),
+        evidence,
+        label: input.label,
+        speaker: input.speaker.clone(),
+        pooled,
+        frames,
+    })
+}
+
+/// A manifest of site clips `ix` (for the split and fold helpers): unlabelled clips get an
+/// empty label, clips without a speaker count as speakers of their own.
+fn site_manifest(
+    site: &[SiteClip],
+    ix: &[usize],
+    labels: &crate::LabelSet,
+    path: &Path,
+) -> Manifest {
+    Manifest {
+        path: path.into(),
+        rows: ix
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| ManifestRow {
+                line: n + 2,
+                rel_path: site[i].file.display().to_string(),
+                path: site[i].file.clone(),
+                label: site[i]
+                    .label
+                    .map(|l| labels.name(l).to_string())
+                    .unwrap_or_default(),
+                speaker: site[i].speaker.clone(),
+                extra: Default::default(),
+            })
+            .collect(),
+        labels: Some(labels.clone()),
+        extra_columns: Vec::new(),
+    }
+}
+
+fn without_speakers(m: &Manifest) -> Manifest {
+    let mut m = m.clone();
+    m.rows.iter_mut().for_each(|r| r.speaker = None);
+    m
+}
+
+/// Folds over the rows of `m`: by speaker when it names two or more (rows without one are
+/// speakers of their own), else stratified clip folds. Returns the validation rows of each
+/// fold and whether they are speaker folds.
+fn folds(m: &Manifest, seed: u64) -> Result<(Vec<Vec<usize>>, bool), AcousticError> {
+    let n_speakers = m.speakers().len();
+    let (m, by_speaker) = if n_speakers >= 2 {
+        (m.clone(), true)
+    } else {
+        (without_speakers(m), false)
+    };
+    let groups = if by_speaker {
+        let unnamed = m.rows.iter().filter(|r| r.speaker.is_none()).count();
+        n_speakers + unnamed
+    } else {
+        m.rows.len()
+    };
+    let k = MAX_FOLDS.min(groups);
+    Ok((
+        speaker_folds(&m, k, seed)?
+            .into_iter()
+            .map(|s| s.val)
+            .collect(),
+        by_speaker,
+    ))
+}
+
+/// Every refit on the site clips `use_` (labelled ones among them refit the head).
+fn adapt_on(
+    src: &Source,
+    site: &[SiteClip],
+    use_: &[usize],
+    site_id: &str,
+    seed: u64,
+) -> Result<Adapted, AcousticError> {
+    let meta = &src.model.meta;
+    let labels = &meta.labels;
+    let n = use_.len();
+    let mut refitted = Vec::new();
+    let mut not_refitted = Vec::new();
+    let lab: Vec<usize> = use_
+        .iter()
+        .copied()
+        .filter(|&i| site[i].label.is_some())
+        .collect();
+    let y: Vec<usize> = lab.iter().filter_map(|&i| site[i].label).collect();
+    let n_classes = y.iter().collect::<BTreeSet<_>>().len();
+    let path = site.first().map(|c| c.file.clone()).unwrap_or_default();
+
+    let evidences: Vec<Evidence> = use_.iter().map(|&i| site[i].evidence.clone()).collect();
+    let baseline = Baseline::fit(BaselineKind::Corpus(format!("site:{site_id}")), &evidences);
+    refitted.push(format!("evidence baseline: {n} site clips"));
+
+    let mut prior_lambda = None;
+    let mut temperature = meta.temperature;
+    // Calibrated probabilities for routing: labelled clips' out of fold where the head was
+    // refitted on them.
+    let probs: Vec<Vec<f32>>;
+    let mut n_out_of_fold = 0;
+    let mut head_out = None;
+    let mut unfamiliarity = None;
+    if let Some(h_src) = &src.head {
+        let rows: Vec<Vec<f32>> = use_
+            .iter()
+            .map(|&i| src.input(&site[i], &baseline))
+            .collect();
+        let head0 = LinearHead {
+            scaler: Scaler::fit(&rows, None),
+            ..h_src.clone()
+        };
+        refitted.push(format!(
+            "linear input standardisation (mean and std of each input): {n} site clips; weights kept"
+        ));
+        let pos: HashMap<usize, usize> = use_.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+        let mut oof: HashMap<usize, Vec<f32>> = HashMap::new();
+        let head = if n_classes >= 2 && lab.len() >= 3 {
+            let lab_rows: Vec<Vec<f32>> = lab.iter().map(|&i| rows[pos[&i]].clone()).collect();
+            let m = site_manifest(site, &lab, labels, &path);
+            let (val_sets, by_speaker) = folds(&m, seed)?;
+            let refit = refit_head(&head0, &lab_rows, &y, labels.len(), &val_sets)?;
+            temperature = refit.temperature;
+            n_out_of_fold = lab.len();
+            for (j, &i) in lab.iter().enumerate() {
+                oof.insert(i, refit.oof[j].clone());
+            }
+            let how = format!(
+                "{} NLL ({} folds) on {} labelled clips",
+                if by_speaker {
+                    "speaker-held-out"
+                } else {
+                    "held-out (clip folds)"
+                },
+                val_sets.len(),
+                lab.len()
+            );
+            match refit.lambda {
+                Some(l) => {
+                    prior_lambda = Some(l);
+                    refitted.push(format!(
+                        "linear head weights: MAP refit on the labelled site clips toward the source weights, λ = {l} chosen by {how}"
+                    ));
+                }
+                None => not_refitted.push(format!(
+                    "linear head weights: keeping the source weights gave the lowest {how} (λ = ∞ won)"
+                )),
+            }
+            refitted.push(format!(
+                "temperature {:.3} -> {:.3}: out-of-fold predictions of {} labelled clips",
+                meta.temperature,
+                refit.temperature,
+                lab.len()
+            ));
+            refit.head
+        } else {
+            not_refitted.push(if lab.is_empty() {
+                "linear head weights and temperature: no labelled clips".to_string()
+            } else {
+                format!(
+                    "linear head weights and temperature: the {} labelled clips hold {n_classes} class(es)",
+                    lab.len()
+                )
+            });
+            head0
+        };
+        probs = use_
+            .iter()
+            .enumerate()
+            .map(|(p, i)| match oof.get(i) {
+                Some(l) => softmax_t(l, temperature),
+                None => softmax_t(&head.logits(&rows[p]), temperature),
+            })
+            .collect();
+        unfamiliarity = match &src.unfamiliarity {
+            Some(u_src) if n >= 4 => {
+                let m = site_manifest(site, use_, labels, &path);
+                let (val_sets, by_speaker) = folds(&m, seed)?;
+                // Few clips: with nearly as many directions as clips, the kept directions
+                // hold almost all of a fold's variance and its residual variance collapses,
+                // so held-out distances (the unit) would come out far larger than the final
+                // reference's. At most one direction per SITE_CLIPS_PER_COMPONENT clips keeps
+                // the fold and final fits alike.
+                let components = u_src
+                    .cfg
+                    .components
+                    .min(n / SITE_CLIPS_PER_COMPONENT)
+                    .max(1);
+                let mut held = Vec::new();
+                for val in &val_sets {
+                    let vs: BTreeSet<usize> = val.iter().copied().collect();
+                    let train: Vec<Vec<f32>> = (0..n)
+                        .filter(|p| !vs.contains(p))
+                        .map(|p| rows[p].clone())
+                        .collect();
+                    if train.len() < 2 {
+                        continue;
+                    }
+                    let u = Unfamiliarity::fit(&train, components, String::new())?;
+                    held.extend(val.iter().map(|&p| u.raw(&rows[p])));
+                }
+                let mut u = Unfamiliarity::fit(
+                    &rows,
+                    components,
+                    format!(
+                        "camxuc adapt: {n} site clips, {components} directions; unit = median of {} held-out site clips ({} folds, {})",
+                        held.len(),
+                        val_sets.len(),
+                        if by_speaker { "by speaker" } else { "by clip" }
+                    ),
+                )?;
+                u.set_reference(&held);
+                refitted.push(format!(
+                    "unfamiliarity reference: {n} site clips, {components} directions; unit = median distance of held-out site clips ({} folds, {})",
+                    val_sets.len(),
+                    if by_speaker { "by speaker" } else { "by clip" }
+                ));
+                Some(u)
+            }
+            Some(u_src) => {
+                not_refitted.push("unfamiliarity reference: too few site clips".into());
+                Some(u_src.clone())
+            }
+            None => {
+                not_refitted.push("unfamiliarity reference: the source model has none".into());
+                None
+            }
+        };
+        head_out = Some(head);
+    } else {
+        not_refitted.push(
+            "attention heads and their input normalisation: adapt refits only a linear classifier (train with --classifier linear)"
+                .into(),
+        );
+        not_refitted.push("unfamiliarity reference: the source model has none".into());
+        let clips: Vec<&SiteClip> = use_.iter().map(|&i| &site[i]).collect();
+        let logits = src.head_logits(&clips, &baseline)?;
+        if n_classes >= 2 {
+            let lab_logits: Vec<Vec<f32>> = use_
+                .iter()
+                .zip(&logits)
+                .filter(|(i, _)| site[**i].label.is_some())
+                .map(|(_, l)| l.clone())
+                .collect();
+            temperature = fit_temperature(&lab_logits, &y);
+            refitted.push(format!(
+                "temperature {:.3} -> {temperature:.3}: {} labelled clips",
+                meta.temperature,
+                lab.len()
+            ));
+        } else {
+            not_refitted.push("temperature: no labelled clips of two or more classes".into());
+        }
+        probs = logits.iter().map(|l| softmax_t(l, temperature)).collect();
+    }
+
+    let speakers: Vec<String> = use_
+        .iter()
+        .filter_map(|&i| site[i].speaker.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut routing = fit_routing(&probs, src.model.routing.target_route_fraction, &speakers);
+    routing.margin = src.model.routing.margin;
+    routing.unfamiliarity_threshold = src.model.routing.unfamiliarity_threshold;
+    routing.fitted_on = format!(
+        "camxuc adapt: predictions of {n} site clips ({n_out_of_fold} labelled ones out of fold), route fraction {:.2}; unfamiliarity threshold kept from the source (in units of the site's own median)",
+        src.model.routing.target_route_fraction
+    );
+    refitted.push(format!(
+        "routing threshold {:.3} -> {:.3}: {n} site predictions at the source's route fraction {:.2}",
+        src.model.routing.threshold, routing.threshold, src.model.routing.target_route_fraction
+    ));
+    Ok(Adapted {
+        baseline,
+        head: head_out,
+        unfamiliarity,
+        temperature,
+        routing,
+        prior_lambda,
+        refitted,
+        not_refitted,
+    })
+}
+
+struct Refit {
+    head: LinearHead,
+    /// λ of the chosen fit; `None` when the source weights were kept.
+    lambda: Option<f64>,
+    temperature: f32,
+    /// Out-of-fold logits of each labelled row at the chosen candidate.
+    oof: Vec<Vec<f32>>,
+}
+
+/// The MAP refit: candidates "source weights" and [`PRIOR_LAMBDAS`] (each fold warm-starts
+/// down the path), the one with the lowest held-out NLL after temperature scaling wins
+/// (ties go to the larger penalty), then the final fit on every labelled row.
+fn refit_head(
+    head0: &LinearHead,
+    rows: &[Vec<f32>],
+    y: &[usize],
+    n_labels: usize,
+    val_sets: &[Vec<usize>],
+) -> Result<Refit, AcousticError> {
+    let n_cand = 1 + PRIOR_LAMBDAS.len();
+    let mut oof: Vec<Vec<Vec<f32>>> = vec![vec![Vec::new(); rows.len()]; n_cand];
+    for val in val_sets {
+        let vs: BTreeSet<usize> = val.iter().copied().collect();
+        let train: Vec<usize> = (0..rows.len()).filter(|i| !vs.contains(i)).collect();
+        let xs: Vec<Vec<f32>> = train.iter().map(|&i| rows[i].clone()).collect();
+        let ys: Vec<usize> = train.iter().map(|&i| y[i]).collect();
+        for &i in val {
+            oof[0][i] = head0.logits(&rows[i]);
+        }
+        let path = prior_path(head0, &xs, &ys, n_labels, PRIOR_LAMBDAS.len())?;
+        for (c, h) in path.iter().enumerate() {
+            for &i in val {
+                oof[c + 1][i] = h.logits(&rows[i]);
+            }
+        }
+    }
+    let mut best = 0;
+    let mut best_nll = f64::INFINITY;
+    for (c, lg) in oof.iter().enumerate() {
+        let nll = mean_nll(lg, y, fit_temperature(lg, y));
+        if nll < best_nll - 1e-9 {
+            best_nll = nll;
+            best = c;
+        }
+    }
+    let temperature = fit_temperature(&oof[best], y);
+    let head = if best == 0 {
+        head0.clone()
+    } else {
+        prior_path(head0, rows, y, n_labels, best)?
+            .pop()
+            .unwrap_or_else(|| head0.clone())
+    };
+    Ok(Refit {
+        head,
+        lambda: (best > 0).then(|| PRIOR_LAMBDAS[best - 1]),
+        temperature,
+        oof: oof.swap_remove(best),
+    })
+}
+
+/// Fits at the first `count` penalties of [`PRIOR_LAMBDAS`] toward `head0`'s weights (its
+/// scaler standardises), each warm-started from the previous one.
+fn prior_path(
+    head0: &LinearHead,
+    xs: &[Vec<f32>],
+    ys: &[usize],
+    n_labels: usize,
+    count: usize,
+) -> Result<Vec<LinearHead>, AcousticError> {
+    let mut out: Vec<LinearHead> = Vec::with_capacity(count);
+    for &lambda in &PRIOR_LAMBDAS[..count] {
+        let opts = FitOptions {
+            lambda,
+            prior: Some(head0),
+            ..FitOptions::default()
+        };
+        let h = fit(
+            xs,
+            ys,
+            n_labels,
+            None,
+            &opts,
+            Some(out.last().unwrap_or(head0)),
+        )?;
+        out.push(h);
+    }
+    Ok(out)
+}
+
+/// Write the new directory next to `out` under a temporary name, then move it into place:
+/// the source's other files (rules, refinement rounds, training evidence) copied, the
+/// weights, model.json and routing.json rewritten.
+fn write_dir(
+    opts: &AdaptOptions,
+    src: &Source,
+    a: &Adapted,
+    site: &[SiteClip],
+    n_labelled: usize,
+    source_sha: &str,
+) -> Result<(), AcousticError> {
+    let out = absolute(&opts.out);
+    let parent = out.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let name = out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapted".into());
+    create_private_dir_all(&parent).map_err(|e| err(&parent, e.to_string()))?;
+    let stage = parent.join(format!(".{name}.adapting-{}", std::process::id()));
+    if stage.exists() {
+        fs::remove_dir_all(&stage).map_err(|e| err(&stage, e.to_string()))?;
+    }
+    let result = (|| -> Result<(), AcousticError> {
+        create_private_dir_all(&stage).map_err(|e| err(&stage, e.to_string()))?;
+        let rewritten = [
+            model_dir::META_FILE,
+            model_dir::ROUTING_FILE,
+            model_dir::WEIGHTS_FILE,
+        ];
+        copy_tree(&opts.model, &stage, &rewritten)?;
+
+        let weights = stage.join(model_dir::WEIGHTS_FILE);
+        match &a.head {
+            Some(head) => {
+                let mut tensors: HashMap<String, Tensor> = src
+                    .tensors
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with(&format!("{LINEAR_PREFIX}."))
+                            && !k.starts_with(&format!("{UNFAMILIARITY_PREFIX}."))
+                    })
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect();
+                tensors.extend(head.tensors(LINEAR_PREFIX)?);
+                if let Some(u) = &a.unfamiliarity {
+                    tensors.extend(u.tensors(UNFAMILIARITY_PREFIX)?);
+                }
+                candle_core::safetensors::save(&tensors, &weights)
+                    .map_err(|e| err(&weights, e.to_string()))?;
+            }
+            None => {
+                fs::copy(opts.model.join(model_dir::WEIGHTS_FILE), &weights)
+                    .map_err(|e| err(&weights, e.to_string()))?;
+            }
+        }
+        let mut meta = src.model.meta.clone();
+        meta.format_version = model_dir::FORMAT_VERSION;
+        meta.name = name.clone();
+        meta.evidence_baseline = a.baseline.clone();
+        meta.temperature = a.temperature;
+        meta.unfamiliarity = a.unfamiliarity.as_ref().map(|u| u.cfg.clone());
+        meta.adaptation = Some(Adaptation {
+            refitted: a.refitted.clone(),
+            not_refitted: a.not_refitted.clone(),
+            n_unlabelled: site.len() - n_labelled,
+            n_labelled,
+            source_model: opts.model.display().to_string(),
+            source_model_json_sha256: source_sha.into(),
+            prior_lambda: a.prior_lambda,
+            seed: opts.seed,
+        });
+        model_dir::write_meta(&stage, &meta)?;
+        model_dir::write_json(&stage.join(model_dir::ROUTING_FILE), &a.routing)?;
+        // What was written must load.
+        model_dir::read_meta(&stage)?;
+        model_dir::read_routing(&stage)?;
+        if opts.out.exists() {
+            fs::remove_dir_all(&opts.out).map_err(|e| err(&opts.out, e.to_string()))?;
+        }
+        fs::rename(&stage, &opts.out).map_err(|e| err(&opts.out, e.to_string()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&stage);
+    }
+    result
+}
+
+/// Copy the files under `from` into `to` (folders owner-only), except the top-level files
+/// named in `skip` and `*.prev` backups.
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<(), AcousticError> {
+    let mut entries: Vec<_> = fs::read_dir(from)
+        .map_err(|e| err(from, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(from, e.to_string()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name_s = name.to_string_lossy();
+        if skip.contains(&name_s.as_ref()) || name_s.ends_with(".prev") {
+            continue;
+        }
+        let p = e.path();
+        let dest = to.join(&name);
+        if p.is_dir() {
+            create_private_dir_all(&dest).map_err(|e| err(&dest, e.to_string()))?;
+            copy_tree(&p, &dest, &[])?;
+        } else if p.is_file() {
+            fs::copy(&p, &dest).map_err(|e| err(&dest, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
