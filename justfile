@@ -26,6 +26,13 @@ ravdess out="ravdess-out" seed="1" llm="none": build
 synthetic out="synthetic-out" seed="11": build
     bash scripts/synthetic.sh "{{out}}" "{{seed}}"
 
+# The model-selection protocol: every candidate classifier scored on new RAVDESS speakers,
+# field recording chains, RAVDESS -> SYNTHETIC Vietnamese and back; writes
+# target/generalise/protocol.json and protocol.md (the README's table). Needs ../shared,
+# espeak-ng and whisper-base; about 30 min on 2 cores (`--attention` adds today's earlier head).
+generalise out="target/generalise" *flags="--attention":
+    cargo run --features research --example generalise -- --out "{{out}}" {{flags}}
+
 # Needs espeak-ng and the fetched models; `.ci/run` installs both.
 # Run every test (unit, integration, end-to-end).
 test: build

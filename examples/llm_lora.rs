@@ -150,7 +150,7 @@ fn load_clips(
         clips.push(Clip {
             truth,
             speaker: r.speaker.unwrap_or_default(),
-            routed: router.is_ambiguous(&acoustic),
+            routed: router.is_ambiguous(&acoustic, None),
             evidence: r.evidence,
             acoustic,
             fired,

@@ -157,7 +157,7 @@ fn load_clips(
             truth,
             speaker: r.speaker.unwrap_or_default(),
             val: r.split == "val",
-            routed: router.is_ambiguous(&acoustic),
+            routed: router.is_ambiguous(&acoustic, None),
             evidence: r.evidence,
             acoustic,
             fired,

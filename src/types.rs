@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Version of the [`Decision`] JSON schema. Bump it when a field changes meaning or is removed;
 /// adding an optional field does not need a bump.
-pub const DECISION_SCHEMA_VERSION: u32 = 1;
+pub const DECISION_SCHEMA_VERSION: u32 = 2;
 
 /// Mono audio at a known sample rate. After `audio::load` it is 16 kHz, mono, f32 in [-1, 1].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -291,6 +291,11 @@ pub struct Decision {
     /// Calibrated probabilities of the acoustic model alone.
     pub acoustic_probs: Probs,
     pub route: Route,
+    /// How far the clip's pooled encoder features lie from the training clips' (≥ 0; about 1
+    /// for a new speaker of the training corpus, larger further out); `null` for a model
+    /// without an unfamiliarity reference. Added in schema version 2.
+    #[serde(default)]
+    pub unfamiliarity: Option<f32>,
     pub evidence: Evidence,
     pub fired_rules: Vec<FiredRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -385,6 +390,7 @@ mod tests {
             probs: Probs::new(&labels, vec![0.8, 0.1, 0.1]),
             acoustic_probs: Probs::uniform(&labels),
             route: Route::Rules,
+            unfamiliarity: Some(1.25),
             evidence: Evidence::default(),
             fired_rules: vec![],
             rationale: Some("low effort".into()),

@@ -239,7 +239,7 @@ fn csv_on_stdout_and_a_csv_out_file_are_the_same_csv() {
     );
     assert!(
         stdout.starts_with(
-            "file,segment_start_s,segment_end_s,label,p_calm,p_angry,p_panic,route,fired_rules,rationale,error\n"
+            "file,segment_start_s,segment_end_s,label,p_calm,p_angry,p_panic,route,unfamiliarity,fired_rules,rationale,error\n"
         ),
         "{stdout}"
     );

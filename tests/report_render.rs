@@ -139,6 +139,7 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
                     probs,
                     acoustic_probs: acoustic,
                     route: if routed { Route::Llm } else { Route::Acoustic },
+                    unfamiliarity: Some(1.0),
                     evidence,
                     fired_rules: fired,
                     rationale,

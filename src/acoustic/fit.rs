@@ -18,6 +18,7 @@ use super::model::evidence_vector;
 use super::model_dir::{
     self, EnsembleConfig, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics,
 };
+use super::unfamiliar::{fit_with_threshold, PooledInput};
 use super::train::{
     argmax, predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View,
 };
@@ -68,6 +69,17 @@ pub struct TrainOptions {
     /// Keep the out-of-fold heads and combine them with the main head at inference (`None`:
     /// throw them away after their out-of-fold predictions, one head as before).
     pub ensemble: Option<EnsembleCombine>,
+    /// Which classifier reads the frames.
+    pub classifier: Classifier,
+}
+
+/// The classifier on the frozen front end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Classifier {
+    /// Attention-pooling head(s) trained by gradient descent on frames (the earlier default).
+    Attention,
+    /// Pooled statistics + L2 logistic regression, with an unfamiliarity reference.
+    Linear(super::fit_linear::LinearChoice),
 }
 
 impl TrainOptions {
@@ -90,6 +102,8 @@ impl TrainOptions {
             use_evidence: true,
             oof_folds: 3,
             ensemble: Some(EnsembleCombine::MeanLogits),
+            // Chosen by `just generalise`: the best worst column (README).
+            classifier: Classifier::Attention,
         }
     }
 }
@@ -122,7 +136,12 @@ pub struct TrainReport {
 }
 
 /// Level every clip is scaled to before the Whisper encoder.
-const WHISPER_LEVEL_DBFS: f32 = -23.0;
+pub(crate) const WHISPER_LEVEL_DBFS: f32 = -23.0;
+
+/// Principal directions of the unfamiliarity reference, and the share of held-out clean clips
+/// above its threshold (shared by both classifiers' training).
+pub(crate) const UNFAMILIARITY_COMPONENTS: usize = 32;
+pub(crate) const UNFAMILIAR_FRACTION: f64 = 0.05;
 
 /// One line of train_evidence.jsonl.
 #[derive(Serialize)]
@@ -138,12 +157,12 @@ struct EvidenceRecord<'a> {
     probs: Option<crate::Probs>,
 }
 
-struct Analysed {
-    row: usize,
-    clip: AnalysedClip,
+pub(crate) struct Analysed {
+    pub(crate) row: usize,
+    pub(crate) clip: AnalysedClip,
 }
 
-fn analyse_rows(
+pub(crate) fn analyse_rows(
     m: &Manifest,
     rows: &[usize],
     an: &mut ClipAnalyser,
@@ -165,6 +184,9 @@ pub fn train_model(
     opts: &TrainOptions,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainReport, AcousticError> {
+    if let Classifier::Linear(choice) = &opts.classifier {
+        return super::fit_linear::train_linear(opts, choice, on_event);
+    }
     let started = Instant::now();
     let device = super::default_device();
     model_dir::prepare_out(&opts.out, opts.force)?;
@@ -391,6 +413,53 @@ pub fn train_model(
             opts.oof_folds
         );
     }
+    // Unfamiliarity reference on the clean clips' pooled encoder blocks (Whisper front end).
+    let unfamiliar = match opts.frontend {
+        FrontendChoice::Whisper { blocks } => {
+            let input = PooledInput::for_blocks(blocks);
+            let mut rows = Vec::with_capacity(train_clips.len() + val_clips.len());
+            for a in train_clips.iter_mut().chain(val_clips.iter_mut()) {
+                let ev = evidence_vector(&baseline, &evidence_inputs, &mut a.clip.evidence);
+                let states = frontend.block_frames(
+                    &a.clip.speech.samples,
+                    &a.clip.log_mel,
+                    &input.blocks,
+                    &device,
+                )?;
+                rows.push(super::model::pooled_vector(&states, &input, &ev)?);
+            }
+            // Held out: each speaker fold of the training part, and the validation speakers.
+            let n_train = train_clips.len();
+            let mut held: Vec<Vec<usize>> =
+                match speaker_folds(&train_m, opts.oof_folds.max(2), opts.train.seed) {
+                    Ok(folds) => {
+                        let mut position = vec![None; train_m.rows.len()];
+                        for (i, a) in train_clips.iter().enumerate() {
+                            position[a.row] = Some(i);
+                        }
+                        folds
+                            .iter()
+                            .map(|f| f.val.iter().filter_map(|&r| position[r]).collect())
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
+            held.push((n_train..rows.len()).collect());
+            let (mut u, threshold) = fit_with_threshold(
+                &rows,
+                &held,
+                UNFAMILIARITY_COMPONENTS,
+                UNFAMILIAR_FRACTION,
+                format!("{} clean clips (training and validation parts)", rows.len()),
+            )?;
+            u.cfg.input = Some(input);
+            routing.unfamiliarity_threshold = threshold;
+            Some(u)
+        }
+        FrontendChoice::LogMel => None,
+    };
+    lap("unfamiliarity", &mut phase_seconds);
+
     let ensemble = (members.len() > 1).then(|| {
         let conf = crate::eval::metrics::Confusion::new(
             opts.labels.len(),
@@ -446,6 +515,8 @@ pub fn train_model(
         train_manifest: opts.manifest.display().to_string(),
         default_llm: catalog::DEFAULT_LLM.into(),
         ensemble,
+        linear: None,
+        unfamiliarity: unfamiliar.as_ref().map(|u| u.cfg.clone()),
         adaptation: None,
     };
 
@@ -455,7 +526,11 @@ pub fn train_model(
     if meta.ensemble.is_some() {
         prefixed.extend(fold_heads.heads.iter().map(|(p, t)| (p.as_str(), t)));
     }
-    save_heads(&weights, &prefixed)?;
+    let extra = match &unfamiliar {
+        Some(u) => u.tensors(super::model::UNFAMILIARITY_PREFIX)?,
+        None => Vec::new(),
+    };
+    save_heads(&weights, &prefixed, extra)?;
     model_dir::write_meta(&opts.out, &meta)?;
     model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
     write_evidence(
@@ -546,7 +621,11 @@ fn out_of_fold_heads(
 
 /// Write the heads' weights into one safetensors file, each head's tensors under its prefix
 /// ("" keeps the names unprefixed, as a single-head directory has them).
-fn save_heads(path: &Path, heads: &[(&str, &Trained)]) -> Result<(), AcousticError> {
+fn save_heads(
+    path: &Path,
+    heads: &[(&str, &Trained)],
+    extra: Vec<(String, candle_core::Tensor)>,
+) -> Result<(), AcousticError> {
     let fail = |message: String| AcousticError::Training {
         path: path.into(),
         message,
@@ -567,11 +646,12 @@ fn save_heads(path: &Path, heads: &[(&str, &Trained)]) -> Result<(), AcousticErr
             tensors.insert(key, var.as_tensor().clone());
         }
     }
+    tensors.extend(extra);
     candle_core::safetensors::save(&tensors, path).map_err(|e| fail(e.to_string()))
 }
 
 /// Label index of a manifest label (validated against the label set when the manifest loaded).
-fn label_of(labels: &LabelSet, label: &str) -> usize {
+pub(crate) fn label_of(labels: &LabelSet, label: &str) -> usize {
     labels.index_of(label).unwrap_or(0)
 }
 
@@ -596,6 +676,7 @@ pub fn fit_routing(
     RoutingConfig {
         threshold,
         margin: 0.0,
+        unfamiliarity_threshold: None,
         target_route_fraction: route_fraction,
         fitted_on: format!(
             "validation predictions: {} clips, speakers {}",
@@ -606,7 +687,7 @@ pub fn fit_routing(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_evidence(
+pub(crate) fn write_evidence(
     dir: &Path,
     labels: &LabelSet,
     train_m: &Manifest,

@@ -100,6 +100,33 @@ impl Frontend {
         }
     }
 
+    /// Frames [T, D] of each of `blocks` (1-based encoder blocks, one encoder pass) of one
+    /// clip's voiced span. The log-mel front end has one "block": its frames.
+    pub fn block_frames(
+        &self,
+        speech: &[f32],
+        log_mel: &LogMel,
+        blocks: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Whisper {
+                encoder,
+                mel,
+                level_dbfs,
+                ..
+            } => {
+                let x = normalise_level(speech, *level_dbfs);
+                let x = &x[..x.len().min(N_FRAMES_30S * 160)];
+                let m = mel.log_mel(x).to_tensor(device)?;
+                let last = blocks.iter().copied().max().unwrap_or(0);
+                let states = encoder.forward_blocks(&m, last)?;
+                blocks.iter().map(|&b| states[b].squeeze(0)).collect()
+            }
+            Self::LogMel => Ok(vec![self.frames(speech, log_mel, device)?]),
+        }
+    }
+
     pub fn dim(&self, n_mels: usize) -> usize {
         match self {
             Self::Whisper { .. } => WHISPER_BASE_DIM,

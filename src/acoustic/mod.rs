@@ -12,12 +12,15 @@ pub mod augment;
 pub mod calibrate;
 mod error;
 pub mod fit;
+pub mod fit_linear;
 pub mod frontend;
 pub mod head;
+pub mod linear;
 pub mod model;
 pub mod model_dir;
 pub mod site;
 pub mod train;
+pub mod unfamiliar;
 pub mod whisper;
 
 pub use error::AcousticError;

@@ -8,6 +8,8 @@ use candle_nn::VarBuilder;
 use super::calibrate::softmax_t;
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, Head};
+use super::linear::LinearHead;
+use super::unfamiliar::Unfamiliarity;
 use super::model_dir::{self, ModelMeta, RoutingConfig};
 use super::train::{predict_views, View};
 use super::AcousticError;
@@ -29,12 +31,33 @@ pub fn evidence_vector(
         .collect()
 }
 
+/// The pooled vector `input` describes, from the encoder states of its blocks (in order) and
+/// the clip's evidence vector.
+pub fn pooled_vector(
+    states: &[candle_core::Tensor],
+    input: &super::unfamiliar::PooledInput,
+    evidence: &[f32],
+) -> Result<Vec<f32>, AcousticError> {
+    let mut x = super::linear::pool(states, true, input.utterance_norm)?;
+    if input.evidence {
+        x.extend_from_slice(evidence);
+    }
+    Ok(x)
+}
+
+/// Tensor name prefixes in model.safetensors.
+pub const LINEAR_PREFIX: &str = "linear";
+pub const UNFAMILIARITY_PREFIX: &str = "unfamiliarity";
+
 pub struct AcousticModel {
     pub dir: PathBuf,
     pub meta: ModelMeta,
     pub routing: RoutingConfig,
-    /// The main head first, then the other ensemble members (one head without an ensemble).
+    /// The main head first, then the other ensemble members (one head without an ensemble);
+    /// empty when the pooled linear classifier classifies.
     heads: Vec<Head>,
+    linear: Option<LinearHead>,
+    unfamiliarity: Option<Unfamiliarity>,
     combine: EnsembleCombine,
     frontend: Frontend,
     device: Device,
@@ -52,10 +75,26 @@ impl AcousticModel {
                 message: e.to_string(),
             }
         })?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let (members, combine) = match &meta.ensemble {
-            Some(e) => (e.members.clone(), e.combine),
-            None => (vec![String::new()], EnsembleCombine::MeanLogits),
+        let get = |name: &str| tensors.get(name).cloned();
+        let mismatch = |message: String| model_dir::ModelDirError::Mismatch {
+            path: weights.clone(),
+            message,
+        };
+        let linear = match &meta.linear {
+            Some(cfg) => Some(LinearHead::from_tensors(&get, LINEAR_PREFIX, cfg).map_err(mismatch)?),
+            None => None,
+        };
+        let unfamiliarity = match &meta.unfamiliarity {
+            Some(cfg) => Some(
+                Unfamiliarity::from_tensors(&get, UNFAMILIARITY_PREFIX, cfg).map_err(mismatch)?,
+            ),
+            None => None,
+        };
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
+        let (members, combine) = match (&meta.ensemble, &linear) {
+            (_, Some(_)) => (Vec::new(), EnsembleCombine::MeanLogits),
+            (Some(e), None) => (e.members.clone(), e.combine),
+            (None, None) => (vec![String::new()], EnsembleCombine::MeanLogits),
         };
         let heads = members
             .iter()
@@ -80,28 +119,123 @@ impl AcousticModel {
             meta,
             routing,
             heads,
+            linear,
+            unfamiliarity,
             combine,
             frontend,
             device: device.clone(),
         })
     }
 
-    /// The clip's view: frames from the front end, evidence z-scores (also written into
-    /// `clip.evidence.z`).
-    pub fn view(&self, clip: &mut AnalysedClip) -> Result<View, AcousticError> {
+    /// The pooled input vector of the linear classifier for one clip (its evidence gets
+    /// z-scores); `None` for a model of attention heads.
+    pub fn pooled_input(&self, clip: &mut AnalysedClip) -> Result<Option<Vec<f32>>, AcousticError> {
+        let Some(cfg) = &self.meta.linear else {
+            return Ok(None);
+        };
         let evidence = evidence_vector(
             &self.meta.evidence_baseline,
             &self.meta.evidence_inputs,
             &mut clip.evidence,
         );
-        let frames = self
-            .frontend
-            .frames(&clip.speech.samples, &clip.log_mel, &self.device)?;
-        Ok(View { frames, evidence })
+        let blocks = self.frontend.block_frames(
+            &clip.speech.samples,
+            &clip.log_mel,
+            &cfg.blocks,
+            &self.device,
+        )?;
+        let mut x = super::linear::pool(&blocks, cfg.std, cfg.utterance_norm)?;
+        if cfg.evidence_dim > 0 {
+            x.extend(evidence);
+        }
+        Ok(Some(x))
+    }
+
+    /// Calibrated probabilities and unfamiliarity (when the model has a reference) of each
+    /// clip (their evidence gets z-scores).
+    pub fn assess(
+        &self,
+        clips: &mut [AnalysedClip],
+    ) -> Result<Vec<(Probs, Option<f32>)>, AcousticError> {
+        if self.linear.is_none() {
+            let mut views = Vec::with_capacity(clips.len());
+            let mut unfamiliar = Vec::with_capacity(clips.len());
+            for c in clips.iter_mut() {
+                let (v, pooled) = self.view_and_pooled(c)?;
+                views.push(v);
+                unfamiliar.push(pooled.and_then(|x| self.unfamiliarity_of(&x)));
+            }
+            let refs: Vec<&View> = views.iter().collect();
+            return Ok(self
+                .logits_of_views(&refs)?
+                .iter()
+                .map(|l| Probs::new(&self.meta.labels, softmax_t(l, self.meta.temperature)))
+                .zip(unfamiliar)
+                .collect());
+        }
+        let mut out = Vec::with_capacity(clips.len());
+        for clip in clips.iter_mut() {
+            let x = self.pooled_input(clip)?.unwrap_or_default();
+            let logits = self.linear_logits(&x);
+            let p = Probs::new(&self.meta.labels, softmax_t(&logits, self.meta.temperature));
+            out.push((p, self.unfamiliarity.as_ref().map(|u| u.score(&x))));
+        }
+        Ok(out)
+    }
+
+    fn linear_logits(&self, x: &[f32]) -> Vec<f32> {
+        self.linear.as_ref().map(|h| h.logits(x)).unwrap_or_default()
+    }
+
+    /// Unfamiliarity of a pooled input vector (`None` without a reference).
+    pub fn unfamiliarity_of(&self, pooled: &[f32]) -> Option<f32> {
+        self.unfamiliarity.as_ref().map(|u| u.score(pooled))
+    }
+
+    /// The clip's view: frames from the front end, evidence z-scores (also written into
+    /// `clip.evidence.z`).
+    pub fn view(&self, clip: &mut AnalysedClip) -> Result<View, AcousticError> {
+        Ok(self.view_and_pooled(clip)?.0)
+    }
+
+    /// The view and, when the unfamiliarity reference reads its own pooled vector, that vector
+    /// (from the same encoder pass).
+    fn view_and_pooled(
+        &self,
+        clip: &mut AnalysedClip,
+    ) -> Result<(View, Option<Vec<f32>>), AcousticError> {
+        let evidence = evidence_vector(
+            &self.meta.evidence_baseline,
+            &self.meta.evidence_inputs,
+            &mut clip.evidence,
+        );
+        let input = self.unfamiliarity.as_ref().and_then(|u| u.cfg.input.as_ref());
+        let (Some(input), super::model_dir::FrontendConfig::Whisper { blocks, .. }) =
+            (input, &self.meta.frontend)
+        else {
+            let frames = self
+                .frontend
+                .frames(&clip.speech.samples, &clip.log_mel, &self.device)?;
+            return Ok((View { frames, evidence }, None));
+        };
+        let mut wanted = input.blocks.clone();
+        wanted.push(*blocks);
+        let mut states = self.frontend.block_frames(
+            &clip.speech.samples,
+            &clip.log_mel,
+            &wanted,
+            &self.device,
+        )?;
+        let frames = states.pop().expect("one state per block asked for");
+        let pooled = pooled_vector(&states, input, &evidence)?;
+        Ok((View { frames, evidence }, Some(pooled)))
     }
 
     /// Calibrated probabilities of a batch of clips (their evidence gets z-scores).
     pub fn predict(&self, clips: &mut [AnalysedClip]) -> Result<Vec<Probs>, AcousticError> {
+        if self.linear.is_some() {
+            return Ok(self.assess(clips)?.into_iter().map(|(p, _)| p).collect());
+        }
         Ok(self
             .logits(clips)?
             .iter()
@@ -112,6 +246,12 @@ impl AcousticModel {
     /// Uncalibrated logits of a batch of clips (their evidence gets z-scores): the heads'
     /// combined logits when the model is an ensemble (the encoder runs once per clip).
     pub fn logits(&self, clips: &mut [AnalysedClip]) -> Result<Vec<Vec<f32>>, AcousticError> {
+        if self.linear.is_some() {
+            return clips
+                .iter_mut()
+                .map(|c| Ok(self.linear_logits(&self.pooled_input(c)?.unwrap_or_default())))
+                .collect();
+        }
         let views = clips
             .iter_mut()
             .map(|c| self.view(c))
@@ -130,8 +270,9 @@ impl AcousticModel {
         Ok(combine_logits(&per_head, self.combine))
     }
 
-    /// Number of heads whose logits are combined (1 without an ensemble).
+    /// Number of heads whose logits are combined (1 without an ensemble or for the linear
+    /// classifier).
     pub fn n_heads(&self) -> usize {
-        self.heads.len()
+        self.heads.len().max(1)
     }
 }

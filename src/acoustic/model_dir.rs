@@ -16,12 +16,18 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::head::{EnsembleCombine, HeadConfig};
+use super::linear::LinearConfig;
 use super::train::EpochStats;
+use super::unfamiliar::UnfamiliarityConfig;
 use crate::features::{Baseline, FeatureConfig};
 use crate::LabelSet;
 
 /// Bump when a file's meaning changes; a directory of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the pooled linear classifier and the unfamiliarity reference (both
+/// optional, so a version-1 directory still loads: attention heads, no unfamiliarity).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version this camxuc still reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 pub const META_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const ROUTING_FILE: &str = "routing.json";
@@ -35,7 +41,7 @@ pub enum ModelDirError {
     NotAModel { path: PathBuf },
     #[error("{}: cannot read: {message}", path.display())]
     Parse { path: PathBuf, message: String },
-    #[error("{}: format_version {found}, but this camxuc reads version {FORMAT_VERSION}; retrain the model with this version", path.display())]
+    #[error("{}: format_version {found}, but this camxuc reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}; retrain the model with this version", path.display())]
     FormatVersion { path: PathBuf, found: u32 },
     #[error("{}: {message}", path.display())]
     Mismatch { path: PathBuf, message: String },
@@ -132,6 +138,14 @@ pub struct ModelMeta {
     /// without fold heads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleConfig>,
+    /// The pooled linear classifier (tensors `linear.*`); absent: the attention head(s) of
+    /// `head` / `ensemble` classify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<LinearConfig>,
+    /// The unfamiliarity reference (tensors `unfamiliarity.*`); absent in directories written
+    /// before it existed (their decisions carry no unfamiliarity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfamiliarity: Option<UnfamiliarityConfig>,
     /// Present when `camxuc adapt` wrote this directory from another model: what was refitted
     /// on the site's clips.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +181,10 @@ pub struct RoutingConfig {
     pub threshold: f32,
     /// … or when top-1 minus top-2 is below this.
     pub margin: f32,
+    /// … or when the clip's unfamiliarity is above this (absent: unfamiliarity does not
+    /// route). With `--abstain-below`, such a clip is labelled `uncertain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfamiliarity_threshold: Option<f32>,
     pub target_route_fraction: f32,
     /// What the threshold was fitted on (e.g. "validation: 72 clips, speakers …").
     pub fitted_on: String,
@@ -204,7 +222,7 @@ pub fn read_meta(dir: &Path) -> Result<ModelMeta, ModelDirError> {
         .get("format_version")
         .and_then(|v| v.as_u64())
         .unwrap_or(0) as u32;
-    if found != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
         return Err(ModelDirError::FormatVersion { path, found });
     }
     let meta: ModelMeta = serde_json::from_value(raw).map_err(|e| ModelDirError::Parse {

@@ -768,6 +768,7 @@ mod tests {
                 } else {
                     Route::Acoustic
                 },
+                unfamiliarity: None,
                 evidence: Evidence::default(),
                 fired_rules: Vec::new(),
                 rationale: None,

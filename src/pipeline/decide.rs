@@ -205,6 +205,10 @@ pub enum Consult {
 pub struct Assessment {
     /// Calibrated probabilities of the acoustic model alone.
     pub acoustic: Probs,
+    /// The clip's unfamiliarity (`None` for a model without a reference).
+    pub unfamiliarity: Option<f32>,
+    /// Whether it is above the model's unfamiliarity threshold.
+    pub unfamiliar: bool,
     pub fired: Vec<FiredRule>,
     /// Whether the router sends the clip to the reasoner.
     pub ambiguous: bool,
@@ -230,12 +234,13 @@ pub fn assess(
 ) -> Result<Assessment, PipelineError> {
     let mut timings = BTreeMap::new();
     let t = Instant::now();
-    let acoustic = model.predict(std::slice::from_mut(clip))?.remove(0);
+    let (acoustic, unfamiliarity) = model.assess(std::slice::from_mut(clip))?.remove(0);
     timings.insert("acoustic".to_string(), ms(t));
     let t = Instant::now();
     let fired = rules.evaluate(&clip.evidence, &acoustic);
     timings.insert("rules".to_string(), ms(t));
-    let ambiguous = router.is_ambiguous(&acoustic);
+    let ambiguous = router.is_ambiguous(&acoustic, unfamiliarity);
+    let unfamiliar = router.is_unfamiliar(unfamiliarity);
     let consulted = ambiguous || consult == Consult::Always;
     let transcript = match words {
         Some(w) if consulted => {
@@ -269,6 +274,8 @@ pub fn assess(
     };
     Ok(Assessment {
         acoustic,
+        unfamiliarity,
+        unfamiliar,
         fired,
         ambiguous,
         verdict,
@@ -299,8 +306,9 @@ impl Assessment {
             }
         };
         let (best, p) = probs.argmax();
+        // With --abstain-below, an unfamiliar clip is uncertain whatever its probability.
         let label = match abstain_below {
-            Some(min) if p < min => UNCERTAIN.to_string(),
+            Some(min) if p < min || self.unfamiliar => UNCERTAIN.to_string(),
             _ => probs.labels[best].clone(),
         };
         Decision {
@@ -311,6 +319,7 @@ impl Assessment {
             probs,
             acoustic_probs: self.acoustic,
             route,
+            unfamiliarity: self.unfamiliarity,
             evidence,
             fired_rules: self.fired,
             rationale,
@@ -343,4 +352,57 @@ pub fn probs_text(p: &Probs) -> String {
         .map(|(l, v)| format!("{l} {v:.2}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LabelSet;
+
+    fn assessment(p: Vec<f32>, unfamiliarity: Option<f32>, unfamiliar: bool) -> Assessment {
+        Assessment {
+            acoustic: Probs::new(&LabelSet::default(), p),
+            unfamiliarity,
+            unfamiliar,
+            fired: Vec::new(),
+            ambiguous: false,
+            verdict: None,
+            transcript: None,
+            timings_ms: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn an_unfamiliar_clip_abstains_whatever_its_probability_and_says_how_unfamiliar() {
+        let sure = vec![0.02, 0.96, 0.02];
+        let d = assessment(sure.clone(), Some(3.5), true).into_decision(
+            Evidence::default(),
+            "x.wav",
+            None,
+            Route::Rules,
+            Some(0.5),
+        );
+        assert_eq!(d.label, UNCERTAIN);
+        assert_eq!(d.unfamiliarity, Some(3.5));
+        // Familiar and confident: the label stands; without --abstain-below, too.
+        let d = assessment(sure.clone(), Some(0.9), false).into_decision(
+            Evidence::default(),
+            "x.wav",
+            None,
+            Route::Rules,
+            Some(0.5),
+        );
+        assert_eq!(d.label, "angry");
+        let d = assessment(sure, Some(3.5), true).into_decision(
+            Evidence::default(),
+            "x.wav",
+            None,
+            Route::Rules,
+            None,
+        );
+        assert_eq!(d.label, "angry");
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["unfamiliarity"], serde_json::json!(3.5));
+        assert_eq!(json["schema_version"], serde_json::json!(DECISION_SCHEMA_VERSION));
+    }
 }

@@ -235,7 +235,7 @@ impl<W: Write> CsvDecisions<W> {
 pub fn csv_header(labels: &[String]) -> Vec<String> {
     let mut cols: Vec<String> = CSV_HEAD.iter().map(|s| s.to_string()).collect();
     cols.extend(labels.iter().map(|l| format!("p_{l}")));
-    cols.extend(["route", "fired_rules", "rationale", "error"].map(String::from));
+    cols.extend(["route", "unfamiliarity", "fired_rules", "rationale", "error"].map(String::from));
     cols
 }
 
@@ -260,6 +260,11 @@ fn csv_decision(d: &Decision, labels: &[String]) -> Vec<String> {
     }));
     cols.push(d.route.to_string());
     cols.push(
+        d.unfamiliarity
+            .map(|u| format!("{u:.3}"))
+            .unwrap_or_default(),
+    );
+    cols.push(
         d.fired_rules
             .iter()
             .map(|r| r.id.as_str())
@@ -274,7 +279,13 @@ fn csv_decision(d: &Decision, labels: &[String]) -> Vec<String> {
 fn csv_failure(f: &Failure, labels: &[String]) -> Vec<String> {
     let mut cols = vec![f.file.clone(), String::new(), String::new(), String::new()];
     cols.extend(labels.iter().map(|_| String::new()));
-    cols.extend([String::new(), String::new(), String::new(), f.error.clone()]);
+    cols.extend([
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        f.error.clone(),
+    ]);
     cols
 }
 
@@ -457,7 +468,7 @@ mod tests {
         let printed = String::from_utf8(stdout.out).unwrap();
         assert_eq!(printed, written);
         assert!(
-            written.starts_with("file,segment_start_s,segment_end_s,label,p_calm,p_angry,p_panic,route,fired_rules,rationale,error\n"),
+            written.starts_with("file,segment_start_s,segment_end_s,label,p_calm,p_angry,p_panic,route,unfamiliarity,fired_rules,rationale,error\n"),
             "{written}"
         );
         assert!(written.contains("\n\"a, b.wav\",,,angry,"), "{written}");

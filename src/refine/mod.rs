@@ -478,7 +478,7 @@ pub fn refine(
     let clips: Vec<&RefineClip> = gathered.clips.iter().collect();
     let routed: Vec<bool> = clips
         .iter()
-        .map(|c| router.is_ambiguous(&c.probs))
+        .map(|c| router.is_ambiguous(&c.probs, None))
         .collect();
     let mut by_source = BTreeMap::new();
     for c in &clips {

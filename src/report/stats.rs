@@ -336,6 +336,7 @@ mod tests {
                 } else {
                     Route::Acoustic
                 },
+                unfamiliarity: None,
                 evidence: Evidence::default(),
                 fired_rules: vec![],
                 rationale: None,

@@ -71,10 +71,16 @@ pub fn ravdess_or_skip() -> Option<PathBuf> {
 
 /// A small synthetic corpus (6 clips per class, 3 speakers); returns its manifest.
 pub fn small_corpus(dir: &Path, seed: u64) -> PathBuf {
+    small_corpus_of(dir, 3, 6, seed)
+}
+
+/// A synthetic corpus of `speakers` voices and `per_class` clips per class.
+#[allow(dead_code)] // not every test binary uses it
+pub fn small_corpus_of(dir: &Path, speakers: usize, per_class: usize, seed: u64) -> PathBuf {
     let opts = SynthOptions {
         out: dir.join("corpus"),
-        per_class: 6,
-        speakers: 3,
+        per_class,
+        speakers,
         seed,
         ..Default::default()
     };
@@ -92,6 +98,8 @@ pub fn light_options(
     epochs: usize,
 ) -> TrainOptions {
     let mut o = TrainOptions::new(manifest, out);
+    // The attention head: these options are about its epochs and augmentation.
+    o.classifier = camxuc::acoustic::fit::Classifier::Attention;
     o.frontend = FrontendChoice::LogMel;
     o.augment_views = augment_views;
     o.train.epochs = epochs;

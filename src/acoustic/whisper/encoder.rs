@@ -213,6 +213,14 @@ impl WhisperEncoder {
     /// encodings), without the final layer norm. `mel` is `[batch, n_mels, frames]` with any
     /// frame count up to 3000; the result is `[batch, ceil(frames / 2), d_model]`.
     pub fn forward_to_block(&self, mel: &Tensor, n_blocks: usize) -> Result<Tensor> {
+        let mut states = self.forward_blocks(mel, n_blocks)?;
+        Ok(states.pop().expect("forward_blocks returns n_blocks + 1 states"))
+    }
+
+    /// Hidden states after the convolutions (index 0) and after each block up to `n_blocks`
+    /// (index b = after block b), from one pass: what a weighted layer sum or a head pooling
+    /// several blocks reads.
+    pub fn forward_blocks(&self, mel: &Tensor, n_blocks: usize) -> Result<Vec<Tensor>> {
         if n_blocks > self.blocks.len() {
             candle_core::bail!(
                 "whisper encoder: {n_blocks} blocks requested, {} loaded",
@@ -237,10 +245,14 @@ impl WhisperEncoder {
             );
         }
         let mut x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, frames)?)?;
+        let mut states = Vec::with_capacity(n_blocks + 1);
         for block in &self.blocks[..n_blocks] {
-            x = block.forward(&x)?;
+            let next = block.forward(&x)?;
+            states.push(x);
+            x = next;
         }
-        Ok(x)
+        states.push(x);
+        Ok(states)
     }
 
     /// All loaded blocks plus the final layer norm: what CTranslate2's `encode` returns when

@@ -1,0 +1,119 @@
+//! The pooled linear classifier and its unfamiliarity reference, end to end: train → model
+//! directory (format 2) → load → probabilities and unfamiliarity; older directories still load.
+
+mod common;
+
+use std::path::PathBuf;
+
+use camxuc::acoustic::fit::Classifier;
+use camxuc::acoustic::fit_linear::LinearChoice;
+use camxuc::acoustic::{model_dir, train_model, AcousticModel, TrainOptions};
+use camxuc::audio::field::{Codec, FieldChain, Noise, NoiseKind, Telephone};
+use camxuc::features::FeatureConfig;
+use camxuc::pipeline::analyse::ClipAnalyser;
+use camxuc::Audio;
+
+fn linear(manifest: PathBuf, out: PathBuf) -> TrainOptions {
+    let mut o = common::light_options(manifest, out, 3, 1, 1);
+    o.classifier = Classifier::Linear(LinearChoice {
+        unfamiliarity_components: 8,
+        ..LinearChoice::default()
+    });
+    o
+}
+
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len().max(1) as f32
+}
+
+#[test]
+fn linear_model_is_deterministic_routes_unfamiliar_clips_and_scores_shift_higher() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = common::small_corpus_of(tmp.path(), 4, 8, 5);
+    let mut o = linear(manifest.clone(), tmp.path().join("a"));
+    o.speakers = Some("synth-m1,synth-f2,synth-m3".into());
+    let a = train_model(&o, &mut |_| {}).unwrap();
+    let mut o2 = o.clone();
+    o2.out = tmp.path().join("b");
+    train_model(&o2, &mut |_| {}).unwrap();
+    // Same clips and seed: byte-identical weights and routing.
+    for f in [model_dir::WEIGHTS_FILE, model_dir::ROUTING_FILE] {
+        assert_eq!(
+            std::fs::read(a.dir.join(f)).unwrap(),
+            std::fs::read(tmp.path().join("b").join(f)).unwrap(),
+            "{f} differs between two runs with the same seed"
+        );
+    }
+    let meta = model_dir::read_meta(&a.dir).unwrap();
+    assert_eq!(meta.format_version, model_dir::FORMAT_VERSION);
+    assert!(meta.linear.is_some() && meta.unfamiliarity.is_some());
+    let t = a.routing.unfamiliarity_threshold.expect("an unfamiliarity threshold");
+    assert!(t > 0.5 && t.is_finite(), "{t}");
+
+    // The held-out speaker: clean clips against their field-chain copies.
+    let dev = candle_core::Device::Cpu;
+    let model = AcousticModel::load(&a.dir, &tmp.path().join("no-models"), &dev).unwrap();
+    let m = camxuc::data::manifest::Manifest::load(&manifest, &camxuc::LabelSet::default()).unwrap();
+    let mut an = ClipAnalyser::new(&FeatureConfig::default()).unwrap();
+    let chain = FieldChain {
+        gain_db: -6.0,
+        reverb: None,
+        noise: Some(Noise {
+            kind: NoiseKind::Pink,
+            snr_db: 5.0,
+        }),
+        telephone: Some(Telephone {
+            codec: Codec::MuLaw,
+        }),
+        clip_level: None,
+    };
+    let (mut clean, mut field) = (Vec::new(), Vec::new());
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    for row in m.rows.iter().filter(|r| r.speaker.as_deref() == Some("synth-f4")) {
+        let audio = camxuc::audio::load(&row.path, &an.load).unwrap();
+        let shifted = chain.apply(&audio.samples, 16_000, &[], &mut rng);
+        let mut c = an.analyse_audio(audio).unwrap();
+        let mut f = an.analyse_audio(Audio::new(shifted, 16_000)).unwrap();
+        let (p, u) = model.assess(std::slice::from_mut(&mut c)).unwrap().remove(0);
+        assert!((p.values.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        clean.push(u.expect("a linear model scores unfamiliarity"));
+        field.push(model.assess(std::slice::from_mut(&mut f)).unwrap()[0].1.unwrap());
+    }
+    assert!(clean.iter().all(|u| *u >= 0.0));
+    assert!(
+        mean(&field) > 1.2 * mean(&clean),
+        "field {:.2} vs clean {:.2}",
+        mean(&field),
+        mean(&clean)
+    );
+}
+
+#[test]
+fn format_1_directories_still_load_and_unknown_versions_are_named() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = common::small_corpus(tmp.path(), 2);
+    let mut o = common::light_options(manifest, tmp.path().join("m"), 1, 0, 2);
+    o.classifier = Classifier::Attention;
+    o.oof_folds = 0;
+    let r = train_model(&o, &mut |_| {}).unwrap();
+    let path = r.dir.join(model_dir::META_FILE);
+    let mut raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    raw["format_version"] = 1.into();
+    std::fs::write(&path, raw.to_string()).unwrap();
+    let dev = candle_core::Device::Cpu;
+    AcousticModel::load(&r.dir, &tmp.path().join("no-models"), &dev).expect("version 1 loads");
+    raw["format_version"] = 99.into();
+    std::fs::write(&path, raw.to_string()).unwrap();
+    let e = AcousticModel::load(&r.dir, &tmp.path().join("no-models"), &dev)
+        .err()
+        .expect("version 99 is refused")
+        .to_string();
+    assert!(e.contains("format_version 99") && e.contains("model.json"), "{e}");
+}
