@@ -153,14 +153,50 @@ const CANDIDATES: &[Candidate] = &[
     lin("linear b3", &[3], false, false, Aug::Perturb),
     lin("linear b3 +evidence", &[3], false, true, Aug::Perturb),
     lin("linear b1-3", &[1, 2, 3], false, false, Aug::Perturb),
-    lin("linear b1-3 utt-norm", &[1, 2, 3], true, false, Aug::Perturb),
+    lin(
+        "linear b1-3 utt-norm",
+        &[1, 2, 3],
+        true,
+        false,
+        Aug::Perturb,
+    ),
     lin("linear b1-3 field-aug", &[1, 2, 3], false, false, Aug::Both),
-    lin("linear b1-3 utt-norm field-aug", &[1, 2, 3], true, false, Aug::Both),
-    lin("linear b1-3 utt-norm field-aug +evidence", &[1, 2, 3], true, true, Aug::Both),
+    lin(
+        "linear b1-3 utt-norm field-aug",
+        &[1, 2, 3],
+        true,
+        false,
+        Aug::Both,
+    ),
+    lin(
+        "linear b1-3 utt-norm field-aug +evidence",
+        &[1, 2, 3],
+        true,
+        true,
+        Aug::Both,
+    ),
     lin("evidence only", &[], false, true, Aug::Both),
-    strong(lin("linear b1-3 utt-norm field-aug +evidence, λ ≥ 1", &[1, 2, 3], true, true, Aug::Both)),
-    strong(lin("linear b1-3 utt-norm field-aug, λ ≥ 1", &[1, 2, 3], true, false, Aug::Both)),
-    lin("linear b1 utt-norm field-aug +evidence", &[1], true, true, Aug::Both),
+    strong(lin(
+        "linear b1-3 utt-norm field-aug +evidence, λ ≥ 1",
+        &[1, 2, 3],
+        true,
+        true,
+        Aug::Both,
+    )),
+    strong(lin(
+        "linear b1-3 utt-norm field-aug, λ ≥ 1",
+        &[1, 2, 3],
+        true,
+        false,
+        Aug::Both,
+    )),
+    lin(
+        "linear b1 utt-norm field-aug +evidence",
+        &[1],
+        true,
+        true,
+        Aug::Both,
+    ),
     with_neutral(
         "linear b1-3 utt-norm field-aug +evidence +neutral",
         lin("", &[1, 2, 3], true, true, Aug::Both),
@@ -200,7 +236,10 @@ fn main() -> anyhow::Result<()> {
     // The synthetic corpus (espeak-ng), made once per setting.
     let synth_dir = out.join(format!("synth-{per_class}"));
     if !synth_dir.join("manifest.csv").is_file() {
-        eprintln!("synthesising the SYNTHETIC Vietnamese corpus into {}", synth_dir.display());
+        eprintln!(
+            "synthesising the SYNTHETIC Vietnamese corpus into {}",
+            synth_dir.display()
+        );
         let opts = camxuc::data::synth::SynthOptions {
             out: synth_dir.clone(),
             per_class,
@@ -216,8 +255,14 @@ fn main() -> anyhow::Result<()> {
     let neutral_m = Manifest::load(&shared.join("ravdess-extra/manifest-neutral.csv"), &labels)?;
     let oos_m = Manifest::load_unlabelled(&shared.join("ravdess-extra/out-of-scope.csv"))?;
     let (rav_m, syn_m, neutral_m, oos_m) = if quick {
-        let every = |m: &Manifest, k: usize| m.subset(&(0..m.rows.len()).step_by(k).collect::<Vec<_>>());
-        (every(&rav_m, 4), syn_m, every(&neutral_m, 4), every(&oos_m, 16))
+        let every =
+            |m: &Manifest, k: usize| m.subset(&(0..m.rows.len()).step_by(k).collect::<Vec<_>>());
+        (
+            every(&rav_m, 4),
+            syn_m,
+            every(&neutral_m, 4),
+            every(&oos_m, 16),
+        )
     } else {
         (rav_m, syn_m, neutral_m, oos_m)
     };
@@ -233,7 +278,11 @@ fn main() -> anyhow::Result<()> {
         .rows
         .iter()
         .step_by((syn_m.rows.len() / 24).max(1))
-        .filter_map(|r| camxuc::audio::load(&r.path, &an.load).ok().map(|a| a.samples))
+        .filter_map(|r| {
+            camxuc::audio::load(&r.path, &an.load)
+                .ok()
+                .map(|a| a.samples)
+        })
         .collect();
     let babble_refs: Vec<&[f32]> = babble.iter().map(|b| b.as_slice()).collect();
 
@@ -246,9 +295,19 @@ fn main() -> anyhow::Result<()> {
         keep_frames,
         done: 0,
     };
-    let full = [Kind::Clean, Kind::Perturb, Kind::Perturb, Kind::FieldAug, Kind::FieldAug, Kind::FieldTest];
+    let full = [
+        Kind::Clean,
+        Kind::Perturb,
+        Kind::Perturb,
+        Kind::FieldAug,
+        Kind::FieldAug,
+        Kind::FieldTest,
+    ];
     // Pooled statistics and evidence are cached (the attention head's frames are not).
-    let cache = out.join(format!("cache-{per_class}{}.json", if quick { "-quick" } else { "" }));
+    let cache = out.join(format!(
+        "cache-{per_class}{}.json",
+        if quick { "-quick" } else { "" }
+    ));
     let (rav, syn, neutral, oos) = match std::fs::read(&cache) {
         Ok(bytes) if !keep_frames => {
             eprintln!("encodings from {}", cache.display());
@@ -291,7 +350,8 @@ fn main() -> anyhow::Result<()> {
 
         // Column 1 + 2: leave-speakers-out over the 16 actors, clean and field copies.
         let (mut clean_sc, mut field_sc) = (Scores::default(), Scores::default());
-        let (mut oos_conf, mut oos_n, mut oos_gated, mut neutral_calm, mut neutral_n) = (0, 0, 0, 0, 0);
+        let (mut oos_conf, mut oos_n, mut oos_gated, mut neutral_calm, mut neutral_n) =
+            (0, 0, 0, 0, 0);
         let mut unfam = Unfam::default();
         let mut lambdas = Vec::new();
         let mut temps = Vec::new();
@@ -302,7 +362,11 @@ fn main() -> anyhow::Result<()> {
             train_s.push(fit_t.elapsed().as_secs_f64());
             lambdas.push(model.lambda);
             temps.push(model.temperature);
-            let held: std::collections::BTreeSet<&str> = fold.val.iter().filter_map(|&i| rav_m.rows[i].speaker.as_deref()).collect();
+            let held: std::collections::BTreeSet<&str> = fold
+                .val
+                .iter()
+                .filter_map(|&i| rav_m.rows[i].speaker.as_deref())
+                .collect();
             for &i in &fold.val {
                 let clip = &rav[i];
                 let y = clip.label.unwrap_or(0);
@@ -345,7 +409,10 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             for clip in neutral.iter().filter(|c| held.contains(c.speaker.as_str())) {
-                let p = softmax_t(&model.logits(clip.view(Kind::Clean).unwrap())?, model.temperature);
+                let p = softmax_t(
+                    &model.logits(clip.view(Kind::Clean).unwrap())?,
+                    model.temperature,
+                );
                 neutral_n += 1;
                 if argmax(&p) == 0 {
                     neutral_calm += 1;
@@ -388,7 +455,11 @@ fn main() -> anyhow::Result<()> {
         train_s.push(fit_t.elapsed().as_secs_f64());
         let mut sc = Scores::default();
         for clip in &rav {
-            sc.push(model.logits(clip.view(Kind::Clean).unwrap())?, clip.label.unwrap_or(0), model.temperature);
+            sc.push(
+                model.logits(clip.view(Kind::Clean).unwrap())?,
+                clip.label.unwrap_or(0),
+                model.temperature,
+            );
         }
         cols.insert("synthetic_to_ravdess", sc.summary(4));
 
@@ -399,7 +470,13 @@ fn main() -> anyhow::Result<()> {
         notes.insert("lambda_per_fold", json!(lambdas));
         notes.insert("temperature_per_fold", json!(temps));
         notes.insert("train_seconds_per_fit", json!(train_s));
-        let frac = |a: usize, n: usize| if n == 0 { serde_json::Value::Null } else { json!(a as f64 / n as f64) };
+        let frac = |a: usize, n: usize| {
+            if n == 0 {
+                serde_json::Value::Null
+            } else {
+                json!(a as f64 / n as f64)
+            }
+        };
         rows.push(json!({
             "name": c.name,
             "columns": cols,
@@ -433,7 +510,12 @@ fn write_protocol(
 ) -> anyhow::Result<String> {
     let served = rows
         .iter()
-        .max_by(|a, b| a["worst"].as_f64().unwrap_or(0.0).total_cmp(&b["worst"].as_f64().unwrap_or(0.0)))
+        .max_by(|a, b| {
+            a["worst"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&b["worst"].as_f64().unwrap_or(0.0))
+        })
         .map(|r| r["name"].clone())
         .unwrap_or_default();
     let doc = json!({
@@ -444,7 +526,10 @@ fn write_protocol(
         "candidates": rows,
         "served": served,
     });
-    std::fs::write(out.join("protocol.json"), serde_json::to_string_pretty(&doc)?)?;
+    std::fs::write(
+        out.join("protocol.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
     let md = markdown(&doc);
     std::fs::write(out.join("protocol.md"), &md)?;
     Ok(md)
@@ -461,7 +546,13 @@ struct Encoder<'a> {
 
 impl Encoder<'_> {
     /// Decode, analyse and encode every row of `m` in each view kind (seeded by row).
-    fn corpus(&mut self, m: &Manifest, labels: &LabelSet, kinds: &[Kind], seed: u64) -> anyhow::Result<Vec<Clip>> {
+    fn corpus(
+        &mut self,
+        m: &Manifest,
+        labels: &LabelSet,
+        kinds: &[Kind],
+        seed: u64,
+    ) -> anyhow::Result<Vec<Clip>> {
         let mut out = Vec::with_capacity(m.rows.len());
         for (i, row) in m.rows.iter().enumerate() {
             let audio = match camxuc::audio::load(&row.path, &self.an.load) {
@@ -482,16 +573,34 @@ impl Encoder<'_> {
                         let clip = self.an.analyse_audio(audio.clone())?;
                         perturb(&clip.speech.samples, 16_000, &mut rng)
                     }
-                    Kind::FieldAug => FieldChain::random(&mut rng).apply(&audio.samples, 16_000, self.babble, &mut rng),
-                    Kind::FieldTest => FieldChain::random(&mut test_rng).apply(&audio.samples, 16_000, self.babble, &mut test_rng),
+                    Kind::FieldAug => FieldChain::random(&mut rng).apply(
+                        &audio.samples,
+                        16_000,
+                        self.babble,
+                        &mut rng,
+                    ),
+                    Kind::FieldTest => FieldChain::random(&mut test_rng).apply(
+                        &audio.samples,
+                        16_000,
+                        self.babble,
+                        &mut test_rng,
+                    ),
                 };
                 let clip = match self.an.analyse_audio(Audio::new(samples, 16_000)) {
                     Ok(c) => c,
                     Err(_) if kind != Kind::Clean => continue,
                     Err(e) => return Err(e.into()),
                 };
-                let blocks = self.frontend.block_frames(&clip.speech.samples, &clip.log_mel, &BLOCKS, self.dev)?;
-                let pooled = blocks.iter().map(|b| linear::pool_block(b, true)).collect::<candle_core::Result<Vec<_>>>()?;
+                let blocks = self.frontend.block_frames(
+                    &clip.speech.samples,
+                    &clip.log_mel,
+                    &BLOCKS,
+                    self.dev,
+                )?;
+                let pooled = blocks
+                    .iter()
+                    .map(|b| linear::pool_block(b, true))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
                 self.done += 1;
                 if self.done % 200 == 0 {
                     eprintln!("  {} views", self.done);
@@ -550,7 +659,11 @@ fn features(c: &Candidate, v: &ViewData, ev: &(Baseline, Vec<String>)) -> Vec<f3
     let mut x = Vec::new();
     for &b in c.blocks {
         let p = &v.pooled[b - 1];
-        let mut p = if c.std { p.clone() } else { p[..p.len() / 2].to_vec() };
+        let mut p = if c.std {
+            p.clone()
+        } else {
+            p[..p.len() / 2].to_vec()
+        };
         if c.utterance_norm {
             utterance_normalise(&mut p);
         }
@@ -570,7 +683,13 @@ fn train_kinds(aug: Aug) -> &'static [Kind] {
     }
 }
 
-fn rows_of(c: &Candidate, clips: &[Clip], ix: &[usize], kinds: &[Kind], ev: &(Baseline, Vec<String>)) -> (Vec<Vec<f32>>, Vec<usize>) {
+fn rows_of(
+    c: &Candidate,
+    clips: &[Clip],
+    ix: &[usize],
+    kinds: &[Kind],
+    ev: &(Baseline, Vec<String>),
+) -> (Vec<Vec<f32>>, Vec<usize>) {
     let mut xs = Vec::new();
     let mut ys = Vec::new();
     for &i in ix {
@@ -586,20 +705,39 @@ fn rows_of(c: &Candidate, clips: &[Clip], ix: &[usize], kinds: &[Kind], ev: &(Ba
 /// temperature by inner speaker folds scored on clean + field-chain copies; then the fit on
 /// all of `ix`.
 /// Clean views of `extra` clips (neutral speech, labelled calm) of the speakers in `ix`.
-fn extra_rows(c: &Candidate, clips: &[Clip], ix: &[usize], extra: &[Clip], ev: &(Baseline, Vec<String>)) -> (Vec<Vec<f32>>, Vec<usize>) {
+fn extra_rows(
+    c: &Candidate,
+    clips: &[Clip],
+    ix: &[usize],
+    extra: &[Clip],
+    ev: &(Baseline, Vec<String>),
+) -> (Vec<Vec<f32>>, Vec<usize>) {
     if !c.neutral {
         return (Vec::new(), Vec::new());
     }
-    let speakers: std::collections::BTreeSet<&str> = ix.iter().map(|&i| clips[i].speaker.as_str()).collect();
+    let speakers: std::collections::BTreeSet<&str> =
+        ix.iter().map(|&i| clips[i].speaker.as_str()).collect();
     extra
         .iter()
         .filter(|e| speakers.contains(e.speaker.as_str()))
-        .filter_map(|e| e.view(Kind::Clean).map(|v| (features(c, v, ev), e.label.unwrap_or(0))))
+        .filter_map(|e| {
+            e.view(Kind::Clean)
+                .map(|v| (features(c, v, ev), e.label.unwrap_or(0)))
+        })
         .unzip()
 }
 
-fn train(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], extra: &[Clip]) -> anyhow::Result<Model> {
-    let evs: Vec<Evidence> = ix.iter().map(|&i| clips[i].views[0].evidence.clone()).collect();
+fn train(
+    c: &Candidate,
+    m: &Manifest,
+    clips: &[Clip],
+    ix: &[usize],
+    extra: &[Clip],
+) -> anyhow::Result<Model> {
+    let evs: Vec<Evidence> = ix
+        .iter()
+        .map(|&i| clips[i].views[0].evidence.clone())
+        .collect();
     let baseline = Baseline::fit(BaselineKind::Corpus("protocol".into()), &evs);
     let inputs = evidence_inputs(&baseline);
     let ev = (baseline, inputs);
@@ -632,8 +770,13 @@ fn train(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], extra: &[Cli
         let (hc, _) = rows_of(c, clips, &held, &[Kind::Clean], &ev);
         oof_raw_clean.extend(hc.iter().map(|x| u.raw(x)));
     }
-    let nll: Vec<f64> = oof.iter().map(|l| mean_nll(l, &oof_y, fit_temperature(l, &oof_y))).collect();
-    let best = (0..lambdas.len()).min_by(|&a, &b| nll[a].total_cmp(&nll[b])).unwrap_or(0);
+    let nll: Vec<f64> = oof
+        .iter()
+        .map(|l| mean_nll(l, &oof_y, fit_temperature(l, &oof_y)))
+        .collect();
+    let best = (0..lambdas.len())
+        .min_by(|&a, &b| nll[a].total_cmp(&nll[b]))
+        .unwrap_or(0);
     let temperature = fit_temperature(&oof[best], &oof_y);
     let (mut xs, mut ys) = rows_of(c, clips, ix, kinds, &ev);
     let (ex, ey) = extra_rows(c, clips, ix, extra, &ev);
@@ -646,7 +789,10 @@ fn train(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], extra: &[Cli
     // Threshold: the 95th percentile of held-out clean clips, in the score's unit.
     let mut s: Vec<f64> = oof_raw_clean.iter().map(|r| r / u.cfg.reference).collect();
     s.sort_by(f64::total_cmp);
-    let thr = s.get((s.len() as f64 * 0.95) as usize).copied().unwrap_or(f64::INFINITY) as f32;
+    let thr = s
+        .get((s.len() as f64 * 0.95) as usize)
+        .copied()
+        .unwrap_or(f64::INFINITY) as f32;
     Ok(Model {
         cand: *c,
         linear: head,
@@ -661,7 +807,13 @@ fn train(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], extra: &[Cli
 
 /// Today's attention head (main head only), trained as `camxuc train` trains it: a
 /// speaker-disjoint validation part for early stopping and the temperature.
-fn train_attention(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], ev: (Baseline, Vec<String>)) -> anyhow::Result<Model> {
+fn train_attention(
+    c: &Candidate,
+    m: &Manifest,
+    clips: &[Clip],
+    ix: &[usize],
+    ev: (Baseline, Vec<String>),
+) -> anyhow::Result<Model> {
     let sub = m.subset(ix);
     let split = speaker_split(&sub, 0.25, 1)?;
     let example = |i: usize, kinds: &[Kind]| Example {
@@ -679,8 +831,16 @@ fn train_attention(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], ev
             .collect(),
         label: clips[i].label.unwrap_or(0),
     };
-    let tr: Vec<Example> = split.train.iter().map(|&j| example(ix[j], &[Kind::Clean, Kind::Perturb])).collect();
-    let va: Vec<Example> = split.val.iter().map(|&j| example(ix[j], &[Kind::Clean])).collect();
+    let tr: Vec<Example> = split
+        .train
+        .iter()
+        .map(|&j| example(ix[j], &[Kind::Clean, Kind::Perturb]))
+        .collect();
+    let va: Vec<Example> = split
+        .val
+        .iter()
+        .map(|&j| example(ix[j], &[Kind::Clean]))
+        .collect();
     let cfg = HeadConfig {
         input_dim: 512,
         hidden: 64,
@@ -688,7 +848,14 @@ fn train_attention(c: &Candidate, m: &Manifest, clips: &[Clip], ix: &[usize], ev
         n_labels: 3,
         dropout: 0.3,
     };
-    let trained = train_head(&cfg, &TrainConfig::default(), &tr, &va, &Device::Cpu, &mut |_| {})?;
+    let trained = train_head(
+        &cfg,
+        &TrainConfig::default(),
+        &tr,
+        &va,
+        &Device::Cpu,
+        &mut |_| {},
+    )?;
     let refs: Vec<&View> = va.iter().map(|e| &e.views[0]).collect();
     let vl = predict_views(&trained.head, &refs, &Device::Cpu)?;
     let vy: Vec<usize> = va.iter().map(|e| e.label).collect();
@@ -735,7 +902,12 @@ impl Scores {
         let (_, f1ci) = accuracy_and_f1_ci(3, &truth, &pred, BOOT, seed);
         let f1 = camxuc::eval::metrics::macro_f1(3, &truth, &pred);
         // ECE with each clip's own model temperature: scale the logits first.
-        let scaled: Vec<Vec<f32>> = self.logits.iter().zip(&self.temps).map(|(l, t)| l.iter().map(|v| v / t).collect()).collect();
+        let scaled: Vec<Vec<f32>> = self
+            .logits
+            .iter()
+            .zip(&self.temps)
+            .map(|(l, t)| l.iter().map(|v| v / t).collect())
+            .collect();
         json!({
             "macro_f1": f1,
             "ci95": f1ci,
@@ -782,20 +954,40 @@ fn auroc(neg: &[f64], pos: &[f64]) -> Option<f64> {
     let mut wins = 0.0;
     for p in pos {
         for n in neg {
-            wins += if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 };
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     Some(wins / (pos.len() * neg.len()) as f64)
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
 }
 
 fn markdown(doc: &serde_json::Value) -> String {
-    let cols = ["new_speakers", "field_chains", "ravdess_to_synthetic", "synthetic_to_ravdess"];
+    let cols = [
+        "new_speakers",
+        "field_chains",
+        "ravdess_to_synthetic",
+        "synthetic_to_ravdess",
+    ];
     let mut s = String::from("| candidate | new speakers | field chains | RAVDESS → synthetic | synthetic → RAVDESS | worst | out-of-scope flagged ≥ 0.9 | neutral → calm |\n|---|---|---|---|---|---|---|---|\n");
-    let pct = |v: &serde_json::Value| v.as_f64().map_or("—".into(), |x| format!("{:.0} %", 100.0 * x));
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("—".into(), |x| format!("{:.0} %", 100.0 * x))
+    };
     for c in doc["candidates"].as_array().into_iter().flatten() {
         let mut line = format!("| {} ", c["name"].as_str().unwrap_or(""));
         for k in cols {
@@ -821,4 +1013,3 @@ fn markdown(doc: &serde_json::Value) -> String {
     }
     s
 }
-

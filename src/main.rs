@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use camxuc::acoustic::{default_device, AcousticModel};
 use camxuc::acoustic::fit::Classifier;
 use camxuc::acoustic::fit_linear::LinearChoice;
 use camxuc::acoustic::model_dir::ModelSource;
+use camxuc::acoustic::{default_device, AcousticModel};
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
@@ -1402,11 +1402,8 @@ fn adapt(a: AdaptArgs) -> Result<ExitCode> {
         println!("  adapted : {}", show(af));
     }
     if let Some(path) = &a.json {
-        write_private(
-            path,
-            (serde_json::to_string_pretty(&r)? + "\n").as_bytes(),
-        )
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+        write_private(path, (serde_json::to_string_pretty(&r)? + "\n").as_bytes())
+            .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(batch_exit_code(r.failed.len(), r.n_inputs))
 }

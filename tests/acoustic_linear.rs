@@ -50,13 +50,17 @@ fn linear_model_is_deterministic_routes_unfamiliar_clips_and_scores_shift_higher
     let meta = model_dir::read_meta(&a.dir).unwrap();
     assert_eq!(meta.format_version, model_dir::FORMAT_VERSION);
     assert!(meta.linear.is_some() && meta.unfamiliarity.is_some());
-    let t = a.routing.unfamiliarity_threshold.expect("an unfamiliarity threshold");
+    let t = a
+        .routing
+        .unfamiliarity_threshold
+        .expect("an unfamiliarity threshold");
     assert!(t > 0.5 && t.is_finite(), "{t}");
 
     // The held-out speaker: clean clips against their field-chain copies.
     let dev = candle_core::Device::Cpu;
     let model = AcousticModel::load(&a.dir, &tmp.path().join("no-models"), &dev).unwrap();
-    let m = camxuc::data::manifest::Manifest::load(&manifest, &camxuc::LabelSet::default()).unwrap();
+    let m =
+        camxuc::data::manifest::Manifest::load(&manifest, &camxuc::LabelSet::default()).unwrap();
     let mut an = ClipAnalyser::new(&FeatureConfig::default()).unwrap();
     let chain = FieldChain {
         gain_db: -6.0,
@@ -72,15 +76,26 @@ fn linear_model_is_deterministic_routes_unfamiliar_clips_and_scores_shift_higher
     };
     let (mut clean, mut field) = (Vec::new(), Vec::new());
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-    for row in m.rows.iter().filter(|r| r.speaker.as_deref() == Some("synth-f4")) {
+    for row in m
+        .rows
+        .iter()
+        .filter(|r| r.speaker.as_deref() == Some("synth-f4"))
+    {
         let audio = camxuc::audio::load(&row.path, &an.load).unwrap();
         let shifted = chain.apply(&audio.samples, 16_000, &[], &mut rng);
         let mut c = an.analyse_audio(audio).unwrap();
         let mut f = an.analyse_audio(Audio::new(shifted, 16_000)).unwrap();
-        let (p, u) = model.assess(std::slice::from_mut(&mut c)).unwrap().remove(0);
+        let (p, u) = model
+            .assess(std::slice::from_mut(&mut c))
+            .unwrap()
+            .remove(0);
         assert!((p.values.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         clean.push(u.expect("a linear model scores unfamiliarity"));
-        field.push(model.assess(std::slice::from_mut(&mut f)).unwrap()[0].1.unwrap());
+        field.push(
+            model.assess(std::slice::from_mut(&mut f)).unwrap()[0]
+                .1
+                .unwrap(),
+        );
     }
     assert!(clean.iter().all(|u| *u >= 0.0));
     assert!(
@@ -115,5 +130,8 @@ fn format_1_directories_still_load_and_unknown_versions_are_named() {
         .err()
         .expect("version 99 is refused")
         .to_string();
-    assert!(e.contains("format_version 99") && e.contains("model.json"), "{e}");
+    assert!(
+        e.contains("format_version 99") && e.contains("model.json"),
+        "{e}"
+    );
 }

@@ -18,10 +18,10 @@ use super::model::evidence_vector;
 use super::model_dir::{
     self, EnsembleConfig, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics,
 };
-use super::unfamiliar::{fit_with_threshold, PooledInput};
 use super::train::{
     argmax, predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View,
 };
+use super::unfamiliar::{fit_with_threshold, PooledInput};
 use super::AcousticError;
 use crate::audio::TARGET_RATE;
 use crate::catalog;

@@ -105,8 +105,7 @@ pub fn train_linear(
     };
 
     let feature_cfg = FeatureConfig::default();
-    let mut an = ClipAnalyser::new(&feature_cfg)
-        .map_err(|e| fail(e.to_string()))?;
+    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|e| fail(e.to_string()))?;
     let rows: Vec<usize> = (0..m.rows.len()).collect();
     let total = rows.len();
     let mut done = 0;
@@ -227,7 +226,14 @@ pub fn train_linear(
             Ok(mut c) => Some(encode(&mut c, on_event)?),
             Err(_) => None,
         };
-        pooled.push((a.row, Pooled { label, train, field }));
+        pooled.push((
+            a.row,
+            Pooled {
+                label,
+                train,
+                field,
+            },
+        ));
     }
     lap("encode", &mut phase_seconds);
 
@@ -301,7 +307,10 @@ pub fn train_linear(
     lap("head", &mut phase_seconds);
 
     // Routing on the held-out clean probabilities.
-    let clean_probs: Vec<Vec<f32>> = clean_logits.iter().map(|l| softmax_t(l, temperature)).collect();
+    let clean_probs: Vec<Vec<f32>> = clean_logits
+        .iter()
+        .map(|l| softmax_t(l, temperature))
+        .collect();
     let mut routing = fit_routing(&clean_probs, opts.route_fraction, &[]);
     routing.unfamiliarity_threshold = unfamiliar_threshold;
     routing.fitted_on = format!(
@@ -312,11 +321,17 @@ pub fn train_linear(
 
     let conf = crate::eval::metrics::Confusion::new(
         opts.labels.len(),
-        clean_y.iter().copied().zip(clean_logits.iter().map(|l| argmax(l))),
+        clean_y
+            .iter()
+            .copied()
+            .zip(clean_logits.iter().map(|l| argmax(l))),
     );
     let field_conf = crate::eval::metrics::Confusion::new(
         opts.labels.len(),
-        field_y.iter().copied().zip(field_logits.iter().map(|l| argmax(l))),
+        field_y
+            .iter()
+            .copied()
+            .zip(field_logits.iter().map(|l| argmax(l))),
     );
     let pooled_dim = head.input_dim() - inputs.len();
     let cfg = LinearConfig {
@@ -329,10 +344,7 @@ pub fn train_linear(
         n_labels: opts.labels.len(),
     };
     let mut phase = phase_seconds;
-    phase.insert(
-        "field_macro_f1_out_of_fold".into(),
-        field_conf.macro_f1(),
-    );
+    phase.insert("field_macro_f1_out_of_fold".into(), field_conf.macro_f1());
     let metrics = TrainingMetrics {
         n_train: pooled.len(),
         n_val: 0,
@@ -430,9 +442,17 @@ fn training_rows(pooled: &[(usize, Pooled)], ix: &[usize]) -> (Vec<Vec<f32>>, Ve
     (xs, ys)
 }
 
-fn save_tensors(path: &Path, head: &LinearHead, unfam: &Unfamiliarity) -> Result<(), AcousticError> {
+fn save_tensors(
+    path: &Path,
+    head: &LinearHead,
+    unfam: &Unfamiliarity,
+) -> Result<(), AcousticError> {
     let mut tensors = std::collections::HashMap::new();
-    for (k, t) in head.tensors(LINEAR_PREFIX)?.into_iter().chain(unfam.tensors(UNFAMILIARITY_PREFIX)?) {
+    for (k, t) in head
+        .tensors(LINEAR_PREFIX)?
+        .into_iter()
+        .chain(unfam.tensors(UNFAMILIARITY_PREFIX)?)
+    {
         tensors.insert(k, t);
     }
     candle_core::safetensors::save(&tensors, path).map_err(|e| AcousticError::Training {

@@ -311,7 +311,11 @@ pub fn fit(
                     h.w.len() / h.n_labels.max(1)
                 );
             }
-            Some(Tensor::from_vec(theta_of(h, d, n_labels), (d + 1, n_labels), &dev)?)
+            Some(Tensor::from_vec(
+                theta_of(h, d, n_labels),
+                (d + 1, n_labels),
+                &dev,
+            )?)
         }
         None => None,
     };
@@ -514,7 +518,18 @@ mod tests {
         assert!(norm(&path[0]) < norm(&path[1]));
         // Weighting one class's rows up moves the bias toward it.
         let w: Vec<f64> = ys.iter().map(|&y| if y == 0 { 5.0 } else { 1.0 }).collect();
-        let heavy = fit(&xs, &ys, 3, Some(&w), &FitOptions { lambda: 10.0, ..Default::default() }, None).unwrap();
+        let heavy = fit(
+            &xs,
+            &ys,
+            3,
+            Some(&w),
+            &FitOptions {
+                lambda: 10.0,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
         assert!(heavy.b[0] - heavy.b[1] > path[0].b[0] - path[0].b[1]);
     }
 
@@ -530,7 +545,11 @@ mod tests {
             }
         }
         let dist = |a: &LinearHead, b: &LinearHead| {
-            a.w.iter().zip(&b.w).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt()
+            a.w.iter()
+                .zip(&b.w)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f32>()
+                .sqrt()
         };
         let norm = |h: &LinearHead| h.w.iter().map(|v| v * v).sum::<f32>().sqrt();
         let strong = |prior| FitOptions {
@@ -541,8 +560,18 @@ mod tests {
         // A strong penalty toward the source keeps its weights; toward zero it erases them.
         let kept = fit(&few, &few_y, 3, None, &strong(Some(&src)), Some(&src)).unwrap();
         let shrunk = fit(&few, &few_y, 3, None, &strong(None), Some(&src)).unwrap();
-        assert!(dist(&kept, &src) < 0.05 * norm(&src), "{} vs {}", dist(&kept, &src), norm(&src));
-        assert!(norm(&shrunk) < 0.2 * norm(&src), "{} vs {}", norm(&shrunk), norm(&src));
+        assert!(
+            dist(&kept, &src) < 0.05 * norm(&src),
+            "{} vs {}",
+            dist(&kept, &src),
+            norm(&src)
+        );
+        assert!(
+            norm(&shrunk) < 0.2 * norm(&src),
+            "{} vs {}",
+            norm(&shrunk),
+            norm(&src)
+        );
         // At the optimum: mean (p − y) z + λ (W − W_src) = 0 for every weight.
         let lambda = 0.05;
         let opts = FitOptions {
@@ -598,7 +627,7 @@ mod tests {
     fn pooling_and_round_trip() {
         let dev = Device::Cpu;
         let f = Tensor::from_vec(vec![1f32, 2.0, 3.0, 6.0], (2, 2), &dev).unwrap();
-        let p = pool(&[f.clone()], true, false).unwrap();
+        let p = pool(std::slice::from_ref(&f), true, false).unwrap();
         assert_eq!(p, vec![2.0, 4.0, 1.0, 2.0]);
         let p = pool(&[f], true, true).unwrap();
         let m: f32 = p.iter().sum::<f32>() / 4.0;

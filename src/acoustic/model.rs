@@ -9,9 +9,9 @@ use super::calibrate::softmax_t;
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, Head};
 use super::linear::LinearHead;
-use super::unfamiliar::Unfamiliarity;
 use super::model_dir::{self, ModelMeta, RoutingConfig};
 use super::train::{predict_views, View};
+use super::unfamiliar::Unfamiliarity;
 use super::AcousticError;
 use crate::features::Baseline;
 use crate::pipeline::analyse::AnalysedClip;
@@ -81,7 +81,9 @@ impl AcousticModel {
             message,
         };
         let linear = match &meta.linear {
-            Some(cfg) => Some(LinearHead::from_tensors(&get, LINEAR_PREFIX, cfg).map_err(mismatch)?),
+            Some(cfg) => {
+                Some(LinearHead::from_tensors(&get, LINEAR_PREFIX, cfg).map_err(mismatch)?)
+            }
             None => None,
         };
         let unfamiliarity = match &meta.unfamiliarity {
@@ -184,7 +186,10 @@ impl AcousticModel {
     }
 
     fn linear_logits(&self, x: &[f32]) -> Vec<f32> {
-        self.linear.as_ref().map(|h| h.logits(x)).unwrap_or_default()
+        self.linear
+            .as_ref()
+            .map(|h| h.logits(x))
+            .unwrap_or_default()
     }
 
     /// Unfamiliarity of a pooled input vector (`None` without a reference).
@@ -209,7 +214,10 @@ impl AcousticModel {
             &self.meta.evidence_inputs,
             &mut clip.evidence,
         );
-        let input = self.unfamiliarity.as_ref().and_then(|u| u.cfg.input.as_ref());
+        let input = self
+            .unfamiliarity
+            .as_ref()
+            .and_then(|u| u.cfg.input.as_ref());
         let (Some(input), super::model_dir::FrontendConfig::Whisper { blocks, .. }) =
             (input, &self.meta.frontend)
         else {

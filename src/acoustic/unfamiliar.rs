@@ -156,7 +156,10 @@ impl Unfamiliarity {
         let dev = Device::Cpu;
         let (d, k) = (self.cfg.dim, self.cfg.components);
         Ok(vec![
-            (format!("{prefix}.mean"), Tensor::from_slice(&self.mean, d, &dev)?),
+            (
+                format!("{prefix}.mean"),
+                Tensor::from_slice(&self.mean, d, &dev)?,
+            ),
             (
                 format!("{prefix}.inv_std"),
                 Tensor::from_slice(&self.inv_std, d, &dev)?,
@@ -299,12 +302,17 @@ fn top_eigen(cov: &Tensor, k: usize) -> Result<(Vec<f64>, Vec<f64>)> {
 fn orthonormal_columns(m: &Tensor) -> Result<Tensor> {
     let (d, k) = m.dims2()?;
     let rows: Vec<Vec<f64>> = m.to_vec2()?;
-    let mut cols: Vec<Vec<f64>> = (0..k).map(|c| rows.iter().map(|r| r[c]).collect()).collect();
+    let mut cols: Vec<Vec<f64>> = (0..k)
+        .map(|c| rows.iter().map(|r| r[c]).collect())
+        .collect();
     for c in 0..k {
         for p in 0..c {
             let dot: f64 = cols[c].iter().zip(&cols[p]).map(|(a, b)| a * b).sum();
             let prev = cols[p].clone();
-            cols[c].iter_mut().zip(&prev).for_each(|(a, b)| *a -= dot * b);
+            cols[c]
+                .iter_mut()
+                .zip(&prev)
+                .for_each(|(a, b)| *a -= dot * b);
         }
         let norm = cols[c].iter().map(|a| a * a).sum::<f64>().sqrt();
         if norm > 1e-12 {
@@ -314,7 +322,9 @@ fn orthonormal_columns(m: &Tensor) -> Result<Tensor> {
             cols[c] = (0..d).map(|i| if i == c { 1.0 } else { 0.0 }).collect();
         }
     }
-    let flat: Vec<f64> = (0..d).flat_map(|r| cols.iter().map(move |c| c[r])).collect();
+    let flat: Vec<f64> = (0..d)
+        .flat_map(|r| cols.iter().map(move |c| c[r]))
+        .collect();
     Tensor::from_vec(flat, (d, k), m.device())
 }
 
@@ -342,13 +352,13 @@ fn jacobi_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
                 let t = if theta == 0.0 { 1.0 } else { t };
                 let c = 1.0 / (t * t + 1.0).sqrt();
                 let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k][p], a[k][q]);
-                    a[k][p] = c * akp - s * akq;
-                    a[k][q] = s * akp + c * akq;
+                for row in a.iter_mut() {
+                    let (akp, akq) = (row[p], row[q]);
+                    row[p] = c * akp - s * akq;
+                    row[q] = s * akp + c * akq;
                 }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p][k], a[q][k]);
+                let (rp, rq) = (a[p].clone(), a[q].clone());
+                for (k, (apk, aqk)) in rp.into_iter().zip(rq).enumerate() {
                     a[p][k] = c * apk - s * aqk;
                     a[q][k] = s * apk + c * aqk;
                 }
@@ -393,18 +403,36 @@ mod tests {
         let u = Unfamiliarity::fit(&rows, 2, "test".into()).unwrap();
         let d0 = &u.directions[..6];
         // The standardised first two dimensions move together: direction ≈ (1, 1, 0…)/√2.
-        assert!((d0[0].abs() - 0.707).abs() < 0.05 && (d0[1].abs() - 0.707).abs() < 0.05, "{d0:?}");
-        assert!(u.variances[0] > 1.8 && u.variances[0] < 2.1, "{:?}", u.variances);
+        assert!(
+            (d0[0].abs() - 0.707).abs() < 0.05 && (d0[1].abs() - 0.707).abs() < 0.05,
+            "{d0:?}"
+        );
+        assert!(
+            u.variances[0] > 1.8 && u.variances[0] < 2.1,
+            "{:?}",
+            u.variances
+        );
     }
 
     #[test]
     fn shifted_and_decorrelated_points_score_higher() {
         let rows = gaussian_rows(300, 16, 0.0, 2);
         let mut u = Unfamiliarity::fit(&rows, 4, "test".into()).unwrap();
-        let held: Vec<f64> = gaussian_rows(100, 16, 0.0, 3).iter().map(|r| u.raw(r)).collect();
+        let held: Vec<f64> = gaussian_rows(100, 16, 0.0, 3)
+            .iter()
+            .map(|r| u.raw(r))
+            .collect();
         u.set_reference(&held);
-        let same: f32 = gaussian_rows(100, 16, 0.0, 4).iter().map(|r| u.score(r)).sum::<f32>() / 100.0;
-        let far: f32 = gaussian_rows(100, 16, 1.5, 5).iter().map(|r| u.score(r)).sum::<f32>() / 100.0;
+        let same: f32 = gaussian_rows(100, 16, 0.0, 4)
+            .iter()
+            .map(|r| u.score(r))
+            .sum::<f32>()
+            / 100.0;
+        let far: f32 = gaussian_rows(100, 16, 1.5, 5)
+            .iter()
+            .map(|r| u.score(r))
+            .sum::<f32>()
+            / 100.0;
         assert!((same - 1.0).abs() < 0.15, "{same}");
         assert!(far > 1.4 * same, "{far} vs {same}");
         // The centre of the training cloud is the most familiar point of all.
@@ -436,8 +464,16 @@ mod tests {
                 }
             }
             let lam = u.variances[c] as f64;
-            let err: f64 = cv.iter().zip(v).map(|(a, b)| (a - lam * *b as f64).powi(2)).sum::<f64>().sqrt();
-            assert!(err < 1e-3 * lam.max(1.0), "direction {c}: residual {err}, λ {lam}");
+            let err: f64 = cv
+                .iter()
+                .zip(v)
+                .map(|(a, b)| (a - lam * *b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                err < 1e-3 * lam.max(1.0),
+                "direction {c}: residual {err}, λ {lam}"
+            );
         }
     }
 
@@ -447,7 +483,8 @@ mod tests {
         let u = Unfamiliarity::fit(&rows, 3, "test".into()).unwrap();
         let map: std::collections::HashMap<String, Tensor> =
             u.tensors("unfamiliarity").unwrap().into_iter().collect();
-        let back = Unfamiliarity::from_tensors(&|n| map.get(n).cloned(), "unfamiliarity", &u.cfg).unwrap();
+        let back =
+            Unfamiliarity::from_tensors(&|n| map.get(n).cloned(), "unfamiliarity", &u.cfg).unwrap();
         assert_eq!(back, u);
     }
 }

@@ -403,6 +403,9 @@ mod tests {
         assert_eq!(d.label, "angry");
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["unfamiliarity"], serde_json::json!(3.5));
-        assert_eq!(json["schema_version"], serde_json::json!(DECISION_SCHEMA_VERSION));
+        assert_eq!(
+            json["schema_version"],
+            serde_json::json!(DECISION_SCHEMA_VERSION)
+        );
     }
 }

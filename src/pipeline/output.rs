@@ -235,7 +235,16 @@ impl<W: Write> CsvDecisions<W> {
 pub fn csv_header(labels: &[String]) -> Vec<String> {
     let mut cols: Vec<String> = CSV_HEAD.iter().map(|s| s.to_string()).collect();
     cols.extend(labels.iter().map(|l| format!("p_{l}")));
-    cols.extend(["route", "unfamiliarity", "fired_rules", "rationale", "error"].map(String::from));
+    cols.extend(
+        [
+            "route",
+            "unfamiliarity",
+            "fired_rules",
+            "rationale",
+            "error",
+        ]
+        .map(String::from),
+    );
     cols
 }
 

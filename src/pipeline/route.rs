@@ -22,7 +22,9 @@ impl Router {
     }
 
     pub fn is_ambiguous(&self, p: &Probs, unfamiliarity: Option<f32>) -> bool {
-        p.argmax().1 < self.threshold || p.margin() < self.margin || self.is_unfamiliar(unfamiliarity)
+        p.argmax().1 < self.threshold
+            || p.margin() < self.margin
+            || self.is_unfamiliar(unfamiliarity)
     }
 
     /// Whether a clip lies further from the training clips than the model's threshold.

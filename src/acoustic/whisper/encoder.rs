@@ -214,7 +214,9 @@ impl WhisperEncoder {
     /// frame count up to 3000; the result is `[batch, ceil(frames / 2), d_model]`.
     pub fn forward_to_block(&self, mel: &Tensor, n_blocks: usize) -> Result<Tensor> {
         let mut states = self.forward_blocks(mel, n_blocks)?;
-        Ok(states.pop().expect("forward_blocks returns n_blocks + 1 states"))
+        Ok(states
+            .pop()
+            .expect("forward_blocks returns n_blocks + 1 states"))
     }
 
     /// Hidden states after the convolutions (index 0) and after each block up to `n_blocks`
