@@ -33,6 +33,11 @@ synthetic out="synthetic-out" seed="11": build
 generalise out="target/generalise" *flags="--attention":
     cargo run --features research --example generalise -- --out "{{out}}" {{flags}}
 
+# Rebuild the shipped default model (models/acoustic/default, CC BY-NC-SA 4.0) from
+# ../shared: train on the 16 RAVDESS actors + their neutral clips, refine, hashes into the card.
+default-model: build
+    bash scripts/default_model.sh
+
 # Needs espeak-ng and the fetched models; `.ci/run` installs both.
 # Run every test (unit, integration, end-to-end).
 test: build

@@ -1,7 +1,7 @@
 //! `camxuc` command line. Every subcommand is a thin call into the library; the help text
 //! is the doc comments below.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -661,7 +661,7 @@ fn pick_model(model: Option<PathBuf>) -> Result<(PathBuf, ModelSource)> {
 /// the default model is what every other command uses, so it is never changed in place.
 fn pick_model_to_change(model: Option<PathBuf>, command: &str) -> Result<PathBuf> {
     let (dir, source) = pick_model(model)?;
-    if source == ModelSource::Default {
+    if matches!(source, ModelSource::Default | ModelSource::Embedded) {
         anyhow::bail!(
             "{command} writes into the model directory and does not change the default model {}; copy it (`cp -r {} my-model`) and pass --model my-model",
             dir.display(),
@@ -1047,7 +1047,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     ];
     // A fresh evaluation each time: the decisions file of an earlier demo is not resumed.
     let _ = std::fs::remove_file(format!("{out}/decisions.jsonl"));
-    let n = steps.len();
+    let n = steps.len() + 1;
     for (i, (title, args)) in steps.into_iter().enumerate() {
         println!("\n== {}/{n} {title}", i + 1);
         let cli = Cli::try_parse_from(std::iter::once("camxuc".to_string()).chain(args))?;
@@ -1055,6 +1055,24 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         if code != ExitCode::SUCCESS {
             anyhow::bail!("demo step {} ({title}) did not succeed", i + 1);
         }
+    }
+    // The shipped default model on a few held-out demo clips, as a user would run it: no --model.
+    let m = camxuc::data::manifest::Manifest::load_unlabelled(Path::new(&manifest))?;
+    let held: Vec<String> = m
+        .rows
+        .iter()
+        .filter(|r| r.speaker.as_deref().is_some_and(|s| test_speakers.contains(s)))
+        .step_by(5)
+        .take(3)
+        .map(|r| r.path.display().to_string())
+        .collect();
+    println!(
+        "\n== {n}/{n} classifying {} held-out demo clips with the default model (trained on RAVDESS, CC BY-NC-SA 4.0; no --model, no training)",
+        held.len()
+    );
+    let args = ["camxuc".to_string(), "classify".into()].into_iter().chain(held);
+    if run(Cli::try_parse_from(args)?)? != ExitCode::SUCCESS {
+        anyhow::bail!("demo step {n} (classify with the default model) did not succeed");
     }
     println!(
         "\nDone. Report: {out}/report/report.html (Markdown: {out}/report/report.md); model (with its rule versions and refinement report): {model}; decisions: {out}/decisions.jsonl.\nThe speech is SYNTHETIC (espeak-ng): the figures show that the pipeline works end to end, not how it does on real recordings."

@@ -21,6 +21,8 @@ fn camxuc(cwd: &Path, models: &Path, args: &[&str]) -> Output {
         .current_dir(cwd)
         .env("CAMXUC_MODELS_DIR", models)
         .env_remove("CAMXUC_MODEL")
+        // The copy built into the binary would otherwise answer for a missing model.
+        .env("CAMXUC_EMBEDDED_MODEL", "0")
         .output()
         .expect("run camxuc")
 }
@@ -188,6 +190,23 @@ fn without_a_model_the_error_lists_where_it_looked() {
             );
         }
     }
+    // With the built-in copy on, it answers instead, written into the cache folder; refine
+    // refuses to change it like the installed default.
+    let o = Command::new(BIN)
+        .args(["refine", "--manifest", "m.csv"])
+        .current_dir(&root)
+        .env("CAMXUC_MODELS_DIR", &models)
+        .env_remove("CAMXUC_MODEL")
+        .env_remove("CAMXUC_EMBEDDED_MODEL")
+        .env("XDG_CACHE_HOME", root.join("cache"))
+        .output()
+        .expect("run camxuc");
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("built into camxuc"), "{err}");
+    assert!(err.contains("does not change the default model"), "{err}");
+    let cached = std::fs::read_dir(root.join("cache/camxuc")).unwrap().count();
+    assert_eq!(cached, 1, "one copy of the built-in model in the cache");
 }
 
 #[test]

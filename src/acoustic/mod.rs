@@ -10,6 +10,7 @@
 pub mod adapt;
 pub mod augment;
 pub mod calibrate;
+pub mod embedded;
 mod error;
 pub mod fit;
 pub mod fit_linear;

@@ -47,7 +47,7 @@ pub enum ModelDirError {
     Mismatch { path: PathBuf, message: String },
     #[error("{}: {what} exists; pass --force to overwrite it", path.display())]
     Exists { path: PathBuf, what: String },
-    #[error("no acoustic model: looked at --model (not given), ${MODEL_ENV} (not set) and {} (no {META_FILE}); train one with `camxuc train --manifest M --out {}`, or pass --model DIR", default.display(), default.display())]
+    #[error("no acoustic model: looked at --model (not given), ${MODEL_ENV} (not set), {} (no {META_FILE}) and the copy built into camxuc (turned off by CAMXUC_EMBEDDED_MODEL=0); train one with `camxuc train --manifest M --out {}`, or pass --model DIR", default.display(), default.display())]
     NoModel { default: PathBuf },
 }
 
@@ -285,6 +285,9 @@ pub enum ModelSource {
     /// `<models dir>/acoustic/default`: shared by every command, so `refine` and `calibrate`
     /// do not write into it.
     Default,
+    /// The copy of the shipped default model compiled into the binary (see
+    /// [`super::embedded`]); read-only like `Default`.
+    Embedded,
 }
 
 impl std::fmt::Display for ModelSource {
@@ -293,6 +296,7 @@ impl std::fmt::Display for ModelSource {
             Self::Flag => "from --model",
             Self::Env => "from CAMXUC_MODEL",
             Self::Default => "the default model in the models folder",
+            Self::Embedded => "the default model built into camxuc, CC BY-NC-SA 4.0",
         })
     }
 }
@@ -311,7 +315,15 @@ pub fn resolve(
     explicit: Option<&Path>,
     models_dir: &Path,
 ) -> Result<(PathBuf, ModelSource), ModelDirError> {
-    resolve_with(explicit, std::env::var_os(MODEL_ENV), models_dir)
+    match resolve_with(explicit, std::env::var_os(MODEL_ENV), models_dir) {
+        Err(ModelDirError::NoModel { .. })
+            if super::embedded::enabled(std::env::var_os(super::embedded::EMBEDDED_ENV)) =>
+        {
+            let dir = super::embedded::materialise(&super::embedded::cache_dir())?;
+            Ok((dir, ModelSource::Embedded))
+        }
+        other => other,
+    }
 }
 
 /// [`resolve`] with the variable's value given (tests run in parallel threads: they pass it
@@ -331,9 +343,7 @@ fn resolve_with(
     if default.join(META_FILE).is_file() {
         return Ok((default, ModelSource::Default));
     }
-    // Hook, not yet built: a model embedded in the binary (issue "Ready to use") goes here,
-    // after the default location, as its own `ModelSource` that `refine` and `calibrate`
-    // refuse like `Default`, and `NoModel`'s message then lists it too.
+    // The copy built into the binary comes after this (in `resolve`).
     Err(ModelDirError::NoModel { default })
 }
 
