@@ -254,7 +254,7 @@ fn csv_on_stdout_and_a_csv_out_file_are_the_same_csv() {
         .collect();
     assert_eq!(rows.len(), 3, "{stdout}");
     assert_eq!(&rows[0][0], comma.display().to_string());
-    assert!(rows.iter().all(|r| r.len() == 11), "{stdout}");
+    assert!(rows.iter().all(|r| r.len() == 12), "{stdout}");
 }
 
 #[test]
