@@ -1061,7 +1061,11 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     let held: Vec<String> = m
         .rows
         .iter()
-        .filter(|r| r.speaker.as_deref().is_some_and(|s| test_speakers.contains(s)))
+        .filter(|r| {
+            r.speaker
+                .as_deref()
+                .is_some_and(|s| test_speakers.contains(s))
+        })
         .step_by(5)
         .take(3)
         .map(|r| r.path.display().to_string())
@@ -1070,7 +1074,9 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         "\n== {n}/{n} classifying {} held-out demo clips with the default model (trained on RAVDESS, CC BY-NC-SA 4.0; no --model, no training)",
         held.len()
     );
-    let args = ["camxuc".to_string(), "classify".into()].into_iter().chain(held);
+    let args = ["camxuc".to_string(), "classify".into()]
+        .into_iter()
+        .chain(held);
     if run(Cli::try_parse_from(args)?)? != ExitCode::SUCCESS {
         anyhow::bail!("demo step {n} (classify with the default model) did not succeed");
     }

@@ -205,7 +205,9 @@ fn without_a_model_the_error_lists_where_it_looked() {
     assert!(!o.status.success());
     assert!(err.contains("built into camxuc"), "{err}");
     assert!(err.contains("does not change the default model"), "{err}");
-    let cached = std::fs::read_dir(root.join("cache/camxuc")).unwrap().count();
+    let cached = std::fs::read_dir(root.join("cache/camxuc"))
+        .unwrap()
+        .count();
     assert_eq!(cached, 1, "one copy of the built-in model in the cache");
 }
 

@@ -60,7 +60,11 @@ pub fn materialise(cache: &Path) -> Result<PathBuf, ModelDirError> {
         message: format!("cannot write the embedded default model: {e}"),
     };
     // Written beside its final name, then renamed: another process never sees half a model.
-    let tmp = cache.join(format!(".embedded-default-{}.{}", &tag[..12], std::process::id()));
+    let tmp = cache.join(format!(
+        ".embedded-default-{}.{}",
+        &tag[..12],
+        std::process::id()
+    ));
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

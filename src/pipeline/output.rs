@@ -488,7 +488,10 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().all(|r| r.len() == 12));
         assert_eq!(&rows[0][0], "a, b.wav");
-        assert_eq!(&rows[0][10], "Decision: angry (50%).\n- [r1] \"loud\", fast");
+        assert_eq!(
+            &rows[0][10],
+            "Decision: angry (50%).\n- [r1] \"loud\", fast"
+        );
         assert_eq!(&rows[2][11], "c.wav: not audio");
     }
 
