@@ -194,25 +194,7 @@ impl LinearHead {
     ) -> std::result::Result<Self, String> {
         let d = cfg.input_dim();
         let k = cfg.n_labels;
-        let read = |name: &str, len: usize| -> std::result::Result<Vec<f32>, String> {
-            let full = format!("{prefix}.{name}");
-            let t = get(&full).ok_or_else(|| format!("tensor '{full}' missing"))?;
-            let v = t
-                .flatten_all()
-                .and_then(|t| t.to_dtype(DType::F32))
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| format!("tensor '{full}': {e}"))?;
-            if v.len() != len {
-                return Err(format!(
-                    "tensor '{full}' has {} values, model.json says {len}",
-                    v.len()
-                ));
-            }
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(format!("tensor '{full}' holds a NaN or infinite value"));
-            }
-            Ok(v)
-        };
+        let read = |name: &str, len: usize| read_values(get, prefix, name, len);
         Ok(Self {
             scaler: Scaler {
                 mean: read("x_mean", d)?,
@@ -223,6 +205,33 @@ impl LinearHead {
             n_labels: k,
         })
     }
+}
+
+/// The `len` finite values of tensor `prefix.name` (from a model directory's weights), or
+/// why not: missing, unreadable, another size than model.json says, or a NaN / infinity.
+pub fn read_values(
+    get: &dyn Fn(&str) -> Option<Tensor>,
+    prefix: &str,
+    name: &str,
+    len: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    let full = format!("{prefix}.{name}");
+    let t = get(&full).ok_or_else(|| format!("tensor '{full}' missing"))?;
+    let v = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| format!("tensor '{full}': {e}"))?;
+    if v.len() != len {
+        return Err(format!(
+            "tensor '{full}' has {} values, model.json says {len}",
+            v.len()
+        ));
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(format!("tensor '{full}' holds a NaN or infinite value"));
+    }
+    Ok(v)
 }
 
 /// Fit options of [`fit`].

@@ -9,7 +9,7 @@
 //! held-out clips (speakers the reference never saw) and is ≥ 0: about 1 for a clip as
 //! familiar as a new speaker of the training corpus, larger the further out it lies.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Small numbers of the reference, stored in model.json (the vectors go to model.safetensors).
@@ -180,22 +180,7 @@ impl Unfamiliarity {
         prefix: &str,
         cfg: &UnfamiliarityConfig,
     ) -> std::result::Result<Self, String> {
-        let read = |name: &str, len: usize| -> std::result::Result<Vec<f32>, String> {
-            let full = format!("{prefix}.{name}");
-            let t = get(&full).ok_or_else(|| format!("tensor '{full}' missing"))?;
-            let v = t
-                .flatten_all()
-                .and_then(|t| t.to_dtype(DType::F32))
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| format!("tensor '{full}': {e}"))?;
-            if v.len() != len || v.iter().any(|x| !x.is_finite()) {
-                return Err(format!(
-                    "tensor '{full}': expected {len} finite values, found {}",
-                    v.len()
-                ));
-            }
-            Ok(v)
-        };
+        let read = |name: &str, len: usize| super::linear::read_values(get, prefix, name, len);
         let (d, k) = (cfg.dim, cfg.components);
         Ok(Self {
             cfg: cfg.clone(),
