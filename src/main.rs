@@ -1058,6 +1058,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     }
     // The shipped default model on a few held-out demo clips, as a user would run it: no --model.
     let m = camxuc::data::manifest::Manifest::load_unlabelled(Path::new(&manifest))?;
+    let mut seen = std::collections::BTreeSet::new();
     let held: Vec<String> = m
         .rows
         .iter()
@@ -1066,8 +1067,8 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
                 .as_deref()
                 .is_some_and(|s| test_speakers.contains(s))
         })
-        .step_by(5)
-        .take(3)
+        // One clip of each class (the manifest's `label` column).
+        .filter(|r| seen.insert(r.extra.get("label").cloned().unwrap_or_default()))
         .map(|r| r.path.display().to_string())
         .collect();
     println!(
