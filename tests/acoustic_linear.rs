@@ -47,6 +47,13 @@ fn linear_model_is_deterministic_routes_unfamiliar_clips_and_scores_shift_higher
             "{f} differs between two runs with the same seed"
         );
     }
+    // Every training clip gets its out-of-fold probabilities for refinement.
+    let evidence = std::fs::read_to_string(a.dir.join(model_dir::TRAIN_EVIDENCE_FILE)).unwrap();
+    assert_eq!(evidence.lines().count(), a.meta.metrics.n_train);
+    assert!(
+        evidence.lines().all(|l| l.contains("\"probs\"")),
+        "{evidence}"
+    );
     let meta = model_dir::read_meta(&a.dir).unwrap();
     assert_eq!(meta.format_version, model_dir::FORMAT_VERSION);
     assert!(meta.linear.is_some() && meta.unfamiliarity.is_some());

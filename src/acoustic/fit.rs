@@ -275,12 +275,7 @@ pub fn train_model(
     // Front end.
     let (frontend, frontend_cfg) = match opts.frontend {
         FrontendChoice::Whisper { blocks } => {
-            let cfg = FrontendConfig::Whisper {
-                model: catalog::WHISPER_BASE.into(),
-                sha256: crate::acoustic::whisper::WHISPER_BASE_SHA256.into(),
-                blocks,
-                level_dbfs: WHISPER_LEVEL_DBFS,
-            };
+            let cfg = whisper_frontend(blocks);
             (Frontend::from_config(&cfg, &opts.models_dir, &device)?, cfg)
         }
         FrontendChoice::LogMel => (Frontend::LogMel, FrontendConfig::LogMel),
@@ -496,11 +491,7 @@ pub fn train_model(
     };
     let meta = ModelMeta {
         format_version: model_dir::FORMAT_VERSION,
-        name: opts
-            .out
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: model_name(&opts.out),
         camxuc_version: env!("CARGO_PKG_VERSION").into(),
         labels: opts.labels.clone(),
         frontend: frontend_cfg,
@@ -648,6 +639,24 @@ fn save_heads(
     }
     tensors.extend(extra);
     candle_core::safetensors::save(&tensors, path).map_err(|e| fail(e.to_string()))
+}
+
+/// The Whisper front end every trainer writes into model.json: the catalogued Whisper base,
+/// stopped after `blocks` blocks, clips levelled to [`WHISPER_LEVEL_DBFS`].
+pub(crate) fn whisper_frontend(blocks: usize) -> FrontendConfig {
+    FrontendConfig::Whisper {
+        model: catalog::WHISPER_BASE.into(),
+        sha256: crate::acoustic::whisper::WHISPER_BASE_SHA256.into(),
+        blocks,
+        level_dbfs: WHISPER_LEVEL_DBFS,
+    }
+}
+
+/// A model's name in model.json: its directory's name.
+pub(crate) fn model_name(out: &Path) -> String {
+    out.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Label index of a manifest label (validated against the label set when the manifest loaded).

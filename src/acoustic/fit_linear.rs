@@ -21,8 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use super::augment;
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::fit::{
-    analyse_rows, evidence_inputs, fit_routing, label_of, write_evidence, Analysed, TrainEvent,
-    TrainOptions, TrainReport, WHISPER_LEVEL_DBFS,
+    analyse_rows, evidence_inputs, fit_routing, label_of, model_name, whisper_frontend,
+    write_evidence, TrainEvent, TrainOptions, TrainReport,
 };
 use super::frontend::Frontend;
 use super::head::HeadConfig;
@@ -142,12 +142,7 @@ pub fn train_linear(
         super::FrontendChoice::LogMel => 0,
     };
     let (frontend, frontend_cfg, block_list) = if blocks > 0 {
-        let cfg = FrontendConfig::Whisper {
-            model: catalog::WHISPER_BASE.into(),
-            sha256: crate::acoustic::whisper::WHISPER_BASE_SHA256.into(),
-            blocks,
-            level_dbfs: WHISPER_LEVEL_DBFS,
-        };
+        let cfg = whisper_frontend(blocks);
         let list: Vec<usize> = choice
             .blocks
             .iter()
@@ -360,11 +355,7 @@ pub fn train_linear(
     };
     let meta = ModelMeta {
         format_version: model_dir::FORMAT_VERSION,
-        name: opts
-            .out
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: model_name(&opts.out),
         camxuc_version: env!("CARGO_PKG_VERSION").into(),
         labels: opts.labels.clone(),
         frontend: frontend_cfg,
@@ -394,17 +385,8 @@ pub fn train_linear(
     save_tensors(&weights, &head, &unfam)?;
     model_dir::write_meta(&opts.out, &meta)?;
     model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
-    // Out-of-fold probabilities for refinement (every clip is a training clip here).
-    let kept: Vec<Analysed> = Vec::new();
-    let order: Vec<usize> = pooled.iter().map(|(r, _)| *r).collect();
-    let train_clips: Vec<Analysed> = order
-        .iter()
-        .filter_map(|&r| clips.iter().position(|a| a.row == r))
-        .map(|i| Analysed {
-            row: clips[i].row,
-            clip: clips[i].clip.clone(),
-        })
-        .collect();
+    // Out-of-fold probabilities for refinement (every clip is a training clip here; `pooled`
+    // holds one entry per analysed clip, in the order of `clips`).
     let oof_probs: Vec<Option<Vec<f32>>> = oof_clean[best]
         .iter()
         .map(|l| l.as_ref().map(|l| softmax_t(l, temperature)))
@@ -414,9 +396,9 @@ pub fn train_linear(
         &opts.out,
         &opts.labels,
         &m,
-        &train_clips,
+        &clips,
         &empty,
-        &kept,
+        &[],
         &[],
         &oof_probs,
     )?;
