@@ -10,21 +10,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 use camxuc::acoustic::fit::Classifier;
 use camxuc::acoustic::fit_linear::LinearChoice;
 use camxuc::acoustic::model_dir::ModelSource;
-use camxuc::acoustic::{default_device, AcousticModel};
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::eval::run::{evaluate_with_output, print_summary, EvalOptions, EvalOutput};
 use camxuc::features::{FeatureConfig, FEATURES};
-use camxuc::llm::{LlmReasoner, LoadOptions as LlmLoadOptions, ReasonerOptions, RuleText};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
 use camxuc::pipeline::output::{
-    write_private, BatchWriter, CsvDecisions, Failure, Format as OutputFormat, RunHeader,
+    write_private, BatchWriter, CsvDecisions, Failure, Format as OutputFormat,
 };
-use camxuc::pipeline::{active_rules, Pipeline, PipelineError};
-use camxuc::rules::{Language, RuleSet, RuleVote};
+use camxuc::pipeline::{
+    build_reasoner, Opened, Pipeline, PipelineError, PipelineSpec, PromptLayout, ReasonerSpec,
+};
+use camxuc::rules::RuleSet;
 use camxuc::Route;
 
 mod progress;
@@ -320,7 +320,7 @@ struct PipelineArgs {
     /// Prompt layout of the LLM: `compact` caches the question with the guideline and rules
     /// and writes the clip's evidence tersely (about 40 tokens per decision); `full` asks the
     /// question after worded evidence in three label orders (about 160 tokens).
-    #[arg(long, value_enum, default_value_t = PromptLayout::default_layout())]
+    #[arg(long, value_enum, default_value_t = PromptLayout::default())]
     llm_prompt: PromptLayout,
     /// Transcribe the clips the reasoner is asked about with the offline Whisper base
     /// (models/whisper-base) and give the words to the LLM reasoner; each such decision keeps
@@ -331,22 +331,6 @@ struct PipelineArgs {
     /// clip (unreliable on short clips).
     #[arg(long, default_value = "vi")]
     asr_language: String,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum PromptLayout {
-    Compact,
-    Full,
-}
-
-impl PromptLayout {
-    fn default_layout() -> Self {
-        if camxuc::llm::DECISION_PROMPT_COMPACT {
-            Self::Compact
-        } else {
-            Self::Full
-        }
-    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -671,93 +655,31 @@ fn pick_model_to_change(model: Option<PathBuf>, command: &str) -> Result<PathBuf
     Ok(dir)
 }
 
-/// The reasoner for ambiguous clips: the rule vote for `none`, else a local LLM.
-/// The reasoner for routed clips. `none`: the rule vote. An LLM SPEC: the rule vote decides and
-/// the LLM writes the rationale (on validation no small LLM's label scores beat the rule vote;
-/// README, "Does the LLM help?"), unless `llm_decides` asks for the LLM's own decision.
-fn build_reasoner(
-    spec: &str,
-    rules: &RuleSet,
-    llm_decides: bool,
-    layout: PromptLayout,
-) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
-    build_reasoner_with(spec, rules, llm_decides, true, layout)
-}
-
-/// [`build_reasoner`]; `rationale: false` scores labels only (an LLM that would only explain
-/// is then not loaded at all).
-fn build_reasoner_with(
-    spec: &str,
-    rules: &RuleSet,
-    llm_decides: bool,
-    rationale: bool,
-    layout: PromptLayout,
-) -> Result<(Box<dyn camxuc::Reasoner>, Route)> {
-    if !rationale && !llm_decides {
-        return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
-    }
-    let parsed = catalog::ModelSpec::parse(spec)?;
-    let Some(path) = parsed.resolve(&catalog::models_dir())? else {
-        return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
-    };
-    // The prompt is English: the small catalogue models read English far better.
-    let texts: Vec<RuleText> = rules
-        .rules()
-        .iter()
-        .filter(|r| r.enabled())
-        .map(|r| RuleText::new(r.id(), r.label(), r.statement(Language::En)))
-        .collect();
-    eprintln!("loading the LLM reasoner {}", path.display());
-    let reasoner = LlmReasoner::from_path(
-        &path,
-        rules.labels(),
-        &texts,
-        ReasonerOptions {
+impl PipelineArgs {
+    fn reasoner(&self, rationale: bool) -> ReasonerSpec {
+        ReasonerSpec {
+            llm: self.llm.clone(),
+            llm_decides: self.llm_decides,
             rationale,
-            ..match layout {
-                PromptLayout::Compact => ReasonerOptions::compact(),
-                PromptLayout::Full => ReasonerOptions::default(),
-            }
-        },
-        &LlmLoadOptions::default(),
-    )?;
-    if llm_decides {
-        return Ok((Box::new(reasoner), Route::Llm));
+            layout: self.llm_prompt,
+        }
     }
-    let explains = camxuc::llm::LlmExplains {
-        decider: Box::new(RuleVote::new(rules)),
-        llm: reasoner,
-    };
-    Ok((Box::new(explains), Route::Rules))
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {
-    let (model_dir, _) = pick_model(a.pipeline.model)?;
-    let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
-    let rules = active_rules(&model, a.pipeline.rules.as_deref())?;
-    let (reasoner, route) = build_reasoner(
-        &a.pipeline.llm,
-        &rules,
-        a.pipeline.llm_decides,
-        a.pipeline.llm_prompt,
-    )?;
-    let mut pipeline = Pipeline::new(model, rules, reasoner, route, a.threshold, a.abstain_below)?;
-    if a.pipeline.transcribe {
-        pipeline.words = Some(camxuc::pipeline::Words::load(
-            &catalog::models_dir(),
-            Some(&a.pipeline.asr_language),
-        )?);
-    }
-    let header = RunHeader {
-        camxuc_run: env!("CARGO_PKG_VERSION").into(),
-        model: format!(
-            "{} {}",
-            model_dir.display(),
-            catalog::sha256_file(&model_dir.join(model_dir::WEIGHTS_FILE))?
-        ),
-        rules: format!("{} {}", pipeline.rules.id_string(), pipeline.rules.sha256()),
-        reasoner: pipeline.reasoner_name(),
+    let spec = PipelineSpec {
+        reasoner: a.pipeline.reasoner(true),
+        model: a.pipeline.model,
+        rules: a.pipeline.rules,
+        transcribe: a.pipeline.transcribe.then_some(a.pipeline.asr_language),
+        threshold: a.threshold,
+        abstain_below: a.abstain_below,
     };
+    let Opened {
+        mut pipeline,
+        header,
+        ..
+    } = Pipeline::open(&spec, &catalog::models_dir())?;
     let labels = pipeline.model.meta.labels.names().to_vec();
     let (mut writer, done) = match &a.out {
         Some(p) => {
@@ -880,6 +802,7 @@ fn print_decision(d: &camxuc::Decision) {
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let reasoner = a.pipeline.reasoner(!a.no_rationale);
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
         speakers: a.speakers,
@@ -900,16 +823,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
         let labels = model_dir::read_meta(&opts.model_dir)?.labels;
         let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
-        Some(
-            build_reasoner_with(
-                &a.pipeline.llm,
-                &rules,
-                a.pipeline.llm_decides,
-                !a.no_rationale,
-                a.pipeline.llm_prompt,
-            )?
-            .0,
-        )
+        Some(build_reasoner(&reasoner, &rules, &catalog::models_dir())?.0)
     };
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
@@ -969,12 +883,13 @@ fn review(
     below: f32,
 ) -> Result<ExitCode> {
     use camxuc::pipeline::review::{review, ReviewEvent, ReviewOptions};
-    let (model_dir, _) = pick_model(model)?;
-    let model = AcousticModel::load(&model_dir, &catalog::models_dir(), &default_device())?;
-    let rules = active_rules(&model, rules.as_deref())?;
+    let spec = PipelineSpec {
+        model,
+        rules,
+        ..Default::default()
+    };
+    let mut pipeline = Pipeline::open(&spec, &catalog::models_dir())?.pipeline;
     let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest)?;
-    let (reasoner, route) = build_reasoner("none", &rules, false, PromptLayout::default_layout())?;
-    let mut pipeline = Pipeline::new(model, rules, reasoner, route, None, None)?;
     let bar = progress::bar(m.rows.len() as u64, "reviewing");
     let summary = review(
         &mut pipeline,
@@ -1102,7 +1017,12 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
     opts.refit_routing = a.refit_routing;
     let spec = a.llm.clone();
     let mut factory = |rules: &RuleSet| -> std::result::Result<Box<dyn camxuc::Reasoner>, String> {
-        build_reasoner(&spec, rules, true, PromptLayout::default_layout())
+        let spec = ReasonerSpec {
+            llm: spec.clone(),
+            llm_decides: true,
+            ..Default::default()
+        };
+        build_reasoner(&spec, rules, &catalog::models_dir())
             .map(|(r, _)| r)
             .map_err(|e| format!("{e:#}"))
     };

@@ -31,6 +31,12 @@ pub enum PipelineError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     Reasoner(#[from] ReasonerError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Llm(#[from] crate::llm::LlmError),
+    #[error(transparent)]
+    Asr(#[from] crate::asr::AsrError),
     #[error("{}: the rule set's labels ({rules}) differ from the model's ({model})", path.display())]
     LabelMismatch {
         path: PathBuf,

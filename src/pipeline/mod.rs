@@ -2,12 +2,14 @@
 //! reasoner), the incremental batch output and the review queue for people.
 
 pub mod analyse;
+pub mod build;
 pub mod decide;
 pub mod output;
 pub mod review;
 pub mod route;
 pub mod words;
 
+pub use build::{build_reasoner, Opened, PipelineSpec, PromptLayout, ReasonerSpec};
 pub use decide::{active_rules, Pipeline, PipelineError, UNCERTAIN};
 pub use route::Router;
 pub use words::Words;
