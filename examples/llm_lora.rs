@@ -234,6 +234,7 @@ fn main() -> Result<()> {
         }
         let s = Instant::now();
         let case = Case {
+            unfamiliarity: None,
             evidence: &c.evidence,
             acoustic: &c.acoustic,
             fired: &c.fired,

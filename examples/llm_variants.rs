@@ -269,6 +269,7 @@ fn score_model(
     let n = todo.len();
     for (i, c) in todo.into_iter().enumerate() {
         let case = Case {
+            unfamiliarity: None,
             evidence: &c.evidence,
             acoustic: &c.acoustic,
             fired: &c.fired,

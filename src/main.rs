@@ -18,11 +18,13 @@ use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
+use camxuc::pipeline::fusion::FusionParams;
 use camxuc::pipeline::output::{
     write_private, BatchWriter, CsvDecisions, Failure, Format as OutputFormat,
 };
 use camxuc::pipeline::{
-    build_reasoner, Opened, Pipeline, PipelineError, PipelineSpec, PromptLayout, ReasonerSpec,
+    build_reasoner, model_fusion, Opened, Pipeline, PipelineError, PipelineSpec, PromptLayout,
+    ReasonerSpec,
 };
 use camxuc::rules::RuleSet;
 use camxuc::Route;
@@ -823,7 +825,15 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
         let labels = model_dir::read_meta(&opts.model_dir)?.labels;
         let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
-        Some(build_reasoner(&reasoner, &rules, &catalog::models_dir())?.0)
+        Some(
+            build_reasoner(
+                &reasoner,
+                &rules,
+                model_fusion(&opts.model_dir)?,
+                &catalog::models_dir(),
+            )?
+            .0,
+        )
     };
     let bar = progress::bar(0, "evaluating");
     let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
@@ -1022,9 +1032,15 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
             llm_decides: true,
             ..Default::default()
         };
-        build_reasoner(&spec, rules, &catalog::models_dir())
-            .map(|(r, _)| r)
-            .map_err(|e| format!("{e:#}"))
+        // The LLM decides here, so the vote's fusion plays no part.
+        build_reasoner(
+            &spec,
+            rules,
+            FusionParams::RULE_VOTE,
+            &catalog::models_dir(),
+        )
+        .map(|(r, _)| r)
+        .map_err(|e| format!("{e:#}"))
     };
     let llm = (!a.llm.eq_ignore_ascii_case("none"))
         .then_some(&mut factory as camxuc::refine::ReasonerFactory);

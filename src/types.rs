@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Version of the [`Decision`] JSON schema. Bump it when a field changes meaning or is removed;
 /// adding an optional field does not need a bump.
-pub const DECISION_SCHEMA_VERSION: u32 = 2;
+pub const DECISION_SCHEMA_VERSION: u32 = 3;
 
 /// Mono audio at a known sample rate. After `audio::load` it is 16 kHz, mono, f32 in [-1, 1].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -298,6 +298,12 @@ pub struct Decision {
     pub unfamiliarity: Option<f32>,
     pub evidence: Evidence,
     pub fired_rules: Vec<FiredRule>,
+    /// What each part contributed to `probs`: the acoustic log-probabilities and their
+    /// weight, each fired rule's push, the LLM's term, how unfamiliarity moved the weights
+    /// and the fused log-probabilities (`src/pipeline/fusion.rs`). A kept clip has the
+    /// acoustic model alone (weight 1). Added in schema version 3 (`null` in older files).
+    #[serde(default)]
+    pub contributions: Option<crate::pipeline::fusion::Contributions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rationale: Option<String>,
     /// What was said, when the clip was transcribed for the reasoner (`--transcribe`).
@@ -315,12 +321,17 @@ pub struct Case<'a> {
     pub fired: &'a [FiredRule],
     /// What was said, when a speech recogniser ran.
     pub transcript: Option<&'a str>,
+    /// The clip's unfamiliarity (see [`Decision::unfamiliarity`]); the fusion trusts the
+    /// rules more and the acoustic model less for an unfamiliar clip.
+    pub unfamiliarity: Option<f32>,
 }
 
 /// A reasoner's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     pub probs: Probs,
+    /// What each part contributed to `probs` (the fusion's terms), when the reasoner fuses.
+    pub contributions: Option<crate::pipeline::fusion::Contributions>,
     pub rationale: Option<String>,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -393,6 +404,7 @@ mod tests {
             unfamiliarity: Some(1.25),
             evidence: Evidence::default(),
             fired_rules: vec![],
+            contributions: None,
             rationale: Some("low effort".into()),
             transcript: None,
             timings_ms: BTreeMap::from([("decode".into(), 1.5)]),

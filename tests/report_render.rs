@@ -142,6 +142,7 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
                     unfamiliarity: Some(1.0),
                     evidence,
                     fired_rules: fired,
+                    contributions: None,
                     rationale,
                     transcript: None,
                     timings_ms: BTreeMap::from([("acoustic".into(), 4.0)]),

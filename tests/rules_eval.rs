@@ -240,6 +240,7 @@ fn shipped_rules_rank_clear_cases_first_with_a_uniform_prior() {
         );
         let verdict = vote
             .decide(&Case {
+                unfamiliarity: None,
                 evidence: &e,
                 acoustic: &uniform,
                 fired: &fired,
@@ -273,6 +274,7 @@ fn rule_vote_is_log_linear_in_the_prior_and_the_weights() {
     // No rule fired: prior_weight 1 keeps the acoustic probabilities.
     let none = vote
         .decide(&Case {
+            unfamiliarity: None,
             evidence: &Evidence::default(),
             acoustic: &acoustic,
             fired: &[],
@@ -285,13 +287,15 @@ fn rule_vote_is_log_linear_in_the_prior_and_the_weights() {
     assert!(none
         .rationale
         .unwrap()
-        .contains("Không có quy tắc nào khớp"));
+        .to_lowercase()
+        .contains("không có quy tắc nào khớp"));
     // One angry rule of weight w multiplies the angry odds by e^w.
     let e = profile("angry");
     let fired: Vec<_> = set.evaluate(&e, &acoustic).into_iter().take(1).collect();
     let w = f64::from(fired[0].weight);
     let out = vote
         .decide(&Case {
+            unfamiliarity: None,
             evidence: &e,
             acoustic: &acoustic,
             fired: &fired,
@@ -307,6 +311,7 @@ fn rule_vote_is_log_linear_in_the_prior_and_the_weights() {
     // Deterministic: the same case gives the same answer.
     let again = vote
         .decide(&Case {
+            unfamiliarity: None,
             evidence: &e,
             acoustic: &acoustic,
             fired: &fired,
@@ -318,6 +323,7 @@ fn rule_vote_is_log_linear_in_the_prior_and_the_weights() {
     let mut rules_only = RuleVote::new(&set).with_prior_weight(0.0);
     let flat = rules_only
         .decide(&Case {
+            unfamiliarity: None,
             evidence: &e,
             acoustic: &acoustic,
             fired: &[],
@@ -395,6 +401,7 @@ fn ravdess_actors_01_12_per_rule_figures() {
         }
         let verdict = vote
             .decide(&Case {
+                unfamiliarity: None,
                 evidence: e,
                 acoustic: &uniform,
                 fired: &fired,
@@ -447,4 +454,76 @@ fn ravdess_actors_01_12_per_rule_figures() {
         per_rule.values().map(|(f, _)| f).sum::<usize>() > 0,
         "no rule fired on any clip"
     );
+}
+
+/// The fused decision: with every rule disabled (and no LLM), or a fusion fitted to
+/// acoustic-only, `probs` is `acoustic_probs` bit for bit; the rationale names only the
+/// rules that fired, and the contributions add up to the fused log-probabilities.
+#[test]
+fn fusion_skips_without_rules_and_explains_only_what_fired() {
+    use camxuc::pipeline::fusion::FusionParams;
+    let mut set = shipped();
+    let acoustic = probs([0.41, 0.33, 0.26]);
+    let e = profile("panic");
+    let fired = set.evaluate(&e, &acoustic);
+    assert!(!fired.is_empty());
+    let case = |fired| Case {
+        unfamiliarity: Some(2.5),
+        evidence: &e,
+        acoustic: &acoustic,
+        fired,
+        transcript: None,
+    };
+    // A fitted fusion that leans on the rules for an unfamiliar clip.
+    let params = FusionParams {
+        acoustic_weight: 0.8,
+        rule_scale: 0.6,
+        unfamiliar_acoustic: -0.1,
+        unfamiliar_rules: 0.3,
+        llm_weight: 0.0,
+    };
+    let v = RuleVote::new(&set)
+        .with_fusion(params)
+        .decide(&case(&fired))
+        .unwrap();
+    let c = v.contributions.clone().unwrap();
+    assert!((c.unfamiliarity_term.excess - 1.5).abs() < 1e-6);
+    assert!((c.acoustic_weight - 0.65).abs() < 1e-6);
+    assert_eq!(c.rules.len(), fired.len());
+    for (push, rule) in c.rules.iter().zip(&fired) {
+        assert!((push.push - 1.05 * f64::from(rule.weight)).abs() < 1e-6);
+    }
+    let rationale = v.rationale.unwrap();
+    let named: Vec<&str> = rationale
+        .split('[')
+        .skip(1)
+        .filter_map(|s| s.split(']').next())
+        .collect();
+    assert_eq!(named.len(), fired.len(), "{rationale}");
+    for id in named {
+        assert!(fired.iter().any(|f| f.id == id), "{id} did not fire: {rationale}");
+    }
+    assert!(rationale.contains("Mô hình âm học nghiêng về"), "{rationale}");
+    assert!(rationale.contains("kết luận"), "{rationale}");
+
+    // Acoustic-only fusion: untouched.
+    let v = RuleVote::new(&set)
+        .with_fusion(FusionParams::ACOUSTIC_ONLY)
+        .decide(&case(&fired))
+        .unwrap();
+    assert_eq!(v.probs, acoustic);
+    // Every rule disabled: nothing fires and the probabilities stand, bit for bit, even
+    // under a fusion that would otherwise re-weight the acoustic model.
+    let ids: Vec<String> = set.rules().iter().map(|r| r.id().to_string()).collect();
+    for id in &ids {
+        set.set_enabled(id, false);
+    }
+    let none = set.evaluate(&e, &acoustic);
+    assert!(none.is_empty());
+    let v = RuleVote::new(&set)
+        .with_fusion(params)
+        .decide(&case(&none))
+        .unwrap();
+    assert_eq!(v.probs, acoustic);
+    assert_eq!(v.contributions.unwrap().acoustic_weight, 1.0);
 }

@@ -231,7 +231,12 @@ pub fn evaluate_with_output(
         }),
         robustness: opts.robustness,
     };
-    let mut rule_vote = RuleVote::new(&rules);
+    // Routed clips are decided as `classify` decides them: by the model's fusion.
+    let fusion = crate::pipeline::model_fusion(&opts.model_dir).map_err(|e| EvalError::Model {
+        path: opts.model_dir.join(crate::pipeline::fusion::FUSION_FILE),
+        message: e.to_string(),
+    })?;
+    let mut rule_vote = RuleVote::new(&rules).with_fusion(fusion);
     let (reasoner, route): (&mut dyn Reasoner, Route) = match llm {
         // An LLM that only explains leaves the decision to the rule vote: route `rules`.
         Some(r) => {
@@ -771,6 +776,7 @@ mod tests {
                 unfamiliarity: None,
                 evidence: Evidence::default(),
                 fired_rules: Vec::new(),
+                contributions: None,
                 rationale: None,
                 transcript: None,
                 timings_ms: BTreeMap::from([("acoustic".to_string(), 2.0)]),

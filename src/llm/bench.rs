@@ -256,6 +256,7 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     let architecture = model.architecture().as_str().to_string();
     let (evidence, probs, fired) = bench_evidence();
     let case = Case {
+        unfamiliarity: None,
         evidence: &evidence,
         acoustic: &probs,
         fired: &fired,

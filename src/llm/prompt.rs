@@ -506,6 +506,7 @@ mod tests {
         let fired = r1_fired("Loud bursts with harsh voice suggest anger.");
         let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
         let case = Case {
+            unfamiliarity: None,
             evidence: &e,
             acoustic: &probs,
             fired: &fired,
@@ -563,6 +564,7 @@ mod tests {
         let fired = r1_fired("Loud bursts suggest anger.");
         let probs = Probs::new(&labels, vec![0.2, 0.5, 0.3]);
         let case = Case {
+            unfamiliarity: None,
             evidence: &e,
             acoustic: &probs,
             fired: &fired,

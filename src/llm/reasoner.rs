@@ -508,6 +508,7 @@ impl LlmReasoner {
             (None, 0)
         };
         Ok(Verdict {
+            contributions: None,
             probs: Probs::new(self.prompt.labels(), probs),
             rationale,
             prompt_tokens: self.prefix_ids.len() + suffix_tokens,

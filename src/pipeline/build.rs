@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::decide::{active_rules, Pipeline, PipelineError};
+use super::fusion::{self, FusionParams};
 use super::output::RunHeader;
 use super::words::Words;
 use crate::acoustic::model_dir::{self, ModelSource};
@@ -64,14 +65,16 @@ impl Default for ReasonerSpec {
 pub fn build_reasoner(
     spec: &ReasonerSpec,
     rules: &RuleSet,
+    fusion: FusionParams,
     models_dir: &Path,
 ) -> Result<(Box<dyn Reasoner>, Route), PipelineError> {
+    let vote = || Box::new(RuleVote::new(rules).with_fusion(fusion));
     if !spec.rationale && !spec.llm_decides {
-        return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
+        return Ok((vote(), Route::Rules));
     }
     let parsed = catalog::ModelSpec::parse(&spec.llm)?;
     let Some(path) = parsed.resolve(models_dir)? else {
-        return Ok((Box::new(RuleVote::new(rules)), Route::Rules));
+        return Ok((vote(), Route::Rules));
     };
     // The prompt is English: the small catalogue models read English far better.
     let texts: Vec<RuleText> = rules
@@ -99,10 +102,16 @@ pub fn build_reasoner(
         return Ok((Box::new(reasoner), Route::Llm));
     }
     let explains = LlmExplains {
-        decider: Box::new(RuleVote::new(rules)),
+        decider: vote(),
         llm: reasoner,
     };
     Ok((Box::new(explains), Route::Rules))
+}
+
+/// The fusion a model decides routed clips by: its fitted `fusion.json`, else the unfitted
+/// rule vote (acoustic weight 1, the rules' weights as written).
+pub fn model_fusion(model_dir: &Path) -> Result<FusionParams, PipelineError> {
+    Ok(fusion::read(model_dir)?.map_or(FusionParams::RULE_VOTE, |f| f.params))
 }
 
 /// Everything that makes a [`Pipeline`].
@@ -137,7 +146,8 @@ impl Pipeline {
         eprintln!("model: {} ({source})", model_dir.display());
         let model = AcousticModel::load(&model_dir, models_dir, &default_device())?;
         let rules = active_rules(&model, spec.rules.as_deref())?;
-        let (reasoner, route) = build_reasoner(&spec.reasoner, &rules, models_dir)?;
+        let fusion = model_fusion(&model_dir)?;
+        let (reasoner, route) = build_reasoner(&spec.reasoner, &rules, fusion, models_dir)?;
         let mut pipeline = Pipeline::new(
             model,
             rules,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::analyse::{AnalyseError, AnalysedClip, ClipAnalyser};
+use super::fusion::Contributions;
 use super::route::Router;
 use crate::acoustic::{AcousticError, AcousticModel};
 use crate::audio::{self, AudioError};
@@ -37,6 +38,8 @@ pub enum PipelineError {
     Llm(#[from] crate::llm::LlmError),
     #[error(transparent)]
     Asr(#[from] crate::asr::AsrError),
+    #[error(transparent)]
+    Fusion(#[from] super::fusion::FusionError),
     #[error("{}: the rule set's labels ({rules}) differ from the model's ({model})", path.display())]
     LabelMismatch {
         path: PathBuf,
@@ -271,6 +274,7 @@ pub fn assess(
             acoustic: &acoustic,
             fired: &fired,
             transcript: transcript.as_deref(),
+            unfamiliarity,
         };
         let verdict = reasoner.decide(&case)?;
         timings.insert("reasoner".to_string(), ms(t));
@@ -300,15 +304,21 @@ impl Assessment {
         reasoner_route: Route,
         abstain_below: Option<f32>,
     ) -> Decision {
-        let (probs, route, rationale) = match self.verdict {
-            Some(v) if self.ambiguous => (v.probs, reasoner_route, v.rationale),
+        let (probs, route, rationale, contributions) = match self.verdict {
+            Some(v) if self.ambiguous => {
+                let c = v
+                    .contributions
+                    .unwrap_or_else(|| Contributions::acoustic_only(&self.acoustic));
+                (v.probs, reasoner_route, v.rationale, c)
+            }
             _ => {
                 let (i, p) = self.acoustic.argmax();
                 let why = format!(
                     "acoustic model confident: {} at {:.2}",
                     self.acoustic.labels[i], p
                 );
-                (self.acoustic.clone(), Route::Acoustic, Some(why))
+                let c = Contributions::acoustic_only(&self.acoustic);
+                (self.acoustic.clone(), Route::Acoustic, Some(why), c)
             }
         };
         let (best, p) = probs.argmax();
@@ -328,6 +338,7 @@ impl Assessment {
             unfamiliarity: self.unfamiliarity,
             evidence,
             fired_rules: self.fired,
+            contributions: Some(contributions),
             rationale,
             transcript: self.transcript,
             timings_ms: self.timings_ms,

@@ -4,12 +4,13 @@
 pub mod analyse;
 pub mod build;
 pub mod decide;
+pub mod fusion;
 pub mod output;
 pub mod review;
 pub mod route;
 pub mod words;
 
-pub use build::{build_reasoner, Opened, PipelineSpec, PromptLayout, ReasonerSpec};
+pub use build::{build_reasoner, model_fusion, Opened, PipelineSpec, PromptLayout, ReasonerSpec};
 pub use decide::{active_rules, Pipeline, PipelineError, UNCERTAIN};
 pub use route::Router;
 pub use words::Words;

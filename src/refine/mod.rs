@@ -422,6 +422,7 @@ fn llm_accuracy(
     for (c, _) in clips.iter().zip(routed).filter(|(_, &r)| r) {
         let fired = rules.evaluate(&c.evidence, &c.probs);
         let case = Case {
+            unfamiliarity: None,
             evidence: &c.evidence,
             acoustic: &c.probs,
             fired: &fired,

@@ -339,6 +339,7 @@ mod tests {
                 unfamiliarity: None,
                 evidence: Evidence::default(),
                 fired_rules: vec![],
+                contributions: None,
                 rationale: None,
                 transcript: None,
                 timings_ms: BTreeMap::new(),

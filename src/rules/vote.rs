@@ -1,16 +1,16 @@
-//! The rule-vote reasoner: decides routed clips without an LLM (`--llm none`).
-//!
-//! Log-linear combination of the acoustic prior and the fired rules:
+//! The rule-vote reasoner: decides routed clips without an LLM (`--llm none`), by the fusion
+//! of the acoustic model and the fired rules (`src/pipeline/fusion.rs`, the one formula):
 //!
 //! ```text
-//! logit_l = prior_weight · ln(max(p_l, 1e-6)) + Σ weight of fired rules for l
+//! logit_l = a(ũ) · ln(max(p_l, 1e-6)) + b(ũ) · Σ weight of fired rules for l
 //! p'_l    = softmax(logit)_l
 //! ```
 //!
-//! A rule of weight w multiplies the odds of its label by e^w. `prior_weight` (default 1)
-//! says how far the acoustic model is trusted: 1 keeps its probabilities as they are when no
-//! rule fires; 0 lets the rules alone decide (uniform when none fires). Routed clips are the
-//! ones the acoustic model was unsure about, so its prior is nearly flat there anyway.
+//! A rule of weight w multiplies the odds of its label by e^(b·w). Unfitted (a model without
+//! `fusion.json`), a = b = 1: the hand-set weights as written, the acoustic probabilities as
+//! they are when no rule fires. A model's fitted fusion sets a, b and how unfamiliarity ũ
+//! moves them. With no rule enabled, or fusion fitted to acoustic-only, the acoustic
+//! probabilities are returned untouched (bit for bit).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -19,9 +19,10 @@ use crate::{Case, Probs, Reasoner, ReasonerError, Verdict};
 
 use super::rule::Language;
 use super::ruleset::RuleSet;
+use crate::pipeline::fusion::{self, Contributions, FusionParams};
 
 /// Floor on acoustic probabilities before the logarithm, so a zero never vetoes a label.
-pub(crate) const PROB_FLOOR: f64 = 1e-6;
+pub(crate) use crate::pipeline::fusion::PROB_FLOOR;
 
 /// Default trust in the acoustic prior (see the module docs).
 pub const DEFAULT_PRIOR_WEIGHT: f64 = 1.0;
@@ -31,7 +32,9 @@ pub struct RuleVote {
     rule_set_id: String,
     rule_set_sha: String,
     language: Language,
-    prior_weight: f64,
+    params: FusionParams,
+    /// Whether any rule of the set is enabled (else the fusion step is skipped).
+    any_enabled: bool,
 }
 
 impl RuleVote {
@@ -42,13 +45,24 @@ impl RuleVote {
             rule_set_id: rules.id_string(),
             rule_set_sha: rules.sha256(),
             language: rules.language(),
-            prior_weight: DEFAULT_PRIOR_WEIGHT,
+            params: FusionParams::RULE_VOTE,
+            any_enabled: rules.rules().iter().any(|r| r.enabled()),
         }
+    }
+
+    /// Decides by a model's fitted fusion instead of the unfitted vote.
+    pub fn with_fusion(mut self, params: FusionParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub fn fusion(&self) -> &FusionParams {
+        &self.params
     }
 
     /// Sets the weight of the acoustic prior; negative or non-finite values become 0.
     pub fn with_prior_weight(mut self, prior_weight: f64) -> Self {
-        self.prior_weight = if prior_weight.is_finite() {
+        self.params.acoustic_weight = if prior_weight.is_finite() {
             prior_weight.max(0.0)
         } else {
             0.0
@@ -57,79 +71,133 @@ impl RuleVote {
     }
 
     pub fn prior_weight(&self) -> f64 {
-        self.prior_weight
+        self.params.acoustic_weight
     }
 
-    /// The vote's logits per label: prior_weight · ln p(acoustic) plus the weight of every
-    /// fired rule for that label ([`combine`](Self::combine) is their softmax).
+    /// The fused log-probabilities per label, in the acoustic labels' order, of a familiar
+    /// clip ([`combine`](Self::combine) is their exponential).
     pub fn logits(&self, acoustic: &Probs, fired: &[crate::FiredRule]) -> Vec<f64> {
-        let mut logits: Vec<f64> = acoustic
-            .values
-            .iter()
-            .map(|&p| self.prior_weight * f64::from(p).max(PROB_FLOOR).ln())
-            .collect();
-        for rule in fired {
-            // A rule for a label the model does not have cannot vote.
-            if let Some(i) = acoustic
-                .labels
-                .iter()
-                .position(|l| l.eq_ignore_ascii_case(&rule.label))
-            {
-                logits[i] += f64::from(rule.weight);
-            }
-        }
-        logits
+        let fused = fusion::fuse(&self.params, acoustic, fired, None, None)
+            .1
+            .fused;
+        acoustic.labels.iter().map(|l| fused[l]).collect()
     }
 
-    /// The combined probabilities (no rationale).
+    /// The combined probabilities of a familiar clip (no rationale).
     pub fn combine(&self, acoustic: &Probs, fired: &[crate::FiredRule]) -> Probs {
-        let logits = self.logits(acoustic, fired);
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let total: f64 = exp.iter().sum();
-        Probs {
-            labels: acoustic.labels.clone(),
-            values: exp.iter().map(|e| (e / total) as f32).collect(),
-        }
+        fusion::fuse(&self.params, acoustic, fired, None, None).0
     }
 
-    fn rationale(&self, probs: &Probs, fired: &[crate::FiredRule]) -> String {
-        let (best, p) = probs.argmax();
-        let label = &probs.labels[best];
-        let vi = self.language == Language::Vi;
-        let mut text = if vi {
-            format!("Kết luận: {label} ({:.0}%).", p * 100.0)
-        } else {
-            format!("Decision: {label} ({:.0}%).", p * 100.0)
-        };
-        if fired.is_empty() {
-            text.push_str(if vi {
-                " Không có quy tắc nào khớp; giữ nguyên xác suất âm học."
-            } else {
-                " No rule fired; the acoustic probabilities stand."
-            });
-        }
-        for rule in fired {
-            let statement = match (self.language, &rule.statement_vi) {
-                (Language::Vi, Some(s)) if !s.trim().is_empty() => s.as_str(),
-                _ => rule.statement_en.as_str(),
-            };
-            text.push_str(&format!(
-                "\n- [{}] {} → {} (+{})",
-                rule.id, statement, rule.label, rule.weight
-            ));
-        }
-        text
+    /// Whether deciding would change nothing: no enabled rule, or an acoustic-only fusion.
+    fn skips(&self) -> bool {
+        !self.any_enabled || self.params == FusionParams::ACOUSTIC_ONLY
     }
+
+    fn rationale(&self, probs: &Probs, c: &Contributions, fired: &[crate::FiredRule]) -> String {
+        rationale(self.language, probs, c, fired)
+    }
+}
+
+/// The rationale of a fused decision, in `language`, from its contributions only: the
+/// acoustic model's lean, what the fired rules pushed (with their statements), how
+/// unfamiliarity moved the weights, and the conclusion.
+pub fn rationale(
+    language: Language,
+    probs: &Probs,
+    c: &Contributions,
+    fired: &[crate::FiredRule],
+) -> String {
+    let vi = language == Language::Vi;
+    let name = |label: &str| {
+        let (v, e) = crate::refine::wording::label_names(label);
+        if vi {
+            v
+        } else {
+            e
+        }
+    };
+    let (ai, ap) = c
+        .acoustic_logp
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(l, v)| (l.clone(), v.exp()))
+        .unwrap_or_default();
+    let mut text = if vi {
+        format!("Mô hình âm học nghiêng về {} ({ap:.2}", name(&ai))
+    } else {
+        format!("The acoustic model leans to {} ({ap:.2}", name(&ai))
+    };
+    if (c.acoustic_weight - 1.0).abs() > 1e-9 {
+        text.push_str(&if vi {
+            format!(", trọng số {:.2}", c.acoustic_weight)
+        } else {
+            format!(", weight {:.2}", c.acoustic_weight)
+        });
+    }
+    text.push(')');
+    if c.unfamiliarity_term.excess > 0.0 {
+        text.push_str(&if vi {
+            format!(
+                "; đoạn ghi âm lạ so với dữ liệu huấn luyện (vượt {:.2}), nên tin quy tắc hơn",
+                c.unfamiliarity_term.excess
+            )
+        } else {
+            format!(
+                "; the clip is unfamiliar (excess {:.2}), so the rules count for more",
+                c.unfamiliarity_term.excess
+            )
+        });
+    }
+    if fired.is_empty() {
+        text.push_str(if vi {
+            "; không có quy tắc nào khớp"
+        } else {
+            "; no rule fired"
+        });
+    }
+    let (best, p) = probs.argmax();
+    text.push_str(&if vi {
+        format!(
+            "; kết luận: {} ({:.0}%).",
+            name(&probs.labels[best]),
+            p * 100.0
+        )
+    } else {
+        format!(
+            "; decision: {} ({:.0}%).",
+            name(&probs.labels[best]),
+            p * 100.0
+        )
+    });
+    for (rule, push) in fired.iter().zip(&c.rules) {
+        let statement = match (language, &rule.statement_vi) {
+            (Language::Vi, Some(s)) if !s.trim().is_empty() => s.as_str(),
+            _ => rule.statement_en.as_str(),
+        };
+        text.push_str(&format!(
+            "\n- [{}] {} → {} ({:+.2})",
+            rule.id,
+            statement,
+            name(&rule.label),
+            push.push
+        ));
+    }
+    text
 }
 
 impl Reasoner for RuleVote {
     fn name(&self) -> String {
+        let sha = &self.rule_set_sha[..12.min(self.rule_set_sha.len())];
+        if self.params == FusionParams::RULE_VOTE {
+            return format!(
+                "rule-vote ({}, sha256 {sha}, prior_weight 1)",
+                self.rule_set_id
+            );
+        }
+        let p = &self.params;
         format!(
-            "rule-vote ({}, sha256 {}, prior_weight {})",
-            self.rule_set_id,
-            &self.rule_set_sha[..12.min(self.rule_set_sha.len())],
-            self.prior_weight
+            "fused ({}, sha256 {sha}, acoustic_weight {}, rule_scale {}, unfamiliar_acoustic {}, unfamiliar_rules {})",
+            self.rule_set_id, p.acoustic_weight, p.rule_scale, p.unfamiliar_acoustic, p.unfamiliar_rules
         )
     }
 
@@ -146,10 +214,25 @@ impl Reasoner for RuleVote {
                 ),
             });
         }
-        let probs = self.combine(acoustic, case.fired);
-        let rationale = self.rationale(&probs, case.fired);
+        if self.skips() {
+            // Nothing to fuse: the acoustic probabilities stand, bit for bit.
+            let contributions = Contributions::acoustic_only(acoustic);
+            let rationale = self.rationale(acoustic, &contributions, &[]);
+            return Ok(Verdict {
+                probs: acoustic.clone(),
+                contributions: Some(contributions),
+                rationale: Some(rationale),
+                prompt_tokens: 0,
+                generated_tokens: 0,
+                timings_ms: BTreeMap::new(),
+            });
+        }
+        let (probs, contributions) =
+            fusion::fuse(&self.params, acoustic, case.fired, None, case.unfamiliarity);
+        let rationale = self.rationale(&probs, &contributions, case.fired);
         Ok(Verdict {
             probs,
+            contributions: Some(contributions),
             rationale: Some(rationale),
             prompt_tokens: 0,
             generated_tokens: 0,

@@ -116,6 +116,7 @@ pub fn clear_cases() -> Vec<Clip> {
 
 pub fn case(c: &Clip) -> Case<'_> {
     Case {
+        unfamiliarity: None,
         evidence: &c.evidence,
         acoustic: &c.acoustic,
         fired: &c.fired,

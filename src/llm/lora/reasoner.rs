@@ -93,6 +93,7 @@ impl LoraReasoner {
             .cache_prompt(&suffix, self.adapters.first_layer())?;
         let probs = self.task.probs(&cached, Some(&self.adapters))?;
         Ok(Verdict {
+            contributions: None,
             probs: Probs::new(self.task.labels(), probs),
             rationale: None,
             prompt_tokens: self.task.prefix_tokens() + suffix.len(),
