@@ -328,6 +328,14 @@ fn main() -> anyhow::Result<()> {
     eprintln!("encoded {} views in {encode_s:.0} s", encoder.done);
 
     let outer = speaker_folds(&rav_m, 4, 1)?;
+    if let Some(name) = value("--fusion") {
+        let c = CANDIDATES
+            .iter()
+            .chain(std::iter::once(&ATTENTION))
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?;
+        return fusion_study(c, &out, &rav_m, &rav, &syn_m, &syn, &neutral, &outer);
+    }
     let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
     if keep_frames {
         candidates.push(ATTENTION);
@@ -1012,4 +1020,282 @@ fn markdown(doc: &serde_json::Value) -> String {
         s += &line;
     }
     s
+}
+
+/// One held-out prediction for the fusion study.
+struct Pred {
+    column: &'static str,
+    /// Speaker fold for the in-domain columns (clean and field copies share it), else the
+    /// column: a fit never sees the condition it is scored on.
+    key: String,
+    y: usize,
+    acoustic: camxuc::Probs,
+    unfamiliarity: Option<f32>,
+    fired: Vec<camxuc::FiredRule>,
+}
+
+/// Routing as the product routes: top probability below the shipped model's threshold, or
+/// an unfamiliar clip.
+const STUDY_ROUTE_BELOW: f32 = 0.93;
+
+/// `--fusion NAME`: the fused decision of issue "the reasoner must earn its place" on the
+/// protocol's columns, with candidate NAME as the acoustic model. Each column (and each
+/// speaker fold of the in-domain ones) is scored with a fusion fitted on every other
+/// condition; writes fusion.json and fusion.md.
+#[allow(clippy::too_many_arguments)]
+fn fusion_study(
+    c: &Candidate,
+    out: &std::path::Path,
+    rav_m: &Manifest,
+    rav: &[Clip],
+    syn_m: &Manifest,
+    syn: &[Clip],
+    neutral: &[Clip],
+    outer: &[camxuc::data::split::Split],
+) -> anyhow::Result<()> {
+    use camxuc::pipeline::fusion::{self, FusionParams, FusionSample};
+    let labels = LabelSet::default();
+    let rules = camxuc::rules::RuleSet::load(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(camxuc::rules::DEFAULT_RULES_PATH),
+    )?;
+    let mut preds: Vec<Pred> = Vec::new();
+    let mut push = |model: &Model, v: &ViewData, y: usize, column: &'static str, key: String| {
+        let p = softmax_t(&model.logits(v)?, model.temperature);
+        let acoustic = camxuc::Probs::new(&labels, p);
+        let mut e = v.evidence.clone();
+        model.ev.0.apply(&mut e);
+        let fired = rules.evaluate(&e, &acoustic);
+        let unfamiliarity = model
+            .unfamiliarity
+            .as_ref()
+            .map(|u| u.score(&model.pooled(v)));
+        preds.push(Pred {
+            column,
+            key,
+            y,
+            acoustic,
+            unfamiliarity,
+            fired,
+        });
+        anyhow::Ok(())
+    };
+    let mut thresholds = Vec::new();
+    for (k, fold) in outer.iter().enumerate() {
+        let model = train(c, rav_m, rav, &fold.train, neutral)?;
+        thresholds.push(model.unfamiliar_threshold);
+        for &i in &fold.val {
+            let clip = &rav[i];
+            let y = clip.label.unwrap_or(0);
+            push(
+                &model,
+                clip.view(Kind::Clean).unwrap(),
+                y,
+                "new_speakers",
+                format!("fold{k}"),
+            )?;
+            if let Some(fv) = clip.view(Kind::FieldTest) {
+                push(&model, fv, y, "field_chains", format!("fold{k}"))?;
+            }
+        }
+    }
+    let all_rav: Vec<usize> = (0..rav.len()).collect();
+    let model = train(c, rav_m, rav, &all_rav, neutral)?;
+    let shipped_threshold = model.unfamiliar_threshold;
+    for clip in syn {
+        push(
+            &model,
+            clip.view(Kind::Clean).unwrap(),
+            clip.label.unwrap_or(0),
+            "ravdess_to_synthetic",
+            "r2s".into(),
+        )?;
+    }
+    let all_syn: Vec<usize> = (0..syn.len()).collect();
+    let model = train(c, syn_m, syn, &all_syn, &[])?;
+    let s2r_threshold = model.unfamiliar_threshold;
+    for clip in rav {
+        push(
+            &model,
+            clip.view(Kind::Clean).unwrap(),
+            clip.label.unwrap_or(0),
+            "synthetic_to_ravdess",
+            "s2r".into(),
+        )?;
+    }
+    // The unfamiliarity threshold of the model that made each prediction (fold models differ
+    // little; the first fold's stands in for the in-domain columns).
+    let unfam_thr = |p: &Pred| match p.column {
+        "ravdess_to_synthetic" => shipped_threshold,
+        "synthetic_to_ravdess" => s2r_threshold,
+        _ => {
+            thresholds[p
+                .key
+                .trim_start_matches("fold")
+                .parse::<usize>()
+                .unwrap_or(0)]
+        }
+    };
+    let routed = |p: &Pred| {
+        p.acoustic.argmax().1 < STUDY_ROUTE_BELOW
+            || p.unfamiliarity.is_some_and(|u| u > unfam_thr(p))
+    };
+    let columns = [
+        "new_speakers",
+        "field_chains",
+        "ravdess_to_synthetic",
+        "synthetic_to_ravdess",
+    ];
+    let routed_n: BTreeMap<&str, usize> = columns
+        .iter()
+        .map(|c| {
+            (
+                *c,
+                preds.iter().filter(|p| p.column == *c && routed(p)).count(),
+            )
+        })
+        .collect();
+    let sample = |p: &Pred| FusionSample {
+        acoustic: p.acoustic.clone(),
+        fired: p.fired.clone(),
+        llm_logp: None,
+        unfamiliarity: p.unfamiliarity,
+        label: p.y,
+        // Every condition counts equally, however many of its clips are routed.
+        weight: 100.0 / routed_n[p.column].max(1) as f64,
+        group: format!("{}/{}", p.column, p.key),
+    };
+    // The held-out fit for each (column, key): every routed clip of other conditions.
+    let excluded = |test: &Pred, p: &Pred| {
+        if test.column.starts_with("new") || test.column.starts_with("field") {
+            (p.column.starts_with("new") || p.column.starts_with("field")) && p.key == test.key
+        } else {
+            p.column == test.column
+        }
+    };
+    let mut fits: BTreeMap<(String, String), fusion::FusionFit> = BTreeMap::new();
+    let mut decided: Vec<BTreeMap<&str, usize>> = Vec::new();
+    for t in &preds {
+        let key = (t.column.to_string(), t.key.clone());
+        if !fits.contains_key(&key) {
+            let train: Vec<FusionSample> = preds
+                .iter()
+                .filter(|p| routed(p) && !excluded(t, p))
+                .map(sample)
+                .collect();
+            fits.insert(key.clone(), fusion::fit(&train));
+        }
+        let fused_params = fits[&key].params;
+        let mut d = BTreeMap::new();
+        let a = t.acoustic.argmax().0;
+        d.insert("acoustic_only", a);
+        let variants = [
+            (
+                "rules_only",
+                FusionParams {
+                    acoustic_weight: 0.0,
+                    ..FusionParams::RULE_VOTE
+                },
+            ),
+            ("rule_vote", FusionParams::RULE_VOTE),
+            ("fused", fused_params),
+        ];
+        for (name, params) in variants {
+            let pick = if routed(t) {
+                fusion::fuse(&params, &t.acoustic, &t.fired, None, t.unfamiliarity)
+                    .0
+                    .argmax()
+                    .0
+            } else {
+                a
+            };
+            d.insert(name, pick);
+        }
+        decided.push(d);
+    }
+    let variants = ["acoustic_only", "rules_only", "rule_vote", "fused"];
+    let mut table = BTreeMap::new();
+    for col in columns {
+        let ix: Vec<usize> = (0..preds.len())
+            .filter(|&i| preds[i].column == col)
+            .collect();
+        let truth: Vec<usize> = ix.iter().map(|&i| preds[i].y).collect();
+        let routed_ix: Vec<usize> = ix.iter().copied().filter(|&i| routed(&preds[i])).collect();
+        let mut row = BTreeMap::new();
+        for v in variants {
+            let pred: Vec<usize> = ix.iter().map(|&i| decided[i][v]).collect();
+            let f1 = camxuc::eval::metrics::macro_f1(3, &truth, &pred);
+            let routed_acc = routed_ix
+                .iter()
+                .filter(|&&i| decided[i][v] == preds[i].y)
+                .count() as f64
+                / routed_ix.len().max(1) as f64;
+            // Paired bootstrap of the macro-F1 difference to acoustic-only.
+            let base: Vec<usize> = ix.iter().map(|&i| decided[i]["acoustic_only"]).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(7);
+            let mut diffs: Vec<f64> = (0..BOOT)
+                .map(|_| {
+                    let s: Vec<usize> = (0..ix.len())
+                        .map(|_| rand::Rng::random_range(&mut rng, 0..ix.len()))
+                        .collect();
+                    let t: Vec<usize> = s.iter().map(|&j| truth[j]).collect();
+                    let p: Vec<usize> = s.iter().map(|&j| pred[j]).collect();
+                    let b: Vec<usize> = s.iter().map(|&j| base[j]).collect();
+                    camxuc::eval::metrics::macro_f1(3, &t, &p)
+                        - camxuc::eval::metrics::macro_f1(3, &t, &b)
+                })
+                .collect();
+            diffs.sort_by(f64::total_cmp);
+            let ci = [diffs[BOOT / 40], diffs[BOOT - 1 - BOOT / 40]];
+            row.insert(
+                v,
+                json!({"macro_f1": f1, "routed_accuracy": routed_acc, "diff_vs_acoustic_ci95": ci}),
+            );
+        }
+        table.insert(
+            col,
+            json!({"n": ix.len(), "routed": routed_ix.len(), "variants": row}),
+        );
+    }
+    // The fit a model would ship: every condition.
+    let all: Vec<FusionSample> = preds.iter().filter(|p| routed(p)).map(sample).collect();
+    let shipped = fusion::fit(&all);
+    let per_fold: BTreeMap<String, FusionParams> = fits
+        .iter()
+        .map(|((c, k), f)| (format!("{c}/{k}"), f.params))
+        .collect();
+    let doc = json!({
+        "acoustic_model": c.name,
+        "route_below": STUDY_ROUTE_BELOW,
+        "columns": table,
+        "fusion_per_held_out_condition": per_fold,
+        "fusion_all_conditions": shipped,
+    });
+    std::fs::write(
+        out.join("fusion.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    let mut md = String::from(
+        "| column | clips (routed) | acoustic only | rules only | rule vote (today) | fused | fused − acoustic (95% CI) | routed acc. acoustic → fused |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for col in columns {
+        let r = &table[col];
+        let v = &r["variants"];
+        let f = |n: &str| v[n]["macro_f1"].as_f64().unwrap_or(f64::NAN);
+        let ci = &v["fused"]["diff_vs_acoustic_ci95"];
+        md.push_str(&format!(
+            "| {col} | {} ({}) | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {:.2} → {:.2} |\n",
+            r["n"], r["routed"], f("acoustic_only"), f("rules_only"), f("rule_vote"), f("fused"),
+            f("fused") - f("acoustic_only"),
+            ci[0].as_f64().unwrap_or(f64::NAN), ci[1].as_f64().unwrap_or(f64::NAN),
+            v["acoustic_only"]["routed_accuracy"].as_f64().unwrap_or(f64::NAN),
+            v["fused"]["routed_accuracy"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    md.push_str(&format!(
+        "\nFusion fitted on every condition: {:?}\n",
+        shipped.params
+    ));
+    std::fs::write(out.join("fusion.md"), &md)?;
+    println!("{md}");
+    Ok(())
 }

@@ -335,7 +335,7 @@ fn rule_vote_is_log_linear_in_the_prior_and_the_weights() {
         .values
         .iter()
         .all(|p| (p - 1.0 / 3.0).abs() < 1e-6));
-    assert!(vote.name().contains("vi-default v1"));
+    assert!(vote.name().contains("vi-default v2"));
     let _ = labels;
 }
 
@@ -501,9 +501,15 @@ fn fusion_skips_without_rules_and_explains_only_what_fired() {
         .collect();
     assert_eq!(named.len(), fired.len(), "{rationale}");
     for id in named {
-        assert!(fired.iter().any(|f| f.id == id), "{id} did not fire: {rationale}");
+        assert!(
+            fired.iter().any(|f| f.id == id),
+            "{id} did not fire: {rationale}"
+        );
     }
-    assert!(rationale.contains("Mô hình âm học nghiêng về"), "{rationale}");
+    assert!(
+        rationale.contains("Mô hình âm học nghiêng về"),
+        "{rationale}"
+    );
     assert!(rationale.contains("kết luận"), "{rationale}");
 
     // Acoustic-only fusion: untouched.

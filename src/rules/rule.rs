@@ -62,6 +62,8 @@ pub struct Rule {
     weight: f64,
     statements: Statements,
     source: String,
+    /// The study or textbook the cue comes from (`source` says who wrote the rule).
+    reference: Option<String>,
     enabled: bool,
     /// Line of the rule's `id` in the file it was read from (for messages only).
     line: Option<usize>,
@@ -76,6 +78,7 @@ impl PartialEq for Rule {
             && self.weight == other.weight
             && self.statements == other.statements
             && self.source == other.source
+            && self.reference == other.reference
             && self.enabled == other.enabled
     }
 }
@@ -166,6 +169,7 @@ impl RuleDraft<'_> {
             weight: self.weight,
             statements: self.statements,
             source: self.source.trim().to_string(),
+            reference: None,
             enabled: self.enabled,
             line: self.line,
         })
@@ -220,6 +224,19 @@ impl Rule {
         self
     }
 
+    /// The same rule citing `reference` (empty: none).
+    pub fn with_reference(mut self, reference: Option<&str>) -> Rule {
+        self.reference = reference
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        self
+    }
+
+    pub fn reference(&self) -> Option<&str> {
+        self.reference.as_deref()
+    }
+
     pub fn with_enabled(mut self, enabled: bool) -> Rule {
         self.enabled = enabled;
         self
@@ -241,6 +258,7 @@ impl Rule {
             labels,
         )?;
         rule.enabled = self.enabled;
+        rule.reference = self.reference.clone();
         Ok(rule)
     }
 

@@ -99,6 +99,9 @@ struct RawRule {
     statement_vi: String,
     statement_en: String,
     source: String,
+    /// The study or textbook the cue comes from (optional).
+    #[serde(default)]
+    reference: Option<String>,
     #[serde(default = "enabled_by_default")]
     enabled: bool,
 }
@@ -232,7 +235,8 @@ impl RuleSet {
                 line,
                 when_line: line_of(r.when.span()),
             }
-            .validate(&set.labels)?;
+            .validate(&set.labels)?
+            .with_reference(r.reference.as_deref());
             set.push_rule(rule)?;
         }
         Ok(set)
@@ -365,6 +369,9 @@ impl RuleSet {
                 q(&r.statements().en),
                 q(r.source())
             );
+            if let Some(reference) = r.reference() {
+                let _ = writeln!(out, "reference = {}", q(reference));
+            }
             if !r.enabled() {
                 out.push_str("enabled = false\n");
             }

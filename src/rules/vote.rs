@@ -135,16 +135,29 @@ pub fn rationale(
         });
     }
     text.push(')');
+    // Said only when unfamiliarity did move the weights toward the rules.
+    let shifted = c.unfamiliarity_term.rule_scale_change > 0.0
+        || c.unfamiliarity_term.acoustic_weight_change < 0.0;
     if c.unfamiliarity_term.excess > 0.0 {
         text.push_str(&if vi {
             format!(
-                "; đoạn ghi âm lạ so với dữ liệu huấn luyện (vượt {:.2}), nên tin quy tắc hơn",
-                c.unfamiliarity_term.excess
+                "; đoạn ghi âm lạ so với dữ liệu huấn luyện (vượt {:.2}){}",
+                c.unfamiliarity_term.excess,
+                if shifted {
+                    ", nên tin quy tắc hơn"
+                } else {
+                    ""
+                }
             )
         } else {
             format!(
-                "; the clip is unfamiliar (excess {:.2}), so the rules count for more",
-                c.unfamiliarity_term.excess
+                "; the clip is unfamiliar (excess {:.2}){}",
+                c.unfamiliarity_term.excess,
+                if shifted {
+                    ", so the rules count for more"
+                } else {
+                    ""
+                }
             )
         });
     }
