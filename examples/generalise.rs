@@ -203,6 +203,19 @@ const CANDIDATES: &[Candidate] = &[
     ),
 ];
 
+/// The pooled input `camxuc train` gives the attention model's unfamiliarity reference.
+const UNFAMILIARITY_VIEW: Candidate = Candidate {
+    name: "unfamiliarity input",
+    blocks: &[1, 2, 3],
+    std: true,
+    utterance_norm: true,
+    evidence: true,
+    aug: Aug::Perturb,
+    attention: false,
+    lambdas: &[],
+    neutral: false,
+};
+
 const ATTENTION: Candidate = Candidate {
     name: "attention head (today's default, main head)",
     blocks: &[3],
@@ -334,7 +347,12 @@ fn main() -> anyhow::Result<()> {
             .chain(std::iter::once(&ATTENTION))
             .find(|c| c.name == name)
             .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?;
-        return fusion_study(c, &out, &rav_m, &rav, &syn_m, &syn, &neutral, &outer);
+        let rules = value("--rules").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(camxuc::rules::DEFAULT_RULES_PATH)
+        });
+        return fusion_study(
+            c, &out, &rav_m, &rav, &syn_m, &syn, &neutral, &outer, &rules,
+        );
     }
     let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
     if keep_frames {
@@ -644,7 +662,12 @@ struct Model {
 }
 
 impl Model {
+    /// The pooled input of the linear head, and of the unfamiliarity reference (for the
+    /// attention head: what `camxuc train` gives its reference, blocks 1-3 utt-norm +evidence).
     fn pooled(&self, v: &ViewData) -> Vec<f32> {
+        if self.cand.attention {
+            return features(&UNFAMILIARITY_VIEW, v, &self.ev);
+        }
         features(&self.cand, v, &self.ev)
     }
 
@@ -867,6 +890,28 @@ fn train_attention(
     let refs: Vec<&View> = va.iter().map(|e| &e.views[0]).collect();
     let vl = predict_views(&trained.head, &refs, &Device::Cpu)?;
     let vy: Vec<usize> = va.iter().map(|e| e.label).collect();
+    // The unfamiliarity reference as `camxuc train` fits it: clean clips, speaker folds.
+    let rows: Vec<Vec<f32>> = ix
+        .iter()
+        .map(|&i| {
+            features(
+                &UNFAMILIARITY_VIEW,
+                clips[i].view(Kind::Clean).unwrap(),
+                &ev,
+            )
+        })
+        .collect();
+    let folds: Vec<Vec<usize>> = speaker_folds(&sub, INNER_FOLDS, 3)?
+        .into_iter()
+        .map(|f| f.val)
+        .collect();
+    let (u, threshold) = camxuc::acoustic::unfamiliar::fit_with_threshold(
+        &rows,
+        &folds,
+        32,
+        0.05,
+        "protocol".into(),
+    )?;
     Ok(Model {
         cand: *c,
         linear: None,
@@ -874,8 +919,8 @@ fn train_attention(
         ev,
         temperature: fit_temperature(&vl, &vy),
         lambda: 0.0,
-        unfamiliarity: None,
-        unfamiliar_threshold: f32::INFINITY,
+        unfamiliarity: Some(u),
+        unfamiliar_threshold: threshold.unwrap_or(f32::INFINITY),
     })
 }
 
@@ -1041,7 +1086,7 @@ const STUDY_ROUTE_BELOW: f32 = 0.93;
 /// `--fusion NAME`: the fused decision of issue "the reasoner must earn its place" on the
 /// protocol's columns, with candidate NAME as the acoustic model. Each column (and each
 /// speaker fold of the in-domain ones) is scored with a fusion fitted on every other
-/// condition; writes fusion.json and fusion.md.
+/// condition; writes fusion-<rules>.json and .md (with each rule's firing rate and precision).
 #[allow(clippy::too_many_arguments)]
 fn fusion_study(
     c: &Candidate,
@@ -1052,12 +1097,11 @@ fn fusion_study(
     syn: &[Clip],
     neutral: &[Clip],
     outer: &[camxuc::data::split::Split],
+    rules_path: &std::path::Path,
 ) -> anyhow::Result<()> {
     use camxuc::pipeline::fusion::{self, FusionParams, FusionSample};
     let labels = LabelSet::default();
-    let rules = camxuc::rules::RuleSet::load(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(camxuc::rules::DEFAULT_RULES_PATH),
-    )?;
+    let rules = camxuc::rules::RuleSet::load(rules_path)?;
     let mut preds: Vec<Pred> = Vec::new();
     let mut push = |model: &Model, v: &ViewData, y: usize, column: &'static str, key: String| {
         let p = softmax_t(&model.logits(v)?, model.temperature);
@@ -1256,6 +1300,28 @@ fn fusion_study(
             json!({"n": ix.len(), "routed": routed_ix.len(), "variants": row}),
         );
     }
+    // Each rule's firing rate and precision (share of its firings on clips of its label),
+    // per column, on every clip and on routed clips.
+    let mut rule_stats = BTreeMap::new();
+    for r in rules.rules().iter().filter(|r| r.enabled()) {
+        let mut per_col = BTreeMap::new();
+        for col in columns {
+            let ix: Vec<&Pred> = preds.iter().filter(|p| p.column == col).collect();
+            let fires: Vec<&&Pred> = ix
+                .iter()
+                .filter(|p| p.fired.iter().any(|f| f.id == r.id()))
+                .collect();
+            let right = fires
+                .iter()
+                .filter(|p| labels.name(p.y) == r.label())
+                .count();
+            per_col.insert(col, json!({
+                "fires": fires.len() as f64 / ix.len().max(1) as f64,
+                "precision": if fires.is_empty() { serde_json::Value::Null } else { json!(right as f64 / fires.len() as f64) },
+            }));
+        }
+        rule_stats.insert(r.id().to_string(), per_col);
+    }
     // The fit a model would ship: every condition.
     let all: Vec<FusionSample> = preds.iter().filter(|p| routed(p)).map(sample).collect();
     let shipped = fusion::fit(&all);
@@ -1269,9 +1335,12 @@ fn fusion_study(
         "columns": table,
         "fusion_per_held_out_condition": per_fold,
         "fusion_all_conditions": shipped,
+        "rules": rules.id_string(),
+        "rule_stats": rule_stats,
     });
+    let tag = value_tag(&format!("{}-{}", rules.id_string(), c.name));
     std::fs::write(
-        out.join("fusion.json"),
+        out.join(format!("fusion-{tag}.json")),
         serde_json::to_string_pretty(&doc)? + "\n",
     )?;
     let mut md = String::from(
@@ -1295,7 +1364,35 @@ fn fusion_study(
         "\nFusion fitted on every condition: {:?}\n",
         shipped.params
     ));
-    std::fs::write(out.join("fusion.md"), &md)?;
+    md.push_str(&format!(
+        "\nRules {}: firing rate / precision per column\n\n| rule | {} |\n|---|---|---|---|---|\n",
+        rules.id_string(),
+        columns.join(" | ")
+    ));
+    for (id, cols) in &rule_stats {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let v = &cols[c];
+                format!(
+                    "{:.0} % / {}",
+                    v["fires"].as_f64().unwrap_or(0.0) * 100.0,
+                    v["precision"]
+                        .as_f64()
+                        .map_or("–".into(), |p| format!("{:.0} %", p * 100.0))
+                )
+            })
+            .collect();
+        md.push_str(&format!("| {id} | {} |\n", cells.join(" | ")));
+    }
+    std::fs::write(out.join(format!("fusion-{tag}.md")), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// A file-name-safe form of a rule set's id.
+fn value_tag(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
 }
