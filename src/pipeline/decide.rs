@@ -425,4 +425,34 @@ mod tests {
             serde_json::json!(DECISION_SCHEMA_VERSION)
         );
     }
+
+    /// A kept (confident) clip never changes, whatever a reasoner would have said: its
+    /// probabilities are the acoustic model's and its contributions are acoustic-only.
+    #[test]
+    fn kept_clips_never_change_and_routed_ones_carry_the_fusion() {
+        let p = vec![0.1, 0.85, 0.05];
+        let other = Verdict {
+            probs: Probs::new(&LabelSet::default(), vec![0.7, 0.2, 0.1]),
+            contributions: None,
+            rationale: Some("x".into()),
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            timings_ms: BTreeMap::new(),
+        };
+        let mut a = assessment(p.clone(), Some(1.0), false);
+        a.verdict = Some(other.clone());
+        let d = a.into_decision(Evidence::default(), "x.wav", None, Route::Rules, None);
+        assert_eq!(d.probs, d.acoustic_probs);
+        assert_eq!(d.route, Route::Acoustic);
+        let c = d.contributions.unwrap();
+        assert_eq!((c.acoustic_weight, c.rules.len()), (1.0, 0));
+        let mut a = assessment(p, Some(1.0), false);
+        a.ambiguous = true;
+        a.verdict = Some(other.clone());
+        let d = a.into_decision(Evidence::default(), "x.wav", None, Route::Rules, None);
+        assert_eq!(d.probs, other.probs);
+        assert_eq!(d.route, Route::Rules);
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(json["contributions"]["acoustic_logp"].is_object(), "{json}");
+    }
 }
