@@ -1,0 +1,340 @@
+//! The page, its assets and the JSON API. Every error is `{"error": "…"}` with a status that
+//! names the kind of problem (400 bad upload or label, 404 unknown clip, 409 labelled
+//! already, 413 too large, 500 the server's fault); a handler that panics answers 500 the
+//! same way and the server goes on.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use super::store::{Record, StoreError};
+use super::worker::JobError;
+use super::AppState;
+
+type Shared = Arc<AppState>;
+
+/// Assets built into the binary: the workbench needs nothing from the network.
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::UnknownClip { .. } => StatusCode::NOT_FOUND,
+            StoreError::AlreadyLabelled { .. } => StatusCode::CONFLICT,
+            StoreError::Io { .. } | StoreError::Labels { .. } => {
+                eprintln!("error: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// The application's routes with the upload limit and the panic guard.
+pub(crate) fn router(state: Shared) -> Router {
+    let limit = state.max_upload_bytes;
+    Router::new()
+        .route("/", get(page))
+        .route("/review", get(page))
+        .route("/adapt", get(page))
+        .route("/report", get(page))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/api/health", get(health))
+        .route(
+            "/api/classify",
+            post(classify).layer(DefaultBodyLimit::max(limit)),
+        )
+        .route("/api/review", get(review))
+        .route("/api/label", post(label))
+        .route("/api/labels", get(labels))
+        .route("/api/clips/{file}", get(clip))
+        .fallback(not_found)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// A handler panic: logged, answered as a 500 JSON error.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    eprintln!("error: a request handler panicked: {what}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error (the server logged it and goes on)",
+    )
+    .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such page or API route")
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+}
+
+async fn style_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
+}
+
+async fn health(State(s): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "model": s.model,
+        "labels": s.labels,
+        "data": s.store.dir().display().to_string(),
+    }))
+}
+
+/// `segments=true|1` in the query string.
+fn wants_segments(query: Option<&str>) -> Result<bool, ApiError> {
+    let Some(q) = query else { return Ok(false) };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k == "segments" {
+            return match v {
+                "true" | "1" | "" => Ok(true),
+                "false" | "0" => Ok(false),
+                other => Err(ApiError::bad(format!(
+                    "segments must be true or false, not {other:?}"
+                ))),
+            };
+        }
+    }
+    Ok(false)
+}
+
+/// Store the multipart field `file` under a generated name, decide it on the worker, record
+/// the decision(s) and answer with them (one Decision, or an array with `?segments=true`).
+async fn classify(
+    State(s): State<Shared>,
+    RawQuery(query): RawQuery,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let segments = wants_segments(query.as_deref())?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::bad(format!(
+            "expected a multipart/form-data upload with a field named file ({e})"
+        ))
+    })?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload is larger than the limit of {} MB (--max-upload-mb)",
+                s.max_upload_bytes / (1024 * 1024)
+            ),
+        )
+    };
+    let multipart_error = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::bad(format!("unreadable upload: {}", e.body_text()))
+        }
+    };
+    let mut field = loop {
+        match multipart.next_field().await.map_err(multipart_error)? {
+            Some(f) if f.name() == Some("file") => break f,
+            Some(_) => continue,
+            None => return Err(ApiError::bad("the upload has no field named file")),
+        }
+    };
+    let (name, path, mut out) = s.store.new_clip(field.file_name())?;
+    // Streamed to disk: a long recording is never held in memory whole.
+    let mut size = 0usize;
+    let stored = loop {
+        match field.chunk().await {
+            Ok(Some(bytes)) => {
+                size += bytes.len();
+                if let Err(e) = out.write_all(&bytes) {
+                    eprintln!("error: {}: cannot write: {e}", path.display());
+                    break Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "cannot store the upload",
+                    ));
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(multipart_error(e)),
+        }
+    };
+    drop(out);
+    let remove = || {
+        let _ = std::fs::remove_file(&path);
+    };
+    if let Err(e) = stored {
+        remove();
+        return Err(e);
+    }
+    if size == 0 {
+        remove();
+        return Err(ApiError::bad("the upload is empty (0 bytes)"));
+    }
+    let decided = match s
+        .worker
+        .classify(path.clone(), name.clone(), segments)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // Clips that gave no decision are not kept (adapt --unlabelled reads the folder).
+            remove();
+            return Err(match e {
+                JobError::BadInput(m) => ApiError::bad(m),
+                JobError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+            });
+        }
+    };
+    let records: Vec<Record> = decided
+        .iter()
+        .map(|(d, reason)| Record {
+            file: name.clone(),
+            decision: d.clone(),
+            reason: reason.map(String::from),
+        })
+        .collect();
+    s.store.add_decisions(records)?;
+    let decisions: Vec<&crate::Decision> = decided.iter().map(|(d, _)| d).collect();
+    let body = if segments {
+        serde_json::to_value(&decisions)
+    } else {
+        serde_json::to_value(decisions[0])
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(body))
+}
+
+async fn review(State(s): State<Shared>) -> Json<Value> {
+    let items: Vec<Value> = s
+        .store
+        .review_queue()
+        .into_iter()
+        .map(|r| json!({ "file": r.file, "decision": r.decision, "reason": r.reason }))
+        .collect();
+    Json(json!({ "items": items }))
+}
+
+/// `{"file": stored name, "label": one of the model's labels}` → appended to labels.csv.
+async fn label(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct LabelRequest {
+        file: String,
+        label: String,
+    }
+    let req: LabelRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(format!(
+            "expected JSON {{\"file\": \"…\", \"label\": \"…\"}}: {e}"
+        ))
+    })?;
+    let label = req.label.trim().to_lowercase();
+    if !s.labels.contains(&label) {
+        return Err(ApiError::bad(format!(
+            "unknown label {:?}: use one of {}",
+            req.label,
+            s.labels.join(", ")
+        )));
+    }
+    let store = Arc::clone(&s);
+    let file = req.file.clone();
+    // A synced append: off the async threads.
+    tokio::task::spawn_blocking(move || store.store.add_label(&file, &label).map(|()| label))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map(|label| Json(json!({ "file": req.file, "label": label })))
+        .map_err(ApiError::from)
+}
+
+/// How many labels of each class `labels.csv` holds (the adapt page).
+async fn labels(State(s): State<Shared>) -> Json<Value> {
+    let given = s.store.labels();
+    let mut counts = serde_json::Map::new();
+    for l in &s.labels {
+        let n = given.values().filter(|v| *v == l).count();
+        counts.insert(l.clone(), n.into());
+    }
+    Json(json!({ "total": given.len(), "counts": counts }))
+}
+
+/// The stored clip, for the page's audio player.
+async fn clip(
+    State(s): State<Shared>,
+    UrlPath(file): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let path = s
+        .store
+        .clip_path(&file)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{file}: no such clip")))?;
+    let bytes = std::fs::read(&path).map_err(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the clip")
+    })?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = match ext.as_str() {
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" => "audio/ogg",
+        "m4a" | "mp4" => "audio/mp4",
+        "webm" => "audio/webm",
+        _ => "application/octet-stream",
+    };
+    Ok(([(header::CONTENT_TYPE, mime)], Body::from(bytes)).into_response())
+}
