@@ -1,0 +1,292 @@
+//! `camxuc serve` end to end through the real binary and its JSON API: health, classify a
+//! spoken clip, label it into an owner-only labels.csv that adapt's reader accepts, restart
+//! with the queue and labels kept, and every kind of bad input answered with a JSON error
+//! while the server goes on.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+mod common;
+use common::serve::{speech_clip, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_camxuc");
+
+/// Status and JSON body of a response (4xx/5xx included).
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let ct = resp.content_type().to_string();
+    let body = resp.into_string().unwrap();
+    assert!(ct.starts_with("application/json"), "{status} {ct}: {body}");
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// POST `bytes` as the multipart field `file` named `name`.
+fn upload(url: &str, name: &str, bytes: &[u8]) -> (u16, Value) {
+    let boundary = "camxuc-test-boundary-7f3a";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    answer(
+        ureq::post(url)
+            .set(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )
+            .send_bytes(&body),
+    )
+}
+
+fn label(s: &Server, file: &str, label: &str) -> (u16, Value) {
+    answer(
+        ureq::post(&s.url("/api/label"))
+            .send_json(serde_json::json!({ "file": file, "label": label })),
+    )
+}
+
+fn review_files(s: &Server) -> Vec<String> {
+    let (code, v) = answer(ureq::get(&s.url("/api/review")).call());
+    assert_eq!(code, 200);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert!(
+                i["decision"]["label"].is_string() && i["reason"].is_string(),
+                "{i}"
+            );
+            i["file"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn error_text(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error key: {v}"))
+}
+
+#[test]
+fn classify_label_restart_and_bad_input() {
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(clip) = speech_clip(tmp.path()) else {
+        return;
+    };
+    let audio = std::fs::read(&clip).unwrap();
+    // Deep, so that a `../../` name could reach folders the test can look at.
+    let data = tmp.path().join("a/b/data");
+    // A routing threshold no clip reaches: every clip is routed into the review queue.
+    let s = Server::start(&models, &data, &["--threshold", "0.99"]);
+
+    let (code, health) = answer(ureq::get(&s.url("/api/health")).call());
+    assert_eq!(code, 200);
+    assert_eq!(health["status"], "ok");
+    assert!(
+        health["model"].as_str().unwrap().contains("default"),
+        "{health}"
+    );
+
+    // A spoken clip → one Decision whose `file` is the stored name.
+    let (code, d) = upload(&s.url("/api/classify"), "cau-noi.wav", &audio);
+    assert_eq!(code, 200, "{d}; stderr: {}", s.stderr());
+    let first = d["file"].as_str().unwrap().to_string();
+    assert!(first.ends_with("-cau-noi.wav"), "{first}");
+    assert!(["calm", "angry", "panic"].contains(&d["label"].as_str().unwrap()));
+    assert_eq!(d["schema_version"], 2);
+    assert!(d["probs"].is_object() && d["evidence"]["z"].is_object());
+    assert_eq!(d["route"], "rules", "threshold 0.99 routes it: {d}");
+    let stored = data.join("clips").join(&first);
+    assert_eq!(std::fs::read(&stored).unwrap(), audio);
+    // The page's audio player gets the clip back.
+    let r = ureq::get(&s.url(&format!("/api/clips/{first}")))
+        .call()
+        .unwrap();
+    assert_eq!(r.content_type(), "audio/wav");
+
+    // With segments: an array of Decisions with their time spans.
+    let (code, segs) = upload(&s.url("/api/classify?segments=true"), "long.wav", &audio);
+    assert_eq!(code, 200, "{segs}");
+    let segs = segs.as_array().unwrap();
+    assert!(!segs.is_empty());
+    assert!(segs[0]["segment"]["end_s"].as_f64().unwrap() > 0.0);
+    let second = segs[0]["file"].as_str().unwrap().to_string();
+
+    // A name with path components is stored inside clips/ under a generated name.
+    let (code, evil) = upload(&s.url("/api/classify"), "../../evil.wav", &audio);
+    assert_eq!(code, 200, "{evil}");
+    let third = evil["file"].as_str().unwrap().to_string();
+    assert!(!third.contains('/') && !third.contains(".."), "{third}");
+    assert!(data.join("clips").join(&third).is_file());
+    for dir in [
+        &data,
+        &tmp.path().join("a/b"),
+        &tmp.path().join("a"),
+        &tmp.path().to_path_buf(),
+    ] {
+        assert!(
+            !dir.join("evil.wav").exists(),
+            "{} got evil.wav",
+            dir.display()
+        );
+    }
+
+    assert_eq!(
+        review_files(&s),
+        vec![first.clone(), second.clone(), third.clone()]
+    );
+
+    // Label the first one: one row in an owner-only labels.csv, gone from the queue.
+    let (code, v) = label(&s, &first, "angry");
+    assert_eq!(code, 200, "{v}");
+    let labels_csv = data.join("labels.csv");
+    let text = std::fs::read_to_string(&labels_csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "path,label,speaker,labelled_at");
+    assert!(
+        lines[1].starts_with(&format!("clips/{first},angry,,")),
+        "{text}"
+    );
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&labels_csv), 0o600);
+        assert_eq!(mode(&data.join("decisions.jsonl")), 0o600);
+        assert_eq!(mode(&data.join("clips")), 0o700);
+        assert_eq!(mode(&stored), 0o600);
+    }
+    assert_eq!(review_files(&s), vec![second.clone(), third.clone()]);
+
+    // Bad input: JSON errors naming the problem, and the server goes on.
+    let (code, v) = upload(&s.url("/api/classify"), "empty.wav", b"");
+    assert_eq!(code, 400);
+    assert!(error_text(&v).contains("empty"), "{v}");
+    let (code, v) = upload(
+        &s.url("/api/classify"),
+        "notes.wav",
+        b"these are not audio bytes at all",
+    );
+    assert_eq!(code, 400);
+    assert!(error_text(&v).contains("not a readable audio file"), "{v}");
+    assert!(
+        !error_text(&v).contains(data.to_str().unwrap()),
+        "no server paths: {v}"
+    );
+    let (code, v) = answer(
+        ureq::post(&s.url("/api/classify"))
+            .set("Content-Type", "text/plain")
+            .send_string("hello"),
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = label(&s, &second, "happy");
+    assert_eq!(code, 400);
+    assert!(error_text(&v).contains("unknown label"), "{v}");
+    let (code, v) = label(&s, "1700000000000-never-uploaded.wav", "calm");
+    assert_eq!(code, 404);
+    assert!(error_text(&v).contains("no such clip"), "{v}");
+    let (code, _) = label(&s, "../decisions.jsonl", "calm");
+    assert_eq!(code, 404);
+    let (code, v) = answer(ureq::get(&s.url("/api/clips/..%2Fdecisions.jsonl")).call());
+    assert_eq!(code, 404, "{v}");
+    let (code, v) = answer(
+        ureq::post(&s.url("/api/label"))
+            .set("Content-Type", "application/json")
+            .send_string("{not json"),
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = label(&s, &first, "calm");
+    assert_eq!(code, 409, "labelled already: {v}");
+    // Failed uploads are not kept (adapt --unlabelled reads the folder).
+    assert_eq!(std::fs::read_dir(data.join("clips")).unwrap().count(), 3);
+    let (code, _) = answer(ureq::get(&s.url("/api/health")).call());
+    assert_eq!(code, 200, "still serving");
+    assert!(!s.stderr().contains("panicked"), "{}", s.stderr());
+
+    // A crash and a restart: the labels and the queue come back.
+    s.kill();
+    let s = Server::start(&models, &data, &["--threshold", "0.99"]);
+    assert_eq!(review_files(&s), vec![second.clone(), third.clone()]);
+    let (code, _) = label(&s, &first, "panic");
+    assert_eq!(code, 409, "the label survived the restart");
+    let (code, v) = label(&s, &third, "calm");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(review_files(&s), vec![second.clone()]);
+    drop(s);
+
+    // adapt's reader takes labels.csv as a labelled manifest, paths resolved inside data/.
+    let m =
+        camxuc::data::manifest::Manifest::load(&labels_csv, &camxuc::LabelSet::default()).unwrap();
+    let rows: Vec<(String, String)> = m
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.path.file_name().unwrap().to_string_lossy().into(),
+                r.label.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (first.clone(), "angry".into()),
+            (third.clone(), "calm".into())
+        ]
+    );
+    assert!(m.rows.iter().all(|r| r.path.is_file()));
+}
+
+#[test]
+fn uploads_over_the_limit_are_refused_with_413() {
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&models, &data, &["--max-upload-mb", "1"]);
+    let big = vec![7u8; 1024 * 1024 + 4096];
+    let (code, v) = upload(&s.url("/api/classify"), "big.wav", &big);
+    assert_eq!(code, 413, "{v}");
+    assert!(error_text(&v).contains("1 MB"), "{v}");
+    assert_eq!(std::fs::read_dir(data.join("clips")).unwrap().count(), 0);
+    let (code, _) = answer(ureq::get(&s.url("/api/health")).call());
+    assert_eq!(code, 200, "still serving");
+}
+
+#[test]
+fn a_non_loopback_address_needs_allow_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--port", "0", "--listen", "0.0.0.0", "--data"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing listened");
+    assert!(
+        !tmp.path().join("data").exists(),
+        "refused before touching --data"
+    );
+}
