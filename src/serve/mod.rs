@@ -84,7 +84,7 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(Box<PipelineError>),
     #[error("the classification worker stopped before the pipeline was built")]
     WorkerGone,
 }

@@ -105,7 +105,7 @@ impl Worker {
             .map_err(|_| ServeError::WorkerGone)?;
         match ready_rx.recv() {
             Ok(Ok(info)) => Ok((Self { jobs }, info)),
-            Ok(Err(e)) => Err(ServeError::Pipeline(e)),
+            Ok(Err(e)) => Err(ServeError::Pipeline(Box::new(e))),
             Err(_) => Err(ServeError::WorkerGone),
         }
     }
