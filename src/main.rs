@@ -395,6 +395,10 @@ struct ServeArgs {
     /// Also queue for review clips whose final top probability is below this.
     #[arg(long, default_value_t = 0.0)]
     below: f32,
+    /// Folder written by `camxuc eval --report DIR`, shown on the report page (default:
+    /// <data>/report).
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -720,6 +724,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             abstain_below: None,
         },
         models_dir: catalog::models_dir(),
+        report: a.report,
     })?;
     Ok(ExitCode::SUCCESS)
 }

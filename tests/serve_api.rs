@@ -290,3 +290,109 @@ fn a_non_loopback_address_needs_allow_remote() {
         "refused before touching --data"
     );
 }
+
+#[test]
+fn adapt_on_the_collected_labels_and_accept_the_new_model() {
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = common::small_corpus_of(tmp.path(), 2, 5, 5);
+    let m =
+        camxuc::data::manifest::Manifest::load(&manifest, &camxuc::LabelSet::default()).unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&models, &data, &[]);
+
+    // Nothing labelled yet: adapt says why it cannot run.
+    let (code, v) = answer(ureq::post(&s.url("/api/adapt")).call());
+    assert_eq!(code, 400, "{v}");
+
+    for row in &m.rows {
+        let bytes = std::fs::read(&row.path).unwrap();
+        let name = row.path.file_name().unwrap().to_string_lossy().to_string();
+        let (code, d) = upload(&s.url("/api/classify"), &name, &bytes);
+        assert_eq!(code, 200, "{d}");
+        let (code, v) = label(&s, d["file"].as_str().unwrap(), &row.label);
+        assert_eq!(code, 200, "{v}");
+    }
+    let (code, counts) = answer(ureq::get(&s.url("/api/labels")).call());
+    assert_eq!(code, 200);
+    assert_eq!(counts["total"], m.rows.len());
+
+    let (code, v) = answer(ureq::post(&s.url("/api/adapt")).call());
+    assert_eq!(code, 200, "{v}; stderr: {}", s.stderr());
+    let name = v["model"].as_str().unwrap().to_string();
+    assert!(name.starts_with("adapted-"), "{v}");
+    let report = &v["report"];
+    assert_eq!(report["n_labelled"], m.rows.len());
+    assert!(report["before"]["macro_f1"].is_number(), "{report}");
+    assert!(report["after"]["macro_f1"].is_number(), "{report}");
+    let dir = data.join("models").join(&name);
+    assert!(dir.join("model.json").is_file());
+
+    // Not used until accepted.
+    let (_, health) = answer(ureq::get(&s.url("/api/health")).call());
+    assert!(!health["model"].as_str().unwrap().contains(&name));
+    let (code, _) = answer(
+        ureq::post(&s.url("/api/adapt/accept"))
+            .send_json(serde_json::json!({"model": "adapted-0"})),
+    );
+    assert_eq!(code, 404);
+    let (code, v) = answer(
+        ureq::post(&s.url("/api/adapt/accept")).send_json(serde_json::json!({"model": name})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (_, health) = answer(ureq::get(&s.url("/api/health")).call());
+    assert!(
+        health["model"].as_str().unwrap().ends_with(&name),
+        "{health}"
+    );
+    let bytes = std::fs::read(&m.rows[0].path).unwrap();
+    let (code, d) = upload(&s.url("/api/classify"), "again.wav", &bytes);
+    assert_eq!(code, 200, "the adapted model classifies: {d}");
+}
+
+#[test]
+fn the_report_page_serves_the_eval_report_folder_and_nothing_outside_it() {
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&models, &data, &[]);
+    let (code, v) = answer(ureq::get(&s.url("/api/report")).call());
+    assert_eq!(code, 200);
+    assert_eq!(v["available"], false, "{v}");
+    drop(s);
+
+    let report = tmp.path().join("report");
+    std::fs::create_dir_all(report.join("figures")).unwrap();
+    std::fs::write(report.join("report.html"), "<h1>eval</h1>").unwrap();
+    std::fs::write(report.join("figures/c.svg"), "<svg/>").unwrap();
+    std::fs::write(tmp.path().join("secret.txt"), "no").unwrap();
+    let s = Server::start(&models, &data, &["--report", report.to_str().unwrap()]);
+    let (_, v) = answer(ureq::get(&s.url("/api/report")).call());
+    assert_eq!(v["available"], true, "{v}");
+    let r = ureq::get(&s.url("/api/report/report.html")).call().unwrap();
+    assert!(r.content_type().starts_with("text/html"));
+    assert_eq!(r.into_string().unwrap(), "<h1>eval</h1>");
+    let r = ureq::get(&s.url("/api/report/figures/c.svg"))
+        .call()
+        .unwrap();
+    assert_eq!(r.content_type(), "image/svg+xml");
+    for bad in [
+        "/api/report/..%2Fsecret.txt",
+        "/api/report/figures/..%2F..%2Fsecret.txt",
+    ] {
+        let (code, v) = answer(ureq::get(&s.url(bad)).call());
+        assert_eq!(code, 404, "{bad}: {v}");
+    }
+    // The pages themselves are embedded.
+    for page in ["/", "/review", "/adapt", "/report", "/app.js", "/style.css"] {
+        let r = ureq::get(&s.url(page)).call().unwrap();
+        assert_eq!(r.status(), 200, "{page}");
+    }
+}

@@ -48,6 +48,9 @@ pub struct ServeOptions {
     pub pipeline: PipelineSpec,
     /// The models folder (Whisper front end and the default model).
     pub models_dir: PathBuf,
+    /// The folder an `eval --report` wrote, shown on the report page (default
+    /// `<data>/report`).
+    pub report: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -61,6 +64,7 @@ impl Default for ServeOptions {
             below: 0.0,
             pipeline: PipelineSpec::default(),
             models_dir: crate::catalog::models_dir(),
+            report: None,
         }
     }
 }
@@ -93,11 +97,23 @@ pub enum ServeError {
 pub(crate) struct AppState {
     pub store: Store,
     pub worker: worker::Worker,
-    /// What `/api/health` names: the model directory in use.
-    pub model: String,
+    /// The model directory in use (what `/api/health` names; an accepted adaptation
+    /// replaces it).
+    pub model: std::sync::Mutex<PathBuf>,
     /// The model's labels, in order (the keys 1, 2, 3 of the review page).
     pub labels: Vec<String>,
     pub max_upload_bytes: usize,
+    pub models_dir: PathBuf,
+    /// The `eval --report` folder the report page shows.
+    pub report: PathBuf,
+    /// Set while an adaptation runs (one at a time).
+    pub adapting: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    pub fn model(&self) -> PathBuf {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Check the address, open the data folder, build the pipeline, then serve until Ctrl-C or
@@ -121,10 +137,16 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
         store,
         worker,
-        model: info.model,
+        model: std::sync::Mutex::new(info.model),
         labels: info.labels,
         max_upload_bytes: usize::try_from(opts.max_upload_mb.saturating_mul(1024 * 1024))
             .unwrap_or(usize::MAX),
+        models_dir: opts.models_dir.clone(),
+        report: opts
+            .report
+            .clone()
+            .unwrap_or_else(|| opts.data.join("report")),
+        adapting: std::sync::atomic::AtomicBool::new(false),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

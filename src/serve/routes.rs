@@ -85,6 +85,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/label", post(label))
         .route("/api/labels", get(labels))
         .route("/api/clips/{file}", get(clip))
+        .route("/api/adapt", post(adapt))
+        .route("/api/adapt/accept", post(accept))
+        .route("/api/report", get(report_index))
+        .route("/api/report/{*path}", get(report_file))
         .fallback(not_found)
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -133,7 +137,7 @@ async fn style_css() -> impl IntoResponse {
 async fn health(State(s): State<Shared>) -> Json<Value> {
     Json(json!({
         "status": "ok",
-        "model": s.model,
+        "model": s.model().display().to_string(),
         "labels": s.labels,
         "data": s.store.dir().display().to_string(),
     }))
@@ -337,4 +341,177 @@ async fn clip(
         _ => "application/octet-stream",
     };
     Ok(([(header::CONTENT_TYPE, mime)], Body::from(bytes)).into_response())
+}
+
+/// Where adapted models go: `<data>/models/<name>`.
+const ADAPTED_DIR: &str = "models";
+
+/// Clears the adaptation flag however the adaptation ends.
+struct Adapting<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Adapting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Adapt the model in use to the collected labels (`labels.csv`) and clips (`clips/`) into a
+/// new folder `<data>/models/adapted-<unix-ms>`, the way `camxuc adapt` does; the answer has
+/// the report with `before` / `after` on held-out labels. The new model is not used until
+/// `/api/adapt/accept` names it.
+async fn adapt(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
+    use std::sync::atomic::Ordering;
+    if s.adapting.swap(true, Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "an adaptation is already running",
+        ));
+    }
+    let state = Arc::clone(&s);
+    let result = tokio::task::spawn_blocking(move || {
+        let _flag = Adapting(&state.adapting);
+        let parent = state.store.dir().join(ADAPTED_DIR);
+        crate::private_fs::create_private_dir_all(&parent)
+            .map_err(|e| format!("{}: cannot create: {e}", parent.display()))?;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let name = format!("adapted-{ms}");
+        let mut opts = crate::acoustic::adapt::AdaptOptions::new(
+            state.model(),
+            state.models_dir.clone(),
+            parent.join(&name),
+        );
+        opts.unlabelled = Some(state.store.clips_dir());
+        let labels = state.store.labels_path();
+        opts.labelled = labels.is_file().then_some(labels);
+        crate::acoustic::adapt::adapt(&opts, &mut |_| {})
+            .map(|report| (name, report))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // What adapt refuses (too few clips, one class) is about the collected data.
+    let (name, report) = result.map_err(ApiError::bad)?;
+    Ok(Json(json!({ "model": name, "report": report })))
+}
+
+/// `{"model": "adapted-…"}`: classify with that adapted model from now on.
+async fn accept(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct AcceptRequest {
+        model: String,
+    }
+    let req: AcceptRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("expected JSON {{\"model\": \"adapted-…\"}}: {e}")))?;
+    let dir = s.store.dir().join(ADAPTED_DIR).join(&req.model);
+    if !req.model.starts_with("adapted-")
+        || req.model.contains(['/', '\\'])
+        || !dir.join(crate::acoustic::model_dir::META_FILE).is_file()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{}: no such adapted model", req.model),
+        ));
+    }
+    let model = s
+        .worker
+        .reload(dir)
+        .await
+        .map_err(|m| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m))?;
+    eprintln!("model: {} (accepted adaptation)", model.display());
+    *s.model.lock().unwrap_or_else(|p| p.into_inner()) = model.clone();
+    Ok(Json(json!({ "model": model.display().to_string() })))
+}
+
+/// Whether the report folder holds a report.
+async fn report_index(State(s): State<Shared>) -> Json<Value> {
+    let html = s.report.join("report.html");
+    Json(json!({
+        "available": html.is_file(),
+        "dir": s.report.display().to_string(),
+    }))
+}
+
+/// A file of the `eval --report` folder (the page and its figures), never outside it.
+async fn report_file(
+    State(s): State<Shared>,
+    UrlPath(rel): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let missing = || ApiError::new(StatusCode::NOT_FOUND, format!("{rel}: not in the report"));
+    let rel_path = std::path::Path::new(&rel);
+    if !rel_path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(missing());
+    }
+    let path = s.report.join(rel_path);
+    let bytes = std::fs::read(&path).map_err(|_| missing())?;
+    let mime = match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "md" | "txt" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    Ok(([(header::CONTENT_TYPE, mime)], Body::from(bytes)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_json_and_the_server_goes_on() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app: Router = Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "ok" }))
+            .layer(CatchPanicLayer::custom(panic_response));
+        rt.spawn(async move { axum::serve(listener, app).await });
+        let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+        for _ in 0..2 {
+            let Err(ureq::Error::Status(500, r)) = ureq::get(&url("/boom")).call() else {
+                panic!("expected a 500");
+            };
+            let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+            assert!(
+                v["error"].as_str().unwrap().contains("internal error"),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            ureq::get(&url("/ok"))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn segments_query() {
+        assert!(!wants_segments(None).unwrap());
+        assert!(wants_segments(Some("segments=true")).unwrap());
+        assert!(wants_segments(Some("a=1&segments=1")).unwrap());
+        assert!(!wants_segments(Some("segments=false")).unwrap());
+        assert!(wants_segments(Some("segments=maybe")).is_err());
+    }
 }

@@ -37,16 +37,25 @@ pub enum JobError {
     Internal(String),
 }
 
-struct Job {
-    path: PathBuf,
-    name: String,
-    segments: bool,
-    reply: oneshot::Sender<Result<Vec<Decided>, JobError>>,
+enum Job {
+    Classify {
+        path: PathBuf,
+        name: String,
+        segments: bool,
+        reply: oneshot::Sender<Result<Vec<Decided>, JobError>>,
+    },
+    /// Build the pipeline again with another model directory (an accepted adaptation); the
+    /// old one stays in use when that fails.
+    Reload {
+        model: PathBuf,
+        reply: oneshot::Sender<Result<PathBuf, String>>,
+    },
 }
 
 /// What the built pipeline tells the server.
 pub struct WorkerInfo {
-    pub model: String,
+    /// The model directory in use.
+    pub model: PathBuf,
     pub labels: Vec<String>,
 }
 
@@ -67,6 +76,7 @@ impl Worker {
         std::thread::Builder::new()
             .name("camxuc-pipeline".into())
             .spawn(move || {
+                let mut spec = spec;
                 let opened = match Pipeline::open(&spec, &models_dir) {
                     Ok(o) => o,
                     Err(e) => {
@@ -76,15 +86,37 @@ impl Worker {
                 };
                 let mut pipeline = opened.pipeline;
                 let info = WorkerInfo {
-                    model: opened.model_dir.display().to_string(),
+                    model: opened.model_dir.clone(),
                     labels: pipeline.model.meta.labels.names().to_vec(),
                 };
                 if ready_tx.send(Ok(info)).is_err() {
                     return;
                 }
                 for job in rx {
+                    let (path, name, segments, reply) = match job {
+                        Job::Classify {
+                            path,
+                            name,
+                            segments,
+                            reply,
+                        } => (path, name, segments, reply),
+                        Job::Reload { model, reply } => {
+                            let mut next = spec.clone();
+                            next.model = Some(model);
+                            let result = match Pipeline::open(&next, &models_dir) {
+                                Ok(o) => {
+                                    pipeline = o.pipeline;
+                                    spec = next;
+                                    Ok(o.model_dir)
+                                }
+                                Err(e) => Err(e.to_string()),
+                            };
+                            let _ = reply.send(result);
+                            continue;
+                        }
+                    };
                     let result = catch_unwind(AssertUnwindSafe(|| {
-                        decide(&mut pipeline, &job.path, &job.name, job.segments, below)
+                        decide(&mut pipeline, &path, &name, segments, below)
                     }))
                     .unwrap_or_else(|panic| {
                         let what = panic
@@ -92,14 +124,13 @@ impl Worker {
                             .map(|s| s.to_string())
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "unknown panic".into());
-                        eprintln!("error: classifying {} panicked: {what}", job.name);
+                        eprintln!("error: classifying {name} panicked: {what}");
                         Err(JobError::Internal(format!(
-                            "{}: the pipeline failed on this clip (internal error)",
-                            job.name
+                            "{name}: the pipeline failed on this clip (internal error)"
                         )))
                     });
-                    // The client may have gone away; its decision is stored anyway.
-                    let _ = job.reply.send(result);
+                    // The client may have gone away; then the decision is not stored.
+                    let _ = reply.send(result);
                 }
             })
             .map_err(|_| ServeError::WorkerGone)?;
@@ -119,7 +150,7 @@ impl Worker {
     ) -> Result<Vec<Decided>, JobError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job {
+            .send(Job::Classify {
                 path,
                 name,
                 segments,
@@ -128,6 +159,16 @@ impl Worker {
             .map_err(|_| JobError::Internal("the classification worker has stopped".into()))?;
         rx.await
             .map_err(|_| JobError::Internal("the classification worker has stopped".into()))?
+    }
+
+    /// Use the model directory `model` from now on (the pipeline is built anew on the worker).
+    pub async fn reload(&self, model: PathBuf) -> Result<PathBuf, String> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || "the classification worker has stopped".to_string();
+        self.jobs
+            .send(Job::Reload { model, reply })
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
 

@@ -26,10 +26,19 @@ const STRINGS = {
     review_left: "còn lại", labelled_as: "đã gán nhãn",
     reason_routed: "chuyển tuyến", reason_low_confidence: "độ tin cậy thấp", reason_unfamiliar: "lạ",
     adapt_title: "Thích ứng với nơi dùng",
-    adapt_note: "Nhãn đã thu thập nằm trong labels.csv của thư mục dữ liệu. Chạy lệnh dưới đây để tạo một mô hình mới thích ứng với nơi dùng (mô hình nguồn chỉ được đọc); sau đó khởi động lại serve với --model THƯ_MỤC_MỚI nếu kết quả trước/sau tốt hơn.",
+    adapt_note: "Thích ứng mô hình đang dùng với các clip đã tải lên và các nhãn đã thu thập (labels.csv) thành một mô hình MỚI; mô hình nguồn chỉ được đọc. Mô hình mới chỉ được dùng khi bạn chấp nhận, sau khi xem kết quả trước/sau trên phần nhãn giữ lại.",
+    adapt_run: "Chạy thích ứng", adapt_running: "đang thích ứng… (có thể mất vài phút)",
+    adapt_accept: "Dùng mô hình mới", adapt_accepted: "Đang dùng mô hình mới:",
+    adapt_keep: "Để giữ sau khi khởi động lại: camxuc serve --model",
+    adapt_cli: "Cùng việc đó bằng dòng lệnh:",
+    adapt_before: "Trước (mô hình nguồn)", adapt_after: "Sau (mô hình thích ứng)",
+    adapt_no_heldout: "Không có phần nhãn giữ lại để so sánh (cần nhãn của ít nhất hai lớp).",
+    adapt_refitted: "Đã khớp lại", adapt_kept: "Giữ nguyên", adapt_failed: "Tệp lỗi",
+    adapt_threshold: "Ngưỡng chuyển tuyến", adapt_temperature: "Nhiệt độ", adapt_clips: "Clip dùng được (có nhãn)",
+    macro_f1: "macro-F1", ece: "ECE", n_clips: "số clip",
     labels_collected: "Nhãn đã thu thập",
     report_title: "Báo cáo đánh giá",
-    report_note: "Trang báo cáo chưa có trong bàn làm việc. Báo cáo HTML của một lần đánh giá được viết bởi:",
+    report_note: "Chưa có báo cáo. Viết một báo cáo bằng lệnh dưới đây rồi khởi động lại serve với --report THƯ_MỤC (mặc định <data>/report):",
     footer: "camxuc — công cụ hỗ trợ phân loại, không phải thiết bị chẩn đoán. Mô hình:",
     err_network: "không kết nối được tới máy chủ",
   },
@@ -56,15 +65,25 @@ const STRINGS = {
     review_left: "left", labelled_as: "labelled",
     reason_routed: "routed", reason_low_confidence: "low confidence", reason_unfamiliar: "unfamiliar",
     adapt_title: "Adapt to this site",
-    adapt_note: "The collected labels are in the data folder's labels.csv. Run the command below to make a new model adapted to this site (the source model is only read); then restart serve with --model NEWDIR if its before/after figures are better.",
+    adapt_note: "Adapt the model in use to the uploaded clips and the collected labels (labels.csv) into a NEW model; the source model is only read. The new model is used only when you accept it, after seeing the before/after figures on held-out labels.",
+    adapt_run: "Run adaptation", adapt_running: "adapting… (may take minutes)",
+    adapt_accept: "Use the new model", adapt_accepted: "Now using the new model:",
+    adapt_keep: "To keep it after a restart: camxuc serve --model",
+    adapt_cli: "The same from the command line:",
+    adapt_before: "Before (source model)", adapt_after: "After (adapted model)",
+    adapt_no_heldout: "No held-out labels to compare on (needs labels of at least two classes).",
+    adapt_refitted: "Refitted", adapt_kept: "Kept", adapt_failed: "Failed files",
+    adapt_threshold: "Routing threshold", adapt_temperature: "Temperature", adapt_clips: "Usable clips (labelled)",
+    macro_f1: "macro-F1", ece: "ECE", n_clips: "clips",
     labels_collected: "Labels collected",
     report_title: "Evaluation report",
-    report_note: "The report page is not in the workbench yet. An evaluation's HTML report is written by:",
+    report_note: "No report yet. Write one with the command below, then restart serve with --report DIR (default <data>/report):",
     footer: "camxuc — a triage aid, not a diagnostic device. Model:",
     err_network: "cannot reach the server",
   },
 };
 
+let health = null;
 let lang = localStorage.getItem("camxuc-lang") || "vi";
 let labels = ["calm", "angry", "panic"];
 const t = (k) => (STRINGS[lang] && STRINGS[lang][k]) || STRINGS.en[k] || k;
@@ -338,6 +357,82 @@ async function setupAdapt(health) {
   const data = (health && health.data) || "site";
   document.getElementById("adapt-command").textContent =
     `camxuc adapt --out NEWDIR --labelled ${data}/labels.csv --unlabelled ${data}/clips`;
+  const button = document.getElementById("adapt-run");
+  const status = document.getElementById("adapt-status");
+  const result = document.getElementById("adapt-result");
+  button.onclick = async () => {
+    button.disabled = true;
+    status.textContent = t("adapt_running");
+    result.replaceChildren();
+    try {
+      const r = await fetch("/api/adapt", { method: "POST" });
+      const body = await r.json();
+      status.textContent = "";
+      if (!r.ok) result.append(el("div", { class: "error", text: body.error || r.statusText }));
+      else result.append(renderAdapt(body, data));
+    } catch (e) {
+      status.textContent = t("err_network");
+    }
+    button.disabled = false;
+  };
+}
+
+function renderAdapt(body, data) {
+  const rep = body.report;
+  const card = el("div", { class: "card adapt-report", "data-model": body.model });
+  card.append(el("div", { class: "card-head" }, el("span", { class: "name", text: body.model })));
+  const table = el("table", { class: "ev" },
+    el("tr", {}, el("th", { text: "" }), el("th", { text: t("macro_f1") }), el("th", { text: t("ece") }), el("th", { text: t("n_clips") })));
+  if (rep.before && rep.after) {
+    for (const [k, s] of [["adapt_before", rep.before], ["adapt_after", rep.after]]) {
+      table.append(el("tr", {}, el("td", { text: t(k) }), el("td", { class: "num", text: s.macro_f1.toFixed(3) }),
+        el("td", { class: "num", text: s.ece.toFixed(3) }), el("td", { class: "num", text: String(s.n) })));
+    }
+    card.append(table);
+    if (rep.held_out) card.append(el("p", { class: "note", text: rep.held_out }));
+  } else card.append(el("p", { class: "note", text: t("adapt_no_heldout") }));
+  const facts = el("dl", { class: "facts" });
+  facts.append(
+    el("dt", { text: t("adapt_clips") }), el("dd", { text: `${rep.n_site} (${rep.n_labelled})` }),
+    el("dt", { text: t("adapt_threshold") }), el("dd", { text: `${rep.threshold_before.toFixed(3)} → ${rep.threshold_after.toFixed(3)}` }),
+    el("dt", { text: t("adapt_temperature") }), el("dd", { text: `${rep.temperature_before.toFixed(2)} → ${rep.temperature_after.toFixed(2)}` }),
+    el("dt", { text: t("adapt_refitted") }), el("dd", { text: rep.refitted.join("; ") || t("none") }),
+    el("dt", { text: t("adapt_kept") }), el("dd", { text: rep.not_refitted.join("; ") || t("none") }),
+    el("dt", { text: t("adapt_failed") }), el("dd", { text: String(rep.failed.length) }));
+  card.append(facts);
+  const accept = el("button", { type: "button", id: "adapt-accept", text: t("adapt_accept") });
+  const said = el("span", { class: "status" });
+  accept.onclick = async () => {
+    accept.disabled = true;
+    const r = await fetch("/api/adapt/accept", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model: body.model }),
+    });
+    const b = await r.json();
+    if (r.ok) {
+      said.textContent = `${t("adapt_accepted")} ${b.model}. ${t("adapt_keep")} ${b.model}`;
+      document.getElementById("model-name").textContent = b.model;
+    } else {
+      said.textContent = b.error || r.statusText;
+      accept.disabled = false;
+    }
+  };
+  card.append(el("div", { class: "keys" }, accept, said));
+  return card;
+}
+
+// ---------- report page ----------
+
+async function setupReport() {
+  const box = document.getElementById("report-body");
+  try {
+    const r = await (await fetch("/api/report")).json();
+    if (r.available) {
+      box.replaceChildren(el("iframe", { class: "report", src: "/api/report/report.html", title: t("report_title") }));
+    } else {
+      box.replaceChildren(el("p", { class: "note", text: t("report_note") }),
+        el("pre", { text: `camxuc eval --manifest M --report ${r.dir}` }));
+    }
+  } catch (e) { box.textContent = t("err_network"); }
 }
 
 // ---------- start ----------
@@ -351,9 +446,10 @@ async function start() {
     localStorage.setItem("camxuc-lang", lang);
     applyStrings();
     if (page === "review") showQueue();
+    if (page === "report") setupReport();
+    if (page === "adapt") setupAdapt(health);
   };
   applyStrings();
-  let health = null;
   try {
     health = await (await fetch("/api/health")).json();
     if (health.labels) labels = health.labels;
@@ -362,6 +458,7 @@ async function start() {
   if (page === "classify") setupClassify();
   if (page === "review") setupReview();
   if (page === "adapt") setupAdapt(health);
+  if (page === "report") setupReport();
 }
 
 start();
