@@ -223,6 +223,13 @@ fn classify_label_restart_and_bad_input() {
     s.kill();
     let s = Server::start(&models, &data, &["--threshold", "0.99"]);
     assert_eq!(review_files(&s), vec![second.clone(), third.clone()]);
+    // The classify page lists what was classified before, newest first.
+    let (code, recent) = answer(ureq::get(&s.url("/api/decisions")).call());
+    assert_eq!(code, 200);
+    let items = recent["items"].as_array().unwrap();
+    let files: Vec<&str> = items.iter().map(|i| i["file"].as_str().unwrap()).collect();
+    assert_eq!(files, vec![third.as_str(), second.as_str(), first.as_str()]);
+    assert_eq!(items[1]["decisions"].as_array().unwrap().len(), segs.len());
     let (code, _) = label(&s, &first, "panic");
     assert_eq!(code, 409, "the label survived the restart");
     let (code, v) = label(&s, &third, "calm");

@@ -82,6 +82,7 @@ pub(crate) fn router(state: Shared) -> Router {
             post(classify).layer(DefaultBodyLimit::max(limit)),
         )
         .route("/api/review", get(review))
+        .route("/api/decisions", get(decisions))
         .route("/api/label", post(label))
         .route("/api/labels", get(labels))
         .route("/api/clips/{file}", get(clip))
@@ -268,6 +269,21 @@ async fn review(State(s): State<Shared>) -> Json<Value> {
         .review_queue()
         .into_iter()
         .map(|r| json!({ "file": r.file, "decision": r.decision, "reason": r.reason }))
+        .collect();
+    Json(json!({ "items": items }))
+}
+
+/// How many clips `/api/decisions` lists.
+const RECENT: usize = 20;
+
+/// The last classified clips, newest first, each with its decisions (several for a long
+/// recording with segments): what the classify page shows after a reload.
+async fn decisions(State(s): State<Shared>) -> Json<Value> {
+    let items: Vec<Value> = s
+        .store
+        .recent(RECENT)
+        .into_iter()
+        .map(|(file, ds)| json!({ "file": file, "decisions": ds }))
         .collect();
     Json(json!({ "items": items }))
 }

@@ -226,6 +226,22 @@ impl Store {
             .collect()
     }
 
+    /// The decisions of the last `n` classified clips, newest first (all segments of each).
+    pub fn recent(&self, n: usize) -> Vec<(String, Vec<Decision>)> {
+        let inner = self.lock();
+        let mut out: Vec<(String, Vec<Decision>)> = Vec::new();
+        for r in inner.records.iter().rev() {
+            if let Some((_, ds)) = out.last_mut().filter(|(f, _)| *f == r.file) {
+                ds.insert(0, r.decision.clone());
+            } else if out.len() == n {
+                break;
+            } else {
+                out.push((r.file.clone(), vec![r.decision.clone()]));
+            }
+        }
+        out
+    }
+
     /// Append `file,label,,<now>` to `labels.csv` (header first when creating it). `label`
     /// must already be one of the model's labels.
     pub fn add_label(&self, file: &str, label: &str) -> Result<(), StoreError> {

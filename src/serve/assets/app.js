@@ -17,7 +17,7 @@ const STRINGS = {
     rationale: "Lý giải", none: "—", feature: "đặc trưng", value: "giá trị", z: "z",
     route_acoustic: "mô hình âm học (chắc chắn)", route_rules: "luật (clip mơ hồ)", route_llm: "LLM (clip mơ hồ)",
     unfamiliar_hint: "≈1 với người nói mới; càng lớn càng khác dữ liệu huấn luyện",
-    segments: "Các đoạn", segment: "Đoạn",
+    segments: "Các đoạn", segment: "Đoạn", recent: "Đã phân loại gần đây",
     label_calm: "bình tĩnh", label_angry: "tức giận", label_panic: "hoảng loạn", label_uncertain: "không chắc",
     skip: "bỏ qua",
     review_title: "Hàng đợi duyệt",
@@ -56,7 +56,7 @@ const STRINGS = {
     rationale: "Rationale", none: "—", feature: "feature", value: "value", z: "z",
     route_acoustic: "acoustic model (confident)", route_rules: "rules (ambiguous clip)", route_llm: "LLM (ambiguous clip)",
     unfamiliar_hint: "≈1 for a new speaker; larger is further from the training data",
-    segments: "Segments", segment: "Segment",
+    segments: "Segments", segment: "Segment", recent: "Recently classified",
     label_calm: "calm", label_angry: "angry", label_panic: "panic", label_uncertain: "uncertain",
     skip: "skip",
     review_title: "Review queue",
@@ -84,7 +84,8 @@ const STRINGS = {
 };
 
 let health = null;
-let lang = localStorage.getItem("camxuc-lang") || "vi";
+let lang = new URLSearchParams(location.search).get("lang") || localStorage.getItem("camxuc-lang") || "vi";
+if (!STRINGS[lang]) lang = "vi";
 let labels = ["calm", "angry", "panic"];
 const t = (k) => (STRINGS[lang] && STRINGS[lang][k]) || STRINGS.en[k] || k;
 const labelText = (l) => t("label_" + l);
@@ -252,7 +253,20 @@ function upload({ f, card, status, prog }) {
   });
 }
 
+// Clips classified earlier (also before a restart), newest first.
+async function loadRecent() {
+  const box = document.getElementById("recent");
+  try {
+    const items = (await (await fetch("/api/decisions")).json()).items || [];
+    document.getElementById("recent-title").hidden = !items.length;
+    box.replaceChildren(...items.map((it) => el("div", { class: "card recent-card" },
+      el("div", { class: "card-head" }, el("span", { class: "name", text: it.file })),
+      it.decisions.length === 1 && !it.decisions[0].segment ? renderDecision(it.decisions[0]) : renderSegments(it.decisions))));
+  } catch (e) { /* the drop zone still works */ }
+}
+
 function setupClassify() {
+  loadRecent();
   const drop = document.getElementById("drop");
   const input = document.getElementById("file-input");
   input.addEventListener("change", () => { addFiles([...input.files]); input.value = ""; });
@@ -448,6 +462,7 @@ async function start() {
     if (page === "review") showQueue();
     if (page === "report") setupReport();
     if (page === "adapt") setupAdapt(health);
+    if (page === "classify") loadRecent();
   };
   applyStrings();
   try {
