@@ -229,6 +229,30 @@ async fn classify(
         remove();
         return Err(ApiError::bad("the upload is empty (0 bytes)"));
     }
+    // Decided and recorded in a task of its own: a client that goes away mid-way leaves a
+    // stored clip with its decision (or no clip), never a clip without one.
+    let task = tokio::spawn(decide_and_record(Arc::clone(&s), path, name, segments));
+    let decisions = task.await.map_err(|e| {
+        eprintln!("error: classification task failed: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })??;
+    let body = if segments {
+        serde_json::to_value(&decisions)
+    } else {
+        serde_json::to_value(&decisions[0])
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(body))
+}
+
+/// Decide the stored clip on the worker and append its records to `decisions.jsonl`; a clip
+/// that gives no decision is removed (`adapt --unlabelled` reads the folder).
+async fn decide_and_record(
+    s: Shared,
+    path: std::path::PathBuf,
+    name: String,
+    segments: bool,
+) -> Result<Vec<crate::Decision>, ApiError> {
     let decided = match s
         .worker
         .classify(path.clone(), name.clone(), segments)
@@ -236,8 +260,7 @@ async fn classify(
     {
         Ok(d) => d,
         Err(e) => {
-            // Clips that gave no decision are not kept (adapt --unlabelled reads the folder).
-            remove();
+            let _ = std::fs::remove_file(&path);
             return Err(match e {
                 JobError::BadInput(m) => ApiError::bad(m),
                 JobError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
@@ -253,14 +276,7 @@ async fn classify(
         })
         .collect();
     s.store.add_decisions(records)?;
-    let decisions: Vec<&crate::Decision> = decided.iter().map(|(d, _)| d).collect();
-    let body = if segments {
-        serde_json::to_value(&decisions)
-    } else {
-        serde_json::to_value(decisions[0])
-    }
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(body))
+    Ok(decided.into_iter().map(|(d, _)| d).collect())
 }
 
 async fn review(State(s): State<Shared>) -> Json<Value> {
