@@ -232,7 +232,14 @@ fn classify_label_restart_and_bad_input() {
     assert_eq!(items[1]["decisions"].as_array().unwrap().len(), segs.len());
     let (code, _) = label(&s, &first, "panic");
     assert_eq!(code, 409, "the label survived the restart");
-    let (code, v) = label(&s, &third, "calm");
+    let (code, v) = answer(ureq::post(&s.url("/api/label")).send_json(
+        serde_json::json!({ "file": third, "label": "calm", "speaker": "line\nbreak" }),
+    ));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) =
+        answer(ureq::post(&s.url("/api/label")).send_json(
+            serde_json::json!({ "file": third, "label": "calm", "speaker": "caller-7" }),
+        ));
     assert_eq!(code, 200, "{v}");
     assert_eq!(review_files(&s), vec![second.clone()]);
     drop(s);
@@ -258,6 +265,7 @@ fn classify_label_restart_and_bad_input() {
         ]
     );
     assert!(m.rows.iter().all(|r| r.path.is_file()));
+    assert_eq!(m.rows[1].speaker.as_deref(), Some("caller-7"));
 }
 
 #[test]

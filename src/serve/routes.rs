@@ -310,6 +310,9 @@ async fn label(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<
     struct LabelRequest {
         file: String,
         label: String,
+        /// Who speaks in the clip, when the person labelling knows (adapt holds out by it).
+        #[serde(default)]
+        speaker: Option<String>,
     }
     let req: LabelRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(format!(
@@ -327,11 +330,28 @@ async fn label(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<
     let store = Arc::clone(&s);
     let file = req.file.clone();
     // A synced append: off the async threads.
-    tokio::task::spawn_blocking(move || store.store.add_label(&file, &label).map(|()| label))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map(|label| Json(json!({ "file": req.file, "label": label })))
-        .map_err(ApiError::from)
+    let speaker = clean_speaker(req.speaker.as_deref().unwrap_or(""))?;
+    tokio::task::spawn_blocking(move || {
+        store
+            .store
+            .add_label(&file, &label, &speaker)
+            .map(|()| label)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map(|label| Json(json!({ "file": req.file, "label": label })))
+    .map_err(ApiError::from)
+}
+
+/// A speaker name for the manifest: trimmed, at most 64 characters, no control characters.
+fn clean_speaker(raw: &str) -> Result<String, ApiError> {
+    let s = raw.trim();
+    if s.chars().count() > 64 || s.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "speaker: at most 64 characters, no line breaks or control characters",
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// How many labels of each class `labels.csv` holds (the adapt page).

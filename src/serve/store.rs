@@ -242,9 +242,10 @@ impl Store {
         out
     }
 
-    /// Append `file,label,,<now>` to `labels.csv` (header first when creating it). `label`
-    /// must already be one of the model's labels.
-    pub fn add_label(&self, file: &str, label: &str) -> Result<(), StoreError> {
+    /// Append `clips/<file>,label,speaker,<now>` to `labels.csv` (header first when creating
+    /// it). `label` must already be one of the model's labels; `speaker` may be empty (adapt
+    /// then holds out a seeded third of the labels instead of whole speakers).
+    pub fn add_label(&self, file: &str, label: &str, speaker: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if !is_plain_name(file) || !inner.known.contains(file) {
             return Err(StoreError::UnknownClip { file: file.into() });
@@ -262,7 +263,7 @@ impl Store {
         let row = [
             format!("{CLIPS_DIR}/{file}"),
             label.to_string(),
-            String::new(),
+            speaker.to_string(),
             rfc3339_utc(SystemTime::now()),
         ];
         let encoded = (|| {
@@ -459,18 +460,18 @@ mod tests {
         let b = classified(&store, "../b.wav");
         let c = classified(&store, "c.wav");
         assert_eq!(store.review_queue().len(), 3);
-        store.add_label(&a, "angry").unwrap();
-        store.add_label(&b, "calm").unwrap();
+        store.add_label(&a, "angry", "").unwrap();
+        store.add_label(&b, "calm", "site-1").unwrap();
         assert!(matches!(
-            store.add_label(&a, "calm"),
+            store.add_label(&a, "calm", ""),
             Err(StoreError::AlreadyLabelled { .. })
         ));
         assert!(matches!(
-            store.add_label("nope.wav", "calm"),
+            store.add_label("nope.wav", "calm", ""),
             Err(StoreError::UnknownClip { .. })
         ));
         assert!(matches!(
-            store.add_label("../decisions.jsonl", "calm"),
+            store.add_label("../decisions.jsonl", "calm", ""),
             Err(StoreError::UnknownClip { .. })
         ));
         drop(store);
@@ -482,6 +483,8 @@ mod tests {
         assert_eq!(m.rows[0].path, data.join(CLIPS_DIR).join(&a));
         assert!(m.rows[0].path.is_file());
         assert!(m.rows[0].extra.contains_key("labelled_at"));
+        assert_eq!(m.rows[0].speaker, None);
+        assert_eq!(m.rows[1].speaker.as_deref(), Some("site-1"));
 
         let store = Store::open(&data).unwrap();
         let queue: Vec<String> = store.review_queue().into_iter().map(|r| r.file).collect();
@@ -510,7 +513,7 @@ mod tests {
                 let store = &store;
                 s.spawn(move || {
                     store
-                        .add_label(n, ["calm", "angry", "panic"][i % 3])
+                        .add_label(n, ["calm", "angry", "panic"][i % 3], "")
                         .unwrap()
                 });
             }

@@ -19,7 +19,7 @@ const STRINGS = {
     unfamiliar_hint: "≈1 với người nói mới; càng lớn càng khác dữ liệu huấn luyện",
     segments: "Các đoạn", segment: "Đoạn", recent: "Đã phân loại gần đây",
     label_calm: "bình tĩnh", label_angry: "tức giận", label_panic: "hoảng loạn", label_uncertain: "không chắc",
-    skip: "bỏ qua",
+    skip: "bỏ qua", speaker: "Người nói (tuỳ chọn):",
     review_title: "Hàng đợi duyệt",
     review_note: "Các clip được chuyển tuyến, có độ tin cậy thấp hoặc lạ. Gán nhãn bằng phím: 1 = bình tĩnh, 2 = tức giận, 3 = hoảng loạn, s = bỏ qua.",
     review_empty: "Không còn clip nào cần duyệt.",
@@ -58,7 +58,7 @@ const STRINGS = {
     unfamiliar_hint: "≈1 for a new speaker; larger is further from the training data",
     segments: "Segments", segment: "Segment", recent: "Recently classified",
     label_calm: "calm", label_angry: "angry", label_panic: "panic", label_uncertain: "uncertain",
-    skip: "skip",
+    skip: "skip", speaker: "Speaker (optional):",
     review_title: "Review queue",
     review_note: "Routed, low-confidence and unfamiliar clips. Label with the keyboard: 1 = calm, 2 = angry, 3 = panic, s = skip.",
     review_empty: "Nothing left to review.",
@@ -329,7 +329,7 @@ async function labelCurrent(label) {
     const r = await fetch("/api/label", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ file: it.file, label }),
+      body: JSON.stringify({ file: it.file, label, speaker: document.getElementById("speaker").value }),
     });
     const body = await r.json();
     if (!r.ok) { status.textContent = body.error || r.statusText; return; }
