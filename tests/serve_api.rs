@@ -269,7 +269,7 @@ fn classify_label_restart_and_bad_input() {
 }
 
 #[test]
-fn uploads_over_the_limit_are_refused_with_413() {
+fn uploads_over_the_limit_are_refused_with_413_and_cut_uploads_leave_nothing() {
     let Some(models) = common::whisper_models_or_skip() else {
         return;
     };
@@ -281,6 +281,40 @@ fn uploads_over_the_limit_are_refused_with_413() {
     assert_eq!(code, 413, "{v}");
     assert!(error_text(&v).contains("1 MB"), "{v}");
     assert_eq!(std::fs::read_dir(data.join("clips")).unwrap().count(), 0);
+
+    // A client that goes away in the middle of an upload leaves nothing behind.
+    {
+        use std::io::Write;
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        let b = "cut-boundary";
+        let head = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.wav\"\r\n\r\n"
+        );
+        write!(
+            tcp,
+            "POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={b}\r\nContent-Length: 500000\r\n\r\n{head}"
+        )
+        .unwrap();
+        tcp.write_all(&[1u8; 100_000]).unwrap();
+        tcp.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            std::fs::read_dir(data.join("clips")).unwrap().count(),
+            1,
+            "the upload is being stored"
+        );
+    }
+    let t0 = std::time::Instant::now();
+    while std::fs::read_dir(data.join("clips")).unwrap().count() > 0
+        && t0.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_dir(data.join("clips")).unwrap().count(),
+        0,
+        "the cut upload was removed"
+    );
     let (code, _) = answer(ureq::get(&s.url("/api/health")).call());
     assert_eq!(code, 200, "still serving");
 }

@@ -199,36 +199,35 @@ async fn classify(
         }
     };
     let (name, path, mut out) = s.store.new_clip(field.file_name())?;
+    // Removed again unless handed on, also when the client goes away mid-upload (the
+    // handler is then dropped at an await).
+    let mut partial = Partial {
+        path: path.clone(),
+        keep: false,
+    };
     // Streamed to disk: a long recording is never held in memory whole.
     let mut size = 0usize;
-    let stored = loop {
+    loop {
         match field.chunk().await {
             Ok(Some(bytes)) => {
                 size += bytes.len();
                 if let Err(e) = out.write_all(&bytes) {
                     eprintln!("error: {}: cannot write: {e}", path.display());
-                    break Err(ApiError::new(
+                    return Err(ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "cannot store the upload",
                     ));
                 }
             }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(multipart_error(e)),
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e)),
         }
-    };
-    drop(out);
-    let remove = || {
-        let _ = std::fs::remove_file(&path);
-    };
-    if let Err(e) = stored {
-        remove();
-        return Err(e);
     }
+    drop(out);
     if size == 0 {
-        remove();
         return Err(ApiError::bad("the upload is empty (0 bytes)"));
     }
+    partial.keep = true;
     // Decided and recorded in a task of its own: a client that goes away mid-way leaves a
     // stored clip with its decision (or no clip), never a clip without one.
     let task = tokio::spawn(decide_and_record(Arc::clone(&s), path, name, segments));
@@ -243,6 +242,20 @@ async fn classify(
     }
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(body))
+}
+
+/// An upload being stored.
+struct Partial {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Decide the stored clip on the worker and append its records to `decisions.jsonl`; a clip
