@@ -572,6 +572,33 @@ mod tests {
     }
 
     #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("style.css", STYLE_CSS),
+        ] {
+            for banned in ["://", "@import", "url(", "@font-face"] {
+                assert!(!text.contains(banned), "{name} contains {banned}");
+            }
+        }
+        // Both language tables name the same keys.
+        let table = |lang: &str| -> Vec<String> {
+            let start = APP_JS.find(&format!("  {lang}: {{")).unwrap();
+            let end = start + APP_JS[start..].find("\n  },").unwrap();
+            APP_JS[start..end]
+                .split([',', '\n', '{'])
+                .filter_map(|p| p.trim().split_once(": "))
+                .map(|(k, _)| k.trim().to_string())
+                .filter(|k| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .collect()
+        };
+        let (vi, en) = (table("vi"), table("en"));
+        assert!(vi.len() > 50, "{vi:?}");
+        assert_eq!(vi, en);
+    }
+
+    #[test]
     fn segments_query() {
         assert!(!wants_segments(None).unwrap());
         assert!(wants_segments(Some("segments=true")).unwrap());
