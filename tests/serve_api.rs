@@ -445,3 +445,85 @@ fn the_report_page_serves_the_eval_report_folder_and_nothing_outside_it() {
         assert_eq!(r.status(), 200, "{page}");
     }
 }
+
+#[test]
+fn health_answers_while_a_long_recording_is_classified() {
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let long = tmp.path().join("long.wav");
+    let text = "Xin chào, tôi muốn hỏi về kết quả xét nghiệm của tôi. ".repeat(12);
+    let ok = Command::new("espeak-ng")
+        .args(["-v", "vi", "-w"])
+        .arg(&long)
+        .arg(&text)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "espeak-ng failed");
+    let audio = std::fs::read(&long).unwrap();
+    let s = Server::start(&models, &tmp.path().join("data"), &[]);
+    let url = s.url("/api/classify?segments=true");
+    let job = std::thread::spawn(move || upload(&url, "long.wav", &audio));
+    let mut slowest = std::time::Duration::ZERO;
+    let mut answered = 0;
+    while !job.is_finished() {
+        let t = std::time::Instant::now();
+        let (code, _) = answer(ureq::get(&s.url("/api/health")).call());
+        assert_eq!(code, 200);
+        slowest = slowest.max(t.elapsed());
+        answered += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, v) = job.join().unwrap();
+    assert_eq!(code, 200, "{v}");
+    assert!(v.as_array().unwrap().len() >= 2, "several utterances: {v}");
+    assert!(answered >= 1);
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "health took {slowest:?} while a clip was classified"
+    );
+}
+
+#[test]
+fn allow_remote_listens_on_all_interfaces_with_a_warning() {
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let stderr = tmp.path().join("stderr.txt");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--listen",
+            "0.0.0.0",
+            "--allow-remote",
+            "--data",
+        ])
+        .arg(tmp.path().join("data"))
+        .env("CAMXUC_MODELS_DIR", &models)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("listening on http://0.0.0.0:"), "{line}");
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        err.contains("warning") && err.contains("no authentication"),
+        "{err}"
+    );
+}
