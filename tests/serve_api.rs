@@ -111,7 +111,7 @@ fn classify_label_restart_and_bad_input() {
     let first = d["file"].as_str().unwrap().to_string();
     assert!(first.ends_with("-cau-noi.wav"), "{first}");
     assert!(["calm", "angry", "panic"].contains(&d["label"].as_str().unwrap()));
-    assert_eq!(d["schema_version"], 2);
+    assert_eq!(d["schema_version"], camxuc::DECISION_SCHEMA_VERSION);
     assert!(d["probs"].is_object() && d["evidence"]["z"].is_object());
     assert_eq!(d["route"], "rules", "threshold 0.99 routes it: {d}");
     let stored = data.join("clips").join(&first);

@@ -392,27 +392,25 @@ pub fn rfc3339_utc(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::data::manifest::Manifest;
-    use crate::{Evidence, LabelSet, Probs, Route, DECISION_SCHEMA_VERSION};
+    use crate::{LabelSet, DECISION_SCHEMA_VERSION};
     use std::time::Duration;
 
+    /// A routed decision, built from JSON so that optional fields added to the schema later
+    /// need no change here.
     fn decision(file: &str) -> Decision {
-        let labels = LabelSet::default();
-        let p = Probs::new(&labels, vec![0.4, 0.35, 0.25]);
-        Decision {
-            schema_version: DECISION_SCHEMA_VERSION,
-            file: file.into(),
-            segment: None,
-            label: "calm".into(),
-            probs: p.clone(),
-            acoustic_probs: p,
-            route: Route::Rules,
-            unfamiliarity: Some(1.0),
-            evidence: Evidence::default(),
-            fired_rules: vec![],
-            rationale: None,
-            transcript: None,
-            timings_ms: Default::default(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "schema_version": DECISION_SCHEMA_VERSION,
+            "file": file,
+            "label": "calm",
+            "probs": {"calm": 0.4, "angry": 0.35, "panic": 0.25},
+            "acoustic_probs": {"calm": 0.4, "angry": 0.35, "panic": 0.25},
+            "route": "rules",
+            "unfamiliarity": 1.0,
+            "evidence": {"values": {}},
+            "fired_rules": [],
+            "timings_ms": {}
+        }))
+        .unwrap()
     }
 
     fn classified(store: &Store, client: &str) -> String {
