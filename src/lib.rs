@@ -20,6 +20,7 @@ pub mod private_fs;
 pub mod refine;
 pub mod report;
 pub mod rules;
+pub mod serve;
 pub mod types;
 
 pub use types::{

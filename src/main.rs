@@ -114,6 +114,12 @@ enum Command {
     /// synthesise the demo corpus, train (and fit routing), refine the rules one round,
     /// evaluate on held-out synthetic speakers, write the report and say where it is.
     Demo(DemoArgs),
+    /// A local web workbench: classify dropped clips (decision, confidence, evidence, fired
+    /// rules, rationale, audio), label the clips that need a person with the keyboard, and
+    /// collect the labels into <data>/labels.csv for `camxuc adapt --labelled`. Bound to
+    /// 127.0.0.1; the first line on stdout is `listening on http://ADDR:PORT`. Works offline:
+    /// every asset is built into the binary.
+    Serve(ServeArgs),
     /// Install, register and list the offline models (LLMs and the Whisper front end).
     Models {
         #[command(subcommand)]
@@ -363,6 +369,40 @@ struct ClassifyArgs {
     abstain_below: Option<f32>,
 }
 
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Port to listen on; 0 picks a free one (printed on the first stdout line).
+    #[arg(long, default_value_t = camxuc::serve::DEFAULT_PORT)]
+    port: u16,
+    /// Address to listen on. Anything but a loopback address is refused unless
+    /// --allow-remote is given: the workbench has no authentication and serves recordings.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: std::net::IpAddr,
+    /// Accept a non-loopback --listen address (prints a warning).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Folder for uploaded clips (clips/), decisions (decisions.jsonl) and labels
+    /// (labels.csv); created owner-only.
+    #[arg(long, default_value = "site")]
+    data: PathBuf,
+    /// Refuse uploads larger than this many MB (413).
+    #[arg(long, default_value_t = camxuc::serve::DEFAULT_MAX_UPLOAD_MB)]
+    max_upload_mb: u64,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Route clips whose top probability is below this (overrides the model's routing.json);
+    /// routed clips go to the review queue.
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Also queue for review clips whose final top probability is below this.
+    #[arg(long, default_value_t = 0.0)]
+    below: f32,
+    /// Folder written by `camxuc eval --report DIR`, shown on the report page (default:
+    /// <data>/report).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum OutFormat {
     Table,
@@ -504,6 +544,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
         Command::Classify(a) => classify(a),
+        Command::Serve(a) => serve(a),
         Command::Calibrate { manifest, model } => {
             let dir = pick_model_to_change(model, "calibrate")?;
             let r =
@@ -666,6 +707,28 @@ impl PipelineArgs {
             layout: self.llm_prompt,
         }
     }
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    camxuc::serve::run(camxuc::serve::ServeOptions {
+        port: a.port,
+        listen: a.listen,
+        allow_remote: a.allow_remote,
+        data: a.data,
+        max_upload_mb: a.max_upload_mb,
+        below: a.below,
+        pipeline: PipelineSpec {
+            reasoner: a.pipeline.reasoner(true),
+            model: a.pipeline.model,
+            rules: a.pipeline.rules,
+            transcribe: a.pipeline.transcribe.then_some(a.pipeline.asr_language),
+            threshold: a.threshold,
+            abstain_below: None,
+        },
+        models_dir: catalog::models_dir(),
+        report: a.report,
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {

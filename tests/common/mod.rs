@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+pub mod serve;
+
 use camxuc::acoustic::{FrontendChoice, TrainOptions};
 use camxuc::data::synth::{synthesize, SynthOptions};
 
