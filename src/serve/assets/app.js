@@ -14,7 +14,7 @@ const STRINGS = {
     queued: "đang chờ", uploading: "đang tải lên", classifying: "đang phân loại", done: "xong", failed: "lỗi",
     label: "Nhãn", confidence: "Độ tin cậy", probabilities: "Xác suất", route: "Tuyến",
     unfamiliarity: "Độ lạ", evidence: "Bằng chứng (z-score lớn nhất)", fired_rules: "Luật đã kích hoạt",
-    rationale: "Lý giải", none: "—", feature: "đặc trưng", value: "giá trị", z: "z",
+    rationale: "Lý giải", contributions: "Đóng góp vào quyết định", acoustic_weight: "trọng số âm học", push: "đẩy", none: "—", feature: "đặc trưng", value: "giá trị", z: "z",
     route_acoustic: "mô hình âm học (chắc chắn)", route_rules: "luật (clip mơ hồ)", route_llm: "LLM (clip mơ hồ)",
     unfamiliar_hint: "≈1 với người nói mới; càng lớn càng khác dữ liệu huấn luyện",
     segments: "Các đoạn", segment: "Đoạn", recent: "Đã phân loại gần đây",
@@ -53,7 +53,7 @@ const STRINGS = {
     queued: "queued", uploading: "uploading", classifying: "classifying", done: "done", failed: "failed",
     label: "Label", confidence: "Confidence", probabilities: "Probabilities", route: "Route",
     unfamiliarity: "Unfamiliarity", evidence: "Evidence (largest z-scores)", fired_rules: "Fired rules",
-    rationale: "Rationale", none: "—", feature: "feature", value: "value", z: "z",
+    rationale: "Rationale", contributions: "What decided it", acoustic_weight: "acoustic weight", push: "push", none: "—", feature: "feature", value: "value", z: "z",
     route_acoustic: "acoustic model (confident)", route_rules: "rules (ambiguous clip)", route_llm: "LLM (ambiguous clip)",
     unfamiliar_hint: "≈1 for a new speaker; larger is further from the training data",
     segments: "Segments", segment: "Segment", recent: "Recently classified",
@@ -157,13 +157,23 @@ function renderDecision(d) {
   right.append(el("h3", { text: t("fired_rules") }));
   if (d.fired_rules && d.fired_rules.length) {
     const ul = el("ul", { class: "rules" });
+    // Each rule's push in the fused decision (0 when the clip was kept).
+    const pushes = {};
+    for (const p of (d.contributions && d.contributions.rules) || []) pushes[p.id] = p.push;
     for (const r of d.fired_rules) {
       const s = lang === "vi" && r.statement_vi ? r.statement_vi : r.statement_en;
+      const push = r.id in pushes ? " · " + t("push") + " " + (pushes[r.id] >= 0 ? "+" : "") + Number(pushes[r.id]).toFixed(2) : "";
       ul.append(el("li", {}, el("span", { class: "badge " + r.label, text: labelText(r.label) }), " ", s, " ",
-        el("code", { text: r.id + " ×" + Number(r.weight).toFixed(2) })));
+        el("code", { text: r.id + " ×" + Number(r.weight).toFixed(2) + push })));
     }
     right.append(ul);
   } else right.append(el("div", { text: t("none") }));
+  if (d.contributions) {
+    const c = d.contributions;
+    right.append(el("h3", { text: t("contributions") }),
+      el("div", { text: t("acoustic_weight") + " " + Number(c.acoustic_weight).toFixed(2) +
+        (c.unfamiliarity_term && c.unfamiliarity_term.excess > 0 ? " · " + t("unfamiliarity") + " +" + Number(c.unfamiliarity_term.excess).toFixed(2) : "") }));
+  }
   right.append(el("h3", { text: t("rationale") }), el("div", { class: "rationale", text: d.rationale || t("none") }));
   box.append(left, right);
   return box;
