@@ -43,6 +43,10 @@ cp "$work/model"/refine-round-*.md "$out/" 2>/dev/null || true
 # rules.toml is the rule set the model uses: refinement's when a round was kept, else the
 # shipped human-written rules (what the model would read anyway); the binary embeds it.
 [ -f "$out/rules.toml" ] || cp rules/vi-default.toml "$out/rules.toml"
+# The training clips' file names (not the clips), so `eval` can warn when it is asked to
+# score the model on its own training clips.
+python3 -c 'import json,os,sys; [print(os.path.basename(json.loads(l)["path"])) for l in open(sys.argv[1])]' \
+    "$work/model/train_evidence.jsonl" | sort > "$out/training_clips.txt"
 
 # Hashes into the model card, between its markers.
 card="$out/MODEL_CARD.md"

@@ -13,7 +13,9 @@ use camxuc::acoustic::model_dir::ModelSource;
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::data::synth::{synthesize, SynthOptions};
-use camxuc::eval::run::{evaluate_with_output, print_summary, EvalOptions, EvalOutput};
+use camxuc::eval::run::{
+    evaluate_with_output, print_summary, training_clip_overlap, EvalOptions, EvalOutput,
+};
 use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::active_rules_for;
@@ -868,10 +870,20 @@ fn print_decision(d: &camxuc::Decision) {
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     let reasoner = a.pipeline.reasoner(!a.no_rationale);
+    let model_dir = pick_model(a.pipeline.model)?.0;
+    if let Some((seen, n)) = training_clip_overlap(&model_dir, &a.manifest) {
+        if seen > 0 {
+            eprintln!(
+                "warning: {seen} of {n} clips in {} were training clips of the model {}: figures on them are not held-out figures",
+                a.manifest.display(),
+                model_dir.display()
+            );
+        }
+    }
     let opts = EvalOptions {
         manifest: a.manifest.clone(),
         speakers: a.speakers,
-        model_dir: pick_model(a.pipeline.model)?.0,
+        model_dir,
         models_dir: catalog::models_dir(),
         rules: a.pipeline.rules,
         bootstrap_reps: 2000,

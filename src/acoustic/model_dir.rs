@@ -32,6 +32,39 @@ pub const META_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const ROUTING_FILE: &str = "routing.json";
 pub const TRAIN_EVIDENCE_FILE: &str = "train_evidence.jsonl";
+/// File names of the training clips, one per line (the shipped default model, which does
+/// not carry its training evidence).
+pub const TRAINING_CLIPS_FILE: &str = "training_clips.txt";
+
+/// The file names (without folders) of the clips a model was trained on, from its
+/// `train_evidence.jsonl` or `training_clips.txt`; empty when it records neither. File names,
+/// not paths: the same corpus is often reached through another folder.
+pub fn training_clip_names(dir: &Path) -> std::collections::BTreeSet<String> {
+    let base = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let mut names = std::collections::BTreeSet::new();
+    if let Ok(text) = std::fs::read_to_string(dir.join(TRAIN_EVIDENCE_FILE)) {
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Some(n) = v["path"].as_str().and_then(base) {
+                    names.insert(n);
+                }
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join(TRAINING_CLIPS_FILE)) {
+        names.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .filter_map(base),
+        );
+    }
+    names
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelDirError {

@@ -737,9 +737,59 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
     }
 }
 
+/// How many of a manifest's clips (by file name) the model was trained on, of how many: a
+/// figure on training clips is not a held-out figure. `None` when the manifest cannot be read
+/// or the model records no training clips.
+pub fn training_clip_overlap(model_dir: &Path, manifest: &Path) -> Option<(usize, usize)> {
+    let names = crate::acoustic::model_dir::training_clip_names(model_dir);
+    if names.is_empty() {
+        return None;
+    }
+    let m = crate::data::manifest::Manifest::load_unlabelled(manifest).ok()?;
+    let seen = m
+        .rows
+        .iter()
+        .filter(|r| {
+            r.path
+                .file_name()
+                .is_some_and(|n| names.contains(n.to_string_lossy().as_ref()))
+        })
+        .count();
+    Some((seen, m.rows.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_counts_the_models_own_training_clips_in_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(
+            &manifest,
+            "path,label\nclips/a.wav,calm\nother/b.wav,angry\nc.wav,panic\n",
+        )
+        .unwrap();
+        // A model that records no training clips: nothing to say.
+        assert_eq!(training_clip_overlap(&model, &manifest), None);
+        std::fs::write(
+            model.join(crate::acoustic::model_dir::TRAINING_CLIPS_FILE),
+            "a.wav\nb.wav\n",
+        )
+        .unwrap();
+        assert_eq!(training_clip_overlap(&model, &manifest), Some((2, 3)));
+        // train_evidence.jsonl paths count by file name too.
+        std::fs::remove_file(model.join(crate::acoustic::model_dir::TRAINING_CLIPS_FILE)).unwrap();
+        std::fs::write(
+            model.join(crate::acoustic::model_dir::TRAIN_EVIDENCE_FILE),
+            "{\"path\": \"/data/x/c.wav\", \"label\": \"panic\"}\n",
+        )
+        .unwrap();
+        assert_eq!(training_clip_overlap(&model, &manifest), Some((1, 3)));
+    }
     use crate::{Decision, Evidence, Probs, DECISION_SCHEMA_VERSION};
 
     /// A clip whose acoustic model says `acoustic` (at 0.6, or 0.9 when kept) and whose

@@ -5,7 +5,7 @@
 //! ```text
 //! ũ        = clamp(unfamiliarity − 1, 0, 4)        (0 for a clip as familiar as a new speaker)
 //! a(ũ)     = acoustic_weight + unfamiliar_acoustic · ũ
-//! b(ũ)     = rule_scale + unfamiliar_rules · ũ
+//! b(ũ)     = rule_scale + unfamiliar_rules · ũ              (both floored at 0)
 //! logit_l  = a(ũ) · ln max(p_l, 1e-6)  +  b(ũ) · Σ_{fired r → l} w_r  +  llm_weight · ln q_l
 //! p'_l     = softmax(logit)_l
 //! ```
@@ -88,11 +88,14 @@ impl FusionParams {
         }
     }
 
-    /// The acoustic weight and rule scale at unfamiliarity excess `excess`.
+    /// The acoustic weight and rule scale at unfamiliarity excess `excess`, never negative:
+    /// an unfamiliar clip can lose its trust in a part down to ignoring it, never invert it.
+    /// (The fit treats them as linear in ũ; the floor only matters where a fit extrapolates
+    /// past the unfamiliarity it saw.)
     pub fn at(&self, excess: f64) -> (f64, f64) {
         (
-            self.acoustic_weight + self.unfamiliar_acoustic * excess,
-            self.rule_scale + self.unfamiliar_rules * excess,
+            (self.acoustic_weight + self.unfamiliar_acoustic * excess).max(0.0),
+            (self.rule_scale + self.unfamiliar_rules * excess).max(0.0),
         )
     }
 }
@@ -234,9 +237,11 @@ pub fn fuse(
     let logp = floored_logp(acoustic);
     let sums = rule_sums(&acoustic.labels, fired);
     let u = excess(unfamiliarity);
-    let phi = features(&logp, &sums, llm_logp, u);
-    let fused = log_softmax(&logits_of(&phi, &params.to_vec()));
     let (a, b) = params.at(u);
+    let logits: Vec<f64> = (0..logp.len())
+        .map(|l| a * logp[l] + b * sums[l] + llm_logp.map_or(0.0, |q| params.llm_weight * q[l]))
+        .collect();
+    let fused = log_softmax(&logits);
     let probs = Probs {
         labels: acoustic.labels.clone(),
         values: fused.iter().map(|l| l.exp() as f32).collect(),
@@ -635,6 +640,22 @@ mod tests {
         assert!((c.acoustic_weight - 0.6).abs() < 1e-12);
         assert!((c.rules[0].push - 2.0).abs() < 1e-12);
         assert!((c.unfamiliarity_term.excess - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn weights_never_turn_negative_for_a_far_out_clip() {
+        let params = FusionParams {
+            acoustic_weight: 0.7,
+            unfamiliar_acoustic: -0.4,
+            ..FusionParams::RULE_VOTE
+        };
+        let p = probs([0.2, 0.7, 0.1]);
+        let (q, c) = fuse(&params, &p, &[], None, Some(10.0));
+        assert_eq!(c.acoustic_weight, 0.0);
+        // Ignored, not inverted: uniform without rules.
+        for v in q.values {
+            assert!((v - 1.0 / 3.0).abs() < 1e-6);
+        }
     }
 
     /// Routed clips where a "panic" rule is right 80 % of the time: the fit gives the rules
