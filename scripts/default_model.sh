@@ -4,6 +4,9 @@
 # ravdess-3class plus their neutral clips (labelled calm, ravdess-extra), then
 # `camxuc refine --accept` on the same clips' held-out predictions. The weights derive from
 # RAVDESS and are therefore CC BY-NC-SA 4.0 (see models/acoustic/default/MODEL_CARD.md).
+# The fused decision's parameters (fusion.json) come from the protocol's fusion study with the
+# attention head (`generalise --fusion`, every condition: held-out speakers, field chains,
+# RAVDESS <-> SYNTHETIC); FUSION_STUDY=FILE reuses a study's JSON instead of running it (~30 min).
 # On the same machine and thread count the weights are byte-identical run to run; the
 # hashes in MODEL_CARD.md are rewritten at the end (tests/default_model.rs checks them).
 set -euo pipefail
@@ -30,6 +33,8 @@ case "$data" in /*) rel="$data" ;; *) rel="../../$data" ;; esac
     tail -n +2 "$data/ravdess-extra/manifest-neutral.csv" | awk -F, -v r="$rel/ravdess-extra/" '{print r $1 "," $2 "," $3}'
 } > "$work/manifest.csv"
 
+# A fresh folder: files of an earlier run (refine rounds) must not ship.
+rm -rf "$work/model"
 "$bin" train --manifest "$work/manifest.csv" --out "$work/model" --force --seed 1
 "$bin" refine --manifest "$work/manifest.csv" --model "$work/model" --rounds 2 --accept
 
@@ -43,6 +48,21 @@ cp "$work/model"/refine-round-*.md "$out/" 2>/dev/null || true
 # rules.toml is the rule set the model uses: refinement's when a round was kept, else the
 # shipped human-written rules (what the model would read anyway); the binary embeds it.
 [ -f "$out/rules.toml" ] || cp rules/vi-default.toml "$out/rules.toml"
+# The fusion fitted on every condition of the study (rules/vi-default.toml, attention head).
+study=${FUSION_STUDY:-}
+if [ -z "$study" ]; then
+    cargo run --features research --example generalise -- --out target/generalise \
+        --attention --fusion "attention head (today's default, main head)"
+    study=$(ls -t target/generalise/fusion-*attention*.json | head -1)
+fi
+python3 - "$study" "$out/fusion.json" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+fit = doc["fusion_all_conditions"]
+fit["fitted_on"] = "generalise --fusion: %s, %s, routed clips of every condition" % (doc["acoustic_model"], doc["rules"])
+open(sys.argv[2], "w").write(json.dumps(fit, indent=2) + "\n")
+EOF
+
 # The training clips' file names (not the clips), so `eval` can warn when it is asked to
 # score the model on its own training clips.
 python3 -c 'import json,os,sys; [print(os.path.basename(json.loads(l)["path"])) for l in open(sys.argv[1])]' \
@@ -50,7 +70,7 @@ python3 -c 'import json,os,sys; [print(os.path.basename(json.loads(l)["path"])) 
 
 # Hashes into the model card, between its markers.
 card="$out/MODEL_CARD.md"
-sums=$(cd "$out" && sha256sum model.safetensors routing.json rules*.toml 2>/dev/null | awk '{print "| `" $2 "` | `" $1 "` |"}')
+sums=$(cd "$out" && sha256sum model.safetensors routing.json rules*.toml fusion.json training_clips.txt 2>/dev/null | awk '{print "| `" $2 "` | `" $1 "` |"}')
 python3 - "$card" "$sums" <<'EOF'
 import sys
 card, sums = sys.argv[1], sys.argv[2]

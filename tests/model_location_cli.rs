@@ -153,13 +153,23 @@ fn the_default_model_is_used_and_refine_and_calibrate_do_not_change_it() {
     assert!(stderr(&o).lines().any(|l| l == said), "{}", stderr(&o));
 
     // A copy given with --model is refined: the rounds are written there, not in the default.
+    let rounds = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("rules.v"))
+            .collect()
+    };
+    for n in rounds(&copy) {
+        std::fs::remove_file(copy.join(n)).unwrap();
+    }
     let o = camxuc(
         &root,
         &models,
         &["refine", "--manifest", m, "--model", copy.to_str().unwrap()],
     );
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(copy.join("rules.v2.toml").is_file(), "{}", stderr(&o));
+    assert!(!rounds(&copy).is_empty(), "{}", stderr(&o));
     assert_eq!(snapshot(&default), before, "the default model was changed");
 }
 

@@ -16,7 +16,7 @@ use super::model_dir::ModelDirError;
 pub const EMBEDDED_ENV: &str = "CAMXUC_EMBEDDED_MODEL";
 
 /// The files of the default model, as committed.
-const FILES: [(&str, &[u8]); 5] = [
+const FILES: [(&str, &[u8]); 6] = [
     (
         "model.json",
         include_bytes!("../../models/acoustic/default/model.json"),
@@ -32,6 +32,10 @@ const FILES: [(&str, &[u8]); 5] = [
     (
         "rules.toml",
         include_bytes!("../../models/acoustic/default/rules.toml"),
+    ),
+    (
+        "fusion.json",
+        include_bytes!("../../models/acoustic/default/fusion.json"),
     ),
     (
         "training_clips.txt",

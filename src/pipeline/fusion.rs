@@ -297,6 +297,9 @@ pub struct FusionFit {
     pub groups: Vec<String>,
     /// Whether the LLM term was fitted (every sample had LLM scores).
     pub with_llm: bool,
+    /// What the samples were (written by whoever fitted it, e.g. `just default-model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_on: Option<String>,
 }
 
 struct Prepared {
@@ -514,6 +517,7 @@ pub fn fit(samples: &[FusionSample]) -> FusionFit {
         n: samples.len(),
         groups,
         with_llm,
+        fitted_on: None,
     }
 }
 
