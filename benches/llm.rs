@@ -24,6 +24,7 @@ fn main() {
     };
     let options = camxuc::llm::LoadOptions {
         threads,
+        #[cfg(feature = "research")]
         packed_kernels: std::env::var("CAMXUC_BENCH_PACKED").is_ok_and(|v| v == "1"),
         ..camxuc::llm::LoadOptions::default()
     };

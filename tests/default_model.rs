@@ -34,7 +34,12 @@ fn card_hashes() -> Vec<(String, String)> {
 fn committed_files_match_the_hashes_in_the_model_card() {
     let rows = card_hashes();
     let names: Vec<&str> = rows.iter().map(|(f, _)| f.as_str()).collect();
-    for required in ["model.safetensors", "routing.json", "fusion.json", "rules.toml"] {
+    for required in [
+        "model.safetensors",
+        "routing.json",
+        "fusion.json",
+        "rules.toml",
+    ] {
         assert!(
             names.contains(&required),
             "the card lists no hash of {required}: {names:?}"

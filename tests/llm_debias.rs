@@ -3,6 +3,8 @@
 //! the hand-written clear-cut cases keep the ranking they had without it. Skipped with a
 //! printed reason when models/smollm2-135m is not installed (a failure under CI).
 
+#![cfg(feature = "research")] // the debias switch is research (`--features research`)
+
 use camxuc::llm::{bench_rules, LlmReasoner, ReasonerOptions};
 use camxuc::LabelSet;
 

@@ -1,6 +1,7 @@
 //! LoRA task adaptation on the real default GGUF (SmolLM2-135M): the f32 trainable forward
 //! agrees with the quantised decoder, training lowers the loss deterministically, adapters
 //! round-trip through safetensors bit-exactly.
+#![cfg(feature = "research")] // LoRA is research (`--features research`)
 
 mod llm_common;
 

@@ -5,9 +5,7 @@
 
 use std::path::Path;
 
-use camxuc::llm::{
-    bench_rules, GgufFile, LlmError, LlmModel, LlmReasoner, LoadOptions, ReasonerOptions,
-};
+use camxuc::llm::{bench_rules, GgufFile, LlmError, LlmModel, LlmReasoner, ReasonerOptions};
 use camxuc::{LabelSet, Reasoner};
 
 mod llm_common;
@@ -79,8 +77,10 @@ fn loading_sizes_the_matmul_pool_and_counts_passes() {
 
 /// The opt-in packed kernels (zero-padded projections) compute the same model, less
 /// precisely: the same top next token and logits close to the default path's.
+#[cfg(feature = "research")]
 #[test]
 fn packed_kernels_give_nearly_the_same_logits() {
+    use camxuc::llm::LoadOptions;
     let Some(path) = default_model() else { return };
     let file = GgufFile::open(&path).unwrap();
     let tokenizer = file.tokenizer().unwrap();

@@ -22,6 +22,7 @@
 pub mod decoder;
 pub mod error;
 pub mod greedy;
+#[cfg(feature = "research")]
 pub mod score;
 pub mod tokens;
 

@@ -11,7 +11,7 @@ use super::error::LlmError;
 use super::gguf::GgufFile;
 use super::model::{LlmModel, LoadOptions};
 use super::prompt::RuleText;
-use super::reasoner::{LlmReasoner, ReasonerOptions};
+use super::reasoner::{LlmReasoner, ReasonerOptions, DECISION_PROMPT_COMPACT};
 
 /// The fixed text whose prefill speed is measured.
 pub const BENCH_PROMPT: &str = include_str!("bench_prompt.txt");
@@ -156,9 +156,6 @@ pub fn peak_rss_mb() -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
-
-/// Whether the product's LLM decision (`--llm-decides`) uses the compact prompt.
-pub const DECISION_PROMPT_COMPACT: bool = true;
 
 fn prompt_name(compact: bool) -> &'static str {
     if compact {
@@ -310,7 +307,7 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
         requantized_tensors: load.requantized_tensors,
         requantize_ms: load.requantize_ms,
         matmul_threads: load.matmul_threads,
-        packed_kernels: options.packed_kernels,
+        packed_kernels: options.packed_kernels(),
         q4_1_kernel: options.q4_1_kernel,
         product_threads: options.product_threads,
         prompt_tokens: ids.len(),

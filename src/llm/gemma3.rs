@@ -12,7 +12,9 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
-use super::transformer::{grouped_attention, rotary_tables, HiddenSum, TensorSource};
+#[cfg(feature = "research")]
+use super::transformer::HiddenSum;
+use super::transformer::{grouped_attention, rotary_tables, TensorSource};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -49,6 +51,7 @@ pub(crate) struct Gemma3 {
     rope_global: (Tensor, Tensor),
     rope_local: (Tensor, Tensor),
     /// See [`super::transformer::HiddenSum`].
+    #[cfg(feature = "research")]
     pub(crate) hidden_sum: Option<HiddenSum>,
 }
 
@@ -135,6 +138,7 @@ impl Gemma3 {
             output,
             rope_global: rotary_tables(head_dim, base_global, max_positions)?,
             rope_local: rotary_tables(head_dim, base_local, max_positions)?,
+            #[cfg(feature = "research")]
             hidden_sum: None,
         })
     }
@@ -178,6 +182,7 @@ impl Gemma3 {
             let f = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
             x = (x + layer.post_ffn_norm.forward(&layer.down.forward(&f)?)?)?;
         }
+        #[cfg(feature = "research")]
         if let Some(acc) = self.hidden_sum.as_mut() {
             acc.add(&self.norm.forward(&x)?)?;
         }

@@ -18,6 +18,7 @@ mod error;
 mod gemma3;
 mod gguf;
 mod kv_cache;
+#[cfg(feature = "research")]
 pub mod lora;
 mod model;
 mod prompt;
@@ -29,14 +30,15 @@ mod transformer;
 
 pub use bench::{
     bench, bench_evidence, bench_rules, bench_with, peak_rss_mb, BenchReport, BENCH_PROMPT,
-    DECISION_PROMPT_COMPACT,
 };
 pub use chat::ChatTemplate;
 pub use error::{LlmError, SUPPORTED_ARCHITECTURES, SUPPORTED_TOKENIZER_MODELS};
 pub use gguf::{Architecture, GgufFile};
 pub use model::{KvSnapshot, LlmModel, LoadOptions, LoadStats};
 pub use prompt::{PromptBuilder, PromptLanguage, RuleText};
-pub use reasoner::{LabelScores, LlmExplains, LlmReasoner, ReasonerOptions};
+pub use reasoner::{
+    LabelScores, LlmExplains, LlmReasoner, ReasonerOptions, DECISION_PROMPT_COMPACT,
+};
 pub use tokenizer::{GgufTokenizer, TokenType};
 
 impl GgufFile {

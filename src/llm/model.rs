@@ -19,7 +19,9 @@ use candle_core::{Device, Tensor};
 use super::error::LlmError;
 use super::gemma3::Gemma3;
 use super::gguf::{Architecture, GgufFile};
-use super::transformer::{HiddenSum, Hyper, TensorSource, Transformer};
+#[cfg(feature = "research")]
+use super::transformer::HiddenSum;
+use super::transformer::{Hyper, TensorSource, Transformer};
 
 /// How to load and run a model.
 #[derive(Debug, Clone)]
@@ -63,11 +65,23 @@ pub struct LoadOptions {
     /// in 256-wide blocks (Q8_K), so outlier channels cost the others their resolution; the
     /// ten likeliest next tokens' log-probabilities move by up to 0.65 nats against today's
     /// default path (`tests/llm_reasoner.rs`). Today's default is as fast at generation, uses
-    /// half the memory and keeps the file's weights, so this stays off.
+    /// half the memory and keeps the file's weights, so this stays off, behind `research`.
+    #[cfg(feature = "research")]
     pub packed_kernels: bool,
     /// Tokens per forward call during prefill: longer chunks amortise per-call overhead,
     /// shorter ones bound the attention matrix.
     pub prefill_chunk: usize,
+}
+
+impl LoadOptions {
+    /// Whether the zero-padded projections for candle's packed kernels are on (only a
+    /// `research` build can turn them on).
+    pub fn packed_kernels(&self) -> bool {
+        #[cfg(feature = "research")]
+        return self.packed_kernels;
+        #[cfg(not(feature = "research"))]
+        false
+    }
 }
 
 impl Default for LoadOptions {
@@ -80,6 +94,7 @@ impl Default for LoadOptions {
                 .min(2),
             threads: 0,
             matmul_threads: 1,
+            #[cfg(feature = "research")]
             packed_kernels: false,
             max_context: 4096,
             prefill_chunk: 128,
@@ -157,7 +172,7 @@ impl LlmModel {
             requantize: options.requantize_q8,
             // The packed kernels need Q8_0, so they take the re-quantised weights.
             keep_q4_1: options.q4_1_kernel
-                && !options.packed_kernels
+                && !options.packed_kernels()
                 && matches!(
                     file.architecture(),
                     Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3
@@ -172,7 +187,7 @@ impl LlmModel {
                 let hyper = llama_hyper(
                     file,
                     max_context,
-                    options.packed_kernels,
+                    options.packed_kernels(),
                     options.product_threads,
                 )?;
                 Decoder::Llama(
@@ -300,7 +315,8 @@ impl LlmModel {
     }
 
     /// Feeds `tokens` like [`LlmModel::forward`] and returns the mean of their final (normed)
-    /// hidden states as well: the LLM as an encoder of what was fed.
+    /// hidden states as well: the LLM as an encoder of what was fed (research only).
+    #[cfg(feature = "research")]
     pub fn forward_mean_hidden(
         &mut self,
         tokens: &[u32],
@@ -321,6 +337,7 @@ impl LlmModel {
         Ok((logits?, mean))
     }
 
+    #[cfg(feature = "research")]
     fn set_hidden_capture(&mut self, h: Option<HiddenSum>) {
         match &mut self.decoder {
             Decoder::Llama(m) => m.hidden_sum = h,

@@ -51,7 +51,8 @@ pub struct ReasonerOptions {
     /// Fired rules with their statements rather than ids only.
     pub fired_statements: bool,
     /// Also return the mean final hidden state over the clip's evidence tokens
-    /// ([`LabelScores::embedding`]): the LLM as an encoder, for a trained head.
+    /// ([`LabelScores::embedding`]): the LLM as an encoder, for a trained head (research).
+    #[cfg(feature = "research")]
     pub embed_evidence: bool,
     /// The compact prompt ([`PromptBuilder::compact`]): the question is cached with the
     /// prefix and the evidence is terse, so a warm decision feeds about 40 tokens. Implies one
@@ -70,16 +71,23 @@ impl Default for ReasonerOptions {
             max_rationale_tokens: 40,
             max_deviations: 4,
             fired_statements: false,
+            #[cfg(feature = "research")]
             embed_evidence: false,
             compact: false,
         }
     }
 }
 
+/// Whether the product's LLM decision (`--llm-decides`) uses the compact prompt
+/// ([`ReasonerOptions::compact`]); `models bench` times both.
+pub const DECISION_PROMPT_COMPACT: bool = true;
+
 impl ReasonerOptions {
     /// The full label-bias removal: every label order (permutations for three labels) and
     /// the three-prompt calibration ensemble. On an evidence-free prompt the label
-    /// distribution is then near uniform by construction.
+    /// distribution is then near uniform by construction. Research: on SmolLM2-135M it turns
+    /// a clear calm case angry (tests/llm_debias.rs).
+    #[cfg(feature = "research")]
     pub fn debiased() -> Self {
         Self {
             label_orders: 6,
@@ -128,7 +136,8 @@ pub struct LabelScores {
     pub score: Vec<f32>,
     pub suffix_tokens: usize,
     /// Mean final hidden state over the evidence tokens (empty unless
-    /// `ReasonerOptions::embed_evidence`).
+    /// `ReasonerOptions::embed_evidence`; research).
+    #[cfg(feature = "research")]
     pub embedding: Vec<f32>,
     /// Milliseconds for the evidence, then for each order's question and answers.
     pub evidence_ms: f64,
@@ -143,6 +152,7 @@ struct SuffixRun {
     fed: usize,
     /// The cache after the first question (where the rationale continues).
     after_question: KvSnapshot,
+    #[cfg(feature = "research")]
     embedding: Vec<f32>,
 }
 
@@ -311,6 +321,7 @@ impl LlmReasoner {
         let SuffixRun {
             loglik,
             fed: suffix_tokens,
+            #[cfg(feature = "research")]
             embedding,
             ..
         } = self.loglik_after(&evidence, use_cache)?;
@@ -334,6 +345,7 @@ impl LlmReasoner {
             loglik,
             score,
             suffix_tokens,
+            #[cfg(feature = "research")]
             embedding,
             evidence_ms,
             order_ms,
@@ -344,16 +356,20 @@ impl LlmReasoner {
     /// Returns them per order, the suffix tokens fed, and the cache after the first
     /// question (where the rationale continues), and the evidence embedding when asked for.
     fn loglik_after(&mut self, evidence: &[u32], use_cache: bool) -> Result<SuffixRun, LlmError> {
+        #[cfg(feature = "research")]
         let mut embedding = Vec::new();
         let mut clock = Instant::now();
         let mut timing = Vec::with_capacity(self.orders.len() + 1);
         if use_cache {
             self.model.restore(&self.prefix_cache);
+            #[cfg(feature = "research")]
             if self.options.embed_evidence {
                 embedding = self.model.forward_mean_hidden(evidence)?.1;
             } else {
                 self.model.forward(evidence)?;
             }
+            #[cfg(not(feature = "research"))]
+            self.model.forward(evidence)?;
         } else {
             self.model.reset();
             let mut all = self.prefix_ids.clone();
@@ -390,6 +406,7 @@ impl LlmReasoner {
             loglik: rows,
             fed,
             after_question: snap,
+            #[cfg(feature = "research")]
             embedding,
         })
     }

@@ -77,17 +77,20 @@ pub(crate) struct Transformer {
     cos: Tensor,
     sin: Tensor,
     /// When set, the final-normed hidden states of every fed token are summed here (the LLM
-    /// as an encoder).
+    /// as an encoder; research only).
+    #[cfg(feature = "research")]
     pub(crate) hidden_sum: Option<HiddenSum>,
 }
 
 /// Running sum of final hidden states over fed tokens.
+#[cfg(feature = "research")]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HiddenSum {
     sum: Option<Tensor>,
     tokens: usize,
 }
 
+#[cfg(feature = "research")]
 impl HiddenSum {
     /// Adds hidden states of shape `(1, seq, dim)`.
     pub fn add(&mut self, h: &Tensor) -> Result<()> {
@@ -250,6 +253,7 @@ impl Transformer {
             output,
             cos,
             sin,
+            #[cfg(feature = "research")]
             hidden_sum: None,
         })
     }
@@ -276,6 +280,7 @@ impl Transformer {
             let u = layer.up.forward(&h)?;
             x = (x + layer.down.forward(&(g * u)?)?)?;
         }
+        #[cfg(feature = "research")]
         if let Some(acc) = self.hidden_sum.as_mut() {
             acc.add(&self.norm.forward(&x)?)?;
         }

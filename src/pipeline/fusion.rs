@@ -88,6 +88,12 @@ impl FusionParams {
         }
     }
 
+    /// The acoustic weight and rule scale for a clip of this unfamiliarity (`None`: no
+    /// reference, ũ = 0).
+    pub fn weights_for(&self, unfamiliarity: Option<f32>) -> (f64, f64) {
+        self.at(excess(unfamiliarity))
+    }
+
     /// The acoustic weight and rule scale at unfamiliarity excess `excess`, never negative:
     /// an unfamiliar clip can lose its trust in a part down to ignoring it, never invert it.
     /// (The fit treats them as linear in ũ; the floor only matters where a fit extrapolates
@@ -157,7 +163,7 @@ pub struct Contributions {
 impl Contributions {
     /// A kept clip: the acoustic model alone, weight 1.
     pub fn acoustic_only(acoustic: &Probs) -> Self {
-        let logp = floored_logp(acoustic);
+        let logp = acoustic_logp(acoustic);
         Self {
             acoustic_logp: by_label(acoustic, &logp),
             acoustic_weight: 1.0,
@@ -177,7 +183,8 @@ fn by_label(p: &Probs, v: &[f64]) -> BTreeMap<String, f64> {
     p.labels.iter().cloned().zip(v.iter().copied()).collect()
 }
 
-fn floored_logp(p: &Probs) -> Vec<f64> {
+/// ln p per label, floored at [`PROB_FLOOR`]: the acoustic term of the fusion.
+pub fn acoustic_logp(p: &Probs) -> Vec<f64> {
     p.values
         .iter()
         .map(|&v| f64::from(v).max(PROB_FLOOR).ln())
@@ -234,7 +241,7 @@ pub fn fuse(
     llm_logp: Option<&[f64]>,
     unfamiliarity: Option<f32>,
 ) -> (Probs, Contributions) {
-    let logp = floored_logp(acoustic);
+    let logp = acoustic_logp(acoustic);
     let sums = rule_sums(&acoustic.labels, fired);
     let u = excess(unfamiliarity);
     let (a, b) = params.at(u);
@@ -317,7 +324,7 @@ fn prepare(samples: &[FusionSample], groups: &[String]) -> Prepared {
         group: Vec::new(),
     };
     for s in samples {
-        let logp = floored_logp(&s.acoustic);
+        let logp = acoustic_logp(&s.acoustic);
         let sums = rule_sums(&s.acoustic.labels, &s.fired);
         p.phi.push(features(
             &logp,

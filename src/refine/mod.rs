@@ -38,6 +38,7 @@ use crate::data::manifest::Manifest;
 use crate::data::split::filter_speakers;
 use crate::eval::metrics::{paired_macro_f1_test, Confusion, Interval};
 use crate::pipeline::decide::{active_rules_for, MODEL_RULES_FILE};
+use crate::pipeline::fusion::FusionParams;
 use crate::pipeline::{PipelineError, Router};
 use crate::rules::{RuleSet, RulesError};
 use crate::{Case, Reasoner};
@@ -372,8 +373,10 @@ fn judge(
 }
 
 /// The cross-fitted check of the search procedure from `rules` (see the module docs).
+#[allow(clippy::too_many_arguments)]
 fn cross_fit(
     rules: &RuleSet,
+    fusion: &FusionParams,
     clips: &[&RefineClip],
     routed: &[bool],
     opts: &RefineOptions,
@@ -383,12 +386,13 @@ fn cross_fit(
     let labels = rules.labels();
     let n_folds = opts.folds.max(2);
     let truth: Vec<usize> = clips.iter().map(|c| c.truth).collect();
-    let current = Problem::new(clips.to_vec(), routed.to_vec(), labels).labels_for(rules);
+    let current = Problem::new(clips.to_vec(), routed.to_vec(), labels, fusion).labels_for(rules);
     let sub = |ix: &[usize]| {
         Problem::new(
             ix.iter().map(|&i| clips[i]).collect(),
             ix.iter().map(|&i| routed[i]).collect(),
             labels,
+            fusion,
         )
     };
     let crossed = cross_fitted_labels(
@@ -452,6 +456,8 @@ pub fn refine(
     let router = Router::from_config(&routing);
     let mut rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
     let starting_rules = rules.id_string();
+    // Edits are scored with the decision `classify` serves: the model's fused decision.
+    let fusion = crate::pipeline::build::model_fusion(&opts.model_dir)?;
 
     let mut m = Manifest::load(&opts.manifest, &labels)?;
     if let Some(sel) = &opts.speakers {
@@ -494,7 +500,7 @@ pub fn refine(
             round,
             rounds: opts.rounds.max(1),
         });
-        let problem = Problem::new(clips.clone(), routed.clone(), &labels);
+        let problem = Problem::new(clips.clone(), routed.clone(), &labels, &fusion);
         let analysis = analysis::analyse(&rules, &problem);
         let search_cfg = SearchConfig {
             source: format!("refinement round {round}, {date}"),
@@ -510,7 +516,15 @@ pub fn refine(
         let macro_f1_in_sample = problem.score(&proposal).macro_f1;
         let mut opts_round = opts.clone();
         opts_round.search = search_cfg;
-        let acceptance = cross_fit(&rules, &clips, &routed, &opts_round, round, on_event);
+        let acceptance = cross_fit(
+            &rules,
+            &fusion,
+            &clips,
+            &routed,
+            &opts_round,
+            round,
+            on_event,
+        );
         let llm_check = match llm.as_deref_mut() {
             Some(factory) => {
                 let (name, n, before) = llm_accuracy(factory, &rules, &clips, &routed)?;
@@ -577,7 +591,7 @@ pub fn refine(
     }
     let active = active_rules_for(&opts.model_dir, &labels, None)?;
     let routing_refit = if opts.refit_routing {
-        Some(refit_routing(opts, &active, &clips, &mut routing)?)
+        Some(refit_routing(opts, &active, &fusion, &clips, &mut routing)?)
     } else {
         None
     };
@@ -598,13 +612,14 @@ pub fn refine(
 fn refit_routing(
     opts: &RefineOptions,
     rules: &RuleSet,
+    fusion: &FusionParams,
     clips: &[&RefineClip],
     cfg: &mut model_dir::RoutingConfig,
 ) -> Result<routing::RoutingRefit, RefineError> {
     let truth: Vec<usize> = clips.iter().map(|c| c.truth).collect();
     let prefer = cfg.target_route_fraction;
-    let current = routing::labels_at(clips, rules, cfg.threshold);
-    let (t_all, _) = routing::best_threshold(clips, rules, prefer);
+    let current = routing::labels_at(clips, rules, fusion, cfg.threshold);
+    let (t_all, _) = routing::best_threshold(clips, rules, fusion, prefer);
     let n_folds = opts.folds.max(2);
     let pick = |ix: &[usize]| ix.iter().map(|&i| clips[i]).collect::<Vec<_>>();
     let crossed = cross_fitted_labels(
@@ -614,8 +629,8 @@ fn refit_routing(
         opts.seed ^ 0x7007,
         &mut |_| {},
         |fit, held| {
-            let (t, _) = routing::best_threshold(&pick(fit), rules, prefer);
-            routing::labels_at(&pick(held), rules, t)
+            let (t, _) = routing::best_threshold(&pick(fit), rules, fusion, prefer);
+            routing::labels_at(&pick(held), rules, fusion, t)
         },
     );
     let acceptance = judge(rules, &truth, &current, &crossed, n_folds, opts);

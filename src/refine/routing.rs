@@ -12,6 +12,7 @@ use super::clips::RefineClip;
 use super::search::Problem;
 use crate::acoustic::fit::fit_routing;
 use crate::eval::metrics::Confusion;
+use crate::pipeline::fusion::FusionParams;
 use crate::rules::RuleSet;
 
 /// Route fractions tried.
@@ -34,20 +35,30 @@ fn top(c: &RefineClip) -> f32 {
 }
 
 /// Routed-pipeline labels of `clips` with `rules` when clips below `threshold` are routed.
-pub fn labels_at(clips: &[&RefineClip], rules: &RuleSet, threshold: f32) -> Vec<usize> {
+pub fn labels_at(
+    clips: &[&RefineClip],
+    rules: &RuleSet,
+    fusion: &FusionParams,
+    threshold: f32,
+) -> Vec<usize> {
     let routed = clips.iter().map(|c| top(c) < threshold).collect();
-    Problem::new(clips.to_vec(), routed, rules.labels()).labels_for(rules)
+    Problem::new(clips.to_vec(), routed, rules.labels(), fusion).labels_for(rules)
 }
 
 /// The grid threshold with the best routed-pipeline macro-F1 on `clips` (ties: the fraction
 /// closest to `prefer`).
-pub fn best_threshold(clips: &[&RefineClip], rules: &RuleSet, prefer: f32) -> (f32, f64) {
+pub fn best_threshold(
+    clips: &[&RefineClip],
+    rules: &RuleSet,
+    fusion: &FusionParams,
+    prefer: f32,
+) -> (f32, f64) {
     let k = rules.labels().len();
     let probs: Vec<Vec<f32>> = clips.iter().map(|c| c.probs.values.clone()).collect();
     let mut best: Option<(f64, f32, f32)> = None;
     for &f in &FRACTIONS {
         let t = fit_routing(&probs, f, &[]).threshold;
-        let pred = labels_at(clips, rules, t);
+        let pred = labels_at(clips, rules, fusion, t);
         let f1 = Confusion::new(k, clips.iter().map(|c| c.truth).zip(pred)).macro_f1();
         let better = match best {
             None => true,
@@ -122,7 +133,7 @@ mod tests {
         // routing them (a third of the clips) makes every decision right.
         let wrong_acoustic = clips(2);
         let refs: Vec<&RefineClip> = wrong_acoustic.iter().collect();
-        let (t, f1) = best_threshold(&refs, &rules("panic"), 0.0);
+        let (t, f1) = best_threshold(&refs, &rules("panic"), &FusionParams::RULE_VOTE, 0.0);
         assert!(
             (fraction_at(&refs, t) - 1.0 / 3.0).abs() < 1e-9,
             "threshold {t}"
@@ -132,7 +143,7 @@ mod tests {
         // routing can only break them, so nothing is routed even though 30 % is preferred.
         let right_acoustic = clips(0);
         let refs: Vec<&RefineClip> = right_acoustic.iter().collect();
-        let (t, f1) = best_threshold(&refs, &rules("angry"), 0.3);
+        let (t, f1) = best_threshold(&refs, &rules("angry"), &FusionParams::RULE_VOTE, 0.3);
         assert_eq!(fraction_at(&refs, t), 0.0, "threshold {t}");
         // Every clip right (macro-F1 over three labels is 2/3 here: no clip is panic).
         let acoustic: Vec<usize> = refs.iter().map(|c| c.probs.argmax().0).collect();

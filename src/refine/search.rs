@@ -16,8 +16,8 @@
 use super::clips::RefineClip;
 use super::wording;
 use crate::eval::metrics::Confusion;
+use crate::pipeline::fusion::{acoustic_logp, FusionParams};
 use crate::rules::{CompareOp, Condition, Operand, Rule, RuleSet, Statements};
-use crate::rules::{DEFAULT_PRIOR_WEIGHT, PROB_FLOOR};
 use crate::LabelSet;
 
 /// What the greedy search maximises on the refinement clips.
@@ -124,8 +124,11 @@ pub struct Problem<'a> {
     pub routed: Vec<bool>,
     n_labels: usize,
     labels: &'a LabelSet,
-    /// prior_weight · ln p per clip and label (the rule vote's starting logits).
+    /// a · ln p per clip and label: the fused decision's starting logits
+    /// ([`crate::pipeline::fusion::fuse`], the model's fusion parameters).
     prior: Vec<Vec<f64>>,
+    /// The fusion's rule scale b per clip: a fired rule adds b · weight to its label.
+    rule_scale: Vec<f64>,
     acoustic_pred: Vec<usize>,
 }
 
@@ -138,17 +141,21 @@ struct Compiled {
 }
 
 impl<'a> Problem<'a> {
-    pub fn new(clips: Vec<&'a RefineClip>, routed: Vec<bool>, labels: &'a LabelSet) -> Self {
+    /// The search problem on `clips`, scored with the fused decision of `fusion` (what
+    /// `classify` serves). Refinement clips carry no unfamiliarity, so the fusion's weights at
+    /// a familiar clip apply (ũ = 0).
+    pub fn new(
+        clips: Vec<&'a RefineClip>,
+        routed: Vec<bool>,
+        labels: &'a LabelSet,
+        fusion: &FusionParams,
+    ) -> Self {
+        let (a, b) = fusion.weights_for(None);
         let prior = clips
             .iter()
-            .map(|c| {
-                c.probs
-                    .values
-                    .iter()
-                    .map(|&p| DEFAULT_PRIOR_WEIGHT * f64::from(p).max(PROB_FLOOR).ln())
-                    .collect()
-            })
+            .map(|c| acoustic_logp(&c.probs).iter().map(|l| a * l).collect())
             .collect();
+        let rule_scale = vec![b; clips.len()];
         let acoustic_pred = clips.iter().map(|c| c.probs.argmax().0).collect();
         Self {
             clips,
@@ -156,6 +163,7 @@ impl<'a> Problem<'a> {
             n_labels: labels.len(),
             labels,
             prior,
+            rule_scale,
             acoustic_pred,
         }
     }
@@ -199,7 +207,7 @@ impl<'a> Problem<'a> {
                 .chain(extra);
             for c in active {
                 if c.fires[i] {
-                    logits[c.label] += c.weight;
+                    logits[c.label] += self.rule_scale[i] * c.weight;
                 }
             }
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -707,6 +715,57 @@ mod tests {
             .collect()
     }
 
+    /// Refinement scores a rule set with the decision `classify` serves: for fitted fusion
+    /// parameters, the search's routed labels and mean ln p(truth) are those of
+    /// `pipeline::fusion::fuse` on the rules that fire (one formula, two callers).
+    #[test]
+    fn the_search_scores_with_the_served_fused_decision() {
+        let clips = confused_corpus();
+        let labels = LabelSet::default();
+        let set = rules(&format!(
+            "{WRONG_RULE}[[rule]]\nid = \"panic-breathy\"\nlabel = \"panic\"\nwhen = \"hnr_db_z < 0\"\nweight = 0.8\nstatement_vi = \"x\"\nstatement_en = \"x\"\nsource = \"test\"\n"
+        ));
+        let fusion = FusionParams {
+            acoustic_weight: 0.7,
+            rule_scale: 0.4,
+            unfamiliar_acoustic: -0.1,
+            unfamiliar_rules: 0.2,
+            llm_weight: 0.0,
+        };
+        let routed: Vec<bool> = (0..clips.len()).map(|i| i % 3 != 0).collect();
+        let p = Problem::new(clips.iter().collect(), routed.clone(), &labels, &fusion);
+        let got = p.labels_for(&set);
+        let score = p.score(&set);
+        let (mut ll, mut n) = (0.0, 0);
+        for (i, c) in clips.iter().enumerate() {
+            let want = if routed[i] {
+                let fired = set.evaluate(&c.evidence, &c.probs);
+                let (probs, _) =
+                    crate::pipeline::fusion::fuse(&fusion, &c.probs, &fired, None, None);
+                ll += f64::from(probs.values[c.truth]).ln();
+                n += 1;
+                probs.argmax().0
+            } else {
+                c.probs.argmax().0
+            };
+            assert_eq!(got[i], want, "clip {i}");
+        }
+        assert!(
+            (score.log_likelihood - ll / n as f64).abs() < 1e-5,
+            "{} vs {}",
+            score.log_likelihood,
+            ll / n as f64
+        );
+        // The weights matter: with the unfitted vote the same rules decide differently.
+        let vote = Problem::new(
+            clips.iter().collect(),
+            routed,
+            &labels,
+            &FusionParams::RULE_VOTE,
+        );
+        assert_ne!(vote.score(&set).log_likelihood, score.log_likelihood);
+    }
+
     const WRONG_RULE: &str = "[[rule]]\nid = \"angry-jitter\"\nlabel = \"angry\"\nwhen = \"jitter_local_pct_z > 1\"\nweight = 1.0\nstatement_vi = \"x\"\nstatement_en = \"x\"\nsource = \"test\"\n";
 
     #[test]
@@ -714,7 +773,12 @@ mod tests {
         let clips = confused_corpus();
         let labels = LabelSet::default();
         let refs: Vec<&RefineClip> = clips.iter().collect();
-        let p = Problem::new(refs, vec![true; clips.len()], &labels);
+        let p = Problem::new(
+            refs,
+            vec![true; clips.len()],
+            &labels,
+            &FusionParams::RULE_VOTE,
+        );
         let start = rules(WRONG_RULE);
         let before = p.score(&start);
         let (after_rules, edits) = propose(&start, &p, &SearchConfig::default());
@@ -737,7 +801,12 @@ mod tests {
         let clips = confused_corpus();
         let labels = LabelSet::default();
         let refs: Vec<&RefineClip> = clips.iter().collect();
-        let p = Problem::new(refs, vec![true; clips.len()], &labels);
+        let p = Problem::new(
+            refs,
+            vec![true; clips.len()],
+            &labels,
+            &FusionParams::RULE_VOTE,
+        );
         let start = rules("");
         let (out, edits) = propose(&start, &p, &SearchConfig::default());
         assert_eq!(edits.len(), 1);
@@ -778,7 +847,12 @@ mod tests {
             })
             .collect();
         let labels = LabelSet::default();
-        let p = Problem::new(clips.iter().collect(), vec![true; 30], &labels);
+        let p = Problem::new(
+            clips.iter().collect(),
+            vec![true; 30],
+            &labels,
+            &FusionParams::RULE_VOTE,
+        );
         let (_, edits) = propose(&rules(""), &p, &SearchConfig::default());
         assert!(edits.is_empty(), "{edits:?}");
     }
@@ -787,7 +861,12 @@ mod tests {
     fn kept_clips_are_never_changed_by_rules() {
         let clips = confused_corpus();
         let labels = LabelSet::default();
-        let p = Problem::new(clips.iter().collect(), vec![false; clips.len()], &labels);
+        let p = Problem::new(
+            clips.iter().collect(),
+            vec![false; clips.len()],
+            &labels,
+            &FusionParams::RULE_VOTE,
+        );
         let acoustic: Vec<usize> = clips.iter().map(|c| c.probs.argmax().0).collect();
         assert_eq!(p.labels_for(&rules(WRONG_RULE)), acoustic);
     }

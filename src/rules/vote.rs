@@ -21,12 +21,6 @@ use super::rule::Language;
 use super::ruleset::RuleSet;
 use crate::pipeline::fusion::{self, Contributions, FusionParams};
 
-/// Floor on acoustic probabilities before the logarithm, so a zero never vetoes a label.
-pub(crate) use crate::pipeline::fusion::PROB_FLOOR;
-
-/// Default trust in the acoustic prior (see the module docs).
-pub const DEFAULT_PRIOR_WEIGHT: f64 = 1.0;
-
 #[derive(Clone, Debug)]
 pub struct RuleVote {
     rule_set_id: String,
