@@ -34,6 +34,7 @@ use camxuc::data::manifest::Manifest;
 use camxuc::data::split::{filter_speakers, speaker_folds, speaker_split};
 use camxuc::eval::metrics::{accuracy, macro_f1};
 use camxuc::features::{Baseline, BaselineKind, FeatureConfig};
+use camxuc::math::{argmax, softmax};
 use camxuc::pipeline::analyse::ClipAnalyser;
 use camxuc::{Audio, Evidence, LabelSet};
 use candle_core::Tensor;
@@ -315,25 +316,6 @@ fn combine(per_head: &[&Vec<Vec<f32>>], how: Combine) -> Vec<Vec<f32>> {
             }
         })
         .collect()
-}
-
-fn softmax(l: &[f32]) -> Vec<f32> {
-    let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f32> = l.iter().map(|&x| (x - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len())
-        .fold((0, f32::NEG_INFINITY), |b, i| {
-            if v[i] > b.1 {
-                (i, v[i])
-            } else {
-                b
-            }
-        })
-        .0
 }
 
 fn report(folds: &[FoldLogits]) {

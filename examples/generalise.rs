@@ -40,6 +40,7 @@ use camxuc::data::manifest::Manifest;
 use camxuc::data::split::{speaker_folds, speaker_split};
 use camxuc::eval::metrics::accuracy_and_f1_ci;
 use camxuc::features::{Baseline, BaselineKind, FeatureConfig};
+use camxuc::math::argmax;
 use camxuc::pipeline::analyse::ClipAnalyser;
 use camxuc::{Audio, Evidence, LabelSet};
 use candle_core::{Device, Tensor};
@@ -1017,16 +1018,6 @@ fn auroc(neg: &[f64], pos: &[f64]) -> Option<f64> {
         }
     }
     Some(wins / (pos.len() * neg.len()) as f64)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 fn markdown(doc: &serde_json::Value) -> String {

@@ -25,6 +25,7 @@ use camxuc::catalog::{models_dir, ModelSpec};
 use camxuc::eval::metrics::{accuracy_on, bootstrap_ci, macro_f1};
 use camxuc::llm::lora::{CachedPrompt, LoraConfig, LoraTarget, LoraTask, TrainOptions};
 use camxuc::llm::{GgufFile, RuleText};
+use camxuc::math::argmax;
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
 use camxuc::rules::{Language, RuleSet, RuleVote};
@@ -158,16 +159,6 @@ fn load_clips(
         });
     }
     Ok(clips)
-}
-
-fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
-    let mut b = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[b] {
-            b = i;
-        }
-    }
-    b
 }
 
 fn main() -> Result<()> {

@@ -27,6 +27,7 @@ use camxuc::acoustic::model_dir::read_routing;
 use camxuc::catalog::{models_dir, ModelSpec};
 use camxuc::eval::metrics::{accuracy_on, bootstrap_ci, macro_f1};
 use camxuc::llm::{LlmReasoner, LoadOptions, ReasonerOptions, RuleText};
+use camxuc::math::{argmax, log_softmax};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
 use camxuc::rules::{Language, RuleSet, RuleVote};
@@ -180,22 +181,6 @@ fn fit_pool<'a>(oof_train: bool, c: &Clip, pool: &[&'a Clip]) -> Vec<&'a Clip> {
             }
         })
         .collect()
-}
-
-fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
-    let mut b = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[b] {
-            b = i;
-        }
-    }
-    b
-}
-
-fn log_softmax(v: &[f64]) -> Vec<f64> {
-    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
-    v.iter().map(|x| x - z).collect()
 }
 
 /// Runs (or loads from the cache) one LLM's scores for `clips`.

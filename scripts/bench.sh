@@ -147,7 +147,68 @@ log "peak memory: ${long_s} s input (this takes a while)"
 run_measured mem_long "${mem_cmd[@]}" "$long_wav"
 export mem_command="${mem_cmd[*]}"
 
-# 4. Everything into one JSON, and the Markdown summary.
+# 4. The workbench under a steady load: 100 clips classified one after another through
+# `camxuc serve` (the embedded default model unless CAMXUC_BENCH_MODEL is set); the server's
+# resident memory after the 1st, 10th, 50th and 100th clip shows whether it stays bounded.
+rm -f "$work/serve.json"
+serve_skip=
+if [[ -e "${CAMXUC_MODELS_DIR:-models}/whisper-base/model.bin" ]]; then
+    log "workbench: 100 sequential classifications (log: $work/serve.log)"
+    rm -rf "$work/serve-data"
+    serve_model=()
+    [[ -n "$model" ]] && serve_model=(--model "$model")
+    if ! python3 - "$bin" "$work/serve-data" "$work/serve.json" "$work/synth/clips" "${serve_model[@]}" \
+        >"$work/serve.log" 2>&1 <<'PY'
+import glob, json, subprocess, sys, time, urllib.request, uuid
+binary, data, out, clips_dir, *model = sys.argv[1:]
+clips = sorted(glob.glob(clips_dir + "/*.wav"))
+if not clips:
+    sys.exit(f"no clips in {clips_dir}")
+server = subprocess.Popen([binary, "serve", "--port", "0", "--data", data, *model],
+                          stdout=subprocess.PIPE, text=True)
+def field(name):
+    for line in open(f"/proc/{server.pid}/status"):
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) / 1024
+try:
+    url = server.stdout.readline().strip().split()[-1]
+    if not url.startswith("http://"):
+        sys.exit(f"unexpected first line from camxuc serve: {url!r}")
+    rss, times = {}, []
+    for i in range(100):
+        path = clips[i % len(clips)]
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c{i}.wav\"\r\n"
+                "Content-Type: audio/wav\r\n\r\n").encode() + open(path, "rb").read() + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(url + "/api/classify", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        t0 = time.monotonic()
+        with urllib.request.urlopen(req, timeout=600) as r:
+            decision = json.load(r)
+        times.append(time.monotonic() - t0)
+        if "label" not in decision:
+            sys.exit(f"clip {i}: no label in {decision}")
+        if i + 1 in (1, 10, 50, 100):
+            rss[str(i + 1)] = field("VmRSS")
+    result = {"clips": 100, "distinct_clips": len(clips), "rss_mb_after": rss,
+              "peak_rss_mb": field("VmHWM"), "ms_per_clip_median": 1e3 * sorted(times)[50],
+              "rss_growth_10_to_100_mb": rss["100"] - rss["10"],
+              "measured": "the server process's VmRSS / VmHWM (decode workers are separate processes)"}
+    json.dump(result, open(out, "w"), indent=2)
+    print(json.dumps(result))
+finally:
+    server.terminate()
+    server.wait(timeout=30)
+PY
+    then
+        serve_skip="the workbench run failed: $(tail -n 1 "$work/serve.log")"
+    fi
+else
+    serve_skip="whisper-base is not installed (camxuc models fetch whisper-base)"
+fi
+export serve_skip
+
+# 5. Everything into one JSON, and the Markdown summary.
 export time_installed long_wav short_wav model llm_spec
 export git_commit; git_commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export git_dirty; git_dirty=$([[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]] && echo true || echo false)
@@ -233,6 +294,7 @@ if short.get("peak_rss_mb") and long_.get("peak_rss_mb") and long_.get("rc") == 
     # The decoded long file alone as 16 kHz f32 would take this much: bounded memory stays well below.
     memory["long_input_as_f32_mb"] = long_["audio_s"] * 16000 * 4 / 2**20
 result["memory"] = memory
+result["serve"] = load(f"{work}/serve.json") or {"skipped": env["serve_skip"] or "no report written"}
 
 with open(f"{out}/bench.json", "w") as f:
     json.dump(result, f, indent=2)
@@ -275,5 +337,14 @@ for label, e in (("one short clip", short), ("long recording", long_)):
 if "long_over_short_rss" in memory:
     print(f"\nThe {long_['audio_s'] / 60:.0f}-minute input peaks at {memory['long_over_short_rss']:.2f}× the short clip's RSS "
           f"(the whole file decoded to f32 would be {memory['long_input_as_f32_mb']:.0f} MB).")
+sv = result["serve"]
+if "skipped" in sv:
+    print(f"\nWorkbench: skipped ({sv['skipped']}).")
+else:
+    after = sv["rss_mb_after"]
+    print("\n| `camxuc serve`: 100 clips one after another | after 1 | after 10 | after 50 | after 100 | peak | ms/clip |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| server RSS MB | {after['1']:.0f} | {after['10']:.0f} | {after['50']:.0f} | {after['100']:.0f} "
+          f"| {sv['peak_rss_mb']:.0f} | {sv['ms_per_clip_median']:.0f} |")
 print(f"\nWritten to {out}/bench.json.")
 PY

@@ -15,6 +15,7 @@ pub mod data;
 pub mod eval;
 pub mod features;
 pub mod llm;
+pub mod math;
 pub mod pipeline;
 pub mod private_fs;
 pub mod refine;

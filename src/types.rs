@@ -144,13 +144,9 @@ impl Probs {
 
     /// Index and value of the most probable label (first one on ties).
     pub fn argmax(&self) -> (usize, f32) {
-        let mut best = (0, f32::NEG_INFINITY);
-        for (i, &v) in self.values.iter().enumerate() {
-            if v > best.1 {
-                best = (i, v);
-            }
-        }
-        best
+        let i = crate::math::argmax(&self.values);
+        let v = self.values.get(i).copied().filter(|v| !v.is_nan());
+        (i, v.unwrap_or(f32::NEG_INFINITY))
     }
 
     pub fn top_label(&self) -> &str {
@@ -306,6 +302,14 @@ pub struct Decision {
     pub contributions: Option<crate::pipeline::fusion::Contributions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rationale: Option<String>,
+    /// The language of the rationale (`vi`, `en`): the rule set's for the rule-template
+    /// rationale; the LLM's prompt language when an LLM wrote (part of) it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale_language: Option<String>,
+    /// Whether every rule id, rule statement and feature name the rationale names is in this
+    /// Decision (`src/pipeline/faithful.rs`); for clips a reasoner decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale_check: Option<crate::pipeline::faithful::RationaleCheck>,
     /// What was said, when the clip was transcribed for the reasoner (`--transcribe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<String>,
@@ -333,6 +337,11 @@ pub struct Verdict {
     /// What each part contributed to `probs` (the fusion's terms), when the reasoner fuses.
     pub contributions: Option<crate::pipeline::fusion::Contributions>,
     pub rationale: Option<String>,
+    /// The rationale's language (`vi`, `en`), when there is one.
+    pub rationale_language: Option<String>,
+    /// The part of `rationale` an LLM wrote (what the faithfulness check reads; the
+    /// rule-template part names only what fired by construction).
+    pub llm_rationale: Option<String>,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub timings_ms: BTreeMap<String, f64>,
@@ -406,6 +415,8 @@ mod tests {
             fired_rules: vec![],
             contributions: None,
             rationale: Some("low effort".into()),
+            rationale_language: None,
+            rationale_check: None,
             transcript: None,
             timings_ms: BTreeMap::from([("decode".into(), 1.5)]),
         };

@@ -7,18 +7,9 @@ mod llm_common;
 
 use camxuc::llm::lora::{CachedPrompt, LoraAdapters, LoraConfig, LoraTask, TrainOptions};
 use camxuc::llm::{bench_rules, ChatTemplate, GgufFile, LlmModel, LoadOptions};
+use camxuc::math::{argmax, log_softmax};
 use camxuc::LabelSet;
 use llm_common::{case, clear_cases, default_model};
-
-fn log_softmax(v: &[f32]) -> Vec<f32> {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let z = v.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
-    v.iter().map(|x| x - z).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
-}
 
 /// The f32 path (Q4_1 weights dequantised exactly, f32 activations) against the quantised
 /// decoder on the same weights, as stored (Q4_1) and re-quantised to Q8_0 (the default),

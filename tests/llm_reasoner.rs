@@ -294,3 +294,57 @@ fn a_gguf_the_runner_cannot_load_is_a_clear_error() {
         .unwrap();
     assert!(matches!(err, LlmError::BadMetadata { .. }), "{err}");
 }
+
+#[test]
+fn the_rule_vote_decides_and_the_llm_only_explains() {
+    use camxuc::llm::LlmExplains;
+    use camxuc::rules::{default_ruleset, RuleVote};
+    use camxuc::Reasoner;
+    let Some(path) = default_model() else { return };
+    let llm = reasoner(&path, ReasonerOptions::default());
+    let rules = default_ruleset().unwrap();
+    let vote = RuleVote::new(&rules);
+    let mut explained = LlmExplains {
+        decider: Box::new(vote.clone()),
+        llm,
+    };
+    for c in clear_cases() {
+        let (label, case) = (c.label, case(&c));
+        let v = explained.decide(&case).unwrap();
+        // The decision is exactly the rule vote's.
+        assert_eq!(v.probs, vote.combine(&c.acoustic, &c.fired));
+        let text = v.rationale.clone().unwrap_or_default();
+        // The LLM's own words are kept apart (the faithfulness check reads them), in the
+        // prompt's language.
+        assert_eq!(v.rationale_language.as_deref(), Some("en"));
+        let llm_words = v.llm_rationale.clone().expect("the LLM's words");
+        eprintln!("{label} -> {}: {text:?}", v.probs.top_label());
+        assert!(v.generated_tokens > 0, "{text:?}");
+        assert!(v.timings_ms.contains_key("llm_rationale"));
+        // The rule vote's own rationale comes first (it names the label, so it says nothing
+        // about the LLM); the LLM's explanation follows on a line of its own and must say
+        // something beyond the cue the prompt put in its mouth.
+        let vote_text = vote.clone().decide(&case).unwrap().rationale.unwrap();
+        let explanation = text
+            .strip_prefix(vote_text.as_str())
+            .and_then(|rest| rest.strip_prefix('\n'))
+            .unwrap_or_else(|| {
+                panic!("the rule vote's rationale {vote_text:?} must lead {text:?}")
+            });
+        let cue_tail = explained
+            .llm
+            .prompt()
+            .rationale_cue()
+            .rsplit(':')
+            .next()
+            .unwrap_or("")
+            .trim();
+        assert_eq!(llm_words, explanation);
+        let written = explanation.strip_prefix(cue_tail).unwrap_or(explanation);
+        assert!(
+            written.chars().filter(|c| c.is_alphabetic()).count() >= 3,
+            "the LLM wrote nothing after the cue {cue_tail:?}: {text:?}"
+        );
+    }
+    assert!(explained.name().contains("llm:"));
+}

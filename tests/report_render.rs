@@ -31,10 +31,7 @@ const FEATURES: [(&str, [f64; 3]); 8] = [
 ];
 
 fn softmax(z: &[f64]) -> Vec<f32> {
-    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|v| (v / s) as f32).collect()
+    camxuc::math::softmax(z).iter().map(|&v| v as f32).collect()
 }
 
 fn pick_other(rng: &mut ChaCha8Rng, not: usize) -> usize {
@@ -144,6 +141,8 @@ fn records(n: usize, seed: u64) -> Vec<EvalRecord> {
                     fired_rules: fired,
                     contributions: None,
                     rationale,
+                    rationale_language: None,
+                    rationale_check: None,
                     transcript: None,
                     timings_ms: BTreeMap::from([("acoustic".into(), 4.0)]),
                 },
@@ -250,6 +249,7 @@ fn summary(records: &[EvalRecord]) -> EvalReport {
         }),
         seed: 7,
         robustness: None,
+        rationale_faithfulness: camxuc::eval::run::faithfulness(records),
     }
 }
 

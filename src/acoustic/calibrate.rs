@@ -5,14 +5,8 @@ use crate::eval::metrics::expected_calibration_error;
 
 use super::train::mean_nll;
 
-/// Softmax of `logits / temperature`.
-pub fn softmax_t(logits: &[f32], temperature: f32) -> Vec<f32> {
-    let t = temperature.max(1e-3);
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b / t));
-    let e: Vec<f32> = logits.iter().map(|&x| (x / t - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
-}
+/// Softmax of `logits / temperature` (the one softmax, [`crate::math::softmax_t`]).
+pub use crate::math::softmax_t;
 
 /// The temperature minimising the negative log-likelihood of `labels` (golden-section search
 /// over log T in [ln 0.05, ln 20]; the NLL is unimodal in T).

@@ -244,15 +244,7 @@ pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<V
 }
 
 /// Index of the largest logit (the first on ties).
-pub(crate) fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
-}
+pub(crate) use crate::math::argmax;
 
 /// Mean cross-entropy of logits (unweighted), for reporting.
 pub fn mean_nll(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> f64 {

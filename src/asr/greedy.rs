@@ -12,12 +12,8 @@ pub fn suppress(logits: &mut [f32], ids: &[u32]) {
 
 /// The index of the largest finite logit (None when every logit is −∞ or NaN).
 pub fn argmax(logits: &[f32]) -> Option<usize> {
-    logits
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
+    let i = crate::math::argmax(logits);
+    logits.get(i).is_some_and(|l| l.is_finite()).then_some(i)
 }
 
 /// log Σ exp(logits), stable; −∞ when every logit is −∞.

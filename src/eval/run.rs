@@ -27,10 +27,11 @@ use crate::data::split::filter_speakers;
 use crate::data::DataError;
 use crate::pipeline::analyse::ClipAnalyser;
 use crate::pipeline::decide::{assess, Consult};
+use crate::pipeline::faithful::Author;
 use crate::pipeline::output::{BatchWriter, Failure, OutputError, RunHeader};
 use crate::pipeline::{active_rules, PipelineError, Router};
 use crate::rules::{RuleSet, RuleVote};
-use crate::{LabelSet, Reasoner, Route};
+use crate::{Decision, LabelSet, Reasoner, Route};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -132,6 +133,71 @@ pub struct EvalReport {
     pub seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub robustness: Option<Robustness>,
+    /// The rationale check (`Decision::rationale_check`) over routed clips; `null` when no
+    /// routed clip has a checked rationale.
+    pub rationale_faithfulness: Option<Faithfulness>,
+}
+
+/// How many routed clips' rationales name only what their Decision holds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Faithfulness {
+    /// Whose words: `llm` when an LLM wrote rationales (then only those are counted), else
+    /// `rules` (the template, faithful by construction: a check of the check).
+    pub author: Author,
+    /// Routed clips with a checked rationale by `author`.
+    pub checked: usize,
+    pub faithful: usize,
+    pub pass_rate: f64,
+    /// Rationales that name at least one rule id, statement or feature.
+    pub with_mentions: usize,
+    /// The rationale languages seen, with counts.
+    pub languages: BTreeMap<String, usize>,
+    /// Up to five failures: file and the unsupported mentions.
+    pub examples: Vec<String>,
+}
+
+/// The rationale pass rate over routed clips' decisions.
+pub fn faithfulness(records: &[EvalRecord]) -> Option<Faithfulness> {
+    let by = |author: Author| -> Vec<&Decision> {
+        records
+            .iter()
+            .map(|r| &r.decision)
+            .filter(|d| d.route != Route::Acoustic)
+            .filter(|d| {
+                d.rationale_check
+                    .as_ref()
+                    .is_some_and(|c| c.author == author)
+            })
+            .collect()
+    };
+    let (author, routed) = match by(Author::Llm) {
+        llm if !llm.is_empty() => (Author::Llm, llm),
+        _ => (Author::Rules, by(Author::Rules)),
+    };
+    if routed.is_empty() {
+        return None;
+    }
+    let mut languages = BTreeMap::new();
+    let (mut faithful, mut with_mentions, mut examples) = (0, 0, Vec::new());
+    for d in &routed {
+        let c = d.rationale_check.as_ref().expect("filtered on is_some");
+        faithful += usize::from(c.faithful);
+        with_mentions += usize::from(!c.mentions.is_empty());
+        if !c.faithful && examples.len() < 5 {
+            examples.push(format!("{}: {}", d.file, c.unsupported.join(", ")));
+        }
+        let lang = d.rationale_language.clone().unwrap_or_else(|| "?".into());
+        *languages.entry(lang).or_insert(0) += 1;
+    }
+    Some(Faithfulness {
+        author,
+        checked: routed.len(),
+        faithful,
+        pass_rate: faithful as f64 / routed.len() as f64,
+        with_mentions,
+        languages,
+        examples,
+    })
 }
 
 /// Where `eval --out` appends its records (JSONL: a header line, then one [`EvalLine`] per clip).
@@ -646,6 +712,7 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
         llm: ctx.llm.clone(),
         seed: ctx.seed,
         robustness,
+        rationale_faithfulness: faithfulness(records),
     }
 }
 
@@ -701,6 +768,19 @@ pub fn print_summary(r: &EvalReport, manifest: &Path) {
         println!(
             "  field conditions: macro-F1 {:.3} -> {:.3} (difference {:+.3} [{:+.3}, {:+.3}], paired bootstrap)",
             rb.clean.macro_f1, rb.perturbed.macro_f1, d.difference, d.ci95[0], d.ci95[1]
+        );
+    }
+    if let Some(f) = &r.rationale_faithfulness {
+        println!(
+            "  rationales ({}): {}/{} routed clips name only fired rules and measured features ({:.0} %; {} name any)",
+            match f.author {
+                Author::Llm => "the LLM's words",
+                Author::Rules => "rule template",
+            },
+            f.faithful,
+            f.checked,
+            100.0 * f.pass_rate,
+            f.with_mentions
         );
     }
     let ab = &r.ablations;
@@ -828,6 +908,8 @@ mod tests {
                 fired_rules: Vec::new(),
                 contributions: None,
                 rationale: None,
+                rationale_language: None,
+                rationale_check: None,
                 transcript: None,
                 timings_ms: BTreeMap::from([("acoustic".to_string(), 2.0)]),
             },

@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::Content;
+use super::error::LlmError;
+use super::gguf::GgufFile;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
@@ -55,39 +56,79 @@ pub(crate) struct Gemma3 {
     pub(crate) hidden_sum: Option<HiddenSum>,
 }
 
-fn md_u32(ct: &Content, key: &str) -> Result<usize> {
-    match ct.metadata.get(key) {
-        Some(v) => Ok(v.to_u32()? as usize),
-        None => candle_core::bail!("missing metadata {key}"),
+/// Gemma 3's hyperparameters, read from the GGUF metadata (the one reader, [`GgufFile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemma3Config {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub head_dim: usize,
+    pub window: usize,
+    pub eps: f64,
+    /// Every `pattern`-th layer is global.
+    pub pattern: usize,
+    pub base_global: f32,
+    pub base_local: f32,
+}
+
+impl Gemma3Config {
+    pub fn from_gguf(file: &GgufFile) -> std::result::Result<Self, LlmError> {
+        let cfg = Self {
+            n_head: file.meta_usize("gemma3.attention.head_count")?,
+            n_kv_head: file.meta_usize("gemma3.attention.head_count_kv")?,
+            n_layer: file.meta_usize("gemma3.block_count")?,
+            n_embd: file.meta_usize("gemma3.embedding_length")?,
+            head_dim: file.meta_usize("gemma3.attention.key_length")?,
+            window: file.meta_usize("gemma3.attention.sliding_window")?,
+            eps: f64::from(
+                file.meta_opt_f32("gemma3.attention.layer_norm_rms_epsilon")?
+                    .unwrap_or(1e-6),
+            ),
+            // Every sixth layer is global, as in llama.cpp (the GGUF does not state the pattern).
+            pattern: file
+                .meta_opt_usize("gemma3.attention.sliding_window_type")?
+                .unwrap_or(6)
+                .max(1),
+            base_global: file
+                .meta_opt_f32("gemma3.rope.freq_base")?
+                .unwrap_or(1_000_000.0),
+            base_local: file
+                .meta_opt_f32("gemma3.rope.local_freq_base")?
+                .unwrap_or(10_000.0),
+        };
+        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
+            return Err(LlmError::BadMetadata {
+                path: file.path().to_path_buf(),
+                key: "gemma3.attention.head_count_kv".into(),
+                reason: format!(
+                    "{} heads cannot share {} key/value heads",
+                    cfg.n_head, cfg.n_kv_head
+                ),
+            });
+        }
+        Ok(cfg)
     }
 }
 
-fn md_f32_or(ct: &Content, key: &str, default: f32) -> f32 {
-    ct.metadata
-        .get(key)
-        .and_then(|v| v.to_f32().ok())
-        .unwrap_or(default)
-}
-
 impl Gemma3 {
-    pub fn load(ct: &Content, src: &mut dyn TensorSource, max_positions: usize) -> Result<Self> {
-        let n_head = md_u32(ct, "gemma3.attention.head_count")?;
-        let n_kv_head = md_u32(ct, "gemma3.attention.head_count_kv")?;
-        let n_layer = md_u32(ct, "gemma3.block_count")?;
-        let n_embd = md_u32(ct, "gemma3.embedding_length")?;
-        let head_dim = md_u32(ct, "gemma3.attention.key_length")?;
-        let window = md_u32(ct, "gemma3.attention.sliding_window")?;
-        let eps = md_f32_or(ct, "gemma3.attention.layer_norm_rms_epsilon", 1e-6) as f64;
-        // Every sixth layer is global, as in llama.cpp (the GGUF does not state the pattern).
-        let pattern = md_u32(ct, "gemma3.attention.sliding_window_type")
-            .unwrap_or(6)
-            .max(1);
-        let base_global = md_f32_or(ct, "gemma3.rope.freq_base", 1_000_000.0);
-        let base_local = md_f32_or(ct, "gemma3.rope.local_freq_base", 10_000.0);
-        if n_kv_head == 0 || n_head % n_kv_head != 0 {
-            candle_core::bail!("{n_head} heads cannot share {n_kv_head} key/value heads");
-        }
-
+    pub fn load(
+        cfg: &Gemma3Config,
+        src: &mut dyn TensorSource,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let Gemma3Config {
+            n_head,
+            n_kv_head,
+            n_layer,
+            n_embd,
+            head_dim,
+            window,
+            eps,
+            pattern,
+            base_global,
+            base_local,
+        } = cfg.clone();
         let embedding = Arc::new(src.tensor("token_embd.weight")?);
         let output = if src.has("output.weight") {
             QMatMul::from_qtensor(src.tensor("output.weight")?)?

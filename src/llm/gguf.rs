@@ -58,6 +58,21 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
+    /// A required unsigned integer of the metadata, as a size (the one reader: [`metadata_u64`]).
+    pub fn meta_usize(&self, key: &str) -> Result<usize, LlmError> {
+        metadata_u64(&self.content, &self.path, key).map(|v| v as usize)
+    }
+
+    /// An optional unsigned integer of the metadata, as a size.
+    pub fn meta_opt_usize(&self, key: &str) -> Result<Option<usize>, LlmError> {
+        metadata_opt_u64(&self.content, &self.path, key).map(|v| v.map(|v| v as usize))
+    }
+
+    /// An optional number of the metadata.
+    pub fn meta_opt_f32(&self, key: &str) -> Result<Option<f32>, LlmError> {
+        metadata_opt_f32(&self.content, &self.path, key)
+    }
+
     /// Reads and checks the header of `path`.
     pub fn open(path: &Path) -> Result<Self, LlmError> {
         let io_err = |source| LlmError::Io {
@@ -218,6 +233,41 @@ pub fn metadata_u64(content: &Content, path: &Path, key: &str) -> Result<u64, Ll
                 format!("expected an unsigned integer, found {value:?}"),
             )
         })
+}
+
+/// An optional unsigned integer (`None` when the key is absent; an error when it holds
+/// something else).
+pub fn metadata_opt_u64(
+    content: &Content,
+    path: &Path,
+    key: &str,
+) -> Result<Option<u64>, LlmError> {
+    if !content.metadata.contains_key(key) {
+        return Ok(None);
+    }
+    metadata_u64(content, path, key).map(Some)
+}
+
+/// A required number (the file may store it as f32 or f64).
+pub fn metadata_f32(content: &Content, path: &Path, key: &str) -> Result<f32, LlmError> {
+    match content.metadata.get(key) {
+        None => Err(missing(path, key)),
+        Some(Value::F32(x)) => Ok(*x),
+        Some(Value::F64(x)) => Ok(*x as f32),
+        Some(v) => Err(bad(path, key, format!("expected a number, found {v:?}"))),
+    }
+}
+
+/// An optional number.
+pub fn metadata_opt_f32(
+    content: &Content,
+    path: &Path,
+    key: &str,
+) -> Result<Option<f32>, LlmError> {
+    if !content.metadata.contains_key(key) {
+        return Ok(None);
+    }
+    metadata_f32(content, path, key).map(Some)
 }
 
 /// An optional token id.

@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::error::LlmError;
-use super::gemma3::Gemma3;
+use super::gemma3::{Gemma3, Gemma3Config};
 use super::gguf::{Architecture, GgufFile};
 #[cfg(feature = "research")]
 use super::transformer::HiddenSum;
@@ -196,7 +195,8 @@ impl LlmModel {
                 )
             }
             Architecture::Gemma3 => Decoder::Gemma3(
-                Gemma3::load(file.content(), &mut src, max_context).map_err(model_err)?,
+                Gemma3::load(&Gemma3Config::from_gguf(file)?, &mut src, max_context)
+                    .map_err(model_err)?,
             ),
         };
         let vocab = file
@@ -417,47 +417,6 @@ impl TensorSource for GgufSource<'_> {
     }
 }
 
-fn meta<'a>(file: &'a GgufFile, key: &str) -> Result<&'a Value, LlmError> {
-    file.content()
-        .metadata
-        .get(key)
-        .ok_or_else(|| LlmError::MissingMetadata {
-            path: file.path().to_path_buf(),
-            key: key.to_string(),
-        })
-}
-
-pub(crate) fn meta_usize(file: &GgufFile, key: &str) -> Result<usize, LlmError> {
-    let v = meta(file, key)?;
-    let n = match v {
-        Value::U8(x) => Some(*x as u64),
-        Value::U16(x) => Some(*x as u64),
-        Value::U32(x) => Some(*x as u64),
-        Value::U64(x) => Some(*x),
-        Value::I32(x) if *x >= 0 => Some(*x as u64),
-        Value::I64(x) if *x >= 0 => Some(*x as u64),
-        _ => None,
-    };
-    n.map(|n| n as usize).ok_or_else(|| LlmError::BadMetadata {
-        path: file.path().to_path_buf(),
-        key: key.to_string(),
-        reason: format!("expected a non-negative integer, found {v:?}"),
-    })
-}
-
-pub(crate) fn meta_f32(file: &GgufFile, key: &str) -> Result<f32, LlmError> {
-    let v = meta(file, key)?;
-    match v {
-        Value::F32(x) => Ok(*x),
-        Value::F64(x) => Ok(*x as f32),
-        _ => Err(LlmError::BadMetadata {
-            path: file.path().to_path_buf(),
-            key: key.to_string(),
-            reason: format!("expected a number, found {v:?}"),
-        }),
-    }
-}
-
 fn llama_hyper(
     file: &GgufFile,
     max_positions: usize,
@@ -467,9 +426,9 @@ fn llama_hyper(
     let arch = file.architecture();
     let a = arch.as_str();
     let key = |k: &str| format!("{a}.{k}");
-    let n_embd = meta_usize(file, &key("embedding_length"))?;
-    let n_head = meta_usize(file, &key("attention.head_count"))?;
-    let n_kv_head = meta_usize(file, &key("attention.head_count_kv"))?;
+    let n_embd = file.meta_usize(&key("embedding_length"))?;
+    let n_head = file.meta_usize(&key("attention.head_count"))?;
+    let n_kv_head = file.meta_usize(&key("attention.head_count_kv"))?;
     if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
         return Err(LlmError::BadMetadata {
             path: file.path().to_path_buf(),
@@ -478,18 +437,25 @@ fn llama_hyper(
         });
     }
     // qwen3 states its head size (it is not n_embd / n_head there).
-    let head_dim = meta_usize(file, &key("attention.key_length")).unwrap_or(n_embd / n_head);
+    let head_dim = file
+        .meta_opt_usize(&key("attention.key_length"))?
+        .unwrap_or(n_embd / n_head);
     Ok(Hyper {
-        n_layer: meta_usize(file, &key("block_count"))?,
+        n_layer: file.meta_usize(&key("block_count"))?,
         n_head,
         n_kv_head,
         head_dim,
-        rope_dim: meta_usize(file, &key("rope.dimension_count"))
+        rope_dim: file
+            .meta_opt_usize(&key("rope.dimension_count"))?
             .unwrap_or(head_dim)
             .min(head_dim),
-        rope_base: meta_f32(file, &key("rope.freq_base")).unwrap_or(10_000.0),
+        rope_base: file
+            .meta_opt_f32(&key("rope.freq_base"))?
+            .unwrap_or(10_000.0),
         rope_neox: arch != Architecture::Llama,
-        rms_eps: meta_f32(file, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+        rms_eps: file
+            .meta_opt_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5) as f64,
         max_positions,
         pad_inputs,
         product_threads,

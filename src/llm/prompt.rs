@@ -33,6 +33,16 @@ pub enum PromptLanguage {
     Vietnamese,
 }
 
+impl PromptLanguage {
+    /// ISO 639-1 code (`en`, `vi`), as `Decision::rationale_language` records it.
+    pub fn code(self) -> &'static str {
+        match self {
+            PromptLanguage::English => "en",
+            PromptLanguage::Vietnamese => "vi",
+        }
+    }
+}
+
 /// A rule as the prompt states it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleText {

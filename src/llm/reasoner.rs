@@ -527,6 +527,10 @@ impl LlmReasoner {
         Ok(Verdict {
             contributions: None,
             probs: Probs::new(self.prompt.labels(), probs),
+            rationale_language: rationale
+                .as_ref()
+                .map(|_| self.options.language.code().into()),
+            llm_rationale: rationale.clone(),
             rationale,
             prompt_tokens: self.prefix_ids.len() + suffix_tokens,
             generated_tokens: generated,
@@ -579,37 +583,23 @@ impl Reasoner for LlmExplains {
             .insert("llm_rationale".into(), t.elapsed().as_secs_f64() * 1e3);
         v.rationale = Some(match v.rationale.take() {
             Some(decider) if !decider.trim().is_empty() => format!("{decider}\n{text}"),
-            _ => text,
+            _ => text.clone(),
         });
+        v.llm_rationale = Some(text);
         v.generated_tokens += generated;
+        v.rationale_language = Some(self.llm.options.language.code().into());
         Ok(v)
     }
 }
 
 fn log_softmax_at(logits: &[f32], index: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    match logits.get(index as usize) {
-        Some(&l) => l - max - sum.ln(),
-        None => f32::NEG_INFINITY,
-    }
+    crate::math::log_softmax_at(logits, index as usize)
 }
 
-fn softmax(scores: &[f32]) -> Vec<f32> {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
-    let sum: f32 = e.iter().sum();
-    e.iter().map(|v| v / sum).collect()
-}
+use crate::math::softmax;
 
 fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
+    crate::math::argmax(v) as u32
 }
 
 #[cfg(test)]

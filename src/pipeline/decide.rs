@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::analyse::{AnalyseError, AnalysedClip, ClipAnalyser};
+use super::faithful::{self, RationaleCheck};
 use super::fusion::Contributions;
 use super::route::Router;
 use crate::acoustic::{AcousticError, AcousticModel};
@@ -223,6 +224,8 @@ pub struct Assessment {
     pub ambiguous: bool,
     /// The reasoner's verdict; `None` only for a kept clip under [`Consult::RoutedOnly`].
     pub verdict: Option<Verdict>,
+    /// The verdict's rationale checked against the fired rules and the evidence.
+    pub rationale_check: Option<RationaleCheck>,
     /// What was said, when `words` transcribed the clip for the reasoner.
     pub transcript: Option<String>,
     /// Milliseconds of `acoustic`, `rules` and (when asked) `transcribe` and `reasoner`.
@@ -282,6 +285,15 @@ pub fn assess(
     } else {
         None
     };
+    // The LLM's words when an LLM wrote any, else the rule template's.
+    let rationale_check = verdict.as_ref().and_then(|v| {
+        let (text, author) = match (&v.llm_rationale, &v.rationale) {
+            (Some(t), _) => (t, faithful::Author::Llm),
+            (None, Some(t)) => (t, faithful::Author::Rules),
+            (None, None) => return None,
+        };
+        Some(faithful::check(text, author, rules, &fired, &clip.evidence))
+    });
     Ok(Assessment {
         acoustic,
         unfamiliarity,
@@ -289,6 +301,7 @@ pub fn assess(
         fired,
         ambiguous,
         verdict,
+        rationale_check,
         transcript,
         timings_ms: timings,
     })
@@ -304,12 +317,20 @@ impl Assessment {
         reasoner_route: Route,
         abstain_below: Option<f32>,
     ) -> Decision {
-        let (probs, route, rationale, contributions) = match self.verdict {
+        let (probs, route, rationale, contributions, language, check) = match self.verdict {
             Some(v) if self.ambiguous => {
                 let c = v
                     .contributions
                     .unwrap_or_else(|| Contributions::acoustic_only(&self.acoustic));
-                (v.probs, reasoner_route, v.rationale, c)
+                let check = self.rationale_check;
+                (
+                    v.probs,
+                    reasoner_route,
+                    v.rationale,
+                    c,
+                    v.rationale_language,
+                    check,
+                )
             }
             _ => {
                 let (i, p) = self.acoustic.argmax();
@@ -318,7 +339,15 @@ impl Assessment {
                     self.acoustic.labels[i], p
                 );
                 let c = Contributions::acoustic_only(&self.acoustic);
-                (self.acoustic.clone(), Route::Acoustic, Some(why), c)
+                let en = Some("en".to_string());
+                (
+                    self.acoustic.clone(),
+                    Route::Acoustic,
+                    Some(why),
+                    c,
+                    en,
+                    None,
+                )
             }
         };
         let (best, p) = probs.argmax();
@@ -340,6 +369,8 @@ impl Assessment {
             fired_rules: self.fired,
             contributions: Some(contributions),
             rationale,
+            rationale_language: language,
+            rationale_check: check,
             transcript: self.transcript,
             timings_ms: self.timings_ms,
         }
@@ -384,6 +415,7 @@ mod tests {
             fired: Vec::new(),
             ambiguous: false,
             verdict: None,
+            rationale_check: None,
             transcript: None,
             timings_ms: BTreeMap::new(),
         }
@@ -435,6 +467,8 @@ mod tests {
             probs: Probs::new(&LabelSet::default(), vec![0.7, 0.2, 0.1]),
             contributions: None,
             rationale: Some("x".into()),
+            rationale_language: None,
+            llm_rationale: None,
             prompt_tokens: 0,
             generated_tokens: 0,
             timings_ms: BTreeMap::new(),

@@ -191,11 +191,7 @@ pub fn acoustic_logp(p: &Probs) -> Vec<f64> {
         .collect()
 }
 
-fn log_softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-    logits.iter().map(|l| l - lse).collect()
-}
+use crate::math::log_softmax;
 
 /// Σ of fired rules' weights per label (a rule for a label the model lacks cannot vote).
 pub fn rule_sums(labels: &[String], fired: &[FiredRule]) -> Vec<f64> {

@@ -4,6 +4,7 @@
 pub mod analyse;
 pub mod build;
 pub mod decide;
+pub mod faithful;
 pub mod fusion;
 pub mod output;
 pub mod review;

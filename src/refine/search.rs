@@ -16,6 +16,7 @@
 use super::clips::RefineClip;
 use super::wording;
 use crate::eval::metrics::Confusion;
+use crate::math::{argmax, log_softmax_at};
 use crate::pipeline::fusion::{acoustic_logp, FusionParams};
 use crate::rules::{CompareOp, Condition, Operand, Rule, RuleSet, Statements};
 use crate::LabelSet;
@@ -210,9 +211,7 @@ impl<'a> Problem<'a> {
                     logits[c.label] += self.rule_scale[i] * c.weight;
                 }
             }
-            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-            ll += logits[self.clips[i].truth] - max - z.ln();
+            ll += log_softmax_at(&logits, self.clips[i].truth);
             n_routed += 1;
             pred[i] = argmax(&logits);
         }
@@ -254,19 +253,6 @@ impl<'a> Problem<'a> {
         self.clips.iter().filter(|c| c.truth == label).count() as f64
             / self.clips.len().max(1) as f64
     }
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
 }
 
 /// A candidate change to the rule set.

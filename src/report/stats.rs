@@ -341,6 +341,8 @@ mod tests {
                 fired_rules: vec![],
                 contributions: None,
                 rationale: None,
+                rationale_language: None,
+                rationale_check: None,
                 transcript: None,
                 timings_ms: BTreeMap::new(),
             },

@@ -229,6 +229,8 @@ impl Reasoner for RuleVote {
                 probs: acoustic.clone(),
                 contributions: Some(contributions),
                 rationale: Some(rationale),
+                rationale_language: Some(self.language.code().into()),
+                llm_rationale: None,
                 prompt_tokens: 0,
                 generated_tokens: 0,
                 timings_ms: BTreeMap::new(),
@@ -241,6 +243,8 @@ impl Reasoner for RuleVote {
             probs,
             contributions: Some(contributions),
             rationale: Some(rationale),
+            rationale_language: Some(self.language.code().into()),
+            llm_rationale: None,
             prompt_tokens: 0,
             generated_tokens: 0,
             timings_ms: BTreeMap::from([(

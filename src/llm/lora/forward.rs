@@ -17,7 +17,6 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::super::gguf::{Architecture, GgufFile};
-use super::super::model::{meta_f32, meta_usize};
 use super::adapters::LoraAdapters;
 use super::LoraError;
 
@@ -46,9 +45,9 @@ impl LlamaShape {
             });
         }
         let key = |k: &str| format!("llama.{k}");
-        let n_embd = meta_usize(file, &key("embedding_length"))?;
-        let n_head = meta_usize(file, &key("attention.head_count"))?;
-        let n_kv_head = meta_usize(file, &key("attention.head_count_kv"))?;
+        let n_embd = file.meta_usize(&key("embedding_length"))?;
+        let n_head = file.meta_usize(&key("attention.head_count"))?;
+        let n_kv_head = file.meta_usize(&key("attention.head_count_kv"))?;
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || n_embd % n_head != 0 {
             return Err(LoraError::Unsupported {
                 path: file.path().to_path_buf(),
@@ -62,14 +61,17 @@ impl LlamaShape {
             .map(|t| t.shape.dims()[0])
             .unwrap_or(0);
         Ok(Self {
-            n_layer: meta_usize(file, &key("block_count"))?,
+            n_layer: file.meta_usize(&key("block_count"))?,
             n_embd,
             n_head,
             n_kv_head,
             head_dim: n_embd / n_head,
-            rope_base: meta_f32(file, &key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_base: file
+                .meta_opt_f32(&key("rope.freq_base"))?
+                .unwrap_or(10_000.0),
             rms_eps: f64::from(
-                meta_f32(file, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+                file.meta_opt_f32(&key("attention.layer_norm_rms_epsilon"))?
+                    .unwrap_or(1e-5),
             ),
             vocab,
         })

@@ -96,6 +96,8 @@ impl LoraReasoner {
             contributions: None,
             probs: Probs::new(self.task.labels(), probs),
             rationale: None,
+            rationale_language: None,
+            llm_rationale: None,
             prompt_tokens: self.task.prefix_tokens() + suffix.len(),
             generated_tokens: 0,
             timings_ms: BTreeMap::from([(
