@@ -351,8 +351,21 @@ fn main() -> anyhow::Result<()> {
         let rules = value("--rules").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(camxuc::rules::DEFAULT_RULES_PATH)
         });
+        // `--fusion-llm SPEC`: the LLM's label log-probabilities on routed clips enter the
+        // fit as a fifth term (its weight fitted like the others).
+        let llm = value("--fusion-llm");
         return fusion_study(
-            c, &out, &rav_m, &rav, &syn_m, &syn, &neutral, &outer, &rules,
+            c,
+            &out,
+            &rav_m,
+            &rav,
+            &syn_m,
+            &syn,
+            &neutral,
+            &outer,
+            &rules,
+            llm.as_deref(),
+            &models,
         );
     }
     let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
@@ -1068,6 +1081,10 @@ struct Pred {
     acoustic: camxuc::Probs,
     unfamiliarity: Option<f32>,
     fired: Vec<camxuc::FiredRule>,
+    /// The evidence with the model's z-scores (what an LLM reads).
+    evidence: camxuc::Evidence,
+    /// The LLM's label log-probabilities (routed clips, with `--fusion-llm`).
+    llm_logp: Option<Vec<f64>>,
 }
 
 /// Routing as the product routes: top probability below the shipped model's threshold, or
@@ -1089,6 +1106,8 @@ fn fusion_study(
     neutral: &[Clip],
     outer: &[camxuc::data::split::Split],
     rules_path: &std::path::Path,
+    llm: Option<&str>,
+    models_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use camxuc::pipeline::fusion::{self, FusionParams, FusionSample};
     let labels = LabelSet::default();
@@ -1111,6 +1130,8 @@ fn fusion_study(
             acoustic,
             unfamiliarity,
             fired,
+            evidence: e,
+            llm_logp: None,
         });
         anyhow::Ok(())
     };
@@ -1189,16 +1210,64 @@ fn fusion_study(
             )
         })
         .collect();
-    let sample = |p: &Pred| FusionSample {
+    // The LLM's opinion of every routed clip, as the product's `--llm-decides` reasoner
+    // gives it (compact prompt, no rationale): its label probabilities, logged.
+    if let Some(spec) = llm {
+        use camxuc::pipeline::{build_reasoner, PromptLayout, ReasonerSpec};
+        let (mut reasoner, _) = build_reasoner(
+            &ReasonerSpec {
+                llm: spec.to_string(),
+                llm_decides: true,
+                rationale: false,
+                layout: PromptLayout::Compact,
+            },
+            &rules,
+            FusionParams::RULE_VOTE,
+            models_dir,
+        )?;
+        let n = preds.iter().filter(|p| routed(p)).count();
+        let started = std::time::Instant::now();
+        let mut done = 0;
+        for p in preds.iter_mut() {
+            if !routed(p) {
+                continue;
+            }
+            let case = camxuc::Case {
+                evidence: &p.evidence,
+                acoustic: &p.acoustic,
+                fired: &p.fired,
+                transcript: None,
+                unfamiliarity: p.unfamiliarity,
+            };
+            let v = reasoner.decide(&case)?;
+            let logp = v
+                .probs
+                .values
+                .iter()
+                .map(|&q| f64::from(q).max(fusion::PROB_FLOOR).ln())
+                .collect();
+            p.llm_logp = Some(logp);
+            done += 1;
+            if done % 100 == 0 || done == n {
+                eprintln!(
+                    "LLM {spec}: {done}/{n} routed clips scored ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    let with_llm = llm.is_some();
+    let sample_with = |p: &Pred, use_llm: bool| FusionSample {
         acoustic: p.acoustic.clone(),
         fired: p.fired.clone(),
-        llm_logp: None,
+        llm_logp: if use_llm { p.llm_logp.clone() } else { None },
         unfamiliarity: p.unfamiliarity,
         label: p.y,
         // Every condition counts equally, however many of its clips are routed.
         weight: 100.0 / routed_n[p.column].max(1) as f64,
         group: format!("{}/{}", p.column, p.key),
     };
+    let sample = |p: &Pred| sample_with(p, false);
     // The held-out fit for each (column, key): every routed clip of other conditions.
     let excluded = |test: &Pred, p: &Pred| {
         if test.column.starts_with("new") || test.column.starts_with("field") {
@@ -1208,6 +1277,7 @@ fn fusion_study(
         }
     };
     let mut fits: BTreeMap<(String, String), fusion::FusionFit> = BTreeMap::new();
+    let mut fits_llm: BTreeMap<(String, String), fusion::FusionFit> = BTreeMap::new();
     let mut decided: Vec<BTreeMap<&str, usize>> = Vec::new();
     for t in &preds {
         let key = (t.column.to_string(), t.key.clone());
@@ -1218,6 +1288,14 @@ fn fusion_study(
                 .map(sample)
                 .collect();
             fits.insert(key.clone(), fusion::fit(&train));
+            if with_llm {
+                let train: Vec<FusionSample> = preds
+                    .iter()
+                    .filter(|p| routed(p) && !excluded(t, p))
+                    .map(|p| sample_with(p, true))
+                    .collect();
+                fits_llm.insert(key.clone(), fusion::fit(&train));
+            }
         }
         let fused_params = fits[&key].params;
         let mut d = BTreeMap::new();
@@ -1245,9 +1323,36 @@ fn fusion_study(
             };
             d.insert(name, pick);
         }
+        if with_llm {
+            let pick = match (&t.llm_logp, routed(t)) {
+                (Some(q), true) => {
+                    fusion::fuse(
+                        &fits_llm[&key].params,
+                        &t.acoustic,
+                        &t.fired,
+                        Some(q),
+                        t.unfamiliarity,
+                    )
+                    .0
+                    .argmax()
+                    .0
+                }
+                _ => a,
+            };
+            d.insert("fused_llm", pick);
+            // The LLM alone on routed clips (its own label scores decide them).
+            let alone = match (&t.llm_logp, routed(t)) {
+                (Some(q), true) => camxuc::math::argmax(q),
+                _ => a,
+            };
+            d.insert("llm_decides", alone);
+        }
         decided.push(d);
     }
-    let variants = ["acoustic_only", "rules_only", "rule_vote", "fused"];
+    let mut variants = vec!["acoustic_only", "rules_only", "rule_vote", "fused"];
+    if with_llm {
+        variants.extend(["fused_llm", "llm_decides"]);
+    }
     let mut table = BTreeMap::new();
     for col in columns {
         let ix: Vec<usize> = (0..preds.len())
@@ -1256,7 +1361,7 @@ fn fusion_study(
         let truth: Vec<usize> = ix.iter().map(|&i| preds[i].y).collect();
         let routed_ix: Vec<usize> = ix.iter().copied().filter(|&i| routed(&preds[i])).collect();
         let mut row = BTreeMap::new();
-        for v in variants {
+        for &v in &variants {
             let pred: Vec<usize> = ix.iter().map(|&i| decided[i][v]).collect();
             let f1 = camxuc::eval::metrics::macro_f1(3, &truth, &pred);
             let routed_acc = routed_ix
@@ -1320,16 +1425,36 @@ fn fusion_study(
         .iter()
         .map(|((c, k), f)| (format!("{c}/{k}"), f.params))
         .collect();
+    let shipped_llm = with_llm.then(|| {
+        let all: Vec<FusionSample> = preds
+            .iter()
+            .filter(|p| routed(p))
+            .map(|p| sample_with(p, true))
+            .collect();
+        fusion::fit(&all)
+    });
+    let per_fold_llm: BTreeMap<String, FusionParams> = fits_llm
+        .iter()
+        .map(|((c, k), f)| (format!("{c}/{k}"), f.params))
+        .collect();
     let doc = json!({
         "acoustic_model": c.name,
         "route_below": STUDY_ROUTE_BELOW,
         "columns": table,
         "fusion_per_held_out_condition": per_fold,
         "fusion_all_conditions": shipped,
+        "llm": llm,
+        "fusion_with_llm_per_held_out_condition": per_fold_llm,
+        "fusion_with_llm_all_conditions": shipped_llm,
         "rules": rules.id_string(),
         "rule_stats": rule_stats,
     });
-    let tag = value_tag(&format!("{}-{}", rules.id_string(), c.name));
+    let tag = value_tag(&format!(
+        "{}-{}{}",
+        rules.id_string(),
+        c.name,
+        llm.map(|l| format!("-llm-{l}")).unwrap_or_default()
+    ));
     std::fs::write(
         out.join(format!("fusion-{tag}.json")),
         serde_json::to_string_pretty(&doc)? + "\n",
@@ -1351,10 +1476,40 @@ fn fusion_study(
             v["fused"]["routed_accuracy"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    if with_llm {
+        md.push_str(
+            "\n| column | fused + LLM | fused + LLM − acoustic (95% CI) | routed acc. → fused + LLM | LLM decides routed clips |\n|---|---|---|---|---|\n",
+        );
+        for col in columns {
+            let v = &table[col]["variants"];
+            let f = |n: &str| v[n]["macro_f1"].as_f64().unwrap_or(f64::NAN);
+            let ci = &v["fused_llm"]["diff_vs_acoustic_ci95"];
+            md.push_str(&format!(
+                "| {col} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {:.2} | {:.3} |\n",
+                f("fused_llm"),
+                f("fused_llm") - f("acoustic_only"),
+                ci[0].as_f64().unwrap_or(f64::NAN),
+                ci[1].as_f64().unwrap_or(f64::NAN),
+                v["fused_llm"]["routed_accuracy"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                f("llm_decides"),
+            ));
+        }
+    }
     md.push_str(&format!(
         "\nFusion fitted on every condition: {:?}\n",
         shipped.params
     ));
+    if let Some(s) = &shipped_llm {
+        md.push_str(&format!(
+            "\nWith the LLM ({}), fitted on every condition: {:?} (ridge {:?}, held-out NLL by ridge {:?})\n",
+            llm.unwrap_or(""),
+            s.params,
+            s.ridge,
+            s.held_out_nll
+        ));
+    }
     md.push_str(&format!(
         "\nRules {}: firing rate / precision per column\n\n| rule | {} |\n|---|---|---|---|---|\n",
         rules.id_string(),
