@@ -348,3 +348,63 @@ fn the_rule_vote_decides_and_the_llm_only_explains() {
     }
     assert!(explained.name().contains("llm:"));
 }
+
+/// A fusion that gives the LLM a weight puts the LLM's label scores into the decision: the
+/// verdict is `fuse` with the LLM's log-probabilities (as `--llm-decides` scores them), its
+/// contributions carry the LLM term, and the LLM then explains the fused decision. With
+/// weight 0 the LLM only explains (nothing is scored).
+#[test]
+fn a_fitted_llm_weight_puts_the_llms_label_scores_into_the_fused_decision() {
+    use camxuc::pipeline::fusion::{fuse, FusionParams, PROB_FLOOR};
+    use camxuc::pipeline::{build_reasoner, PromptLayout, ReasonerSpec};
+    let Some(path) = default_model() else { return };
+    let rules = camxuc::rules::default_ruleset().unwrap();
+    let params = FusionParams {
+        acoustic_weight: 0.8,
+        rule_scale: 0.3,
+        unfamiliar_acoustic: 0.0,
+        unfamiliar_rules: 0.0,
+        llm_weight: 0.6,
+    };
+    let spec = ReasonerSpec {
+        llm: path.display().to_string(),
+        llm_decides: false,
+        rationale: true,
+        layout: PromptLayout::Compact,
+    };
+    let models = Path::new("models");
+    let (mut fused, route) = build_reasoner(&spec, &rules, params, models).unwrap();
+    assert_eq!(route, camxuc::Route::Rules);
+    assert!(fused.name().contains("llm_weight 0.6"), "{}", fused.name());
+    let scorer_spec = ReasonerSpec {
+        llm_decides: true,
+        rationale: false,
+        ..spec.clone()
+    };
+    let (mut scorer, _) = build_reasoner(&scorer_spec, &rules, params, models).unwrap();
+    for c in clear_cases() {
+        let case = case(&c);
+        let v = fused.decide(&case).unwrap();
+        let q = scorer.decide(&case).unwrap().probs;
+        let logp: Vec<f64> = q
+            .values
+            .iter()
+            .map(|&x| f64::from(x).max(PROB_FLOOR).ln())
+            .collect();
+        let (want, _) = fuse(&params, case.acoustic, case.fired, Some(&logp), None);
+        assert_eq!(v.probs, want, "{}", c.label);
+        let llm = v.contributions.as_ref().and_then(|c| c.llm.clone()).unwrap();
+        assert_eq!(llm.weight, 0.6);
+        let words = v.llm_rationale.clone().expect("the LLM explains");
+        let text = v.rationale.clone().unwrap();
+        assert!(text.ends_with(&words), "{text:?}");
+        assert!(text.contains("trọng số 0.60"), "the LLM term is in the template: {text:?}");
+        assert_eq!(v.rationale_language.as_deref(), Some("en"));
+    }
+    let weightless = FusionParams {
+        llm_weight: 0.0,
+        ..params
+    };
+    let (explains, _) = build_reasoner(&spec, &rules, weightless, models).unwrap();
+    assert!(explains.name().contains("+rationale:"), "{}", explains.name());
+}

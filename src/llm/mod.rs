@@ -37,7 +37,7 @@ pub use gguf::{Architecture, GgufFile};
 pub use model::{KvSnapshot, LlmModel, LoadOptions, LoadStats};
 pub use prompt::{PromptBuilder, PromptLanguage, RuleText};
 pub use reasoner::{
-    LabelScores, LlmExplains, LlmReasoner, ReasonerOptions, DECISION_PROMPT_COMPACT,
+    LabelScores, LlmExplains, LlmFused, LlmReasoner, ReasonerOptions, DECISION_PROMPT_COMPACT,
 };
 pub use tokenizer::{GgufTokenizer, TokenType};
 

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::pipeline::fusion::{self, FusionParams};
 use crate::types::{Case, LabelSet, Probs, Reasoner, ReasonerError, Verdict};
 
 use super::chat::ChatTemplate;
@@ -600,6 +601,78 @@ use crate::math::softmax;
 
 fn argmax(v: &[f32]) -> u32 {
     crate::math::argmax(v) as u32
+}
+
+/// The fused decision with the LLM's term (`--llm SPEC` when the model's `fusion.json` gives
+/// the LLM a weight): the LLM scores the labels, its label log-probabilities enter
+/// [`fusion::fuse`] with the fitted `llm_weight` beside the acoustic model and the fired
+/// rules, and the LLM then explains the fused decision. With weight 0 the pipeline uses
+/// [`LlmExplains`] instead (nothing to score).
+pub struct LlmFused {
+    pub params: FusionParams,
+    /// The rule set's language, for the rule-template part of the rationale.
+    pub language: crate::rules::Language,
+    /// Built without a rationale of its own; `explain` asks it for one after the fusion.
+    pub llm: LlmReasoner,
+    pub explain: bool,
+}
+
+impl Reasoner for LlmFused {
+    fn name(&self) -> String {
+        format!(
+            "fused+llm:{} (llm_weight {})",
+            self.llm.name, self.params.llm_weight
+        )
+    }
+
+    fn decide(&mut self, case: &Case<'_>) -> Result<Verdict, ReasonerError> {
+        let name = self.llm.name.clone();
+        let failed = |e: LlmError| ReasonerError::Failed {
+            reasoner: name.clone(),
+            message: e.to_string(),
+        };
+        let scored = self.llm.decide_inner(case).map_err(failed)?;
+        let logp: Vec<f64> = scored
+            .probs
+            .values
+            .iter()
+            .map(|&q| f64::from(q).max(fusion::PROB_FLOOR).ln())
+            .collect();
+        let (probs, contributions) = fusion::fuse(
+            &self.params,
+            case.acoustic,
+            case.fired,
+            Some(&logp),
+            case.unfamiliarity,
+        );
+        let mut rationale =
+            crate::rules::rationale(self.language, &probs, &contributions, case.fired);
+        let mut timings = scored.timings_ms;
+        let (mut llm_rationale, mut generated, mut language) =
+            (None, 0, self.language.code().to_string());
+        if self.explain {
+            let t = Instant::now();
+            let (text, n) = self
+                .llm
+                .rationale_for(case, probs.argmax().0)
+                .map_err(failed)?;
+            timings.insert("llm_rationale".into(), t.elapsed().as_secs_f64() * 1e3);
+            rationale = format!("{rationale}\n{text}");
+            llm_rationale = Some(text);
+            generated = n;
+            language = self.llm.options.language.code().to_string();
+        }
+        Ok(Verdict {
+            probs,
+            contributions: Some(contributions),
+            rationale: Some(rationale),
+            rationale_language: Some(language),
+            llm_rationale,
+            prompt_tokens: scored.prompt_tokens,
+            generated_tokens: generated,
+            timings_ms: timings,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::words::Words;
 use crate::acoustic::model_dir::{self, ModelSource};
 use crate::acoustic::{default_device, AcousticModel};
 use crate::catalog;
-use crate::llm::{LlmExplains, LlmReasoner, LoadOptions, ReasonerOptions, RuleText};
+use crate::llm::{LlmExplains, LlmFused, LlmReasoner, LoadOptions, ReasonerOptions, RuleText};
 use crate::rules::{Language, RuleSet, RuleVote};
 use crate::{Reasoner, Route};
 
@@ -69,7 +69,9 @@ pub fn build_reasoner(
     models_dir: &Path,
 ) -> Result<(Box<dyn Reasoner>, Route), PipelineError> {
     let vote = || Box::new(RuleVote::new(rules).with_fusion(fusion));
-    if !spec.rationale && !spec.llm_decides {
+    // The LLM's label scores enter the fused decision only when the fit gave them a weight.
+    let llm_term = fusion.llm_weight != 0.0 && !spec.llm_decides;
+    if !spec.rationale && !spec.llm_decides && !llm_term {
         return Ok((vote(), Route::Rules));
     }
     let parsed = catalog::ModelSpec::parse(&spec.llm)?;
@@ -93,13 +95,23 @@ pub fn build_reasoner(
         rules.labels(),
         &texts,
         ReasonerOptions {
-            rationale: spec.rationale,
+            // The fused reasoner asks for the rationale itself, after the fusion decided.
+            rationale: spec.rationale && !llm_term,
             ..options
         },
         &LoadOptions::default(),
     )?;
     if spec.llm_decides {
         return Ok((Box::new(reasoner), Route::Llm));
+    }
+    if llm_term {
+        let fused = LlmFused {
+            params: fusion,
+            language: rules.language(),
+            llm: reasoner,
+            explain: spec.rationale,
+        };
+        return Ok((Box::new(fused), Route::Rules));
     }
     let explains = LlmExplains {
         decider: vote(),

@@ -23,7 +23,7 @@ pub use error::RulesError;
 pub use names::{edit_distance, known_identifiers, nearest};
 pub use rule::{Language, Rule, Statements};
 pub use ruleset::{ChangelogEntry, RuleSet};
-pub use vote::RuleVote;
+pub use vote::{rationale, RuleVote};
 
 /// The shipped default rule set, relative to the repository root.
 pub const DEFAULT_RULES_PATH: &str = "rules/vi-default.toml";

@@ -155,6 +155,27 @@ pub fn rationale(
             )
         });
     }
+    if let Some(llm) = c.llm.as_ref().filter(|l| l.weight != 0.0) {
+        let (li, lp) = llm
+            .logp
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(l, v)| (l.clone(), v.exp()))
+            .unwrap_or_default();
+        text.push_str(&if vi {
+            format!(
+                "; mô hình ngôn ngữ nghiêng về {} ({lp:.2}, trọng số {:.2})",
+                name(&li),
+                llm.weight
+            )
+        } else {
+            format!(
+                "; the language model leans to {} ({lp:.2}, weight {:.2})",
+                name(&li),
+                llm.weight
+            )
+        });
+    }
     if fired.is_empty() {
         text.push_str(if vi {
             "; không có quy tắc nào khớp"
