@@ -209,6 +209,14 @@ struct RefineArgs {
     /// cross-fitted check passes.
     #[arg(long)]
     refit_routing: bool,
+    /// Labelled clips of a shifted condition (another corpus, a site's recordings; repeat for
+    /// several): a round that lowers the routed pipeline's macro-F1 on any of them by more
+    /// than --shift-tolerance is rejected. They are predicted by the model and never searched.
+    #[arg(long)]
+    shifted: Vec<PathBuf>,
+    /// Largest macro-F1 drop on a shifted condition a kept round may cause.
+    #[arg(long, default_value_t = 0.01)]
+    shift_tolerance: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -1100,6 +1108,8 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
     opts.folds = a.folds;
     opts.seed = a.seed;
     opts.refit_routing = a.refit_routing;
+    opts.shifted = a.shifted;
+    opts.shift_tolerance = a.shift_tolerance;
     let spec = a.llm.clone();
     let mut factory = |rules: &RuleSet| -> std::result::Result<Box<dyn camxuc::Reasoner>, String> {
         let spec = ReasonerSpec {

@@ -393,12 +393,19 @@ fn a_fitted_llm_weight_puts_the_llms_label_scores_into_the_fused_decision() {
             .collect();
         let (want, _) = fuse(&params, case.acoustic, case.fired, Some(&logp), None);
         assert_eq!(v.probs, want, "{}", c.label);
-        let llm = v.contributions.as_ref().and_then(|c| c.llm.clone()).unwrap();
+        let llm = v
+            .contributions
+            .as_ref()
+            .and_then(|c| c.llm.clone())
+            .unwrap();
         assert_eq!(llm.weight, 0.6);
         let words = v.llm_rationale.clone().expect("the LLM explains");
         let text = v.rationale.clone().unwrap();
         assert!(text.ends_with(&words), "{text:?}");
-        assert!(text.contains("trọng số 0.60"), "the LLM term is in the template: {text:?}");
+        assert!(
+            text.contains("trọng số 0.60"),
+            "the LLM term is in the template: {text:?}"
+        );
         assert_eq!(v.rationale_language.as_deref(), Some("en"));
     }
     let weightless = FusionParams {
@@ -406,5 +413,9 @@ fn a_fitted_llm_weight_puts_the_llms_label_scores_into_the_fused_decision() {
         ..params
     };
     let (explains, _) = build_reasoner(&spec, &rules, weightless, models).unwrap();
-    assert!(explains.name().contains("+rationale:"), "{}", explains.name());
+    assert!(
+        explains.name().contains("+rationale:"),
+        "{}",
+        explains.name()
+    );
 }

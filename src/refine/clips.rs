@@ -51,6 +51,9 @@ pub struct RefineClip {
     pub evidence: Evidence,
     /// Calibrated held-out acoustic probabilities.
     pub probs: Probs,
+    /// The clip's unfamiliarity when the model predicted it now (`None` for the stored
+    /// held-out predictions of its training clips).
+    pub unfamiliarity: Option<f32>,
     pub source: Source,
 }
 
@@ -128,6 +131,7 @@ pub fn gather(
                     speaker: row.speaker.clone(),
                     evidence: s.evidence.clone(),
                     probs: p.clone(),
+                    unfamiliarity: None,
                     source: if s.split == "val" {
                         Source::Validation
                     } else {
@@ -159,13 +163,14 @@ pub fn gather(
                 continue;
             }
         };
-        let probs = model.predict(std::slice::from_mut(&mut clip))?.remove(0);
+        let (probs, unfamiliarity) = model.assess(std::slice::from_mut(&mut clip))?.remove(0);
         out.clips.push(RefineClip {
             file: row.rel_path.clone(),
             truth,
             speaker: row.speaker.clone(),
             evidence: clip.evidence,
             probs,
+            unfamiliarity,
             source: Source::Unseen,
         });
     }

@@ -108,6 +108,11 @@ pub struct RefineOptions {
     /// ([`routing`]); kept (routing.json rewritten, the old one as routing.json.prev) only
     /// with `accept` and a passed cross-fitted check.
     pub refit_routing: bool,
+    /// Labelled clips of shifted conditions (another corpus, a site's recording chain): a
+    /// round is kept only if it does not lower the routed pipeline's macro-F1 on any of them
+    /// by more than `shift_tolerance` (predicted by the model, never searched on).
+    pub shifted: Vec<PathBuf>,
+    pub shift_tolerance: f64,
 }
 
 impl RefineOptions {
@@ -128,6 +133,8 @@ impl RefineOptions {
             bootstrap_reps: 2000,
             seed: 1,
             refit_routing: false,
+            shifted: Vec::new(),
+            shift_tolerance: 0.01,
         }
     }
 }
@@ -170,10 +177,77 @@ pub struct RoundOutcome {
     pub macro_f1_in_sample: f64,
     pub acceptance: Acceptance,
     pub llm_check: Option<LlmCheck>,
+    /// The proposal on each shifted condition (`RefineOptions::shifted`).
+    pub shifted: Vec<ShiftCheck>,
     /// Kept and made the model's active rule set.
     pub kept: bool,
     pub rules_file: PathBuf,
     pub report_file: PathBuf,
+}
+
+/// A round's proposal against the current rules on one shifted condition.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShiftCheck {
+    pub manifest: PathBuf,
+    pub clips: usize,
+    pub routed: usize,
+    pub macro_f1_current: f64,
+    pub macro_f1_proposed: f64,
+    /// proposed − current, paired bootstrap over the clips.
+    pub difference: crate::eval::metrics::PairedDifference,
+    /// No drop larger than `shift_tolerance`.
+    pub passes: bool,
+}
+
+/// Labelled clips of one shifted condition, predicted by the model.
+struct Shifted {
+    manifest: PathBuf,
+    clips: Vec<RefineClip>,
+    routed: Vec<bool>,
+}
+
+/// The proposal against `rules` on each shifted condition.
+fn shift_checks(
+    shifted: &[Shifted],
+    rules: &RuleSet,
+    proposal: &RuleSet,
+    fusion: &FusionParams,
+    opts: &RefineOptions,
+) -> Vec<ShiftCheck> {
+    let labels = rules.labels();
+    shifted
+        .iter()
+        .map(|s| {
+            let refs: Vec<&RefineClip> = s.clips.iter().collect();
+            let problem = Problem::new(refs, s.routed.clone(), labels, fusion);
+            let truth: Vec<usize> = s.clips.iter().map(|c| c.truth).collect();
+            let (current, proposed) = (problem.labels_for(rules), problem.labels_for(proposal));
+            let f1 = |pred: &[usize]| {
+                Confusion::new(
+                    labels.len(),
+                    truth.iter().copied().zip(pred.iter().copied()),
+                )
+                .macro_f1()
+            };
+            let (difference, _) = paired_macro_f1_test(
+                labels.len(),
+                &truth,
+                &current,
+                &proposed,
+                opts.bootstrap_reps,
+                opts.seed,
+            );
+            ShiftCheck {
+                manifest: s.manifest.clone(),
+                clips: s.clips.len(),
+                routed: s.routed.iter().filter(|&&r| r).count(),
+                macro_f1_current: f1(&current),
+                macro_f1_proposed: f1(&proposed),
+                passes: difference.difference >= -opts.shift_tolerance,
+                difference,
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -485,8 +559,36 @@ pub fn refine(
     let clips: Vec<&RefineClip> = gathered.clips.iter().collect();
     let routed: Vec<bool> = clips
         .iter()
-        .map(|c| router.is_ambiguous(&c.probs, None))
+        .map(|c| router.is_ambiguous(&c.probs, c.unfamiliarity))
         .collect();
+    let mut shifted = Vec::new();
+    for path in &opts.shifted {
+        let m = Manifest::load(path, &labels)?;
+        m.require_files()?;
+        let g = clips::gather(
+            &m,
+            &opts.model_dir,
+            &opts.models_dir,
+            &labels,
+            &mut |_, _| {},
+        )?;
+        if g.clips.is_empty() {
+            return Err(RefineError::TooFew {
+                path: path.clone(),
+                message: "no usable clip in this shifted condition".into(),
+            });
+        }
+        let routed = g
+            .clips
+            .iter()
+            .map(|c| router.is_ambiguous(&c.probs, c.unfamiliarity))
+            .collect();
+        shifted.push(Shifted {
+            manifest: path.clone(),
+            clips: g.clips,
+            routed,
+        });
+    }
     let mut by_source = BTreeMap::new();
     for c in &clips {
         *by_source.entry(c.source.name().to_string()).or_insert(0) += 1;
@@ -541,7 +643,9 @@ pub fn refine(
         let llm_ok = llm_check
             .as_ref()
             .is_none_or(|c| c.accuracy_proposed >= c.accuracy_current);
-        let kept = opts.accept && acceptance.passes && llm_ok;
+        let shift = shift_checks(&shifted, &rules, &proposal, &fusion, opts);
+        let shift_ok = shift.iter().all(|c| c.passes);
+        let kept = opts.accept && acceptance.passes && llm_ok && shift_ok;
         let verdict = match (opts.accept, kept) {
             (true, true) => "kept (now the model's active rules)",
             (true, false) => "rejected",
@@ -551,11 +655,21 @@ pub fn refine(
         proposal.bump_version(
             &date,
             &format!(
-                "refinement round {round} on {} ({} held-out clips): {}. Cross-fitted check: {}. {verdict}.",
+                "refinement round {round} on {} ({} held-out clips): {}. Cross-fitted check: {}.{} {verdict}.",
                 file_name(&opts.manifest),
                 clips.len(),
                 summary.join("; "),
-                acceptance.reason
+                acceptance.reason,
+                shift
+                    .iter()
+                    .map(|c| format!(
+                        " {}: macro-F1 {:.3} -> {:.3}{}.",
+                        file_name(&c.manifest),
+                        c.macro_f1_current,
+                        c.macro_f1_proposed,
+                        if c.passes { "" } else { " (drop: rejected)" }
+                    ))
+                    .collect::<String>()
             ),
         );
         proposal.set_header_comment(&refined_header(rules.header_comment()));
@@ -574,6 +688,7 @@ pub fn refine(
             macro_f1_in_sample,
             acceptance,
             llm_check,
+            shifted: shift,
             kept,
             rules_file,
             report_file: report_file.clone(),
@@ -681,6 +796,61 @@ mod tests {
     use super::*;
     use crate::{Evidence, LabelSet, Probs};
 
+    /// A proposal that helps nowhere in particular but turns shifted clips wrong is caught:
+    /// its shift check fails; an unchanged proposal passes.
+    #[test]
+    fn a_proposal_that_hurts_a_shifted_condition_fails_its_check() {
+        let labels = LabelSet::default();
+        let rules = |extra: &str| {
+            RuleSet::parse(
+                &format!(
+                    "[ruleset]\nname = \"t\"\nversion = 1\nlabels = [\"calm\", \"angry\", \"panic\"]\nlanguage = \"en\"\n{extra}"
+                ),
+                "t.toml",
+            )
+            .unwrap()
+        };
+        let current = rules("");
+        let wrong = rules(
+            "[[rule]]\nid = \"w\"\nlabel = \"angry\"\nwhen = \"jitter_local_pct_z > 1\"\nweight = 3.0\nstatement_vi = \"x\"\nstatement_en = \"x\"\nsource = \"test\"\n",
+        );
+        // Panic clips the acoustic model gets right (barely); high jitter on all of them.
+        let clips: Vec<RefineClip> = (0..40)
+            .map(|i| {
+                let mut evidence = Evidence::default();
+                evidence.z.insert("jitter_local_pct".into(), 2.0);
+                let truth = if i % 2 == 0 { 2 } else { 0 };
+                let mut p = vec![0.3f32; 3];
+                p[truth] = 0.4;
+                RefineClip {
+                    file: format!("s{i}.wav"),
+                    truth,
+                    speaker: None,
+                    evidence,
+                    probs: Probs::new(&labels, p),
+                    unfamiliarity: Some(2.5),
+                    source: Source::Unseen,
+                }
+            })
+            .collect();
+        let shifted = [Shifted {
+            manifest: "shift.csv".into(),
+            routed: vec![true; clips.len()],
+            clips,
+        }];
+        let opts = RefineOptions {
+            bootstrap_reps: 200,
+            ..RefineOptions::new("m.csv".into(), "model".into())
+        };
+        let fusion = FusionParams::RULE_VOTE;
+        let checks = shift_checks(&shifted, &current, &wrong, &fusion, &opts);
+        assert_eq!(checks.len(), 1);
+        assert!(!checks[0].passes, "{:?}", checks[0]);
+        assert!(checks[0].macro_f1_proposed < checks[0].macro_f1_current);
+        let same = shift_checks(&shifted, &current, &current, &fusion, &opts);
+        assert!(same[0].passes && same[0].difference.difference == 0.0);
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_date(0), "1970-01-01");
@@ -695,6 +865,7 @@ mod tests {
             speaker: speaker.map(String::from),
             evidence: Evidence::default(),
             probs: Probs::new(&LabelSet::default(), vec![0.4, 0.3, 0.3]),
+            unfamiliarity: None,
             source: Source::Validation,
         }
     }

@@ -173,6 +173,29 @@ pub fn round_markdown(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !r.shifted.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Shifted conditions\n\nNever searched on; a drop larger than {:.3} in macro-F1 on any of them rejects the round.\n\n| condition | clips (routed) | current | proposed | difference (95% CI) | |\n|---|---|---|---|---|---|",
+            opts.shift_tolerance
+        );
+        for c in &r.shifted {
+            let _ = writeln!(
+                s,
+                "| `{}` | {} ({}) | {:.3} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {} |",
+                super::file_name(&c.manifest),
+                c.clips,
+                c.routed,
+                c.macro_f1_current,
+                c.macro_f1_proposed,
+                c.difference.difference,
+                c.difference.ci95[0],
+                c.difference.ci95[1],
+                if c.passes { "passes" } else { "**drop**" }
+            );
+        }
+        let _ = writeln!(s);
+    }
     if let Some(c) = &r.llm_check {
         let _ = writeln!(s, "## LLM confirmation\n");
         let _ = writeln!(

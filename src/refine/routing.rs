@@ -109,6 +109,7 @@ mod tests {
                     speaker: None,
                     evidence,
                     probs: Probs::new(&labels, p),
+                    unfamiliarity: None,
                     source: Source::Validation,
                 }
             })

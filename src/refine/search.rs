@@ -143,20 +143,24 @@ struct Compiled {
 
 impl<'a> Problem<'a> {
     /// The search problem on `clips`, scored with the fused decision of `fusion` (what
-    /// `classify` serves). Refinement clips carry no unfamiliarity, so the fusion's weights at
-    /// a familiar clip apply (ũ = 0).
+    /// `classify` serves), at each clip's unfamiliarity (stored held-out predictions carry
+    /// none: the weights of a familiar clip, ũ = 0, apply).
     pub fn new(
         clips: Vec<&'a RefineClip>,
         routed: Vec<bool>,
         labels: &'a LabelSet,
         fusion: &FusionParams,
     ) -> Self {
-        let (a, b) = fusion.weights_for(None);
+        let weights: Vec<(f64, f64)> = clips
+            .iter()
+            .map(|c| fusion.weights_for(c.unfamiliarity))
+            .collect();
         let prior = clips
             .iter()
-            .map(|c| acoustic_logp(&c.probs).iter().map(|l| a * l).collect())
+            .zip(&weights)
+            .map(|(c, (a, _))| acoustic_logp(&c.probs).iter().map(|l| a * l).collect())
             .collect();
-        let rule_scale = vec![b; clips.len()];
+        let rule_scale = weights.iter().map(|(_, b)| *b).collect();
         let acoustic_pred = clips.iter().map(|c| c.probs.argmax().0).collect();
         Self {
             clips,
@@ -673,6 +677,7 @@ mod tests {
             speaker: None,
             evidence,
             probs: Probs::new(&labels, probs.to_vec()),
+            unfamiliarity: None,
             source: Source::Validation,
         }
     }
@@ -706,7 +711,11 @@ mod tests {
     /// `pipeline::fusion::fuse` on the rules that fire (one formula, two callers).
     #[test]
     fn the_search_scores_with_the_served_fused_decision() {
-        let clips = confused_corpus();
+        let mut clips = confused_corpus();
+        // Some clips unfamiliar: their weights move with the unfamiliarity terms.
+        for (i, c) in clips.iter_mut().enumerate() {
+            c.unfamiliarity = (i % 4 != 0).then_some(0.5 + (i % 4) as f32);
+        }
         let labels = LabelSet::default();
         let set = rules(&format!(
             "{WRONG_RULE}[[rule]]\nid = \"panic-breathy\"\nlabel = \"panic\"\nwhen = \"hnr_db_z < 0\"\nweight = 0.8\nstatement_vi = \"x\"\nstatement_en = \"x\"\nsource = \"test\"\n"
@@ -727,7 +736,7 @@ mod tests {
             let want = if routed[i] {
                 let fired = set.evaluate(&c.evidence, &c.probs);
                 let (probs, _) =
-                    crate::pipeline::fusion::fuse(&fusion, &c.probs, &fired, None, None);
+                    crate::pipeline::fusion::fuse(&fusion, &c.probs, &fired, None, c.unfamiliarity);
                 ll += f64::from(probs.values[c.truth]).ln();
                 n += 1;
                 probs.argmax().0
