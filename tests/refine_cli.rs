@@ -47,6 +47,19 @@ fn refine_uses_held_out_predictions_and_writes_versions_and_reports() {
     let (manifest, model) = corpus_and_model(tmp.path());
     let (m, d) = (manifest.to_str().unwrap(), model.to_str().unwrap());
     let json = tmp.path().join("refine.json");
+    // A shifted condition: other voices and sentences, predicted by the model, never searched.
+    let shifted = synthesize(
+        &SynthOptions {
+            out: tmp.path().join("shifted"),
+            per_class: 4,
+            speakers: 2,
+            seed: 23,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .manifest;
 
     // Without --accept: proposals only; the model's active rules stay the embedded default.
     let out = refine(&[
@@ -58,6 +71,8 @@ fn refine_uses_held_out_predictions_and_writes_versions_and_reports() {
         "2",
         "--json",
         json.to_str().unwrap(),
+        "--shifted",
+        shifted.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -97,9 +112,19 @@ fn refine_uses_held_out_predictions_and_writes_versions_and_reports() {
             "### Rules where they fire",
             "## Proposed edits",
             "## Cross-fitted check",
+            "## Shifted conditions",
         ] {
             assert!(report.contains(section), "missing {section}:\n{report}");
         }
+        let shift = &r["shifted"][0];
+        assert_eq!(shift["clips"], 12, "{shift}");
+        let (cur, new, diff) = (
+            shift["macro_f1_current"].as_f64().unwrap(),
+            shift["macro_f1_proposed"].as_f64().unwrap(),
+            shift["difference"]["difference"].as_f64().unwrap(),
+        );
+        assert!((new - cur - diff).abs() < 1e-9, "{shift}");
+        assert_eq!(shift["passes"], diff >= -0.01, "{shift}");
         let ac = &r["acceptance"];
         let (cur, crossed, diff) = (
             ac["macro_f1_current"].as_f64().unwrap(),
@@ -185,6 +210,18 @@ fn refine_rejects_bad_inputs_with_the_file_named() {
     let missing = tmp.path().join("missing.csv");
     std::fs::write(&missing, "path,label,speaker\nnowhere.wav,calm,s1\n").unwrap();
     let out = refine(&["--manifest", missing.to_str().unwrap(), "--model", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nowhere.wav"), "{err}");
+    // … also as a shifted condition.
+    let out = refine(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--model",
+        d,
+        "--shifted",
+        missing.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nowhere.wav"), "{err}");
