@@ -14,7 +14,7 @@ const STRINGS = {
     queued: "đang chờ", uploading: "đang tải lên", classifying: "đang phân loại", done: "xong", failed: "lỗi",
     label: "Nhãn", confidence: "Độ tin cậy", probabilities: "Xác suất", route: "Tuyến",
     unfamiliarity: "Độ lạ", evidence: "Bằng chứng (z-score lớn nhất)", fired_rules: "Luật đã kích hoạt",
-    rationale: "Lý giải", contributions: "Đóng góp vào quyết định", acoustic_weight: "trọng số âm học", push: "đẩy", none: "—", feature: "đặc trưng", value: "giá trị", z: "z",
+    rationale: "Lý giải", unsupported: "Lý giải nhắc tới điều không có trong quyết định", contributions: "Đóng góp vào quyết định", acoustic_weight: "trọng số âm học", push: "đẩy", none: "—", feature: "đặc trưng", value: "giá trị", z: "z",
     route_acoustic: "mô hình âm học (chắc chắn)", route_rules: "luật (clip mơ hồ)", route_llm: "LLM (clip mơ hồ)",
     unfamiliar_hint: "≈1 với người nói mới; càng lớn càng khác dữ liệu huấn luyện",
     segments: "Các đoạn", segment: "Đoạn", recent: "Đã phân loại gần đây",
@@ -53,7 +53,7 @@ const STRINGS = {
     queued: "queued", uploading: "uploading", classifying: "classifying", done: "done", failed: "failed",
     label: "Label", confidence: "Confidence", probabilities: "Probabilities", route: "Route",
     unfamiliarity: "Unfamiliarity", evidence: "Evidence (largest z-scores)", fired_rules: "Fired rules",
-    rationale: "Rationale", contributions: "What decided it", acoustic_weight: "acoustic weight", push: "push", none: "—", feature: "feature", value: "value", z: "z",
+    rationale: "Rationale", unsupported: "The rationale names something the decision does not hold", contributions: "What decided it", acoustic_weight: "acoustic weight", push: "push", none: "—", feature: "feature", value: "value", z: "z",
     route_acoustic: "acoustic model (confident)", route_rules: "rules (ambiguous clip)", route_llm: "LLM (ambiguous clip)",
     unfamiliar_hint: "≈1 for a new speaker; larger is further from the training data",
     segments: "Segments", segment: "Segment", recent: "Recently classified",
@@ -175,6 +175,10 @@ function renderDecision(d) {
         (c.unfamiliarity_term && c.unfamiliarity_term.excess > 0 ? " · " + t("unfamiliarity") + " +" + Number(c.unfamiliarity_term.excess).toFixed(2) : "") }));
   }
   right.append(el("h3", { text: t("rationale") }), el("div", { class: "rationale", text: d.rationale || t("none") }));
+  // The automatic faithfulness check (src/pipeline/faithful.rs): say so when it failed.
+  if (d.rationale_check && !d.rationale_check.faithful) {
+    right.append(el("div", { class: "unsupported", text: t("unsupported") + ": " + d.rationale_check.unsupported.join(", ") }));
+  }
   box.append(left, right);
   return box;
 }
