@@ -21,6 +21,10 @@
 //!
 //! cargo run --release --features research --example generalise -- [--out DIR] [--attention]
 //!     [--synth-per-class N] [--quick]
+//!     [--fusion CANDIDATE [--rules FILE] [--fusion-llm SPEC]]
+//!
+//! `--fusion` runs the fused-decision study with CANDIDATE as the acoustic model instead;
+//! `--fusion-llm SPEC` adds an LLM's label scores on routed clips as the fusion's fifth term.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
