@@ -96,9 +96,10 @@ fn read_stored(dir: &Path) -> Result<HashMap<PathBuf, Stored>, RefineError> {
         if line.trim().is_empty() {
             continue;
         }
-        let s: Stored = serde_json::from_str(&line).map_err(|e| RefineError::Data {
+        let s: Stored = serde_json::from_str(&line).map_err(|source| RefineError::Evidence {
             path: path.clone(),
-            message: format!("line {}: {e}", i + 1),
+            line: i + 1,
+            source,
         })?;
         out.insert(key(Path::new(&s.path)), s);
     }
@@ -149,10 +150,11 @@ pub fn gather(
     // Clips outside the training data: analyse and predict them with the model.
     let device = crate::acoustic::default_device();
     let model = AcousticModel::load(model_dir, models_dir, &device)?;
-    let mut analyser = ClipAnalyser::new(&model.meta.features).map_err(|e| RefineError::Data {
-        path: model_dir.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let mut analyser =
+        ClipAnalyser::new(&model.meta.features).map_err(|source| RefineError::Analyser {
+            path: model_dir.to_path_buf(),
+            source,
+        })?;
     let total = unseen.len();
     for (done, (row, truth)) in unseen.into_iter().enumerate() {
         progress(done, total);

@@ -49,10 +49,26 @@ pub use search::{Edit, Problem, Score, SearchConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefineError {
-    #[error("{}: {message}", path.display())]
-    Io { path: PathBuf, message: String },
-    #[error("{}: {message}", path.display())]
-    Data { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of the model's `train_evidence.jsonl` that does not parse.
+    #[error("{}: line {line}: {source}", path.display())]
+    Evidence {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Analyser {
+        path: PathBuf,
+        #[source]
+        source: crate::features::FeatureError,
+    },
     #[error(transparent)]
     Acoustic(#[from] AcousticError),
     #[error(transparent)]
@@ -74,10 +90,10 @@ impl From<PipelineError> for RefineError {
 }
 
 impl RefineError {
-    fn io(path: &Path, e: std::io::Error) -> Self {
+    fn io(path: &Path, source: std::io::Error) -> Self {
         RefineError::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         }
     }
 }
