@@ -14,8 +14,29 @@ use crate::Decision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{}: {message}", path.display())]
-    Io { path: PathBuf, message: String },
+    /// The output holds results already and `--resume` was not given.
+    #[error("{}: exists; pass --resume to continue it, or choose another --out", path.display())]
+    Exists { path: PathBuf },
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        /// What was being done (`cannot write`, `cannot create`, …).
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot encode a record: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: cannot write: {source}", path.display())]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
     #[error("{}: cannot resume: {message}", path.display())]
     Resume { path: PathBuf, message: String },
 }
@@ -76,17 +97,15 @@ fn existing_output(path: &Path, resume: bool) -> Result<bool, OutputError> {
             .map(|m| m.len() > 0)
             .unwrap_or(false);
     if exists && !resume {
-        return Err(OutputError::Io {
-            path: path.into(),
-            message: "exists; pass --resume to continue it, or choose another --out".into(),
-        });
+        return Err(OutputError::Exists { path: path.into() });
     }
     if !exists {
         return Ok(false);
     }
-    let io = |e: std::io::Error| OutputError::Io {
+    let io = |source: std::io::Error| OutputError::Io {
         path: path.into(),
-        message: e.to_string(),
+        what: "cannot read",
+        source,
     };
     drop_partial_last_line(path).map_err(io)?;
     // A run killed while writing its header leaves nothing to resume: start afresh.
@@ -103,9 +122,10 @@ impl BatchWriter {
         header: &RunHeader,
         resume: bool,
     ) -> Result<(Self, HashSet<String>), OutputError> {
-        let io = |e: std::io::Error| OutputError::Io {
+        let io = |source: std::io::Error| OutputError::Io {
             path: path.into(),
-            message: e.to_string(),
+            what: "cannot write",
+            source,
         };
         let exists = existing_output(path, resume)?;
         let done = if exists {
@@ -147,9 +167,10 @@ impl BatchWriter {
     }
 
     fn append(path: &Path, format: Format, labels: &[String]) -> Result<Self, OutputError> {
-        let file = open_private_append(path).map_err(|e| OutputError::Io {
+        let file = open_private_append(path).map_err(|source| OutputError::Io {
             path: path.into(),
-            message: e.to_string(),
+            what: "cannot open",
+            source,
         })?;
         Ok(Self {
             path: path.into(),
@@ -161,17 +182,18 @@ impl BatchWriter {
 
     /// Append one JSON line and flush it (JSONL outputs).
     pub fn record<T: Serialize + ?Sized>(&mut self, r: &T) -> Result<(), OutputError> {
-        let s = serde_json::to_string(r).map_err(|e| OutputError::Io {
+        let s = serde_json::to_string(r).map_err(|source| OutputError::Encode {
             path: self.path.clone(),
-            message: e.to_string(),
+            source,
         })?;
         self.line(&s)
     }
 
     fn line(&mut self, s: &str) -> Result<(), OutputError> {
-        let io = |e: std::io::Error| OutputError::Io {
+        let io = |source: std::io::Error| OutputError::Io {
             path: self.path.clone(),
-            message: e.to_string(),
+            what: "cannot write",
+            source,
         };
         writeln!(self.file, "{s}").map_err(io)?;
         self.file.flush().map_err(io)
@@ -415,7 +437,7 @@ mod tests {
         drop(f);
         assert!(matches!(
             BatchWriter::open_jsonl(&path, &header("r1"), false),
-            Err(OutputError::Io { .. })
+            Err(OutputError::Exists { .. })
         ));
         let e = BatchWriter::open_jsonl(&path, &header("r2"), true)
             .err()

@@ -81,17 +81,18 @@ pub fn write_queue<E: Display>(
     mut decide: impl FnMut(&ManifestRow) -> Result<Decision, E>,
     progress: &mut dyn FnMut(ReviewEvent<'_>),
 ) -> Result<ReviewSummary, OutputError> {
-    let file = crate::private_fs::create_private(out).map_err(|e| OutputError::Io {
+    let file = crate::private_fs::create_private(out).map_err(|source| OutputError::Io {
         path: out.into(),
-        message: format!("cannot create: {e}"),
+        what: "cannot create",
+        source,
     })?;
     let mut w = csv::Writer::from_writer(file);
     let write = |w: &mut csv::Writer<File>, cols: &[&str]| -> Result<(), OutputError> {
         w.write_record(cols)
             .and_then(|()| w.flush().map_err(csv::Error::from))
-            .map_err(|e| OutputError::Io {
+            .map_err(|source| OutputError::Csv {
                 path: out.into(),
-                message: format!("cannot write: {e}"),
+                source,
             })
     };
     write(&mut w, &QUEUE_COLUMNS)?;
