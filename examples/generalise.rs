@@ -1244,13 +1244,7 @@ fn fusion_study(
                 unfamiliarity: p.unfamiliarity,
             };
             let v = reasoner.decide(&case)?;
-            let logp = v
-                .probs
-                .values
-                .iter()
-                .map(|&q| f64::from(q).max(fusion::PROB_FLOOR).ln())
-                .collect();
-            p.llm_logp = Some(logp);
+            p.llm_logp = Some(fusion::floored_logp(&v.probs));
             done += 1;
             if done % 100 == 0 || done == n {
                 eprintln!(
@@ -1271,7 +1265,15 @@ fn fusion_study(
         weight: 100.0 / routed_n[p.column].max(1) as f64,
         group: format!("{}/{}", p.column, p.key),
     };
-    let sample = |p: &Pred| sample_with(p, false);
+    // The fusion fitted on the routed clips `keep` admits, with or without the LLM's term.
+    let fit_on = |keep: &dyn Fn(&Pred) -> bool, use_llm: bool| {
+        let train: Vec<FusionSample> = preds
+            .iter()
+            .filter(|p| routed(p) && keep(p))
+            .map(|p| sample_with(p, use_llm))
+            .collect();
+        fusion::fit(&train)
+    };
     // The held-out fit for each (column, key): every routed clip of other conditions.
     let excluded = |test: &Pred, p: &Pred| {
         if test.column.starts_with("new") || test.column.starts_with("field") {
@@ -1286,19 +1288,10 @@ fn fusion_study(
     for t in &preds {
         let key = (t.column.to_string(), t.key.clone());
         if !fits.contains_key(&key) {
-            let train: Vec<FusionSample> = preds
-                .iter()
-                .filter(|p| routed(p) && !excluded(t, p))
-                .map(sample)
-                .collect();
-            fits.insert(key.clone(), fusion::fit(&train));
+            let others = |p: &Pred| !excluded(t, p);
+            fits.insert(key.clone(), fit_on(&others, false));
             if with_llm {
-                let train: Vec<FusionSample> = preds
-                    .iter()
-                    .filter(|p| routed(p) && !excluded(t, p))
-                    .map(|p| sample_with(p, true))
-                    .collect();
-                fits_llm.insert(key.clone(), fusion::fit(&train));
+                fits_llm.insert(key.clone(), fit_on(&others, true));
             }
         }
         let fused_params = fits[&key].params;
@@ -1423,20 +1416,12 @@ fn fusion_study(
         rule_stats.insert(r.id().to_string(), per_col);
     }
     // The fit a model would ship: every condition.
-    let all: Vec<FusionSample> = preds.iter().filter(|p| routed(p)).map(sample).collect();
-    let shipped = fusion::fit(&all);
+    let shipped = fit_on(&|_| true, false);
     let per_fold: BTreeMap<String, FusionParams> = fits
         .iter()
         .map(|((c, k), f)| (format!("{c}/{k}"), f.params))
         .collect();
-    let shipped_llm = with_llm.then(|| {
-        let all: Vec<FusionSample> = preds
-            .iter()
-            .filter(|p| routed(p))
-            .map(|p| sample_with(p, true))
-            .collect();
-        fusion::fit(&all)
-    });
+    let shipped_llm = with_llm.then(|| fit_on(&|_| true, true));
     let per_fold_llm: BTreeMap<String, FusionParams> = fits_llm
         .iter()
         .map(|((c, k), f)| (format!("{c}/{k}"), f.params))

@@ -355,7 +355,7 @@ fn the_rule_vote_decides_and_the_llm_only_explains() {
 /// weight 0 the LLM only explains (nothing is scored).
 #[test]
 fn a_fitted_llm_weight_puts_the_llms_label_scores_into_the_fused_decision() {
-    use camxuc::pipeline::fusion::{fuse, FusionParams, PROB_FLOOR};
+    use camxuc::pipeline::fusion::{floored_logp, fuse, FusionParams};
     use camxuc::pipeline::{build_reasoner, PromptLayout, ReasonerSpec};
     let Some(path) = default_model() else { return };
     let rules = camxuc::rules::default_ruleset().unwrap();
@@ -386,11 +386,7 @@ fn a_fitted_llm_weight_puts_the_llms_label_scores_into_the_fused_decision() {
         let case = case(&c);
         let v = fused.decide(&case).unwrap();
         let q = scorer.decide(&case).unwrap().probs;
-        let logp: Vec<f64> = q
-            .values
-            .iter()
-            .map(|&x| f64::from(x).max(PROB_FLOOR).ln())
-            .collect();
+        let logp = floored_logp(&q);
         let (want, _) = fuse(&params, case.acoustic, case.fired, Some(&logp), None);
         assert_eq!(v.probs, want, "{}", c.label);
         let llm = v

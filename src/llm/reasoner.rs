@@ -632,12 +632,7 @@ impl Reasoner for LlmFused {
             message: e.to_string(),
         };
         let scored = self.llm.decide_inner(case).map_err(failed)?;
-        let logp: Vec<f64> = scored
-            .probs
-            .values
-            .iter()
-            .map(|&q| f64::from(q).max(fusion::PROB_FLOOR).ln())
-            .collect();
+        let logp = fusion::floored_logp(&scored.probs);
         let (probs, contributions) = fusion::fuse(
             &self.params,
             case.acoustic,

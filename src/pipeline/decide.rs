@@ -224,7 +224,8 @@ pub struct Assessment {
     pub ambiguous: bool,
     /// The reasoner's verdict; `None` only for a kept clip under [`Consult::RoutedOnly`].
     pub verdict: Option<Verdict>,
-    /// The verdict's rationale checked against the fired rules and the evidence.
+    /// The verdict's rationale checked against the fired rules and the evidence (routed
+    /// clips only).
     pub rationale_check: Option<RationaleCheck>,
     /// What was said, when `words` transcribed the clip for the reasoner.
     pub transcript: Option<String>,
@@ -285,8 +286,9 @@ pub fn assess(
     } else {
         None
     };
-    // The LLM's words when an LLM wrote any, else the rule template's.
-    let rationale_check = verdict.as_ref().and_then(|v| {
+    // The LLM's words when an LLM wrote any, else the rule template's; only for a routed clip
+    // (a kept clip's Decision does not carry the verdict's rationale).
+    let rationale_check = verdict.as_ref().filter(|_| ambiguous).and_then(|v| {
         let (text, author) = match (&v.llm_rationale, &v.rationale) {
             (Some(t), _) => (t, faithful::Author::Llm),
             (None, Some(t)) => (t, faithful::Author::Rules),

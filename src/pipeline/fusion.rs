@@ -163,7 +163,7 @@ pub struct Contributions {
 impl Contributions {
     /// A kept clip: the acoustic model alone, weight 1.
     pub fn acoustic_only(acoustic: &Probs) -> Self {
-        let logp = acoustic_logp(acoustic);
+        let logp = floored_logp(acoustic);
         Self {
             acoustic_logp: by_label(acoustic, &logp),
             acoustic_weight: 1.0,
@@ -183,8 +183,9 @@ fn by_label(p: &Probs, v: &[f64]) -> BTreeMap<String, f64> {
     p.labels.iter().cloned().zip(v.iter().copied()).collect()
 }
 
-/// ln p per label, floored at [`PROB_FLOOR`]: the acoustic term of the fusion.
-pub fn acoustic_logp(p: &Probs) -> Vec<f64> {
+/// ln p per label, floored at [`PROB_FLOOR`]: how the fusion takes the acoustic model's and
+/// an LLM's label probabilities.
+pub fn floored_logp(p: &Probs) -> Vec<f64> {
     p.values
         .iter()
         .map(|&v| f64::from(v).max(PROB_FLOOR).ln())
@@ -237,7 +238,7 @@ pub fn fuse(
     llm_logp: Option<&[f64]>,
     unfamiliarity: Option<f32>,
 ) -> (Probs, Contributions) {
-    let logp = acoustic_logp(acoustic);
+    let logp = floored_logp(acoustic);
     let sums = rule_sums(&acoustic.labels, fired);
     let u = excess(unfamiliarity);
     let (a, b) = params.at(u);
@@ -320,7 +321,7 @@ fn prepare(samples: &[FusionSample], groups: &[String]) -> Prepared {
         group: Vec::new(),
     };
     for s in samples {
-        let logp = acoustic_logp(&s.acoustic);
+        let logp = floored_logp(&s.acoustic);
         let sums = rule_sums(&s.acoustic.labels, &s.fired);
         p.phi.push(features(
             &logp,

@@ -573,10 +573,14 @@ pub fn refine(
         });
     }
     let clips: Vec<&RefineClip> = gathered.clips.iter().collect();
-    let routed: Vec<bool> = clips
-        .iter()
-        .map(|c| router.is_ambiguous(&c.probs, c.unfamiliarity))
-        .collect();
+    // Routed as `classify` routes them (their unfamiliarity is known for clips predicted now).
+    let routed_of = |clips: &[&RefineClip]| -> Vec<bool> {
+        clips
+            .iter()
+            .map(|c| router.is_ambiguous(&c.probs, c.unfamiliarity))
+            .collect()
+    };
+    let routed = routed_of(&clips);
     let mut shifted = Vec::new();
     for path in &opts.shifted {
         let m = Manifest::load(path, &labels)?;
@@ -594,11 +598,7 @@ pub fn refine(
                 message: "no usable clip in this shifted condition".into(),
             });
         }
-        let routed = g
-            .clips
-            .iter()
-            .map(|c| router.is_ambiguous(&c.probs, c.unfamiliarity))
-            .collect();
+        let routed = routed_of(&g.clips.iter().collect::<Vec<_>>());
         shifted.push(Shifted {
             manifest: path.clone(),
             clips: g.clips,

@@ -17,7 +17,7 @@ use super::clips::RefineClip;
 use super::wording;
 use crate::eval::metrics::Confusion;
 use crate::math::{argmax, log_softmax_at};
-use crate::pipeline::fusion::{acoustic_logp, FusionParams};
+use crate::pipeline::fusion::{floored_logp, FusionParams};
 use crate::rules::{CompareOp, Condition, Operand, Rule, RuleSet, Statements};
 use crate::LabelSet;
 
@@ -158,7 +158,7 @@ impl<'a> Problem<'a> {
         let prior = clips
             .iter()
             .zip(&weights)
-            .map(|(c, (a, _))| acoustic_logp(&c.probs).iter().map(|l| a * l).collect())
+            .map(|(c, (a, _))| floored_logp(&c.probs).iter().map(|l| a * l).collect())
             .collect();
         let rule_scale = weights.iter().map(|(_, b)| *b).collect();
         let acoustic_pred = clips.iter().map(|c| c.probs.argmax().0).collect();
