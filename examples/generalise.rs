@@ -1283,6 +1283,11 @@ fn fusion_study(
         }
     };
     let mut fits: BTreeMap<(String, String), fusion::FusionFit> = BTreeMap::new();
+    // What `camxuc train` can fit on: held-out speakers of the training corpus and shifted
+    // copies of them, never another corpus (for SYNTHETIC → RAVDESS the RAVDESS folds stand
+    // in for that model's own folds).
+    let in_domain = |p: &Pred| p.column.starts_with("new") || p.column.starts_with("field");
+    let mut fits_in: BTreeMap<(String, String), fusion::FusionFit> = BTreeMap::new();
     let mut fits_llm: BTreeMap<(String, String), fusion::FusionFit> = BTreeMap::new();
     let mut decided: Vec<BTreeMap<&str, usize>> = Vec::new();
     for t in &preds {
@@ -1290,6 +1295,7 @@ fn fusion_study(
         if !fits.contains_key(&key) {
             let others = |p: &Pred| !excluded(t, p);
             fits.insert(key.clone(), fit_on(&others, false));
+            fits_in.insert(key.clone(), fit_on(&|p| others(p) && in_domain(p), false));
             if with_llm {
                 fits_llm.insert(key.clone(), fit_on(&others, true));
             }
@@ -1308,6 +1314,7 @@ fn fusion_study(
             ),
             ("rule_vote", FusionParams::RULE_VOTE),
             ("fused", fused_params),
+            ("fused_in_domain", fits_in[&key].params),
         ];
         for (name, params) in variants {
             let pick = if routed(t) {
@@ -1346,7 +1353,13 @@ fn fusion_study(
         }
         decided.push(d);
     }
-    let mut variants = vec!["acoustic_only", "rules_only", "rule_vote", "fused"];
+    let mut variants = vec![
+        "acoustic_only",
+        "rules_only",
+        "rule_vote",
+        "fused",
+        "fused_in_domain",
+    ];
     if with_llm {
         variants.extend(["fused_llm", "llm_decides"]);
     }
@@ -1431,6 +1444,10 @@ fn fusion_study(
         "route_below": STUDY_ROUTE_BELOW,
         "columns": table,
         "fusion_per_held_out_condition": per_fold,
+        "fusion_in_domain_fit_per_held_out_condition": fits_in
+            .iter()
+            .map(|((c, k), f)| (format!("{c}/{k}"), f.params))
+            .collect::<BTreeMap<String, FusionParams>>(),
         "fusion_all_conditions": shipped,
         "llm": llm,
         "fusion_with_llm_per_held_out_condition": per_fold_llm,
@@ -1449,20 +1466,23 @@ fn fusion_study(
         serde_json::to_string_pretty(&doc)? + "\n",
     )?;
     let mut md = String::from(
-        "| column | clips (routed) | acoustic only | rules only | rule vote (today) | fused | fused − acoustic (95% CI) | routed acc. acoustic → fused |\n|---|---|---|---|---|---|---|---|\n",
+        "| column | clips (routed) | acoustic only | rules only | rule vote (today) | fused | fused − acoustic (95% CI) | routed acc. acoustic → fused | fused, in-domain fit (`camxuc train`) − acoustic (95% CI) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for col in columns {
         let r = &table[col];
         let v = &r["variants"];
         let f = |n: &str| v[n]["macro_f1"].as_f64().unwrap_or(f64::NAN);
         let ci = &v["fused"]["diff_vs_acoustic_ci95"];
+        let ci_in = &v["fused_in_domain"]["diff_vs_acoustic_ci95"];
         md.push_str(&format!(
-            "| {col} | {} ({}) | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {:.2} → {:.2} |\n",
+            "| {col} | {} ({}) | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {:.2} → {:.2} | {:+.3} [{:+.3}, {:+.3}] |\n",
             r["n"], r["routed"], f("acoustic_only"), f("rules_only"), f("rule_vote"), f("fused"),
             f("fused") - f("acoustic_only"),
             ci[0].as_f64().unwrap_or(f64::NAN), ci[1].as_f64().unwrap_or(f64::NAN),
             v["acoustic_only"]["routed_accuracy"].as_f64().unwrap_or(f64::NAN),
             v["fused"]["routed_accuracy"].as_f64().unwrap_or(f64::NAN),
+            f("fused_in_domain") - f("acoustic_only"),
+            ci_in[0].as_f64().unwrap_or(f64::NAN), ci_in[1].as_f64().unwrap_or(f64::NAN),
         ));
     }
     if with_llm {

@@ -20,7 +20,7 @@ use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
-use camxuc::pipeline::fusion::FusionParams;
+use camxuc::pipeline::fusion::{self, FusionParams};
 use camxuc::pipeline::output::{
     write_private, BatchWriter, CsvDecisions, Failure, Format as OutputFormat,
 };
@@ -309,6 +309,18 @@ struct TrainArgs {
     /// Training copies of each clip through random field recording chains (linear classifier).
     #[arg(long, default_value_t = 2)]
     field_views: usize,
+    /// Rule set the fusion of routed clips is fitted with (default: the shipped
+    /// rules/vi-default.toml).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Do not fit the fusion (fusion.json): routed clips then get the unfitted rule vote.
+    #[arg(long)]
+    no_fusion: bool,
+    /// A labelled manifest of another corpus or site (repeatable), never trained on: the
+    /// model's predictions of its clips join the held-out ones the fusion is fitted on, so
+    /// the fit sees a shift that perturbed copies of the training corpus cannot show.
+    #[arg(long = "shifted-manifest", value_name = "M")]
+    shifted_manifest: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -615,6 +627,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     opts.augment_views = a.augment;
     opts.use_evidence = !a.no_evidence;
     opts.oof_folds = a.oof_folds;
+    opts.shifted = a.shifted_manifest;
     if a.single_head {
         opts.ensemble = None;
     }
@@ -628,6 +641,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             ..LinearChoice::default()
         }),
         ClassifierArg::Attention => Classifier::Attention,
+    };
+    // Read the rules first: a typo should not cost a training run.
+    let rules = match (&a.rules, a.no_fusion) {
+        (_, true) => None,
+        (Some(path), false) => Some(RuleSet::load(path)?),
+        (None, false) => Some(camxuc::rules::default_ruleset()?),
     };
     let bar = progress::bar(0, "analysing");
     let report = train_model(&opts, &mut |ev| match ev {
@@ -682,6 +701,19 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         report.routing.threshold,
         100.0 * report.routing.target_route_fraction
     );
+    match rules {
+        Some(_) if report.held_out.is_empty() => println!(
+            "  fusion: not fitted (no held-out predictions); routed clips get the rule vote"
+        ),
+        Some(rules) => {
+            let fit = fusion::fit_for_model(&report.held_out, &rules, &report.routing);
+            fusion::write(&report.dir, &fit)?;
+            for line in fusion::summary(&fit) {
+                println!("  {line}");
+            }
+        }
+        None => {}
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use camxuc::acoustic::fit::Classifier;
 use camxuc::acoustic::fit_linear::LinearChoice;
-use camxuc::acoustic::{model_dir, train_model, AcousticModel, TrainOptions};
+use camxuc::acoustic::{model_dir, train_model, AcousticModel, HeldOutCondition, TrainOptions};
 use camxuc::audio::field::{Codec, FieldChain, Noise, NoiseKind, Telephone};
 use camxuc::features::FeatureConfig;
 use camxuc::pipeline::analyse::ClipAnalyser;
@@ -47,6 +47,29 @@ fn linear_model_is_deterministic_routes_unfamiliar_clips_and_scores_shift_higher
             "{f} differs between two runs with the same seed"
         );
     }
+    // Every clip and its field-chain test copy is a held-out prediction for the fusion fit,
+    // with a held-out unfamiliarity (higher on average for the copies).
+    let clean: Vec<f32> = a
+        .held_out
+        .iter()
+        .filter(|h| h.condition == HeldOutCondition::Clean)
+        .filter_map(|h| h.unfamiliarity)
+        .collect();
+    let field: Vec<f32> = a
+        .held_out
+        .iter()
+        .filter(|h| h.condition == HeldOutCondition::Perturbed)
+        .filter_map(|h| h.unfamiliarity)
+        .collect();
+    assert_eq!(clean.len(), a.meta.metrics.n_train);
+    assert!(!field.is_empty());
+    assert!(a.held_out.iter().all(|h| h.group.starts_with("fold")));
+    println!(
+        "held-out unfamiliarity: clean {:.2}, field copies {:.2}",
+        mean(&clean),
+        mean(&field)
+    );
+    assert!(mean(&field) > mean(&clean));
     // Every training clip gets its out-of-fold probabilities for refinement.
     let evidence = std::fs::read_to_string(a.dir.join(model_dir::TRAIN_EVIDENCE_FILE)).unwrap();
     assert_eq!(evidence.lines().count(), a.meta.metrics.n_train);

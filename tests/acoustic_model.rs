@@ -8,6 +8,7 @@ use camxuc::acoustic::{model_dir, train_model, AcousticModel, FrontendChoice, Tr
 use camxuc::eval::run::{evaluate, EvalOptions};
 use camxuc::features::FeatureConfig;
 use camxuc::pipeline::analyse::ClipAnalyser;
+use camxuc::pipeline::fusion;
 
 #[test]
 fn trained_directory_round_trips_and_training_is_deterministic() {
@@ -24,6 +25,28 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
         "same seed, same training run"
     );
     assert_eq!(a.meta.temperature, b.meta.temperature);
+
+    // The held-out predictions the fusion of routed clips is fitted on: validation clips,
+    // out-of-fold training clips and their perturbed copies, each tagged with the part that
+    // held it out, with evidence z-scored against the model's baseline.
+    use camxuc::acoustic::HeldOutCondition::{Clean, Perturbed};
+    let has = |group: &str, condition| {
+        a.held_out
+            .iter()
+            .any(|h| h.group.starts_with(group) && h.condition == condition)
+    };
+    assert!(has("val", Clean) && has("fold", Clean) && has("fold", Perturbed));
+    assert!(
+        !has("val", Perturbed),
+        "validation clips have no perturbed copies"
+    );
+    assert!(a.held_out.iter().all(|h| !h.evidence.z.is_empty()));
+    let rules = camxuc::rules::default_ruleset().unwrap();
+    let fa = fusion::fit_for_model(&a.held_out, &rules, &a.routing);
+    let fb = fusion::fit_for_model(&b.held_out, &rules, &b.routing);
+    assert_eq!(fa, fb, "same seed, same fusion");
+    let conditions: Vec<&str> = fa.checks.iter().map(|c| c.condition.as_str()).collect();
+    assert_eq!(conditions, ["clean", "perturbed"]);
 
     // Refuses to overwrite without --force.
     let mut again = light("a");

@@ -518,6 +518,137 @@ fn corpus() -> &'static Corpus {
 
 /// Bad manifests, through both commands that read one: the error names the manifest (and the
 /// line where there is one).
+/// `camxuc train` fits the fusion of routed clips on its own held-out predictions and writes
+/// it beside the model (fusion.json, with what it was fitted on and how it did per
+/// condition); a rules file with a typo is refused before any training, naming the file.
+#[test]
+fn train_writes_a_fitted_fusion_and_refuses_a_bad_rules_file_up_front() {
+    let c = corpus();
+    let fusion: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.root.join("model/fusion.json")).unwrap())
+            .unwrap();
+    let fitted_on = fusion["fitted_on"].as_str().unwrap();
+    assert!(fitted_on.contains("held-out predictions"), "{fitted_on}");
+    assert!(fusion["params"]["acoustic_weight"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    let conditions = |fusion: &serde_json::Value| -> Vec<String> {
+        fusion["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["condition"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The shared model is trained without perturbed copies (`--augment 0`).
+    assert_eq!(conditions(&fusion), ["clean"]);
+
+    let d = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/vi-default.toml"),
+    )
+    .unwrap();
+    assert!(shipped.contains("alpha_ratio_db_z < -0.5"));
+    std::fs::write(
+        d.path().join("typo.toml"),
+        shipped.replacen("alpha_ratio_db_z < -0.5", "alpha_ratoi_db_z < -0.5", 1),
+    )
+    .unwrap();
+    let train = c.root.join("train.csv");
+    let o = camxuc(
+        d.path(),
+        &[
+            "train",
+            "--manifest",
+            train.to_str().unwrap(),
+            "--out",
+            "m",
+            "--frontend",
+            "logmel",
+            "--rules",
+            "typo.toml",
+        ],
+    );
+    assert_one_line_error(&o, 1, &["typo.toml"]);
+    assert!(!d.path().join("m").exists(), "nothing trained");
+
+    // Another "site" as a shifted condition: its clips are predicted, never trained on; a
+    // missing clip is skipped with its reason, a manifest with an unknown label is refused.
+    std::fs::create_dir_all(d.path().join("site/clips")).unwrap();
+    let mut site = String::from("path,label,speaker\n");
+    for (ci, label) in ["calm", "angry", "panic"].iter().enumerate() {
+        for k in 0..2 {
+            let f0 = 100.0 + 75.0 * ci as f64 + 5.0 * k as f64;
+            let rel = format!("clips/{label}_{k}.wav");
+            write_wav16(
+                &d.path().join("site").join(&rel),
+                16_000,
+                1,
+                &speechlike(16_000, 0.8, f0),
+            );
+            site.push_str(&format!("{rel},{label},site{k}\n"));
+        }
+    }
+    site.push_str("clips/gone.wav,calm,site0\n");
+    std::fs::write(d.path().join("site/labels.csv"), site).unwrap();
+    let val = c.root.join("val.csv");
+    let o = camxuc(
+        d.path(),
+        &[
+            "train",
+            "--manifest",
+            train.to_str().unwrap(),
+            "--val-manifest",
+            val.to_str().unwrap(),
+            "--out",
+            "m",
+            "--frontend",
+            "logmel",
+            "--epochs",
+            "3",
+            "--augment",
+            "1",
+            "--shifted-manifest",
+            "site/labels.csv",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("gone.wav"), "the missing clip is named: {err}");
+    let fusion: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("m/fusion.json")).unwrap())
+            .unwrap();
+    assert_eq!(conditions(&fusion), ["clean", "perturbed", "other_corpus"]);
+    let other = fusion["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["condition"] == "other_corpus")
+        .expect("the site is a condition of the fit");
+    assert_eq!(other["clips"], 6, "{other}");
+    std::fs::write(
+        d.path().join("site/bad.csv"),
+        "path,label\nclips/calm_0.wav,happy\n",
+    )
+    .unwrap();
+    let o = camxuc(
+        d.path(),
+        &[
+            "train",
+            "--manifest",
+            train.to_str().unwrap(),
+            "--out",
+            "m2",
+            "--frontend",
+            "logmel",
+            "--shifted-manifest",
+            "site/bad.csv",
+        ],
+    );
+    assert_one_line_error(&o, 1, &["bad.csv", "happy"]);
+}
+
 #[test]
 fn bad_manifests_name_the_manifest_and_line_in_train_and_eval() {
     let c = corpus();

@@ -224,3 +224,31 @@ fn decoder_weights_load_into_candle_whisper_and_detect_language_like_ctranslate2
         assert!((got - want).abs() < 2e-3, "language {id}: {got} vs {want}");
     }
 }
+
+/// Training reads the head's frames and the pooled blocks of the unfamiliarity reference from
+/// one encoder pass (`block_frames` with the head's block last): those frames are bit for bit
+/// the ones `frames` gives at inference.
+#[test]
+fn one_pass_block_frames_give_the_frames_of_the_head() {
+    let Some(dir) = model_dir() else { return };
+    let device = Device::Cpu;
+    let frontend =
+        camxuc::acoustic::frontend::Frontend::whisper(&dir, 3, -23.0, &device).expect("front end");
+    let audio = synthetic_voice(24_000);
+    let log_mel = camxuc::features::LogMel {
+        data: Vec::new(),
+        n_frames: 0,
+        n_mels: 80,
+    };
+    let alone = frontend.frames(&audio, &log_mel, &device).expect("frames");
+    let mut states = frontend
+        .block_frames(&audio, &log_mel, &[1, 2, 3, 3], &device)
+        .expect("block frames");
+    assert_eq!(states.len(), 4);
+    let last = states.pop().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(alone.dims(), last.dims());
+    assert_eq!(flat(&alone), flat(&last));
+    assert_eq!(flat(&states[2]), flat(&last));
+    assert_ne!(flat(&states[0]), flat(&last));
+}

@@ -21,7 +21,7 @@ use super::model_dir::{
 use super::train::{
     argmax, predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View,
 };
-use super::unfamiliar::{fit_with_threshold, PooledInput};
+use super::unfamiliar::{fit_held_out, PooledInput};
 use super::AcousticError;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
@@ -71,6 +71,9 @@ pub struct TrainOptions {
     pub ensemble: Option<EnsembleCombine>,
     /// Which classifier reads the frames.
     pub classifier: Classifier,
+    /// Labelled manifests of other corpora or sites, never trained on: the served model's
+    /// predictions of their clips join the held-out predictions the fusion is fitted on.
+    pub shifted: Vec<PathBuf>,
 }
 
 /// The classifier on the frozen front end.
@@ -104,6 +107,7 @@ impl TrainOptions {
             ensemble: Some(EnsembleCombine::MeanLogits),
             // Chosen by `just generalise`: the best worst column (README).
             classifier: Classifier::Attention,
+            shifted: Vec::new(),
         }
     }
 }
@@ -133,6 +137,52 @@ pub struct TrainReport {
     pub routing: RoutingConfig,
     /// Clips left out, each with its reason.
     pub skipped: Vec<String>,
+    /// Predictions on clips (and perturbed copies of clips) whose speakers the predicting
+    /// head never trained on: what the fusion of the reasoning stage is fitted on. Empty when
+    /// the trainer made none.
+    pub held_out: Vec<HeldOutPrediction>,
+}
+
+/// One held-out prediction of a trained model, with what the reasoning stage sees of the clip.
+#[derive(Clone, Debug)]
+pub struct HeldOutPrediction {
+    /// Calibrated probabilities (the served temperature).
+    pub probs: crate::Probs,
+    /// The clip's evidence with z-scores against the model's baseline.
+    pub evidence: Evidence,
+    /// Unfamiliarity scored by a reference fitted without the clip's speakers, in the served
+    /// model's unit (`None` without a reference).
+    pub unfamiliarity: Option<f32>,
+    pub label: usize,
+    /// Which held-out part predicted it: `val`, the speaker fold (`fold1`, …), or
+    /// `corpus:<name>` for a clip of a `--shifted-manifest`.
+    pub group: String,
+    pub condition: HeldOutCondition,
+}
+
+/// What kind of held-out prediction it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HeldOutCondition {
+    /// A clip as recorded, of a speaker the predicting head never trained on.
+    Clean,
+    /// A perturbed copy of such a clip (gain, noise, telephone band, echo; field chains for
+    /// the linear classifier).
+    Perturbed,
+    /// A clip of another corpus or site (`TrainOptions::shifted`), predicted by the served
+    /// model, which never trained on it.
+    OtherCorpus,
+}
+
+impl HeldOutCondition {
+    pub const ALL: [Self; 3] = [Self::Clean, Self::Perturbed, Self::OtherCorpus];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Perturbed => "perturbed",
+            Self::OtherCorpus => "other_corpus",
+        }
+    }
 }
 
 /// Level every clip is scaled to before the Whisper encoder.
@@ -255,6 +305,7 @@ pub fn train_model(
         });
     }
 
+    let mut shifted_sets = analyse_shifted(opts, &mut an, &mut skipped)?;
     lap("analyse", &mut phase_seconds);
 
     // Corpus evidence baseline from the training clips only.
@@ -281,26 +332,55 @@ pub fn train_model(
         FrontendChoice::LogMel => (Frontend::LogMel, FrontendConfig::LogMel),
     };
 
-    // Views: clean for everyone, plus perturbed copies of training clips.
+    // Views: clean for everyone, plus perturbed copies of training clips. With the Whisper
+    // front end one encoder pass gives both the head's frames and the pooled blocks the
+    // unfamiliarity reference reads (for every view: a perturbed copy's pooled vector scores
+    // its held-out unfamiliarity for the fusion fit).
+    let pooled_input = match opts.frontend {
+        FrontendChoice::Whisper { blocks } => Some((PooledInput::for_blocks(blocks), blocks)),
+        FrontendChoice::LogMel => None,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
-    let n_views = train_clips.len() * (1 + opts.augment_views) + val_clips.len();
+    let n_views = train_clips.len() * (1 + opts.augment_views)
+        + val_clips.len()
+        + shifted_sets.iter().map(|s| s.clips.len()).sum::<usize>();
     let mut encoded = 0;
     let mut make_view = |clip: &mut AnalysedClip,
                          on_event: &mut dyn FnMut(TrainEvent)|
-     -> Result<View, AcousticError> {
+     -> Result<(View, Option<Vec<f32>>), AcousticError> {
         let evidence = evidence_vector(&baseline, &evidence_inputs, &mut clip.evidence);
-        let frames = frontend.frames(&clip.speech.samples, &clip.log_mel, &device)?;
+        let (frames, pooled) = match &pooled_input {
+            Some((input, head_block)) => {
+                let mut want = input.blocks.clone();
+                want.push(*head_block);
+                let mut states =
+                    frontend.block_frames(&clip.speech.samples, &clip.log_mel, &want, &device)?;
+                let frames = states
+                    .pop()
+                    .expect("block_frames returns one state per block");
+                let pooled = super::model::pooled_vector(&states, input, &evidence)?;
+                (frames, Some(pooled))
+            }
+            None => (
+                frontend.frames(&clip.speech.samples, &clip.log_mel, &device)?,
+                None,
+            ),
+        };
         encoded += 1;
         on_event(TrainEvent::Encoded {
             done: encoded,
             total: n_views,
         });
-        Ok(View { frames, evidence })
+        Ok((View { frames, evidence }, pooled))
     };
     let mut train_examples = Vec::with_capacity(train_clips.len());
+    // Per training clip: the pooled vector of each view, and the evidence of each perturbed one.
+    let mut train_pooled: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(train_clips.len());
+    let mut shifted_evidence: Vec<Vec<Evidence>> = Vec::with_capacity(train_clips.len());
     for a in train_clips.iter_mut() {
         let label = label_of(&opts.labels, &train_m.rows[a.row].label);
-        let mut views = vec![make_view(&mut a.clip, on_event)?];
+        let (view, pooled) = make_view(&mut a.clip, on_event)?;
+        let (mut views, mut pooled_views, mut evidence) = (vec![view], vec![pooled], Vec::new());
         for _ in 0..opts.augment_views {
             let perturbed = augment::perturb(&a.clip.speech.samples, TARGET_RATE, &mut rng);
             let audio = Audio {
@@ -311,18 +391,42 @@ pub fn train_model(
             };
             // A perturbation can make a clip unusable (e.g. all noise); keep the clean view then.
             if let Ok(mut c) = an.analyse_audio(audio) {
-                views.push(make_view(&mut c, on_event)?);
+                let (view, pooled) = make_view(&mut c, on_event)?;
+                views.push(view);
+                pooled_views.push(pooled);
+                evidence.push(c.evidence);
             }
         }
         train_examples.push(Example { views, label });
+        train_pooled.push(pooled_views);
+        shifted_evidence.push(evidence);
     }
     let mut val_examples = Vec::with_capacity(val_clips.len());
+    let mut val_pooled = Vec::with_capacity(val_clips.len());
     for a in val_clips.iter_mut() {
         let label = label_of(&opts.labels, &val_m.rows[a.row].label);
+        let (view, pooled) = make_view(&mut a.clip, on_event)?;
         val_examples.push(Example {
-            views: vec![make_view(&mut a.clip, on_event)?],
+            views: vec![view],
             label,
         });
+        val_pooled.push(pooled);
+    }
+    let mut shifted_views = Vec::with_capacity(shifted_sets.len());
+    for set in shifted_sets.iter_mut() {
+        let mut views = Vec::with_capacity(set.clips.len());
+        for a in set.clips.iter_mut() {
+            let label = label_of(&opts.labels, &set.manifest.rows[a.row].label);
+            let (view, pooled) = make_view(&mut a.clip, on_event)?;
+            views.push((
+                Example {
+                    views: vec![view],
+                    label,
+                },
+                pooled,
+            ));
+        }
+        shifted_views.push(views);
     }
 
     lap("encode", &mut phase_seconds);
@@ -380,7 +484,7 @@ pub fn train_model(
         .map(|t| predict_logits(&t.head, &val_examples, 32, &device))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let val_logits = combine_logits(&val_per_head, combine);
-    let oof_logits = fold_heads.oof;
+    let oof_logits = &fold_heads.oof;
     let mut held_logits = val_logits.clone();
     let mut held_labels = val_labels.clone();
     for (l, e) in oof_logits.iter().zip(&train_examples) {
@@ -408,21 +512,16 @@ pub fn train_model(
             opts.oof_folds
         );
     }
-    // Unfamiliarity reference on the clean clips' pooled encoder blocks (Whisper front end).
-    let unfamiliar = match opts.frontend {
-        FrontendChoice::Whisper { blocks } => {
-            let input = PooledInput::for_blocks(blocks);
-            let mut rows = Vec::with_capacity(train_clips.len() + val_clips.len());
-            for a in train_clips.iter_mut().chain(val_clips.iter_mut()) {
-                let ev = evidence_vector(&baseline, &evidence_inputs, &mut a.clip.evidence);
-                let states = frontend.block_frames(
-                    &a.clip.speech.samples,
-                    &a.clip.log_mel,
-                    &input.blocks,
-                    &device,
-                )?;
-                rows.push(super::model::pooled_vector(&states, &input, &ev)?);
-            }
+    // Unfamiliarity reference on the clean clips' pooled encoder blocks (Whisper front end;
+    // pooled when their views were encoded).
+    let unfamiliar = match pooled_input {
+        Some((input, _)) => {
+            let rows: Vec<Vec<f32>> = train_pooled
+                .iter()
+                .map(|views| views[0].clone())
+                .chain(val_pooled.iter().cloned())
+                .collect::<Option<_>>()
+                .expect("every view of a Whisper front end is pooled");
             // Held out: each speaker fold of the training part, and the validation speakers.
             let n_train = train_clips.len();
             let mut held: Vec<Vec<usize>> =
@@ -440,20 +539,87 @@ pub fn train_model(
                     Err(_) => Vec::new(),
                 };
             held.push((n_train..rows.len()).collect());
-            let (mut u, threshold) = fit_with_threshold(
+            let mut fitted = fit_held_out(
                 &rows,
                 &held,
                 UNFAMILIARITY_COMPONENTS,
                 UNFAMILIAR_FRACTION,
                 format!("{} clean clips (training and validation parts)", rows.len()),
             )?;
-            u.cfg.input = Some(input);
-            routing.unfamiliarity_threshold = threshold;
-            Some(u)
+            fitted.model.cfg.input = Some(input);
+            routing.unfamiliarity_threshold = fitted.threshold;
+            Some((fitted, rows))
         }
-        FrontendChoice::LogMel => None,
+        None => None,
     };
     lap("unfamiliarity", &mut phase_seconds);
+
+    // Held-out predictions for the reasoning stage's fusion: validation clips (whole model),
+    // training clips and their perturbed copies (the fold head that held their speaker out).
+    let held_unfamiliarity = |row: usize, x: Option<&Vec<f32>>| match (&unfamiliar, x) {
+        (Some((f, _)), Some(x)) => f.held_out_score(row, x),
+        _ => None,
+    };
+    let n_train = train_clips.len();
+    let mut held_out = Vec::new();
+    for (j, a) in val_clips.iter().enumerate() {
+        held_out.push(HeldOutPrediction {
+            probs: crate::Probs::new(&opts.labels, val_probs[j].clone()),
+            evidence: a.clip.evidence.clone(),
+            unfamiliarity: held_unfamiliarity(n_train + j, val_pooled[j].as_ref()),
+            label: val_examples[j].label,
+            group: "val".into(),
+            condition: HeldOutCondition::Clean,
+        });
+    }
+    for (i, a) in train_clips.iter().enumerate() {
+        let (Some(probs), Some(fold)) = (&oof_probs[i], fold_heads.fold_of[i]) else {
+            continue;
+        };
+        let group = format!("fold{}", fold + 1);
+        let label = train_examples[i].label;
+        held_out.push(HeldOutPrediction {
+            probs: crate::Probs::new(&opts.labels, probs.clone()),
+            evidence: a.clip.evidence.clone(),
+            unfamiliarity: held_unfamiliarity(i, train_pooled[i][0].as_ref()),
+            label,
+            group: group.clone(),
+            condition: HeldOutCondition::Clean,
+        });
+        for (k, logits) in fold_heads.shifted[i].iter().enumerate() {
+            held_out.push(HeldOutPrediction {
+                probs: crate::Probs::new(&opts.labels, probs_of(logits)),
+                evidence: shifted_evidence[i][k].clone(),
+                unfamiliarity: held_unfamiliarity(i, train_pooled[i][k + 1].as_ref()),
+                label,
+                group: group.clone(),
+                condition: HeldOutCondition::Perturbed,
+            });
+        }
+    }
+    // Clips of other corpora: predicted by the served model (no member trained on them).
+    for (set, views) in shifted_sets.iter().zip(&shifted_views) {
+        let examples: Vec<Example> = views.iter().map(|(e, _)| e.clone()).collect();
+        let per_head = members
+            .iter()
+            .map(|t| predict_logits(&t.head, &examples, 32, &device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let logits = combine_logits(&per_head, combine);
+        for ((a, (e, pooled)), l) in set.clips.iter().zip(views).zip(&logits) {
+            held_out.push(HeldOutPrediction {
+                probs: crate::Probs::new(&opts.labels, probs_of(l)),
+                evidence: a.clip.evidence.clone(),
+                unfamiliarity: match (&unfamiliar, pooled) {
+                    (Some((f, _)), Some(x)) => Some(f.model.score(x)),
+                    _ => None,
+                },
+                label: e.label,
+                group: format!("corpus:{}", set.name),
+                condition: HeldOutCondition::OtherCorpus,
+            });
+        }
+    }
+    let unfamiliar = unfamiliar.map(|(f, _)| f.model);
 
     let ensemble = (members.len() > 1).then(|| {
         let conf = crate::eval::metrics::Confusion::new(
@@ -539,7 +705,44 @@ pub fn train_model(
         meta,
         routing,
         skipped,
+        held_out,
     })
+}
+
+/// The analysed clips of one `--shifted-manifest`.
+pub(crate) struct ShiftedSet {
+    /// The corpus's name: the manifest's folder (or file stem).
+    pub(crate) name: String,
+    pub(crate) manifest: Manifest,
+    pub(crate) clips: Vec<Analysed>,
+}
+
+/// Load and analyse every shifted manifest: a manifest that cannot be read, or names labels
+/// outside the model's, is an error before any training; a clip that cannot be analysed is
+/// skipped with its reason, like a training clip.
+pub(crate) fn analyse_shifted(
+    opts: &TrainOptions,
+    an: &mut ClipAnalyser,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<ShiftedSet>, AcousticError> {
+    let mut sets = Vec::with_capacity(opts.shifted.len());
+    for path in &opts.shifted {
+        let manifest = Manifest::load(path, &opts.labels)?;
+        let rows: Vec<usize> = (0..manifest.rows.len()).collect();
+        let clips = analyse_rows(&manifest, &rows, an, skipped, &mut |_| {});
+        let name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .or_else(|| path.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "shifted".into());
+        sets.push(ShiftedSet {
+            name,
+            manifest,
+            clips,
+        });
+    }
+    Ok(sets)
 }
 
 /// The fold heads (each with its tensor prefix) and the out-of-fold logits of the training
@@ -550,6 +753,10 @@ pub fn train_model(
 struct FoldHeads {
     heads: Vec<(String, Trained)>,
     oof: Vec<Option<Vec<f32>>>,
+    /// The fold that held each training clip out.
+    fold_of: Vec<Option<usize>>,
+    /// The fold head's logits for each perturbed view of each held-out clip (views 1..).
+    shifted: Vec<Vec<Vec<f32>>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -566,6 +773,8 @@ fn out_of_fold_heads(
     let mut out = FoldHeads {
         heads: Vec::new(),
         oof: vec![None; train_examples.len()],
+        fold_of: vec![None; train_examples.len()],
+        shifted: vec![Vec::new(); train_examples.len()],
     };
     let n_speakers = train_m.speakers().len();
     let k = opts.oof_folds.min(n_speakers);
@@ -604,6 +813,28 @@ fn out_of_fold_heads(
         let logits = predict_logits(&trained.head, &held, 32, device)?;
         for (&i, l) in held_ix.iter().zip(logits) {
             out.oof[i] = Some(l);
+            out.fold_of[i] = Some(f);
+        }
+        // Their perturbed copies, one view each.
+        let copies: Vec<(usize, Example)> = held_ix
+            .iter()
+            .flat_map(|&i| {
+                let e = &train_examples[i];
+                e.views[1..].iter().map(move |v| {
+                    (
+                        i,
+                        Example {
+                            views: vec![v.clone()],
+                            label: e.label,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let examples: Vec<Example> = copies.iter().map(|(_, e)| e.clone()).collect();
+        let logits = predict_logits(&trained.head, &examples, 32, device)?;
+        for ((i, _), l) in copies.iter().zip(logits) {
+            out.shifted[*i].push(l);
         }
         out.heads.push((format!("fold{}", f + 1), trained));
     }

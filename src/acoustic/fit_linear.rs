@@ -22,7 +22,7 @@ use super::augment;
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::fit::{
     analyse_rows, evidence_inputs, fit_routing, label_of, model_name, whisper_frontend,
-    write_evidence, TrainEvent, TrainOptions, TrainReport,
+    write_evidence, HeldOutCondition, HeldOutPrediction, TrainEvent, TrainOptions, TrainReport,
 };
 use super::frontend::Frontend;
 use super::head::HeadConfig;
@@ -30,7 +30,7 @@ use super::linear::{self, fit_path, LinearConfig, LinearHead};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
 use super::model_dir::{self, FrontendConfig, ModelMeta, TrainingMetrics};
 use super::train::{argmax, mean_nll};
-use super::unfamiliar::{fit_with_threshold, Unfamiliarity};
+use super::unfamiliar::{fit_held_out, Unfamiliarity};
 use super::AcousticError;
 use crate::audio::field::FieldChain;
 use crate::audio::TARGET_RATE;
@@ -76,6 +76,8 @@ struct Pooled {
     train: Vec<Vec<f32>>,
     /// The field-chain test copy (predicted out of fold, never trained on).
     field: Option<Vec<f32>>,
+    /// That copy's evidence (z-scored against the baseline), for the fusion fit.
+    field_evidence: Option<crate::Evidence>,
 }
 
 pub fn train_linear(
@@ -124,6 +126,7 @@ pub fn train_linear(
             speakers.len()
         )));
     }
+    let mut shifted_sets = super::fit::analyse_shifted(opts, &mut an, &mut skipped)?;
     lap("analyse", &mut phase_seconds);
 
     let evidences: Vec<_> = clips.iter().map(|a| a.clip.evidence.clone()).collect();
@@ -217,9 +220,9 @@ pub fn train_linear(
         }
         let f =
             FieldChain::random(&mut test_rng).apply(&whole, TARGET_RATE, &babble, &mut test_rng);
-        let field = match an.analyse_audio(Audio::new(f, TARGET_RATE)) {
-            Ok(mut c) => Some(encode(&mut c, on_event)?),
-            Err(_) => None,
+        let (field, field_evidence) = match an.analyse_audio(Audio::new(f, TARGET_RATE)) {
+            Ok(mut c) => (Some(encode(&mut c, on_event)?), Some(c.evidence)),
+            Err(_) => (None, None),
         };
         pooled.push((
             a.row,
@@ -227,6 +230,7 @@ pub fn train_linear(
                 label,
                 train,
                 field,
+                field_evidence,
             },
         ));
     }
@@ -292,13 +296,14 @@ pub fn train_linear(
         .ok_or_else(|| fail("no penalty to fit".into()))?;
     let clean: Vec<Vec<f32>> = pooled.iter().map(|(_, p)| p.train[0].clone()).collect();
     let held_out: Vec<Vec<usize>> = folds.iter().map(|f| f.val.clone()).collect();
-    let (unfam, unfamiliar_threshold) = fit_with_threshold(
+    let fitted = fit_held_out(
         &clean,
         &held_out,
         choice.unfamiliarity_components,
         choice.unfamiliar_fraction,
         format!("{} clean clips of {} speakers", clean.len(), speakers.len()),
     )?;
+    let unfamiliar_threshold = fitted.threshold;
     lap("head", &mut phase_seconds);
 
     // Routing on the held-out clean probabilities.
@@ -314,6 +319,21 @@ pub fn train_linear(
         100.0 * (1.0 - choice.unfamiliar_fraction)
     );
 
+    // Clips of other corpora, predicted by the served classifier (never trained on them).
+    let mut shifted_held = Vec::new();
+    for set in shifted_sets.iter_mut() {
+        for a in set.clips.iter_mut() {
+            let x = encode(&mut a.clip, on_event)?;
+            shifted_held.push(HeldOutPrediction {
+                probs: crate::Probs::new(&opts.labels, softmax_t(&head.logits(&x), temperature)),
+                evidence: a.clip.evidence.clone(),
+                unfamiliarity: Some(fitted.model.score(&x)),
+                label: label_of(&opts.labels, &set.manifest.rows[a.row].label),
+                group: format!("corpus:{}", set.name),
+                condition: HeldOutCondition::OtherCorpus,
+            });
+        }
+    }
     let conf = crate::eval::metrics::Confusion::new(
         opts.labels.len(),
         clean_y
@@ -377,12 +397,12 @@ pub fn train_linear(
         default_llm: catalog::DEFAULT_LLM.into(),
         ensemble: None,
         linear: Some(cfg),
-        unfamiliarity: Some(unfam.cfg.clone()),
+        unfamiliarity: Some(fitted.model.cfg.clone()),
         adaptation: None,
     };
 
     let weights = opts.out.join(model_dir::WEIGHTS_FILE);
-    save_tensors(&weights, &head, &unfam)?;
+    save_tensors(&weights, &head, &fitted.model)?;
     model_dir::write_meta(&opts.out, &meta)?;
     model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
     // Out-of-fold probabilities for refinement (every clip is a training clip here; `pooled`
@@ -391,6 +411,42 @@ pub fn train_linear(
         .iter()
         .map(|l| l.as_ref().map(|l| softmax_t(l, temperature)))
         .collect();
+    // Held-out predictions for the fusion: each clip and its field-chain test copy, predicted
+    // by the fold that held its speaker out, unfamiliarity from that fold's reference.
+    let mut held = Vec::new();
+    for (f, fold) in folds.iter().enumerate() {
+        for &i in &fold.val {
+            let p = &pooled[i].1;
+            let copies = [
+                (
+                    oof_clean[best][i].as_ref(),
+                    Some(&p.train[0]),
+                    Some(&clips[i].clip.evidence),
+                    HeldOutCondition::Clean,
+                ),
+                (
+                    oof_field[best][i].as_ref(),
+                    p.field.as_ref(),
+                    p.field_evidence.as_ref(),
+                    HeldOutCondition::Perturbed,
+                ),
+            ];
+            for (logits, x, evidence, condition) in copies {
+                let (Some(logits), Some(x), Some(evidence)) = (logits, x, evidence) else {
+                    continue;
+                };
+                held.push(HeldOutPrediction {
+                    probs: crate::Probs::new(&opts.labels, softmax_t(logits, temperature)),
+                    evidence: evidence.clone(),
+                    unfamiliarity: fitted.held_out_score(i, x),
+                    label: p.label,
+                    group: format!("fold{}", f + 1),
+                    condition,
+                });
+            }
+        }
+    }
+    held.extend(shifted_held);
     let empty = m.subset(&[]);
     write_evidence(
         &opts.out,
@@ -407,6 +463,7 @@ pub fn train_linear(
         meta,
         routing,
         skipped,
+        held_out: held,
     })
 }
 

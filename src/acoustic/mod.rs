@@ -25,5 +25,8 @@ pub mod unfamiliar;
 pub mod whisper;
 
 pub use error::AcousticError;
-pub use fit::{default_device, train_model, FrontendChoice, TrainEvent, TrainOptions, TrainReport};
+pub use fit::{
+    default_device, train_model, FrontendChoice, HeldOutCondition, HeldOutPrediction, TrainEvent,
+    TrainOptions, TrainReport,
+};
 pub use model::AcousticModel;

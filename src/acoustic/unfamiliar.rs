@@ -204,7 +204,40 @@ pub fn fit_with_threshold(
     unfamiliar_fraction: f64,
     fitted_on: String,
 ) -> Result<(Unfamiliarity, Option<f32>)> {
+    let f = fit_held_out(rows, folds, components, unfamiliar_fraction, fitted_on)?;
+    Ok((f.model, f.threshold))
+}
+
+/// [`fit_with_threshold`] keeping what it fitted on the way: each fold's reference, so that a
+/// held-out row, or a shifted copy of one (a field-chain view of a held-out clip), can be
+/// scored by a reference that never saw its speakers, in the served model's unit.
+pub struct HeldOutUnfamiliarity {
+    pub model: Unfamiliarity,
+    pub threshold: Option<f32>,
+    /// Per fold: its held-out rows and the reference fitted without them.
+    folds: Vec<(Vec<usize>, Unfamiliarity)>,
+}
+
+impl HeldOutUnfamiliarity {
+    /// The held-out score of `x`, a vector of (or made from) row `row`: scored by the reference
+    /// of the fold that held `row` out, in the served model's unit; `None` when no fold held
+    /// it out.
+    pub fn held_out_score(&self, row: usize, x: &[f32]) -> Option<f32> {
+        let (_, u) = self.folds.iter().find(|(rows, _)| rows.contains(&row))?;
+        Some((u.raw(x) / self.model.cfg.reference.max(1e-9)) as f32)
+    }
+}
+
+/// See [`fit_with_threshold`] and [`HeldOutUnfamiliarity`].
+pub fn fit_held_out(
+    rows: &[Vec<f32>],
+    folds: &[Vec<usize>],
+    components: usize,
+    unfamiliar_fraction: f64,
+    fitted_on: String,
+) -> Result<HeldOutUnfamiliarity> {
     let mut held = Vec::new();
+    let mut fold_refs = Vec::new();
     for fold in folds {
         let keep: Vec<Vec<f32>> = (0..rows.len())
             .filter(|i| !fold.contains(i))
@@ -215,6 +248,7 @@ pub fn fit_with_threshold(
         }
         let u = Unfamiliarity::fit(&keep, components, String::new())?;
         held.extend(fold.iter().map(|&i| u.raw(&rows[i])));
+        fold_refs.push((fold.clone(), u));
     }
     let mut u = Unfamiliarity::fit(
         rows,
@@ -232,7 +266,11 @@ pub fn fit_with_threshold(
     let threshold = scores
         .get(q.min(scores.len().saturating_sub(1)))
         .map(|&t| t as f32);
-    Ok((u, threshold))
+    Ok(HeldOutUnfamiliarity {
+        model: u,
+        threshold,
+        folds: fold_refs,
+    })
 }
 
 /// Median of finite values (None when there are none).

@@ -357,7 +357,7 @@ pub fn evaluate_with_output(
     let mut stages = Stages {
         words,
         rules_alone: RuleVote::new(&rules).with_prior_weight(0.0),
-        rules_with_prior: RuleVote::new(&rules),
+        rules_with_prior: RuleVote::new(&rules).with_fusion(fusion),
         router: Router::from_config(&model.routing),
         temperature: model.meta.temperature,
         model,
@@ -412,8 +412,9 @@ struct Stages<'r> {
     llm_decides: bool,
     /// The rule vote alone (uniform prior): the rules-only ablation.
     rules_alone: RuleVote,
-    /// The rule vote with the acoustic prior: the reasoner's label on clips it was not asked
-    /// about. Built once (building one hashes the rule set).
+    /// The model's fusion of the acoustic model and the rules (what decides routed clips
+    /// without an LLM): the reasoner's label on clips it was not asked about. Built once
+    /// (building one hashes the rule set).
     rules_with_prior: RuleVote,
     temperature: f32,
     perturbation_seed: Option<u64>,

@@ -304,6 +304,30 @@ pub struct FusionFit {
     /// What the samples were (written by whoever fitted it, e.g. `just default-model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fitted_on: Option<String>,
+    /// The parameters fitted without each group, at the chosen ridge (the per-fold values;
+    /// empty when acoustic-only won).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_group: BTreeMap<String, FusionParams>,
+    /// How the fusion did on the routed clips of each condition, each group decided by the
+    /// parameters fitted without it (written by [`fit_for_model`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<FusionCheck>,
+}
+
+/// Routed held-out clips of one condition: acoustic-only against the fusion fitted without
+/// the clip's group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FusionCheck {
+    /// `clean` (held-out speakers as recorded), `perturbed` (their perturbed copies) or
+    /// `other_corpus` (clips of a `--shifted-manifest`).
+    pub condition: String,
+    pub clips: usize,
+    pub routed: usize,
+    pub accuracy_acoustic: f64,
+    pub accuracy_fused: f64,
+    /// ECE (15 bins) of the routed clips' top probability.
+    pub ece_acoustic: f64,
+    pub ece_fused: f64,
 }
 
 struct Prepared {
@@ -514,6 +538,17 @@ pub fn fit(samples: &[FusionSample]) -> FusionFit {
         Some((ridge, _)) => FusionParams::from_vec(&newton(&p, &all, ridge, &active)),
         None => FusionParams::ACOUSTIC_ONLY,
     };
+    let per_group = match best {
+        Some((ridge, _)) => groups
+            .iter()
+            .enumerate()
+            .map(|(gi, g)| {
+                let theta = newton(&p, &|i| p.group[i] != gi, ridge, &active);
+                (g.clone(), FusionParams::from_vec(&theta))
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
     FusionFit {
         params,
         ridge: best.map(|(r, _)| r),
@@ -522,7 +557,143 @@ pub fn fit(samples: &[FusionSample]) -> FusionFit {
         groups,
         with_llm,
         fitted_on: None,
+        per_group,
+        checks: Vec::new(),
     }
+}
+
+/// Fit a freshly trained model's fusion on its held-out predictions (what `camxuc train`
+/// does): the clips `routing` routes — validation clips, out-of-fold training clips and their
+/// perturbed copies — with the rules that fire on each. Clean and perturbed clips weigh the
+/// same in total, and each speaker fold (its clean clips with their copies) is one group of
+/// the leave-one-group-out choice of the ridge, so the fit must predict speakers and
+/// recording chains it did not see. The result says per condition how the held-out fusion
+/// did against acoustic-only.
+pub fn fit_for_model(
+    held: &[crate::acoustic::HeldOutPrediction],
+    rules: &crate::rules::RuleSet,
+    routing: &crate::acoustic::model_dir::RoutingConfig,
+) -> FusionFit {
+    use crate::acoustic::HeldOutCondition;
+    let router = super::Router::from_config(routing);
+    let routed: Vec<bool> = held
+        .iter()
+        .map(|h| router.is_ambiguous(&h.probs, h.unfamiliarity))
+        .collect();
+    let n_routed = |c: HeldOutCondition| {
+        held.iter()
+            .zip(&routed)
+            .filter(|(h, r)| **r && h.condition == c)
+            .count()
+    };
+    let mut samples = Vec::new();
+    let mut sample_of = Vec::new();
+    for (i, h) in held.iter().enumerate() {
+        if !routed[i] {
+            continue;
+        }
+        samples.push(FusionSample {
+            acoustic: h.probs.clone(),
+            fired: rules.evaluate(&h.evidence, &h.probs),
+            llm_logp: None,
+            unfamiliarity: h.unfamiliarity,
+            label: h.label,
+            // Every condition weighs the same in total, however many of its clips are routed.
+            weight: 100.0 / n_routed(h.condition).max(1) as f64,
+            group: h.group.clone(),
+        });
+        sample_of.push(i);
+    }
+    let mut fitted = fit(&samples);
+    let counts: Vec<String> = HeldOutCondition::ALL
+        .iter()
+        .filter(|&&c| held.iter().any(|h| h.condition == c))
+        .map(|&c| format!("{} {}", n_routed(c), c.name()))
+        .collect();
+    fitted.fitted_on = Some(format!(
+        "{} routed of {} held-out predictions of this model's training run ({}); rules {} v{}",
+        samples.len(),
+        held.len(),
+        counts.join(", "),
+        rules.name(),
+        rules.version()
+    ));
+    for c in HeldOutCondition::ALL {
+        let clips = held.iter().filter(|h| h.condition == c).count();
+        if clips == 0 {
+            continue;
+        }
+        let (mut conf_a, mut ok_a, mut conf_f, mut ok_f) = (vec![], vec![], vec![], vec![]);
+        for (s, &i) in samples.iter().zip(&sample_of) {
+            if held[i].condition != c {
+                continue;
+            }
+            let params = fitted
+                .per_group
+                .get(&s.group)
+                .copied()
+                .unwrap_or(FusionParams::ACOUSTIC_ONLY);
+            let (fused, _) = fuse(&params, &s.acoustic, &s.fired, None, s.unfamiliarity);
+            for (p, conf, ok) in [
+                (&s.acoustic, &mut conf_a, &mut ok_a),
+                (&fused, &mut conf_f, &mut ok_f),
+            ] {
+                let (top, c) = p.argmax();
+                conf.push(f64::from(c));
+                ok.push(top == s.label);
+            }
+        }
+        let accuracy =
+            |ok: &[bool]| ok.iter().filter(|&&b| b).count() as f64 / ok.len().max(1) as f64;
+        let ece = |conf: &[f64], ok: &[bool]| {
+            crate::eval::metrics::expected_calibration_error(conf, ok, 15)
+        };
+        fitted.checks.push(FusionCheck {
+            condition: c.name().into(),
+            clips,
+            routed: ok_a.len(),
+            accuracy_acoustic: accuracy(&ok_a),
+            accuracy_fused: accuracy(&ok_f),
+            ece_acoustic: ece(&conf_a, &ok_a),
+            ece_fused: ece(&conf_f, &ok_f),
+        });
+    }
+    fitted
+}
+
+/// A fit in a few lines for a person: the parameters, how they were chosen and, when
+/// checked, what they did on held-out routed clips.
+pub fn summary(fit: &FusionFit) -> Vec<String> {
+    let p = &fit.params;
+    let mut lines = vec![match fit.ridge {
+        Some(r) => format!(
+            "fusion: acoustic weight {:.2}, rule scale {:.2}, unfamiliarity {:+.2} / {:+.2} (ridge {r}, {} routed clips, {} groups)",
+            p.acoustic_weight,
+            p.rule_scale,
+            p.unfamiliar_acoustic,
+            p.unfamiliar_rules,
+            fit.n,
+            fit.groups.len()
+        ),
+        None => format!(
+            "fusion: acoustic only (no weighting of the rules beat it on held-out groups; {} routed clips, {} groups)",
+            fit.n,
+            fit.groups.len()
+        ),
+    }];
+    for c in &fit.checks {
+        lines.push(format!(
+            "  {} held-out, {} of {} routed: accuracy {:.3} -> {:.3}, ECE {:.3} -> {:.3}",
+            c.condition,
+            c.routed,
+            c.clips,
+            c.accuracy_acoustic,
+            c.accuracy_fused,
+            c.ece_acoustic,
+            c.ece_fused
+        ));
+    }
+    lines
 }
 
 /// Errors reading or writing a model's fusion file.
