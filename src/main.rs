@@ -18,15 +18,13 @@ use camxuc::eval::run::{
 };
 use camxuc::features::{FeatureConfig, FEATURES};
 use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
-use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
 use camxuc::pipeline::fusion::{self, FusionParams};
 use camxuc::pipeline::output::{
     write_private, BatchWriter, CsvDecisions, Failure, Format as OutputFormat,
 };
 use camxuc::pipeline::{
-    build_reasoner, model_fusion, Opened, Pipeline, PipelineError, PipelineSpec, PromptLayout,
-    ReasonerSpec,
+    build_reasoner, Opened, Pipeline, PipelineError, PipelineSpec, PromptLayout, ReasonerSpec,
 };
 use camxuc::rules::RuleSet;
 use camxuc::Route;
@@ -933,31 +931,15 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             .pipeline
             .transcribe
             .then(|| a.pipeline.asr_language.clone()),
-    };
-    let mut llm = if a.pipeline.llm.eq_ignore_ascii_case("none") {
-        None
-    } else {
-        // The model's labels are enough to pick its rules; `evaluate` loads the model itself.
-        let labels = model_dir::read_meta(&opts.model_dir)?.labels;
-        let rules = active_rules_for(&opts.model_dir, &labels, opts.rules.as_deref())?;
-        Some(
-            build_reasoner(
-                &reasoner,
-                &rules,
-                model_fusion(&opts.model_dir)?,
-                &catalog::models_dir(),
-            )?
-            .0,
-        )
+        reasoner,
     };
     let bar = progress::bar(0, "evaluating");
-    let llm_ref = llm.as_deref_mut().map(|r| r as &mut dyn camxuc::Reasoner);
     let mut show = |done, total| progress::show(&bar, "evaluating", done, total);
     let output = a.out.map(|path| EvalOutput {
         path,
         resume: a.resume,
     });
-    let outcome = evaluate_with_output(&opts, output.as_ref(), llm_ref, &mut show)?;
+    let outcome = evaluate_with_output(&opts, output.as_ref(), &mut show)?;
     bar.finish_and_clear();
     if let Some(dir) = &a.report {
         let files = camxuc::report::write_report(

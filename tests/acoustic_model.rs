@@ -162,8 +162,8 @@ fn whisper_head_beats_chance_on_held_out_real_speakers() {
             seed: 1,
             robustness: false,
             transcribe: None,
+            reasoner: Default::default(),
         },
-        None,
         &mut |_, _| {},
     )
     .unwrap()

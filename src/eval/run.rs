@@ -19,19 +19,18 @@ use super::metrics::{
 };
 use super::record::{AblationLabels, EvalHeader, EvalLine, EvalRecord, EvalSettings, UNUSABLE};
 use crate::acoustic::augment::field_conditions;
-use crate::acoustic::model_dir::{META_FILE, ROUTING_FILE, WEIGHTS_FILE};
-use crate::acoustic::{AcousticError, AcousticModel};
+use crate::acoustic::model_dir::{ModelSource, META_FILE, ROUTING_FILE, WEIGHTS_FILE};
+use crate::acoustic::AcousticError;
 use crate::audio;
 use crate::data::manifest::{Manifest, ManifestRow};
 use crate::data::split::filter_speakers;
 use crate::data::DataError;
-use crate::pipeline::analyse::ClipAnalyser;
-use crate::pipeline::decide::{assess, Consult};
+use crate::pipeline::decide::Consult;
 use crate::pipeline::faithful::Author;
 use crate::pipeline::output::{BatchWriter, Failure, OutputError, RunHeader};
-use crate::pipeline::{active_rules, PipelineError, Router};
-use crate::rules::{RuleSet, RuleVote};
-use crate::{Decision, LabelSet, Reasoner, Route};
+use crate::pipeline::{Pipeline, PipelineError, PipelineSpec, ReasonerSpec};
+use crate::rules::RuleVote;
+use crate::{Decision, LabelSet, Route};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -49,6 +48,9 @@ pub struct EvalOptions {
     /// Transcribe the clips the reasoner is asked about, in this Whisper language (`auto`
     /// detects it), so an LLM reasoner reads what was said.
     pub transcribe: Option<String>,
+    /// What decides routed clips, built as `classify` builds it (default: the model's fusion
+    /// of the acoustic model and the rules, no LLM).
+    pub reasoner: ReasonerSpec,
 }
 
 /// Clean vs field-condition scores on the same clips, with a paired bootstrap interval.
@@ -219,8 +221,6 @@ pub enum EvalError {
     Pipeline(Box<PipelineError>),
     #[error(transparent)]
     Output(#[from] OutputError),
-    #[error("{}: {message}", path.display())]
-    Model { path: PathBuf, message: String },
 }
 
 impl From<PipelineError> for EvalError {
@@ -251,14 +251,14 @@ pub struct SummaryContext {
     pub robustness: bool,
 }
 
-/// Evaluate the model, its rules and (when `llm` is given) an LLM reasoner on a manifest.
-/// With an LLM, routed clips go to it and `llm_only` runs it on every clip.
+/// Evaluate the model, its rules and the reasoner of `opts.reasoner` on a manifest, through
+/// the same [`Pipeline`] `classify` opens. With an LLM that decides, `llm_only` runs it on
+/// every clip.
 pub fn evaluate(
     opts: &EvalOptions,
-    llm: Option<&mut dyn Reasoner>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalOutcome, EvalError> {
-    evaluate_with_output(opts, None, llm, progress)
+    evaluate_with_output(opts, None, progress)
 }
 
 /// [`evaluate`], appending each clip's record (or failure) to `output` as it is decided and,
@@ -266,21 +266,33 @@ pub fn evaluate(
 pub fn evaluate_with_output(
     opts: &EvalOptions,
     output: Option<&EvalOutput>,
-    llm: Option<&mut dyn Reasoner>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalOutcome, EvalError> {
-    let device = crate::acoustic::default_device();
-    let model = AcousticModel::load(&opts.model_dir, &opts.models_dir, &device)?;
-    let labels = model.meta.labels.clone();
+    let spec = PipelineSpec {
+        model: Some(opts.model_dir.clone()),
+        rules: opts.rules.clone(),
+        reasoner: opts.reasoner.clone(),
+        transcribe: opts.transcribe.clone(),
+        threshold: None,
+        abstain_below: None,
+    };
+    let opened = Pipeline::open_dir(
+        &spec,
+        opts.model_dir.clone(),
+        ModelSource::Flag,
+        &opts.models_dir,
+    )?;
+    let pipeline = opened.pipeline;
+    let labels = pipeline.model.meta.labels.clone();
     let mut m = Manifest::load(&opts.manifest, &labels)?;
     if let Some(sel) = &opts.speakers {
         m = filter_speakers(&m, &[sel.as_str()])?;
     }
-    let rules = active_rules(&model, opts.rules.as_deref())?;
     let weights_sha = crate::catalog::sha256_file(&opts.model_dir.join(WEIGHTS_FILE)).ok();
+    let with_llm = !opts.reasoner.llm.eq_ignore_ascii_case("none");
     let ctx = SummaryContext {
         labels: labels.clone(),
-        threshold: model.routing.threshold,
+        threshold: pipeline.router.threshold,
         bootstrap_reps: opts.bootstrap_reps,
         seed: opts.seed,
         model: Identifier {
@@ -288,43 +300,19 @@ pub fn evaluate_with_output(
             sha256: weights_sha.clone(),
         },
         rules: Some(Identifier {
-            name: rules.id_string(),
-            sha256: Some(rules.sha256()),
+            name: pipeline.rules.id_string(),
+            sha256: Some(pipeline.rules.sha256()),
         }),
-        llm: llm.as_ref().map(|r| Identifier {
-            name: r.name(),
+        llm: with_llm.then(|| Identifier {
+            name: pipeline.reasoner_name(),
             sha256: None,
         }),
         robustness: opts.robustness,
     };
-    // Routed clips are decided as `classify` decides them: by the model's fusion.
-    let fusion = crate::pipeline::model_fusion(&opts.model_dir).map_err(|e| EvalError::Model {
-        path: opts.model_dir.join(crate::pipeline::fusion::FUSION_FILE),
-        message: e.to_string(),
-    })?;
-    let mut rule_vote = RuleVote::new(&rules).with_fusion(fusion);
-    let (reasoner, route): (&mut dyn Reasoner, Route) = match llm {
-        // An LLM that only explains leaves the decision to the rule vote: route `rules`.
-        Some(r) => {
-            let route = if r.llm_decides() {
-                Route::Llm
-            } else {
-                Route::Rules
-            };
-            (r, route)
-        }
-        None => (&mut rule_vote, Route::Rules),
-    };
     let header = EvalHeader {
         run: RunHeader {
             camxuc_run: format!("{} eval", env!("CARGO_PKG_VERSION")),
-            model: format!(
-                "{} {}",
-                opts.model_dir.display(),
-                weights_sha.as_deref().unwrap_or("unhashed")
-            ),
-            rules: format!("{} {}", rules.id_string(), rules.sha256()),
-            reasoner: reasoner.name(),
+            ..opened.header
         },
         eval: EvalSettings {
             model_config_sha256: model_config_sha256(&opts.model_dir),
@@ -338,34 +326,13 @@ pub fn evaluate_with_output(
         }
         None => (None, HashMap::new()),
     };
-    let analyser = ClipAnalyser::new(&model.meta.features).map_err(|e| EvalError::Model {
-        path: opts.model_dir.join(META_FILE),
-        message: e.to_string(),
-    })?;
-    let reasoner_decides = reasoner.llm_decides();
-    let words = match &opts.transcribe {
-        Some(language) => Some(
-            crate::pipeline::Words::load(&opts.models_dir, Some(language)).map_err(|e| {
-                EvalError::Model {
-                    path: opts.models_dir.join(crate::pipeline::words::WHISPER_DIR),
-                    message: e.to_string(),
-                }
-            })?,
-        ),
-        None => None,
-    };
+    // Kept clips' reasoner label (the coverage curve) and the rules-only ablation.
+    let fusion = crate::pipeline::model_fusion(&opts.model_dir)?;
     let mut stages = Stages {
-        words,
-        rules_alone: RuleVote::new(&rules).with_prior_weight(0.0),
-        rules_with_prior: RuleVote::new(&rules).with_fusion(fusion),
-        router: Router::from_config(&model.routing),
-        temperature: model.meta.temperature,
-        model,
-        rules,
-        analyser,
-        reasoner,
-        route,
-        llm_decides: reasoner_decides,
+        rules_alone: RuleVote::new(&pipeline.rules).with_prior_weight(0.0),
+        rules_with_prior: RuleVote::new(&pipeline.rules).with_fusion(fusion),
+        temperature: pipeline.model.meta.temperature,
+        pipeline,
         perturbation_seed: header.eval.perturbation_seed,
     };
     let (mut records, mut failures) = (Vec::new(), Vec::new());
@@ -398,18 +365,10 @@ pub fn evaluate_with_output(
         failures,
     })
 }
-/// The loaded stages of one evaluation and how to run them on a manifest row.
-struct Stages<'r> {
-    model: AcousticModel,
-    rules: RuleSet,
-    router: Router,
-    analyser: ClipAnalyser,
-    /// The LLM when given, else the rule vote with the acoustic prior.
-    reasoner: &'r mut dyn Reasoner,
-    /// Route of clips the reasoner decides.
-    route: Route,
-    /// An LLM decides (see `Reasoner::llm_decides`): consult it on every clip.
-    llm_decides: bool,
+/// The pipeline of one evaluation, the ablations beside it, and how to run them on a
+/// manifest row.
+struct Stages {
+    pipeline: Pipeline,
     /// The rule vote alone (uniform prior): the rules-only ablation.
     rules_alone: RuleVote,
     /// The model's fusion of the acoustic model and the rules (what decides routed clips
@@ -418,11 +377,9 @@ struct Stages<'r> {
     rules_with_prior: RuleVote,
     temperature: f32,
     perturbation_seed: Option<u64>,
-    /// Transcribes the clips the reasoner is asked about (`--transcribe`).
-    words: Option<crate::pipeline::Words>,
 }
 
-impl Stages<'_> {
+impl Stages {
     /// One clip's record, or its failure when it cannot be decoded or analysed. Errors of the
     /// model or the reasoner stop the whole evaluation: they are not about this clip.
     fn clip(&mut self, row: &ManifestRow) -> Result<EvalLine, EvalError> {
@@ -433,7 +390,7 @@ impl Stages<'_> {
             })
         };
         let t = Instant::now();
-        let decoded = match audio::load(&row.path, &self.analyser.load) {
+        let decoded = match audio::load(&row.path, &self.pipeline.analyser.load) {
             Ok(a) => a,
             Err(e) => return Ok(failure(&e)),
         };
@@ -445,26 +402,20 @@ impl Stages<'_> {
             p
         });
         let t = Instant::now();
-        let mut clip = match self.analyser.analyse_audio(decoded) {
+        let mut clip = match self.pipeline.analyser.analyse_audio(decoded) {
             Ok(c) => c,
             Err(e) => return Ok(failure(&e)),
         };
         let features_ms = ms(t);
-        let assessment = assess(
-            &self.model,
-            &self.rules,
-            &self.router,
-            &mut *self.reasoner,
-            &mut clip,
-            // An LLM that decides is scored on every clip (the llm_only ablation); other
-            // reasoners (the rule vote, an LLM that only explains) only where routed.
-            if self.llm_decides {
-                Consult::Always
-            } else {
-                Consult::RoutedOnly
-            },
-            self.words.as_mut(),
-        )?;
+        // An LLM that decides is scored on every clip (the llm_only ablation); other
+        // reasoners (the fusion, an LLM that only explains) only where routed.
+        let llm_decides = self.pipeline.llm_decides();
+        let consult = if llm_decides {
+            Consult::Always
+        } else {
+            Consult::RoutedOnly
+        };
+        let assessment = self.pipeline.assess_clip(&mut clip, consult)?;
         let acoustic_only = assessment.acoustic.top_label().to_string();
         let rules_only = self
             .rules_alone
@@ -481,16 +432,18 @@ impl Stages<'_> {
                 .top_label()
                 .to_string(),
         };
+        let route = self.pipeline.reasoner_route();
         let mut decision =
-            assessment.into_decision(clip.evidence, &row.rel_path, None, self.route, None);
+            assessment.into_decision(clip.evidence, &row.rel_path, None, route, None);
         decision.timings_ms.insert("decode".into(), decode_ms);
         decision.timings_ms.insert("features".into(), features_ms);
         let perturbed_label = match perturbed {
             None => None,
             // A clip that field conditions make unusable (e.g. VAD finds no speech) counts as
             // wrong in the robustness scores.
-            Some(audio) => Some(match self.analyser.analyse_audio(audio) {
+            Some(audio) => Some(match self.pipeline.analyser.analyse_audio(audio) {
                 Ok(mut c) => self
+                    .pipeline
                     .model
                     .predict(std::slice::from_mut(&mut c))?
                     .remove(0)
@@ -503,7 +456,7 @@ impl Stages<'_> {
             ablations: AblationLabels {
                 acoustic_only,
                 rules_only,
-                llm_only: self.llm_decides.then(|| reasoner.clone()),
+                llm_only: llm_decides.then(|| reasoner.clone()),
                 reasoner,
                 routed: decision.label.clone(),
             },

@@ -156,6 +156,16 @@ impl Pipeline {
         let (model_dir, source) = model_dir::resolve(spec.model.as_deref(), models_dir)
             .map_err(crate::acoustic::AcousticError::from)?;
         eprintln!("model: {} ({source})", model_dir.display());
+        Self::open_dir(spec, model_dir, source, models_dir)
+    }
+
+    /// [`open`](Self::open) on a model directory already resolved.
+    pub fn open_dir(
+        spec: &PipelineSpec,
+        model_dir: PathBuf,
+        source: ModelSource,
+        models_dir: &Path,
+    ) -> Result<Opened, PipelineError> {
         let model = AcousticModel::load(&model_dir, models_dir, &default_device())?;
         let rules = active_rules(&model, spec.rules.as_deref())?;
         let fusion = model_fusion(&model_dir)?;

@@ -132,6 +132,34 @@ impl Pipeline {
         self.reasoner.name()
     }
 
+    /// The route recorded for clips the reasoner decides.
+    pub fn reasoner_route(&self) -> Route {
+        self.reasoner_route
+    }
+
+    /// Whether the reasoner's own label scores decide (an LLM under `--llm-decides`).
+    pub fn llm_decides(&self) -> bool {
+        self.reasoner.llm_decides()
+    }
+
+    /// Acoustic model → rules → router → reasoner on an analysed clip ([`assess`] with this
+    /// pipeline's stages).
+    pub fn assess_clip(
+        &mut self,
+        clip: &mut AnalysedClip,
+        consult: Consult,
+    ) -> Result<Assessment, PipelineError> {
+        assess(
+            &self.model,
+            &self.rules,
+            &self.router,
+            self.reasoner.as_mut(),
+            clip,
+            consult,
+            self.words.as_mut(),
+        )
+    }
+
     /// Decide one file as one clip.
     pub fn decide_file(&mut self, path: &Path, name: &str) -> Result<Decision, PipelineError> {
         let t = Instant::now();
@@ -181,15 +209,7 @@ impl Pipeline {
         name: &str,
         segment: Option<Segment>,
     ) -> Result<Decision, PipelineError> {
-        let assessment = assess(
-            &self.model,
-            &self.rules,
-            &self.router,
-            self.reasoner.as_mut(),
-            &mut clip,
-            Consult::RoutedOnly,
-            self.words.as_mut(),
-        )?;
+        let assessment = self.assess_clip(&mut clip, Consult::RoutedOnly)?;
         Ok(assessment.into_decision(
             clip.evidence,
             name,
