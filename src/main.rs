@@ -1181,7 +1181,11 @@ fn refine(a: RefineArgs) -> Result<ExitCode> {
             outcome.in_sample_skipped
         );
     }
-    if outcome.rounds.is_empty() {
+    if outcome.rules_inert {
+        println!(
+            "the model's fusion (fusion.json) gives the rules no weight on these clips (acoustic only, as fitted by `camxuc train`): no rule edit can change a decision, rules unchanged. A fusion fitted with another corpus or site among its conditions (`camxuc train --shifted-manifest`) lets the rules in where clips are unfamiliar"
+        );
+    } else if outcome.rounds.is_empty() {
         println!("no edit raises macro-F1 on these clips: rules unchanged");
     }
     for r in &outcome.rounds {

@@ -86,6 +86,8 @@ fn refine_uses_held_out_predictions_and_writes_versions_and_reports() {
     // held-out predictions: none was predicted by a model that saw it.
     assert_eq!(v["clips"], 36, "{v}");
     assert_eq!(v["in_sample_skipped"], 0);
+    // No fusion.json (a library-trained model): the unfitted rule vote gives the rules weight.
+    assert_eq!(v["rules_inert"], false);
     assert!(v["by_source"]["out-of-fold"].as_u64().unwrap() > 0, "{v}");
     assert!(
         !model.join("rules.toml").exists(),
@@ -245,4 +247,45 @@ fn refine_rejects_bad_inputs_with_the_file_named() {
         err.contains("few.csv") && err.contains("at least 20"),
         "{err}"
     );
+}
+
+/// A model whose fusion gives the rules no weight (an acoustic-only fit, what `camxuc train`
+/// writes when the rules do not help on its held-out clips): refine says that no rule edit can
+/// change a decision, searches nothing and writes no rule version.
+#[test]
+fn refine_says_so_when_the_fusion_gives_the_rules_no_weight() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (manifest, model) = corpus_and_model(tmp.path());
+    std::fs::write(
+        model.join("fusion.json"),
+        r#"{"params": {"acoustic_weight": 1.0, "rule_scale": 0.0, "unfamiliar_acoustic": 0.0,
+            "unfamiliar_rules": 0.0, "llm_weight": 0.0},
+            "ridge": null, "held_out_nll": {}, "n": 0, "groups": [], "with_llm": false}"#,
+    )
+    .unwrap();
+    let json = tmp.path().join("refine.json");
+    let o = refine(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("gives the rules no weight"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["rules_inert"], true);
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 0);
+    let written: Vec<_> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("rules.v") || n.starts_with("refine-round"))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
 }

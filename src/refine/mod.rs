@@ -279,6 +279,10 @@ pub struct RefineOutcome {
     pub active_rules: String,
     /// The routing refit (`--refit-routing`), when asked for.
     pub routing: Option<routing::RoutingRefit>,
+    /// The model's fusion gives the rules no weight on any routed clip (its rule scale is 0
+    /// at every routed clip's unfamiliarity, e.g. an acoustic-only fit): no rule edit can
+    /// change a decision, so no round was searched.
+    pub rules_inert: bool,
 }
 
 /// Progress of a refinement run.
@@ -611,9 +615,25 @@ pub fn refine(
     }
     let routed_fraction = routed.iter().filter(|&&r| r).count() as f64 / clips.len() as f64;
 
+    // Whether the served fusion lets the rules move any routed clip at all.
+    let rule_scales: Vec<f64> = clips
+        .iter()
+        .zip(&routed)
+        .map(|(c, r)| (c.unfamiliarity, *r))
+        .chain(shifted.iter().flat_map(|s| {
+            s.clips
+                .iter()
+                .zip(&s.routed)
+                .map(|(c, r)| (c.unfamiliarity, *r))
+        }))
+        .filter(|(_, routed)| *routed)
+        .map(|(u, _)| fusion.weights_for(u).1)
+        .collect();
+    let rules_inert = !rule_scales.is_empty() && rule_scales.iter().all(|&b| b == 0.0);
+
     let date = today();
     let mut outcomes = Vec::new();
-    for round in 1..=opts.rounds.max(1) {
+    for round in (1..=opts.rounds.max(1)).filter(|_| !rules_inert) {
         on_event(RefineEvent::Round {
             round,
             rounds: opts.rounds.max(1),
@@ -736,6 +756,7 @@ pub fn refine(
         rounds: outcomes,
         active_rules: active.id_string(),
         routing: routing_refit,
+        rules_inert,
     })
 }
 
