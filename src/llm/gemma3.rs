@@ -9,29 +9,30 @@ use std::sync::Arc;
 
 use super::error::LlmError;
 use super::gguf::GgufFile;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::split::SplitPool;
 #[cfg(feature = "research")]
 use super::transformer::HiddenSum;
-use super::transformer::{grouped_attention, rotary_tables, TensorSource};
+use super::transformer::{grouped_attention, rotary_tables, Proj, TensorSource};
 
 #[derive(Debug, Clone)]
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Proj,
+    wk: Proj,
+    wv: Proj,
+    wo: Proj,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     attn_norm: RmsNorm,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
     post_ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
     /// Local (sliding-window) layer: attends to the last `window` positions only.
     sliding: bool,
     kv: Option<(Tensor, Tensor)>,
@@ -47,7 +48,7 @@ pub(crate) struct Gemma3 {
     window: usize,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Proj,
     /// (cos, sin) for global and for sliding layers (different rope bases).
     rope_global: (Tensor, Tensor),
     rope_local: (Tensor, Tensor),
@@ -112,10 +113,13 @@ impl Gemma3Config {
 }
 
 impl Gemma3 {
+    /// Load the weights; projections run on their own blocks ([`Proj::plain`]), half of each
+    /// on `split`'s helper thread when given.
     pub fn load(
         cfg: &Gemma3Config,
         src: &mut dyn TensorSource,
         max_positions: usize,
+        split: Option<Arc<SplitPool>>,
     ) -> Result<Self> {
         let Gemma3Config {
             n_head,
@@ -131,15 +135,21 @@ impl Gemma3 {
         } = cfg.clone();
         let embedding = Arc::new(src.tensor("token_embd.weight")?);
         let output = if src.has("output.weight") {
-            QMatMul::from_qtensor(src.tensor("output.weight")?)?
+            Proj::plain(Arc::new(src.tensor("output.weight")?), split.clone())?
         } else {
-            QMatMul::from_arc(embedding.clone())?
+            // Tied embeddings: the same blocks serve as the output projection.
+            Proj::plain(embedding.clone(), split.clone())?
         };
         let norm = RmsNorm::from_qtensor(src.tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = format!("blk.{i}");
-            let mut mm = |n: &str| QMatMul::from_qtensor(src.tensor(&format!("{p}.{n}.weight"))?);
+            let mut mm = |n: &str| {
+                Proj::plain(
+                    Arc::new(src.tensor(&format!("{p}.{n}.weight"))?),
+                    split.clone(),
+                )
+            };
             let (wq, wk, wv, wo) = (
                 mm("attn_q")?,
                 mm("attn_k")?,

@@ -18,6 +18,7 @@ use candle_core::{Device, Tensor};
 use super::error::LlmError;
 use super::gemma3::{Gemma3, Gemma3Config};
 use super::gguf::{Architecture, GgufFile};
+use super::split::SplitPool;
 #[cfg(feature = "research")]
 use super::transformer::HiddenSum;
 use super::transformer::{Hyper, TensorSource, Transformer};
@@ -194,10 +195,27 @@ impl LlmModel {
                         .map_err(model_err)?,
                 )
             }
-            Architecture::Gemma3 => Decoder::Gemma3(
-                Gemma3::load(&Gemma3Config::from_gguf(file)?, &mut src, max_context)
+            Architecture::Gemma3 => {
+                // The same helper thread as the llama family's products.
+                let split = if options.product_threads >= 2 {
+                    Some(Arc::new(SplitPool::new().map_err(|e| {
+                        model_err(candle_core::Error::Msg(format!(
+                            "cannot start a thread: {e}"
+                        )))
+                    })?))
+                } else {
+                    None
+                };
+                Decoder::Gemma3(
+                    Gemma3::load(
+                        &Gemma3Config::from_gguf(file)?,
+                        &mut src,
+                        max_context,
+                        split,
+                    )
                     .map_err(model_err)?,
-            ),
+                )
+            }
         };
         let vocab = file
             .content()
@@ -396,6 +414,12 @@ impl TensorSource for GgufSource<'_> {
             .file
             .content()
             .tensor(&mut self.reader, name, &Device::Cpu)?;
+        if let Some((block, value)) = super::qmatrix::non_finite_scale(&t)? {
+            candle_core::bail!(
+                "tensor {name} ({:?}): block {block} has a scale of {value}, not a finite number (a damaged file)",
+                t.dtype()
+            );
+        }
         let slow = match t.dtype() {
             GgmlDType::Q4_1 => !self.keep_q4_1,
             GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,
@@ -461,4 +485,61 @@ fn llama_hyper(
         product_threads,
         split: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{gguf_file, QStorage};
+
+    /// A GGUF whose Q4_K tensor has a NaN super-block scale: reading it is an error that names
+    /// the tensor and the block, not a model that answers NaN.
+    #[test]
+    fn a_k_quant_block_with_a_nan_scale_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.gguf");
+        let w = Tensor::from_vec(
+            (0..8 * 512)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect(),
+            (8, 512),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let good = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let mut bytes = good.data().unwrap().to_vec();
+        let block = 144; // bytes per Q4_K block; d is its first f16
+        bytes[3 * block..3 * block + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        let bad = QTensor::new(
+            QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, GgmlDType::Q4K)
+                .unwrap(),
+            (8, 512),
+        )
+        .unwrap();
+        let arch = gguf_file::Value::String("llama".into());
+        gguf_file::write(
+            &mut File::create(&path).unwrap(),
+            &[("general.architecture", &arch)],
+            &[
+                ("blk.0.attn_q.weight", &good),
+                ("blk.0.attn_k.weight", &bad),
+            ],
+        )
+        .unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let mut src = GgufSource {
+            file: &file,
+            reader: BufReader::new(File::open(&path).unwrap()),
+            requantize: true,
+            keep_q4_1: true,
+            requantized: 0,
+            requantize_ms: 0.0,
+        };
+        assert!(src.tensor("blk.0.attn_q.weight").is_ok());
+        let err = src.tensor("blk.0.attn_k.weight").unwrap_err().to_string();
+        assert!(
+            err.contains("blk.0.attn_k.weight") && err.contains("block 3") && err.contains("NaN"),
+            "{err}"
+        );
+    }
 }

@@ -10,6 +10,13 @@
 //! multiply-adds) takes the same path with `d_w·d_a·Σ q_w·q_a`, so it can be split across
 //! threads too and gives the same numbers in any pass.
 //!
+//! K-quant weights (Q4_K, Q5_K, Q6_K: what most downloadable GGUFs use) and Q5_0 take candle's
+//! own dot products (AVX2 or NEON, chosen at run time; the scalar reference elsewhere) on their
+//! blocks, with the activations quantised once per product to the type each pairs with (Q8_K,
+//! Q8_0): what candle's `QMatMul` does, but on both of the model's threads, split by weight
+//! rows like the Q4_1 path, where `QMatMul` ran them on one because the model pins candle's
+//! pool to one thread.
+//!
 //! Every activation row gets exactly the same arithmetic whether it comes alone (a generated
 //! token) or with others (a prompt chunk, taken four rows per pass over a weight block), and
 //! whichever thread computes it, so a prompt fed in one pass or in several gives the same
@@ -17,6 +24,7 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ6K, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result, Tensor};
 use half::f16;
@@ -29,6 +37,15 @@ const QK: usize = 32;
 /// A weight block format as stored in GGUF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
+    /// A format with this module's own kernels.
+    Own(OwnFormat),
+    /// A format whose dot product is candle's (see the module docs).
+    Candle(CandleFormat),
+}
+
+/// The formats with this module's own kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnFormat {
     /// `d: f16, m: f16, qs: [u8; 16]`: value `j` in the low nibble of `qs[j]`, value `j + 16`
     /// in its high nibble; x = d·q + m.
     Q4_1,
@@ -36,15 +53,7 @@ enum Format {
     Q8_0,
 }
 
-impl Format {
-    fn of(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::Q4_1 => Some(Self::Q4_1),
-            GgmlDType::Q8_0 => Some(Self::Q8_0),
-            _ => None,
-        }
-    }
-
+impl OwnFormat {
     fn block_bytes(self) -> usize {
         match self {
             Self::Q4_1 => 20,
@@ -52,6 +61,57 @@ impl Format {
         }
     }
 }
+
+/// The formats run through candle's dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CandleFormat {
+    Q4K,
+    Q5K,
+    Q6K,
+    Q5_0,
+}
+
+impl Format {
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_1 => Some(Self::Own(OwnFormat::Q4_1)),
+            GgmlDType::Q8_0 => Some(Self::Own(OwnFormat::Q8_0)),
+            GgmlDType::Q4K => Some(Self::Candle(CandleFormat::Q4K)),
+            GgmlDType::Q5K => Some(Self::Candle(CandleFormat::Q5K)),
+            GgmlDType::Q6K => Some(Self::Candle(CandleFormat::Q6K)),
+            GgmlDType::Q5_0 => Some(Self::Candle(CandleFormat::Q5_0)),
+            _ => None,
+        }
+    }
+
+    /// Bytes per block and values per block.
+    fn block(self) -> (usize, usize) {
+        match self {
+            Self::Own(o) => (o.block_bytes(), QK),
+            Self::Candle(c) => match c {
+                CandleFormat::Q4K => (size_of::<BlockQ4K>(), BlockQ4K::BLCK_SIZE),
+                CandleFormat::Q5K => (size_of::<BlockQ5K>(), BlockQ5K::BLCK_SIZE),
+                CandleFormat::Q6K => (size_of::<BlockQ6K>(), BlockQ6K::BLCK_SIZE),
+                CandleFormat::Q5_0 => (size_of::<BlockQ5_0>(), BlockQ5_0::BLCK_SIZE),
+            },
+        }
+    }
+
+    /// The memory alignment its blocks need to be read in place.
+    fn align(self) -> usize {
+        match self {
+            Self::Own(_) => 1,
+            Self::Candle(c) => match c {
+                CandleFormat::Q4K => align_of::<BlockQ4K>(),
+                CandleFormat::Q5K => align_of::<BlockQ5K>(),
+                CandleFormat::Q6K => align_of::<BlockQ6K>(),
+                CandleFormat::Q5_0 => align_of::<BlockQ5_0>(),
+            },
+        }
+    }
+}
+
+use std::mem::{align_of, size_of};
 
 /// Activation rows that share one pass over a weight block.
 const ROWS_PER_PASS: usize = 4;
@@ -92,14 +152,22 @@ impl QMatrix {
         let Ok((rows, cols)) = t.shape().dims2() else {
             return Ok(None);
         };
-        if cols == 0 || cols % QK != 0 || !t.device().is_cpu() {
+        let (block_bytes, block_values) = format.block();
+        if cols == 0 || cols % block_values != 0 || !t.device().is_cpu() {
             return Ok(None);
         }
-        let expected = rows * cols / QK * format.block_bytes();
-        let held = t.data()?.len();
+        let expected = rows * cols / block_values * block_bytes;
+        let data = t.data()?;
+        let held = data.len();
         if held != expected {
             bail!("{format:?} tensor of shape ({rows}, {cols}) holds {held} bytes, expected {expected}");
         }
+        // candle keeps a tensor's blocks in a vector of its block type, so they are aligned;
+        // anything else goes to candle's own product.
+        if data.as_ptr() as usize % format.align() != 0 {
+            return Ok(None);
+        }
+        drop(data);
         Ok(Some(Self {
             rows,
             cols,
@@ -123,23 +191,42 @@ impl QMatrix {
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let m = xs.len() / k;
-        let acts = Q8Rows::quantize(&xs, k);
         let mut out = vec![0f32; m * self.rows];
         let data = self.tensor.data()?;
-        self.product(&data, &acts, m, &mut out);
+        match self.format {
+            Format::Own(own) => {
+                let acts = Q8Rows::quantize(&xs, k);
+                self.product(m, &mut out, &|j0, dst| {
+                    self.rows_product(own, &data, &acts, j0, dst)
+                });
+            }
+            Format::Candle(c) => match c {
+                CandleFormat::Q4K => self.candle_product::<BlockQ4K>(&data, &xs, m, &mut out),
+                CandleFormat::Q5K => self.candle_product::<BlockQ5K>(&data, &xs, m, &mut out),
+                CandleFormat::Q6K => self.candle_product::<BlockQ6K>(&data, &xs, m, &mut out),
+                CandleFormat::Q5_0 => self.candle_product::<BlockQ5_0>(&data, &xs, m, &mut out),
+            },
+        }
         let mut shape = lead.to_vec();
         shape.push(self.rows);
         Tensor::from_vec(out, shape, x.device())
     }
 
-    /// out[r][j] = row r of the activations · weight row j (`out` is m × rows, row-major).
-    fn product(&self, data: &[u8], acts: &Q8Rows, m: usize, out: &mut [f32]) {
+    /// out[r][j] = row r of the activations · weight row j (`out` is m × rows, row-major),
+    /// with `rows_product(j0, dst)` filling weight rows `j0..j0 + dst[r].len()` of every
+    /// activation row r: on this thread alone, or half on the helper thread.
+    fn product(
+        &self,
+        m: usize,
+        out: &mut [f32],
+        rows_product: &(dyn Fn(usize, Vec<&mut [f32]>) + Sync),
+    ) {
         let Some(split) = self
             .split
             .as_ref()
             .filter(|_| m * self.rows * self.cols >= SPLIT_MIN_MACS)
         else {
-            self.rows_product(data, acts, 0, out.chunks_exact_mut(self.rows).collect());
+            rows_product(0, out.chunks_exact_mut(self.rows).collect());
             return;
         };
         // Half of the weight rows, i.e. half of the columns of every output row, each.
@@ -151,17 +238,51 @@ impl QMatrix {
             mine.push(a);
             theirs.push(b);
         }
-        split.join(
-            || self.rows_product(data, acts, 0, mine),
-            || self.rows_product(data, acts, half, theirs),
-        );
+        split.join(|| rows_product(0, mine), || rows_product(half, theirs));
+    }
+
+    /// The product for a format with candle's dot product: the activations quantised once to
+    /// the type it pairs with, then one `vec_dot` per (weight row, activation row), weight row
+    /// outside so it stays in cache (the same arithmetic for a row in any pass or thread).
+    fn candle_product<T: GgmlType>(&self, data: &[u8], xs: &[f32], m: usize, out: &mut [f32]) {
+        let per_row = self.cols / T::BLCK_SIZE;
+        // SAFETY: `from_qtensor` checked the length (rows × per_row blocks of T) and the
+        // alignment of these bytes, which are the tensor's own blocks of type T.
+        let w: &[T] =
+            unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, self.rows * per_row) };
+        let dot_per_row = self.cols / <T::VecDotType as GgmlType>::BLCK_SIZE;
+        let mut acts = vec![T::VecDotType::zeros(); m * dot_per_row];
+        for (x, a) in xs
+            .chunks_exact(self.cols)
+            .zip(acts.chunks_exact_mut(dot_per_row))
+        {
+            T::VecDotType::from_float(x, a);
+        }
+        self.product(m, out, &|j0, mut dst| {
+            let width = dst.first().map_or(0, |r| r.len());
+            for (j, wr) in w[j0 * per_row..(j0 + width) * per_row]
+                .chunks_exact(per_row)
+                .enumerate()
+            {
+                for (r, a) in acts.chunks_exact(dot_per_row).enumerate() {
+                    dst[r][j] = T::vec_dot(self.cols, wr, a);
+                }
+            }
+        });
     }
 
     /// Products of weight rows `j0..j0 + dst[r].len()` with every activation row `r`.
-    fn rows_product(&self, data: &[u8], acts: &Q8Rows, j0: usize, mut dst: Vec<&mut [f32]>) {
+    fn rows_product(
+        &self,
+        own: OwnFormat,
+        data: &[u8],
+        acts: &Q8Rows,
+        j0: usize,
+        mut dst: Vec<&mut [f32]>,
+    ) {
         let m = dst.len();
         let width = dst.first().map_or(0, |r| r.len());
-        let row_bytes = self.cols / QK * self.format.block_bytes();
+        let row_bytes = self.cols / QK * own.block_bytes();
         // Weight row outside, activation rows inside: a weight row (a few hundred bytes) is
         // read from memory once and stays in L1 while every activation row uses it.
         for (j, w) in data[j0 * row_bytes..(j0 + width) * row_bytes]
@@ -172,7 +293,7 @@ impl QMatrix {
             while r0 < m {
                 let rows = (m - r0).min(ROWS_PER_PASS);
                 let mut sums = [0f32; ROWS_PER_PASS];
-                dot_rows(self.format, w, acts, r0, rows, &mut sums);
+                dot_rows(own, w, acts, r0, rows, &mut sums);
                 for (r, v) in sums[..rows].iter().enumerate() {
                     dst[r0 + r][j] = *v;
                 }
@@ -211,6 +332,43 @@ impl Q8Rows {
     }
 }
 
+/// Where a block type keeps its f16 scales (and minimums): the block size in bytes and the
+/// byte offsets inside a block. `None` for types without per-block scales (f32, f16, …).
+fn scale_layout(dtype: GgmlDType) -> Option<(usize, &'static [usize])> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => (18, &[0]),
+        GgmlDType::Q4_1 => (20, &[0, 2]),
+        GgmlDType::Q5_0 => (22, &[0]),
+        GgmlDType::Q5_1 => (24, &[0, 2]),
+        GgmlDType::Q8_0 => (34, &[0]),
+        GgmlDType::Q2K => (84, &[80, 82]),
+        GgmlDType::Q3K => (110, &[108]),
+        GgmlDType::Q4K => (144, &[0, 2]),
+        GgmlDType::Q5K => (176, &[0, 2]),
+        GgmlDType::Q6K => (210, &[208]),
+        _ => return None,
+    })
+}
+
+/// The first block of a quantised tensor whose scale or minimum is not a finite number, with
+/// that value: such a block turns every product it enters into NaN, so a loader refuses the
+/// tensor by name instead of letting a model answer NaN.
+pub(crate) fn non_finite_scale(t: &QTensor) -> Result<Option<(usize, f32)>> {
+    let Some((block_bytes, offsets)) = scale_layout(t.dtype()) else {
+        return Ok(None);
+    };
+    let data = t.data()?;
+    for (b, block) in data.chunks_exact(block_bytes).enumerate() {
+        for &at in offsets {
+            let v = half_at(block, at);
+            if !v.is_finite() {
+                return Ok(Some((b, v)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[inline]
 fn half_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
@@ -219,7 +377,7 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
 /// Dot products of weight row `w` with activation rows `r0..r0 + rows` (rows ≤ 4).
 #[cfg(target_feature = "avx2")]
 fn dot_rows(
-    format: Format,
+    format: OwnFormat,
     w: &[u8],
     acts: &Q8Rows,
     r0: usize,
@@ -230,15 +388,15 @@ fn dot_rows(
     // `w` (whole blocks) or `acts.qs` (32 values per block).
     unsafe {
         match format {
-            Format::Q4_1 => avx2::dot_rows_q4_1(w, acts, r0, rows, sums),
-            Format::Q8_0 => avx2::dot_rows_q8_0(w, acts, r0, rows, sums),
+            OwnFormat::Q4_1 => avx2::dot_rows_q4_1(w, acts, r0, rows, sums),
+            OwnFormat::Q8_0 => avx2::dot_rows_q8_0(w, acts, r0, rows, sums),
         }
     }
 }
 
 #[cfg(not(target_feature = "avx2"))]
 fn dot_rows(
-    format: Format,
+    format: OwnFormat,
     w: &[u8],
     acts: &Q8Rows,
     r0: usize,
@@ -251,7 +409,7 @@ fn dot_rows(
 /// The reference form of [`dot_rows`] (the fallback without AVX2, and the tests' oracle).
 #[cfg_attr(target_feature = "avx2", allow(dead_code))]
 fn scalar_dot_rows(
-    format: Format,
+    format: OwnFormat,
     w: &[u8],
     acts: &Q8Rows,
     r0: usize,
@@ -266,7 +424,7 @@ fn scalar_dot_rows(
             let a = &acts.qs[(row * nb + b) * QK..][..QK];
             let i = row * nb + b;
             match format {
-                Format::Q4_1 => {
+                OwnFormat::Q4_1 => {
                     let mut isum = 0i32;
                     for (j, &q) in blk[4..].iter().enumerate() {
                         isum +=
@@ -274,7 +432,7 @@ fn scalar_dot_rows(
                     }
                     acc += half_at(blk, 0) * acts.d[i] * isum as f32 + half_at(blk, 2) * acts.s[i];
                 }
-                Format::Q8_0 => {
+                OwnFormat::Q8_0 => {
                     let isum: i32 = blk[2..]
                         .iter()
                         .zip(a)
@@ -290,7 +448,7 @@ fn scalar_dot_rows(
 
 #[cfg(target_feature = "avx2")]
 mod avx2 {
-    use super::{half_at, Format, Q8Rows, QK, ROWS_PER_PASS};
+    use super::{half_at, OwnFormat, Q8Rows, QK, ROWS_PER_PASS};
     use std::arch::x86_64::*;
 
     /// Σ over 32 lanes of u8 × i8, as 8 i32 partial sums. Pairs are summed to i16 first, so
@@ -323,7 +481,7 @@ mod avx2 {
         let low = _mm_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
         let mut offsets = [0f32; ROWS_PER_PASS];
-        for (b, blk) in w.chunks_exact(Format::Q4_1.block_bytes()).enumerate() {
+        for (b, blk) in w.chunks_exact(OwnFormat::Q4_1.block_bytes()).enumerate() {
             let dw = half_at(blk, 0);
             let mw = half_at(blk, 2);
             let q = _mm_loadu_si128(blk.as_ptr().add(4) as *const __m128i);
@@ -352,7 +510,7 @@ mod avx2 {
     ) {
         let nb = acts.blocks_per_row;
         let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
-        for (b, blk) in w.chunks_exact(Format::Q8_0.block_bytes()).enumerate() {
+        for (b, blk) in w.chunks_exact(OwnFormat::Q8_0.block_bytes()).enumerate() {
             let dw = half_at(blk, 0);
             let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
             // `block_isum` takes unsigned × signed: |w| times a with w's sign (ggml's trick).
@@ -469,14 +627,17 @@ mod tests {
             let (q, mine) = matrix(dtype, 8, 320)?;
             let xs = values(6 * 320, 5);
             let acts = Q8Rows::quantize(&xs, 320);
-            let row_bytes = 320 / QK * mine.format.block_bytes();
+            let Format::Own(own) = mine.format else {
+                unreachable!("{dtype:?} has its own kernels")
+            };
+            let row_bytes = 320 / QK * own.block_bytes();
             let data = q.data()?;
             for (j, w) in data.chunks_exact(row_bytes).enumerate() {
                 for r0 in [0, 4] {
                     let rows = (6 - r0).min(ROWS_PER_PASS);
                     let (mut fast, mut slow) = ([0f32; 4], [0f32; 4]);
-                    dot_rows(mine.format, w, &acts, r0, rows, &mut fast);
-                    scalar_dot_rows(mine.format, w, &acts, r0, rows, &mut slow);
+                    dot_rows(own, w, &acts, r0, rows, &mut fast);
+                    scalar_dot_rows(own, w, &acts, r0, rows, &mut slow);
                     for r in 0..rows {
                         let tol = 1e-4 * slow[r].abs().max(1.0);
                         assert!(
@@ -492,11 +653,115 @@ mod tests {
         Ok(())
     }
 
+    /// Formats whose dot product is candle's, with an odd number of weight rows and a width
+    /// of three K-quant super-blocks.
+    const CANDLE_FORMATS: [GgmlDType; 4] = [
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5_0,
+    ];
+    const K_ROWS: usize = 67;
+    const K_COLS: usize = 768;
+
+    #[test]
+    fn k_quant_products_equal_candles_and_the_dequantised_weights() -> Result<()> {
+        for dtype in CANDLE_FORMATS {
+            let (q, mine) = matrix(dtype, K_ROWS, K_COLS)?;
+            assert!(matches!(mine.format, Format::Candle(_)), "{dtype:?}");
+            for m in [1usize, 3, 5] {
+                let x = Tensor::from_vec(values(m * K_COLS, 3), (1, m, K_COLS), &Device::Cpu)?;
+                let got = mine.forward(&x)?;
+                assert_eq!(got.dims(), &[1, m, K_ROWS]);
+                let exact = x.broadcast_matmul(&q.dequantize(&Device::Cpu)?.t()?)?;
+                let scale = exact.abs()?.max_all()?.to_scalar::<f32>()?;
+                let err = (&got - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(err < 0.01 * scale, "{dtype:?}: error {err} against {scale}");
+                // candle's product quantises the activations the same way and calls the same
+                // dot product: the same numbers up to summation order.
+                let candle = QMatMul::from_arc(q.clone())?.forward(&x)?;
+                let diff = (&got - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{dtype:?}, {m} rows: differs from candle's by {diff}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn k_quant_rows_are_the_same_alone_in_a_batch_and_on_two_threads() -> Result<()> {
+        let pool = Arc::new(SplitPool::new().expect("a helper thread"));
+        for dtype in CANDLE_FORMATS {
+            let (q, one) = matrix(dtype, K_ROWS, K_COLS)?;
+            let two = QMatrix::from_qtensor(q, Some(pool.clone()))?.expect("a supported matrix");
+            let m = 7;
+            assert!(m * K_ROWS * K_COLS >= SPLIT_MIN_MACS);
+            let xs = values(m * K_COLS, 13);
+            let x = Tensor::from_vec(xs.clone(), (m, K_COLS), &Device::Cpu)?;
+            let batch = one.forward(&x)?.to_vec2::<f32>()?;
+            assert_eq!(batch, two.forward(&x)?.to_vec2::<f32>()?, "{dtype:?}");
+            for (r, want) in batch.iter().enumerate() {
+                let alone = Tensor::from_vec(
+                    xs[r * K_COLS..(r + 1) * K_COLS].to_vec(),
+                    (1, K_COLS),
+                    &Device::Cpu,
+                )?;
+                assert_eq!(
+                    &two.forward(&alone)?.to_vec2::<f32>()?[0],
+                    want,
+                    "{dtype:?} row {r}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_non_finite_block_scale_is_found_in_every_scaled_format() -> Result<()> {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let w = Tensor::from_vec(values(4 * 512, 2), (4, 512), &Device::Cpu)?;
+            let q = QTensor::quantize(&w, dtype)?;
+            assert_eq!(non_finite_scale(&q)?, None, "{dtype:?}");
+            let (block_bytes, offsets) = scale_layout(dtype).expect("a scaled format");
+            assert_eq!(block_bytes, dtype.type_size(), "{dtype:?}");
+            for (bad, value) in [(f16::NAN, f32::NAN), (f16::INFINITY, f32::INFINITY)] {
+                let mut bytes = q.data()?.to_vec();
+                let at = 5 * block_bytes + offsets[offsets.len() - 1];
+                bytes[at..at + 2].copy_from_slice(&bad.to_le_bytes());
+                let broken = QTensor::new(
+                    candle_core::quantized::QStorage::from_data(
+                        std::borrow::Cow::Owned(bytes),
+                        &Device::Cpu,
+                        dtype,
+                    )?,
+                    (4, 512),
+                )?;
+                let (block, v) = non_finite_scale(&broken)?.expect("found");
+                assert_eq!(block, 5, "{dtype:?}");
+                assert_eq!(v.is_nan(), value.is_nan(), "{dtype:?}");
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn other_types_and_wrong_widths_are_declined_or_refused() -> Result<()> {
         let w = Tensor::from_vec(values(32 * 256, 1), (32, 256), &Device::Cpu)?;
-        let q4k = Arc::new(QTensor::quantize(&w, GgmlDType::Q4K)?);
-        assert!(QMatrix::from_qtensor(q4k, None)?.is_none());
+        let q2k = Arc::new(QTensor::quantize(&w, GgmlDType::Q2K)?);
+        assert!(QMatrix::from_qtensor(q2k, None)?.is_none());
         let (_q, mine) = matrix(GgmlDType::Q4_1, 32, 64)?;
         let x = Tensor::zeros((1, 63), candle_core::DType::F32, &Device::Cpu)?;
         assert!(mine.forward(&x).is_err());

@@ -126,7 +126,7 @@ const PACKED_K: usize = 256;
 /// (and the input with zeros) costs a third more arithmetic on a kernel that is several times
 /// faster (`LoadOptions::packed_kernels`, off by default).
 #[derive(Debug, Clone)]
-enum Proj {
+pub(crate) enum Proj {
     Candle {
         mm: QMatMul,
         /// Zero columns appended to the input.
@@ -138,6 +138,18 @@ enum Proj {
 impl Proj {
     fn load(src: &mut dyn TensorSource, name: &str, hyper: &Hyper) -> Result<Self> {
         Self::from_qtensor(src.tensor(name)?, hyper)
+    }
+
+    /// A projection on `t`'s own blocks: [`QMatrix`] (sharing products with `split`) where it
+    /// runs the type, else candle's product.
+    pub(crate) fn plain(t: Arc<QTensor>, split: Option<Arc<SplitPool>>) -> Result<Self> {
+        Ok(match QMatrix::from_qtensor(t.clone(), split)? {
+            Some(m) => Self::Own(Arc::new(m)),
+            None => Self::Candle {
+                mm: QMatMul::from_arc(t)?,
+                pad: 0,
+            },
+        })
     }
 
     fn from_qtensor(t: QTensor, hyper: &Hyper) -> Result<Self> {
@@ -164,7 +176,7 @@ impl Proj {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle { mm, pad: 0 } => mm.forward(x),
             Self::Candle { mm, pad } => mm.forward(&x.pad_with_zeros(D::Minus1, 0, *pad)?),
