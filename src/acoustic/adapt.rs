@@ -150,6 +150,14 @@ fn err(path: &Path, message: impl Into<String>) -> AcousticError {
     }
 }
 
+/// An io failure on `path`, keeping the io::Error as the source.
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AcousticError + '_ {
+    move |source| AcousticError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
 /// One input file: from the folder / unlabelled manifest (no label) or the labelled manifest.
 struct Input {
     file: PathBuf,
@@ -264,7 +272,7 @@ pub fn adapt(
     let labels = src.model.meta.labels.clone();
     let source_sha = hex::encode(Sha256::digest(
         fs::read(opts.model.join(model_dir::META_FILE))
-            .map_err(|e| err(&opts.model.join(model_dir::META_FILE), e.to_string()))?,
+            .map_err(io_err(&opts.model.join(model_dir::META_FILE)))?,
     ));
 
     // Inputs: labelled rows first, then unlabelled files that are not also labelled.
@@ -316,7 +324,10 @@ pub fn adapt(
 
     // Decode, measure and encode each clip once; failures are named and the rest go on.
     let mut an =
-        ClipAnalyser::new(&src.model.meta.features).map_err(|e| err(&opts.model, e.to_string()))?;
+        ClipAnalyser::new(&src.model.meta.features).map_err(|source| AcousticError::Features {
+            path: opts.model.clone(),
+            source,
+        })?;
     let mut site: Vec<SiteClip> = Vec::new();
     let mut failed: Vec<FailedInput> = Vec::new();
     let total = inputs.len();
@@ -530,10 +541,10 @@ fn content_hash(p: &Path) -> Option<String> {
 fn load_source(dir: &Path, models_dir: &Path, device: &Device) -> Result<Source, AcousticError> {
     let model = AcousticModel::load(dir, models_dir, device)?;
     let weights = dir.join(model_dir::WEIGHTS_FILE);
-    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| {
-        ModelDirError::Parse {
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|source| {
+        ModelDirError::Weights {
             path: weights.clone(),
-            message: e.to_string(),
+            source: Box::new(source),
         }
     })?;
     let get = |name: &str| tensors.get(name).cloned();
@@ -617,11 +628,11 @@ fn unlabelled_files(
 
 /// Audio files under `dir` (symbolic links to folders are not followed).
 fn walk(dir: &Path, files: &mut Vec<PathBuf>, ignored: &mut usize) -> Result<(), AcousticError> {
-    let entries = fs::read_dir(dir).map_err(|e| err(dir, e.to_string()))?;
+    let entries = fs::read_dir(dir).map_err(io_err(dir))?;
     for entry in entries {
-        let entry = entry.map_err(|e| err(dir, e.to_string()))?;
+        let entry = entry.map_err(io_err(dir))?;
         let p = entry.path();
-        let kind = entry.file_type().map_err(|e| err(&p, e.to_string()))?;
+        let kind = entry.file_type().map_err(io_err(&p))?;
         if kind.is_dir() {
             walk(&p, files, ignored)?;
         } else if kind.is_file() || (kind.is_symlink() && p.is_file()) {
@@ -1056,13 +1067,13 @@ fn write_dir(
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "adapted".into());
-    create_private_dir_all(&parent).map_err(|e| err(&parent, e.to_string()))?;
+    create_private_dir_all(&parent).map_err(io_err(&parent))?;
     let stage = parent.join(format!(".{name}.adapting-{}", std::process::id()));
     if stage.exists() {
-        fs::remove_dir_all(&stage).map_err(|e| err(&stage, e.to_string()))?;
+        fs::remove_dir_all(&stage).map_err(io_err(&stage))?;
     }
     let result = (|| -> Result<(), AcousticError> {
-        create_private_dir_all(&stage).map_err(|e| err(&stage, e.to_string()))?;
+        create_private_dir_all(&stage).map_err(io_err(&stage))?;
         let rewritten = [
             model_dir::META_FILE,
             model_dir::ROUTING_FILE,
@@ -1086,12 +1097,16 @@ fn write_dir(
                 if let Some(u) = &a.unfamiliarity {
                     tensors.extend(u.tensors(UNFAMILIARITY_PREFIX)?);
                 }
-                candle_core::safetensors::save(&tensors, &weights)
-                    .map_err(|e| err(&weights, e.to_string()))?;
+                candle_core::safetensors::save(&tensors, &weights).map_err(|source| {
+                    AcousticError::Tensors {
+                        path: weights.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
             }
             None => {
                 fs::copy(opts.model.join(model_dir::WEIGHTS_FILE), &weights)
-                    .map_err(|e| err(&weights, e.to_string()))?;
+                    .map_err(io_err(&weights))?;
             }
         }
         let mut meta = src.model.meta.clone();
@@ -1116,9 +1131,9 @@ fn write_dir(
         model_dir::read_meta(&stage)?;
         model_dir::read_routing(&stage)?;
         if opts.out.exists() {
-            fs::remove_dir_all(&opts.out).map_err(|e| err(&opts.out, e.to_string()))?;
+            fs::remove_dir_all(&opts.out).map_err(io_err(&opts.out))?;
         }
-        fs::rename(&stage, &opts.out).map_err(|e| err(&opts.out, e.to_string()))
+        fs::rename(&stage, &opts.out).map_err(io_err(&opts.out))
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&stage);
@@ -1130,9 +1145,9 @@ fn write_dir(
 /// named in `skip` and `*.prev` backups.
 fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<(), AcousticError> {
     let mut entries: Vec<_> = fs::read_dir(from)
-        .map_err(|e| err(from, e.to_string()))?
+        .map_err(io_err(from))?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(from, e.to_string()))?;
+        .map_err(io_err(from))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name();
@@ -1143,10 +1158,10 @@ fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<(), AcousticError>
         let p = e.path();
         let dest = to.join(&name);
         if p.is_dir() {
-            create_private_dir_all(&dest).map_err(|e| err(&dest, e.to_string()))?;
+            create_private_dir_all(&dest).map_err(io_err(&dest))?;
             copy_tree(&p, &dest, &[])?;
         } else if p.is_file() {
-            fs::copy(&p, &dest).map_err(|e| err(&dest, e.to_string()))?;
+            fs::copy(&p, &dest).map_err(io_err(&dest))?;
         }
     }
     Ok(())

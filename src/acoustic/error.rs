@@ -15,8 +15,33 @@ pub enum AcousticError {
     Whisper(#[from] Ct2Error),
     #[error("{}: the Whisper front end '{model}' is not installed; run `camxuc models fetch {model}`", path.display())]
     FrontendMissing { path: PathBuf, model: String },
+    /// Why training or adapting cannot go on, in words. (fit.rs, fit_linear.rs and
+    /// pipeline/decide.rs still flatten some errors into `message`; `Io`, `Features` and
+    /// `Tensors` below keep them as sources.)
     #[error("{}: {message}", path.display())]
     Training { path: PathBuf, message: String },
+    /// A file or folder could not be read, written, copied or made.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model's feature configuration cannot make a clip analyser.
+    #[error("{}: {source}", path.display())]
+    Features {
+        path: PathBuf,
+        #[source]
+        source: crate::features::FeatureError,
+    },
+    /// Tensors could not be written to (or read from) the named file.
+    #[error("{}: {source}", path.display())]
+    Tensors {
+        path: PathBuf,
+        /// Boxed, as in `ModelDirError::Weights`.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
     #[error("model computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

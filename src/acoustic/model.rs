@@ -69,10 +69,10 @@ impl AcousticModel {
         let meta = model_dir::read_meta(dir)?;
         let routing = model_dir::read_routing(dir)?;
         let weights = dir.join(model_dir::WEIGHTS_FILE);
-        let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
-            model_dir::ModelDirError::Parse {
+        let tensors = candle_core::safetensors::load(&weights, device).map_err(|source| {
+            model_dir::ModelDirError::Weights {
                 path: weights.clone(),
-                message: e.to_string(),
+                source: Box::new(source),
             }
         })?;
         let get = |name: &str| tensors.get(name).cloned();
@@ -106,12 +106,10 @@ impl AcousticModel {
                 } else {
                     vb.pp(prefix)
                 };
-                Head::load(&meta.head, vb).map_err(|e| model_dir::ModelDirError::Mismatch {
+                Head::load(&meta.head, vb).map_err(|source| model_dir::ModelDirError::HeadWeights {
                     path: weights.clone(),
-                    message: format!(
-                        "weights of head '{}' do not fit model.json: {e}",
-                        if prefix.is_empty() { "main" } else { prefix }
-                    ),
+                    head: if prefix.is_empty() { "main" } else { prefix }.into(),
+                    source: Box::new(source),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

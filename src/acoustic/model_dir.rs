@@ -68,12 +68,58 @@ pub fn training_clip_names(dir: &Path) -> std::collections::BTreeSet<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelDirError {
+    /// An io failure as text: fit.rs and embedded.rs still flatten their io::Error into
+    /// `message`. `Fs` keeps it as the source.
     #[error("{}: {message}", path.display())]
     Io { path: PathBuf, message: String },
+    /// A file or folder of the model directory could not be read, written or made.
+    #[error("{}: {source}", path.display())]
+    Fs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file of the model directory could not be encoded.
+    #[error("{}: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{}: not a camxuc model directory (no {META_FILE}); train one with `camxuc train`", path.display())]
     NotAModel { path: PathBuf },
-    #[error("{}: cannot read: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    /// A JSON file of the model directory is not what it should be.
+    #[error("{}: cannot read: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The weights file (safetensors) cannot be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Weights {
+        path: PathBuf,
+        /// Boxed, as in `HeadWeights`.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+    /// `model.json`'s feature configuration is unusable.
+    #[error("{}: feature configuration: {source}", path.display())]
+    Features {
+        path: PathBuf,
+        #[source]
+        source: crate::features::FeatureError,
+    },
+    /// The weights of one head do not fit the architecture `model.json` describes.
+    #[error("{}: weights of head '{head}' do not fit model.json: {source}", path.display())]
+    HeadWeights {
+        path: PathBuf,
+        head: String,
+        /// Boxed: candle's error is large, and unboxed beside a path it would make every
+        /// result that carries this error (and the errors wrapping it) large.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
     #[error("{}: format_version {found}, but this camxuc reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}; retrain the model with this version", path.display())]
     FormatVersion { path: PathBuf, found: u32 },
     #[error("{}: {message}", path.display())]
@@ -84,10 +130,10 @@ pub enum ModelDirError {
     NoModel { default: PathBuf },
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> ModelDirError {
-    ModelDirError::Io {
+fn io(path: &Path, source: std::io::Error) -> ModelDirError {
+    ModelDirError::Fs {
         path: path.into(),
-        message: e.to_string(),
+        source,
     }
 }
 
@@ -225,9 +271,9 @@ pub struct RoutingConfig {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelDirError> {
     let s = fs::read_to_string(path).map_err(|e| io(path, e))?;
-    serde_json::from_str(&s).map_err(|e| ModelDirError::Parse {
+    serde_json::from_str(&s).map_err(|source| ModelDirError::Parse {
         path: path.into(),
-        message: e.to_string(),
+        source,
     })
 }
 
@@ -239,7 +285,10 @@ pub(crate) fn keep_previous(dir: &Path, file: &str) -> Result<(), ModelDirError>
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ModelDirError> {
-    let s = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
+    let s = serde_json::to_string_pretty(value).map_err(|source| ModelDirError::Encode {
+        path: path.into(),
+        source,
+    })?;
     fs::write(path, s + "\n").map_err(|e| io(path, e))
 }
 
@@ -258,15 +307,15 @@ pub fn read_meta(dir: &Path) -> Result<ModelMeta, ModelDirError> {
     if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
         return Err(ModelDirError::FormatVersion { path, found });
     }
-    let meta: ModelMeta = serde_json::from_value(raw).map_err(|e| ModelDirError::Parse {
+    let meta: ModelMeta = serde_json::from_value(raw).map_err(|source| ModelDirError::Parse {
         path: path.clone(),
-        message: e.to_string(),
+        source,
     })?;
     meta.features
         .validate()
-        .map_err(|e| ModelDirError::Mismatch {
+        .map_err(|source| ModelDirError::Features {
             path: path.clone(),
-            message: format!("feature configuration: {e}"),
+            source,
         })?;
     if let Some(e) = &meta.ensemble {
         if e.members.is_empty() {

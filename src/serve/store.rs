@@ -39,11 +39,12 @@ pub enum StoreError {
         message: &'static str,
         source: io::Error,
     },
-    #[error("{}: line {line}: {message}", path.display())]
+    #[error("{}: line {line}: {source}", path.display())]
     Labels {
         path: PathBuf,
         line: u64,
-        message: String,
+        #[source]
+        source: csv::Error,
     },
     #[error("{file}: already labelled {label}")]
     AlreadyLabelled { file: String, label: String },
@@ -302,17 +303,17 @@ fn read_labels(path: &Path) -> Result<HashMap<String, String>, StoreError> {
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
-        .map_err(|e| StoreError::Labels {
+        .map_err(|source| StoreError::Labels {
             path: path.into(),
             line: 1,
-            message: e.to_string(),
+            source,
         })?;
     let mut out = HashMap::new();
     for rec in r.records() {
-        let rec = rec.map_err(|e| StoreError::Labels {
+        let rec = rec.map_err(|source| StoreError::Labels {
             path: path.into(),
-            line: e.position().map_or(0, |p| p.line()),
-            message: e.to_string(),
+            line: source.position().map_or(0, |p| p.line()),
+            source,
         })?;
         let (Some(p), Some(label)) = (rec.get(0), rec.get(1)) else {
             continue;

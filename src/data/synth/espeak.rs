@@ -28,10 +28,11 @@ pub fn version(program: &Path) -> Result<String, DataError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Err(DataError::EspeakMissing {
             program: program.display().to_string(),
         }),
-        Err(e) => Err(DataError::EspeakFailed {
+        Err(source) => Err(DataError::EspeakStart {
             voice: "-".into(),
             sentence: "--version".into(),
-            message: format!("cannot start {}: {e}", program.display()),
+            program: program.into(),
+            source,
         }),
     }
 }
@@ -70,7 +71,12 @@ pub fn speak(
             ErrorKind::NotFound => DataError::EspeakMissing {
                 program: program.display().to_string(),
             },
-            _ => fail(format!("cannot start {}: {e}", program.display())),
+            _ => DataError::EspeakStart {
+                voice: voice.into(),
+                sentence: text.into(),
+                program: program.into(),
+                source: e,
+            },
         })?;
     if !out.status.success() {
         return Err(fail(format!(

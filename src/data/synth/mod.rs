@@ -120,7 +120,7 @@ pub fn synthesize(
     let clips_dir = opts.out.join("clips");
     std::fs::create_dir_all(&clips_dir).map_err(|e| DataError::OutputNotWritable {
         path: clips_dir.clone(),
-        message: e.to_string(),
+        source: e.into(),
     })?;
 
     let plans = plan(opts);
@@ -258,9 +258,9 @@ fn render_clip(espeak_program: &Path, plan: &ClipPlan) -> Result<Vec<i16>, DataE
     );
     let harsh = dsp::harshen(&shaken, p.harshness);
     let resampled =
-        resample_to(&harsh, rate, SYNTH_RATE).map_err(|message| DataError::Resample {
+        resample_to(&harsh, rate, SYNTH_RATE).map_err(|source| DataError::Resample {
             clip: plan.file_name.clone(),
-            message,
+            source,
         })?;
     let lead = (p.lead_s * SYNTH_RATE as f64) as usize;
     let tail = (p.tail_s * SYNTH_RATE as f64) as usize;
@@ -277,14 +277,14 @@ fn render_clip(espeak_program: &Path, plan: &ClipPlan) -> Result<Vec<i16>, DataE
 }
 
 /// Band-limited resampling through the audio stage's resampler.
-fn resample_to(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
-    crate::audio::resample(x, from, to).map_err(|e| e.to_string())
+fn resample_to(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>, crate::audio::AudioError> {
+    crate::audio::resample(x, from, to)
 }
 
 fn write_wav(path: &Path, samples: &[i16]) -> Result<f64, DataError> {
     let werr = |e: hound::Error| DataError::OutputNotWritable {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source: e.into(),
     };
     let spec = hound::WavSpec {
         channels: 1,
@@ -322,7 +322,7 @@ const PARAM_COLUMNS: &[&str] = &[
 fn write_manifest(path: &Path, plans: &[ClipPlan]) -> Result<(), DataError> {
     let werr = |e: csv::Error| DataError::OutputNotWritable {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source: e.into(),
     };
     let mut w = csv::Writer::from_path(path).map_err(werr)?;
     let mut header = vec!["path", "label", "speaker", "text", "synthetic"];
@@ -356,7 +356,7 @@ fn write_manifest(path: &Path, plans: &[ClipPlan]) -> Result<(), DataError> {
     }
     w.flush().map_err(|e| DataError::OutputNotWritable {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source: e.into(),
     })
 }
 
@@ -399,6 +399,6 @@ fn write_readme(
     );
     std::fs::write(&path, text).map_err(|e| DataError::OutputNotWritable {
         path,
-        message: e.to_string(),
+        source: e.into(),
     })
 }
