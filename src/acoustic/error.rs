@@ -15,9 +15,8 @@ pub enum AcousticError {
     Whisper(#[from] Ct2Error),
     #[error("{}: the Whisper front end '{model}' is not installed; run `camxuc models fetch {model}`", path.display())]
     FrontendMissing { path: PathBuf, model: String },
-    /// Why training or adapting cannot go on, in words. (fit.rs, fit_linear.rs and
-    /// pipeline/decide.rs still flatten some errors into `message`; `Io`, `Features` and
-    /// `Tensors` below keep them as sources.)
+    /// Why training or adapting cannot go on, in words (an underlying error is kept as a
+    /// source by `Io`, `Features` and `Tensors` below).
     #[error("{}: {message}", path.display())]
     Training { path: PathBuf, message: String },
     /// A file or folder could not be read, written, copied or made.

@@ -270,9 +270,9 @@ pub fn train_model(
 
     // Analysis: decode, trim, evidence, log-mel.
     let feature_cfg = FeatureConfig::default();
-    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|e| AcousticError::Training {
+    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|source| AcousticError::Features {
         path: opts.manifest.clone(),
-        message: e.to_string(),
+        source,
     })?;
     let total = train_m.rows.len() + val_m.rows.len();
     let mut done = 0;
@@ -869,7 +869,10 @@ fn save_heads(
         }
     }
     tensors.extend(extra);
-    candle_core::safetensors::save(&tensors, path).map_err(|e| fail(e.to_string()))
+    candle_core::safetensors::save(&tensors, path).map_err(|e| AcousticError::Tensors {
+        path: path.into(),
+        source: Box::new(e),
+    })
 }
 
 /// The Whisper front end every trainer writes into model.json: the catalogued Whisper base,
@@ -938,9 +941,9 @@ pub(crate) fn write_evidence(
     oof_probs: &[Option<Vec<f32>>],
 ) -> Result<(), AcousticError> {
     let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
-    let io = |e: std::io::Error| model_dir::ModelDirError::Io {
+    let io = |source: std::io::Error| model_dir::ModelDirError::Fs {
         path: path.clone(),
-        message: e.to_string(),
+        source,
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
     let parts = [(train_m, train, "train"), (val_m, val, "val")];

@@ -107,7 +107,10 @@ pub fn train_linear(
     };
 
     let feature_cfg = FeatureConfig::default();
-    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|e| fail(e.to_string()))?;
+    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|source| AcousticError::Features {
+        path: opts.manifest.clone(),
+        source,
+    })?;
     let rows: Vec<usize> = (0..m.rows.len()).collect();
     let total = rows.len();
     let mut done = 0;
@@ -494,8 +497,8 @@ fn save_tensors(
     {
         tensors.insert(k, t);
     }
-    candle_core::safetensors::save(&tensors, path).map_err(|e| AcousticError::Training {
+    candle_core::safetensors::save(&tensors, path).map_err(|e| AcousticError::Tensors {
         path: path.into(),
-        message: e.to_string(),
+        source: Box::new(e),
     })
 }

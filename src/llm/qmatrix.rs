@@ -113,6 +113,9 @@ impl Format {
 
 use std::mem::{align_of, size_of};
 
+/// Bytes of weight rows a candle-format product keeps in cache while the activation rows
+/// pass over them (about half of a typical 256 KB L2).
+const CANDLE_TILE_BYTES: usize = 128 * 1024;
 /// Activation rows that share one pass over a weight block.
 const ROWS_PER_PASS: usize = 4;
 /// Products at least this big (multiply-adds) are split with the helper thread: every
@@ -258,14 +261,18 @@ impl QMatrix {
         {
             T::VecDotType::from_float(x, a);
         }
+        // Weight rows in tiles of about CANDLE_TILE_BYTES: a tile stays in cache while every
+        // activation row passes over it (a prompt's activations do not fit in cache beside a
+        // whole matrix; one weight row at a time re-read them all per row).
+        let tile = (CANDLE_TILE_BYTES / (per_row * size_of::<T>())).max(1);
         self.product(m, out, &|j0, mut dst| {
             let width = dst.first().map_or(0, |r| r.len());
-            for (j, wr) in w[j0 * per_row..(j0 + width) * per_row]
-                .chunks_exact(per_row)
-                .enumerate()
-            {
+            let rows = &w[j0 * per_row..(j0 + width) * per_row];
+            for (t, tile_rows) in rows.chunks(tile * per_row).enumerate() {
                 for (r, a) in acts.chunks_exact(dot_per_row).enumerate() {
-                    dst[r][j] = T::vec_dot(self.cols, wr, a);
+                    for (k, wr) in tile_rows.chunks_exact(per_row).enumerate() {
+                        dst[r][t * tile + k] = T::vec_dot(self.cols, wr, a);
+                    }
                 }
             }
         });

@@ -108,9 +108,9 @@ impl Pipeline {
         abstain_below: Option<f32>,
     ) -> Result<Self, PipelineError> {
         let analyser =
-            ClipAnalyser::new(&model.meta.features).map_err(|e| AcousticError::Training {
+            ClipAnalyser::new(&model.meta.features).map_err(|source| AcousticError::Features {
                 path: model.dir.join(crate::acoustic::model_dir::META_FILE),
-                message: e.to_string(),
+                source,
             })?;
         let mut router = Router::from_config(&model.routing);
         if let Some(t) = threshold {
