@@ -7,6 +7,8 @@
 # The fused decision's parameters (fusion.json) come from the protocol's fusion study with the
 # attention head (`generalise --fusion`, every condition: held-out speakers, field chains,
 # RAVDESS <-> SYNTHETIC); FUSION_STUDY=FILE reuses a study's JSON instead of running it (~30 min).
+# It replaces the fusion `camxuc train` fits itself (held-out speakers and perturbed copies
+# only, which comes out acoustic-only on RAVDESS), because the study also sees other corpora.
 # On the same machine and thread count the weights are byte-identical run to run; the
 # hashes in MODEL_CARD.md are rewritten at the end (tests/default_model.rs checks them).
 set -euo pipefail
