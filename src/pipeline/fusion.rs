@@ -312,7 +312,18 @@ pub struct FusionFit {
     /// parameters fitted without it (written by [`fit_for_model`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<FusionCheck>,
+    /// Why the fitted parameters were set back to acoustic-only after the checks (they lowered
+    /// the routed clips' held-out accuracy of a condition by more than
+    /// [`CHECK_TOLERANCE`]); `params` is then acoustic-only and `fitted_params` what was fitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_params: Option<FusionParams>,
 }
+
+/// How much held-out routed accuracy a condition may lose to the fusion before
+/// [`fit_for_model`] withdraws it: fused decisions must not subtract.
+pub const CHECK_TOLERANCE: f64 = 0.01;
 
 /// Routed held-out clips of one condition: acoustic-only against the fusion fitted without
 /// the clip's group.
@@ -559,6 +570,8 @@ pub fn fit(samples: &[FusionSample]) -> FusionFit {
         fitted_on: None,
         per_group,
         checks: Vec::new(),
+        withdrawn: None,
+        fitted_params: None,
     }
 }
 
@@ -658,13 +671,33 @@ pub fn fit_for_model(
             ece_fused: ece(&conf_f, &ok_f),
         });
     }
+    withdraw_if_it_subtracts(&mut fitted);
     fitted
+}
+
+/// A fusion that its own held-out checks show lowering routed accuracy in some condition by
+/// more than [`CHECK_TOLERANCE`] is not shipped: the likelihood it was chosen by can improve
+/// while decisions get worse. Its parameters go back to acoustic-only (kept in
+/// `fitted_params`, with the reason in `withdrawn`).
+fn withdraw_if_it_subtracts(fitted: &mut FusionFit) {
+    if let Some(c) = fitted
+        .checks
+        .iter()
+        .find(|c| c.accuracy_fused < c.accuracy_acoustic - CHECK_TOLERANCE)
+    {
+        fitted.withdrawn = Some(format!(
+            "held-out routed accuracy of {} clips fell from {:.3} to {:.3} (tolerance {CHECK_TOLERANCE})",
+            c.condition, c.accuracy_acoustic, c.accuracy_fused
+        ));
+        fitted.fitted_params = Some(fitted.params);
+        fitted.params = FusionParams::ACOUSTIC_ONLY;
+    }
 }
 
 /// A fit in a few lines for a person: the parameters, how they were chosen and, when
 /// checked, what they did on held-out routed clips.
 pub fn summary(fit: &FusionFit) -> Vec<String> {
-    let p = &fit.params;
+    let p = fit.fitted_params.as_ref().unwrap_or(&fit.params);
     let mut lines = vec![match fit.ridge {
         Some(r) => format!(
             "fusion: acoustic weight {:.2}, rule scale {:.2}, unfamiliarity {:+.2} / {:+.2} (ridge {r}, {} routed clips, {} groups)",
@@ -681,6 +714,9 @@ pub fn summary(fit: &FusionFit) -> Vec<String> {
             fit.groups.len()
         ),
     }];
+    if let Some(why) = &fit.withdrawn {
+        lines.push(format!("  withdrawn, acoustic only is kept: {why}"));
+    }
     for c in &fit.checks {
         lines.push(format!(
             "  {} held-out, {} of {} routed: accuracy {:.3} -> {:.3}, ECE {:.3} -> {:.3}",
@@ -757,6 +793,49 @@ pub fn write(model_dir: &Path, fit: &FusionFit) -> Result<(), FusionError> {
 mod tests {
     use super::*;
     use crate::LabelSet;
+
+    #[test]
+    fn a_fusion_whose_held_out_checks_lose_accuracy_is_withdrawn() {
+        let fitted = FusionParams {
+            acoustic_weight: 0.3,
+            rule_scale: 0.3,
+            ..FusionParams::ACOUSTIC_ONLY
+        };
+        let check = |acoustic: f64, fused: f64| FusionCheck {
+            condition: "clean".into(),
+            clips: 100,
+            routed: 50,
+            accuracy_acoustic: acoustic,
+            accuracy_fused: fused,
+            ece_acoustic: 0.1,
+            ece_fused: 0.1,
+        };
+        let fit = |checks: Vec<FusionCheck>| FusionFit {
+            params: fitted,
+            ridge: Some(1.0),
+            held_out_nll: BTreeMap::new(),
+            n: 50,
+            groups: vec!["a".into(), "b".into()],
+            with_llm: false,
+            fitted_on: None,
+            per_group: BTreeMap::new(),
+            checks,
+            withdrawn: None,
+            fitted_params: None,
+        };
+        // Within the tolerance: kept.
+        let mut kept = fit(vec![check(0.60, 0.595), check(0.5, 0.6)]);
+        withdraw_if_it_subtracts(&mut kept);
+        assert_eq!(kept.params, fitted);
+        assert!(kept.withdrawn.is_none());
+        // One condition loses more than the tolerance: acoustic-only, the fit kept aside.
+        let mut lost = fit(vec![check(0.5, 0.6), check(0.509, 0.434)]);
+        withdraw_if_it_subtracts(&mut lost);
+        assert_eq!(lost.params, FusionParams::ACOUSTIC_ONLY);
+        assert_eq!(lost.fitted_params, Some(fitted));
+        assert!(lost.withdrawn.as_deref().unwrap().contains("0.434"));
+        assert!(summary(&lost)[0].contains("acoustic weight 0.30"));
+    }
 
     fn rule(id: &str, label: &str, weight: f32) -> FiredRule {
         FiredRule {
