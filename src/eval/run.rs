@@ -19,7 +19,7 @@ use super::metrics::{
 };
 use super::record::{AblationLabels, EvalHeader, EvalLine, EvalRecord, EvalSettings, UNUSABLE};
 use crate::acoustic::augment::field_conditions;
-use crate::acoustic::model_dir::{ModelSource, META_FILE, ROUTING_FILE, WEIGHTS_FILE};
+use crate::acoustic::model_dir::{ModelSource, META_FILE, ROUTING_FILE};
 use crate::acoustic::AcousticError;
 use crate::audio;
 use crate::data::manifest::{Manifest, ManifestRow};
@@ -288,7 +288,7 @@ pub fn evaluate_with_output(
     if let Some(sel) = &opts.speakers {
         m = filter_speakers(&m, &[sel.as_str()])?;
     }
-    let weights_sha = crate::catalog::sha256_file(&opts.model_dir.join(WEIGHTS_FILE)).ok();
+    let weights_sha = Some(opened.weights_sha256.clone());
     let with_llm = !opts.reasoner.llm.eq_ignore_ascii_case("none");
     let ctx = SummaryContext {
         labels: labels.clone(),

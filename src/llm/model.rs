@@ -197,15 +197,7 @@ impl LlmModel {
             }
             Architecture::Gemma3 => {
                 // The same helper thread as the llama family's products.
-                let split = if options.product_threads >= 2 {
-                    Some(Arc::new(SplitPool::new().map_err(|e| {
-                        model_err(candle_core::Error::Msg(format!(
-                            "cannot start a thread: {e}"
-                        )))
-                    })?))
-                } else {
-                    None
-                };
+                let split = SplitPool::for_threads(options.product_threads).map_err(model_err)?;
                 Decoder::Gemma3(
                     Gemma3::load(
                         &Gemma3Config::from_gguf(file)?,

@@ -43,6 +43,19 @@ impl std::fmt::Debug for SplitPool {
 }
 
 impl SplitPool {
+    /// The helper a model with `product_threads` threads shares its products with: `None`
+    /// for one thread (products run on the caller), else a new helper.
+    pub fn for_threads(
+        product_threads: usize,
+    ) -> candle_core::Result<Option<std::sync::Arc<Self>>> {
+        if product_threads < 2 {
+            return Ok(None);
+        }
+        Self::new()
+            .map(|p| Some(std::sync::Arc::new(p)))
+            .map_err(|e| candle_core::Error::Msg(format!("cannot start a thread: {e}")))
+    }
+
     pub fn new() -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             job: AtomicPtr::new(std::ptr::null_mut()),

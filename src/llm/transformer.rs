@@ -188,10 +188,8 @@ impl Proj {
 impl Transformer {
     pub fn load(mut hyper: Hyper, src: &mut dyn TensorSource, qwen2_bias: bool) -> Result<Self> {
         let device = Device::Cpu;
-        if hyper.product_threads >= 2 && hyper.split.is_none() {
-            let pool = SplitPool::new()
-                .map_err(|e| candle_core::Error::Msg(format!("cannot start a thread: {e}")))?;
-            hyper.split = Some(Arc::new(pool));
+        if hyper.split.is_none() {
+            hyper.split = SplitPool::for_threads(hyper.product_threads)?;
         }
         let embedding = Arc::new(src.tensor("token_embd.weight")?);
         let unpadded = Hyper {

@@ -148,6 +148,8 @@ pub struct Opened {
     pub model_dir: PathBuf,
     pub source: ModelSource,
     pub header: RunHeader,
+    /// sha256 of the model's weights file (also in `header.model`).
+    pub weights_sha256: String,
 }
 
 impl Pipeline {
@@ -181,13 +183,10 @@ impl Pipeline {
         if let Some(language) = &spec.transcribe {
             pipeline.words = Some(Words::load(models_dir, Some(language))?);
         }
+        let weights_sha256 = catalog::sha256_file(&model_dir.join(model_dir::WEIGHTS_FILE))?;
         let header = RunHeader {
             camxuc_run: env!("CARGO_PKG_VERSION").into(),
-            model: format!(
-                "{} {}",
-                model_dir.display(),
-                catalog::sha256_file(&model_dir.join(model_dir::WEIGHTS_FILE))?
-            ),
+            model: format!("{} {weights_sha256}", model_dir.display()),
             rules: format!("{} {}", pipeline.rules.id_string(), pipeline.rules.sha256()),
             reasoner: pipeline.reasoner_name(),
         };
@@ -196,6 +195,7 @@ impl Pipeline {
             model_dir,
             source,
             header,
+            weights_sha256,
         })
     }
 }

@@ -577,9 +577,9 @@ pub fn fit(samples: &[FusionSample]) -> FusionFit {
 
 /// Fit a freshly trained model's fusion on its held-out predictions (what `camxuc train`
 /// does): the clips `routing` routes — validation clips, out-of-fold training clips and their
-/// perturbed copies — with the rules that fire on each. Clean and perturbed clips weigh the
-/// same in total, and each speaker fold (its clean clips with their copies) is one group of
-/// the leave-one-group-out choice of the ridge, so the fit must predict speakers and
+/// perturbed copies, and the clips of any shifted corpus — with the rules that fire on each.
+/// Every condition weighs the same in total, and each speaker fold (its clean clips with their
+/// copies) and each shifted corpus is one group of the leave-one-group-out choice of the ridge, so the fit must predict speakers and
 /// recording chains it did not see. The result says per condition how the held-out fusion
 /// did against acoustic-only.
 pub fn fit_for_model(
@@ -593,12 +593,16 @@ pub fn fit_for_model(
         .iter()
         .map(|h| router.is_ambiguous(&h.probs, h.unfamiliarity))
         .collect();
-    let n_routed = |c: HeldOutCondition| {
-        held.iter()
-            .zip(&routed)
-            .filter(|(h, r)| **r && h.condition == c)
-            .count()
-    };
+    let mut routed_in: BTreeMap<HeldOutCondition, usize> = BTreeMap::new();
+    for h in held
+        .iter()
+        .zip(&routed)
+        .filter(|(_, r)| **r)
+        .map(|(h, _)| h)
+    {
+        *routed_in.entry(h.condition).or_default() += 1;
+    }
+    let n_routed = |c: HeldOutCondition| routed_in.get(&c).copied().unwrap_or(0);
     let mut samples = Vec::new();
     let mut sample_of = Vec::new();
     for (i, h) in held.iter().enumerate() {
