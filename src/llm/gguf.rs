@@ -15,10 +15,13 @@ use super::error::{LlmError, SUPPORTED_ARCHITECTURES};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
-/// The model families camxuc can run, from `general.architecture`.
+/// The model families camxuc can run, from `general.architecture`: llama, qwen2 and qwen3 on
+/// camxuc's decoder in src/llm/transformer.rs, Gemma 3 on src/llm/gemma3.rs (both checked
+/// against a textbook f32 decoder and candle-transformers' quantized models in
+/// tests/llm_oracle.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama family (SmolLM2, Llama 3.x): candle-transformers `quantized_llama`.
+    /// Llama family (SmolLM2, Llama 3.x).
     Llama,
     Qwen2,
     Qwen3,
