@@ -5,12 +5,12 @@
 
 #![cfg(feature = "research")] // the debias switch is research (`--features research`)
 
-use camxuc::llm::{bench_rules, LlmReasoner, ReasonerOptions};
+use camxuc::llm::{LlmReasoner, ReasonerOptions};
 use camxuc::math::softmax;
 use camxuc::LabelSet;
 
 mod llm_common;
-use llm_common::{case, clear_cases, default_model, load_options};
+use llm_common::{case, clear_cases, default_model, load_options, shipped_rules};
 
 fn reasoner(options: ReasonerOptions) -> Option<LlmReasoner> {
     let path = default_model()?;
@@ -18,7 +18,7 @@ fn reasoner(options: ReasonerOptions) -> Option<LlmReasoner> {
         LlmReasoner::from_path(
             &path,
             &LabelSet::default(),
-            &bench_rules(),
+            &shipped_rules(),
             options,
             &load_options(),
         )

@@ -5,17 +5,17 @@
 
 use std::path::Path;
 
-use camxuc::llm::{bench_rules, GgufFile, LlmError, LlmModel, LlmReasoner, ReasonerOptions};
+use camxuc::llm::{GgufFile, LlmError, LlmModel, LlmReasoner, ReasonerOptions};
 use camxuc::{LabelSet, Reasoner};
 
 mod llm_common;
-use llm_common::{case, clear_cases, default_model, load_options};
+use llm_common::{case, clear_cases, default_model, load_options, shipped_rules};
 
 fn reasoner(path: &Path, options: ReasonerOptions) -> LlmReasoner {
     LlmReasoner::from_path(
         path,
         &LabelSet::default(),
-        &bench_rules(),
+        &shipped_rules(),
         options,
         &load_options(),
     )

@@ -60,6 +60,17 @@ impl RuleText {
             statement: statement.into(),
         }
     }
+
+    /// The enabled rules of a rule set as the prompt states them, in English (the small
+    /// catalogue models read English far better): what the reasoner is built with.
+    pub fn enabled(rules: &crate::rules::RuleSet) -> Vec<Self> {
+        rules
+            .rules()
+            .iter()
+            .filter(|r| r.enabled())
+            .map(|r| Self::new(r.id(), r.label(), r.statement(crate::rules::Language::En)))
+            .collect()
+    }
 }
 
 /// Splits the chat template at the clip's evidence; never appears in real text.

@@ -11,7 +11,7 @@ use crate::acoustic::model_dir::{self, ModelSource};
 use crate::acoustic::{default_device, AcousticModel};
 use crate::catalog;
 use crate::llm::{LlmExplains, LlmFused, LlmReasoner, LoadOptions, ReasonerOptions, RuleText};
-use crate::rules::{Language, RuleSet, RuleVote};
+use crate::rules::{RuleSet, RuleVote};
 use crate::{Reasoner, Route};
 
 /// How the LLM's prompt is laid out.
@@ -78,13 +78,7 @@ pub fn build_reasoner(
     let Some(path) = parsed.resolve(models_dir)? else {
         return Ok((vote(), Route::Rules));
     };
-    // The prompt is English: the small catalogue models read English far better.
-    let texts: Vec<RuleText> = rules
-        .rules()
-        .iter()
-        .filter(|r| r.enabled())
-        .map(|r| RuleText::new(r.id(), r.label(), r.statement(Language::En)))
-        .collect();
+    let texts = RuleText::enabled(rules);
     eprintln!("loading the LLM reasoner {}", path.display());
     let options = match spec.layout {
         PromptLayout::Compact => ReasonerOptions::compact(),

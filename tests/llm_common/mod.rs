@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use camxuc::catalog::{models_dir, ModelSpec};
-use camxuc::llm::{bench_rules, LoadOptions};
+use camxuc::llm::{LoadOptions, RuleText};
+use camxuc::rules::{default_ruleset, Language};
 use camxuc::{Case, Evidence, FiredRule, LabelSet, Probs};
 
 pub fn default_model() -> Option<PathBuf> {
@@ -37,18 +38,25 @@ pub struct Clip {
     pub fired: Vec<FiredRule>,
 }
 
-pub fn rule(id: &str, label: &str) -> FiredRule {
-    let statement = bench_rules()
-        .into_iter()
-        .find(|r| r.id == id)
-        .map(|r| r.statement)
-        .unwrap_or_default();
+/// The shipped rules (rules/vi-default.toml) as the reasoner's prompt states them.
+pub fn shipped_rules() -> Vec<RuleText> {
+    RuleText::enabled(&default_ruleset().expect("the shipped rules parse"))
+}
+
+/// A shipped rule as fired on a clip (its label and statements from rules/vi-default.toml).
+pub fn rule(id: &str) -> FiredRule {
+    let rules = default_ruleset().expect("the shipped rules parse");
+    let r = rules
+        .rules()
+        .iter()
+        .find(|r| r.id() == id)
+        .unwrap_or_else(|| panic!("{id} is not a shipped rule"));
     FiredRule {
         id: id.into(),
-        label: label.into(),
+        label: r.label().into(),
         weight: 1.0,
-        statement_en: statement,
-        statement_vi: None,
+        statement_en: r.statement(Language::En).into(),
+        statement_vi: Some(r.statement(Language::Vi).into()),
     }
 }
 
@@ -74,42 +82,43 @@ pub fn clip(
 /// Hand-written clear-cut clips. The acoustic probabilities lean only mildly towards the
 /// right label, as on a routed (ambiguous) clip; the evidence and the fired rules carry it.
 pub fn clear_cases() -> Vec<Clip> {
+    // Each clip's evidence meets the conditions of the shipped rules it fires.
     vec![
         clip(
             "calm",
             &[
-                ("f0_std_st", -1.2),
-                ("loudness_rise_db_per_s", -1.3),
                 ("alpha_ratio_db", -1.1),
-                ("speech_rate_syl_per_s", -0.8),
-                ("hnr_db", 0.9),
+                ("hammarberg_db", 0.9),
+                ("articulation_rate_syl_per_s", -0.8),
+                ("pause_ratio", 0.6),
+                ("loudness_rise_db_per_s", -1.3),
             ],
             [0.40, 0.31, 0.29],
-            vec![rule("G5", "calm"), rule("G6", "calm")],
+            vec![rule("calm-low-effort"), rule("calm-unhurried-tempo")],
         ),
         clip(
             "angry",
             &[
                 ("loudness_rise_db_per_s", 2.3),
+                ("loudness_range_db", 1.4),
                 ("alpha_ratio_db", 2.0),
                 ("hammarberg_db", -1.6),
-                ("hnr_db", -1.2),
-                ("f0_std_st", 0.9),
+                ("f0_range_st", 0.9),
             ],
             [0.27, 0.40, 0.33],
-            vec![rule("G1", "angry"), rule("G2", "angry")],
+            vec![rule("angry-high-effort"), rule("angry-abrupt-onsets")],
         ),
         clip(
             "panic",
             &[
                 ("f0_median_st27", 2.2),
+                ("f0_tremor_st", 1.8),
                 ("f0_tremor_ratio", 2.0),
-                ("speech_rate_syl_per_s", 1.7),
-                ("f0_slope_st_per_s", 1.5),
-                ("pause_ratio", -1.2),
+                ("alpha_ratio_db", 0.2),
+                ("articulation_rate_syl_per_s", 1.5),
             ],
             [0.27, 0.33, 0.40],
-            vec![rule("G3", "panic"), rule("G4", "panic")],
+            vec![rule("panic-tremor"), rule("panic-raised-pitch")],
         ),
     ]
 }
