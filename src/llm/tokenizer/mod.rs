@@ -3,6 +3,13 @@
 //! the `tokenizers` crate, because llama.cpp's exact behaviour (special tokens split out
 //! longest-first before anything else, SentencePiece merges from scores, byte fallback) is what
 //! the GGUF models were converted for, and the crate cannot express the score-based merge.
+//!
+//! Measured against candle-core's `quantized::tokenizer::TokenizerFromGguf` (a
+//! `tokenizers::Tokenizer` built from the same metadata; `cargo bench --bench tokenizer`, the 18
+//! reference cases of tests/fixtures/llm and a 3.9k-character prompt text): SmolLM2-135M, this
+//! one 18 of 18 reference id sequences and 549 µs per encoding, candle's 2 of 18 and 852 µs;
+//! Qwen2.5-Coder-0.5B, 18 and 492 µs against 18 and 889 µs; Gemma 3 (SentencePiece `llama`
+//! tokenizer), 18 of 18 here, and candle's refuses it (`gpt2` only). So this one is kept.
 
 mod bpe;
 mod byte_level;
