@@ -16,6 +16,8 @@ use camxuc::asr::score::{char_errors, word_errors, ErrorCount};
 use camxuc::asr::{AsrOptions, Transcriber};
 use serde::Serialize;
 
+mod common;
+
 #[derive(Serialize)]
 struct ClipResult {
     path: String,
@@ -52,20 +54,18 @@ struct Summary {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(manifest), Some(out)) = (args.first(), args.get(1)) else {
-        anyhow::bail!("usage: asr_cer MANIFEST OUT.json [--threads N] [--model DIR]");
+    const USAGE: &str = "asr_cer MANIFEST OUT.json [--threads N] [--model DIR]";
+    let args = common::Args::from_env();
+    let threads: usize = args.value("--threads")?.unwrap_or(0);
+    let model = PathBuf::from(
+        args.value::<String>("--model")?
+            .unwrap_or_else(|| "models/whisper-base".into()),
+    );
+    let positional = args.positional();
+    let (Some(manifest), Some(out)) = (positional.first(), positional.get(1)) else {
+        anyhow::bail!("usage: {USAGE}");
     };
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let threads: usize = flag("--threads")
-        .map(|t| t.parse())
-        .transpose()?
-        .unwrap_or(0);
-    let model = PathBuf::from(flag("--model").map_or("models/whisper-base", String::as_str));
+    args.finish(USAGE)?;
     let manifest = PathBuf::from(manifest);
     let root = manifest.parent().unwrap_or(Path::new("."));
 

@@ -52,6 +52,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
+mod common;
+
 const BLOCKS: [usize; 3] = [1, 2, 3];
 const LAMBDAS: [f64; 6] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003];
 const INNER_FOLDS: usize = 3;
@@ -234,16 +236,12 @@ const ATTENTION: Candidate = Candidate {
 };
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |f: &str| args.iter().any(|a| a == f);
-    let value = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let out = PathBuf::from(value("--out").unwrap_or_else(|| "target/generalise".into()));
+    let args = common::Args::from_env();
+    let flag = |f: &str| args.flag(f);
+    let value = |f: &str| args.value::<String>(f);
+    let out = PathBuf::from(value("--out")?.unwrap_or_else(|| "target/generalise".into()));
     let quick = flag("--quick");
-    let per_class: usize = value("--synth-per-class")
+    let per_class: usize = value("--synth-per-class")?
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or(if quick { 12 } else { 80 });
@@ -346,18 +344,18 @@ fn main() -> anyhow::Result<()> {
     eprintln!("encoded {} views in {encode_s:.0} s", encoder.done);
 
     let outer = speaker_folds(&rav_m, 4, 1)?;
-    if let Some(name) = value("--fusion") {
+    if let Some(name) = value("--fusion")? {
         let c = CANDIDATES
             .iter()
             .chain(std::iter::once(&ATTENTION))
             .find(|c| c.name == name)
             .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?;
-        let rules = value("--rules").map(PathBuf::from).unwrap_or_else(|| {
+        let rules = value("--rules")?.map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(camxuc::rules::DEFAULT_RULES_PATH)
         });
         // `--fusion-llm SPEC`: the LLM's label log-probabilities on routed clips enter the
         // fit as a fifth term (its weight fitted like the others).
-        let llm = value("--fusion-llm");
+        let llm = value("--fusion-llm")?;
         return fusion_study(
             c,
             &out,
@@ -377,7 +375,7 @@ fn main() -> anyhow::Result<()> {
         candidates.push(ATTENTION);
     }
     // Rows of an earlier run (e.g. the attention head's) for candidates this run does not score.
-    let mut kept: Vec<serde_json::Value> = match value("--merge") {
+    let mut kept: Vec<serde_json::Value> = match value("--merge")? {
         Some(f) => {
             let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&f)?)?;
             doc["candidates"].as_array().cloned().unwrap_or_default()

@@ -15,8 +15,8 @@
 //! `DIR/fold-N.safetensors`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -28,28 +28,12 @@ use camxuc::llm::{GgufFile, RuleText};
 use camxuc::math::argmax;
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
-use camxuc::rules::{Language, RuleSet, RuleVote};
-use camxuc::{Case, Evidence, FiredRule, LabelSet, Probs};
-use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
-struct Record {
-    label: String,
-    speaker: Option<String>,
-    evidence: Evidence,
-    probs: Option<Probs>,
-}
+use camxuc::{Case, LabelSet};
+use serde::Serialize;
 
-struct Clip {
-    truth: usize,
-    speaker: String,
-    evidence: Evidence,
-    acoustic: Probs,
-    fired: Vec<FiredRule>,
-    routed: bool,
-    /// Rule-vote logits: ln acoustic + fired rule weights (as the rule vote combines them).
-    vote_logits: Vec<f64>,
-}
+mod common;
+use common::Clip;
 
 #[derive(Serialize)]
 struct Row {
@@ -74,91 +58,57 @@ struct Args {
     max_clips: Option<usize>,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
-    let mut a = Args {
-        model_dir: PathBuf::new(),
-        gguf: None,
-        out: PathBuf::from("/tmp/llm_lora"),
-        folds: 4,
-        config: LoraConfig::default(),
-        train: TrainOptions::default(),
-        max_dev: 5,
-        routed_only_training: false,
-        max_clips: None,
-    };
-    let mut dir = None;
-    while let Some(x) = it.next() {
-        let mut val = |n: &str| it.next().with_context(|| format!("{n} needs a value"));
-        match x.as_str() {
-            "--gguf" => a.gguf = Some(val("--gguf")?.into()),
-            "--out" => a.out = val("--out")?.into(),
-            "--folds" => a.folds = val("--folds")?.parse()?,
-            "--top-layers" => a.config.top_layers = val("--top-layers")?.parse()?,
-            "--rank" => a.config.rank = val("--rank")?.parse()?,
-            "--alpha" => a.config.alpha = val("--alpha")?.parse()?,
-            "--seed" => a.config.seed = val("--seed")?.parse()?,
-            "--targets" => {
-                a.config.targets = val("--targets")?
-                    .chars()
-                    .map(|c| match c {
-                        'q' => Ok(LoraTarget::Q),
-                        'k' => Ok(LoraTarget::K),
-                        'v' => Ok(LoraTarget::V),
-                        'o' => Ok(LoraTarget::O),
-                        _ => bail!("--targets: letters of qkvo"),
-                    })
-                    .collect::<Result<_>>()?
-            }
-            "--epochs" => a.train.epochs = val("--epochs")?.parse()?,
-            "--lr" => a.train.learning_rate = val("--lr")?.parse()?,
-            "--batch" => a.train.batch = val("--batch")?.parse()?,
-            "--max-dev" => a.max_dev = val("--max-dev")?.parse()?,
-            "--train-on" => {
-                a.routed_only_training = match val("--train-on")?.as_str() {
-                    "all" => false,
-                    "routed" => true,
-                    o => bail!("--train-on all|routed, not {o}"),
-                }
-            }
-            "--max-clips" => a.max_clips = Some(val("--max-clips")?.parse()?),
-            _ if dir.is_none() => dir = Some(PathBuf::from(x)),
-            _ => bail!("unexpected argument {x}"),
-        }
-    }
-    a.model_dir = dir.context("usage: llm_lora MODEL_DIR [options]")?;
-    Ok(a)
-}
+const USAGE: &str = "llm_lora MODEL_DIR [--gguf F] [--out DIR] [--folds N] [--top-layers N] \
+[--rank N] [--alpha X] [--seed N] [--targets qkvo] [--epochs N] [--lr X] [--batch N] [--max-dev N] \
+[--train-on all|routed] [--max-clips N]";
 
-fn load_clips(
-    dir: &Path,
-    labels: &LabelSet,
-    rules: &RuleSet,
-    router: &Router,
-) -> Result<Vec<Clip>> {
-    let path = dir.join("train_evidence.jsonl");
-    let file = std::fs::File::open(&path).with_context(|| path.display().to_string())?;
-    let vote = RuleVote::new(rules);
-    let mut clips = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let r: Record = serde_json::from_str(&line?)
-            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        let (Some(acoustic), Some(truth)) = (r.probs, labels.index_of(&r.label)) else {
-            continue;
-        };
-        let fired = rules.evaluate(&r.evidence, &acoustic);
-        let vote_logits = vote.logits(&acoustic, &fired);
-        clips.push(Clip {
-            truth,
-            speaker: r.speaker.unwrap_or_default(),
-            routed: router.is_ambiguous(&acoustic, None),
-            evidence: r.evidence,
-            acoustic,
-            fired,
-            vote_logits,
-        });
+fn parse_args() -> Result<Args> {
+    let it = common::Args::from_env();
+    let mut config = LoraConfig::default();
+    let mut train = TrainOptions::default();
+    config.top_layers = it.value("--top-layers")?.unwrap_or(config.top_layers);
+    config.rank = it.value("--rank")?.unwrap_or(config.rank);
+    config.alpha = it.value("--alpha")?.unwrap_or(config.alpha);
+    config.seed = it.value("--seed")?.unwrap_or(config.seed);
+    if let Some(t) = it.value::<String>("--targets")? {
+        config.targets = t
+            .chars()
+            .map(|c| match c {
+                'q' => Ok(LoraTarget::Q),
+                'k' => Ok(LoraTarget::K),
+                'v' => Ok(LoraTarget::V),
+                'o' => Ok(LoraTarget::O),
+                _ => bail!("--targets: letters of qkvo"),
+            })
+            .collect::<Result<_>>()?;
     }
-    Ok(clips)
+    train.epochs = it.value("--epochs")?.unwrap_or(train.epochs);
+    train.learning_rate = it.value("--lr")?.unwrap_or(train.learning_rate);
+    train.batch = it.value("--batch")?.unwrap_or(train.batch);
+    let routed_only_training = match it.value::<String>("--train-on")?.as_deref() {
+        None | Some("all") => false,
+        Some("routed") => true,
+        Some(o) => bail!("--train-on all|routed, not {o}"),
+    };
+    let a = Args {
+        gguf: it.value::<String>("--gguf")?.map(PathBuf::from),
+        out: it
+            .value::<String>("--out")?
+            .map_or_else(|| PathBuf::from("/tmp/llm_lora"), PathBuf::from),
+        folds: it.value("--folds")?.unwrap_or(4),
+        config,
+        train,
+        max_dev: it.value("--max-dev")?.unwrap_or(5),
+        routed_only_training,
+        max_clips: it.value("--max-clips")?,
+        model_dir: it
+            .positional()
+            .first()
+            .map(PathBuf::from)
+            .with_context(|| format!("usage: {USAGE}"))?,
+    };
+    it.finish(USAGE)?;
+    Ok(a)
 }
 
 fn main() -> Result<()> {
@@ -168,13 +118,8 @@ fn main() -> Result<()> {
     let router = Router::from_config(&routing);
     let rules = active_rules_for(&args.model_dir, &LabelSet::default(), None)?;
     let labels = rules.labels().clone();
-    let rule_texts: Vec<RuleText> = rules
-        .rules()
-        .iter()
-        .filter(|r| r.enabled())
-        .map(|r| RuleText::new(r.id(), r.label(), r.statement(Language::En)))
-        .collect();
-    let mut clips = load_clips(&args.model_dir, &labels, &rules, &router)?;
+    let rule_texts = RuleText::enabled(&rules);
+    let mut clips = common::load_clips(&args.model_dir, &labels, &rules, &router)?;
     if let Some(cap) = args.max_clips {
         clips.truncate(cap);
     }

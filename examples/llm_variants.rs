@@ -18,11 +18,11 @@
 //! `DIR/llm_variants.{json,md}`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use camxuc::acoustic::model_dir::read_routing;
 use camxuc::catalog::{models_dir, ModelSpec};
 use camxuc::eval::metrics::{accuracy_on, bootstrap_ci, macro_f1};
@@ -30,34 +30,12 @@ use camxuc::llm::{LlmReasoner, LoadOptions, ReasonerOptions, RuleText};
 use camxuc::math::{argmax, log_softmax};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
-use camxuc::rules::{Language, RuleSet, RuleVote};
-use camxuc::{Case, Evidence, FiredRule, LabelSet, Probs};
+
+use camxuc::{Case, LabelSet};
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
-struct Record {
-    path: String,
-    label: String,
-    speaker: Option<String>,
-    split: String,
-    evidence: Evidence,
-    probs: Option<Probs>,
-}
-
-/// A clip the variants are measured or fitted on.
-struct Clip {
-    path: String,
-    truth: usize,
-    speaker: String,
-    /// Validation (measured) or out-of-fold training (fitting only).
-    val: bool,
-    evidence: Evidence,
-    acoustic: Probs,
-    fired: Vec<FiredRule>,
-    routed: bool,
-    /// Rule-vote logits: ln acoustic + fired rule weights.
-    vote_logits: Vec<f64>,
-}
+mod common;
+use common::Clip;
 
 /// What one LLM gives for one clip (cached on disk).
 #[derive(Serialize, Deserialize, Clone)]
@@ -100,72 +78,30 @@ struct Args {
     routed_only: bool,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
-    let mut a = Args {
-        model_dir: PathBuf::new(),
-        models: vec!["smollm2-135m".into()],
-        max_clips: None,
-        out: PathBuf::from("/tmp/llm_variants"),
-        threads: 2,
-        routed_only: false,
-    };
-    let mut dir = None;
-    while let Some(x) = it.next() {
-        match x.as_str() {
-            "--models" => {
-                a.models = it
-                    .next()
-                    .context("--models needs a list")?
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
-            "--max-clips" => a.max_clips = Some(it.next().context("--max-clips N")?.parse()?),
-            "--out" => a.out = it.next().context("--out DIR")?.into(),
-            "--threads" => a.threads = it.next().context("--threads N")?.parse()?,
-            "--routed-only" => a.routed_only = true,
-            _ if dir.is_none() => dir = Some(PathBuf::from(x)),
-            _ => bail!("unexpected argument {x}"),
-        }
-    }
-    a.model_dir = dir.context("usage: llm_variants MODEL_DIR [--models A,B] [--max-clips N]")?;
-    Ok(a)
-}
+const USAGE: &str =
+    "llm_variants MODEL_DIR [--models A,B] [--max-clips N] [--out DIR] [--threads N] [--routed-only]";
 
-fn load_clips(
-    dir: &Path,
-    labels: &LabelSet,
-    rules: &RuleSet,
-    router: &Router,
-) -> Result<Vec<Clip>> {
-    let path = dir.join("train_evidence.jsonl");
-    let file = std::fs::File::open(&path).with_context(|| path.display().to_string())?;
-    let vote = RuleVote::new(rules);
-    let mut clips = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        let r: Record =
-            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        let Some(acoustic) = r.probs else { continue };
-        let Some(truth) = labels.index_of(&r.label) else {
-            continue;
-        };
-        let fired = rules.evaluate(&r.evidence, &acoustic);
-        let vote_logits = vote.logits(&acoustic, &fired);
-        clips.push(Clip {
-            path: r.path,
-            truth,
-            speaker: r.speaker.unwrap_or_default(),
-            val: r.split == "val",
-            routed: router.is_ambiguous(&acoustic, None),
-            evidence: r.evidence,
-            acoustic,
-            fired,
-            vote_logits,
-        });
-    }
-    Ok(clips)
+fn parse_args() -> Result<Args> {
+    let it = common::Args::from_env();
+    let a = Args {
+        models: it.value::<String>("--models")?.map_or_else(
+            || vec!["smollm2-135m".into()],
+            |m| m.split(',').map(str::to_string).collect(),
+        ),
+        max_clips: it.value("--max-clips")?,
+        out: it
+            .value::<String>("--out")?
+            .map_or_else(|| PathBuf::from("/tmp/llm_variants"), PathBuf::from),
+        threads: it.value("--threads")?.unwrap_or(2),
+        routed_only: it.flag("--routed-only"),
+        model_dir: it
+            .positional()
+            .first()
+            .map(PathBuf::from)
+            .with_context(|| format!("usage: {USAGE}"))?,
+    };
+    it.finish(USAGE)?;
+    Ok(a)
 }
 
 /// Training-side clips for validation clip `c`: the out-of-fold training clips when there
@@ -403,13 +339,8 @@ fn main() -> Result<()> {
     let router = Router::from_config(&routing);
     let rules = active_rules_for(&args.model_dir, &LabelSet::default(), None)?;
     let labels = rules.labels().clone();
-    let rule_texts: Vec<RuleText> = rules
-        .rules()
-        .iter()
-        .filter(|r| r.enabled())
-        .map(|r| RuleText::new(r.id(), r.label(), r.statement(Language::En)))
-        .collect();
-    let mut clips = load_clips(&args.model_dir, &labels, &rules, &router)?;
+    let rule_texts = RuleText::enabled(&rules);
+    let mut clips = common::load_clips(&args.model_dir, &labels, &rules, &router)?;
     let oof_train = clips.iter().any(|c| !c.val);
     if let Some(cap) = args.max_clips {
         // Keep every routed validation clip first, then fill up to the cap.

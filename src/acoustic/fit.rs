@@ -8,7 +8,6 @@ use std::time::Instant;
 use candle_core::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 
 use super::augment;
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
@@ -192,20 +191,6 @@ pub(crate) const WHISPER_LEVEL_DBFS: f32 = -23.0;
 /// above its threshold (shared by both classifiers' training).
 pub(crate) const UNFAMILIARITY_COMPONENTS: usize = 32;
 pub(crate) const UNFAMILIAR_FRACTION: f64 = 0.05;
-
-/// One line of train_evidence.jsonl.
-#[derive(Serialize)]
-struct EvidenceRecord<'a> {
-    path: &'a str,
-    label: &'a str,
-    speaker: Option<&'a str>,
-    split: &'a str,
-    evidence: &'a Evidence,
-    /// Calibrated held-out probabilities: the model's for validation clips, the out-of-fold
-    /// head's for training clips (absent when no folds were trained).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    probs: Option<crate::Probs>,
-}
 
 pub(crate) struct Analysed {
     pub(crate) row: usize,
@@ -956,12 +941,12 @@ pub(crate) fn write_evidence(
                 oof_probs.get(i).cloned().flatten()
             }
             .map(|p| crate::Probs::new(labels, p));
-            let rec = EvidenceRecord {
-                path: &row.path.display().to_string(),
-                label: &row.label,
-                speaker: row.speaker.as_deref(),
-                split,
-                evidence: &a.clip.evidence,
+            let rec = model_dir::TrainEvidence {
+                path: row.path.display().to_string(),
+                label: row.label.clone(),
+                speaker: row.speaker.clone(),
+                split: split.into(),
+                evidence: a.clip.evidence.clone(),
                 probs,
             };
             let line = serde_json::to_string(&rec).map_err(|e| io(e.into()))?;

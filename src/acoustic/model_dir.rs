@@ -46,14 +46,10 @@ pub fn training_clip_names(dir: &Path) -> std::collections::BTreeSet<String> {
             .map(|n| n.to_string_lossy().into_owned())
     };
     let mut names = std::collections::BTreeSet::new();
-    if let Ok(text) = std::fs::read_to_string(dir.join(TRAIN_EVIDENCE_FILE)) {
-        for line in text.lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                if let Some(n) = v["path"].as_str().and_then(base) {
-                    names.insert(n);
-                }
-            }
-        }
+    // A damaged file names no clips rather than failing: this only guards against testing on
+    // training clips, and the model's other files say what it was trained on.
+    if let Ok(Some(records)) = read_train_evidence(dir) {
+        names.extend(records.iter().filter_map(|r| base(&r.path)));
     }
     if let Ok(text) = std::fs::read_to_string(dir.join(TRAINING_CLIPS_FILE)) {
         names.extend(
@@ -64,6 +60,54 @@ pub fn training_clip_names(dir: &Path) -> std::collections::BTreeSet<String> {
         );
     }
     names
+}
+
+/// One line of train_evidence.jsonl: a training or validation clip's evidence and, when the
+/// run had a held-out prediction for it, its calibrated held-out probabilities (the model's
+/// for validation clips, the out-of-fold head's for training clips). Written by
+/// `camxuc train`; read by refine, `training_clip_names` and the research examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainEvidence {
+    pub path: String,
+    pub label: String,
+    #[serde(default)]
+    pub speaker: Option<String>,
+    /// `train` or `val`.
+    pub split: String,
+    pub evidence: crate::Evidence,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probs: Option<crate::Probs>,
+}
+
+impl TrainEvidence {
+    /// Whether the clip was a validation clip of the run (else a training clip).
+    pub fn is_validation(&self) -> bool {
+        self.split == "val"
+    }
+}
+
+/// The records of `dir`'s train_evidence.jsonl (blank lines skipped), or `None` when the
+/// directory has none (an older model, or one copied without it).
+pub fn read_train_evidence(dir: &Path) -> Result<Option<Vec<TrainEvidence>>, ModelDirError> {
+    let path = dir.join(TRAIN_EVIDENCE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path, e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec = serde_json::from_str(line).map_err(|source| ModelDirError::EvidenceLine {
+            path: path.clone(),
+            line: i + 1,
+            source,
+        })?;
+        out.push(rec);
+    }
+    Ok(Some(out))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +132,14 @@ pub enum ModelDirError {
     },
     #[error("{}: not a camxuc model directory (no {META_FILE}); train one with `camxuc train`", path.display())]
     NotAModel { path: PathBuf },
+    /// A line of train_evidence.jsonl that does not parse.
+    #[error("{}: line {line}: {source}", path.display())]
+    EvidenceLine {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A JSON file of the model directory is not what it should be.
     #[error("{}: cannot read: {source}", path.display())]
     Parse {

@@ -817,9 +817,17 @@ mod tests {
         assert_eq!(training_clip_overlap(&model, &manifest), Some((2, 3)));
         // train_evidence.jsonl paths count by file name too.
         std::fs::remove_file(model.join(crate::acoustic::model_dir::TRAINING_CLIPS_FILE)).unwrap();
+        let record = crate::acoustic::model_dir::TrainEvidence {
+            path: "/data/x/c.wav".into(),
+            label: "panic".into(),
+            speaker: None,
+            split: "train".into(),
+            evidence: Evidence::default(),
+            probs: None,
+        };
         std::fs::write(
             model.join(crate::acoustic::model_dir::TRAIN_EVIDENCE_FILE),
-            "{\"path\": \"/data/x/c.wav\", \"label\": \"panic\"}\n",
+            format!("{}\n", serde_json::to_string(&record).unwrap()),
         )
         .unwrap();
         assert_eq!(training_clip_overlap(&model, &manifest), Some((1, 3)));

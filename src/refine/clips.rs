@@ -7,14 +7,11 @@
 //! model never saw is analysed and predicted now.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::RefineError;
-use crate::acoustic::{model_dir, AcousticModel};
+use crate::acoustic::model_dir::{self, TrainEvidence};
+use crate::acoustic::{AcousticError, AcousticModel};
 use crate::data::manifest::Manifest;
 use crate::pipeline::analyse::ClipAnalyser;
 use crate::{Evidence, LabelSet, Probs};
@@ -67,43 +64,20 @@ pub struct Gathered {
     pub failures: Vec<String>,
 }
 
-/// One line of train_evidence.jsonl (the fields refinement reads).
-#[derive(Deserialize)]
-struct Stored {
-    path: String,
-    split: String,
-    evidence: Evidence,
-    #[serde(default)]
-    probs: Option<Probs>,
-}
-
 /// A path as a lookup key: canonical when the file exists, else as written.
 fn key(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn read_stored(dir: &Path) -> Result<HashMap<PathBuf, Stored>, RefineError> {
-    let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        // A model directory without it (older, or copied without it): everything is unseen.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(RefineError::io(&path, e)),
-    };
-    let mut out = HashMap::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| RefineError::io(&path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let s: Stored = serde_json::from_str(&line).map_err(|source| RefineError::Evidence {
-            path: path.clone(),
-            line: i + 1,
-            source,
-        })?;
-        out.insert(key(Path::new(&s.path)), s);
-    }
-    Ok(out)
+fn read_stored(dir: &Path) -> Result<HashMap<PathBuf, TrainEvidence>, RefineError> {
+    // A model directory without it (older, or copied without it): everything is unseen.
+    let records = model_dir::read_train_evidence(dir)
+        .map_err(AcousticError::from)?
+        .unwrap_or_default();
+    Ok(records
+        .into_iter()
+        .map(|r| (key(Path::new(&r.path)), r))
+        .collect())
 }
 
 /// Held-out predictions for every labelled row of `manifest` (see the module docs).
@@ -133,7 +107,7 @@ pub fn gather(
                     evidence: s.evidence.clone(),
                     probs: p.clone(),
                     unfamiliarity: None,
-                    source: if s.split == "val" {
+                    source: if s.is_validation() {
                         Source::Validation
                     } else {
                         Source::OutOfFold

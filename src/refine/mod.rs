@@ -55,14 +55,6 @@ pub enum RefineError {
         #[source]
         source: std::io::Error,
     },
-    /// A line of the model's `train_evidence.jsonl` that does not parse.
-    #[error("{}: line {line}: {source}", path.display())]
-    Evidence {
-        path: PathBuf,
-        line: usize,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("{}: {source}", path.display())]
     Analyser {
         path: PathBuf,
