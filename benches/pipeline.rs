@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use camxuc::audio::LoadOptions;
+use camxuc::clip::ClipAnalyser;
 use camxuc::features::FeatureConfig;
-use camxuc::pipeline::analyse::ClipAnalyser;
 
 fn ravdess_clips() -> Option<Vec<PathBuf>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ravdess-3class/clips");

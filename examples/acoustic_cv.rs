@@ -24,18 +24,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use camxuc::acoustic::augment::perturb;
+use camxuc::acoustic::calibrate::mean_nll;
 use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
 use camxuc::acoustic::fit::evidence_inputs;
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
 use camxuc::acoustic::model::evidence_vector;
-use camxuc::acoustic::train::{mean_nll, predict_logits, train_head, Example, TrainConfig, View};
+use camxuc::acoustic::train::{predict_logits, train_head, Example, TrainConfig, View};
+use camxuc::clip::ClipAnalyser;
 use camxuc::data::manifest::Manifest;
 use camxuc::data::split::{filter_speakers, speaker_folds, speaker_split};
-use camxuc::eval::metrics::{accuracy, macro_f1};
 use camxuc::features::{Baseline, BaselineKind, FeatureConfig};
 use camxuc::math::{argmax, softmax};
-use camxuc::pipeline::analyse::ClipAnalyser;
+use camxuc::metrics::{accuracy, macro_f1};
 use camxuc::{Audio, Evidence, LabelSet};
 use candle_core::Tensor;
 use rand::SeedableRng;
@@ -478,14 +479,14 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 /// the probe is refitted on all of them and scores the outer fold.
 mod probe {
     use super::{argmax, Encoded, FoldLogits, OOF_FOLDS};
+    use camxuc::acoustic::calibrate::mean_nll;
     use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
     use camxuc::acoustic::fit::evidence_inputs;
     use camxuc::acoustic::model::evidence_vector;
-    use camxuc::acoustic::train::mean_nll;
     use camxuc::data::manifest::Manifest;
     use camxuc::data::split::speaker_folds;
-    use camxuc::eval::metrics::{accuracy, macro_f1, paired_macro_f1_test};
     use camxuc::features::{Baseline, BaselineKind};
+    use camxuc::metrics::{accuracy, macro_f1, paired_macro_f1_test};
     use camxuc::Evidence;
     use candle_core::Tensor;
 

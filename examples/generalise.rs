@@ -31,21 +31,22 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use camxuc::acoustic::augment::perturb;
+use camxuc::acoustic::calibrate::mean_nll;
 use camxuc::acoustic::calibrate::{ece_at, fit_temperature, softmax_t};
 use camxuc::acoustic::fit::evidence_inputs;
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
 use camxuc::acoustic::linear::{self, fit_path, utterance_normalise, LinearHead};
 use camxuc::acoustic::model::evidence_vector;
-use camxuc::acoustic::train::{mean_nll, predict_views, train_head, Example, TrainConfig, View};
+use camxuc::acoustic::train::{predict_views, train_head, Example, TrainConfig, View};
 use camxuc::acoustic::unfamiliar::{median, Unfamiliarity};
 use camxuc::audio::field::FieldChain;
+use camxuc::clip::ClipAnalyser;
 use camxuc::data::manifest::Manifest;
 use camxuc::data::split::{speaker_folds, speaker_split};
-use camxuc::eval::metrics::accuracy_and_f1_ci;
 use camxuc::features::{Baseline, BaselineKind, FeatureConfig};
 use camxuc::math::argmax;
-use camxuc::pipeline::analyse::ClipAnalyser;
+use camxuc::metrics::accuracy_and_f1_ci;
 use camxuc::{Audio, Evidence, LabelSet};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
@@ -969,7 +970,7 @@ impl Scores {
             pred.push((y + 1) % 3);
         }
         let (_, f1ci) = accuracy_and_f1_ci(3, &truth, &pred, BOOT, seed);
-        let f1 = camxuc::eval::metrics::macro_f1(3, &truth, &pred);
+        let f1 = camxuc::metrics::macro_f1(3, &truth, &pred);
         // ECE with each clip's own model temperature: scale the logits first.
         let scaled: Vec<Vec<f32>> = self
             .logits
@@ -981,7 +982,7 @@ impl Scores {
             "macro_f1": f1,
             "ci95": f1ci,
             "ece": ece_at(&scaled, &self.truth, 1.0),
-            "accuracy": camxuc::eval::metrics::accuracy(&truth, &pred),
+            "accuracy": camxuc::metrics::accuracy(&truth, &pred),
             "n": truth.len(),
             "unusable": self.unusable.len(),
         })
@@ -1371,7 +1372,7 @@ fn fusion_study(
         let mut row = BTreeMap::new();
         for &v in &variants {
             let pred: Vec<usize> = ix.iter().map(|&i| decided[i][v]).collect();
-            let f1 = camxuc::eval::metrics::macro_f1(3, &truth, &pred);
+            let f1 = camxuc::metrics::macro_f1(3, &truth, &pred);
             let routed_acc = routed_ix
                 .iter()
                 .filter(|&&i| decided[i][v] == preds[i].y)
@@ -1388,8 +1389,7 @@ fn fusion_study(
                     let t: Vec<usize> = s.iter().map(|&j| truth[j]).collect();
                     let p: Vec<usize> = s.iter().map(|&j| pred[j]).collect();
                     let b: Vec<usize> = s.iter().map(|&j| base[j]).collect();
-                    camxuc::eval::metrics::macro_f1(3, &t, &p)
-                        - camxuc::eval::metrics::macro_f1(3, &t, &b)
+                    camxuc::metrics::macro_f1(3, &t, &p) - camxuc::metrics::macro_f1(3, &t, &b)
                 })
                 .collect();
             diffs.sort_by(f64::total_cmp);

@@ -22,10 +22,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use camxuc::acoustic::model_dir::read_routing;
 use camxuc::catalog::{models_dir, ModelSpec};
-use camxuc::eval::metrics::{accuracy_on, bootstrap_ci, macro_f1};
 use camxuc::llm::lora::{CachedPrompt, LoraConfig, LoraTarget, LoraTask, TrainOptions};
 use camxuc::llm::{GgufFile, RuleText};
 use camxuc::math::argmax;
+use camxuc::metrics::{accuracy_on, bootstrap_ci, macro_f1};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
 

@@ -25,9 +25,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use camxuc::acoustic::model_dir::read_routing;
 use camxuc::catalog::{models_dir, ModelSpec};
-use camxuc::eval::metrics::{accuracy_on, bootstrap_ci, macro_f1};
 use camxuc::llm::{LlmReasoner, LoadOptions, ReasonerOptions, RuleText};
 use camxuc::math::{argmax, log_softmax};
+use camxuc::metrics::{accuracy_on, bootstrap_ci, macro_f1};
 use camxuc::pipeline::decide::active_rules_for;
 use camxuc::pipeline::Router;
 

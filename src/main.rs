@@ -12,12 +12,12 @@ use camxuc::acoustic::fit_linear::LinearChoice;
 use camxuc::acoustic::model_dir::ModelSource;
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
+use camxuc::clip::{AnalysedClip, ClipAnalyser};
 use camxuc::data::synth::{synthesize, SynthOptions};
 use camxuc::eval::run::{
     evaluate_with_output, print_summary, training_clip_overlap, EvalOptions, EvalOutput,
 };
 use camxuc::features::{FeatureConfig, FEATURES};
-use camxuc::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use camxuc::pipeline::decide::{probs_text, summarise_segments};
 use camxuc::pipeline::fusion::{self, FusionParams};
 use camxuc::pipeline::output::{

@@ -309,7 +309,7 @@ pub struct Decision {
     /// Whether every rule id, rule statement and feature name the rationale names is in this
     /// Decision (`src/pipeline/faithful.rs`); for clips a reasoner decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rationale_check: Option<crate::pipeline::faithful::RationaleCheck>,
+    pub rationale_check: Option<RationaleCheck>,
     /// What was said, when the clip was transcribed for the reasoner (`--transcribe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<String>,
@@ -364,6 +364,33 @@ pub trait Reasoner {
     fn llm_decides(&self) -> bool {
         false
     }
+}
+
+/// Who wrote the rationale text that `pipeline::faithful` checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Author {
+    /// The rule template (from the fusion's contributions; faithful by construction).
+    #[default]
+    Rules,
+    /// An LLM (only its own words are checked, not the template it follows).
+    Llm,
+}
+
+/// The outcome of `pipeline::faithful::check`, recorded in the Decision (`rationale_check`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RationaleCheck {
+    /// Whose words were checked.
+    #[serde(default)]
+    pub author: Author,
+    /// No mention of something the Decision does not hold.
+    pub faithful: bool,
+    /// What the rationale names: rule ids, `statement:<rule id>` for a rule's statement, and
+    /// feature names, each once, in the order first found.
+    pub mentions: Vec<String>,
+    /// The mentions the Decision does not support (a rule that did not fire, a feature that
+    /// was not measured).
+    pub unsupported: Vec<String>,
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use camxuc::acoustic::fit::Classifier;
 use camxuc::acoustic::fit_linear::LinearChoice;
 use camxuc::acoustic::{model_dir, train_model, AcousticModel, HeldOutCondition, TrainOptions};
 use camxuc::audio::field::{Codec, FieldChain, Noise, NoiseKind, Telephone};
+use camxuc::clip::ClipAnalyser;
 use camxuc::features::FeatureConfig;
-use camxuc::pipeline::analyse::ClipAnalyser;
 use camxuc::Audio;
 
 fn linear(manifest: PathBuf, out: PathBuf) -> TrainOptions {

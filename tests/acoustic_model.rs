@@ -5,9 +5,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use camxuc::acoustic::{model_dir, train_model, AcousticModel, FrontendChoice, TrainOptions};
+use camxuc::clip::ClipAnalyser;
 use camxuc::eval::run::{evaluate, EvalOptions};
 use camxuc::features::FeatureConfig;
-use camxuc::pipeline::analyse::ClipAnalyser;
 use camxuc::pipeline::fusion;
 
 #[test]

@@ -11,10 +11,10 @@ use std::process::{Command, Output};
 use camxuc::acoustic::fit::Classifier;
 use camxuc::acoustic::fit_linear::LinearChoice;
 use camxuc::acoustic::{model_dir, train_model, AcousticModel};
+use camxuc::clip::ClipAnalyser;
 use camxuc::data::manifest::Manifest;
 use camxuc::data::split::filter_speakers;
 use camxuc::features::FeatureConfig;
-use camxuc::pipeline::analyse::ClipAnalyser;
 use camxuc::LabelSet;
 
 /// The corpus (4 synthetic voices, 12 clips each), a linear model trained on two of them,

@@ -78,7 +78,7 @@ fn default_model_loads_and_classifies_a_real_clip() {
     let dev = candle_core::Device::Cpu;
     let model =
         camxuc::acoustic::AcousticModel::load(&default_dir(), &models, &dev).expect("loads");
-    let mut an = camxuc::pipeline::analyse::ClipAnalyser::new(&model.meta.features).unwrap();
+    let mut an = camxuc::clip::ClipAnalyser::new(&model.meta.features).unwrap();
     // An angry clip at strong intensity (actor 01, statement 1).
     let mut clip = an
         .analyse(&data.join("clips/03-01-05-02-01-01-01.wav"))

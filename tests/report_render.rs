@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use camxuc::eval::metrics::{ClassScores, Confusion};
 use camxuc::eval::record::{AblationLabels, EvalRecord};
 use camxuc::eval::run::{Ablations, EvalReport, Identifier, RoutingSummary, Scores};
+use camxuc::metrics::{ClassScores, Confusion};
 use camxuc::report::{write_report, ReportOptions};
 use camxuc::{Decision, Evidence, FiredRule, LabelSet, Probs, Route, DECISION_SCHEMA_VERSION};
 use rand::{Rng, SeedableRng};

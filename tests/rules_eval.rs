@@ -361,8 +361,7 @@ fn ravdess_actors_01_12_per_rule_figures() {
         })
         .collect();
     let mut analyser =
-        camxuc::pipeline::analyse::ClipAnalyser::new(&camxuc::features::FeatureConfig::default())
-            .unwrap();
+        camxuc::clip::ClipAnalyser::new(&camxuc::features::FeatureConfig::default()).unwrap();
     let mut clips: Vec<(String, Evidence)> = Vec::new();
     for row in &train {
         match analyser.analyse(&row.path) {

@@ -28,19 +28,20 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::calibrate::mean_nll;
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::fit::fit_routing;
 use super::linear::{fit, FitOptions, LinearHead, Scaler};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
 use super::model_dir::{self, Adaptation, ModelDirError, RoutingConfig};
-use super::train::{argmax, mean_nll, View};
+use super::train::{argmax, View};
 use super::unfamiliar::Unfamiliarity;
 use super::{AcousticError, AcousticModel};
+use crate::clip::ClipAnalyser;
 use crate::data::manifest::{Manifest, ManifestRow};
 use crate::data::split::{speaker_folds, speaker_split};
-use crate::eval::metrics::Confusion;
 use crate::features::{Baseline, BaselineKind};
-use crate::pipeline::analyse::ClipAnalyser;
+use crate::metrics::Confusion;
 use crate::private_fs::create_private_dir_all;
 use crate::Evidence;
 

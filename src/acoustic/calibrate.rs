@@ -1,9 +1,7 @@
 //! Temperature scaling (Guo et al. 2017): one scalar T fitted on held-out logits so that
 //! softmax(logits / T) gives probabilities that mean what they say.
 
-use crate::eval::metrics::expected_calibration_error;
-
-use super::train::mean_nll;
+use crate::metrics::expected_calibration_error;
 
 /// Softmax of `logits / temperature` (the one softmax, [`crate::math::softmax_t`]).
 pub use crate::math::softmax_t;
@@ -44,6 +42,23 @@ pub fn ece_at(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> f64 {
         ok.push(i == y);
     }
     expected_calibration_error(&conf, &ok, 15)
+}
+
+/// Mean cross-entropy of logits (unweighted), for reporting.
+pub fn mean_nll(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> f64 {
+    let mut total = 0.0;
+    for (l, &y) in logits.iter().zip(labels) {
+        let m = l
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b / temperature));
+        let lse = m + l
+            .iter()
+            .map(|&x| (x / temperature - m).exp())
+            .sum::<f32>()
+            .ln();
+        total += (lse - l[y] / temperature) as f64;
+    }
+    total / logits.len().max(1) as f64
 }
 
 #[cfg(test)]

@@ -24,10 +24,10 @@ use super::unfamiliar::{fit_held_out, PooledInput};
 use super::AcousticError;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
+use crate::clip::{AnalysedClip, ClipAnalyser};
 use crate::data::manifest::Manifest;
 use crate::data::split::{filter_speakers, speaker_folds, speaker_split};
 use crate::features::{Baseline, BaselineKind, FeatureConfig, FEATURES};
-use crate::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use crate::{Audio, Evidence, LabelSet};
 
 /// Which frames the head reads.
@@ -607,7 +607,7 @@ pub fn train_model(
     let unfamiliar = unfamiliar.map(|(f, _)| f.model);
 
     let ensemble = (members.len() > 1).then(|| {
-        let conf = crate::eval::metrics::Confusion::new(
+        let conf = crate::metrics::Confusion::new(
             opts.labels.len(),
             val_labels.iter().copied().zip(val_logits.iter().map(|l| argmax(l))),
         );

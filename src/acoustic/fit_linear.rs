@@ -19,6 +19,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::augment;
+use super::calibrate::mean_nll;
 use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::fit::{
     analyse_rows, evidence_inputs, fit_routing, label_of, model_name, whisper_frontend,
@@ -29,16 +30,16 @@ use super::head::HeadConfig;
 use super::linear::{self, fit_path, LinearConfig, LinearHead};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
 use super::model_dir::{self, FrontendConfig, ModelMeta, TrainingMetrics};
-use super::train::{argmax, mean_nll};
+use super::train::argmax;
 use super::unfamiliar::{fit_held_out, Unfamiliarity};
 use super::AcousticError;
 use crate::audio::field::FieldChain;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
+use crate::clip::{AnalysedClip, ClipAnalyser};
 use crate::data::manifest::Manifest;
 use crate::data::split::{filter_speakers, speaker_folds};
 use crate::features::{Baseline, BaselineKind, FeatureConfig};
-use crate::pipeline::analyse::{AnalysedClip, ClipAnalyser};
 use crate::Audio;
 
 /// The linear classifier's settings (chosen by the generalisation protocol, README).
@@ -337,14 +338,14 @@ pub fn train_linear(
             });
         }
     }
-    let conf = crate::eval::metrics::Confusion::new(
+    let conf = crate::metrics::Confusion::new(
         opts.labels.len(),
         clean_y
             .iter()
             .copied()
             .zip(clean_logits.iter().map(|l| argmax(l))),
     );
-    let field_conf = crate::eval::metrics::Confusion::new(
+    let field_conf = crate::metrics::Confusion::new(
         opts.labels.len(),
         field_y
             .iter()

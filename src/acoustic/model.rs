@@ -13,8 +13,8 @@ use super::model_dir::{self, ModelMeta, RoutingConfig};
 use super::train::{predict_views, View};
 use super::unfamiliar::Unfamiliarity;
 use super::AcousticError;
+use crate::clip::AnalysedClip;
 use crate::features::Baseline;
-use crate::pipeline::analyse::AnalysedClip;
 use crate::{Evidence, Probs};
 
 /// Fill `evidence.z` against the corpus baseline and return the head's evidence input

@@ -8,9 +8,9 @@ use super::calibrate::{ece_at, fit_temperature, softmax_t};
 use super::fit::fit_routing;
 use super::model_dir;
 use super::{AcousticError, AcousticModel};
+use crate::clip::ClipAnalyser;
 use crate::data::manifest::Manifest;
 use crate::features::{Baseline, BaselineKind};
-use crate::pipeline::analyse::ClipAnalyser;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteReport {

@@ -14,8 +14,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::calibrate::mean_nll;
 use super::head::{Head, HeadConfig};
-use crate::eval::metrics::Confusion;
+use crate::metrics::Confusion;
 
 /// One view of a clip: its frames [T, D] and its evidence vector (z-scores), both measured on
 /// the same (clean or perturbed) audio.
@@ -245,23 +246,6 @@ pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<V
 
 /// Index of the largest logit (the first on ties).
 pub(crate) use crate::math::argmax;
-
-/// Mean cross-entropy of logits (unweighted), for reporting.
-pub fn mean_nll(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> f64 {
-    let mut total = 0.0;
-    for (l, &y) in logits.iter().zip(labels) {
-        let m = l
-            .iter()
-            .fold(f32::NEG_INFINITY, |a, &b| a.max(b / temperature));
-        let lse = m + l
-            .iter()
-            .map(|&x| (x / temperature - m).exp())
-            .sum::<f32>()
-            .ln();
-        total += (lse - l[y] / temperature) as f64;
-    }
-    total / logits.len().max(1) as f64
-}
 
 /// Train a head with AdamW and early stopping on validation macro-F1; returns the best epoch's
 /// weights. `on_epoch` sees each epoch's statistics (for a progress bar).

@@ -1,7 +1,6 @@
-//! Evaluation: metrics (accuracy, macro-F1, confusion, kappa, calibration error, bootstrap
-//! intervals). The `eval` command, ablations and reports build on it.
+//! Evaluation: the `eval` command (`run`), its records and the agreement statistics, on the
+//! metrics of [`crate::metrics`] (a leaf module every stage may use).
 
 pub mod agreement;
-pub mod metrics;
 pub mod record;
 pub mod run;

@@ -13,10 +13,6 @@ use sha2::{Digest, Sha256};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::metrics::{
-    accuracy_and_f1_ci, accuracy_on, paired_accuracy_difference, paired_macro_f1_difference,
-    ClassScores, Confusion, Interval, PairedDifference,
-};
 use super::record::{AblationLabels, EvalHeader, EvalLine, EvalRecord, EvalSettings, UNUSABLE};
 use crate::acoustic::augment::field_conditions;
 use crate::acoustic::model_dir::{ModelSource, META_FILE, ROUTING_FILE};
@@ -25,6 +21,10 @@ use crate::audio;
 use crate::data::manifest::{Manifest, ManifestRow};
 use crate::data::split::filter_speakers;
 use crate::data::DataError;
+use crate::metrics::{
+    accuracy_and_f1_ci, accuracy_on, paired_accuracy_difference, paired_macro_f1_difference,
+    ClassScores, Confusion, Interval, PairedDifference,
+};
 use crate::pipeline::decide::Consult;
 use crate::pipeline::faithful::Author;
 use crate::pipeline::output::{BatchWriter, Failure, OutputError, RunHeader};
@@ -630,8 +630,8 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
             .zip(conf.per_class())
             .collect(),
         confusion: conf.counts.clone(),
-        ece: super::metrics::expected_calibration_error(&final_top, &final_correct, 15),
-        acoustic_ece: super::metrics::expected_calibration_error(&top, &correct, 15),
+        ece: crate::metrics::expected_calibration_error(&final_top, &final_correct, 15),
+        acoustic_ece: crate::metrics::expected_calibration_error(&top, &correct, 15),
         routing: RoutingSummary {
             threshold: ctx.threshold,
             routed_fraction: routed.len() as f64 / n,

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::analyse::{AnalyseError, AnalysedClip, ClipAnalyser};
 use super::faithful::{self, RationaleCheck};
 use super::fusion::Contributions;
 use super::route::Router;
 use crate::acoustic::{AcousticError, AcousticModel};
 use crate::audio::{self, AudioError};
+use crate::clip::{AnalyseError, AnalysedClip, ClipAnalyser};
 use crate::rules::{RuleSet, RulesError};
 use crate::{
     Case, Decision, Evidence, FiredRule, LabelSet, Probs, Reasoner, ReasonerError, Route, Segment,

@@ -8,38 +8,11 @@
 //! mention; the check does not judge whether the reasoning is sound, only whether what it
 //! names exists in the Decision.
 
-use serde::{Deserialize, Serialize};
-
 use crate::features::FEATURES;
 use crate::rules::RuleSet;
 use crate::types::{Evidence, FiredRule};
-
-/// Who wrote the text that was checked.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Author {
-    /// The rule template (from the fusion's contributions; faithful by construction).
-    #[default]
-    Rules,
-    /// An LLM (only its own words are checked, not the template it follows).
-    Llm,
-}
-
-/// The outcome of the check, recorded in the Decision (`rationale_check`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RationaleCheck {
-    /// Whose words were checked.
-    #[serde(default)]
-    pub author: Author,
-    /// No mention of something the Decision does not hold.
-    pub faithful: bool,
-    /// What the rationale names: rule ids, `statement:<rule id>` for a rule's statement, and
-    /// feature names, each once, in the order first found.
-    pub mentions: Vec<String>,
-    /// The mentions the Decision does not support (a rule that did not fire, a feature that
-    /// was not measured).
-    pub unsupported: Vec<String>,
-}
+// The check's outcome is part of the Decision, so its types live with the Decision's.
+pub use crate::types::{Author, RationaleCheck};
 
 /// Checks `rationale` against the rules of `rules` that fired (`fired`) and the clip's
 /// `evidence`.

@@ -662,9 +662,8 @@ pub fn fit_for_model(
         }
         let accuracy =
             |ok: &[bool]| ok.iter().filter(|&&b| b).count() as f64 / ok.len().max(1) as f64;
-        let ece = |conf: &[f64], ok: &[bool]| {
-            crate::eval::metrics::expected_calibration_error(conf, ok, 15)
-        };
+        let ece =
+            |conf: &[f64], ok: &[bool]| crate::metrics::expected_calibration_error(conf, ok, 15);
         fitted.checks.push(FusionCheck {
             condition: c.name().into(),
             clips,

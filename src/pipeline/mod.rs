@@ -1,7 +1,6 @@
 //! The pipeline: one clip from file to `Decision` (analysis, acoustic model, rules, routing,
 //! reasoner), the incremental batch output and the review queue for people.
 
-pub mod analyse;
 pub mod build;
 pub mod decide;
 pub mod faithful;

@@ -2,7 +2,7 @@
 //! confuses, how routing splits the clips, and how each rule does where it fires.
 
 use super::search::Problem;
-use crate::eval::metrics::Confusion;
+use crate::metrics::Confusion;
 use crate::rules::RuleSet;
 
 /// How one rule does on the refinement clips.

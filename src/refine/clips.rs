@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use super::RefineError;
 use crate::acoustic::model_dir::{self, TrainEvidence};
 use crate::acoustic::{AcousticError, AcousticModel};
+use crate::clip::ClipAnalyser;
 use crate::data::manifest::Manifest;
-use crate::pipeline::analyse::ClipAnalyser;
 use crate::{Evidence, LabelSet, Probs};
 
 /// Where a clip's acoustic probabilities come from.

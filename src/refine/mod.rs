@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::acoustic::{model_dir, AcousticError};
 use crate::data::manifest::Manifest;
 use crate::data::split::filter_speakers;
-use crate::eval::metrics::{paired_macro_f1_test, Confusion, Interval};
+use crate::metrics::{paired_macro_f1_test, Confusion, Interval};
 use crate::pipeline::decide::{active_rules_for, MODEL_RULES_FILE};
 use crate::pipeline::fusion::FusionParams;
 use crate::pipeline::{PipelineError, Router};
@@ -202,7 +202,7 @@ pub struct ShiftCheck {
     pub macro_f1_current: f64,
     pub macro_f1_proposed: f64,
     /// proposed − current, paired bootstrap over the clips.
-    pub difference: crate::eval::metrics::PairedDifference,
+    pub difference: crate::metrics::PairedDifference,
     /// No drop larger than `shift_tolerance`.
     pub passes: bool,
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::clips::RefineClip;
 use super::search::Problem;
 use crate::acoustic::fit::fit_routing;
-use crate::eval::metrics::Confusion;
+use crate::metrics::Confusion;
 use crate::pipeline::fusion::FusionParams;
 use crate::rules::RuleSet;
 

@@ -15,8 +15,8 @@
 
 use super::clips::RefineClip;
 use super::wording;
-use crate::eval::metrics::Confusion;
 use crate::math::{argmax, log_softmax_at};
+use crate::metrics::Confusion;
 use crate::pipeline::fusion::{floored_logp, FusionParams};
 use crate::rules::{CompareOp, Condition, Operand, Rule, RuleSet, Statements};
 use crate::LabelSet;

@@ -5,10 +5,8 @@
 //! wrong: they get an extra "other" index `k` so they never match a true label and never add to
 //! any class's predicted count.
 
-use crate::eval::metrics::{
-    bootstrap_ci, reliability_bins, ClassScores, Confusion, ReliabilityBin,
-};
 use crate::eval::record::EvalRecord;
+use crate::metrics::{bootstrap_ci, reliability_bins, ClassScores, Confusion, ReliabilityBin};
 use crate::Route;
 
 /// Index of `label` in `labels` (case-insensitive), or `labels.len()` ("other") when absent.
@@ -256,7 +254,7 @@ pub fn reliability(records: &[EvalRecord], before_calibration: bool) -> Reliabil
     let (conf, ok) = acoustic_confidence(records, before_calibration);
     Reliability {
         bins: reliability_bins(&conf, &ok, RELIABILITY_BINS),
-        ece: crate::eval::metrics::expected_calibration_error(&conf, &ok, ECE_BINS),
+        ece: crate::metrics::expected_calibration_error(&conf, &ok, ECE_BINS),
     }
 }
 
