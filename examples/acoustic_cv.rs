@@ -24,13 +24,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use camxuc::acoustic::augment::perturb;
-use camxuc::acoustic::calibrate::mean_nll;
-use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
-use camxuc::acoustic::fit::evidence_inputs;
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
+use camxuc::acoustic::head_training::{predict_logits, train_head, Example, TrainConfig, View};
 use camxuc::acoustic::model::evidence_vector;
-use camxuc::acoustic::train::{predict_logits, train_head, Example, TrainConfig, View};
+use camxuc::acoustic::temperature::mean_nll;
+use camxuc::acoustic::temperature::{ece_at, fit_temperature};
+use camxuc::acoustic::train::evidence_inputs;
 use camxuc::clip::ClipAnalyser;
 use camxuc::data::manifest::Manifest;
 use camxuc::data::split::{filter_speakers, speaker_folds, speaker_split};
@@ -270,7 +270,7 @@ fn run_outer_fold(
     };
     let main = train_head(&cfg, &tc(1), &train, &val, dev, &mut |_| {})?;
     record(&main.head)?;
-    // Fold heads exactly as fit.rs makes them: speaker folds of the training part.
+    // Fold heads exactly as `camxuc train` (src/acoustic/train.rs) makes them: speaker folds of the training part.
     let train_m = m.subset(&train_rows);
     for (f, fold) in speaker_folds(&train_m, OOF_FOLDS, 1)?.iter().enumerate() {
         let fit: Vec<Example> = fold.train.iter().map(|&i| train[i].clone()).collect();
@@ -479,10 +479,10 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 /// the probe is refitted on all of them and scores the outer fold.
 mod probe {
     use super::{argmax, Encoded, FoldLogits, OOF_FOLDS};
-    use camxuc::acoustic::calibrate::mean_nll;
-    use camxuc::acoustic::calibrate::{ece_at, fit_temperature};
-    use camxuc::acoustic::fit::evidence_inputs;
     use camxuc::acoustic::model::evidence_vector;
+    use camxuc::acoustic::temperature::mean_nll;
+    use camxuc::acoustic::temperature::{ece_at, fit_temperature};
+    use camxuc::acoustic::train::evidence_inputs;
     use camxuc::data::manifest::Manifest;
     use camxuc::data::split::speaker_folds;
     use camxuc::features::{Baseline, BaselineKind};

@@ -31,14 +31,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use camxuc::acoustic::augment::perturb;
-use camxuc::acoustic::calibrate::mean_nll;
-use camxuc::acoustic::calibrate::{ece_at, fit_temperature, softmax_t};
-use camxuc::acoustic::fit::evidence_inputs;
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
+use camxuc::acoustic::head_training::{predict_views, train_head, Example, TrainConfig, View};
 use camxuc::acoustic::linear::{self, fit_path, utterance_normalise, LinearHead};
 use camxuc::acoustic::model::evidence_vector;
-use camxuc::acoustic::train::{predict_views, train_head, Example, TrainConfig, View};
+use camxuc::acoustic::temperature::mean_nll;
+use camxuc::acoustic::temperature::{ece_at, fit_temperature, softmax_t};
+use camxuc::acoustic::train::evidence_inputs;
 use camxuc::acoustic::unfamiliar::{median, Unfamiliarity};
 use camxuc::audio::field::FieldChain;
 use camxuc::clip::ClipAnalyser;

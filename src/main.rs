@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use camxuc::acoustic::fit::Classifier;
-use camxuc::acoustic::fit_linear::LinearChoice;
 use camxuc::acoustic::model_dir::ModelSource;
+use camxuc::acoustic::train::Classifier;
+use camxuc::acoustic::train_linear::LinearChoice;
 use camxuc::acoustic::{model_dir, train_model, FrontendChoice, TrainEvent, TrainOptions};
 use camxuc::catalog;
 use camxuc::clip::{AnalysedClip, ClipAnalyser};
@@ -567,8 +567,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve(a),
         Command::Calibrate { manifest, model } => {
             let dir = pick_model_to_change(model, "calibrate")?;
-            let r =
-                camxuc::acoustic::site::calibrate_site(&dir, &catalog::models_dir(), &manifest)?;
+            let r = camxuc::acoustic::calibrate::calibrate_site(
+                &dir,
+                &catalog::models_dir(),
+                &manifest,
+            )?;
             for f in &r.failed {
                 eprintln!("skipped: {f}");
             }

@@ -5,8 +5,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use camxuc::acoustic::fit::Classifier;
-use camxuc::acoustic::fit_linear::LinearChoice;
+use camxuc::acoustic::train::Classifier;
+use camxuc::acoustic::train_linear::LinearChoice;
 use camxuc::acoustic::{model_dir, train_model, AcousticModel, HeldOutCondition, TrainOptions};
 use camxuc::audio::field::{Codec, FieldChain, Noise, NoiseKind, Telephone};
 use camxuc::clip::ClipAnalyser;

@@ -79,7 +79,7 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
     assert!(!clips[0].evidence.z.is_empty());
 
     // Site calibration refits temperature, baseline and routing in place, keeping the old files.
-    let site = camxuc::acoustic::site::calibrate_site(&a.dir, &models, &manifest).unwrap();
+    let site = camxuc::acoustic::calibrate::calibrate_site(&a.dir, &models, &manifest).unwrap();
     assert_eq!(site.n, 18);
     assert!(site.ece_after <= site.ece_before + 1e-9, "{site:?}");
     assert!(a.dir.join("model.json.prev").is_file() && a.dir.join("routing.json.prev").is_file());
@@ -93,7 +93,7 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
         .starts_with("corpus:site:"));
     let too_few = tmp.path().join("few.csv");
     std::fs::write(&too_few, "path,label\n").unwrap();
-    assert!(camxuc::acoustic::site::calibrate_site(&a.dir, &models, &too_few).is_err());
+    assert!(camxuc::acoustic::calibrate::calibrate_site(&a.dir, &models, &too_few).is_err());
 
     // A directory of another format version is refused with a clear message.
     let meta_path = a.dir.join(model_dir::META_FILE);

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use camxuc::acoustic::fit::Classifier;
-use camxuc::acoustic::fit_linear::LinearChoice;
+use camxuc::acoustic::train::Classifier;
+use camxuc::acoustic::train_linear::LinearChoice;
 use camxuc::acoustic::{model_dir, train_model, AcousticModel};
 use camxuc::clip::ClipAnalyser;
 use camxuc::data::manifest::Manifest;

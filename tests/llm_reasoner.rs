@@ -271,7 +271,7 @@ fn a_gguf_the_runner_cannot_load_is_a_clear_error() {
     );
     let file = GgufFile::open(&broken).unwrap();
     let err = LlmModel::load(&file, &load_options()).err().unwrap();
-    assert!(matches!(err, LlmError::Model { .. }), "{err}");
+    assert!(matches!(err, LlmError::Candle { .. }), "{err}");
     assert!(
         err.to_string().contains(&broken.display().to_string()),
         "{err}"

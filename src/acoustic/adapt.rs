@@ -28,13 +28,13 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::calibrate::mean_nll;
-use super::calibrate::{ece_at, fit_temperature, softmax_t};
-use super::fit::fit_routing;
+use super::head_training::{argmax, View};
 use super::linear::{fit, FitOptions, LinearHead, Scaler};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
 use super::model_dir::{self, Adaptation, ModelDirError, RoutingConfig};
-use super::train::{argmax, View};
+use super::temperature::mean_nll;
+use super::temperature::{ece_at, fit_temperature, softmax_t};
+use super::train::fit_routing;
 use super::unfamiliar::Unfamiliarity;
 use super::{AcousticError, AcousticModel};
 use crate::clip::ClipAnalyser;
@@ -49,7 +49,7 @@ use crate::Evidence;
 pub const AUDIO_EXTENSIONS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
 /// Fewer usable site clips than this (all inputs together), or fewer labelled ones when
 /// labels are given, cannot say much about a site.
-pub const MIN_SITE_CLIPS: usize = super::site::MIN_SITE_CLIPS;
+pub const MIN_SITE_CLIPS: usize = super::calibrate::MIN_SITE_CLIPS;
 /// Penalties toward the source weights tried by the MAP refit, largest first (each fit
 /// warm-starts from the previous one); before them, "keep the source weights" (λ = ∞).
 pub const PRIOR_LAMBDAS: [f64; 9] = [30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003];

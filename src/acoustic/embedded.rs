@@ -63,9 +63,9 @@ pub fn materialise(cache: &Path) -> Result<PathBuf, ModelDirError> {
     {
         return Ok(dir);
     }
-    let io = |path: &Path, e: std::io::Error| ModelDirError::Io {
+    let io = |path: &Path, source: std::io::Error| ModelDirError::Embedded {
         path: path.into(),
-        message: format!("cannot write the embedded default model: {e}"),
+        source,
     };
     // Written beside its final name, then renamed: another process never sees half a model.
     let tmp = cache.join(format!(

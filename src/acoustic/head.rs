@@ -56,7 +56,7 @@ pub fn combine_logits(per_head: &[Vec<Vec<f32>>], how: EnsembleCombine) -> Vec<V
                 EnsembleCombine::MeanProbs => {
                     let mut p = vec![0f32; k];
                     for h in per_head {
-                        let q = super::calibrate::softmax_t(&h[i], 1.0);
+                        let q = super::temperature::softmax_t(&h[i], 1.0);
                         for (a, b) in p.iter_mut().zip(q) {
                             *a += b / members;
                         }
@@ -273,8 +273,8 @@ mod tests {
         for (i, row) in lp.iter().enumerate() {
             let p: Vec<f32> = row.iter().map(|v| v.exp()).collect();
             assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
-            let pa = crate::acoustic::calibrate::softmax_t(&a[i], 1.0);
-            let pb = crate::acoustic::calibrate::softmax_t(&b[i], 1.0);
+            let pa = crate::acoustic::temperature::softmax_t(&a[i], 1.0);
+            let pb = crate::acoustic::temperature::softmax_t(&b[i], 1.0);
             for j in 0..3 {
                 assert!((p[j] - (pa[j] + pb[j]) / 2.0).abs() < 1e-5);
             }
@@ -305,7 +305,7 @@ mod tests {
         let clips = [clip(0, 5), clip(3, 7), clip(7, 7), clip(1, 4)];
         let evidence = [[0.5f32, -1.0], [0.0, 0.3], [-0.7, 1.2], [1.5, 0.1]];
         let refs: Vec<&Tensor> = clips.iter().collect();
-        let (x, mask) = crate::acoustic::train::pad_batch(&refs, &dev).unwrap();
+        let (x, mask) = crate::acoustic::head_training::pad_batch(&refs, &dev).unwrap();
         let ev = Tensor::new(&evidence, &dev).unwrap();
         let batch = head
             .forward(&x, &mask, Some(&ev), None)

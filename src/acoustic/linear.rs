@@ -497,7 +497,7 @@ mod tests {
         let right = tx
             .iter()
             .zip(&ty)
-            .filter(|(x, &y)| crate::acoustic::train::argmax(&h.logits(x)) == y)
+            .filter(|(x, &y)| crate::acoustic::head_training::argmax(&h.logits(x)) == y)
             .count();
         assert!(right >= 57, "{right} of 60");
         let again = fit(&xs, &ys, 3, None, &FitOptions::default(), None).unwrap();
@@ -511,7 +511,7 @@ mod tests {
         let h = fit(&xs, &ys, 3, None, &FitOptions::default(), None).unwrap();
         let mut g = [0f64; 3];
         for (x, &y) in xs.iter().zip(&ys) {
-            let p = crate::acoustic::calibrate::softmax_t(&h.logits(x), 1.0);
+            let p = crate::acoustic::temperature::softmax_t(&h.logits(x), 1.0);
             for k in 0..3 {
                 g[k] += (p[k] as f64 - if k == y { 1.0 } else { 0.0 }) / xs.len() as f64;
             }
@@ -593,7 +593,7 @@ mod tests {
         let d = h.input_dim();
         let mut g = vec![0f64; 3 * d];
         for (x, &y) in few.iter().zip(&few_y) {
-            let p = crate::acoustic::calibrate::softmax_t(&h.logits(x), 1.0);
+            let p = crate::acoustic::temperature::softmax_t(&h.logits(x), 1.0);
             let z = h.scaler.apply(x);
             for k in 0..3 {
                 let r = p[k] as f64 - if k == y { 1.0 } else { 0.0 };

@@ -3,30 +3,36 @@
 //! probabilities.
 //!
 //! - [`whisper`]: the pretrained front end (CTranslate2 weights read into candle);
-//! - [`head`], [`train`], [`calibrate`]: the model, its seeded training, temperature scaling;
-//! - [`fit`]: `camxuc train` end to end; [`model`]: a trained model for inference;
-//! - [`model_dir`]: the model directory format.
+//!   [`frontend`]: Whisper or log-mel frames for the head;
+//! - [`head`], [`head_training`], [`temperature`]: the attention head, its seeded training,
+//!   temperature scaling; [`linear`]: the linear classifier; [`unfamiliar`]: the
+//!   unfamiliarity reference; [`augment`]: training-time perturbations;
+//! - [`train`]: the `camxuc train` command for the attention classifier, [`train_linear`] for
+//!   the linear one; [`adapt`]: `camxuc adapt`; [`calibrate`]: `camxuc calibrate` (a site's
+//!   temperature and routing threshold);
+//! - [`model`]: a trained model for inference; [`model_dir`]: the model directory format and
+//!   which model a command uses; [`embedded`]: the default model built into the binary.
 
 pub mod adapt;
 pub mod augment;
 pub mod calibrate;
 pub mod embedded;
 mod error;
-pub mod fit;
-pub mod fit_linear;
 pub mod frontend;
 pub mod head;
+pub mod head_training;
 pub mod linear;
 pub mod model;
 pub mod model_dir;
-pub mod site;
+pub mod temperature;
 pub mod train;
+pub mod train_linear;
 pub mod unfamiliar;
 pub mod whisper;
 
 pub use error::AcousticError;
-pub use fit::{
+pub use model::AcousticModel;
+pub use train::{
     default_device, train_model, FrontendChoice, HeldOutCondition, HeldOutPrediction, TrainEvent,
     TrainOptions, TrainReport,
 };
-pub use model::AcousticModel;

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use super::calibrate::softmax_t;
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, Head};
+use super::head_training::{predict_views, View};
 use super::linear::LinearHead;
 use super::model_dir::{self, ModelMeta, RoutingConfig};
-use super::train::{predict_views, View};
+use super::temperature::softmax_t;
 use super::unfamiliar::Unfamiliarity;
 use super::AcousticError;
 use crate::clip::AnalysedClip;

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::head::{EnsembleCombine, HeadConfig};
+use super::head_training::EpochStats;
 use super::linear::LinearConfig;
-use super::train::EpochStats;
 use super::unfamiliar::UnfamiliarityConfig;
 use crate::features::{Baseline, FeatureConfig};
 use crate::LabelSet;
@@ -112,10 +112,13 @@ pub fn read_train_evidence(dir: &Path) -> Result<Option<Vec<TrainEvidence>>, Mod
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelDirError {
-    /// An io failure as text: fit.rs and embedded.rs still flatten their io::Error into
-    /// `message`. `Fs` keeps it as the source.
-    #[error("{}: {message}", path.display())]
-    Io { path: PathBuf, message: String },
+    /// The embedded default model could not be written to its cache folder.
+    #[error("{}: cannot write the embedded default model: {source}", path.display())]
+    Embedded {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A file or folder of the model directory could not be read, written or made.
     #[error("{}: {source}", path.display())]
     Fs {

@@ -1,509 +1,1004 @@
-//! Training the head on precomputed frame features (the encoder is frozen, so each clip's
-//! frames — and each augmented view of it — are computed once, then many cheap epochs run).
-//!
-//! Everything random (weight init, shuffling, view choice, time masks, dropout) comes from
-//! one seeded ChaCha RNG: candle's CPU device cannot be seeded and candle-nn's init and
-//! dropout are unseeded, so they are not used. Same seed → same weights → same metrics.
+//! `camxuc train`: manifest → speaker-disjoint split → analysis → frames (clean + perturbed
+//! views) → head training → temperature → routing threshold → model directory.
 
-use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use candle_core::Device;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use super::calibrate::mean_nll;
-use super::head::{Head, HeadConfig};
-use crate::metrics::Confusion;
+use super::augment;
+use super::frontend::Frontend;
+use super::head::{combine_logits, EnsembleCombine, HeadConfig};
+use super::head_training::{
+    argmax, predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View,
+};
+use super::model::evidence_vector;
+use super::model_dir::{
+    self, EnsembleConfig, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics,
+};
+use super::temperature::{ece_at, fit_temperature, softmax_t};
+use super::unfamiliar::{fit_held_out, PooledInput};
+use super::AcousticError;
+use crate::audio::TARGET_RATE;
+use crate::catalog;
+use crate::clip::{AnalysedClip, ClipAnalyser};
+use crate::data::manifest::Manifest;
+use crate::data::split::{filter_speakers, speaker_folds, speaker_split};
+use crate::features::{Baseline, BaselineKind, FeatureConfig, FEATURES};
+use crate::{Audio, Evidence, LabelSet};
 
-/// One view of a clip: its frames [T, D] and its evidence vector (z-scores), both measured on
-/// the same (clean or perturbed) audio.
+/// Which frames the head reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendChoice {
+    /// Frozen Whisper base encoder, stopped after this many blocks.
+    Whisper {
+        blocks: usize,
+    },
+    LogMel,
+}
+
 #[derive(Clone, Debug)]
-pub struct View {
-    pub frames: Tensor,
-    pub evidence: Vec<f32>,
+pub struct TrainOptions {
+    pub manifest: PathBuf,
+    /// Keep only these speakers of `manifest` (e.g. `actor01-actor12`).
+    pub speakers: Option<String>,
+    pub val_manifest: Option<PathBuf>,
+    pub out: PathBuf,
+    pub force: bool,
+    pub labels: LabelSet,
+    pub frontend: FrontendChoice,
+    pub models_dir: PathBuf,
+    pub train: TrainConfig,
+    pub hidden: usize,
+    pub dropout: f32,
+    /// Perturbed copies per training clip (besides the clean one).
+    pub augment_views: usize,
+    /// Validation share when no `val_manifest` is given (speaker-disjoint).
+    pub val_fraction: f64,
+    pub route_fraction: f32,
+    /// Fuse the evidence z-scores into the head.
+    pub use_evidence: bool,
+    /// Speaker folds for out-of-fold predictions on the training clips (0 or 1: none). They
+    /// are stored in train_evidence.jsonl for refinement, and calibrate the temperature and
+    /// routing threshold together with the validation predictions.
+    pub oof_folds: usize,
+    /// Keep the out-of-fold heads and combine them with the main head at inference (`None`:
+    /// throw them away after their out-of-fold predictions, one head as before).
+    pub ensemble: Option<EnsembleCombine>,
+    /// Which classifier reads the frames.
+    pub classifier: Classifier,
+    /// Labelled manifests of other corpora or sites, never trained on: the served model's
+    /// predictions of their clips join the held-out predictions the fusion is fitted on.
+    pub shifted: Vec<PathBuf>,
 }
 
-/// One training clip: view 0 is the clean one, the others are perturbed copies.
-#[derive(Clone, Debug)]
-pub struct Example {
-    pub views: Vec<View>,
-    pub label: usize,
+/// The classifier on the frozen front end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Classifier {
+    /// Attention-pooling head(s) trained by gradient descent on frames (the earlier default).
+    Attention,
+    /// Pooled statistics + L2 logistic regression, with an unfamiliarity reference.
+    Linear(super::train_linear::LinearChoice),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub weight_decay: f64,
-    /// Stop when validation macro-F1 has not improved for this many epochs.
-    pub patience: usize,
-    pub seed: u64,
-    /// Fraction of frames hidden by random time masks during training (SpecAugment-style).
-    pub time_mask_fraction: f32,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
+impl TrainOptions {
+    pub fn new(manifest: PathBuf, out: PathBuf) -> Self {
         Self {
-            epochs: 60,
-            batch_size: 16,
-            learning_rate: 1e-3,
-            weight_decay: 1e-2,
-            patience: 12,
-            seed: 1,
-            time_mask_fraction: 0.15,
+            manifest,
+            speakers: None,
+            val_manifest: None,
+            out,
+            force: false,
+            labels: LabelSet::default(),
+            frontend: FrontendChoice::Whisper { blocks: 3 },
+            models_dir: catalog::models_dir(),
+            train: TrainConfig::default(),
+            hidden: 64,
+            dropout: 0.3,
+            augment_views: 2,
+            val_fraction: 0.25,
+            route_fraction: 0.3,
+            use_evidence: true,
+            oof_folds: 3,
+            ensemble: Some(EnsembleCombine::MeanLogits),
+            // Chosen by `just generalise`: the best worst column (README).
+            classifier: Classifier::Attention,
+            shifted: Vec::new(),
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochStats {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    pub val_macro_f1: f64,
+/// Progress of a training run, for a progress bar.
+pub enum TrainEvent<'a> {
+    Analysed {
+        done: usize,
+        total: usize,
+    },
+    Encoded {
+        done: usize,
+        total: usize,
+    },
+    Epoch(&'a EpochStats),
+    /// Out-of-fold head `fold` of `folds` is being trained.
+    Fold {
+        fold: usize,
+        folds: usize,
+    },
+    Note(String),
 }
 
-pub struct Trained {
-    pub varmap: VarMap,
-    pub head: Head,
-    pub history: Vec<EpochStats>,
-    pub best_epoch: usize,
+pub struct TrainReport {
+    pub dir: PathBuf,
+    pub meta: ModelMeta,
+    pub routing: RoutingConfig,
+    /// Clips left out, each with its reason.
+    pub skipped: Vec<String>,
+    /// Predictions on clips (and perturbed copies of clips) whose speakers the predicting
+    /// head never trained on: what the fusion of the reasoning stage is fitted on. Empty when
+    /// the trainer made none.
+    pub held_out: Vec<HeldOutPrediction>,
 }
 
-/// Stack views (each [T_i, D]) into a zero-padded [B, T_max, D] batch and its [B, T_max] mask.
-pub fn pad_batch(views: &[&Tensor], dev: &Device) -> Result<(Tensor, Tensor)> {
-    let t_max = views
-        .iter()
-        .map(|v| v.dim(0))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let d = views.first().map(|v| v.dim(1)).transpose()?.unwrap_or(1);
-    let mut padded = Vec::with_capacity(views.len());
-    let mut mask = Vec::with_capacity(views.len() * t_max);
-    for v in views {
-        let t = v.dim(0)?;
-        padded.push(if t < t_max {
-            Tensor::cat(
-                &[
-                    (*v).clone(),
-                    Tensor::zeros((t_max - t, d), DType::F32, dev)?,
-                ],
-                0,
-            )?
-        } else {
-            (*v).clone()
-        });
-        mask.extend((0..t_max).map(|i| if i < t { 1f32 } else { 0.0 }));
+/// One held-out prediction of a trained model, with what the reasoning stage sees of the clip.
+#[derive(Clone, Debug)]
+pub struct HeldOutPrediction {
+    /// Calibrated probabilities (the served temperature).
+    pub probs: crate::Probs,
+    /// The clip's evidence with z-scores against the model's baseline.
+    pub evidence: Evidence,
+    /// Unfamiliarity scored by a reference fitted without the clip's speakers, in the served
+    /// model's unit (`None` without a reference).
+    pub unfamiliarity: Option<f32>,
+    pub label: usize,
+    /// Which held-out part predicted it: `val`, the speaker fold (`fold1`, …), or
+    /// `corpus:<name>` for a clip of a `--shifted-manifest`.
+    pub group: String,
+    pub condition: HeldOutCondition,
+}
+
+/// What kind of held-out prediction it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HeldOutCondition {
+    /// A clip as recorded, of a speaker the predicting head never trained on.
+    Clean,
+    /// A perturbed copy of such a clip (gain, noise, telephone band, echo; field chains for
+    /// the linear classifier).
+    Perturbed,
+    /// A clip of another corpus or site (`TrainOptions::shifted`), predicted by the served
+    /// model, which never trained on it.
+    OtherCorpus,
+}
+
+impl HeldOutCondition {
+    pub const ALL: [Self; 3] = [Self::Clean, Self::Perturbed, Self::OtherCorpus];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Perturbed => "perturbed",
+            Self::OtherCorpus => "other_corpus",
+        }
     }
-    Ok((
-        Tensor::stack(&padded, 0)?,
-        Tensor::from_vec(mask, (views.len(), t_max), dev)?,
-    ))
 }
 
-fn evidence_batch(views: &[&View], dim: usize, dev: &Device) -> Result<Option<Tensor>> {
-    if dim == 0 {
-        return Ok(None);
+/// Level every clip is scaled to before the Whisper encoder.
+pub(crate) const WHISPER_LEVEL_DBFS: f32 = -23.0;
+
+/// Principal directions of the unfamiliarity reference, and the share of held-out clean clips
+/// above its threshold (shared by both classifiers' training).
+pub(crate) const UNFAMILIARITY_COMPONENTS: usize = 32;
+pub(crate) const UNFAMILIAR_FRACTION: f64 = 0.05;
+
+pub(crate) struct Analysed {
+    pub(crate) row: usize,
+    pub(crate) clip: AnalysedClip,
+}
+
+pub(crate) fn analyse_rows(
+    m: &Manifest,
+    rows: &[usize],
+    an: &mut ClipAnalyser,
+    skipped: &mut Vec<String>,
+    progress: &mut dyn FnMut(usize),
+) -> Vec<Analysed> {
+    let mut out = Vec::with_capacity(rows.len());
+    for &r in rows {
+        match an.analyse(&m.rows[r].path) {
+            Ok(clip) => out.push(Analysed { row: r, clip }),
+            Err(e) => skipped.push(e.to_string()),
+        }
+        progress(1);
     }
-    let flat: Vec<f32> = views
-        .iter()
-        .flat_map(|v| v.evidence.iter().copied())
-        .collect();
-    Tensor::from_vec(flat, (views.len(), dim), dev).map(Some)
+    out
 }
 
-/// Per-dimension mean and 1/std of all frames of the clean views.
-fn frame_statistics(train: &[Example], dim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let mut sum = vec![0f64; dim];
-    let mut sq = vec![0f64; dim];
-    let mut n = 0usize;
-    for ex in train {
-        for row in ex.views[0].frames.to_vec2::<f32>()? {
-            for (j, v) in row.iter().enumerate() {
-                sum[j] += *v as f64;
-                sq[j] += (*v as f64) * (*v as f64);
+pub fn train_model(
+    opts: &TrainOptions,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainReport, AcousticError> {
+    if let Classifier::Linear(choice) = &opts.classifier {
+        return super::train_linear::train_linear(opts, choice, on_event);
+    }
+    let started = Instant::now();
+    let device = super::default_device();
+    model_dir::prepare_out(&opts.out, opts.force)?;
+
+    // Data: the training manifest, and validation either given or held out by speaker.
+    let mut train_m = Manifest::load(&opts.manifest, &opts.labels)?;
+    if let Some(sel) = &opts.speakers {
+        train_m = filter_speakers(&train_m, &[sel.as_str()])?;
+    }
+    train_m.require_files()?;
+    let (train_m, val_m, val_speakers) = match &opts.val_manifest {
+        Some(v) => {
+            let val_m = Manifest::load(v, &opts.labels)?;
+            val_m.require_files()?;
+            let speakers = val_m.speakers();
+            (train_m, val_m, speakers)
+        }
+        None => {
+            let split = speaker_split(&train_m, opts.val_fraction, opts.train.seed)?;
+            if let Some(note) = &split.note {
+                on_event(TrainEvent::Note(note.clone()));
             }
-            n += 1;
+            (
+                train_m.subset(&split.train),
+                train_m.subset(&split.val),
+                split.val_speakers,
+            )
         }
+    };
+    let data_hash = train_m.data_hash();
+
+    // Analysis: decode, trim, evidence, log-mel.
+    let feature_cfg = FeatureConfig::default();
+    let mut an = ClipAnalyser::new(&feature_cfg).map_err(|source| AcousticError::Features {
+        path: opts.manifest.clone(),
+        source,
+    })?;
+    let total = train_m.rows.len() + val_m.rows.len();
+    let mut done = 0;
+    let mut skipped = Vec::new();
+    let mut tick = |n: usize, on_event: &mut dyn FnMut(TrainEvent)| {
+        done += n;
+        on_event(TrainEvent::Analysed { done, total });
+    };
+    let train_rows: Vec<usize> = (0..train_m.rows.len()).collect();
+    let val_rows: Vec<usize> = (0..val_m.rows.len()).collect();
+    let mut phase_seconds = std::collections::BTreeMap::new();
+    let mut phase_start = Instant::now();
+    let mut lap = |name: &str, phases: &mut std::collections::BTreeMap<String, f64>| {
+        phases.insert(name.to_string(), phase_start.elapsed().as_secs_f64());
+        phase_start = Instant::now();
+    };
+    let mut train_clips = analyse_rows(&train_m, &train_rows, &mut an, &mut skipped, &mut |n| {
+        tick(n, on_event)
+    });
+    let mut val_clips = analyse_rows(&val_m, &val_rows, &mut an, &mut skipped, &mut |n| {
+        tick(n, on_event)
+    });
+    if train_clips.is_empty() || val_clips.is_empty() {
+        return Err(AcousticError::Training {
+            path: opts.manifest.clone(),
+            message: format!(
+                "no usable clips in the training or validation part ({} skipped)",
+                skipped.len()
+            ),
+        });
     }
-    let n = n.max(1) as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let inv_std: Vec<f32> = sq
+
+    let mut shifted_sets = analyse_shifted(opts, &mut an, &mut skipped)?;
+    lap("analyse", &mut phase_seconds);
+
+    // Corpus evidence baseline from the training clips only.
+    let evidences: Vec<Evidence> = train_clips
         .iter()
-        .zip(&sum)
-        .map(|(q, s)| {
-            let var = (q / n - (s / n).powi(2)).max(0.0);
-            (1.0 / var.sqrt().max(1e-3)) as f32
-        })
+        .map(|a| a.clip.evidence.clone())
         .collect();
-    Ok((mean, inv_std))
-}
+    let baseline = Baseline::fit(
+        BaselineKind::Corpus(data_hash[..12.min(data_hash.len())].to_string()),
+        &evidences,
+    );
+    let evidence_inputs = if opts.use_evidence {
+        evidence_inputs(&baseline)
+    } else {
+        Vec::new()
+    };
 
-/// Re-initialise every trainable variable from the seeded RNG, in name order so the result
-/// does not depend on hash-map iteration order.
-fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
-        let dims = var.dims().to_vec();
-        let n: usize = dims.iter().product();
-        let values: Vec<f32> = if name.ends_with("weight") && dims.len() >= 2 {
-            // Uniform(±1/sqrt(fan_in)), fan_in = input features × kernel size.
-            let fan_in: usize = dims[1..].iter().product();
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-        } else if name.ends_with("bias") {
-            vec![0.0; n]
-        } else {
-            continue; // normalisation statistics are set from data
+    // Front end.
+    let (frontend, frontend_cfg) = match opts.frontend {
+        FrontendChoice::Whisper { blocks } => {
+            let cfg = whisper_frontend(blocks);
+            (Frontend::from_config(&cfg, &opts.models_dir, &device)?, cfg)
+        }
+        FrontendChoice::LogMel => (Frontend::LogMel, FrontendConfig::LogMel),
+    };
+
+    // Views: clean for everyone, plus perturbed copies of training clips. With the Whisper
+    // front end one encoder pass gives both the head's frames and the pooled blocks the
+    // unfamiliarity reference reads (for every view: a perturbed copy's pooled vector scores
+    // its held-out unfamiliarity for the fusion fit).
+    let pooled_input = match opts.frontend {
+        FrontendChoice::Whisper { blocks } => Some((PooledInput::for_blocks(blocks), blocks)),
+        FrontendChoice::LogMel => None,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
+    let n_views = train_clips.len() * (1 + opts.augment_views)
+        + val_clips.len()
+        + shifted_sets.iter().map(|s| s.clips.len()).sum::<usize>();
+    let mut encoded = 0;
+    let mut make_view = |clip: &mut AnalysedClip,
+                         on_event: &mut dyn FnMut(TrainEvent)|
+     -> Result<(View, Option<Vec<f32>>), AcousticError> {
+        let evidence = evidence_vector(&baseline, &evidence_inputs, &mut clip.evidence);
+        let (frames, pooled) = match &pooled_input {
+            Some((input, head_block)) => {
+                let mut want = input.blocks.clone();
+                want.push(*head_block);
+                let mut states =
+                    frontend.block_frames(&clip.speech.samples, &clip.log_mel, &want, &device)?;
+                let frames = states
+                    .pop()
+                    .expect("block_frames returns one state per block");
+                let pooled = super::model::pooled_vector(&states, input, &evidence)?;
+                (frames, Some(pooled))
+            }
+            None => (
+                frontend.frames(&clip.speech.samples, &clip.log_mel, &device)?,
+                None,
+            ),
         };
-        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+        encoded += 1;
+        on_event(TrainEvent::Encoded {
+            done: encoded,
+            total: n_views,
+        });
+        Ok((View { frames, evidence }, pooled))
+    };
+    let mut train_examples = Vec::with_capacity(train_clips.len());
+    // Per training clip: the pooled vector of each view, and the evidence of each perturbed one.
+    let mut train_pooled: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(train_clips.len());
+    let mut shifted_evidence: Vec<Vec<Evidence>> = Vec::with_capacity(train_clips.len());
+    for a in train_clips.iter_mut() {
+        let label = label_of(&opts.labels, &train_m.rows[a.row].label);
+        let (view, pooled) = make_view(&mut a.clip, on_event)?;
+        let (mut views, mut pooled_views, mut evidence) = (vec![view], vec![pooled], Vec::new());
+        for _ in 0..opts.augment_views {
+            let perturbed = augment::perturb(&a.clip.speech.samples, TARGET_RATE, &mut rng);
+            let audio = Audio {
+                samples: perturbed,
+                sample_rate: TARGET_RATE,
+                source: a.clip.speech.source.clone(),
+                ..Audio::default()
+            };
+            // A perturbation can make a clip unusable (e.g. all noise); keep the clean view then.
+            if let Ok(mut c) = an.analyse_audio(audio) {
+                let (view, pooled) = make_view(&mut c, on_event)?;
+                views.push(view);
+                pooled_views.push(pooled);
+                evidence.push(c.evidence);
+            }
+        }
+        train_examples.push(Example { views, label });
+        train_pooled.push(pooled_views);
+        shifted_evidence.push(evidence);
     }
-    Ok(())
-}
+    let mut val_examples = Vec::with_capacity(val_clips.len());
+    let mut val_pooled = Vec::with_capacity(val_clips.len());
+    for a in val_clips.iter_mut() {
+        let label = label_of(&opts.labels, &val_m.rows[a.row].label);
+        let (view, pooled) = make_view(&mut a.clip, on_event)?;
+        val_examples.push(Example {
+            views: vec![view],
+            label,
+        });
+        val_pooled.push(pooled);
+    }
+    let mut shifted_views = Vec::with_capacity(shifted_sets.len());
+    for set in shifted_sets.iter_mut() {
+        let mut views = Vec::with_capacity(set.clips.len());
+        for a in set.clips.iter_mut() {
+            let label = label_of(&opts.labels, &set.manifest.rows[a.row].label);
+            let (view, pooled) = make_view(&mut a.clip, on_event)?;
+            views.push((
+                Example {
+                    views: vec![view],
+                    label,
+                },
+                pooled,
+            ));
+        }
+        shifted_views.push(views);
+    }
 
-fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-    data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-        .collect()
-}
+    lap("encode", &mut phase_seconds);
 
-fn restore(varmap: &VarMap, snap: &HashMap<String, Tensor>) -> Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-    for (k, v) in data.iter() {
-        if let Some(t) = snap.get(k) {
-            v.set(t)?;
+    // Train the head.
+    let head_cfg = HeadConfig {
+        input_dim: frontend.dim(feature_cfg.n_mels),
+        hidden: opts.hidden,
+        evidence_dim: evidence_inputs.len(),
+        n_labels: opts.labels.len(),
+        dropout: opts.dropout,
+    };
+    let trained = train_head(
+        &head_cfg,
+        &opts.train,
+        &train_examples,
+        &val_examples,
+        &device,
+        &mut |s| on_event(TrainEvent::Epoch(s)),
+    )?;
+
+    lap("head", &mut phase_seconds);
+
+    // Out-of-fold logits for the training clips (refinement needs predictions on clips whose
+    // speaker the model never saw; training-set predictions are near perfect).
+    let fold_heads = out_of_fold_heads(
+        opts,
+        &train_m,
+        &train_clips,
+        &train_examples,
+        &val_examples,
+        &head_cfg,
+        &device,
+        on_event,
+    )?;
+
+    lap("out_of_fold", &mut phase_seconds);
+
+    // The served model: the main head, or the main head and the fold heads combined.
+    let members: Vec<&Trained> = match opts.ensemble {
+        Some(_) => std::iter::once(&trained)
+            .chain(fold_heads.heads.iter().map(|(_, t)| t))
+            .collect(),
+        None => vec![&trained],
+    };
+    let combine = opts.ensemble.unwrap_or(EnsembleCombine::MeanLogits);
+
+    // Calibration and routing on held-out predictions, each from members that never trained
+    // on the clip: validation clips from the whole served model (no member trained on them;
+    // they only chose each member's stopping epoch), training clips from the one fold head
+    // that held their speaker out (every other member trained on them).
+    let val_labels: Vec<usize> = val_examples.iter().map(|e| e.label).collect();
+    let val_per_head = members
+        .iter()
+        .map(|t| predict_logits(&t.head, &val_examples, 32, &device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let val_logits = combine_logits(&val_per_head, combine);
+    let oof_logits = &fold_heads.oof;
+    let mut held_logits = val_logits.clone();
+    let mut held_labels = val_labels.clone();
+    for (l, e) in oof_logits.iter().zip(&train_examples) {
+        if let Some(l) = l {
+            held_logits.push(l.clone());
+            held_labels.push(e.label);
         }
     }
-    Ok(())
-}
+    let temperature = fit_temperature(&held_logits, &held_labels);
+    let probs_of = |l: &Vec<f32>| softmax_t(l, temperature);
+    let val_probs: Vec<Vec<f32>> = val_logits.iter().map(probs_of).collect();
+    let oof_probs: Vec<Option<Vec<f32>>> = oof_logits
+        .iter()
+        .map(|l| l.as_ref().map(probs_of))
+        .collect();
+    let held_probs: Vec<Vec<f32>> = held_logits.iter().map(probs_of).collect();
+    let n_oof = held_probs.len() - val_probs.len();
+    let mut routing = fit_routing(&held_probs, opts.route_fraction, &val_speakers);
+    if n_oof > 0 {
+        routing.fitted_on = format!(
+            "{} validation predictions (speakers {}) and {} out-of-fold predictions ({} speaker folds of the training part)",
+            val_probs.len(),
+            val_speakers.join(" "),
+            n_oof,
+            opts.oof_folds
+        );
+    }
+    // Unfamiliarity reference on the clean clips' pooled encoder blocks (Whisper front end;
+    // pooled when their views were encoded).
+    let unfamiliar = match pooled_input {
+        Some((input, _)) => {
+            let rows: Vec<Vec<f32>> = train_pooled
+                .iter()
+                .map(|views| views[0].clone())
+                .chain(val_pooled.iter().cloned())
+                .collect::<Option<_>>()
+                .expect("every view of a Whisper front end is pooled");
+            // Held out: each speaker fold of the training part, and the validation speakers.
+            let n_train = train_clips.len();
+            let mut held: Vec<Vec<usize>> =
+                match speaker_folds(&train_m, opts.oof_folds.max(2), opts.train.seed) {
+                    Ok(folds) => {
+                        let mut position = vec![None; train_m.rows.len()];
+                        for (i, a) in train_clips.iter().enumerate() {
+                            position[a.row] = Some(i);
+                        }
+                        folds
+                            .iter()
+                            .map(|f| f.val.iter().filter_map(|&r| position[r]).collect())
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
+            held.push((n_train..rows.len()).collect());
+            let mut fitted = fit_held_out(
+                &rows,
+                &held,
+                UNFAMILIARITY_COMPONENTS,
+                UNFAMILIAR_FRACTION,
+                format!("{} clean clips (training and validation parts)", rows.len()),
+            )?;
+            fitted.model.cfg.input = Some(input);
+            routing.unfamiliarity_threshold = fitted.threshold;
+            Some((fitted, rows))
+        }
+        None => None,
+    };
+    lap("unfamiliarity", &mut phase_seconds);
 
-/// Class-weighted cross-entropy: each class counts as much as the others whatever its size.
-fn weighted_cross_entropy(
-    logits: &Tensor,
-    labels: &[usize],
-    class_weight: &[f32],
-) -> Result<Tensor> {
-    let dev = logits.device();
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let idx = Tensor::from_vec(
-        labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
-        (labels.len(), 1),
-        dev,
+    // Held-out predictions for the reasoning stage's fusion: validation clips (whole model),
+    // training clips and their perturbed copies (the fold head that held their speaker out).
+    let held_unfamiliarity = |row: usize, x: Option<&Vec<f32>>| match (&unfamiliar, x) {
+        (Some((f, _)), Some(x)) => f.held_out_score(row, x),
+        _ => None,
+    };
+    let n_train = train_clips.len();
+    let mut held_out = Vec::new();
+    for (j, a) in val_clips.iter().enumerate() {
+        held_out.push(HeldOutPrediction {
+            probs: crate::Probs::new(&opts.labels, val_probs[j].clone()),
+            evidence: a.clip.evidence.clone(),
+            unfamiliarity: held_unfamiliarity(n_train + j, val_pooled[j].as_ref()),
+            label: val_examples[j].label,
+            group: "val".into(),
+            condition: HeldOutCondition::Clean,
+        });
+    }
+    for (i, a) in train_clips.iter().enumerate() {
+        let (Some(probs), Some(fold)) = (&oof_probs[i], fold_heads.fold_of[i]) else {
+            continue;
+        };
+        let group = format!("fold{}", fold + 1);
+        let label = train_examples[i].label;
+        held_out.push(HeldOutPrediction {
+            probs: crate::Probs::new(&opts.labels, probs.clone()),
+            evidence: a.clip.evidence.clone(),
+            unfamiliarity: held_unfamiliarity(i, train_pooled[i][0].as_ref()),
+            label,
+            group: group.clone(),
+            condition: HeldOutCondition::Clean,
+        });
+        for (k, logits) in fold_heads.shifted[i].iter().enumerate() {
+            held_out.push(HeldOutPrediction {
+                probs: crate::Probs::new(&opts.labels, probs_of(logits)),
+                evidence: shifted_evidence[i][k].clone(),
+                unfamiliarity: held_unfamiliarity(i, train_pooled[i][k + 1].as_ref()),
+                label,
+                group: group.clone(),
+                condition: HeldOutCondition::Perturbed,
+            });
+        }
+    }
+    // Clips of other corpora: predicted by the served model (no member trained on them).
+    for (set, views) in shifted_sets.iter().zip(&shifted_views) {
+        let examples: Vec<Example> = views.iter().map(|(e, _)| e.clone()).collect();
+        let per_head = members
+            .iter()
+            .map(|t| predict_logits(&t.head, &examples, 32, &device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let logits = combine_logits(&per_head, combine);
+        for ((a, (e, pooled)), l) in set.clips.iter().zip(views).zip(&logits) {
+            held_out.push(HeldOutPrediction {
+                probs: crate::Probs::new(&opts.labels, probs_of(l)),
+                evidence: a.clip.evidence.clone(),
+                unfamiliarity: match (&unfamiliar, pooled) {
+                    (Some((f, _)), Some(x)) => Some(f.model.score(x)),
+                    _ => None,
+                },
+                label: e.label,
+                group: format!("corpus:{}", set.name),
+                condition: HeldOutCondition::OtherCorpus,
+            });
+        }
+    }
+    let unfamiliar = unfamiliar.map(|(f, _)| f.model);
+
+    let ensemble = (members.len() > 1).then(|| {
+        let conf = crate::metrics::Confusion::new(
+            opts.labels.len(),
+            val_labels.iter().copied().zip(val_logits.iter().map(|l| argmax(l))),
+        );
+        EnsembleConfig {
+            members: std::iter::once(String::new())
+                .chain(fold_heads.heads.iter().map(|(p, _)| p.clone()))
+                .collect(),
+            combine,
+            calibrated_on: format!(
+                "temperature and routing: {} validation clips predicted by all {} heads, {} training clips each predicted only by the fold head that held its speaker out",
+                val_logits.len(),
+                members.len(),
+                n_oof
+            ),
+            val_accuracy: Some(conf.accuracy()),
+            val_macro_f1: Some(conf.macro_f1()),
+        }
+    });
+    let best = &trained.history[trained.best_epoch - 1];
+    let metrics = TrainingMetrics {
+        n_train: train_examples.len(),
+        n_val: val_examples.len(),
+        val_speakers,
+        best_epoch: trained.best_epoch,
+        val_accuracy: best.val_accuracy,
+        val_macro_f1: best.val_macro_f1,
+        ece_before: ece_at(&val_logits, &val_labels, 1.0),
+        ece_after: ece_at(&val_logits, &val_labels, temperature),
+        history: trained.history.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        phase_seconds,
+    };
+    let meta = ModelMeta {
+        format_version: model_dir::FORMAT_VERSION,
+        name: model_name(&opts.out),
+        camxuc_version: env!("CARGO_PKG_VERSION").into(),
+        labels: opts.labels.clone(),
+        frontend: frontend_cfg,
+        features: feature_cfg,
+        head: head_cfg,
+        evidence_inputs,
+        evidence_baseline: baseline,
+        temperature,
+        metrics,
+        seed: opts.train.seed,
+        data_hash,
+        train_manifest: opts.manifest.display().to_string(),
+        default_llm: catalog::DEFAULT_LLM.into(),
+        ensemble,
+        linear: None,
+        unfamiliarity: unfamiliar.as_ref().map(|u| u.cfg.clone()),
+        adaptation: None,
+    };
+
+    // Write the directory.
+    let weights = opts.out.join(model_dir::WEIGHTS_FILE);
+    let mut prefixed: Vec<(&str, &Trained)> = vec![("", &trained)];
+    if meta.ensemble.is_some() {
+        prefixed.extend(fold_heads.heads.iter().map(|(p, t)| (p.as_str(), t)));
+    }
+    let extra = match &unfamiliar {
+        Some(u) => u.tensors(super::model::UNFAMILIARITY_PREFIX)?,
+        None => Vec::new(),
+    };
+    save_heads(&weights, &prefixed, extra)?;
+    model_dir::write_meta(&opts.out, &meta)?;
+    model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
+    write_evidence(
+        &opts.out,
+        &opts.labels,
+        &train_m,
+        &train_clips,
+        &val_m,
+        &val_clips,
+        &val_probs,
+        &oof_probs,
     )?;
-    let picked = logp.gather(&idx, 1)?.squeeze(1)?;
-    let w: Vec<f32> = labels.iter().map(|&l| class_weight[l]).collect();
-    let w = Tensor::from_vec(w, labels.len(), dev)?;
-    let total_w: f32 = labels.iter().map(|&l| class_weight[l]).sum();
-    (picked * w)?
-        .sum_all()?
-        .affine(-1.0 / total_w.max(1e-6) as f64, 0.0)
+    Ok(TrainReport {
+        dir: opts.out.clone(),
+        meta,
+        routing,
+        skipped,
+        held_out,
+    })
 }
 
-/// Logits of the clean view of each example, in batches.
-pub fn predict_logits(
-    head: &Head,
-    examples: &[Example],
-    batch_size: usize,
-    dev: &Device,
-) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let views: Vec<&View> = chunk.iter().map(|e| &e.views[0]).collect();
-        out.extend(predict_views(head, &views, dev)?);
+/// The analysed clips of one `--shifted-manifest`.
+pub(crate) struct ShiftedSet {
+    /// The corpus's name: the manifest's folder (or file stem).
+    pub(crate) name: String,
+    pub(crate) manifest: Manifest,
+    pub(crate) clips: Vec<Analysed>,
+}
+
+/// Load and analyse every shifted manifest: a manifest that cannot be read, or names labels
+/// outside the model's, is an error before any training; a clip that cannot be analysed is
+/// skipped with its reason, like a training clip.
+pub(crate) fn analyse_shifted(
+    opts: &TrainOptions,
+    an: &mut ClipAnalyser,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<ShiftedSet>, AcousticError> {
+    let mut sets = Vec::with_capacity(opts.shifted.len());
+    for path in &opts.shifted {
+        let manifest = Manifest::load(path, &opts.labels)?;
+        let rows: Vec<usize> = (0..manifest.rows.len()).collect();
+        let clips = analyse_rows(&manifest, &rows, an, skipped, &mut |_| {});
+        let name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .or_else(|| path.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "shifted".into());
+        sets.push(ShiftedSet {
+            name,
+            manifest,
+            clips,
+        });
+    }
+    Ok(sets)
+}
+
+/// The fold heads (each with its tensor prefix) and the out-of-fold logits of the training
+/// clips, in `train_examples` order (`None` for a clip in no fold, or for all when folds are
+/// off or there are too few speakers). Each fold's head is trained on the other folds with the
+/// same configuration and early stopping on the validation part as the main head, then
+/// predicts its held-out speakers' clean views.
+struct FoldHeads {
+    heads: Vec<(String, Trained)>,
+    oof: Vec<Option<Vec<f32>>>,
+    /// The fold that held each training clip out.
+    fold_of: Vec<Option<usize>>,
+    /// The fold head's logits for each perturbed view of each held-out clip (views 1..).
+    shifted: Vec<Vec<Vec<f32>>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn out_of_fold_heads(
+    opts: &TrainOptions,
+    train_m: &Manifest,
+    train_clips: &[Analysed],
+    train_examples: &[Example],
+    val_examples: &[Example],
+    head_cfg: &HeadConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<FoldHeads, AcousticError> {
+    let mut out = FoldHeads {
+        heads: Vec::new(),
+        oof: vec![None; train_examples.len()],
+        fold_of: vec![None; train_examples.len()],
+        shifted: vec![Vec::new(); train_examples.len()],
+    };
+    let n_speakers = train_m.speakers().len();
+    let k = opts.oof_folds.min(n_speakers);
+    if k < 2 {
+        if opts.oof_folds >= 2 {
+            on_event(TrainEvent::Note(format!(
+                "no out-of-fold predictions: the training part has {n_speakers} speaker(s)"
+            )));
+        }
+        return Ok(out);
+    }
+    let folds = speaker_folds(train_m, k, opts.train.seed)?;
+    // Manifest row → position in train_examples (clips that failed analysis have none).
+    let mut position = vec![None; train_m.rows.len()];
+    for (i, a) in train_clips.iter().enumerate() {
+        position[a.row] = Some(i);
+    }
+    for (f, fold) in folds.iter().enumerate() {
+        on_event(TrainEvent::Fold {
+            fold: f + 1,
+            folds: k,
+        });
+        let pick =
+            |rows: &[usize]| -> Vec<usize> { rows.iter().filter_map(|&r| position[r]).collect() };
+        let (fit_ix, held_ix) = (pick(&fold.train), pick(&fold.val));
+        if fit_ix.is_empty() || held_ix.is_empty() {
+            continue;
+        }
+        let fit: Vec<Example> = fit_ix.iter().map(|&i| train_examples[i].clone()).collect();
+        let held: Vec<Example> = held_ix.iter().map(|&i| train_examples[i].clone()).collect();
+        let tc = TrainConfig {
+            seed: opts.train.seed.wrapping_add(1 + f as u64),
+            ..opts.train.clone()
+        };
+        let trained = train_head(head_cfg, &tc, &fit, val_examples, device, &mut |_| {})?;
+        let logits = predict_logits(&trained.head, &held, 32, device)?;
+        for (&i, l) in held_ix.iter().zip(logits) {
+            out.oof[i] = Some(l);
+            out.fold_of[i] = Some(f);
+        }
+        // Their perturbed copies, one view each.
+        let copies: Vec<(usize, Example)> = held_ix
+            .iter()
+            .flat_map(|&i| {
+                let e = &train_examples[i];
+                e.views[1..].iter().map(move |v| {
+                    (
+                        i,
+                        Example {
+                            views: vec![v.clone()],
+                            label: e.label,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let examples: Vec<Example> = copies.iter().map(|(_, e)| e.clone()).collect();
+        let logits = predict_logits(&trained.head, &examples, 32, device)?;
+        for ((i, _), l) in copies.iter().zip(logits) {
+            out.shifted[*i].push(l);
+        }
+        out.heads.push((format!("fold{}", f + 1), trained));
     }
     Ok(out)
 }
 
-/// Logits of a batch of views.
-pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<Vec<f32>>> {
-    let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
-    let (x, mask) = pad_batch(&frames, dev)?;
-    let ev = evidence_batch(views, head.config().evidence_dim, dev)?;
-    head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()
-}
-
-/// Index of the largest logit (the first on ties).
-pub(crate) use crate::math::argmax;
-
-/// Train a head with AdamW and early stopping on validation macro-F1; returns the best epoch's
-/// weights. `on_epoch` sees each epoch's statistics (for a progress bar).
-pub fn train_head(
-    cfg: &HeadConfig,
-    tc: &TrainConfig,
-    train: &[Example],
-    val: &[Example],
-    dev: &Device,
-    on_epoch: &mut dyn FnMut(&EpochStats),
-) -> Result<Trained> {
-    if train.is_empty() || val.is_empty() {
-        candle_core::bail!("training needs clips in both the training and the validation part");
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
-    let mut varmap = VarMap::new();
-    let head = Head::load(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
-    seeded_init(&varmap, &mut rng)?;
-    let (mean, inv_std) = frame_statistics(train, cfg.input_dim)?;
-    varmap.set_one("frame_mean", Tensor::from_vec(mean, cfg.input_dim, dev)?)?;
-    varmap.set_one(
-        "frame_inv_std",
-        Tensor::from_vec(inv_std, cfg.input_dim, dev)?,
-    )?;
-
-    // Only the layers train; the normalisation statistics stay fixed.
-    let trainable: Vec<Var> = {
-        let data = varmap
+/// Write the heads' weights into one safetensors file, each head's tensors under its prefix
+/// ("" keeps the names unprefixed, as a single-head directory has them).
+fn save_heads(
+    path: &Path,
+    heads: &[(&str, &Trained)],
+    extra: Vec<(String, candle_core::Tensor)>,
+) -> Result<(), AcousticError> {
+    let fail = |message: String| AcousticError::Training {
+        path: path.into(),
+        message,
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for (prefix, t) in heads {
+        let data = t
+            .varmap
             .data()
             .lock()
-            .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-        let mut named: Vec<(&String, &Var)> = data
-            .iter()
-            .filter(|(k, _)| !k.starts_with("frame_"))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
-    };
-    let params = ParamsAdamW {
-        lr: tc.learning_rate,
-        weight_decay: tc.weight_decay,
-        ..Default::default()
-    };
-    let mut opt = AdamW::new(trainable, params)?;
-
-    let mut counts = vec![0usize; cfg.n_labels];
-    for e in train {
-        counts[e.label] += 1;
-    }
-    let class_weight: Vec<f32> = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                0.0
+            .map_err(|_| fail("var map lock poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let key = if prefix.is_empty() {
+                name.clone()
             } else {
-                train.len() as f32 / (cfg.n_labels * c) as f32
-            }
-        })
-        .collect();
-    let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
-    let embed_dim = 2 * cfg.hidden + cfg.evidence_dim;
-
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut history = Vec::new();
-    let mut best: Option<(f64, f64, usize, HashMap<String, Tensor>)> = None;
-    for epoch in 1..=tc.epochs.max(1) {
-        order.shuffle(&mut rng);
-        let mut loss_sum = 0.0;
-        let mut batches = 0;
-        for chunk in order.chunks(tc.batch_size.max(1)) {
-            let exs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
-            let views: Vec<&View> = exs
-                .iter()
-                .map(|e| &e.views[rng.random_range(0..e.views.len())])
-                .collect();
-            let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
-            let (x, mask) = pad_batch(&frames, dev)?;
-            let mask = time_mask(&mask, tc.time_mask_fraction, &mut rng)?;
-            let ev = evidence_batch(&views, cfg.evidence_dim, dev)?;
-            let keep = 1.0 - cfg.dropout;
-            let drop: Vec<f32> = (0..exs.len() * embed_dim)
-                .map(|_| {
-                    if rng.random::<f32>() < keep {
-                        1.0 / keep
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let drop = Tensor::from_vec(drop, (exs.len(), embed_dim), dev)?;
-            let logits = head.forward(&x, &mask, ev.as_ref(), Some(&drop))?;
-            let labels: Vec<usize> = exs.iter().map(|e| e.label).collect();
-            let loss = weighted_cross_entropy(&logits, &labels, &class_weight)?;
-            opt.backward_step(&loss)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            batches += 1;
-        }
-        let val_logits = predict_logits(&head, val, 32, dev)?;
-        let conf = Confusion::new(
-            cfg.n_labels,
-            val_labels
-                .iter()
-                .copied()
-                .zip(val_logits.iter().map(|l| argmax(l))),
-        );
-        let stats = EpochStats {
-            epoch,
-            train_loss: loss_sum / batches.max(1) as f64,
-            val_loss: mean_nll(&val_logits, &val_labels, 1.0),
-            val_accuracy: conf.accuracy(),
-            val_macro_f1: conf.macro_f1(),
-        };
-        on_epoch(&stats);
-        let better = match &best {
-            None => true,
-            Some((f1, loss, _, _)) => {
-                stats.val_macro_f1 > *f1 + 1e-9
-                    || (stats.val_macro_f1 > *f1 - 1e-9 && stats.val_loss < *loss)
-            }
-        };
-        if better {
-            best = Some((
-                stats.val_macro_f1,
-                stats.val_loss,
-                epoch,
-                snapshot(&varmap)?,
-            ));
-        }
-        history.push(stats);
-        if let Some((_, _, best_epoch, _)) = &best {
-            if epoch - best_epoch >= tc.patience {
-                break;
-            }
+                format!("{prefix}.{name}")
+            };
+            tensors.insert(key, var.as_tensor().clone());
         }
     }
-    let (_, _, best_epoch, snap) =
-        best.ok_or_else(|| candle_core::Error::Msg("no epoch ran".into()))?;
-    restore(&varmap, &snap)?;
-    Ok(Trained {
-        varmap,
-        head,
-        history,
-        best_epoch,
+    tensors.extend(extra);
+    candle_core::safetensors::save(&tensors, path).map_err(|e| AcousticError::Tensors {
+        path: path.into(),
+        source: Box::new(e),
     })
 }
 
-/// Hide random spans of frames (SpecAugment-style time masks) by zeroing the pooling mask;
-/// at least one frame per clip stays visible.
-fn time_mask(mask: &Tensor, fraction: f32, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-    if fraction <= 0.0 {
-        return Ok(mask.clone());
+/// The Whisper front end every trainer writes into model.json: the catalogued Whisper base,
+/// stopped after `blocks` blocks, clips levelled to [`WHISPER_LEVEL_DBFS`].
+pub(crate) fn whisper_frontend(blocks: usize) -> FrontendConfig {
+    FrontendConfig::Whisper {
+        model: catalog::WHISPER_BASE.into(),
+        sha256: crate::acoustic::whisper::WHISPER_BASE_SHA256.into(),
+        blocks,
+        level_dbfs: WHISPER_LEVEL_DBFS,
     }
-    let (b, t) = mask.dims2()?;
-    let mut m = mask.to_vec2::<f32>()?;
-    for row in m.iter_mut() {
-        let valid = row.iter().filter(|&&v| v > 0.0).count();
-        if valid < 4 {
-            continue;
-        }
-        let hide = ((valid as f32) * fraction) as usize;
-        // Two spans of about half the budget each.
-        for _ in 0..2 {
-            let len = hide / 2;
-            if len == 0 {
-                break;
-            }
-            let start = rng.random_range(0..valid.saturating_sub(len).max(1));
-            for v in row.iter_mut().skip(start).take(len) {
-                *v = 0.0;
-            }
-        }
-        if row.iter().all(|&v| v == 0.0) {
-            row[0] = 1.0;
-        }
-    }
-    Tensor::from_vec(
-        m.into_iter().flatten().collect::<Vec<_>>(),
-        (b, t),
-        mask.device(),
-    )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A model's name in model.json: its directory's name.
+pub(crate) fn model_name(out: &Path) -> String {
+    out.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
 
-    /// Clips of random length whose frames carry a weak class-dependent offset in a few
-    /// dimensions, buried in noise: learnable, but not trivially.
-    fn toy_examples(n: usize, seed: u64) -> Vec<Example> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n)
-            .map(|i| {
-                let label = i % 3;
-                let t = rng.random_range(6..20);
-                let frames: Vec<f32> = (0..t * 8)
-                    .map(|j| {
-                        let d = j % 8;
-                        let signal = if d == label || d == label + 3 {
-                            0.8
-                        } else {
-                            0.0
-                        };
-                        signal + rng.random_range(-1.0f32..1.0)
-                    })
-                    .collect();
-                let frames = Tensor::from_vec(frames, (t, 8), &Device::Cpu).unwrap();
-                Example {
-                    views: vec![View {
-                        frames,
-                        evidence: vec![rng.random_range(-1.0..1.0)],
-                    }],
-                    label,
-                }
-            })
-            .collect()
+/// Label index of a manifest label (validated against the label set when the manifest loaded).
+pub(crate) fn label_of(labels: &LabelSet, label: &str) -> usize {
+    labels.index_of(label).unwrap_or(0)
+}
+
+/// The threshold below which `route_fraction` of the validation clips' top probability falls.
+pub fn fit_routing(
+    probs: &[Vec<f32>],
+    route_fraction: f32,
+    val_speakers: &[String],
+) -> RoutingConfig {
+    let mut top: Vec<f32> = probs
+        .iter()
+        .map(|p| p.iter().fold(0f32, |a, &b| a.max(b)))
+        .collect();
+    top.sort_by(f32::total_cmp);
+    let k = ((route_fraction.clamp(0.0, 1.0) * top.len() as f32).round() as usize).min(top.len());
+    let threshold = match k {
+        0 => 0.0,
+        k if k >= top.len() => 1.01,
+        // Halfway between the last routed and the first kept clip.
+        k => (top[k - 1] + top[k]) / 2.0,
+    };
+    RoutingConfig {
+        threshold,
+        margin: 0.0,
+        unfamiliarity_threshold: None,
+        target_route_fraction: route_fraction,
+        fitted_on: format!(
+            "validation predictions: {} clips, speakers {}",
+            probs.len(),
+            val_speakers.join(" ")
+        ),
     }
+}
 
-    fn train_once(seed: u64) -> Trained {
-        let cfg = HeadConfig {
-            input_dim: 8,
-            hidden: 8,
-            evidence_dim: 1,
-            n_labels: 3,
-            dropout: 0.1,
-        };
-        let tc = TrainConfig {
-            epochs: 25,
-            seed,
-            patience: 25,
-            ..Default::default()
-        };
-        train_head(
-            &cfg,
-            &tc,
-            &toy_examples(90, 1),
-            &toy_examples(45, 2),
-            &Device::Cpu,
-            &mut |_| {},
-        )
-        .unwrap()
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_evidence(
+    dir: &Path,
+    labels: &LabelSet,
+    train_m: &Manifest,
+    train: &[Analysed],
+    val_m: &Manifest,
+    val: &[Analysed],
+    val_probs: &[Vec<f32>],
+    oof_probs: &[Option<Vec<f32>>],
+) -> Result<(), AcousticError> {
+    let path = dir.join(model_dir::TRAIN_EVIDENCE_FILE);
+    let io = |source: std::io::Error| model_dir::ModelDirError::Fs {
+        path: path.clone(),
+        source,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+    let parts = [(train_m, train, "train"), (val_m, val, "val")];
+    for (m, clips, split) in parts {
+        for (i, a) in clips.iter().enumerate() {
+            let row = &m.rows[a.row];
+            let probs = if split == "val" {
+                Some(val_probs[i].clone())
+            } else {
+                oof_probs.get(i).cloned().flatten()
+            }
+            .map(|p| crate::Probs::new(labels, p));
+            let rec = model_dir::TrainEvidence {
+                path: row.path.display().to_string(),
+                label: row.label.clone(),
+                speaker: row.speaker.clone(),
+                split: split.into(),
+                evidence: a.clip.evidence.clone(),
+                probs,
+            };
+            let line = serde_json::to_string(&rec).map_err(|e| io(e.into()))?;
+            writeln!(w, "{line}").map_err(io)?;
+        }
     }
+    Ok(w.flush().map_err(io)?)
+}
 
-    #[test]
-    fn learns_a_toy_problem_and_is_deterministic_for_a_seed() {
-        let a = train_once(7);
-        let best = &a.history[a.best_epoch - 1];
-        assert!(
-            best.val_macro_f1 > 0.8,
-            "validation macro-F1 {}",
-            best.val_macro_f1
-        );
-        let b = train_once(7);
-        assert_eq!(a.history, b.history, "same seed must give the same run");
-        let test = toy_examples(30, 3);
-        let la = predict_logits(&a.head, &test, 8, &Device::Cpu).unwrap();
-        let lb = predict_logits(&b.head, &test, 8, &Device::Cpu).unwrap();
-        assert_eq!(la, lb);
-        let c = train_once(8);
-        assert_ne!(a.history, c.history, "another seed should give another run");
+/// The evidence features a head reads beside the frames: the gain-invariant ones `baseline`
+/// has statistics for (a level feature would let the head learn the recording's gain).
+pub fn evidence_inputs(baseline: &Baseline) -> Vec<String> {
+    FEATURES
+        .iter()
+        .filter(|f| f.gain_invariant && baseline.features.contains_key(f.name))
+        .map(|f| f.name.to_string())
+        .collect()
+}
+
+/// The compute device: CPU, or the first GPU when built with `cuda` / `metal`.
+///
+/// Chosen once per process and shared: every `Device::new_cuda` call opens a new device
+/// with its own id, and candle refuses to mix tensors of two ids (a model loaded on one and
+/// a batch made on another). A GPU build says on stderr which device it got, because a
+/// missing or hidden GPU (`CUDA_VISIBLE_DEVICES=`) silently falls back to the CPU.
+pub fn default_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(pick_device).clone()
+}
+
+#[cfg(not(any(feature = "cuda", feature = "metal")))]
+fn pick_device() -> Device {
+    Device::Cpu
+}
+
+#[cfg(any(feature = "cuda", feature = "metal"))]
+fn pick_device() -> Device {
+    #[cfg(feature = "cuda")]
+    let gpu = Device::new_cuda(0).map(|d| (d, "CUDA GPU 0"));
+    #[cfg(all(feature = "metal", not(feature = "cuda")))]
+    let gpu = Device::new_metal(0).map(|d| (d, "Metal GPU 0"));
+    match gpu {
+        Ok((d, name)) => {
+            eprintln!("compute device: {name}");
+            d
+        }
+        Err(e) => {
+            // candle appends a backtrace to the error under RUST_BACKTRACE: keep the cause.
+            let e = e.to_string();
+            let cause = e.lines().next().unwrap_or_default();
+            eprintln!("compute device: CPU (no usable GPU: {cause})");
+            Device::Cpu
+        }
     }
 }

@@ -78,6 +78,16 @@ pub enum LlmError {
     #[error("{path}: the model failed: {reason}")]
     Model { path: PathBuf, reason: String },
 
+    /// candle failed while loading or running the model (a missing or misshapen tensor, a
+    /// block with a non-finite scale, ...): its error kept as the source.
+    #[error("{path}: the model failed: {source}")]
+    Candle {
+        path: PathBuf,
+        /// Boxed: candle's error is large.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+
     #[error("{path}: the prompt needs {needed} positions but the model is set up for {limit}")]
     ContextFull {
         path: PathBuf,

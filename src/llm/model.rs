@@ -160,9 +160,9 @@ impl LlmModel {
         let start = Instant::now();
         let matmul_threads = size_candle_matmul_pool(options.matmul_threads);
         let path = file.path().to_path_buf();
-        let model_err = |e: candle_core::Error| LlmError::Model {
+        let model_err = |e: candle_core::Error| LlmError::Candle {
             path: path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e),
         };
         let reader = File::open(&path).map_err(|source| LlmError::Io {
             path: path.clone(),
@@ -320,9 +320,9 @@ impl LlmModel {
             Some(p) => p.install(run),
             None => run(),
         };
-        result.map_err(|e| LlmError::Model {
+        result.map_err(|e| LlmError::Candle {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })
     }
 
@@ -342,9 +342,9 @@ impl LlmModel {
         self.set_hidden_capture(None);
         let mean = mean
             .unwrap_or_else(|| Ok(Vec::new()))
-            .map_err(|e| LlmError::Model {
+            .map_err(|e| LlmError::Candle {
                 path: self.path.clone(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         Ok((logits?, mean))
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::clips::RefineClip;
 use super::search::Problem;
-use crate::acoustic::fit::fit_routing;
+use crate::acoustic::train::fit_routing;
 use crate::metrics::Confusion;
 use crate::pipeline::fusion::FusionParams;
 use crate::rules::RuleSet;

@@ -101,7 +101,7 @@ pub fn light_options(
 ) -> TrainOptions {
     let mut o = TrainOptions::new(manifest, out);
     // The attention head: these options are about its epochs and augmentation.
-    o.classifier = camxuc::acoustic::fit::Classifier::Attention;
+    o.classifier = camxuc::acoustic::train::Classifier::Attention;
     o.frontend = FrontendChoice::LogMel;
     o.augment_views = augment_views;
     o.train.epochs = epochs;

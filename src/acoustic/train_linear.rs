@@ -19,18 +19,18 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::augment;
-use super::calibrate::mean_nll;
-use super::calibrate::{ece_at, fit_temperature, softmax_t};
-use super::fit::{
-    analyse_rows, evidence_inputs, fit_routing, label_of, model_name, whisper_frontend,
-    write_evidence, HeldOutCondition, HeldOutPrediction, TrainEvent, TrainOptions, TrainReport,
-};
 use super::frontend::Frontend;
 use super::head::HeadConfig;
+use super::head_training::argmax;
 use super::linear::{self, fit_path, LinearConfig, LinearHead};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
 use super::model_dir::{self, FrontendConfig, ModelMeta, TrainingMetrics};
-use super::train::argmax;
+use super::temperature::mean_nll;
+use super::temperature::{ece_at, fit_temperature, softmax_t};
+use super::train::{
+    analyse_rows, evidence_inputs, fit_routing, label_of, model_name, whisper_frontend,
+    write_evidence, HeldOutCondition, HeldOutPrediction, TrainEvent, TrainOptions, TrainReport,
+};
 use super::unfamiliar::{fit_held_out, Unfamiliarity};
 use super::AcousticError;
 use crate::audio::field::FieldChain;
@@ -64,8 +64,8 @@ impl Default for LinearChoice {
             utterance_norm: true,
             field_views: 2,
             lambdas: vec![1.0, 0.3, 0.1, 0.03, 0.01, 0.003],
-            unfamiliarity_components: super::fit::UNFAMILIARITY_COMPONENTS,
-            unfamiliar_fraction: super::fit::UNFAMILIAR_FRACTION,
+            unfamiliarity_components: super::train::UNFAMILIARITY_COMPONENTS,
+            unfamiliar_fraction: super::train::UNFAMILIAR_FRACTION,
         }
     }
 }
@@ -130,7 +130,7 @@ pub fn train_linear(
             speakers.len()
         )));
     }
-    let mut shifted_sets = super::fit::analyse_shifted(opts, &mut an, &mut skipped)?;
+    let mut shifted_sets = super::train::analyse_shifted(opts, &mut an, &mut skipped)?;
     lap("analyse", &mut phase_seconds);
 
     let evidences: Vec<_> = clips.iter().map(|a| a.clip.evidence.clone()).collect();
