@@ -6,6 +6,17 @@
 //! ```text
 //! audio ─► features ─► acoustic ─► rules ─► pipeline (route) ─► llm / rule vote ─► Decision
 //! ```
+//!
+//! The front door: the default pipeline (the default acoustic model, its rules and fusion, no
+//! LLM; the Whisper front end from `camxuc models fetch`) classifying one file.
+//!
+//! ```
+//! let mut pipeline = camxuc::pipeline::Pipeline::open_default()?;
+//! let decision = pipeline.classify_file("tests/fixtures/audio/speechlike_s16.wav")?;
+//! println!("{}: {} ({:?})", decision.file, decision.label, decision.route);
+//! assert!(["calm", "angry", "panic", "uncertain"].contains(&decision.label.as_str()));
+//! # Ok::<(), camxuc::pipeline::decide::PipelineError>(())
+//! ```
 
 pub mod acoustic;
 pub mod asr;

@@ -147,6 +147,13 @@ pub struct Opened {
 }
 
 impl Pipeline {
+    /// The default pipeline, as `camxuc classify` builds it without flags: the model found
+    /// the usual way (`$CAMXUC_MODEL`, the default model folder, the copy built into camxuc),
+    /// its rules and fusion, no LLM, models from [`catalog::models_dir`].
+    pub fn open_default() -> Result<Pipeline, PipelineError> {
+        Ok(Self::open(&PipelineSpec::default(), &catalog::models_dir())?.pipeline)
+    }
+
     /// Resolve the model (a line on stderr names it), load it, its rules and the reasoner.
     pub fn open(spec: &PipelineSpec, models_dir: &Path) -> Result<Opened, PipelineError> {
         let (model_dir, source) = model_dir::resolve(spec.model.as_deref(), models_dir)

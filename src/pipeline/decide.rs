@@ -160,6 +160,16 @@ impl Pipeline {
         )
     }
 
+    /// Decide one file as one clip, named by its file name.
+    pub fn classify_file(&mut self, path: impl AsRef<Path>) -> Result<Decision, PipelineError> {
+        let path = path.as_ref();
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        self.decide_file(path, &name)
+    }
+
     /// Decide one file as one clip.
     pub fn decide_file(&mut self, path: &Path, name: &str) -> Result<Decision, PipelineError> {
         let t = Instant::now();
