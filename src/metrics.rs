@@ -5,24 +5,56 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+/// Index of `label` in `labels` (case-insensitive, trimmed), or `labels.len()` when it is
+/// outside the set (`uncertain` from `--abstain-below`, `unusable`, a missing prediction): the
+/// one mapping eval and the report use, so their scores agree.
+pub fn label_index(labels: &[String], label: &str) -> usize {
+    let l = label.trim();
+    labels
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(l))
+        .unwrap_or(labels.len())
+}
+
 /// Confusion matrix: `counts[true][predicted]`, in label-set order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
     pub counts: Vec<Vec<u32>>,
+    /// Per true label, predictions outside the label set (index `n_labels`, see
+    /// [`label_index`]): wrong, lowering that label's recall, and counted toward no label's
+    /// precision. Empty when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside: Vec<u32>,
 }
 
 impl Confusion {
-    /// From `(true, predicted)` label indices; indices must be `< n_labels`.
+    /// From `(true, predicted)` label indices; a predicted index `>= n_labels` is a prediction
+    /// outside the set. A pair whose true index is outside the set has no label to be scored
+    /// against and is left out (eval's manifests refuse such labels).
     pub fn new(n_labels: usize, pairs: impl IntoIterator<Item = (usize, usize)>) -> Self {
         let mut counts = vec![vec![0u32; n_labels]; n_labels];
+        let mut outside = Vec::new();
         for (t, p) in pairs {
-            counts[t][p] += 1;
+            if t >= n_labels {
+                continue;
+            }
+            if p < n_labels {
+                counts[t][p] += 1;
+            } else {
+                outside.resize(n_labels, 0);
+                outside[t] += 1;
+            }
         }
-        Self { counts }
+        Self { counts, outside }
+    }
+
+    /// Predictions outside the set for true label `t`.
+    fn outside_of(&self, t: usize) -> u32 {
+        self.outside.get(t).copied().unwrap_or(0)
     }
 
     pub fn n(&self) -> u32 {
-        self.counts.iter().flatten().sum()
+        self.counts.iter().flatten().sum::<u32>() + self.outside.iter().sum::<u32>()
     }
 
     pub fn accuracy(&self) -> f64 {
@@ -40,7 +72,7 @@ impl Confusion {
         (0..k)
             .map(|c| {
                 let tp = self.counts[c][c] as f64;
-                let support: u32 = self.counts[c].iter().sum();
+                let support: u32 = self.counts[c].iter().sum::<u32>() + self.outside_of(c);
                 let predicted: u32 = (0..k).map(|t| self.counts[t][c]).sum();
                 let precision = ratio(tp, predicted as f64);
                 let recall = ratio(tp, support as f64);
@@ -74,7 +106,7 @@ impl Confusion {
         let po = self.accuracy();
         let pe: f64 = (0..k)
             .map(|c| {
-                let row: u32 = self.counts[c].iter().sum();
+                let row: u32 = self.counts[c].iter().sum::<u32>() + self.outside_of(c);
                 let col: u32 = (0..k).map(|t| self.counts[t][c]).sum();
                 row as f64 * col as f64 / (n * n)
             })
@@ -311,6 +343,34 @@ pub fn paired_accuracy_difference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prediction outside the label set is wrong, lowers its true label's recall, and counts
+    /// toward no label's precision: the same scores as a confusion with an "other" column
+    /// that is then left out of the average.
+    #[test]
+    fn a_prediction_outside_the_set_is_wrong_and_no_labels_prediction() {
+        let labels: Vec<String> = ["calm", "angry", "panic"].map(String::from).to_vec();
+        let truth = [0, 0, 1, 1, 2, 2];
+        let preds = ["calm", "uncertain", "angry", "angry", "panic", "calm"];
+        let pred: Vec<usize> = preds.iter().map(|p| label_index(&labels, p)).collect();
+        assert_eq!(pred[1], 3);
+        let c = Confusion::new(3, truth.iter().copied().zip(pred.iter().copied()));
+        assert_eq!(c.n(), 6);
+        assert!((c.accuracy() - 4.0 / 6.0).abs() < 1e-12);
+        let pc = c.per_class();
+        // calm: 1 of 2 recalled (the other is `uncertain`); predicted calm twice, once right.
+        assert!((pc[0].recall - 0.5).abs() < 1e-12 && (pc[0].precision - 0.5).abs() < 1e-12);
+        assert_eq!(pc[0].support, 2);
+        // angry: both recalled, never predicted wrongly.
+        assert!((pc[1].f1 - 1.0).abs() < 1e-12);
+        // The (k + 1)-square confusion with an "other" column, truncated to the k labels.
+        let wide = Confusion::new(4, truth.iter().copied().zip(pred.iter().copied()));
+        for (a, b) in pc.iter().zip(wide.per_class().iter().take(3)) {
+            assert_eq!(a, b);
+        }
+        let mean = pc.iter().map(|p| p.f1).sum::<f64>() / 3.0;
+        assert!((c.macro_f1() - mean).abs() < 1e-12);
+    }
 
     // Expected values computed with scikit-learn 1.x (accuracy_score, f1_score(average='macro'),
     // confusion_matrix, precision_recall_fscore_support, cohen_kappa_score).

@@ -522,10 +522,10 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
         .iter()
         .map(|r| labels.index_of(&r.truth).unwrap_or(0))
         .collect();
-    // A label outside the set (e.g. `unusable`, or a missing one) counts as wrong.
-    let as_index = |l: Option<&str>, t: usize| {
-        l.and_then(|l| labels.index_of(l))
-            .unwrap_or((t + 1) % k.max(1))
+    // A label outside the set (`uncertain`, `unusable`, a missing one) counts as wrong and
+    // toward no label's precision (index k), as in the report.
+    let as_index = |l: Option<&str>, _t: usize| {
+        l.map_or(k, |l| crate::metrics::label_index(labels.names(), l))
     };
     let column = |get: &dyn Fn(&EvalRecord) -> Option<&str>| -> Vec<usize> {
         records
@@ -939,6 +939,33 @@ mod tests {
         );
         assert_eq!(r.timings_ms["acoustic_per_clip"], 2.0);
         assert_eq!(r.timings_ms["llm_per_clip"], 0.0);
+    }
+
+    /// `--json` (this summary) and the report score a decision outside the label set
+    /// (`uncertain` from `--abstain-below`) the same way: wrong, and no label's prediction.
+    #[test]
+    fn a_decision_outside_the_labels_scores_as_in_the_report() {
+        let mut records = records();
+        records.push(record("e.wav", "calm", "angry", Some("uncertain")));
+        let r = summarise(&records, &[], &context());
+        let names = context().labels.names().to_vec();
+        let truth = crate::report::stats::truth_indices(&names, &records);
+        let pred = crate::report::stats::indices_of(
+            &names,
+            records.iter().map(|r| r.ablations.routed.as_str()),
+        );
+        let report_f1: Vec<f64> = crate::report::stats::per_class(3, &truth, &pred)
+            .iter()
+            .map(|c| c.f1)
+            .collect();
+        let ours: Vec<f64> = names.iter().map(|n| r.per_class[n].f1).collect();
+        assert_eq!(ours, report_f1);
+        assert!((r.macro_f1 - report_f1.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+        // Wrong, and no label's prediction: calm's recall drops to 1/2, angry's precision
+        // stays 1 (its one prediction, b.wav, is right).
+        assert!((r.accuracy - 3.0 / 5.0).abs() < 1e-12);
+        assert!((r.per_class["calm"].recall - 0.5).abs() < 1e-12);
+        assert!((r.per_class["angry"].precision - 1.0).abs() < 1e-12);
     }
 
     #[test]

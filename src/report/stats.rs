@@ -9,14 +9,9 @@ use crate::eval::record::EvalRecord;
 use crate::metrics::{bootstrap_ci, reliability_bins, ClassScores, Confusion, ReliabilityBin};
 use crate::Route;
 
-/// Index of `label` in `labels` (case-insensitive), or `labels.len()` ("other") when absent.
-pub fn label_index(labels: &[String], label: &str) -> usize {
-    let l = label.trim();
-    labels
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(l))
-        .unwrap_or(labels.len())
-}
+/// Index of `label` in `labels`, or `labels.len()` ("other") when absent: the metrics' one
+/// mapping, which eval uses too.
+pub use crate::metrics::label_index;
 
 /// True label indices of the records.
 pub fn truth_indices(labels: &[String], records: &[EvalRecord]) -> Vec<usize> {
@@ -36,11 +31,10 @@ pub fn confusion_with_other(k: usize, truth: &[usize], pred: &[usize]) -> Confus
     Confusion::new(k + 1, truth.iter().copied().zip(pred.iter().copied()))
 }
 
-/// Per-class scores of the `k` real labels ("other" predictions lower recall only).
+/// Per-class scores of the `k` real labels ("other" predictions lower recall only): the
+/// metrics' confusion, as eval scores them.
 pub fn per_class(k: usize, truth: &[usize], pred: &[usize]) -> Vec<ClassScores> {
-    let mut pc = confusion_with_other(k, truth, pred).per_class();
-    pc.truncate(k);
-    pc
+    Confusion::new(k, truth.iter().copied().zip(pred.iter().copied())).per_class()
 }
 
 /// Macro F1 over the `k` real labels on the items `ix` (repeats allowed, as in a bootstrap).
