@@ -218,6 +218,19 @@ fn no_baseline() -> String {
 }
 
 impl Evidence {
+    /// The finite z-scores, farthest from the baseline first (ties by name): the one order
+    /// of "strongest evidence" the review queue, the report and the LLM prompt show.
+    pub fn deviations(&self) -> Vec<(&str, f64)> {
+        let mut z: Vec<(&str, f64)> = self
+            .z
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(b.0)));
+        z
+    }
+
     /// Look a feature up by the name rules use: `pitch_mean_st` is the raw value and
     /// `pitch_mean_st_z` its z-score.
     pub fn get(&self, name: &str) -> Option<f64> {

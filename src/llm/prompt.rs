@@ -171,14 +171,12 @@ impl PromptBuilder {
     /// The clip's evidence in words and numbers.
     pub fn evidence(&self, case: &Case<'_>) -> String {
         let vi = self.language == PromptLanguage::Vietnamese;
-        let mut zs: Vec<(&String, f64)> = case
+        let zs: Vec<(&str, f64)> = case
             .evidence
-            .z
-            .iter()
-            .filter(|(name, z)| z.is_finite() && describe_feature(name, vi).is_some())
-            .map(|(n, z)| (n, *z))
+            .deviations()
+            .into_iter()
+            .filter(|(name, _)| describe_feature(name, vi).is_some())
             .collect();
-        zs.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(b.0)));
         if self.compact {
             return self.compact_evidence(case, &zs);
         }
@@ -240,7 +238,7 @@ impl PromptBuilder {
 
     /// The compact evidence: `pitch variability +1.8; speech rate -2.4` (SD units, as the
     /// guideline says), the fired rule ids and the acoustic model's guess, one line each.
-    fn compact_evidence(&self, case: &Case<'_>, zs: &[(&String, f64)]) -> String {
+    fn compact_evidence(&self, case: &Case<'_>, zs: &[(&str, f64)]) -> String {
         let vi = self.language == PromptLanguage::Vietnamese;
         let measures: Vec<String> = zs
             .iter()

@@ -148,10 +148,10 @@ fn queue_row(d: &Decision, options: &ReviewOptions) -> Option<[String; 8]> {
         return None;
     }
     // The largest deviations from the training corpus, in z-scores.
-    let mut z: Vec<(&String, &f64)> = d.evidence.z.iter().collect();
-    z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-    let strongest: Vec<String> = z
-        .iter()
+    let strongest: Vec<String> = d
+        .evidence
+        .deviations()
+        .into_iter()
         .take(STRONGEST_EVIDENCE)
         .map(|(n, v)| format!("{n} {v:+.1}"))
         .collect();

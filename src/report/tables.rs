@@ -308,16 +308,10 @@ pub fn routed_examples<'a>(
 
 /// The `n` evidence features farthest from the baseline, as `name z=+1.9`.
 pub fn strongest_evidence(r: &EvalRecord, n: usize) -> Vec<String> {
-    let mut z: Vec<(&String, f64)> = r
-        .decision
+    r.decision
         .evidence
-        .z
-        .iter()
-        .map(|(k, v)| (k, *v))
-        .filter(|(_, v)| v.is_finite())
-        .collect();
-    z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(b.0)));
-    z.into_iter()
+        .deviations()
+        .into_iter()
         .take(n)
         .map(|(k, v)| format!("{k} z={v:+.1}"))
         .collect()
