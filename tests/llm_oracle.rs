@@ -24,9 +24,8 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use camxuc::catalog::{models_dir, ModelSpec};
 use camxuc::llm::{Architecture, GgufFile, LlmModel, LoadOptions};
 use camxuc::math;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -34,6 +33,8 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::{
     quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
 };
+
+mod llm_common;
 
 /// Deterministic values in [-scale, scale) (a small LCG: the test must not depend on a
 /// random-number crate's stream).
@@ -274,11 +275,14 @@ fn check(
     tolerance: f32,
     what: &str,
 ) {
+    // The reference's weights are dequantised once for both lengths; candle-transformers'
+    // model is loaded afresh for each (its cache must start empty).
+    let mut weights = matches!(against, Against::Reference).then(|| reference::Weights::open(path));
     for len in [tokens.len().min(5), tokens.len()] {
         let seq = &tokens[..len];
-        let oracle = match against {
-            Against::Reference => reference::logits(path, seq),
-            Against::CandleTransformers => Oracle::logits(path, arch, seq),
+        let oracle = match weights.as_mut() {
+            Some(w) => reference::logits(w, seq),
+            None => Oracle::logits(path, arch, seq),
         };
         for threads in [1, 2] {
             let ours = ours_stepped(path, seq, threads);
@@ -361,26 +365,9 @@ fn tiny_gemma3_matches_the_reference() {
     tiny_case(Architecture::Gemma3, GgmlDType::Q4K);
 }
 
-/// A catalogued model's file, or None (with the reason printed) outside CI.
-fn fetched(name: &str) -> Option<PathBuf> {
-    let found = ModelSpec::parse(name)
-        .ok()
-        .and_then(|s| s.resolve(&models_dir()).ok().flatten())
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {name} is not installed (camxuc models fetch {name})"
-        );
-        eprintln!("skipped: {name} is not installed (camxuc models fetch {name})");
-    }
-    found
-}
-
 /// Token ids of a short English prompt in the real model's own vocabulary.
 fn real_tokens(path: &Path) -> Vec<u32> {
-    let file = GgufFile::open(path).unwrap();
-    let tok = camxuc::llm::GgufTokenizer::from_gguf(file.content(), path).unwrap();
+    let tok = GgufFile::open(path).unwrap().tokenizer().unwrap();
     tok.encode(
         "The caller's voice rose and trembled; the emotion was",
         true,
@@ -403,7 +390,9 @@ const REAL_TOLERANCE: f32 = 0.25;
 const GEMMA3_TOLERANCE: f32 = 0.45;
 
 fn real_case(name: &str, tolerance: f32) {
-    let Some(path) = fetched(name) else { return };
+    let Some(path) = llm_common::installed(name) else {
+        return;
+    };
     let arch = GgufFile::open(&path).unwrap().architecture();
     let tokens = real_tokens(&path);
     check(&path, arch, &tokens, Against::Reference, tolerance, name);
@@ -445,13 +434,24 @@ mod reference {
     use candle_core::quantized::gguf_file::Content;
     use std::collections::HashMap;
 
-    struct Weights {
+    /// A GGUF's tensors, dequantised once on first use and kept for the next sequence.
+    pub struct Weights {
         content: Content,
         reader: BufReader<File>,
         cache: HashMap<String, Vec<f32>>,
     }
 
     impl Weights {
+        pub fn open(path: &Path) -> Weights {
+            let mut reader = BufReader::new(File::open(path).unwrap());
+            let content = Content::read(&mut reader).unwrap();
+            Weights {
+                content,
+                reader,
+                cache: HashMap::new(),
+            }
+        }
+
         fn get(&mut self, name: &str) -> Option<&[f32]> {
             if !self.cache.contains_key(name) {
                 let t = self
@@ -545,14 +545,7 @@ mod reference {
     }
 
     /// Next-token logits after `tokens`.
-    pub fn logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
-        let mut reader = BufReader::new(File::open(path).unwrap());
-        let content = Content::read(&mut reader).unwrap();
-        let mut w = Weights {
-            content,
-            reader,
-            cache: HashMap::new(),
-        };
+    pub fn logits(w: &mut Weights, tokens: &[u32]) -> Vec<f32> {
         let a = w.content.metadata["general.architecture"]
             .to_string()
             .unwrap()

@@ -46,10 +46,17 @@ pub fn training_clip_names(dir: &Path) -> std::collections::BTreeSet<String> {
             .map(|n| n.to_string_lossy().into_owned())
     };
     let mut names = std::collections::BTreeSet::new();
-    // A damaged file names no clips rather than failing: this only guards against testing on
-    // training clips, and the model's other files say what it was trained on.
-    if let Ok(Some(records)) = read_train_evidence(dir) {
-        names.extend(records.iter().filter_map(|r| base(&r.path)));
+    // Only `path` is read, line by line, and a line that does not parse is skipped: this
+    // guards against testing on training clips, so a damaged or older file still names what
+    // it can (unlike `read_train_evidence`, which refuses it).
+    if let Ok(text) = std::fs::read_to_string(dir.join(TRAIN_EVIDENCE_FILE)) {
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Some(n) = v["path"].as_str().and_then(base) {
+                    names.insert(n);
+                }
+            }
+        }
     }
     if let Ok(text) = std::fs::read_to_string(dir.join(TRAINING_CLIPS_FILE)) {
         names.extend(
@@ -65,7 +72,7 @@ pub fn training_clip_names(dir: &Path) -> std::collections::BTreeSet<String> {
 /// One line of train_evidence.jsonl: a training or validation clip's evidence and, when the
 /// run had a held-out prediction for it, its calibrated held-out probabilities (the model's
 /// for validation clips, the out-of-fold head's for training clips). Written by
-/// `camxuc train`; read by refine, `training_clip_names` and the research examples.
+/// `camxuc train`; read by refine and the research examples (`training_clip_names` reads only `path`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainEvidence {
     pub path: String,

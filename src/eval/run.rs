@@ -524,14 +524,10 @@ pub fn summarise(records: &[EvalRecord], failures: &[Failure], ctx: &SummaryCont
         .collect();
     // A label outside the set (`uncertain`, `unusable`, a missing one) counts as wrong and
     // toward no label's precision (index k), as in the report.
-    let as_index = |l: Option<&str>, _t: usize| {
-        l.map_or(k, |l| crate::metrics::label_index(labels.names(), l))
-    };
     let column = |get: &dyn Fn(&EvalRecord) -> Option<&str>| -> Vec<usize> {
         records
             .iter()
-            .zip(&truth)
-            .map(|(r, &t)| as_index(get(r), t))
+            .map(|r| get(r).map_or(k, |l| crate::metrics::label_index(labels.names(), l)))
             .collect()
     };
     let pred = column(&|r| Some(r.ablations.acoustic_only.as_str()));
@@ -817,17 +813,9 @@ mod tests {
         assert_eq!(training_clip_overlap(&model, &manifest), Some((2, 3)));
         // train_evidence.jsonl paths count by file name too.
         std::fs::remove_file(model.join(crate::acoustic::model_dir::TRAINING_CLIPS_FILE)).unwrap();
-        let record = crate::acoustic::model_dir::TrainEvidence {
-            path: "/data/x/c.wav".into(),
-            label: "panic".into(),
-            speaker: None,
-            split: "train".into(),
-            evidence: Evidence::default(),
-            probs: None,
-        };
         std::fs::write(
             model.join(crate::acoustic::model_dir::TRAIN_EVIDENCE_FILE),
-            format!("{}\n", serde_json::to_string(&record).unwrap()),
+            "{\"path\": \"/data/x/c.wav\", \"label\": \"panic\"}\n",
         )
         .unwrap();
         assert_eq!(training_clip_overlap(&model, &manifest), Some((1, 3)));

@@ -10,16 +10,22 @@ use camxuc::rules::{default_ruleset, Language};
 use camxuc::{Case, Evidence, FiredRule, LabelSet, Probs};
 
 pub fn default_model() -> Option<PathBuf> {
-    let found = ModelSpec::parse("smollm2-135m")
+    installed("smollm2-135m")
+}
+
+/// A catalogued model's file, or None (with the reason printed) outside CI; under CI a missing
+/// model is a failure.
+pub fn installed(name: &str) -> Option<PathBuf> {
+    let found = ModelSpec::parse(name)
         .ok()
         .and_then(|s| s.resolve(&models_dir()).ok().flatten())
         .filter(|p| p.is_file());
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI is set but the default LLM is not installed (camxuc models fetch smollm2-135m)"
+            "CI is set but {name} is not installed (camxuc models fetch {name})"
         );
-        eprintln!("skipped: default LLM smollm2-135m is not installed (camxuc models fetch)");
+        eprintln!("skipped: {name} is not installed (camxuc models fetch {name})");
     }
     found
 }
