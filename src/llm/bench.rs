@@ -36,6 +36,8 @@ pub struct BenchReport {
     /// Q4_1 projections run by camxuc's own product (`LoadOptions::q4_1_kernel`), and the
     /// threads its large products use (`LoadOptions::product_threads`).
     pub q4_1_kernel: bool,
+    /// Q5_0 projections run by camxuc's own product (`LoadOptions::q5_0_kernel`).
+    pub q5_0_kernel: bool,
     pub product_threads: usize,
     pub prompt_tokens: usize,
     pub prompt_tok_s: f64,
@@ -309,6 +311,7 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
         matmul_threads: load.matmul_threads,
         packed_kernels: options.packed_kernels(),
         q4_1_kernel: options.q4_1_kernel,
+        q5_0_kernel: options.q5_0_kernel,
         product_threads: options.product_threads,
         prompt_tokens: ids.len(),
         prompt_tok_s: ids.len() as f64 / prompt_s,

@@ -29,13 +29,17 @@ use super::transformer::{Hyper, TensorSource, Transformer};
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Re-quantise Q4_1 / Q5_0 / Q5_1 tensors to Q8_0 at load (candle has fast kernels for
-    /// Q8_0 only among these). Q4_1 projections of the llama-family decoder are exempt while
-    /// `q4_1_kernel` is on.
+    /// Q8_0 only among these). Q4_1 tensors are exempt while `q4_1_kernel` is on, Q5_0 ones
+    /// while `q5_0_kernel` is.
     pub requantize_q8: bool,
     /// Run Q4_1 projections (SmolLM2's) on the GGUF's own blocks with camxuc's SIMD product
     /// instead of re-quantising them to Q8_0: no re-quantisation at load, 0.625 instead of
-    /// 1.06 bytes per weight, and the file's own weights. llama family only.
+    /// 1.06 bytes per weight, and the file's own weights.
     pub q4_1_kernel: bool,
+    /// The same for Q5_0 tensors (`QMatrix`'s Q5_0 product): 0.69 instead of 1.06 bytes per
+    /// weight. Most of Qwen2.5-0.5B's weights are Q5_0 (its width, 896, is not a multiple of
+    /// the K-quants' 256).
+    pub q5_0_kernel: bool,
     /// Threads for the Q4_1 products: 1 runs them on the calling thread; 2 or more gives the
     /// model one helper thread that takes half of every product (more threads are not used:
     /// the hand-off is tuned for two). Default: 2 where the machine has two cores or more.
@@ -91,6 +95,7 @@ impl Default for LoadOptions {
         Self {
             requantize_q8: true,
             q4_1_kernel: true,
+            q5_0_kernel: true,
             product_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(2),
@@ -172,13 +177,10 @@ impl LlmModel {
             file,
             reader: BufReader::new(reader),
             requantize: options.requantize_q8,
-            // The packed kernels need Q8_0, so they take the re-quantised weights.
-            keep_q4_1: options.q4_1_kernel
-                && !options.packed_kernels()
-                && matches!(
-                    file.architecture(),
-                    Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3
-                ),
+            // The packed kernels need Q8_0, so they take the re-quantised weights. Both decoders
+            // run every projection through `Proj`, so both take the file's own blocks.
+            keep_q4_1: options.q4_1_kernel && !options.packed_kernels(),
+            keep_q5_0: options.q5_0_kernel && !options.packed_kernels(),
             requantized: 0,
             requantize_ms: 0.0,
         };
@@ -396,8 +398,9 @@ struct GgufSource<'a> {
     file: &'a GgufFile,
     reader: BufReader<File>,
     requantize: bool,
-    /// Leave Q4_1 tensors as they are (the decoder runs them itself).
+    /// Leave Q4_1 / Q5_0 tensors as they are (the decoder runs them itself).
     keep_q4_1: bool,
+    keep_q5_0: bool,
     requantized: usize,
     requantize_ms: f64,
 }
@@ -416,7 +419,8 @@ impl TensorSource for GgufSource<'_> {
         }
         let slow = match t.dtype() {
             GgmlDType::Q4_1 => !self.keep_q4_1,
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,
+            GgmlDType::Q5_0 => !self.keep_q5_0,
+            GgmlDType::Q5_1 => true,
             _ => false,
         };
         let row = t.shape().dims().last().copied().unwrap_or(0);
@@ -526,6 +530,7 @@ mod tests {
             reader: BufReader::new(File::open(&path).unwrap()),
             requantize: true,
             keep_q4_1: true,
+            keep_q5_0: true,
             requantized: 0,
             requantize_ms: 0.0,
         };

@@ -1,21 +1,22 @@
-//! Products with Q4_1 and Q8_0 weights, run on the GGUF's own blocks.
+//! Products with Q4_1, Q5_0 and Q8_0 weights, run on the GGUF's own blocks.
 //!
-//! candle 0.11.1 has no SIMD dot product for Q4_1 (its `vec_dot` is the scalar reference), so
-//! the loader used to re-quantise every Q4_1 matrix to Q8_0: 0.7 s at load, 1.06 instead of
-//! 0.625 bytes per weight to stream on every generated token, and a second rounding of the
-//! weights. This runs the product the way ggml does instead: the activations are quantised per
-//! 32-value block to 8 bits with a scale `d` and a sum `s = d·Σq` (ggml's Q8_1), the 4-bit
-//! weights are widened in registers, and each block adds `d_w·d_a·Σ q_w·q_a + m_w·s`.
+//! candle 0.11.1 has no SIMD dot product for Q4_1 or Q5_0 (its `vec_dot` for them is the
+//! scalar reference), so the loader used to re-quantise such matrices to Q8_0: time at load,
+//! 1.06 instead of 0.625 (Q4_1) or 0.69 (Q5_0) bytes per weight to stream on every generated
+//! token, and a second rounding of the weights. This runs the product the way ggml does
+//! instead: the activations are quantised per 32-value block to 8 bits with a scale `d` and a
+//! sum `s = d·Σq` (ggml's Q8_1), the 4- or 5-bit weights are widened in registers, and each
+//! block adds `d_w·d_a·Σ q_w·q_a + m_w·s` (Q4_1) or `d_w·d_a·Σ (q_w − 16)·q_a` (Q5_0).
 //! Q8_0 (SmolLM2's tied embedding, which is also its output projection: a fifth of a token's
 //! multiply-adds) takes the same path with `d_w·d_a·Σ q_w·q_a`, so it can be split across
 //! threads too and gives the same numbers in any pass.
 //!
-//! K-quant weights (Q4_K, Q5_K, Q6_K: what most downloadable GGUFs use) and Q5_0 take candle's
-//! own dot products (AVX2 or NEON, chosen at run time; the scalar reference elsewhere) on their
-//! blocks, with the activations quantised once per product to the type each pairs with (Q8_K,
-//! Q8_0): what candle's `QMatMul` does, but on both of the model's threads, split by weight
-//! rows like the Q4_1 path, where `QMatMul` ran them on one because the model pins candle's
-//! pool to one thread.
+//! K-quant weights (Q4_K, Q5_K, Q6_K: what most downloadable GGUFs use) take candle's own dot
+//! products (AVX2 or NEON where the build's target CPU has them, `.cargo/config.toml`; the
+//! scalar reference elsewhere) on their blocks, with the activations quantised once per
+//! product to Q8_K: what candle's `QMatMul` does, but on both of the model's threads, split by
+//! weight rows like the Q4_1 path, where `QMatMul` ran them on one because the model pins
+//! candle's pool to one thread.
 //!
 //! Every activation row gets exactly the same arithmetic whether it comes alone (a generated
 //! token) or with others (a prompt chunk, taken four rows per pass over a weight block), and
@@ -24,7 +25,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ6K, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result, Tensor};
 use half::f16;
@@ -51,6 +52,11 @@ enum OwnFormat {
     Q4_1,
     /// `d: f16, qs: [i8; 32]`; x = d·q.
     Q8_0,
+    /// `d: f16, qh: u32, qs: [u8; 16]`: the low four bits of value `j` in the low nibble of
+    /// `qs[j]` (of value `j + 16` in its high nibble), its fifth bit in bit `j` of `qh`;
+    /// x = d·(q − 16). What llama.cpp's Q4_K_M uses for matrices whose width is not a multiple
+    /// of 256 (all of Qwen2.5-0.5B's 896-wide projections).
+    Q5_0,
 }
 
 impl OwnFormat {
@@ -58,6 +64,7 @@ impl OwnFormat {
         match self {
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+            Self::Q5_0 => 22,
         }
     }
 }
@@ -68,7 +75,6 @@ enum CandleFormat {
     Q4K,
     Q5K,
     Q6K,
-    Q5_0,
 }
 
 impl Format {
@@ -79,7 +85,7 @@ impl Format {
             GgmlDType::Q4K => Some(Self::Candle(CandleFormat::Q4K)),
             GgmlDType::Q5K => Some(Self::Candle(CandleFormat::Q5K)),
             GgmlDType::Q6K => Some(Self::Candle(CandleFormat::Q6K)),
-            GgmlDType::Q5_0 => Some(Self::Candle(CandleFormat::Q5_0)),
+            GgmlDType::Q5_0 => Some(Self::Own(OwnFormat::Q5_0)),
             _ => None,
         }
     }
@@ -92,7 +98,6 @@ impl Format {
                 CandleFormat::Q4K => (size_of::<BlockQ4K>(), BlockQ4K::BLCK_SIZE),
                 CandleFormat::Q5K => (size_of::<BlockQ5K>(), BlockQ5K::BLCK_SIZE),
                 CandleFormat::Q6K => (size_of::<BlockQ6K>(), BlockQ6K::BLCK_SIZE),
-                CandleFormat::Q5_0 => (size_of::<BlockQ5_0>(), BlockQ5_0::BLCK_SIZE),
             },
         }
     }
@@ -105,7 +110,6 @@ impl Format {
                 CandleFormat::Q4K => align_of::<BlockQ4K>(),
                 CandleFormat::Q5K => align_of::<BlockQ5K>(),
                 CandleFormat::Q6K => align_of::<BlockQ6K>(),
-                CandleFormat::Q5_0 => align_of::<BlockQ5_0>(),
             },
         }
     }
@@ -118,6 +122,8 @@ use std::mem::{align_of, size_of};
 const CANDLE_TILE_BYTES: usize = 128 * 1024;
 /// Activation rows that share one pass over a weight block.
 const ROWS_PER_PASS: usize = 4;
+/// Weight rows that share one pass over a lone activation row (a generated token).
+const WEIGHT_ROWS_PER_PASS: usize = 8;
 /// Products at least this big (multiply-adds) are split with the helper thread: every
 /// projection of SmolLM2 (the smallest, k and v, have 110 k). Below this the hand-off would
 /// cost more than the half it saves.
@@ -145,7 +151,7 @@ struct Q8Rows {
 }
 
 impl QMatrix {
-    /// Takes a 2-D Q4_1 or Q8_0 tensor on the CPU; `None` for any other type, shape (an empty
+    /// Takes a 2-D tensor of a format above on the CPU; `None` for any other type, shape (an empty
     /// row included) or device.
     /// With `split`, products are shared with its helper thread.
     pub fn from_qtensor(t: Arc<QTensor>, split: Option<Arc<SplitPool>>) -> Result<Option<Self>> {
@@ -207,7 +213,6 @@ impl QMatrix {
                 CandleFormat::Q4K => self.candle_product::<BlockQ4K>(&data, &xs, m, &mut out),
                 CandleFormat::Q5K => self.candle_product::<BlockQ5K>(&data, &xs, m, &mut out),
                 CandleFormat::Q6K => self.candle_product::<BlockQ6K>(&data, &xs, m, &mut out),
-                CandleFormat::Q5_0 => self.candle_product::<BlockQ5_0>(&data, &xs, m, &mut out),
             },
         }
         let mut shape = lead.to_vec();
@@ -290,12 +295,24 @@ impl QMatrix {
         let m = dst.len();
         let width = dst.first().map_or(0, |r| r.len());
         let row_bytes = self.cols / QK * own.block_bytes();
+        let rows = &data[j0 * row_bytes..(j0 + width) * row_bytes];
+        if m == 1 {
+            // A generated token: four weight rows per pass over its activation row, so four
+            // streams of weights are in flight and the per-row set-up is shared (a weight row
+            // of Gemma 3's 262k-row output projection is only 20 blocks).
+            let mut j = 0;
+            for w in rows.chunks(WEIGHT_ROWS_PER_PASS * row_bytes) {
+                let n = w.len() / row_bytes;
+                let mut sums = [0f32; WEIGHT_ROWS_PER_PASS];
+                dot_weight_rows(own, w, row_bytes, n, acts, 0, &mut sums);
+                dst[0][j..j + n].copy_from_slice(&sums[..n]);
+                j += n;
+            }
+            return;
+        }
         // Weight row outside, activation rows inside: a weight row (a few hundred bytes) is
         // read from memory once and stays in L1 while every activation row uses it.
-        for (j, w) in data[j0 * row_bytes..(j0 + width) * row_bytes]
-            .chunks_exact(row_bytes)
-            .enumerate()
-        {
+        for (j, w) in rows.chunks_exact(row_bytes).enumerate() {
             let mut r0 = 0;
             while r0 < m {
                 let rows = (m - r0).min(ROWS_PER_PASS);
@@ -395,8 +412,39 @@ fn dot_rows(
     // `w` (whole blocks) or `acts.qs` (32 values per block).
     unsafe {
         match format {
-            OwnFormat::Q4_1 => avx2::dot_rows_q4_1(w, acts, r0, rows, sums),
-            OwnFormat::Q8_0 => avx2::dot_rows_q8_0(w, acts, r0, rows, sums),
+            OwnFormat::Q4_1 => avx2::dot_rows::<{ avx2::Q4_1 }>(w, acts, r0, rows, sums),
+            OwnFormat::Q8_0 => avx2::dot_rows::<{ avx2::Q8_0 }>(w, acts, r0, rows, sums),
+            OwnFormat::Q5_0 => avx2::dot_rows::<{ avx2::Q5_0 }>(w, acts, r0, rows, sums),
+        }
+    }
+}
+
+/// Dot products of the `n` weight rows (n ≤ 4) in `w`, `row_bytes` each, with activation
+/// row `r`: for each pair exactly the arithmetic of [`dot_rows`], so a token alone gets the
+/// numbers it gets in a prompt chunk.
+#[cfg(target_feature = "avx2")]
+fn dot_weight_rows(
+    format: OwnFormat,
+    w: &[u8],
+    row_bytes: usize,
+    n: usize,
+    acts: &Q8Rows,
+    r: usize,
+    sums: &mut [f32; WEIGHT_ROWS_PER_PASS],
+) {
+    debug_assert!(n <= WEIGHT_ROWS_PER_PASS && w.len() == n * row_bytes);
+    // SAFETY: as for `dot_rows`; the rows are whole blocks inside `w`.
+    unsafe {
+        match format {
+            OwnFormat::Q4_1 => {
+                avx2::dot_weight_rows::<{ avx2::Q4_1 }>(w, row_bytes, n, acts, r, sums)
+            }
+            OwnFormat::Q8_0 => {
+                avx2::dot_weight_rows::<{ avx2::Q8_0 }>(w, row_bytes, n, acts, r, sums)
+            }
+            OwnFormat::Q5_0 => {
+                avx2::dot_weight_rows::<{ avx2::Q5_0 }>(w, row_bytes, n, acts, r, sums)
+            }
         }
     }
 }
@@ -411,6 +459,23 @@ fn dot_rows(
     sums: &mut [f32; ROWS_PER_PASS],
 ) {
     scalar_dot_rows(format, w, acts, r0, rows, sums)
+}
+
+#[cfg(not(target_feature = "avx2"))]
+fn dot_weight_rows(
+    format: OwnFormat,
+    w: &[u8],
+    row_bytes: usize,
+    n: usize,
+    acts: &Q8Rows,
+    r: usize,
+    sums: &mut [f32; WEIGHT_ROWS_PER_PASS],
+) {
+    for (k, row) in w.chunks_exact(row_bytes).take(n).enumerate() {
+        let mut one = [0f32; ROWS_PER_PASS];
+        scalar_dot_rows(format, row, acts, r, 1, &mut one);
+        sums[k] = one[0];
+    }
 }
 
 /// The reference form of [`dot_rows`] (the fallback without AVX2, and the tests' oracle).
@@ -447,6 +512,16 @@ fn scalar_dot_rows(
                         .sum();
                     acc += half_at(blk, 0) * acts.d[i] * isum as f32;
                 }
+                OwnFormat::Q5_0 => {
+                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    let mut isum = 0i32;
+                    for (j, &q) in blk[6..].iter().enumerate() {
+                        let lo = (q & 0x0F) as i32 | ((qh >> j) as i32 & 1) << 4;
+                        let hi = (q >> 4) as i32 | ((qh >> (j + 16)) as i32 & 1) << 4;
+                        isum += (lo - 16) * a[j] as i32 + (hi - 16) * a[j + 16] as i32;
+                    }
+                    acc += half_at(blk, 0) * acts.d[i] * isum as f32;
+                }
             }
         }
         *sum = acc;
@@ -455,15 +530,28 @@ fn scalar_dot_rows(
 
 #[cfg(target_feature = "avx2")]
 mod avx2 {
-    use super::{half_at, OwnFormat, Q8Rows, QK, ROWS_PER_PASS};
+    use super::{half_at, OwnFormat, Q8Rows, QK, ROWS_PER_PASS, WEIGHT_ROWS_PER_PASS};
     use std::arch::x86_64::*;
+
+    /// The formats as const parameters, so each kernel is compiled per format.
+    pub(super) const Q4_1: u8 = 0;
+    pub(super) const Q8_0: u8 = 1;
+    pub(super) const Q5_0: u8 = 2;
+
+    const fn format(f: u8) -> OwnFormat {
+        match f {
+            Q4_1 => OwnFormat::Q4_1,
+            Q8_0 => OwnFormat::Q8_0,
+            _ => OwnFormat::Q5_0,
+        }
+    }
 
     /// Σ over 32 lanes of u8 × i8, as 8 i32 partial sums. Pairs are summed to i16 first, so
     /// callers keep them small enough not to saturate: Q4_1 nibbles (≤ 15) × activations
     /// (2·15·128 < 32767), Q8_0's |w| (≤ 128) × activations (≤ 127 in size: 2·128·127 =
-    /// 32512). (AVX512-VNNI's
-    /// `vpdpbusd` does this in one instruction; measured no faster here, as the product
-    /// waits on memory, so the AVX2 form serves every x86-64-v3 machine.)
+    /// 32512), Q5_0's |w| ≤ 16. (AVX512-VNNI's `vpdpbusd` does this in one instruction;
+    /// measured no faster here, as the product waits on memory, so the AVX2 form serves every
+    /// x86-64-v3 machine.)
     #[inline(always)]
     unsafe fn block_isum(w: __m256i, a: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
@@ -477,38 +565,104 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    pub(super) unsafe fn dot_rows_q4_1(
-        w: &[u8],
-        acts: &Q8Rows,
-        r0: usize,
-        rows: usize,
-        sums: &mut [f32; ROWS_PER_PASS],
-    ) {
-        let nb = acts.blocks_per_row;
+    /// 0xFF in byte `j` where bit `j` of `bits` is set (ggml's `bytes_from_bits_32`).
+    #[inline(always)]
+    unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+        let shuffle = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0x0000000000000000,
+        );
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
+        let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+        _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+    }
+
+    /// One weight block widened to 32 bytes for [`block_isum`]: the unsigned weights, the
+    /// signs to give the activations (signed formats: ggml's sign trick, |w| times a with w's
+    /// sign), the scale d and (Q4_1) the minimum m.
+    struct Block {
+        w: __m256i,
+        sign: __m256i,
+        d: f32,
+        m: f32,
+    }
+
+    #[inline(always)]
+    unsafe fn widen<const F: u8>(blk: &[u8]) -> Block {
         let low = _mm_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
-        let mut offsets = [0f32; ROWS_PER_PASS];
-        for (b, blk) in w.chunks_exact(OwnFormat::Q4_1.block_bytes()).enumerate() {
-            let dw = half_at(blk, 0);
-            let mw = half_at(blk, 2);
-            let q = _mm_loadu_si128(blk.as_ptr().add(4) as *const __m128i);
-            let lo = _mm_and_si128(q, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            let wq = _mm256_set_m128i(hi, lo);
-            for r in 0..rows {
-                let i = (r0 + r) * nb + b;
-                let a = _mm256_loadu_si256(acts.qs.as_ptr().add(i * QK) as *const __m256i);
-                let p = _mm256_cvtepi32_ps(block_isum(wq, a));
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * acts.d[i]), p, acc[r]);
-                offsets[r] += mw * acts.s[i];
+        match format(F) {
+            OwnFormat::Q4_1 => {
+                let q = _mm_loadu_si128(blk.as_ptr().add(4) as *const __m128i);
+                let lo = _mm_and_si128(q, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+                Block {
+                    w: _mm256_set_m128i(hi, lo),
+                    sign: _mm256_setzero_si256(),
+                    d: half_at(blk, 0),
+                    m: half_at(blk, 2),
+                }
             }
-        }
-        for r in 0..rows {
-            sums[r] = hsum(acc[r]) + offsets[r];
+            OwnFormat::Q8_0 => {
+                let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+                Block {
+                    w: _mm256_sign_epi8(wq, wq),
+                    sign: wq,
+                    d: half_at(blk, 0),
+                    m: 0.0,
+                }
+            }
+            OwnFormat::Q5_0 => {
+                // Signed bytes q − 16 in [−16, 15]: where the fifth bit is clear, set the
+                // high nibble (0xF0 | n is n − 16).
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                let q = _mm_loadu_si128(blk.as_ptr().add(6) as *const __m128i);
+                let lo = _mm_and_si128(q, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+                let fifth_clear = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(-16));
+                let wq = _mm256_or_si256(_mm256_set_m128i(hi, lo), fifth_clear);
+                Block {
+                    w: _mm256_sign_epi8(wq, wq),
+                    sign: wq,
+                    d: half_at(blk, 0),
+                    m: 0.0,
+                }
+            }
         }
     }
 
-    pub(super) unsafe fn dot_rows_q8_0(
+    /// One (weight block, activation block `i`) step of a pair's sum: the single definition
+    /// both pass shapes use, so a pair gets the same bits in either.
+    #[inline(always)]
+    unsafe fn step<const F: u8>(
+        b: &Block,
+        acts: &Q8Rows,
+        i: usize,
+        acc: &mut __m256,
+        off: &mut f32,
+    ) {
+        let a = _mm256_loadu_si256(acts.qs.as_ptr().add(i * QK) as *const __m256i);
+        let p = if matches!(format(F), OwnFormat::Q4_1) {
+            *off += b.m * acts.s[i];
+            block_isum(b.w, a)
+        } else {
+            block_isum(b.w, _mm256_sign_epi8(a, b.sign))
+        };
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(b.d * acts.d[i]), _mm256_cvtepi32_ps(p), *acc);
+    }
+
+    #[inline(always)]
+    unsafe fn finish<const F: u8>(acc: __m256, off: f32) -> f32 {
+        if matches!(format(F), OwnFormat::Q4_1) {
+            hsum(acc) + off
+        } else {
+            hsum(acc)
+        }
+    }
+
+    /// One weight row `w`, activation rows `r0..r0 + rows`.
+    pub(super) unsafe fn dot_rows<const F: u8>(
         w: &[u8],
         acts: &Q8Rows,
         r0: usize,
@@ -517,25 +671,49 @@ mod avx2 {
     ) {
         let nb = acts.blocks_per_row;
         let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
-        for (b, blk) in w.chunks_exact(OwnFormat::Q8_0.block_bytes()).enumerate() {
-            let dw = half_at(blk, 0);
-            let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-            // `block_isum` takes unsigned × signed: |w| times a with w's sign (ggml's trick).
-            let abs_w = _mm256_sign_epi8(wq, wq);
-            for (r, acc_r) in acc[..rows].iter_mut().enumerate() {
-                let i = (r0 + r) * nb + b;
-                let a = _mm256_loadu_si256(acts.qs.as_ptr().add(i * QK) as *const __m256i);
-                let signed_a = _mm256_sign_epi8(a, wq);
-                let p = block_isum(abs_w, signed_a);
-                *acc_r = _mm256_fmadd_ps(
-                    _mm256_set1_ps(dw * acts.d[i]),
-                    _mm256_cvtepi32_ps(p),
-                    *acc_r,
-                );
+        let mut off = [0f32; ROWS_PER_PASS];
+        for (b, blk) in w.chunks_exact(format(F).block_bytes()).enumerate() {
+            let block = widen::<F>(blk);
+            for r in 0..rows {
+                step::<F>(&block, acts, (r0 + r) * nb + b, &mut acc[r], &mut off[r]);
             }
         }
         for r in 0..rows {
-            sums[r] = hsum(acc[r]);
+            sums[r] = finish::<F>(acc[r], off[r]);
+        }
+    }
+
+    /// Weight rows `0..n` of `w` (`row_bytes` each), activation row `r`.
+    pub(super) unsafe fn dot_weight_rows<const F: u8>(
+        w: &[u8],
+        row_bytes: usize,
+        n: usize,
+        acts: &Q8Rows,
+        r: usize,
+        sums: &mut [f32; WEIGHT_ROWS_PER_PASS],
+    ) {
+        let nb = acts.blocks_per_row;
+        let bytes = format(F).block_bytes();
+        let mut acc = [_mm256_setzero_ps(); WEIGHT_ROWS_PER_PASS];
+        let mut off = [0f32; WEIGHT_ROWS_PER_PASS];
+        if n == WEIGHT_ROWS_PER_PASS {
+            // The common case with a fixed count, so the accumulators stay in registers.
+            for b in 0..nb {
+                for k in 0..WEIGHT_ROWS_PER_PASS {
+                    let block = widen::<F>(&w[k * row_bytes + b * bytes..][..bytes]);
+                    step::<F>(&block, acts, r * nb + b, &mut acc[k], &mut off[k]);
+                }
+            }
+        } else {
+            for b in 0..nb {
+                for k in 0..n {
+                    let block = widen::<F>(&w[k * row_bytes + b * bytes..][..bytes]);
+                    step::<F>(&block, acts, r * nb + b, &mut acc[k], &mut off[k]);
+                }
+            }
+        }
+        for k in 0..n {
+            sums[k] = finish::<F>(acc[k], off[k]);
         }
     }
 }
@@ -560,7 +738,7 @@ mod tests {
             .collect()
     }
 
-    const FORMATS: [GgmlDType; 2] = [GgmlDType::Q4_1, GgmlDType::Q8_0];
+    const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q5_0];
 
     fn matrix(dtype: GgmlDType, rows: usize, cols: usize) -> Result<(Arc<QTensor>, QMatrix)> {
         let w = Tensor::from_vec(values(rows * cols, 7), (rows, cols), &Device::Cpu)?;
@@ -594,8 +772,9 @@ mod tests {
 
     #[test]
     fn a_row_gets_the_same_numbers_alone_or_in_a_batch() -> Result<()> {
+        // 67 weight rows: a token alone takes them four at a time, the last pass three.
         for dtype in FORMATS {
-            let (_q, mine) = matrix(dtype, 64, 192)?;
+            let (_q, mine) = matrix(dtype, 67, 192)?;
             let xs = values(7 * 192, 11);
             let batch = mine
                 .forward(&Tensor::from_vec(xs.clone(), (7, 192), &Device::Cpu)?)?
@@ -631,7 +810,7 @@ mod tests {
     #[test]
     fn the_simd_path_equals_the_scalar_reference() -> Result<()> {
         for dtype in FORMATS {
-            let (q, mine) = matrix(dtype, 8, 320)?;
+            let (q, mine) = matrix(dtype, WEIGHT_ROWS_PER_PASS, 320)?;
             let xs = values(6 * 320, 5);
             let acts = Q8Rows::quantize(&xs, 320);
             let Format::Own(own) = mine.format else {
@@ -656,18 +835,30 @@ mod tests {
                     }
                 }
             }
+            // The lone-token pass: every count of weight rows up to a full pass, each against
+            // the scalar reference and bit for bit against the activation-row pass.
+            for n in 1..=WEIGHT_ROWS_PER_PASS {
+                let w = &data[..n * row_bytes];
+                for r in 0..6 {
+                    let mut fast = [0f32; WEIGHT_ROWS_PER_PASS];
+                    dot_weight_rows(own, w, row_bytes, n, &acts, r, &mut fast);
+                    for (k, row) in w.chunks_exact(row_bytes).enumerate() {
+                        let (mut one, mut slow) = ([0f32; 4], [0f32; 4]);
+                        dot_rows(own, row, &acts, r, 1, &mut one);
+                        scalar_dot_rows(own, row, &acts, r, 1, &mut slow);
+                        assert_eq!(fast[k].to_bits(), one[0].to_bits(), "{dtype:?} {n}/{k}/{r}");
+                        let tol = 1e-4 * slow[0].abs().max(1.0);
+                        assert!((fast[k] - slow[0]).abs() < tol, "{dtype:?} {n}/{k}/{r}");
+                    }
+                }
+            }
         }
         Ok(())
     }
 
     /// Formats whose dot product is candle's, with an odd number of weight rows and a width
     /// of three K-quant super-blocks.
-    const CANDLE_FORMATS: [GgmlDType; 4] = [
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-        GgmlDType::Q5_0,
-    ];
+    const CANDLE_FORMATS: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
     const K_ROWS: usize = 67;
     const K_COLS: usize = 768;
 
