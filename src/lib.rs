@@ -35,6 +35,7 @@ pub mod refine;
 pub mod report;
 pub mod rules;
 pub mod serve;
+pub mod threads;
 pub mod types;
 
 pub use types::{

@@ -538,6 +538,8 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: candle's pools otherwise ignore `taskset` and CPU quotas.
+    camxuc::threads::fit_pools_to_affinity();
     camxuc::audio::isolate::serve_child_if_requested();
     let cli = Cli::parse();
     match run(cli) {
