@@ -7,6 +7,10 @@
 #                            (decode -> features -> encoder -> head) and runs the memory check
 #                            with `classify --segments`; without it those figures are recorded
 #                            as skipped, with the reason.
+#   (always, when ../shared has the RAVDESS clips and whisper-base is installed)
+#                            `camxuc classify --llm none` over those 384 clips end to end, one
+#                            process pinned to one core and then on all cores: the product
+#                            path's × real time (CAMXUC_BENCH_MODEL, else the default model).
 #   CAMXUC_BENCH_LLM=SPEC    LLM to measure (default smollm2-135m); skipped when not installed.
 #   CAMXUC_BENCH_LONG_S=S    length of the long input for the memory check (default 3600 s).
 #
@@ -71,6 +75,37 @@ if [[ -n "$model" ]] && ! CAMXUC_BENCH_MODEL="$model" CAMXUC_BENCH_THREADS=2 CAN
     cargo bench --quiet --bench pipeline >>"$work/pipeline.log" 2>&1; then
     log "pipeline bench (2 threads) failed; see $work/pipeline.log"
 fi
+
+# 1b. The product path end to end: `camxuc classify --llm none` as a user runs it, one process
+# over every RAVDESS clip (decode workers, model load and output included), pinned to one core
+# (`taskset -c 0`, which the decode workers inherit) and then on all cores. The model is
+# CAMXUC_BENCH_MODEL, else the default one (`models/acoustic/default` or the embedded copy).
+rm -f "$work/e2e-1.json" "$work/e2e-all.json"
+e2e_skip=
+e2e_clips=(../shared/data/ravdess-3class/clips/*.wav)
+if [[ ! -e ${e2e_clips[0]} ]]; then
+    e2e_skip="no RAVDESS clips under ../shared/data/ravdess-3class/clips"
+elif [[ ! -e "${CAMXUC_MODELS_DIR:-models}/whisper-base/model.bin" ]]; then
+    e2e_skip="whisper-base is not installed (camxuc models fetch whisper-base)"
+elif ! command -v taskset >/dev/null; then
+    e2e_skip="taskset (util-linux) is missing"
+else
+    e2e_model=()
+    [[ -n "$model" ]] && e2e_model=(--model "$model")
+    for cores in 1 all; do
+        pin=()
+        [[ $cores == 1 ]] && pin=(taskset -c 0)
+        log "classify --llm none over ${#e2e_clips[@]} clips, cores: $cores"
+        t0=$(date +%s.%N)
+        rc=0
+        "${pin[@]}" "$bin" classify --llm none "${e2e_model[@]}" --format jsonl "${e2e_clips[@]}" \
+            >"$work/e2e-$cores.out" 2>"$work/e2e-$cores.err" || rc=$?
+        t1=$(date +%s.%N)
+        echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"clips\": ${#e2e_clips[@]}}" \
+            >"$work/e2e-$cores.json"
+    done
+fi
+export e2e_skip
 
 # 2. The reasoner LLM: ms per routed clip, from `camxuc models bench`.
 rm -f "$work/llm.json"
@@ -255,6 +290,26 @@ if not pipeline["acoustic_route"]:
     pipeline["acoustic_route_skipped"] = env["model_skip"] or f"no acoustic figures; see {work}/pipeline.log"
 result["stages"] = pipeline
 
+# The product path end to end (`classify --llm none` over the RAVDESS clips).
+def audio_seconds(paths):
+    return sum(duration(p) for p in paths)
+e2e = {"skipped": env["e2e_skip"]} if env["e2e_skip"] else {}
+if not e2e:
+    clips_dir = "../shared/data/ravdess-3class/clips"
+    audio_s = audio_seconds(sorted(os.path.join(clips_dir, f) for f in os.listdir(clips_dir) if f.endswith(".wav")))
+    e2e = {"command": "camxuc classify --llm none --format jsonl CLIPS", "audio_s": audio_s}
+    for cores in ("1", "all"):
+        r = load(f"{work}/e2e-{cores}.json") or {}
+        if r.get("rc") == 0:
+            decided = sum(1 for l in open(f"{work}/e2e-{cores}.out") if l.lstrip().startswith("{"))
+            r.update(decisions=decided, real_time_factor=audio_s / r["wall_s"],
+                     ms_per_clip=1e3 * r["wall_s"] / r["clips"])
+        else:
+            err = open(f"{work}/e2e-{cores}.err").read().strip().splitlines()
+            r["error"] = err[-1] if err else f"exit {r.get('rc')}"
+        e2e["one_core" if cores == "1" else "all_cores"] = r
+result["classify_end_to_end"] = e2e
+
 # LLM per routed clip.
 llm = load(f"{work}/llm.json")
 if llm is not None:
@@ -316,6 +371,18 @@ if not pipeline["acoustic_route"]:
     print(f"| acoustic route | – | – | – | skipped: {pipeline['acoustic_route_skipped']} |")
 corpus = (pipeline["features"] or [{}])[0].get("corpus", "?")
 print(f"\nClips: {corpus}.\n")
+if "skipped" in e2e:
+    print(f"`classify --llm none` end to end: skipped ({e2e['skipped']}).\n")
+else:
+    print(f"| `classify --llm none` end to end, {e2e['one_core'].get('clips', '?')} RAVDESS clips ({e2e['audio_s']:.0f} s of audio), one process | Wall s | ms/clip | × real time |")
+    print("|---|---:|---:|---:|")
+    for key, name in (("one_core", "pinned to one core (`taskset -c 0`)"), ("all_cores", "all cores")):
+        r = e2e[key]
+        if "error" in r:
+            print(f"| {name} | – | – | failed: {r['error']} |")
+        else:
+            print(f"| {name} | {r['wall_s']:.1f} | {r['ms_per_clip']:.1f} | {r['real_time_factor']:.0f} |")
+    print()
 if "skipped" in result["llm"]:
     print(f"LLM: skipped ({result['llm']['skipped']}).\n")
 else:
