@@ -401,8 +401,7 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
 }
 
 /// Dot products of weight row `w` with activation rows `r0..r0 + rows` (rows ≤
-/// `ROWS_PER_PASS`).
-#[cfg(target_feature = "avx2")]
+/// `ROWS_PER_PASS`): AVX2 where the build's target has it, else the scalar reference.
 fn dot_rows(
     format: OwnFormat,
     w: &[u8],
@@ -413,6 +412,7 @@ fn dot_rows(
 ) {
     // SAFETY: the target feature is enabled at compile time; every load below reads inside
     // `w` (whole blocks) or `acts.qs` (32 values per block).
+    #[cfg(target_feature = "avx2")]
     unsafe {
         match format {
             OwnFormat::Q4_1 => avx2::dot_rows::<{ avx2::Q4_1 }>(w, acts, r0, rows, sums),
@@ -420,12 +420,13 @@ fn dot_rows(
             OwnFormat::Q5_0 => avx2::dot_rows::<{ avx2::Q5_0 }>(w, acts, r0, rows, sums),
         }
     }
+    #[cfg(not(target_feature = "avx2"))]
+    scalar_dot_rows(format, w, acts, r0, rows, sums)
 }
 
-/// Dot products of the `n` weight rows (n ≤ `WEIGHT_ROWS_PER_PASS`) in `w`, `row_bytes` each, with activation
-/// row `r`: for each pair exactly the arithmetic of [`dot_rows`], so a token alone gets the
-/// numbers it gets in a prompt chunk.
-#[cfg(target_feature = "avx2")]
+/// Dot products of the `n` weight rows (n ≤ `WEIGHT_ROWS_PER_PASS`) in `w`, `row_bytes` each,
+/// with activation row `r`: for each pair exactly the arithmetic of [`dot_rows`], so a token
+/// alone gets the numbers it gets in a prompt chunk.
 fn dot_weight_rows(
     format: OwnFormat,
     w: &[u8],
@@ -437,6 +438,7 @@ fn dot_weight_rows(
 ) {
     debug_assert!(n <= WEIGHT_ROWS_PER_PASS && w.len() == n * row_bytes);
     // SAFETY: as for `dot_rows`; the rows are whole blocks inside `w`.
+    #[cfg(target_feature = "avx2")]
     unsafe {
         match format {
             OwnFormat::Q4_1 => {
@@ -450,30 +452,7 @@ fn dot_weight_rows(
             }
         }
     }
-}
-
-#[cfg(not(target_feature = "avx2"))]
-fn dot_rows(
-    format: OwnFormat,
-    w: &[u8],
-    acts: &Q8Rows,
-    r0: usize,
-    rows: usize,
-    sums: &mut [f32; ROWS_PER_PASS],
-) {
-    scalar_dot_rows(format, w, acts, r0, rows, sums)
-}
-
-#[cfg(not(target_feature = "avx2"))]
-fn dot_weight_rows(
-    format: OwnFormat,
-    w: &[u8],
-    row_bytes: usize,
-    n: usize,
-    acts: &Q8Rows,
-    r: usize,
-    sums: &mut [f32; WEIGHT_ROWS_PER_PASS],
-) {
+    #[cfg(not(target_feature = "avx2"))]
     for (k, row) in w.chunks_exact(row_bytes).take(n).enumerate() {
         let mut one = [0f32; ROWS_PER_PASS];
         scalar_dot_rows(format, row, acts, r, 1, &mut one);
