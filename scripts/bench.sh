@@ -104,6 +104,34 @@ else
         echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"clips\": ${#e2e_clips[@]}}" \
             >"$work/e2e-$cores.json"
     done
+    # openSMILE's eGeMAPS (functionals) over the same files on the same core, for scale: a
+    # classic paralinguistic feature extractor, from PyPI into a private venv (needs the
+    # package index the first time; skipped with the reason otherwise). Whole process, like
+    # the camxuc figure.
+    osm=$work/opensmile-venv
+    if [[ ! -x $osm/bin/python ]] || ! "$osm/bin/python" -c 'import opensmile' 2>/dev/null; then
+        log "openSMILE from PyPI into $osm"
+        python3 -m venv "$osm" >&2 && "$osm/bin/pip" install -q opensmile >&2 || true
+    fi
+    rm -f "$work/opensmile.json"
+    if "$osm/bin/python" -c 'import opensmile' 2>/dev/null; then
+        log "openSMILE eGeMAPS over ${#e2e_clips[@]} clips, one core"
+        t0=$(date +%s.%N)
+        rc=0
+        taskset -c 0 "$osm/bin/python" - "${e2e_clips[@]}" >"$work/opensmile.out" 2>"$work/opensmile.err" <<'PY' || rc=$?
+import sys, opensmile
+smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                        feature_level=opensmile.FeatureLevel.Functionals)
+for path in sys.argv[1:]:
+    smile.process_file(path)
+print(len(sys.argv) - 1, opensmile.__version__)
+PY
+        t1=$(date +%s.%N)
+        echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"clips\": ${#e2e_clips[@]}, \"version\": \"$(cut -d' ' -f2 "$work/opensmile.out" 2>/dev/null)\"}" \
+            >"$work/opensmile.json"
+    else
+        log "openSMILE could not be installed (no package index?); its figure is skipped"
+    fi
 fi
 export e2e_skip
 
@@ -308,6 +336,15 @@ if not e2e:
             err = open(f"{work}/e2e-{cores}.err").read().strip().splitlines()
             r["error"] = err[-1] if err else f"exit {r.get('rc')}"
         e2e["one_core" if cores == "1" else "all_cores"] = r
+    osm = load(f"{work}/opensmile.json")
+    if osm is None:
+        e2e["opensmile"] = {"skipped": "openSMILE (PyPI opensmile) could not be installed"}
+    elif osm.get("rc") == 0:
+        e2e["opensmile"] = {**osm, "what": "openSMILE eGeMAPSv02 functionals, pinned to one core",
+                            "real_time_factor": audio_s / osm["wall_s"]}
+    else:
+        err = open(f"{work}/opensmile.err").read().strip().splitlines()
+        e2e["opensmile"] = {**osm, "error": err[-1] if err else f"exit {osm.get('rc')}"}
 result["classify_end_to_end"] = e2e
 
 # LLM per routed clip.
@@ -382,6 +419,12 @@ else:
             print(f"| {name} | – | – | failed: {r['error']} |")
         else:
             print(f"| {name} | {r['wall_s']:.1f} | {r['ms_per_clip']:.1f} | {r['real_time_factor']:.0f} |")
+    o = e2e["opensmile"]
+    if "real_time_factor" in o:
+        print(f"| for scale: openSMILE {o['version']} eGeMAPS features only, one core | {o['wall_s']:.1f} "
+              f"| {1e3 * o['wall_s'] / o['clips']:.1f} | {o['real_time_factor']:.0f} |")
+    else:
+        print(f"| for scale: openSMILE eGeMAPS | – | – | {o.get('skipped') or o.get('error')} |")
     print()
 if "skipped" in result["llm"]:
     print(f"LLM: skipped ({result['llm']['skipped']}).\n")
