@@ -61,6 +61,20 @@ export load_at_start; load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 log "release build"
 cargo build --release --quiet --bin camxuc
 
+# run_measured NAME CMD...: wall time, peak RSS and exit status of one command.
+run_measured() {
+    local name=$1; shift
+    local t0 t1 rc=0
+    t0=$(date +%s.%N)
+    /usr/bin/time -v -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" || rc=$?
+    t1=$(date +%s.%N)
+    local rss
+    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/$name.time")
+    echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"peak_rss_kb\": ${rss:-null}}" \
+        >"$work/$name.json"
+    log "$name: exit $rc, peak RSS ${rss:-?} kB"
+}
+
 # 1. Decode + trim + features per clip (and the acoustic route with a model): benches/pipeline.rs.
 log "pipeline bench (log: $work/pipeline.log)"
 # candle's element-wise pool is process-wide and sized once from CANDLE_NUM_THREADS, so each
@@ -96,13 +110,8 @@ else
         pin=()
         [[ $cores == 1 ]] && pin=(taskset -c 0)
         log "classify --llm none over ${#e2e_clips[@]} clips, cores: $cores"
-        t0=$(date +%s.%N)
-        rc=0
-        "${pin[@]}" "$bin" classify --llm none "${e2e_model[@]}" --format jsonl "${e2e_clips[@]}" \
-            >"$work/e2e-$cores.out" 2>"$work/e2e-$cores.err" || rc=$?
-        t1=$(date +%s.%N)
-        echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"clips\": ${#e2e_clips[@]}}" \
-            >"$work/e2e-$cores.json"
+        run_measured "e2e-$cores" "${pin[@]}" "$bin" classify --llm none "${e2e_model[@]}" \
+            --format jsonl "${e2e_clips[@]}"
     done
     # openSMILE's eGeMAPS (functionals) over the same files on the same core, for scale: a
     # classic paralinguistic feature extractor, from PyPI into a private venv (needs the
@@ -116,19 +125,14 @@ else
     rm -f "$work/opensmile.json"
     if "$osm/bin/python" -c 'import opensmile' 2>/dev/null; then
         log "openSMILE eGeMAPS over ${#e2e_clips[@]} clips, one core"
-        t0=$(date +%s.%N)
-        rc=0
-        taskset -c 0 "$osm/bin/python" - "${e2e_clips[@]}" >"$work/opensmile.out" 2>"$work/opensmile.err" <<'PY' || rc=$?
+        run_measured opensmile taskset -c 0 "$osm/bin/python" - "${e2e_clips[@]}" <<'PY'
 import sys, opensmile
 smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                         feature_level=opensmile.FeatureLevel.Functionals)
 for path in sys.argv[1:]:
     smile.process_file(path)
-print(len(sys.argv) - 1, opensmile.__version__)
+print(opensmile.__version__)
 PY
-        t1=$(date +%s.%N)
-        echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"clips\": ${#e2e_clips[@]}, \"version\": \"$(cut -d' ' -f2 "$work/opensmile.out" 2>/dev/null)\"}" \
-            >"$work/opensmile.json"
     else
         log "openSMILE could not be installed (no package index?); its figure is skipped"
     fi
@@ -186,19 +190,6 @@ with wave.open(out_path, "wb") as out:
             written += n
 PY
 
-# run_measured NAME CMD...: wall time, peak RSS and exit status of one command.
-run_measured() {
-    local name=$1; shift
-    local t0 t1 rc=0
-    t0=$(date +%s.%N)
-    /usr/bin/time -v -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" || rc=$?
-    t1=$(date +%s.%N)
-    local rss
-    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/$name.time")
-    echo "{\"rc\": $rc, \"wall_s\": $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'), \"peak_rss_kb\": ${rss:-null}}" \
-        >"$work/$name.json"
-    log "$name: exit $rc, peak RSS ${rss:-?} kB"
-}
 if [[ -n "$model" ]]; then
     mem_cmd=("$bin" classify --segments --llm none --model "$model" --format jsonl)
 else
@@ -319,19 +310,18 @@ if not pipeline["acoustic_route"]:
 result["stages"] = pipeline
 
 # The product path end to end (`classify --llm none` over the RAVDESS clips).
-def audio_seconds(paths):
-    return sum(duration(p) for p in paths)
 e2e = {"skipped": env["e2e_skip"]} if env["e2e_skip"] else {}
 if not e2e:
     clips_dir = "../shared/data/ravdess-3class/clips"
-    audio_s = audio_seconds(sorted(os.path.join(clips_dir, f) for f in os.listdir(clips_dir) if f.endswith(".wav")))
+    clips = [os.path.join(clips_dir, f) for f in os.listdir(clips_dir) if f.endswith(".wav")]
+    audio_s = sum(duration(p) for p in clips)
     e2e = {"command": "camxuc classify --llm none --format jsonl CLIPS", "audio_s": audio_s}
     for cores in ("1", "all"):
         r = load(f"{work}/e2e-{cores}.json") or {}
         if r.get("rc") == 0:
             decided = sum(1 for l in open(f"{work}/e2e-{cores}.out") if l.lstrip().startswith("{"))
-            r.update(decisions=decided, real_time_factor=audio_s / r["wall_s"],
-                     ms_per_clip=1e3 * r["wall_s"] / r["clips"])
+            r.update(clips=len(clips), decisions=decided, real_time_factor=audio_s / r["wall_s"],
+                     ms_per_clip=1e3 * r["wall_s"] / len(clips))
         else:
             err = open(f"{work}/e2e-{cores}.err").read().strip().splitlines()
             r["error"] = err[-1] if err else f"exit {r.get('rc')}"
@@ -341,7 +331,8 @@ if not e2e:
         e2e["opensmile"] = {"skipped": "openSMILE (PyPI opensmile) could not be installed"}
     elif osm.get("rc") == 0:
         e2e["opensmile"] = {**osm, "what": "openSMILE eGeMAPSv02 functionals, pinned to one core",
-                            "real_time_factor": audio_s / osm["wall_s"]}
+                            "version": open(f"{work}/opensmile.out").read().strip(),
+                            "clips": len(clips), "real_time_factor": audio_s / osm["wall_s"]}
     else:
         err = open(f"{work}/opensmile.err").read().strip().splitlines()
         e2e["opensmile"] = {**osm, "error": err[-1] if err else f"exit {osm.get('rc')}"}
