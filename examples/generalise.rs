@@ -20,7 +20,7 @@
 //! cross-validation inside its training clips only, on their clean **and** field-chain copies.
 //!
 //! cargo run --release --features research --example generalise -- [--out DIR] [--attention]
-//!     [--synth-per-class N] [--quick]
+//!     [--synth-per-class N] [--quick] [--only 'NAME;NAME' [--merge protocol.json]]
 //!     [--fusion CANDIDATE [--rules FILE] [--fusion-llm SPEC]]
 //!
 //! `--fusion` runs the fused-decision study with CANDIDATE as the acoustic model instead;
@@ -33,8 +33,10 @@ use std::time::Instant;
 use camxuc::acoustic::augment::perturb;
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
-use camxuc::acoustic::head_training::{predict_views, train_head, Example, TrainConfig, View};
-use camxuc::acoustic::linear::{self, fit_path, utterance_normalise, LinearHead};
+use camxuc::acoustic::head_training::{
+    predict_views, train_head_exposed, Example, TrainConfig, View,
+};
+use camxuc::acoustic::linear::{self, fit_path, utterance_normalise, FitOptions, LinearHead};
 use camxuc::acoustic::model::evidence_vector;
 use camxuc::acoustic::temperature::mean_nll;
 use camxuc::acoustic::temperature::{ece_at, fit_temperature, softmax_t};
@@ -116,6 +118,9 @@ struct Candidate {
     lambdas: &'static [f64],
     /// Also train on the training speakers' RAVDESS neutral clips, labelled calm.
     neutral: bool,
+    /// Outlier exposure: the training speakers' happy / sad / disgust / surprised clips with
+    /// a uniform target, at this share of the labelled rows' weight (0: not used).
+    outlier_weight: f64,
 }
 
 const fn lin(
@@ -135,6 +140,7 @@ const fn lin(
         attention: false,
         lambdas: &LAMBDAS,
         neutral: false,
+        outlier_weight: 0.0,
     }
 }
 
@@ -143,6 +149,15 @@ const fn with_neutral(name: &'static str, c: Candidate) -> Candidate {
     Candidate {
         name,
         neutral: true,
+        ..c
+    }
+}
+
+/// The same candidate also trained with outlier exposure at `weight`.
+const fn with_outliers(name: &'static str, weight: f64, c: Candidate) -> Candidate {
+    Candidate {
+        name,
+        outlier_weight: weight,
         ..c
     }
 }
@@ -156,6 +171,15 @@ const fn strong(c: Candidate) -> Candidate {
 }
 
 const STRONG: [f64; 3] = [10.0, 3.0, 1.0];
+const WIDE: [f64; 8] = [10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003];
+
+/// A linear candidate whose penalty is chosen among strong and weak ones.
+const fn wide(c: Candidate) -> Candidate {
+    Candidate {
+        lambdas: &WIDE,
+        ..c
+    }
+}
 
 const CANDIDATES: &[Candidate] = &[
     lin("linear b3", &[3], false, false, Aug::Perturb),
@@ -209,6 +233,26 @@ const CANDIDATES: &[Candidate] = &[
         "linear b1-3 utt-norm field-aug +evidence +neutral",
         lin("", &[1, 2, 3], true, true, Aug::Both),
     ),
+    with_outliers(
+        "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 0.2",
+        0.2,
+        with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
+    ),
+    with_outliers(
+        "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 0.5",
+        0.5,
+        with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
+    ),
+    wide(with_outliers(
+        "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 0.5, λ ≤ 10",
+        0.5,
+        with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
+    )),
+    wide(with_outliers(
+        "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 1, λ ≤ 10",
+        1.0,
+        with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
+    )),
 ];
 
 /// The pooled input `camxuc train` gives the attention model's unfamiliarity reference.
@@ -222,6 +266,14 @@ const UNFAMILIARITY_VIEW: Candidate = Candidate {
     attention: false,
     lambdas: &[],
     neutral: false,
+    outlier_weight: 0.0,
+};
+
+/// Today's attention head trained with outlier exposure (weight 0.5 per batch).
+const ATTENTION_OUTLIERS: Candidate = Candidate {
+    name: "attention head +outliers 0.5",
+    outlier_weight: 0.5,
+    ..ATTENTION
 };
 
 const ATTENTION: Candidate = Candidate {
@@ -234,6 +286,7 @@ const ATTENTION: Candidate = Candidate {
     attention: true,
     lambdas: &[],
     neutral: false,
+    outlier_weight: 0.0,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -348,7 +401,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(name) = value("--fusion")? {
         let c = CANDIDATES
             .iter()
-            .chain(std::iter::once(&ATTENTION))
+            .chain([&ATTENTION, &ATTENTION_OUTLIERS])
             .find(|c| c.name == name)
             .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?;
         let rules = value("--rules")?.map(PathBuf::from).unwrap_or_else(|| {
@@ -365,6 +418,7 @@ fn main() -> anyhow::Result<()> {
             &syn_m,
             &syn,
             &neutral,
+            &oos,
             &outer,
             &rules,
             llm.as_deref(),
@@ -374,6 +428,19 @@ fn main() -> anyhow::Result<()> {
     let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
     if keep_frames {
         candidates.push(ATTENTION);
+        candidates.push(ATTENTION_OUTLIERS);
+    }
+    // `--only A;B`: score only the candidates named (exactly); with `--merge` the others'
+    // rows come from an earlier run.
+    if let Some(only) = value("--only")? {
+        let names: Vec<&str> = only.split(';').map(str::trim).collect();
+        if let Some(n) = names
+            .iter()
+            .find(|n| !candidates.iter().any(|c| c.name == **n))
+        {
+            anyhow::bail!("--only: no candidate named {n}");
+        }
+        candidates.retain(|c| names.contains(&c.name));
     }
     // Rows of an earlier run (e.g. the attention head's) for candidates this run does not score.
     let mut kept: Vec<serde_json::Value> = match value("--merge")? {
@@ -401,7 +468,7 @@ fn main() -> anyhow::Result<()> {
         let mut train_s = Vec::new();
         for fold in &outer {
             let fit_t = Instant::now();
-            let model = train(c, &rav_m, &rav, &fold.train, &neutral)?;
+            let model = train(c, &rav_m, &rav, &fold.train, &neutral, &oos)?;
             train_s.push(fit_t.elapsed().as_secs_f64());
             lambdas.push(model.lambda);
             temps.push(model.temperature);
@@ -468,7 +535,7 @@ fn main() -> anyhow::Result<()> {
         // Column 3: all RAVDESS → synthetic.
         let all_rav: Vec<usize> = (0..rav.len()).collect();
         let fit_t = Instant::now();
-        let model = train(c, &rav_m, &rav, &all_rav, &neutral)?;
+        let model = train(c, &rav_m, &rav, &all_rav, &neutral, &oos)?;
         train_s.push(fit_t.elapsed().as_secs_f64());
         let mut sc = Scores::default();
         let (mut syn_calm_conf, mut syn_calm_n) = (0, 0);
@@ -494,7 +561,7 @@ fn main() -> anyhow::Result<()> {
         // Column 4: synthetic → all RAVDESS.
         let all_syn: Vec<usize> = (0..syn.len()).collect();
         let fit_t = Instant::now();
-        let model = train(c, &syn_m, &syn, &all_syn, &[])?;
+        let model = train(c, &syn_m, &syn, &all_syn, &[], &[])?;
         train_s.push(fit_t.elapsed().as_secs_f64());
         let mut sc = Scores::default();
         for clip in &rav {
@@ -775,12 +842,32 @@ fn extra_rows(
         .unzip()
 }
 
+/// Clean views of `oos` clips (other emotions) of the speakers in `ix`, for outlier exposure.
+fn outlier_rows(
+    c: &Candidate,
+    clips: &[Clip],
+    ix: &[usize],
+    oos: &[Clip],
+    ev: &(Baseline, Vec<String>),
+) -> Vec<Vec<f32>> {
+    if c.outlier_weight <= 0.0 {
+        return Vec::new();
+    }
+    let speakers: std::collections::BTreeSet<&str> =
+        ix.iter().map(|&i| clips[i].speaker.as_str()).collect();
+    oos.iter()
+        .filter(|e| speakers.contains(e.speaker.as_str()))
+        .filter_map(|e| e.view(Kind::Clean).map(|v| features(c, v, ev)))
+        .collect()
+}
+
 fn train(
     c: &Candidate,
     m: &Manifest,
     clips: &[Clip],
     ix: &[usize],
     extra: &[Clip],
+    oos: &[Clip],
 ) -> anyhow::Result<Model> {
     let evs: Vec<Evidence> = ix
         .iter()
@@ -790,7 +877,7 @@ fn train(
     let inputs = evidence_inputs(&baseline);
     let ev = (baseline, inputs);
     if c.attention {
-        return train_attention(c, m, clips, ix, ev);
+        return train_attention(c, m, clips, ix, ev, oos);
     }
     let kinds = train_kinds(c.aug);
     let sub = m.subset(ix);
@@ -806,7 +893,13 @@ fn train(
         let (ex, ey) = extra_rows(c, clips, &fit_ix, extra, &ev);
         xs.extend(ex);
         ys.extend(ey);
-        let path = fit_path(&xs, &ys, 3, None, lambdas)?;
+        let out = outlier_rows(c, clips, &fit_ix, oos, &ev);
+        let base = FitOptions {
+            outliers: &out,
+            outlier_weight: c.outlier_weight,
+            ..FitOptions::default()
+        };
+        let path = fit_path(&xs, &ys, 3, None, lambdas, &base)?;
         let (hx, hy) = rows_of(c, clips, &held, &[Kind::Clean, Kind::FieldTest], &ev);
         for (l, h) in path.iter().enumerate() {
             oof[l].extend(hx.iter().map(|x| h.logits(x)));
@@ -830,7 +923,13 @@ fn train(
     let (ex, ey) = extra_rows(c, clips, ix, extra, &ev);
     xs.extend(ex);
     ys.extend(ey);
-    let head = fit_path(&xs, &ys, 3, None, &lambdas[..=best])?.pop();
+    let out = outlier_rows(c, clips, ix, oos, &ev);
+    let base = FitOptions {
+        outliers: &out,
+        outlier_weight: c.outlier_weight,
+        ..FitOptions::default()
+    };
+    let head = fit_path(&xs, &ys, 3, None, &lambdas[..=best], &base)?.pop();
     let (cx, _) = rows_of(c, clips, ix, &[Kind::Clean], &ev);
     let mut u = Unfamiliarity::fit(&cx, 32, "protocol".into())?;
     u.set_reference(&oof_raw_clean);
@@ -861,6 +960,7 @@ fn train_attention(
     clips: &[Clip],
     ix: &[usize],
     ev: (Baseline, Vec<String>),
+    oos: &[Clip],
 ) -> anyhow::Result<Model> {
     let sub = m.subset(ix);
     let split = speaker_split(&sub, 0.25, 1)?;
@@ -896,14 +996,29 @@ fn train_attention(
         n_labels: 3,
         dropout: 0.3,
     };
-    let trained = train_head(
-        &cfg,
-        &TrainConfig::default(),
-        &tr,
-        &va,
-        &Device::Cpu,
-        &mut |_| {},
-    )?;
+    // Outlier exposure: clean views of the training speakers' other-emotion clips.
+    let speakers: std::collections::BTreeSet<&str> =
+        ix.iter().map(|&i| clips[i].speaker.as_str()).collect();
+    let outliers: Vec<View> = if c.outlier_weight > 0.0 {
+        oos.iter()
+            .filter(|o| speakers.contains(o.speaker.as_str()))
+            .filter_map(|o| o.view(Kind::Clean))
+            .map(|v| {
+                let mut e = v.evidence.clone();
+                View {
+                    frames: v.frames.clone().expect("--attention keeps frames"),
+                    evidence: evidence_vector(&ev.0, &ev.1, &mut e),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let tc = TrainConfig {
+        outlier_weight: c.outlier_weight as f32,
+        ..TrainConfig::default()
+    };
+    let trained = train_head_exposed(&cfg, &tc, &tr, &va, &outliers, &Device::Cpu, &mut |_| {})?;
     let refs: Vec<&View> = va.iter().map(|e| &e.views[0]).collect();
     let vl = predict_views(&trained.head, &refs, &Device::Cpu)?;
     let vy: Vec<usize> = va.iter().map(|e| e.label).collect();
@@ -1107,6 +1222,7 @@ fn fusion_study(
     syn_m: &Manifest,
     syn: &[Clip],
     neutral: &[Clip],
+    oos: &[Clip],
     outer: &[camxuc::data::split::Split],
     rules_path: &std::path::Path,
     llm: Option<&str>,
@@ -1140,7 +1256,7 @@ fn fusion_study(
     };
     let mut thresholds = Vec::new();
     for (k, fold) in outer.iter().enumerate() {
-        let model = train(c, rav_m, rav, &fold.train, neutral)?;
+        let model = train(c, rav_m, rav, &fold.train, neutral, oos)?;
         thresholds.push(model.unfamiliar_threshold);
         for &i in &fold.val {
             let clip = &rav[i];
@@ -1158,7 +1274,7 @@ fn fusion_study(
         }
     }
     let all_rav: Vec<usize> = (0..rav.len()).collect();
-    let model = train(c, rav_m, rav, &all_rav, neutral)?;
+    let model = train(c, rav_m, rav, &all_rav, neutral, oos)?;
     let shipped_threshold = model.unfamiliar_threshold;
     for clip in syn {
         push(
@@ -1170,7 +1286,7 @@ fn fusion_study(
         )?;
     }
     let all_syn: Vec<usize> = (0..syn.len()).collect();
-    let model = train(c, syn_m, syn, &all_syn, &[])?;
+    let model = train(c, syn_m, syn, &all_syn, &[], &[])?;
     let s2r_threshold = model.unfamiliar_threshold;
     for clip in rav {
         push(

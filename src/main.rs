@@ -319,6 +319,15 @@ struct TrainArgs {
     /// the fit sees a shift that perturbed copies of the training corpus cannot show.
     #[arg(long = "shifted-manifest", value_name = "M")]
     shifted_manifest: Vec<PathBuf>,
+    /// Outlier exposure: a manifest (a `path` column; `speaker` recommended) of speech outside
+    /// the labels, e.g. other emotions, that the classifier learns to be unsure on instead of
+    /// calling it calm, angry or panic with confidence. A speaker's own outlier clips never
+    /// train the models that score that speaker's held-out clips.
+    #[arg(long, value_name = "M")]
+    outliers: Option<PathBuf>,
+    /// Weight of the outlier clips' term (uniform target) against the labelled clips'.
+    #[arg(long, default_value_t = 0.5, requires = "outliers")]
+    outlier_weight: f32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -637,6 +646,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     opts.use_evidence = !a.no_evidence;
     opts.oof_folds = a.oof_folds;
     opts.shifted = a.shifted_manifest;
+    if a.outliers.is_some() {
+        opts.train.outlier_weight = a.outlier_weight;
+    }
+    opts.outliers = a.outliers;
     if a.single_head {
         opts.ensemble = None;
     }
@@ -710,6 +723,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         report.routing.threshold,
         100.0 * report.routing.target_route_fraction
     );
+    if let Some(o) = &report.meta.outlier_exposure {
+        println!(
+            "  outlier exposure: {} clips of {} (weight {})",
+            o.clips, o.manifest, o.weight
+        );
+    }
     match rules {
         Some(_) if report.held_out.is_empty() => println!(
             "  fusion: not fitted (no held-out predictions); routed clips get the rule vote"

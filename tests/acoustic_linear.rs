@@ -165,3 +165,116 @@ fn format_1_directories_still_load_and_unknown_versions_are_named() {
         "{e}"
     );
 }
+
+/// Top probability of each clip of `speaker` under `model`.
+fn top_probabilities(model: &AcousticModel, manifest: &std::path::Path, speaker: &str) -> Vec<f32> {
+    let m = camxuc::data::manifest::Manifest::load_unlabelled(manifest).unwrap();
+    let mut an = ClipAnalyser::new(&FeatureConfig::default()).unwrap();
+    m.rows
+        .iter()
+        .filter(|r| r.speaker.as_deref() == Some(speaker))
+        .map(|r| {
+            let mut c = an.analyse(&r.path).unwrap();
+            let (p, _) = model
+                .assess(std::slice::from_mut(&mut c))
+                .unwrap()
+                .remove(0);
+            p.values.into_iter().fold(0.0, f32::max)
+        })
+        .collect()
+}
+
+#[test]
+fn outlier_exposure_is_recorded_lowers_confidence_on_outliers_and_names_bad_manifests() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = common::small_corpus_of(tmp.path(), 4, 8, 5);
+    // One voice's clips, without their labels, stand in for speech outside the labels.
+    let m =
+        camxuc::data::manifest::Manifest::load(&manifest, &camxuc::LabelSet::default()).unwrap();
+    let mut csv = String::from("path,speaker\n");
+    let mut n_out = 0;
+    for r in m
+        .rows
+        .iter()
+        .filter(|r| r.speaker.as_deref() == Some("synth-f4"))
+    {
+        csv += &format!("{},synth-f4\n", r.path.display());
+        n_out += 1;
+    }
+    let outliers = tmp.path().join("outliers.csv");
+    std::fs::write(&outliers, csv).unwrap();
+
+    let dev = candle_core::Device::Cpu;
+    let no_models = tmp.path().join("no-models");
+    let mut plain = linear(manifest.clone(), tmp.path().join("plain"));
+    plain.speakers = Some("synth-m1,synth-f2,synth-m3".into());
+    let a = train_model(&plain, &mut |_| {}).unwrap();
+    assert!(a.meta.outlier_exposure.is_none());
+    let mut exposed = plain.clone();
+    exposed.out = tmp.path().join("exposed");
+    exposed.outliers = Some(outliers.clone());
+    exposed.train.outlier_weight = 1.0;
+    let b = train_model(&exposed, &mut |_| {}).unwrap();
+    let rec = b
+        .meta
+        .outlier_exposure
+        .clone()
+        .expect("recorded in model.json");
+    assert_eq!((rec.clips, rec.weight), (n_out, 1.0));
+    assert_eq!(
+        model_dir::read_meta(&b.dir).unwrap().outlier_exposure,
+        Some(rec)
+    );
+    let pa = top_probabilities(
+        &AcousticModel::load(&a.dir, &no_models, &dev).unwrap(),
+        &outliers,
+        "synth-f4",
+    );
+    let pb = top_probabilities(
+        &AcousticModel::load(&b.dir, &no_models, &dev).unwrap(),
+        &outliers,
+        "synth-f4",
+    );
+    println!(
+        "outliers' mean top probability: plain {:.3}, exposed {:.3}",
+        mean(&pa),
+        mean(&pb)
+    );
+    assert!(mean(&pb) < mean(&pa) - 0.05, "{pa:?} vs {pb:?}");
+
+    // The attention classifier takes them too.
+    let mut att = common::light_options(manifest.clone(), tmp.path().join("att"), 3, 0, 2);
+    att.speakers = plain.speakers.clone();
+    att.outliers = Some(outliers.clone());
+    att.train.outlier_weight = 0.5;
+    let c = train_model(&att, &mut |_| {}).unwrap();
+    assert_eq!(c.meta.outlier_exposure.map(|o| o.clips), Some(n_out));
+
+    // A manifest naming a missing file, and a weight of 0: errors naming the problem.
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "path\nnot-there.wav\n").unwrap();
+    let mut o = exposed.clone();
+    o.out = tmp.path().join("bad-model");
+    o.outliers = Some(bad);
+    let e = train_model(&o, &mut |_| {})
+        .err()
+        .expect("an error")
+        .to_string();
+    assert!(e.contains("not-there.wav"), "{e}");
+    let mut o = exposed.clone();
+    o.out = tmp.path().join("zero");
+    o.train.outlier_weight = 0.0;
+    let e = train_model(&o, &mut |_| {})
+        .err()
+        .expect("an error")
+        .to_string();
+    assert!(e.contains("outlier weight"), "{e}");
+    assert!(!tmp
+        .path()
+        .join("zero")
+        .join(model_dir::WEIGHTS_FILE)
+        .exists());
+}

@@ -246,6 +246,13 @@ pub struct FitOptions<'a> {
     /// (on the fitted head's standardised inputs; its scaler is not used); the bias stays
     /// unpenalised. `None`: the plain L2 penalty.
     pub prior: Option<&'a LinearHead>,
+    /// Outlier exposure (Hendrycks, Mazeika & Dietterich, ICLR 2019): rows of speech outside
+    /// the labels (other emotions), each with the uniform distribution over the labels as its
+    /// target, so the head learns to be unsure where it has no business being sure. They are
+    /// standardised with the labelled rows' statistics and do not enter the scaler.
+    pub outliers: &'a [Vec<f32>],
+    /// The outliers' total weight as a share of the labelled rows' total weight (0: none).
+    pub outlier_weight: f64,
 }
 
 impl Default for FitOptions<'_> {
@@ -255,6 +262,8 @@ impl Default for FitOptions<'_> {
             max_iter: 500,
             tolerance: 1e-5,
             prior: None,
+            outliers: &[],
+            outlier_weight: 0.0,
         }
     }
 }
@@ -282,28 +291,50 @@ pub fn fit(
         Some(h) => h.scaler.clone(),
         None => Scaler::fit(rows, weights),
     };
+    let outliers: &[Vec<f32>] = if opts.outlier_weight > 0.0 {
+        opts.outliers
+    } else {
+        &[]
+    };
+    if let Some(r) = outliers.iter().find(|r| r.len() != d) {
+        candle_core::bail!(
+            "an outlier row has {} inputs, the labelled rows {d}",
+            r.len()
+        );
+    }
+    let n_all = n + outliers.len();
     let flat: Vec<f64> = rows
         .iter()
+        .chain(outliers)
         .flat_map(|r| scaler.apply(r).into_iter().map(|v| v as f64))
         .collect();
     // Augment with a column of ones so the bias is the last weight row (not penalised).
-    let x = Tensor::from_vec(flat, (n, d), &dev)?;
-    let x = Tensor::cat(&[x, Tensor::ones((n, 1), DType::F64, &dev)?], 1)?;
-    let w_raw: Vec<f64> = match weights {
+    let x = Tensor::from_vec(flat, (n_all, d), &dev)?;
+    let x = Tensor::cat(&[x, Tensor::ones((n_all, 1), DType::F64, &dev)?], 1)?;
+    let mut w_raw: Vec<f64> = match weights {
         Some(w) => w.to_vec(),
         None => vec![1.0; n],
     };
+    let labelled: f64 = w_raw.iter().sum::<f64>();
+    if !outliers.is_empty() {
+        let each = opts.outlier_weight * labelled / outliers.len() as f64;
+        w_raw.extend(std::iter::repeat_n(each, outliers.len()));
+    }
     let total: f64 = w_raw.iter().sum::<f64>().max(1e-12);
     let sw = Tensor::from_vec(
         w_raw.iter().map(|w| w / total).collect::<Vec<_>>(),
-        (n, 1),
+        (n_all, 1),
         &dev,
     )?;
-    let mut onehot = vec![0f64; n * n_labels];
+    // Targets: one-hot for labelled rows, uniform for outliers (the cross-entropy and its
+    // gradient p − y below hold for any target distribution).
+    let mut target = vec![1.0 / n_labels as f64; n_all * n_labels];
     for (i, &y) in labels.iter().enumerate() {
-        onehot[i * n_labels + y] = 1.0;
+        let row = &mut target[i * n_labels..(i + 1) * n_labels];
+        row.iter_mut().for_each(|v| *v = 0.0);
+        row[y] = 1.0;
     }
-    let y = Tensor::from_vec(onehot, (n, n_labels), &dev)?;
+    let y = Tensor::from_vec(target, (n_all, n_labels), &dev)?;
     // Penalty mask: 1 for weight rows, 0 for the bias row.
     let mut pen = vec![1f64; (d + 1) * n_labels];
     pen[d * n_labels..].iter_mut().for_each(|v| *v = 0.0);
@@ -445,19 +476,20 @@ fn theta_of(h: &LinearHead, d: usize, n_labels: usize) -> Vec<f64> {
 }
 
 /// Fit along a path of penalties (largest first, each warm-started from the previous) and
-/// return the head of each.
+/// return the head of each; `base` gives every option but λ.
 pub fn fit_path(
     rows: &[Vec<f32>],
     labels: &[usize],
     n_labels: usize,
     weights: Option<&[f64]>,
     lambdas: &[f64],
+    base: &FitOptions,
 ) -> Result<Vec<LinearHead>> {
     let mut out: Vec<LinearHead> = Vec::with_capacity(lambdas.len());
     for &lambda in lambdas {
         let opts = FitOptions {
             lambda,
-            ..FitOptions::default()
+            ..base.clone()
         };
         let h = fit(rows, labels, n_labels, weights, &opts, out.last())?;
         out.push(h);
@@ -505,6 +537,76 @@ mod tests {
     }
 
     #[test]
+    fn outlier_exposure_makes_the_head_unsure_on_outliers_only() {
+        // Outliers lie beyond class 0 and off in inputs 3-4, which the labelled rows do not
+        // use: a plain fit calls them class 0 with near certainty.
+        let outliers = |n: usize, seed: u64| -> Vec<Vec<f32>> {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let centre = [52.0f32, 7.0, 7.0, 37.0, 37.0];
+            (0..n)
+                .map(|_| {
+                    centre
+                        .iter()
+                        .map(|c| c + rng.random_range(-1.0..1.0) * 4.0)
+                        .collect()
+                })
+                .collect()
+        };
+        let (xs, ys) = blobs(90, 1);
+        let (tx, ty) = blobs(60, 2);
+        let train_out = outliers(40, 5);
+        let test_out = outliers(30, 6);
+        let max_p = |h: &LinearHead, rows: &[Vec<f32>]| -> f32 {
+            rows.iter()
+                .map(|x| {
+                    let p = crate::acoustic::temperature::softmax_t(&h.logits(x), 1.0);
+                    p.into_iter().fold(0.0f32, f32::max)
+                })
+                .sum::<f32>()
+                / rows.len() as f32
+        };
+        let right = |h: &LinearHead| {
+            tx.iter()
+                .zip(&ty)
+                .filter(|(x, &y)| crate::acoustic::head_training::argmax(&h.logits(x)) == y)
+                .count()
+        };
+        let plain = fit(&xs, &ys, 3, None, &FitOptions::default(), None).unwrap();
+        let opts = FitOptions {
+            outliers: &train_out,
+            outlier_weight: 0.5,
+            ..FitOptions::default()
+        };
+        let exposed = fit(&xs, &ys, 3, None, &opts, None).unwrap();
+        assert!(
+            max_p(&plain, &test_out) > 0.9,
+            "{}",
+            max_p(&plain, &test_out)
+        );
+        assert!(
+            max_p(&exposed, &test_out) < 0.5,
+            "{}",
+            max_p(&exposed, &test_out)
+        );
+        assert!(right(&exposed) >= 57, "{} of 60", right(&exposed));
+        assert!(max_p(&exposed, &tx) > 0.9, "{}", max_p(&exposed, &tx));
+        // The outliers do not move the input standardisation, and weight 0 turns them off.
+        assert_eq!(exposed.scaler, plain.scaler);
+        let off = FitOptions {
+            outliers: &train_out,
+            outlier_weight: 0.0,
+            ..FitOptions::default()
+        };
+        assert_eq!(fit(&xs, &ys, 3, None, &off, None).unwrap(), plain);
+        let bad = FitOptions {
+            outliers: &[vec![1.0; 4]],
+            outlier_weight: 0.5,
+            ..FitOptions::default()
+        };
+        assert!(fit(&xs, &ys, 3, None, &bad, None).is_err());
+    }
+
+    #[test]
     fn reaches_the_optimum_gradient_is_zero() {
         // At the optimum of mean CE + λ/2‖W‖², Σ_i (p_i − y_i) = 0 for the unpenalised bias.
         let (xs, ys) = blobs(60, 3);
@@ -522,7 +624,7 @@ mod tests {
     #[test]
     fn stronger_penalty_shrinks_weights_and_weights_count() {
         let (xs, ys) = blobs(60, 4);
-        let path = fit_path(&xs, &ys, 3, None, &[10.0, 0.01]).unwrap();
+        let path = fit_path(&xs, &ys, 3, None, &[10.0, 0.01], &FitOptions::default()).unwrap();
         let norm = |h: &LinearHead| h.w.iter().map(|v| v * v).sum::<f32>();
         assert!(norm(&path[0]) < norm(&path[1]));
         // Weighting one class's rows up moves the bias toward it.
@@ -588,6 +690,7 @@ mod tests {
             prior: Some(&src),
             tolerance: 1e-7,
             max_iter: 2000,
+            ..FitOptions::default()
         };
         let h = fit(&few, &few_y, 3, None, &opts, Some(&src)).unwrap();
         let d = h.input_dim();

@@ -291,6 +291,24 @@ pub struct ModelMeta {
     /// on the site's clips.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptation: Option<Adaptation>,
+    /// Present when the classifier was trained with outlier exposure (`train --outliers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_exposure: Option<OutlierExposure>,
+}
+
+/// Outlier exposure at training (model.json `outlier_exposure`): speech outside the labels
+/// (e.g. other emotions) the classifier was taught to be unsure on, with the uniform
+/// distribution over the labels as its target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierExposure {
+    /// The manifest the outlier clips came from.
+    pub manifest: String,
+    /// Outlier clips analysed and used (a held-out speaker's own are left out of the models
+    /// that score that speaker).
+    pub clips: usize,
+    /// Weight of the uniform-target term against the labelled term.
+    pub weight: f32,
 }
 
 /// What `camxuc adapt` refitted on a site's clips (model.json `adaptation`).

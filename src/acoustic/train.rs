@@ -13,7 +13,7 @@ use super::augment;
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, HeadConfig};
 use super::head_training::{
-    argmax, predict_logits, train_head, EpochStats, Example, TrainConfig, Trained, View,
+    argmax, predict_logits, train_head_exposed, EpochStats, Example, TrainConfig, Trained, View,
 };
 use super::model::evidence_vector;
 use super::model_dir::{
@@ -73,6 +73,11 @@ pub struct TrainOptions {
     /// Labelled manifests of other corpora or sites, never trained on: the served model's
     /// predictions of their clips join the held-out predictions the fusion is fitted on.
     pub shifted: Vec<PathBuf>,
+    /// Outlier exposure: a manifest (a `path` column; `speaker` recommended, other columns
+    /// ignored) of speech outside the labels, e.g. other emotions, that the classifier is
+    /// taught to be unsure on (uniform target, weight `train.outlier_weight`). A held-out
+    /// speaker's outlier clips never train the model that scores that speaker.
+    pub outliers: Option<PathBuf>,
 }
 
 /// The classifier on the frozen front end.
@@ -107,6 +112,7 @@ impl TrainOptions {
             // Chosen by `just generalise`: the best worst column (README).
             classifier: Classifier::Attention,
             shifted: Vec::new(),
+            outliers: None,
         }
     }
 }
@@ -291,6 +297,7 @@ pub fn train_model(
     }
 
     let mut shifted_sets = analyse_shifted(opts, &mut an, &mut skipped)?;
+    let mut outlier_set = analyse_outliers(opts, &mut an, &mut skipped)?;
     lap("analyse", &mut phase_seconds);
 
     // Corpus evidence baseline from the training clips only.
@@ -328,7 +335,8 @@ pub fn train_model(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
     let n_views = train_clips.len() * (1 + opts.augment_views)
         + val_clips.len()
-        + shifted_sets.iter().map(|s| s.clips.len()).sum::<usize>();
+        + shifted_sets.iter().map(|s| s.clips.len()).sum::<usize>()
+        + outlier_set.as_ref().map_or(0, |o| o.clips.len());
     let mut encoded = 0;
     let mut make_view = |clip: &mut AnalysedClip,
                          on_event: &mut dyn FnMut(TrainEvent)|
@@ -413,6 +421,21 @@ pub fn train_model(
         }
         shifted_views.push(views);
     }
+    // Outlier clips: their clean view, with their speaker.
+    let mut outlier_views: Vec<(Option<String>, View)> = Vec::new();
+    if let Some(set) = outlier_set.as_mut() {
+        for a in set.clips.iter_mut() {
+            let (view, _) = make_view(&mut a.clip, on_event)?;
+            outlier_views.push((set.manifest.rows[a.row].speaker.clone(), view));
+        }
+    }
+    let outliers_for = |held_out: &[String]| -> Vec<View> {
+        outlier_views
+            .iter()
+            .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
 
     lap("encode", &mut phase_seconds);
 
@@ -424,11 +447,12 @@ pub fn train_model(
         n_labels: opts.labels.len(),
         dropout: opts.dropout,
     };
-    let trained = train_head(
+    let trained = train_head_exposed(
         &head_cfg,
         &opts.train,
         &train_examples,
         &val_examples,
+        &outliers_for(&val_speakers),
         &device,
         &mut |s| on_event(TrainEvent::Epoch(s)),
     )?;
@@ -443,6 +467,11 @@ pub fn train_model(
         &train_clips,
         &train_examples,
         &val_examples,
+        &|held: &[String]| {
+            let mut out: Vec<String> = val_speakers.clone();
+            out.extend(held.iter().cloned());
+            outliers_for(&out)
+        },
         &head_cfg,
         &device,
         on_event,
@@ -660,6 +689,9 @@ pub fn train_model(
         linear: None,
         unfamiliarity: unfamiliar.as_ref().map(|u| u.cfg.clone()),
         adaptation: None,
+        outlier_exposure: outlier_set
+            .as_ref()
+            .map(|o| o.record(opts.train.outlier_weight)),
     };
 
     // Write the directory.
@@ -730,6 +762,67 @@ pub(crate) fn analyse_shifted(
     Ok(sets)
 }
 
+/// The analysed clips of `--outliers`.
+pub(crate) struct OutlierSet {
+    pub(crate) manifest: Manifest,
+    pub(crate) clips: Vec<Analysed>,
+}
+
+impl OutlierSet {
+    /// What model.json records.
+    pub(crate) fn record(&self, weight: f32) -> model_dir::OutlierExposure {
+        model_dir::OutlierExposure {
+            manifest: self.manifest.path.display().to_string(),
+            clips: self.clips.len(),
+            weight,
+        }
+    }
+}
+
+/// Load and analyse the outlier manifest of `opts` (none: `Ok(None)`). A manifest that cannot
+/// be read, names missing files, or leaves no usable clip is an error before any training; a
+/// clip that cannot be analysed is skipped with its reason.
+pub(crate) fn analyse_outliers(
+    opts: &TrainOptions,
+    an: &mut ClipAnalyser,
+    skipped: &mut Vec<String>,
+) -> Result<Option<OutlierSet>, AcousticError> {
+    let Some(path) = &opts.outliers else {
+        return Ok(None);
+    };
+    if !opts.train.outlier_weight.is_finite() || opts.train.outlier_weight <= 0.0 {
+        return Err(AcousticError::Training {
+            path: path.clone(),
+            message: format!(
+                "outlier weight must be above 0 (got {})",
+                opts.train.outlier_weight
+            ),
+        });
+    }
+    let manifest = Manifest::load_unlabelled(path)?;
+    manifest.require_files()?;
+    let rows: Vec<usize> = (0..manifest.rows.len()).collect();
+    let before = skipped.len();
+    let clips = analyse_rows(&manifest, &rows, an, skipped, &mut |_| {});
+    if clips.is_empty() {
+        return Err(AcousticError::Training {
+            path: path.clone(),
+            message: format!(
+                "no usable outlier clip among its {} rows ({} could not be analysed)",
+                rows.len(),
+                skipped.len() - before
+            ),
+        });
+    }
+    Ok(Some(OutlierSet { manifest, clips }))
+}
+
+/// Whether an outlier clip of `speaker` may train a model that holds `held_out` out: not when
+/// the speaker is one of them (a clip without a speaker always may).
+pub(crate) fn outlier_allowed(speaker: Option<&str>, held_out: &[String]) -> bool {
+    speaker.is_none_or(|s| !held_out.iter().any(|h| h == s))
+}
+
 /// The fold heads (each with its tensor prefix) and the out-of-fold logits of the training
 /// clips, in `train_examples` order (`None` for a clip in no fold, or for all when folds are
 /// off or there are too few speakers). Each fold's head is trained on the other folds with the
@@ -751,6 +844,7 @@ fn out_of_fold_heads(
     train_clips: &[Analysed],
     train_examples: &[Example],
     val_examples: &[Example],
+    outliers_for: &dyn Fn(&[String]) -> Vec<View>,
     head_cfg: &HeadConfig,
     device: &Device,
     on_event: &mut dyn FnMut(TrainEvent),
@@ -794,7 +888,20 @@ fn out_of_fold_heads(
             seed: opts.train.seed.wrapping_add(1 + f as u64),
             ..opts.train.clone()
         };
-        let trained = train_head(head_cfg, &tc, &fit, val_examples, device, &mut |_| {})?;
+        let held_speakers: Vec<String> = fold
+            .val
+            .iter()
+            .filter_map(|&r| train_m.rows[r].speaker.clone())
+            .collect();
+        let trained = train_head_exposed(
+            head_cfg,
+            &tc,
+            &fit,
+            val_examples,
+            &outliers_for(&held_speakers),
+            device,
+            &mut |_| {},
+        )?;
         let logits = predict_logits(&trained.head, &held, 32, device)?;
         for (&i, l) in held_ix.iter().zip(logits) {
             out.oof[i] = Some(l);
@@ -1000,5 +1107,19 @@ fn pick_device() -> Device {
             eprintln!("compute device: CPU (no usable GPU: {cause})");
             Device::Cpu
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outlier_clip_never_trains_a_model_scoring_its_speaker() {
+        let held = vec!["actor01".to_string(), "actor05".to_string()];
+        assert!(!outlier_allowed(Some("actor05"), &held));
+        assert!(outlier_allowed(Some("actor02"), &held));
+        assert!(outlier_allowed(None, &held));
+        assert!(outlier_allowed(Some("actor05"), &[]));
     }
 }

@@ -22,14 +22,15 @@ use super::augment;
 use super::frontend::Frontend;
 use super::head::HeadConfig;
 use super::head_training::argmax;
-use super::linear::{self, fit_path, LinearConfig, LinearHead};
+use super::linear::{self, fit_path, FitOptions, LinearConfig, LinearHead};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
 use super::model_dir::{self, FrontendConfig, ModelMeta, TrainingMetrics};
 use super::temperature::mean_nll;
 use super::temperature::{ece_at, fit_temperature, softmax_t};
 use super::train::{
-    analyse_rows, evidence_inputs, fit_routing, label_of, model_name, whisper_frontend,
-    write_evidence, HeldOutCondition, HeldOutPrediction, TrainEvent, TrainOptions, TrainReport,
+    analyse_outliers, analyse_rows, evidence_inputs, fit_routing, label_of, model_name,
+    outlier_allowed, whisper_frontend, write_evidence, HeldOutCondition, HeldOutPrediction,
+    TrainEvent, TrainOptions, TrainReport,
 };
 use super::unfamiliar::{fit_held_out, Unfamiliarity};
 use super::AcousticError;
@@ -131,6 +132,7 @@ pub fn train_linear(
         )));
     }
     let mut shifted_sets = super::train::analyse_shifted(opts, &mut an, &mut skipped)?;
+    let mut outlier_set = analyse_outliers(opts, &mut an, &mut skipped)?;
     lap("analyse", &mut phase_seconds);
 
     let evidences: Vec<_> = clips.iter().map(|a| a.clip.evidence.clone()).collect();
@@ -176,7 +178,7 @@ pub fn train_linear(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
     let mut test_rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0xf1e1_d7e5);
     let per_clip = 2 + opts.augment_views + choice.field_views;
-    let n_views = clips.len() * per_clip;
+    let n_views = clips.len() * per_clip + outlier_set.as_ref().map_or(0, |o| o.clips.len());
     let mut encoded = 0;
     let mut encode = |clip: &mut AnalysedClip,
                       on_event: &mut dyn FnMut(TrainEvent)|
@@ -238,6 +240,21 @@ pub fn train_linear(
             },
         ));
     }
+    // Outlier clips: their clean view, with their speaker.
+    let mut outliers: Vec<(Option<String>, Vec<f32>)> = Vec::new();
+    if let Some(set) = outlier_set.as_mut() {
+        for a in set.clips.iter_mut() {
+            let x = encode(&mut a.clip, on_event)?;
+            outliers.push((set.manifest.rows[a.row].speaker.clone(), x));
+        }
+    }
+    let outliers_for = |held_out: &[String]| -> Vec<Vec<f32>> {
+        outliers
+            .iter()
+            .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
+            .map(|(_, x)| x.clone())
+            .collect()
+    };
     lap("encode", &mut phase_seconds);
 
     // Speaker folds: out-of-fold logits per penalty, unfamiliarity of held-out clean clips.
@@ -254,7 +271,18 @@ pub fn train_linear(
             folds: k,
         });
         let (xs, ys) = training_rows(&pooled, &fold.train);
-        let path = fit_path(&xs, &ys, opts.labels.len(), None, &choice.lambdas)?;
+        let held_speakers: Vec<String> = fold
+            .val
+            .iter()
+            .filter_map(|&i| sub.rows[i].speaker.clone())
+            .collect();
+        let out = outliers_for(&held_speakers);
+        let base = FitOptions {
+            outliers: &out,
+            outlier_weight: opts.train.outlier_weight as f64,
+            ..FitOptions::default()
+        };
+        let path = fit_path(&xs, &ys, opts.labels.len(), None, &choice.lambdas, &base)?;
         for &i in &fold.val {
             let p = &pooled[i].1;
             for (l, h) in path.iter().enumerate() {
@@ -295,9 +323,22 @@ pub fn train_linear(
     // The served classifier and unfamiliarity reference, on every clip.
     let all: Vec<usize> = (0..pooled.len()).collect();
     let (xs, ys) = training_rows(&pooled, &all);
-    let head: LinearHead = fit_path(&xs, &ys, opts.labels.len(), None, &choice.lambdas[..=best])?
-        .pop()
-        .ok_or_else(|| fail("no penalty to fit".into()))?;
+    let out = outliers_for(&[]);
+    let base = FitOptions {
+        outliers: &out,
+        outlier_weight: opts.train.outlier_weight as f64,
+        ..FitOptions::default()
+    };
+    let head: LinearHead = fit_path(
+        &xs,
+        &ys,
+        opts.labels.len(),
+        None,
+        &choice.lambdas[..=best],
+        &base,
+    )?
+    .pop()
+    .ok_or_else(|| fail("no penalty to fit".into()))?;
     let clean: Vec<Vec<f32>> = pooled.iter().map(|(_, p)| p.train[0].clone()).collect();
     let held_out: Vec<Vec<usize>> = folds.iter().map(|f| f.val.clone()).collect();
     let fitted = fit_held_out(
@@ -403,6 +444,9 @@ pub fn train_linear(
         linear: Some(cfg),
         unfamiliarity: Some(fitted.model.cfg.clone()),
         adaptation: None,
+        outlier_exposure: outlier_set
+            .as_ref()
+            .map(|o| o.record(opts.train.outlier_weight)),
     };
 
     let weights = opts.out.join(model_dir::WEIGHTS_FILE);
