@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds the shipped default acoustic model, models/acoustic/default, from ../shared:
 # `camxuc train` (the defaults chosen by `just generalise`) on all 16 RAVDESS actors of
-# ravdess-3class plus their neutral clips (labelled calm, ravdess-extra), then
+# ravdess-3class plus their neutral clips (labelled calm, ravdess-extra), with their happy /
+# sad / disgust / surprised clips (ravdess-extra, unlabelled) as outlier exposure, then
 # `camxuc refine --accept` on the same clips' held-out predictions. The weights derive from
 # RAVDESS and are therefore CC BY-NC-SA 4.0 (see models/acoustic/default/MODEL_CARD.md).
 # The fused decision's parameters (fusion.json) come from the protocol's fusion study with the
@@ -37,7 +38,8 @@ case "$data" in /*) rel="$data" ;; *) rel="../../$data" ;; esac
 
 # A fresh folder: files of an earlier run (refine rounds) must not ship.
 rm -rf "$work/model"
-"$bin" train --manifest "$work/manifest.csv" --out "$work/model" --force --seed 1
+"$bin" train --manifest "$work/manifest.csv" --out "$work/model" --force --seed 1 \
+    --outliers "$data/ravdess-extra/out-of-scope.csv" --outlier-weight 0.5
 "$bin" refine --manifest "$work/manifest.csv" --model "$work/model" --rounds 2 --accept
 
 mkdir -p "$out"
@@ -54,7 +56,7 @@ cp "$work/model"/refine-round-*.md "$out/" 2>/dev/null || true
 study=${FUSION_STUDY:-}
 if [ -z "$study" ]; then
     cargo run --features research --example generalise -- --out target/generalise \
-        --attention --fusion "attention head (today's default, main head)"
+        --attention --fusion "attention head +outliers 0.5"
     study=$(ls -t target/generalise/fusion-*attention*.json | head -1)
 fi
 python3 - "$study" "$out/fusion.json" <<'EOF'

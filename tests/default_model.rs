@@ -57,6 +57,11 @@ fn committed_files_match_the_hashes_in_the_model_card() {
     let meta = camxuc::acoustic::model_dir::read_meta(&default_dir()).expect("model.json reads");
     // The served classifier (chosen by `just generalise`) with its unfamiliarity reference.
     assert!(meta.ensemble.is_some() && meta.unfamiliarity.is_some());
+    // Trained with outlier exposure on the actors' other-emotion clips.
+    let oe = meta
+        .outlier_exposure
+        .expect("model.json records outlier exposure");
+    assert!(oe.clips > 0 && oe.weight > 0.0, "{oe:?}");
 }
 
 #[test]
