@@ -298,6 +298,13 @@ const ATTENTION_OUTLIERS: Candidate = Candidate {
     ..ATTENTION
 };
 
+/// The same with twice the outlier weight.
+const ATTENTION_OUTLIERS_1: Candidate = Candidate {
+    name: "attention head +outliers 1",
+    outlier_weight: 1.0,
+    ..ATTENTION
+};
+
 const ATTENTION: Candidate = Candidate {
     name: "attention head (main head)",
     blocks: &[3],
@@ -424,7 +431,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(name) = value("--fusion")? {
         let c = CANDIDATES
             .iter()
-            .chain([&ATTENTION, &ATTENTION_OUTLIERS])
+            .chain([&ATTENTION, &ATTENTION_OUTLIERS, &ATTENTION_OUTLIERS_1])
             .find(|c| c.name == name)
             .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?;
         let rules = value("--rules")?.map(PathBuf::from).unwrap_or_else(|| {
@@ -452,6 +459,7 @@ fn main() -> anyhow::Result<()> {
     if keep_frames {
         candidates.push(ATTENTION);
         candidates.push(ATTENTION_OUTLIERS);
+        candidates.push(ATTENTION_OUTLIERS_1);
     }
     // `--only A;B`: score only the candidates named (exactly); with `--merge` the others'
     // rows come from an earlier run.
