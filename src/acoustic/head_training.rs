@@ -506,29 +506,39 @@ mod tests {
             .collect()
     }
 
-    fn train_once(seed: u64) -> Trained {
-        let cfg = HeadConfig {
+    fn toy_config() -> HeadConfig {
+        HeadConfig {
             input_dim: 8,
             hidden: 8,
             evidence_dim: 1,
             n_labels: 3,
             dropout: 0.1,
-        };
+        }
+    }
+
+    /// 25 epochs on the toy problem, with `outliers` at `weight`.
+    fn train_toy(seed: u64, outliers: &[View], weight: f32) -> Trained {
         let tc = TrainConfig {
             epochs: 25,
             seed,
             patience: 25,
+            outlier_weight: weight,
             ..Default::default()
         };
-        train_head(
-            &cfg,
+        train_head_exposed(
+            &toy_config(),
             &tc,
             &toy_examples(90, 1),
             &toy_examples(45, 2),
+            outliers,
             &Device::Cpu,
             &mut |_| {},
         )
         .unwrap()
+    }
+
+    fn train_once(seed: u64) -> Trained {
+        train_toy(seed, &[], 0.0)
     }
 
     #[test]
@@ -577,32 +587,8 @@ mod tests {
 
     #[test]
     fn outlier_exposure_lowers_confidence_on_unseen_outliers_only() {
-        let cfg = HeadConfig {
-            input_dim: 8,
-            hidden: 8,
-            evidence_dim: 1,
-            n_labels: 3,
-            dropout: 0.1,
-        };
-        let run = |weight: f32| {
-            let tc = TrainConfig {
-                epochs: 25,
-                seed: 7,
-                patience: 25,
-                outlier_weight: weight,
-                ..Default::default()
-            };
-            train_head_exposed(
-                &cfg,
-                &tc,
-                &toy_examples(90, 1),
-                &toy_examples(45, 2),
-                &toy_outliers(60, 4),
-                &Device::Cpu,
-                &mut |_| {},
-            )
-            .unwrap()
-        };
+        let outliers = toy_outliers(60, 4);
+        let run = |weight: f32| train_toy(7, &outliers, weight);
         let mean_top = |t: &Trained, views: &[View]| -> f32 {
             let refs: Vec<&View> = views.iter().collect();
             let logits = predict_views(&t.head, &refs, &Device::Cpu).unwrap();
@@ -640,10 +626,6 @@ mod tests {
         let f1 = exposed.history[exposed.best_epoch - 1].val_macro_f1;
         assert!(f1 > 0.8, "exposed head's validation macro-F1 {f1}");
         // Weight 0 is the plain run, outliers or not.
-        assert_eq!(plain.history, train_once_history(7));
-    }
-
-    fn train_once_history(seed: u64) -> Vec<EpochStats> {
-        train_once(seed).history
+        assert_eq!(plain.history, train_once(7).history);
     }
 }
