@@ -873,14 +873,14 @@ fn extra_rows(
         .unzip()
 }
 
-/// Clean views of `oos` clips (other emotions) of the speakers in `ix`, for outlier exposure.
-fn outlier_rows(
+/// Clean views of `oos` clips (other emotions) of the speakers in `ix`, for outlier exposure
+/// (none when the candidate does not use it).
+fn outlier_views<'a>(
     c: &Candidate,
     clips: &[Clip],
     ix: &[usize],
-    oos: &[Clip],
-    ev: &(Baseline, Vec<String>),
-) -> Vec<Vec<f32>> {
+    oos: &'a [Clip],
+) -> Vec<&'a ViewData> {
     if c.outlier_weight <= 0.0 {
         return Vec::new();
     }
@@ -888,7 +888,21 @@ fn outlier_rows(
         ix.iter().map(|&i| clips[i].speaker.as_str()).collect();
     oos.iter()
         .filter(|e| speakers.contains(e.speaker.as_str()))
-        .filter_map(|e| e.view(Kind::Clean).map(|v| features(c, v, ev)))
+        .filter_map(|e| e.view(Kind::Clean))
+        .collect()
+}
+
+/// A linear candidate's input rows of [`outlier_views`].
+fn outlier_rows(
+    c: &Candidate,
+    clips: &[Clip],
+    ix: &[usize],
+    oos: &[Clip],
+    ev: &(Baseline, Vec<String>),
+) -> Vec<Vec<f32>> {
+    outlier_views(c, clips, ix, oos)
+        .into_iter()
+        .map(|v| features(c, v, ev))
         .collect()
 }
 
@@ -996,20 +1010,19 @@ fn train(
 
 /// Mean cross-entropy of logits at temperature `t` to the uniform distribution (0 for none).
 fn uniform_nll(logits: &[Vec<f32>], t: f32) -> f64 {
-    // Cross-entropy to uniform = the mean over labels of each label's NLL.
+    if logits.is_empty() {
+        return 0.0;
+    }
+    // Cross-entropy to uniform = −(mean over labels of the log-softmax).
     let per: f64 = logits
         .iter()
         .map(|l| {
-            let labels: Vec<usize> = (0..l.len()).collect();
-            let copies = vec![l.clone(); l.len()];
-            mean_nll(&copies, &labels, t)
+            let z: Vec<f32> = l.iter().map(|v| v / t).collect();
+            let sum: f32 = camxuc::math::log_softmax(&z).iter().sum();
+            -(sum as f64) / l.len() as f64
         })
         .sum();
-    if logits.is_empty() {
-        0.0
-    } else {
-        per / logits.len() as f64
-    }
+    per / logits.len() as f64
 }
 
 /// Today's attention head (main head only), trained as `camxuc train` trains it: a
@@ -1057,23 +1070,16 @@ fn train_attention(
         dropout: 0.3,
     };
     // Outlier exposure: clean views of the training speakers' other-emotion clips.
-    let speakers: std::collections::BTreeSet<&str> =
-        ix.iter().map(|&i| clips[i].speaker.as_str()).collect();
-    let outliers: Vec<View> = if c.outlier_weight > 0.0 {
-        oos.iter()
-            .filter(|o| speakers.contains(o.speaker.as_str()))
-            .filter_map(|o| o.view(Kind::Clean))
-            .map(|v| {
-                let mut e = v.evidence.clone();
-                View {
-                    frames: v.frames.clone().expect("--attention keeps frames"),
-                    evidence: evidence_vector(&ev.0, &ev.1, &mut e),
-                }
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let outliers: Vec<View> = outlier_views(c, clips, ix, oos)
+        .into_iter()
+        .map(|v| {
+            let mut e = v.evidence.clone();
+            View {
+                frames: v.frames.clone().expect("--attention keeps frames"),
+                evidence: evidence_vector(&ev.0, &ev.1, &mut e),
+            }
+        })
+        .collect();
     let tc = TrainConfig {
         outlier_weight: c.outlier_weight as f32,
         ..TrainConfig::default()

@@ -46,7 +46,7 @@ pub struct TrainConfig {
     pub time_mask_fraction: f32,
     /// Outlier exposure: weight of the cross-entropy to the uniform distribution on a batch
     /// of outlier clips (speech outside the labels) beside each training batch (0: none;
-    /// see [`train_head_exposed`]). Absent in model directories written before it: 0.
+    /// see [`train_head_exposed`]). Absent from configurations serialised before it: 0.
     #[serde(default)]
     pub outlier_weight: f32,
 }

@@ -429,13 +429,6 @@ pub fn train_model(
             outlier_views.push((set.manifest.rows[a.row].speaker.clone(), view));
         }
     }
-    let outliers_for = |held_out: &[String]| -> Vec<View> {
-        outlier_views
-            .iter()
-            .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
 
     lap("encode", &mut phase_seconds);
 
@@ -452,7 +445,7 @@ pub fn train_model(
         &opts.train,
         &train_examples,
         &val_examples,
-        &outliers_for(&val_speakers),
+        &allowed_outliers(&outlier_views, &val_speakers),
         &device,
         &mut |s| on_event(TrainEvent::Epoch(s)),
     )?;
@@ -467,11 +460,8 @@ pub fn train_model(
         &train_clips,
         &train_examples,
         &val_examples,
-        &|held: &[String]| {
-            let mut out: Vec<String> = val_speakers.clone();
-            out.extend(held.iter().cloned());
-            outliers_for(&out)
-        },
+        &outlier_views,
+        &val_speakers,
         &head_cfg,
         &device,
         on_event,
@@ -819,8 +809,21 @@ pub(crate) fn analyse_outliers(
 
 /// Whether an outlier clip of `speaker` may train a model that holds `held_out` out: not when
 /// the speaker is one of them (a clip without a speaker always may).
-pub(crate) fn outlier_allowed(speaker: Option<&str>, held_out: &[String]) -> bool {
+fn outlier_allowed(speaker: Option<&str>, held_out: &[String]) -> bool {
     speaker.is_none_or(|s| !held_out.iter().any(|h| h == s))
+}
+
+/// The encoded outlier clips (each with its speaker) that may train a model holding
+/// `held_out` out ([`outlier_allowed`]).
+pub(crate) fn allowed_outliers<T: Clone>(
+    outliers: &[(Option<String>, T)],
+    held_out: &[String],
+) -> Vec<T> {
+    outliers
+        .iter()
+        .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
+        .map(|(_, x)| x.clone())
+        .collect()
 }
 
 /// The fold heads (each with its tensor prefix) and the out-of-fold logits of the training
@@ -844,7 +847,8 @@ fn out_of_fold_heads(
     train_clips: &[Analysed],
     train_examples: &[Example],
     val_examples: &[Example],
-    outliers_for: &dyn Fn(&[String]) -> Vec<View>,
+    outliers: &[(Option<String>, View)],
+    val_speakers: &[String],
     head_cfg: &HeadConfig,
     device: &Device,
     on_event: &mut dyn FnMut(TrainEvent),
@@ -888,17 +892,14 @@ fn out_of_fold_heads(
             seed: opts.train.seed.wrapping_add(1 + f as u64),
             ..opts.train.clone()
         };
-        let held_speakers: Vec<String> = fold
-            .val
-            .iter()
-            .filter_map(|&r| train_m.rows[r].speaker.clone())
-            .collect();
+        // Neither the validation speakers' outlier clips nor this fold's held-out speakers'.
+        let held_out = [val_speakers, fold.val_speakers.as_slice()].concat();
         let trained = train_head_exposed(
             head_cfg,
             &tc,
             &fit,
             val_examples,
-            &outliers_for(&held_speakers),
+            &allowed_outliers(outliers, &held_out),
             device,
             &mut |_| {},
         )?;
@@ -1121,5 +1122,12 @@ mod tests {
         assert!(outlier_allowed(Some("actor02"), &held));
         assert!(outlier_allowed(None, &held));
         assert!(outlier_allowed(Some("actor05"), &[]));
+        let encoded = vec![
+            (Some("actor05".to_string()), 5),
+            (Some("actor02".to_string()), 2),
+            (None, 0),
+        ];
+        assert_eq!(allowed_outliers(&encoded, &held), vec![2, 0]);
+        assert_eq!(allowed_outliers(&encoded, &[]), vec![5, 2, 0]);
     }
 }

@@ -28,9 +28,9 @@ use super::model_dir::{self, FrontendConfig, ModelMeta, TrainingMetrics};
 use super::temperature::mean_nll;
 use super::temperature::{ece_at, fit_temperature, softmax_t};
 use super::train::{
-    analyse_outliers, analyse_rows, evidence_inputs, fit_routing, label_of, model_name,
-    outlier_allowed, whisper_frontend, write_evidence, HeldOutCondition, HeldOutPrediction,
-    TrainEvent, TrainOptions, TrainReport,
+    allowed_outliers, analyse_outliers, analyse_rows, evidence_inputs, fit_routing, label_of,
+    model_name, whisper_frontend, write_evidence, HeldOutCondition, HeldOutPrediction, TrainEvent,
+    TrainOptions, TrainReport,
 };
 use super::unfamiliar::{fit_held_out, Unfamiliarity};
 use super::AcousticError;
@@ -248,13 +248,6 @@ pub fn train_linear(
             outliers.push((set.manifest.rows[a.row].speaker.clone(), x));
         }
     }
-    let outliers_for = |held_out: &[String]| -> Vec<Vec<f32>> {
-        outliers
-            .iter()
-            .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
-            .map(|(_, x)| x.clone())
-            .collect()
-    };
     lap("encode", &mut phase_seconds);
 
     // Speaker folds: out-of-fold logits per penalty, unfamiliarity of held-out clean clips.
@@ -271,12 +264,7 @@ pub fn train_linear(
             folds: k,
         });
         let (xs, ys) = training_rows(&pooled, &fold.train);
-        let held_speakers: Vec<String> = fold
-            .val
-            .iter()
-            .filter_map(|&i| sub.rows[i].speaker.clone())
-            .collect();
-        let out = outliers_for(&held_speakers);
+        let out = allowed_outliers(&outliers, &fold.val_speakers);
         let base = FitOptions {
             outliers: &out,
             outlier_weight: opts.train.outlier_weight as f64,
@@ -323,7 +311,7 @@ pub fn train_linear(
     // The served classifier and unfamiliarity reference, on every clip.
     let all: Vec<usize> = (0..pooled.len()).collect();
     let (xs, ys) = training_rows(&pooled, &all);
-    let out = outliers_for(&[]);
+    let out = allowed_outliers(&outliers, &[]);
     let base = FitOptions {
         outliers: &out,
         outlier_weight: opts.train.outlier_weight as f64,
