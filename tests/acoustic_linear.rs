@@ -264,6 +264,22 @@ fn outlier_exposure_is_recorded_lowers_confidence_on_outliers_and_names_bad_mani
         .expect("an error")
         .to_string();
     assert!(e.contains("not-there.wav"), "{e}");
+    // A manifest whose only clip is not audio: the error names it and why.
+    let junk = tmp.path().join("junk.wav");
+    std::fs::write(&junk, b"not audio").unwrap();
+    let junk_csv = tmp.path().join("junk.csv");
+    std::fs::write(&junk_csv, format!("path\n{}\n", junk.display())).unwrap();
+    let mut o = exposed.clone();
+    o.out = tmp.path().join("junk-model");
+    o.outliers = Some(junk_csv);
+    let e = train_model(&o, &mut |_| {})
+        .err()
+        .expect("an error")
+        .to_string();
+    assert!(
+        e.contains("no usable outlier clip") && e.contains("junk.wav"),
+        "{e}"
+    );
     let mut o = exposed.clone();
     o.out = tmp.path().join("zero");
     o.train.outlier_weight = 0.0;

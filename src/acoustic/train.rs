@@ -798,9 +798,13 @@ pub(crate) fn analyse_outliers(
         return Err(AcousticError::Training {
             path: path.clone(),
             message: format!(
-                "no usable outlier clip among its {} rows ({} could not be analysed)",
+                "no usable outlier clip among its {} rows ({} could not be analysed{})",
                 rows.len(),
-                skipped.len() - before
+                skipped.len() - before,
+                skipped[before..]
+                    .first()
+                    .map(|e| format!("; the first: {e}"))
+                    .unwrap_or_default()
             ),
         });
     }
