@@ -702,13 +702,19 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         m.seconds
     );
     let phase = |k: &str| m.phase_seconds.get(k).copied().unwrap_or(0.0);
+    let heads = match m.phase_seconds.get("heads") {
+        // The attention classifier trains its main and out-of-fold heads at once.
+        Some(s) => format!("heads {s:.0} s (main and out-of-fold heads, trained at once)"),
+        None => format!(
+            "head {:.0} s, out-of-fold heads {:.0} s",
+            phase("head"),
+            phase("out_of_fold")
+        ),
+    };
     println!(
-        "  time: analysis {:.0} s, encoding {:.0} s, head {:.0} s ({:.2} s per epoch), out-of-fold heads {:.0} s",
+        "  time: analysis {:.0} s, encoding {:.0} s, {heads}",
         phase("analyse"),
         phase("encode"),
-        phase("head"),
-        phase("head") / m.history.len().max(1) as f64,
-        phase("out_of_fold")
     );
     println!(
         "  validation: accuracy {:.3}, macro-F1 {:.3}",

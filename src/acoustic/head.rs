@@ -86,16 +86,41 @@ impl TemporalConv {
         })
     }
 
-    /// `x`: [B, T, D] → [B, T, H]
+    /// `x`: [B, T, D] → [B, T, H]: the same cross-correlation as `Conv1d` with zero padding
+    /// 1 (`y[t] = W₀·x[t−1] + W₁·x[t] + W₂·x[t+1] + b`), computed as one matrix product of the
+    /// unfolded frames [B·T, 3D] with the kernel laid out as [3D, H]. The weights keep the
+    /// conv's names and shape, so model files are unchanged.
+    ///
+    /// Why not `Conv1d::forward`: in candle 0.11.1 (CPU) the conv's backward pass gives a
+    /// wrong kernel gradient on these shapes (off by more than the gradient itself against
+    /// central differences), so heads trained through it learnt their first layer from a
+    /// corrupted signal. It also always computes the gradient of its input, with a direct
+    /// (non-GEMM) transposed convolution when the padding is non-zero: the input here is
+    /// frozen encoder frames, so that work is thrown away, and it took most of the training
+    /// time. Here the kernel's gradient is one GEMM and the input's another.
+    /// `unfolded_conv_matches_candle_forward_and_the_finite_difference_gradient` checks both
+    /// against candle's forward and against central differences.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv
-            .forward(&x.transpose(1, 2)?.contiguous()?)?
-            .gelu_erf()?
-            .transpose(1, 2)?
-            // Contiguous before the pooling's Linear: candle 0.11's batched matmul on a
-            // transposed (strided) [B, T, H] input gives wrong rows after the first on CPU,
-            // so batch and single-clip predictions differed.
-            .contiguous()
+        let (b, t, d) = x.dims3()?;
+        let w = self.conv.weight(); // [H, D, 3]
+        let h = w.dim(0)?;
+        let zero = Tensor::zeros((b, 1, d), x.dtype(), x.device())?;
+        let (prev, next) = if t > 1 {
+            (
+                Tensor::cat(&[&zero, &x.narrow(1, 0, t - 1)?], 1)?,
+                Tensor::cat(&[&x.narrow(1, 1, t - 1)?, &zero], 1)?,
+            )
+        } else {
+            (zero.clone(), zero)
+        };
+        let unfolded = Tensor::cat(&[&prev, x, &next], 2)?.reshape((b * t, 3 * d))?;
+        // [H, D, 3] → [3, D, H] → [3D, H], rows in the unfolded order (tap, then channel).
+        let kernel = w.permute((2, 1, 0))?.contiguous()?.reshape((3 * d, h))?;
+        let mut y = unfolded.matmul(&kernel)?;
+        if let Some(bias) = self.conv.bias() {
+            y = y.broadcast_add(bias)?;
+        }
+        y.gelu_erf()?.reshape((b, t, h))
     }
 }
 
@@ -164,9 +189,11 @@ impl Head {
 
     /// Pooled clip embedding [B, 2H] (before evidence fusion and dropout).
     pub fn embed(&self, frames: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        // The statistics are fixed at training time: detached, so backpropagation does not
+        // reduce gradients over every frame for them.
         let x = frames
-            .broadcast_sub(&self.frame_mean)?
-            .broadcast_mul(&self.frame_inv_std)?;
+            .broadcast_sub(&self.frame_mean.detach())?
+            .broadcast_mul(&self.frame_inv_std.detach())?;
         // Zero the padding after standardising, so it looks like the conv's own zero padding.
         let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
         let h = self.temporal.forward(&x)?;
@@ -254,6 +281,105 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "padding changed logits by {diff}");
+    }
+
+    fn reference_of(conv: &TemporalConv, x: &Tensor) -> Tensor {
+        conv.conv
+            .forward(&x.transpose(1, 2).unwrap().contiguous().unwrap())
+            .unwrap()
+            .gelu_erf()
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+    }
+
+    /// The unfolded product is candle's padded `Conv1d` + GELU, on odd sizes and one frame.
+    #[test]
+    fn unfolded_conv_matches_candle_forward_and_the_finite_difference_gradient() {
+        let dev = Device::Cpu;
+        for (b, t, d, h) in [(3usize, 7usize, 5usize, 4usize), (1, 1, 6, 3), (2, 2, 9, 5)] {
+            let cfg = HeadConfig {
+                input_dim: d,
+                hidden: h,
+                evidence_dim: 0,
+                n_labels: 3,
+                dropout: 0.0,
+            };
+            let mut vm = candle_nn::VarMap::new();
+            let conv =
+                TemporalConv::load(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+            // A bias that is not zero, so its broadcast is checked too.
+            vm.set_one(
+                "conv.bias",
+                Tensor::arange(0f32, h as f32, &dev)
+                    .unwrap()
+                    .affine(0.1, -0.2)
+                    .unwrap(),
+            )
+            .unwrap();
+            let x: Vec<f32> = (0..b * t * d)
+                .map(|i| ((i * 53 % 17) as f32 - 8.0) / 7.0)
+                .collect();
+            let x = Tensor::from_vec(x, (b, t, d), &dev).unwrap();
+            let ours = conv.forward(&x).unwrap();
+            let reference = reference_of(&conv, &x);
+            assert_eq!(ours.dims(), &[b, t, h]);
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "b={b} t={t} d={d} h={h}: differs by {diff}");
+            // And the kernel's gradient (what training uses) is the loss's slope, by central
+            // differences on every kernel element, for a loss that weighs each output
+            // differently. (candle 0.11.1's own `Conv1d` kernel gradient fails this check on
+            // these shapes, by more than 1 here: the first reason the head does not use it.)
+            let r = Tensor::arange(0f32, (b * t * h) as f32, &dev)
+                .unwrap()
+                .affine(0.01, -0.3)
+                .unwrap()
+                .reshape((b, t, h))
+                .unwrap();
+            let weight = conv.conv.weight().clone();
+            let grads = (conv.forward(&x).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grad = grads.get(&weight).unwrap().to_vec3::<f32>().unwrap();
+            let w0 = weight.to_vec3::<f32>().unwrap();
+            let mut loss_at = |w: &Vec<Vec<Vec<f32>>>| -> f64 {
+                vm.set_one("conv.weight", Tensor::new(w.clone(), &dev).unwrap())
+                    .unwrap();
+                let y = conv.forward(&x).unwrap();
+                (y * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            };
+            let eps = 1e-2f32;
+            for hi in 0..h {
+                for di in 0..d {
+                    for ki in 0..3 {
+                        let (mut up, mut down) = (w0.clone(), w0.clone());
+                        up[hi][di][ki] += eps;
+                        down[hi][di][ki] -= eps;
+                        let slope = (loss_at(&up) - loss_at(&down)) / (2.0 * eps as f64);
+                        let g = grad[hi][di][ki] as f64;
+                        assert!(
+                            (g - slope).abs() < 2e-3 + 1e-2 * slope.abs(),
+                            "b={b} t={t} d={d} h={h} [{hi},{di},{ki}]: gradient {g}, slope {slope}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

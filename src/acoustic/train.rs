@@ -13,7 +13,7 @@ use super::augment;
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, HeadConfig};
 use super::head_training::{
-    argmax, predict_logits, train_head_exposed, EpochStats, Example, TrainConfig, Trained, View,
+    argmax, predict_logits, train_heads, EpochStats, Example, HeadJob, TrainConfig, Trained, View,
 };
 use super::model::evidence_vector;
 use super::model_dir::{
@@ -440,34 +440,49 @@ pub fn train_model(
         n_labels: opts.labels.len(),
         dropout: opts.dropout,
     };
-    let trained = train_head_exposed(
-        &head_cfg,
-        &opts.train,
-        &train_examples,
-        &val_examples,
-        &allowed_outliers(&outlier_views, &val_speakers),
-        &device,
-        &mut |s| on_event(TrainEvent::Epoch(s)),
-    )?;
+    // The main head and, for the training clips, out-of-fold heads (refinement needs
+    // predictions on clips whose speaker the model never saw; training-set predictions are
+    // near perfect), trained at once.
+    let folds = fold_plans(opts, &train_m, &train_clips, on_event)?;
+    let mut jobs = vec![HeadJob {
+        tc: opts.train.clone(),
+        train: train_examples.clone(),
+        val: &val_examples,
+        outliers: allowed_outliers(&outlier_views, &val_speakers),
+    }];
+    for plan in &folds {
+        // Neither the validation speakers' outlier clips nor this fold's held-out speakers'.
+        let held_out = [val_speakers.as_slice(), plan.val_speakers.as_slice()].concat();
+        jobs.push(HeadJob {
+            tc: TrainConfig {
+                seed: opts.train.seed.wrapping_add(1 + plan.fold as u64),
+                ..opts.train.clone()
+            },
+            train: plan
+                .fit
+                .iter()
+                .map(|&i| train_examples[i].clone())
+                .collect(),
+            val: &val_examples,
+            outliers: allowed_outliers(&outlier_views, &held_out),
+        });
+    }
+    let n_folds = folds.len();
+    let mut heads = train_heads(&head_cfg, &jobs, &device, &mut |job, s| {
+        if job == 0 {
+            on_event(TrainEvent::Epoch(s));
+        } else if s.epoch == 1 {
+            on_event(TrainEvent::Fold {
+                fold: job,
+                folds: n_folds,
+            });
+        }
+    })?;
+    drop(jobs);
+    let trained = heads.remove(0);
+    let fold_heads = out_of_fold_predictions(&folds, heads, &train_examples, &device)?;
 
-    lap("head", &mut phase_seconds);
-
-    // Out-of-fold logits for the training clips (refinement needs predictions on clips whose
-    // speaker the model never saw; training-set predictions are near perfect).
-    let fold_heads = out_of_fold_heads(
-        opts,
-        &train_m,
-        &train_clips,
-        &train_examples,
-        &val_examples,
-        &outlier_views,
-        &val_speakers,
-        &head_cfg,
-        &device,
-        on_event,
-    )?;
-
-    lap("out_of_fold", &mut phase_seconds);
+    lap("heads", &mut phase_seconds);
 
     // The served model: the main head, or the main head and the fold heads combined.
     let members: Vec<&Trained> = match opts.ensemble {
@@ -844,25 +859,24 @@ struct FoldHeads {
     shifted: Vec<Vec<Vec<f32>>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn out_of_fold_heads(
+/// One out-of-fold head's part of the training clips (positions in the training examples).
+struct FoldPlan {
+    /// Index of the speaker fold (names the head `fold{fold + 1}` and offsets its seed).
+    fold: usize,
+    fit: Vec<usize>,
+    held: Vec<usize>,
+    val_speakers: Vec<String>,
+}
+
+/// Speaker folds of the training part for the out-of-fold heads; none with fewer than two
+/// speakers (said in a note) or with `--oof-folds` below 2. A fold whose fitting or held-out
+/// part has no usable clip is left out.
+fn fold_plans(
     opts: &TrainOptions,
     train_m: &Manifest,
     train_clips: &[Analysed],
-    train_examples: &[Example],
-    val_examples: &[Example],
-    outliers: &[(Option<String>, View)],
-    val_speakers: &[String],
-    head_cfg: &HeadConfig,
-    device: &Device,
     on_event: &mut dyn FnMut(TrainEvent),
-) -> Result<FoldHeads, AcousticError> {
-    let mut out = FoldHeads {
-        heads: Vec::new(),
-        oof: vec![None; train_examples.len()],
-        fold_of: vec![None; train_examples.len()],
-        shifted: vec![Vec::new(); train_examples.len()],
-    };
+) -> Result<Vec<FoldPlan>, AcousticError> {
     let n_speakers = train_m.speakers().len();
     let k = opts.oof_folds.min(n_speakers);
     if k < 2 {
@@ -871,49 +885,56 @@ fn out_of_fold_heads(
                 "no out-of-fold predictions: the training part has {n_speakers} speaker(s)"
             )));
         }
-        return Ok(out);
+        return Ok(Vec::new());
     }
     let folds = speaker_folds(train_m, k, opts.train.seed)?;
-    // Manifest row → position in train_examples (clips that failed analysis have none).
+    // Manifest row → position in the training examples (clips that failed analysis have none).
     let mut position = vec![None; train_m.rows.len()];
     for (i, a) in train_clips.iter().enumerate() {
         position[a.row] = Some(i);
     }
-    for (f, fold) in folds.iter().enumerate() {
-        on_event(TrainEvent::Fold {
-            fold: f + 1,
-            folds: k,
-        });
-        let pick =
-            |rows: &[usize]| -> Vec<usize> { rows.iter().filter_map(|&r| position[r]).collect() };
-        let (fit_ix, held_ix) = (pick(&fold.train), pick(&fold.val));
-        if fit_ix.is_empty() || held_ix.is_empty() {
-            continue;
-        }
-        let fit: Vec<Example> = fit_ix.iter().map(|&i| train_examples[i].clone()).collect();
-        let held: Vec<Example> = held_ix.iter().map(|&i| train_examples[i].clone()).collect();
-        let tc = TrainConfig {
-            seed: opts.train.seed.wrapping_add(1 + f as u64),
-            ..opts.train.clone()
-        };
-        // Neither the validation speakers' outlier clips nor this fold's held-out speakers'.
-        let held_out = [val_speakers, fold.val_speakers.as_slice()].concat();
-        let trained = train_head_exposed(
-            head_cfg,
-            &tc,
-            &fit,
-            val_examples,
-            &allowed_outliers(outliers, &held_out),
-            device,
-            &mut |_| {},
-        )?;
+    let pick =
+        |rows: &[usize]| -> Vec<usize> { rows.iter().filter_map(|&r| position[r]).collect() };
+    Ok(folds
+        .iter()
+        .enumerate()
+        .map(|(f, fold)| FoldPlan {
+            fold: f,
+            fit: pick(&fold.train),
+            held: pick(&fold.val),
+            val_speakers: fold.val_speakers.clone(),
+        })
+        .filter(|p| !p.fit.is_empty() && !p.held.is_empty())
+        .collect())
+}
+
+/// The fold heads' logits on the clips (and perturbed copies) their fold held out.
+fn out_of_fold_predictions(
+    folds: &[FoldPlan],
+    heads: Vec<Trained>,
+    train_examples: &[Example],
+    device: &Device,
+) -> Result<FoldHeads, AcousticError> {
+    let mut out = FoldHeads {
+        heads: Vec::new(),
+        oof: vec![None; train_examples.len()],
+        fold_of: vec![None; train_examples.len()],
+        shifted: vec![Vec::new(); train_examples.len()],
+    };
+    for (plan, trained) in folds.iter().zip(heads) {
+        let held: Vec<Example> = plan
+            .held
+            .iter()
+            .map(|&i| train_examples[i].clone())
+            .collect();
         let logits = predict_logits(&trained.head, &held, 32, device)?;
-        for (&i, l) in held_ix.iter().zip(logits) {
+        for (&i, l) in plan.held.iter().zip(logits) {
             out.oof[i] = Some(l);
-            out.fold_of[i] = Some(f);
+            out.fold_of[i] = Some(plan.fold);
         }
         // Their perturbed copies, one view each.
-        let copies: Vec<(usize, Example)> = held_ix
+        let copies: Vec<(usize, Example)> = plan
+            .held
             .iter()
             .flat_map(|&i| {
                 let e = &train_examples[i];
@@ -933,7 +954,7 @@ fn out_of_fold_heads(
         for ((i, _), l) in copies.iter().zip(logits) {
             out.shifted[*i].push(l);
         }
-        out.heads.push((format!("fold{}", f + 1), trained));
+        out.heads.push((format!("fold{}", plan.fold + 1), trained));
     }
     Ok(out)
 }
