@@ -338,9 +338,10 @@ pub fn train_model(
         + shifted_sets.iter().map(|s| s.clips.len()).sum::<usize>()
         + outlier_set.as_ref().map_or(0, |o| o.clips.len());
     let mut encoded = 0;
-    let mut make_view = |clip: &mut AnalysedClip,
-                         on_event: &mut dyn FnMut(TrainEvent)|
-     -> Result<(View, Option<Vec<f32>>), AcousticError> {
+    // One view: its evidence vector, frames and (Whisper) pooled blocks. It depends on its
+    // clip only, so views are encoded on rayon's pool; what is random (the perturbations) is
+    // drawn beforehand in clip order, so the views are those of one pass in order.
+    let encode_one = |clip: &mut AnalysedClip| -> Result<(View, Option<Vec<f32>>), AcousticError> {
         let evidence = evidence_vector(&baseline, &evidence_inputs, &mut clip.evidence);
         let (frames, pooled) = match &pooled_input {
             Some((input, head_block)) => {
@@ -359,75 +360,135 @@ pub fn train_model(
                 None,
             ),
         };
-        encoded += 1;
+        Ok((View { frames, evidence }, pooled))
+    };
+    let mut encode = |clips: Vec<&mut AnalysedClip>,
+                      on_event: &mut dyn FnMut(TrainEvent)|
+     -> Result<Vec<(View, Option<Vec<f32>>)>, AcousticError> {
+        use rayon::prelude::*;
+        let views = clips
+            .into_par_iter()
+            .map(encode_one)
+            .collect::<Result<Vec<_>, _>>()?;
+        encoded += views.len();
         on_event(TrainEvent::Encoded {
             done: encoded,
             total: n_views,
         });
-        Ok((View { frames, evidence }, pooled))
+        Ok(views)
     };
     let mut train_examples = Vec::with_capacity(train_clips.len());
     // Per training clip: the pooled vector of each view, and the evidence of each perturbed one.
     let mut train_pooled: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(train_clips.len());
     let mut shifted_evidence: Vec<Vec<Evidence>> = Vec::with_capacity(train_clips.len());
-    for a in train_clips.iter_mut() {
-        let label = label_of(&opts.labels, &train_m.rows[a.row].label);
-        let (view, pooled) = make_view(&mut a.clip, on_event)?;
-        let (mut views, mut pooled_views, mut evidence) = (vec![view], vec![pooled], Vec::new());
-        for _ in 0..opts.augment_views {
-            let perturbed = augment::perturb(&a.clip.speech.samples, TARGET_RATE, &mut rng);
-            let audio = Audio {
-                samples: perturbed,
-                sample_rate: TARGET_RATE,
-                source: a.clip.speech.source.clone(),
-                ..Audio::default()
-            };
-            // A perturbation can make a clip unusable (e.g. all noise); keep the clean view then.
-            if let Ok(mut c) = an.analyse_audio(audio) {
-                let (view, pooled) = make_view(&mut c, on_event)?;
+    // A chunk of training clips at a time, so only a chunk's perturbed copies are held.
+    for chunk in train_clips.chunks_mut(ENCODE_CHUNK) {
+        let mut copies: Vec<Vec<AnalysedClip>> = Vec::with_capacity(chunk.len());
+        for a in chunk.iter() {
+            let mut views = Vec::with_capacity(opts.augment_views);
+            for _ in 0..opts.augment_views {
+                let perturbed = augment::perturb(&a.clip.speech.samples, TARGET_RATE, &mut rng);
+                let audio = Audio {
+                    samples: perturbed,
+                    sample_rate: TARGET_RATE,
+                    source: a.clip.speech.source.clone(),
+                    ..Audio::default()
+                };
+                // A perturbation can make a clip unusable (e.g. all noise); the clean view
+                // stays.
+                if let Ok(c) = an.analyse_audio(audio) {
+                    views.push(c);
+                }
+            }
+            copies.push(views);
+        }
+        let labels: Vec<usize> = chunk
+            .iter()
+            .map(|a| label_of(&opts.labels, &train_m.rows[a.row].label))
+            .collect();
+        let clips: Vec<&mut AnalysedClip> = chunk
+            .iter_mut()
+            .map(|a| &mut a.clip)
+            .chain(copies.iter_mut().flatten())
+            .collect();
+        let mut results = encode(clips, on_event)?.into_iter();
+        let clean: Vec<_> = results.by_ref().take(chunk.len()).collect();
+        for ((view, pooled), (label, copies)) in
+            clean.into_iter().zip(labels.into_iter().zip(copies))
+        {
+            let (mut views, mut pooled_views) = (vec![view], vec![pooled]);
+            for _ in 0..copies.len() {
+                let (view, pooled) = results.next().expect("one result per encoded view");
                 views.push(view);
                 pooled_views.push(pooled);
-                evidence.push(c.evidence);
             }
+            train_examples.push(Example { views, label });
+            train_pooled.push(pooled_views);
+            // The copies' evidence, with z-scores set by their encoding.
+            shifted_evidence.push(copies.into_iter().map(|c| c.evidence).collect());
         }
-        train_examples.push(Example { views, label });
-        train_pooled.push(pooled_views);
-        shifted_evidence.push(evidence);
     }
-    let mut val_examples = Vec::with_capacity(val_clips.len());
-    let mut val_pooled = Vec::with_capacity(val_clips.len());
-    for a in val_clips.iter_mut() {
-        let label = label_of(&opts.labels, &val_m.rows[a.row].label);
-        let (view, pooled) = make_view(&mut a.clip, on_event)?;
-        val_examples.push(Example {
-            views: vec![view],
-            label,
-        });
-        val_pooled.push(pooled);
-    }
-    let mut shifted_views = Vec::with_capacity(shifted_sets.len());
-    for set in shifted_sets.iter_mut() {
-        let mut views = Vec::with_capacity(set.clips.len());
-        for a in set.clips.iter_mut() {
-            let label = label_of(&opts.labels, &set.manifest.rows[a.row].label);
-            let (view, pooled) = make_view(&mut a.clip, on_event)?;
-            views.push((
+    let val_labels: Vec<usize> = val_clips
+        .iter()
+        .map(|a| label_of(&opts.labels, &val_m.rows[a.row].label))
+        .collect();
+    let val_views = encode(
+        val_clips.iter_mut().map(|a| &mut a.clip).collect(),
+        on_event,
+    )?;
+    let (val_examples, val_pooled): (Vec<Example>, Vec<Option<Vec<f32>>>) = val_views
+        .into_iter()
+        .zip(val_labels)
+        .map(|((view, pooled), label)| {
+            (
                 Example {
                     views: vec![view],
                     label,
                 },
                 pooled,
-            ));
-        }
-        shifted_views.push(views);
+            )
+        })
+        .unzip();
+    let mut shifted_views = Vec::with_capacity(shifted_sets.len());
+    for set in shifted_sets.iter_mut() {
+        let labels: Vec<usize> = set
+            .clips
+            .iter()
+            .map(|a| label_of(&opts.labels, &set.manifest.rows[a.row].label))
+            .collect();
+        let views = encode(
+            set.clips.iter_mut().map(|a| &mut a.clip).collect(),
+            on_event,
+        )?;
+        shifted_views.push(
+            views
+                .into_iter()
+                .zip(labels)
+                .map(|((view, pooled), label)| {
+                    (
+                        Example {
+                            views: vec![view],
+                            label,
+                        },
+                        pooled,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
     }
     // Outlier clips: their clean view, with their speaker.
     let mut outlier_views: Vec<(Option<String>, View)> = Vec::new();
     if let Some(set) = outlier_set.as_mut() {
-        for a in set.clips.iter_mut() {
-            let (view, _) = make_view(&mut a.clip, on_event)?;
-            outlier_views.push((set.manifest.rows[a.row].speaker.clone(), view));
-        }
+        let speakers: Vec<Option<String>> = set
+            .clips
+            .iter()
+            .map(|a| set.manifest.rows[a.row].speaker.clone())
+            .collect();
+        let views = encode(
+            set.clips.iter_mut().map(|a| &mut a.clip).collect(),
+            on_event,
+        )?;
+        outlier_views.extend(speakers.into_iter().zip(views.into_iter().map(|(v, _)| v)));
     }
 
     lap("encode", &mut phase_seconds);
@@ -858,6 +919,10 @@ struct FoldHeads {
     /// The fold head's logits for each perturbed view of each held-out clip (views 1..).
     shifted: Vec<Vec<Vec<f32>>>,
 }
+
+/// Training clips whose perturbed copies are made and encoded together (bounds the memory
+/// of copies in flight; large enough to keep the pool busy).
+const ENCODE_CHUNK: usize = 16;
 
 /// One out-of-fold head's part of the training clips (positions in the training examples).
 struct FoldPlan {
