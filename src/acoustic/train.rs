@@ -341,7 +341,7 @@ pub fn train_model(
     // One view: its evidence vector, frames and (Whisper) pooled blocks. It depends on its
     // clip only, so views are encoded on rayon's pool; what is random (the perturbations) is
     // drawn beforehand in clip order, so the views are those of one pass in order.
-    let encode_one = |clip: &mut AnalysedClip| -> Result<(View, Option<Vec<f32>>), AcousticError> {
+    let encode_one = |clip: &mut AnalysedClip| -> Result<EncodedView, AcousticError> {
         let evidence = evidence_vector(&baseline, &evidence_inputs, &mut clip.evidence);
         let (frames, pooled) = match &pooled_input {
             Some((input, head_block)) => {
@@ -364,7 +364,7 @@ pub fn train_model(
     };
     let mut encode = |clips: Vec<&mut AnalysedClip>,
                       on_event: &mut dyn FnMut(TrainEvent)|
-     -> Result<Vec<(View, Option<Vec<f32>>)>, AcousticError> {
+     -> Result<Vec<EncodedView>, AcousticError> {
         use rayon::prelude::*;
         let views = clips
             .into_par_iter()
@@ -919,6 +919,9 @@ struct FoldHeads {
     /// The fold head's logits for each perturbed view of each held-out clip (views 1..).
     shifted: Vec<Vec<Vec<f32>>>,
 }
+
+/// One encoded view and, with the Whisper front end, its pooled encoder blocks.
+type EncodedView = (View, Option<Vec<f32>>);
 
 /// Training clips whose perturbed copies are made and encoded together (bounds the memory
 /// of copies in flight; large enough to keep the pool busy).
