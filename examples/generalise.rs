@@ -317,6 +317,14 @@ const ATTENTION_OUTLIERS_1: Candidate = Candidate {
     ..ATTENTION
 };
 
+/// The attention candidates (they need `--attention`: frames kept), in table order.
+const ATTENTION_CANDIDATES: [&Candidate; 4] = [
+    &ATTENTION,
+    &ATTENTION_OUTLIERS,
+    &ATTENTION_OUTLIERS_1,
+    &ATTENTION_OUTLIERS_FROZEN,
+];
+
 const ATTENTION: Candidate = Candidate {
     name: "attention head (main head)",
     blocks: &[3],
@@ -385,6 +393,17 @@ fn main() -> anyhow::Result<()> {
     let frontend = Frontend::whisper(&models.join("whisper-base"), 3, -23.0, &dev)?;
     let mut an = ClipAnalyser::new(&FeatureConfig::default())?;
     let keep_frames = flag("--attention");
+    // `--fusion NAME`, checked before the long encoding pass.
+    let fusion_candidate = match value("--fusion")? {
+        Some(name) => Some(
+            CANDIDATES
+                .iter()
+                .chain(ATTENTION_CANDIDATES)
+                .find(|c| c.name == name)
+                .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?,
+        ),
+        None => None,
+    };
 
     // Babble: a fixed pool of synthetic utterances (never a test speaker of RAVDESS).
     let babble: Vec<Vec<f32>> = syn_m
@@ -441,12 +460,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("encoded {} views in {encode_s:.0} s", encoder.done);
 
     let outer = speaker_folds(&rav_m, 4, 1)?;
-    if let Some(name) = value("--fusion")? {
-        let c = CANDIDATES
-            .iter()
-            .chain([&ATTENTION, &ATTENTION_OUTLIERS, &ATTENTION_OUTLIERS_1])
-            .find(|c| c.name == name)
-            .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?;
+    if let Some(c) = fusion_candidate {
         let rules = value("--rules")?.map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(camxuc::rules::DEFAULT_RULES_PATH)
         });
@@ -470,10 +484,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
     if keep_frames {
-        candidates.push(ATTENTION);
-        candidates.push(ATTENTION_OUTLIERS);
-        candidates.push(ATTENTION_OUTLIERS_1);
-        candidates.push(ATTENTION_OUTLIERS_FROZEN);
+        candidates.extend(ATTENTION_CANDIDATES.iter().copied());
     }
     // `--only A;B`: score only the candidates named (exactly); with `--merge` the others'
     // rows come from an earlier run.

@@ -56,7 +56,7 @@ cp "$work/model"/refine-round-*.md "$out/" 2>/dev/null || true
 study=${FUSION_STUDY:-}
 if [ -z "$study" ]; then
     cargo run --features research --example generalise -- --out target/generalise \
-        --attention --fusion "attention head +outliers 0.5"
+        --attention --fusion "attention head +outliers 0.5, frozen conv"
     study=$(ls -t target/generalise/fusion-*attention*.json | head -1)
 fi
 python3 - "$study" "$out/fusion.json" <<'EOF'

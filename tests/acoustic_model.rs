@@ -25,6 +25,10 @@ fn trained_directory_round_trips_and_training_is_deterministic() {
         "same seed, same training run"
     );
     assert_eq!(a.meta.temperature, b.meta.temperature);
+    // The head training is recorded, with the product default: the conv stays random.
+    let recorded = model_dir::read_meta(&a.dir).unwrap().head_training;
+    assert_eq!(recorded.as_ref(), Some(&light("a").train));
+    assert!(recorded.is_some_and(|t| t.freeze_temporal));
 
     // The held-out predictions the fusion of routed clips is fitted on: validation clips,
     // out-of-fold training clips and their perturbed copies, each tagged with the part that

@@ -62,6 +62,11 @@ fn committed_files_match_the_hashes_in_the_model_card() {
         .outlier_exposure
         .expect("model.json records outlier exposure");
     assert!(oe.clips > 0 && oe.weight > 0.0, "{oe:?}");
+    // The served design keeps its heads' temporal conv at the random initialisation.
+    let tc = meta
+        .head_training
+        .expect("model.json records the head training");
+    assert!(tc.freeze_temporal, "{tc:?}");
 }
 
 #[test]

@@ -86,6 +86,18 @@ impl TemporalConv {
         })
     }
 
+    /// The same conv with its tensors cut from gradient tracking (storage shared, values
+    /// the same).
+    fn detached(&self) -> Self {
+        Self {
+            conv: Conv1d::new(
+                self.conv.weight().detach(),
+                self.conv.bias().map(Tensor::detach),
+                *self.conv.config(),
+            ),
+        }
+    }
+
     /// `x`: [B, T, D] → [B, T, H]: the same cross-correlation as `Conv1d` with zero padding
     /// 1 (`y[t] = W₀·x[t−1] + W₁·x[t] + W₂·x[t+1] + b`), computed as one matrix product of the
     /// unfolded frames [B·T, 3D] with the kernel laid out as [3D, H]. The weights keep the
@@ -185,6 +197,16 @@ impl Head {
 
     pub fn config(&self) -> &HeadConfig {
         &self.cfg
+    }
+
+    /// This head with its temporal conv (the first layer) cut from gradient tracking, for
+    /// training with that layer frozen: backpropagation then stops above it instead of
+    /// computing its gradients only to leave them unused. The tensors share the variables'
+    /// storage, so values set on the variables still show, and the trained weights are the
+    /// ones the unfrozen graph with that layer left out of the optimiser gives.
+    pub fn with_frozen_temporal(mut self) -> Self {
+        self.temporal = self.temporal.detached();
+        self
     }
 
     /// Pooled clip embedding [B, 2H] (before evidence fusion and dropout).

@@ -300,7 +300,10 @@ pub fn train_head_exposed(
     }
     let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
     let mut varmap = VarMap::new();
-    let head = Head::load(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    let mut head = Head::load(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    if tc.freeze_temporal {
+        head = head.with_frozen_temporal();
+    }
     seeded_init(&varmap, &mut rng)?;
     let (mean, inv_std) = frame_statistics(train, cfg.input_dim)?;
     varmap.set_one("frame_mean", Tensor::from_vec(mean, cfg.input_dim, dev)?)?;

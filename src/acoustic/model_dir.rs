@@ -294,6 +294,11 @@ pub struct ModelMeta {
     /// Present when the classifier was trained with outlier exposure (`train --outliers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_exposure: Option<OutlierExposure>,
+    /// How the attention heads were trained (epochs, learning rate, seed, whether the
+    /// temporal conv was kept at its random initialisation, …); absent for the linear
+    /// classifier and in directories written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_training: Option<crate::acoustic::head_training::TrainConfig>,
 }
 
 /// Outlier exposure at training (model.json `outlier_exposure`): speech outside the labels

@@ -435,6 +435,7 @@ pub fn train_linear(
         outlier_exposure: outlier_set
             .as_ref()
             .map(|o| o.record(opts.train.outlier_weight)),
+        head_training: None,
     };
 
     let weights = opts.out.join(model_dir::WEIGHTS_FILE);
