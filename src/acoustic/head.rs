@@ -294,15 +294,19 @@ mod tests {
         let xp = Tensor::from_vec(padded, (1, 8, 8), &dev).unwrap();
         let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0., 0.]], &dev).unwrap();
         let b = head.forward(&xp, &mask, Some(&ev), None).unwrap();
-        let diff = (a - b)
+        let diff = max_abs_diff(a, b);
+        assert!(diff < 1e-5, "padding changed logits by {diff}");
+    }
+
+    fn max_abs_diff(a: Tensor, b: Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff < 1e-5, "padding changed logits by {diff}");
+            .unwrap()
     }
 
     fn reference_of(conv: &TemporalConv, x: &Tensor) -> Tensor {
@@ -346,14 +350,7 @@ mod tests {
             let ours = conv.forward(&x).unwrap();
             let reference = reference_of(&conv, &x);
             assert_eq!(ours.dims(), &[b, t, h]);
-            let diff = (ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(ours, reference);
             assert!(diff < 1e-5, "b={b} t={t} d={d} h={h}: differs by {diff}");
             // And the kernel's gradient (what training uses) is the loss's slope, by central
             // differences on every kernel element, for a loss that weighs each output

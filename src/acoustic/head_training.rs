@@ -321,7 +321,9 @@ pub fn train_head_exposed(
         let mut named: Vec<(&String, &Var)> = data
             .iter()
             .filter(|(k, _)| {
-                !k.starts_with("frame_") && !(tc.freeze_temporal && k.starts_with("temporal."))
+                let fixed =
+                    k.starts_with("frame_") || (tc.freeze_temporal && k.starts_with("temporal."));
+                !fixed
             })
             .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));

@@ -444,15 +444,7 @@ pub fn train_model(
     let (val_examples, val_pooled): (Vec<Example>, Vec<Option<Vec<f32>>>) = val_views
         .into_iter()
         .zip(val_labels)
-        .map(|((view, pooled), label)| {
-            (
-                Example {
-                    views: vec![view],
-                    label,
-                },
-                pooled,
-            )
-        })
+        .map(single_view)
         .unzip();
     let mut shifted_views = Vec::with_capacity(shifted_sets.len());
     for set in shifted_sets.iter_mut() {
@@ -469,15 +461,7 @@ pub fn train_model(
             views
                 .into_iter()
                 .zip(labels)
-                .map(|((view, pooled), label)| {
-                    (
-                        Example {
-                            views: vec![view],
-                            label,
-                        },
-                        pooled,
-                    )
-                })
+                .map(single_view)
                 .collect::<Vec<_>>(),
         );
     }
@@ -928,6 +912,17 @@ struct FoldHeads {
 
 /// One encoded view and, with the Whisper front end, its pooled encoder blocks.
 type EncodedView = (View, Option<Vec<f32>>);
+
+/// A clip of one (clean) view as an example, with its pooled blocks.
+fn single_view(((view, pooled), label): (EncodedView, usize)) -> (Example, Option<Vec<f32>>) {
+    (
+        Example {
+            views: vec![view],
+            label,
+        },
+        pooled,
+    )
+}
 
 /// Training clips whose perturbed copies are made and encoded together (bounds the memory
 /// of copies in flight; large enough to keep the pool busy).
