@@ -104,8 +104,8 @@ impl TemporalConv {
     /// conv's names and shape, so model files are unchanged.
     ///
     /// Why not `Conv1d::forward`: in candle 0.11.1 (CPU) the conv's backward pass gives a
-    /// wrong kernel gradient on these shapes (off by more than the gradient itself against
-    /// central differences), so heads trained through it learnt their first layer from a
+    /// wrong kernel gradient for batches of more than one clip (off by more than the gradient
+    /// itself against central differences; right for one clip), so heads trained through it learnt their first layer from a
     /// corrupted signal. It also always computes the gradient of its input, with a direct
     /// (non-GEMM) transposed convolution when the padding is non-zero: the input here is
     /// frozen encoder frames, so that work is thrown away, and it took most of the training
