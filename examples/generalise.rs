@@ -126,6 +126,11 @@ struct Candidate {
     outlier_select: bool,
     /// Attention head: keep its temporal conv at the seeded random initialisation.
     freeze_temporal: bool,
+    /// Attention head: the temporal conv's learning rate as a share of the others' (1: same).
+    temporal_lr_scale: f64,
+    /// An ensemble: these candidates, each trained as itself, their calibrated probabilities
+    /// averaged (empty: a single model).
+    members: &'static [&'static Candidate],
 }
 
 const fn lin(
@@ -148,6 +153,8 @@ const fn lin(
         outlier_weight: 0.0,
         outlier_select: false,
         freeze_temporal: false,
+        temporal_lr_scale: 1.0,
+        members: &[],
     }
 }
 
@@ -254,11 +261,7 @@ const CANDIDATES: &[Candidate] = &[
         0.2,
         with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
     ),
-    with_outliers(
-        "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 0.5",
-        0.5,
-        with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
-    ),
+    LINEAR_OUTLIERS,
     wide(with_outliers(
         "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 0.5, λ ≤ 10",
         0.5,
@@ -293,6 +296,8 @@ const UNFAMILIARITY_VIEW: Candidate = Candidate {
     outlier_weight: 0.0,
     outlier_select: false,
     freeze_temporal: false,
+    temporal_lr_scale: 1.0,
+    members: &[],
 };
 
 /// The attention head trained with outlier exposure (weight 0.5 per batch): the served design.
@@ -317,12 +322,44 @@ const ATTENTION_OUTLIERS_1: Candidate = Candidate {
     ..ATTENTION
 };
 
+/// Between a trained and a frozen conv: the conv learns at a share of the others' rate.
+const ATTENTION_OUTLIERS_SLOW: Candidate = Candidate {
+    name: "attention head +outliers 0.5, conv lr x0.1",
+    temporal_lr_scale: 0.1,
+    ..ATTENTION_OUTLIERS
+};
+
+/// The same, slower still.
+const ATTENTION_OUTLIERS_SLOWER: Candidate = Candidate {
+    name: "attention head +outliers 0.5, conv lr x0.01",
+    temporal_lr_scale: 0.01,
+    ..ATTENTION_OUTLIERS
+};
+
+/// The linear design best on new speakers and field chains among those with outlier exposure.
+const LINEAR_OUTLIERS: Candidate = with_outliers(
+    "linear b1-3 utt-norm field-aug +evidence +neutral +outliers 0.5",
+    0.5,
+    with_neutral("", lin("", &[1, 2, 3], true, true, Aug::Both)),
+);
+
+/// The two designs' calibrated probabilities averaged: the linear model is better on new
+/// speakers and field chains, the frozen-conv attention head across corpora.
+const ENSEMBLE_LINEAR_FROZEN: Candidate = Candidate {
+    name: "mean of linear +neutral +outliers 0.5 and attention frozen conv",
+    members: &[&LINEAR_OUTLIERS, &ATTENTION_OUTLIERS_FROZEN],
+    ..ATTENTION_OUTLIERS_FROZEN
+};
+
 /// The attention candidates (they need `--attention`: frames kept), in table order.
-const ATTENTION_CANDIDATES: [&Candidate; 4] = [
+const ATTENTION_CANDIDATES: [&Candidate; 7] = [
     &ATTENTION,
     &ATTENTION_OUTLIERS,
     &ATTENTION_OUTLIERS_1,
     &ATTENTION_OUTLIERS_FROZEN,
+    &ATTENTION_OUTLIERS_SLOW,
+    &ATTENTION_OUTLIERS_SLOWER,
+    &ENSEMBLE_LINEAR_FROZEN,
 ];
 
 const ATTENTION: Candidate = Candidate {
@@ -338,6 +375,8 @@ const ATTENTION: Candidate = Candidate {
     outlier_weight: 0.0,
     outlier_select: false,
     freeze_temporal: false,
+    temporal_lr_scale: 1.0,
+    members: &[],
 };
 
 fn main() -> anyhow::Result<()> {
@@ -801,6 +840,8 @@ struct Model {
     lambda: f64,
     unfamiliarity: Option<Unfamiliarity>,
     unfamiliar_threshold: f32,
+    /// An ensemble's members (then `linear` and `attention` are None and the temperature 1).
+    members: Vec<Model>,
 }
 
 impl Model {
@@ -814,6 +855,17 @@ impl Model {
     }
 
     fn logits(&self, v: &ViewData) -> anyhow::Result<Vec<f32>> {
+        if !self.members.is_empty() {
+            // The log of the mean calibrated probability: a logit vector at temperature 1.
+            let mut mean = [0.0f32; 3];
+            for m in &self.members {
+                let p = softmax_t(&m.logits(v)?, m.temperature);
+                for (a, b) in mean.iter_mut().zip(p) {
+                    *a += b / self.members.len() as f32;
+                }
+            }
+            return Ok(mean.iter().map(|p| p.max(1e-12).ln()).collect());
+        }
         if let Some(h) = &self.linear {
             return Ok(h.logits(&self.pooled(v)));
         }
@@ -948,6 +1000,29 @@ fn train(
     let baseline = Baseline::fit(BaselineKind::Corpus("protocol".into()), &evs);
     let inputs = evidence_inputs(&baseline);
     let ev = (baseline, inputs);
+    if !c.members.is_empty() {
+        let members = c
+            .members
+            .iter()
+            .map(|mc| train(mc, m, clips, ix, extra, oos))
+            .collect::<anyhow::Result<Vec<Model>>>()?;
+        // The served routing's unfamiliarity: the attention member's (the product's reference).
+        let gate = members
+            .iter()
+            .find(|mm| mm.cand.attention)
+            .unwrap_or(&members[0]);
+        return Ok(Model {
+            cand: *c,
+            linear: None,
+            attention: None,
+            ev,
+            temperature: 1.0,
+            lambda: members.iter().map(|mm| mm.lambda).fold(0.0, f64::max),
+            unfamiliarity: gate.unfamiliarity.clone(),
+            unfamiliar_threshold: gate.unfamiliar_threshold,
+            members,
+        });
+    }
     if c.attention {
         return train_attention(c, m, clips, ix, ev, oos);
     }
@@ -1032,6 +1107,7 @@ fn train(
         lambda: lambdas[best],
         unfamiliarity: Some(u),
         unfamiliar_threshold: thr,
+        members: Vec::new(),
     })
 }
 
@@ -1110,6 +1186,7 @@ fn train_attention(
     let tc = TrainConfig {
         outlier_weight: c.outlier_weight as f32,
         freeze_temporal: c.freeze_temporal,
+        temporal_lr_scale: c.temporal_lr_scale,
         ..TrainConfig::default()
     };
     let trained = train_head_exposed(&cfg, &tc, &tr, &va, &outliers, &Device::Cpu, &mut |_| {})?;
@@ -1147,6 +1224,7 @@ fn train_attention(
         lambda: 0.0,
         unfamiliarity: Some(u),
         unfamiliar_threshold: threshold.unwrap_or(f32::INFINITY),
+        members: Vec::new(),
     })
 }
 

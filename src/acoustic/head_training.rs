@@ -55,6 +55,16 @@ pub struct TrainConfig {
     /// configurations serialised before it: false.
     #[serde(default)]
     pub freeze_temporal: bool,
+    /// The temporal convolution's learning rate as a share of `learning_rate` (1: the same;
+    /// ignored when `freeze_temporal`): a conv that may move away from its random start, but
+    /// slowly, so early stopping keeps it near. Absent from configurations serialised before
+    /// it: 1.
+    #[serde(default = "one")]
+    pub temporal_lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for TrainConfig {
@@ -69,6 +79,7 @@ impl Default for TrainConfig {
             time_mask_fraction: 0.15,
             outlier_weight: 0.0,
             freeze_temporal: false,
+            temporal_lr_scale: 1.0,
         }
     }
 }
@@ -312,8 +323,9 @@ pub fn train_head_exposed(
         Tensor::from_vec(inv_std, cfg.input_dim, dev)?,
     )?;
 
-    // Only the layers train; the normalisation statistics stay fixed.
-    let trainable: Vec<Var> = {
+    // Only the layers train; the normalisation statistics stay fixed. The temporal conv has
+    // an optimiser of its own when its learning rate differs (one gradient pass feeds both).
+    let (temporal, rest): (Vec<Var>, Vec<Var>) = {
         let data = varmap
             .data()
             .lock()
@@ -327,14 +339,29 @@ pub fn train_head_exposed(
             })
             .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
+        let separate = tc.temporal_lr_scale != 1.0;
+        let (t, r): (Vec<_>, Vec<_>) = named
+            .into_iter()
+            .partition(|(k, _)| separate && k.starts_with("temporal."));
+        (
+            t.into_iter().map(|(_, v)| v.clone()).collect(),
+            r.into_iter().map(|(_, v)| v.clone()).collect(),
+        )
     };
-    let params = ParamsAdamW {
-        lr: tc.learning_rate,
+    let params = |lr: f64| ParamsAdamW {
+        lr,
         weight_decay: tc.weight_decay,
         ..Default::default()
     };
-    let mut opt = AdamW::new(trainable, params)?;
+    let mut opt = AdamW::new(rest, params(tc.learning_rate))?;
+    let mut temporal_opt = if temporal.is_empty() {
+        None
+    } else {
+        Some(AdamW::new(
+            temporal,
+            params(tc.learning_rate * tc.temporal_lr_scale),
+        )?)
+    };
 
     let mut counts = vec![0usize; cfg.n_labels];
     for e in train {
@@ -396,7 +423,14 @@ pub fn train_head_exposed(
                 let oe = uniform_cross_entropy(&ologits)?;
                 loss = (loss + oe.affine(tc.outlier_weight as f64, 0.0)?)?;
             }
-            opt.backward_step(&loss)?;
+            match temporal_opt.as_mut() {
+                None => opt.backward_step(&loss)?,
+                Some(t) => {
+                    let grads = loss.backward()?;
+                    opt.step(&grads)?;
+                    t.step(&grads)?;
+                }
+            }
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;
         }
@@ -671,6 +705,51 @@ mod tests {
         );
         let f1 = frozen.history[frozen.best_epoch - 1].val_macro_f1;
         assert!(f1 > 0.8, "validation macro-F1 with a frozen conv: {f1}");
+    }
+
+    /// A conv at a tenth of the learning rate moves, but far less than one at the full rate
+    /// over the same steps (one epoch, so both keep their last weights).
+    #[test]
+    fn a_slowed_temporal_conv_moves_less_from_its_start() {
+        let (train, val) = (toy_examples(90, 1), toy_examples(45, 2));
+        let dev = Device::Cpu;
+        let moved = |scale: f64| -> f64 {
+            let tc = TrainConfig {
+                epochs: 1,
+                seed: 3,
+                temporal_lr_scale: scale,
+                ..Default::default()
+            };
+            let t = train_head_exposed(&toy_config(), &tc, &train, &val, &[], &dev, &mut |_| {})
+                .unwrap();
+            let init = VarMap::new();
+            Head::load(
+                &toy_config(),
+                VarBuilder::from_varmap(&init, DType::F32, &dev),
+            )
+            .unwrap();
+            seeded_init(&init, &mut ChaCha8Rng::seed_from_u64(tc.seed)).unwrap();
+            let w = |vm: &VarMap| -> Vec<f32> {
+                vm.data().lock().unwrap()["temporal.conv.weight"]
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            w(&t.varmap)
+                .iter()
+                .zip(w(&init))
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (full, slow) = (moved(1.0), moved(0.1));
+        assert!(slow > 0.0, "a slowed conv still learns");
+        assert!(
+            slow < 0.3 * full,
+            "conv moved {slow} at a tenth of the rate, {full} at the full rate"
+        );
     }
 
     fn toy_outliers(n: usize, seed: u64) -> Vec<View> {
