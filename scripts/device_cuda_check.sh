@@ -8,8 +8,10 @@
 #   .devbin/corpus/      `camxuc synth --per-class 6 --speakers 3 --seed 2`
 # Everything it prints also goes to $OUT/log; the per-clip eval records, each command's output
 # and the model.json files come back packed in $OUT/work.tar.gz ($OUT returns 8 files at most).
-# The log-mel front end is used because the Whisper weights (145 MB) cannot travel: an empty
-# CAMXUC_MODELS_DIR shows that nothing else is needed.
+#   .devbin/models/whisper-base/  `camxuc models export-frontend` (3 blocks, f16, 22 MB)
+# Training uses the log-mel front end with an empty CAMXUC_MODELS_DIR (nothing else is needed);
+# the default model (built into the binary) then runs with the exported Whisper front end on
+# the GPU and on the CPU, and their probabilities and speeds are compared.
 set -u
 OUT=${OUT:-/tmp/cuda-check-out}
 W=$(mktemp -d)
@@ -61,6 +63,16 @@ run cpu_train env CUDA_VISIBLE_DEVICES= "$BIN" "${TRAIN[@]}" --out "$W/m_cpu"
 run cpu_eval env CUDA_VISIBLE_DEVICES= "$BIN" "${EVAL[@]}" --model "$W/m_cpu" --out "$W/cpu_eval.jsonl"
 run cpu_eval_gpu_model env CUDA_VISIBLE_DEVICES= "$BIN" "${EVAL[@]}" --model "$W/m_gpu" --out "$W/cpu_eval_gpu_model.jsonl"
 
+# The Whisper front end: the default model (built into the binary) with the exported encoder.
+if [ -f .devbin/models/whisper-base/frontend.json ]; then
+  WEVAL=(eval --manifest "$MANIFEST" --llm none)
+  run whisper_gpu_eval env CAMXUC_MODELS_DIR=$PWD/.devbin/models "$BIN" "${WEVAL[@]}" --out "$W/whisper_gpu_eval.jsonl"
+  run whisper_gpu_eval_warm env CAMXUC_MODELS_DIR=$PWD/.devbin/models "$BIN" "${WEVAL[@]}" --out "$W/whisper_gpu_eval2.jsonl"
+  run whisper_cpu_eval env CUDA_VISIBLE_DEVICES= CAMXUC_MODELS_DIR=$PWD/.devbin/models "$BIN" "${WEVAL[@]}" --out "$W/whisper_cpu_eval.jsonl"
+else
+  echo "== whisper: no .devbin/models/whisper-base (run scripts/device_cuda_build.sh): NOT CHECKED"
+fi
+
 echo "== device used"
 for f in gpu_train gpu_eval; do
   grep -q 'compute device: CUDA' "$W/$f.txt" && echo "$f: CUDA" || echo "$f: NOT ON THE GPU"
@@ -85,7 +97,16 @@ def diff(a, b, what, strict=True):
 diff("gpu_eval", "cpu_eval_gpu_model", "same model, GPU vs CPU inference")
 diff("gpu_eval", "gpu_eval2", "GPU inference twice")
 diff("gpu_eval", "cpu_eval", "GPU-trained vs CPU-trained model (3 epochs)", strict=False)
+import os
+if os.path.exists(f"{out}/whisper_gpu_eval.jsonl"):
+    diff("whisper_gpu_eval", "whisper_cpu_eval", "Whisper front end + default model, GPU vs CPU")
+    diff("whisper_gpu_eval", "whisper_gpu_eval2", "Whisper front end on the GPU twice")
 EOF
+if grep -q 'compute device: CUDA' "$W/whisper_gpu_eval.txt" 2>/dev/null; then
+  echo "whisper_gpu_eval: CUDA"
+else
+  echo "whisper_gpu_eval: NOT ON THE GPU (or not run)"
+fi
 }
 
 main 2>&1 | tee "$OUT/log"

@@ -544,6 +544,28 @@ enum ModelsCommand {
         /// Model SPEC.
         model: String,
     },
+    /// Write just the Whisper encoder blocks an acoustic model uses (as safetensors, with a
+    /// frontend.json manifest) for small devices. Copy --out to the device's models folder
+    /// under the front end's name (e.g. <models folder>/whisper-base/): the acoustic model
+    /// loads it in place of the full CTranslate2 model.
+    ExportFrontend {
+        /// The CTranslate2 Whisper model: a name in the models folder or a folder path.
+        #[arg(long, default_value = catalog::WHISPER_BASE)]
+        source: String,
+        /// Encoder blocks to keep (the first ones; the default model uses 3).
+        #[arg(long, default_value_t = 3)]
+        blocks: usize,
+        /// Storage type of the weights: f16 (half the size; Whisper base is stored in f16, so
+        /// nothing is lost) or f32.
+        #[arg(long, default_value = "f16")]
+        dtype: camxuc::acoustic::frontend_export::ExportDType,
+        /// Folder to write (created when missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an export already in --out.
+        #[arg(long)]
+        force: bool,
+    },
     /// Register a GGUF carried in by hand (e.g. on a USB stick): checked, hashed, copied.
     Add {
         file: PathBuf,
@@ -1394,6 +1416,34 @@ fn models(cmd: ModelsCommand) -> Result<ExitCode> {
                 .resolve(&dir)?
                 .context("`none` names no model file")?;
             println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::ExportFrontend {
+            source: from,
+            blocks,
+            dtype,
+            out,
+            force,
+        } => {
+            let src = if Path::new(&from).is_dir() {
+                PathBuf::from(&from)
+            } else {
+                dir.join(&from)
+            };
+            let r = camxuc::acoustic::frontend_export::export_frontend(
+                &src, blocks, dtype, &out, force,
+            )?;
+            println!(
+                "exported encoder blocks 1-{} of {} ({} tensors, {:.1} M parameters, {}) to {}: {:.1} MB (the source file: {:.1} MB)",
+                r.manifest.blocks,
+                src.display(),
+                r.tensors,
+                r.parameters as f64 / 1e6,
+                r.manifest.dtype,
+                r.out.display(),
+                r.weights_bytes as f64 / 1e6,
+                r.source_bytes as f64 / 1e6
+            );
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Add { file, name } => {

@@ -15,6 +15,9 @@ pub enum AcousticError {
     Whisper(#[from] Ct2Error),
     #[error("{}: the Whisper front end '{model}' is not installed; run `camxuc models fetch {model}`", path.display())]
     FrontendMissing { path: PathBuf, model: String },
+    /// An exported front end (`camxuc models export-frontend`) cannot be written or used.
+    #[error("{}: {message}", path.display())]
+    Export { path: PathBuf, message: String },
     /// Why training or adapting cannot go on, in words (an underlying error is kept as a
     /// source by `Io`, `Features` and `Tensors` below).
     #[error("{}: {message}", path.display())]

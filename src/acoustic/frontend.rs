@@ -7,8 +7,9 @@ use candle_core::{Device, Tensor};
 
 use super::AcousticError;
 
+use super::frontend_export;
 use super::model_dir::FrontendConfig;
-use super::whisper::{load_ct2, WhisperEncoder, WhisperMel, N_FRAMES_30S};
+use super::whisper::{load_ct2, WhisperEncoder, WhisperMel, MODEL_FILE, N_FRAMES_30S};
 use crate::features::LogMel;
 
 /// Frame width of each front end.
@@ -25,18 +26,28 @@ pub enum Frontend {
 }
 
 impl Frontend {
-    /// Load the Whisper encoder (only `blocks` blocks of it) from a CTranslate2 model folder.
+    /// Load the Whisper encoder (only `blocks` blocks of it) from a CTranslate2 model folder,
+    /// or from a folder written by `camxuc models export-frontend` (see [`frontend_export`]).
     pub fn whisper(
         model_dir: &Path,
         blocks: usize,
         level_dbfs: f32,
         device: &Device,
     ) -> Result<Self, AcousticError> {
-        let (cfg, vb) = load_ct2(model_dir, device)?;
-        let encoder = WhisperEncoder::load_blocks(&cfg, vb, blocks)?;
+        let (encoder, n_mels) =
+            if !model_dir.join(MODEL_FILE).is_file() && frontend_export::is_export(model_dir) {
+                let (encoder, m) = frontend_export::load_exported(model_dir, blocks, device)?;
+                (encoder, m.num_mel_bins)
+            } else {
+                let (cfg, vb) = load_ct2(model_dir, device)?;
+                (
+                    WhisperEncoder::load_blocks(&cfg, vb, blocks)?,
+                    cfg.num_mel_bins,
+                )
+            };
         Ok(Self::Whisper {
             encoder: Box::new(encoder),
-            mel: WhisperMel::new(cfg.num_mel_bins),
+            mel: WhisperMel::new(n_mels),
             blocks,
             level_dbfs,
         })
@@ -55,7 +66,7 @@ impl Frontend {
                 ..
             } => {
                 let dir = models_dir.join(model);
-                if !dir.join(super::whisper::MODEL_FILE).is_file() {
+                if !dir.join(MODEL_FILE).is_file() && !frontend_export::is_export(&dir) {
                     return Err(AcousticError::FrontendMissing {
                         path: dir,
                         model: model.clone(),

@@ -3,7 +3,8 @@
 //! probabilities.
 //!
 //! - [`whisper`]: the pretrained front end (CTranslate2 weights read into candle);
-//!   [`frontend`]: Whisper or log-mel frames for the head;
+//!   [`frontend`]: Whisper or log-mel frames for the head; [`frontend_export`]: just the
+//!   encoder blocks a model uses, for small devices (`camxuc models export-frontend`);
 //! - [`head`], [`head_training`], [`temperature`]: the attention head, its seeded training,
 //!   temperature scaling; [`linear`]: the linear classifier; [`unfamiliar`]: the
 //!   unfamiliarity reference; [`augment`]: training-time perturbations;
@@ -19,6 +20,7 @@ pub mod calibrate;
 pub mod embedded;
 mod error;
 pub mod frontend;
+pub mod frontend_export;
 pub mod head;
 pub mod head_training;
 pub mod linear;
