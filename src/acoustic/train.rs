@@ -26,7 +26,7 @@ use crate::audio::TARGET_RATE;
 use crate::catalog;
 use crate::clip::{AnalysedClip, ClipAnalyser};
 use crate::data::manifest::Manifest;
-use crate::data::split::{filter_speakers, speaker_folds, speaker_split};
+use crate::data::split::{filter_speakers, speaker_folds, speaker_split, Split};
 use crate::features::{Baseline, BaselineKind, FeatureConfig, FEATURES};
 use crate::{Audio, Evidence, LabelSet};
 
@@ -595,16 +595,10 @@ pub fn train_model(
             let n_train = train_clips.len();
             let mut held: Vec<Vec<usize>> =
                 match speaker_folds(&train_m, opts.oof_folds.max(2), opts.train.seed) {
-                    Ok(folds) => {
-                        let mut position = vec![None; train_m.rows.len()];
-                        for (i, a) in train_clips.iter().enumerate() {
-                            position[a.row] = Some(i);
-                        }
-                        folds
-                            .iter()
-                            .map(|f| f.val.iter().filter_map(|&r| position[r]).collect())
-                            .collect()
-                    }
+                    Ok(folds) => in_positions(&folds, &train_m, &train_clips)
+                        .into_iter()
+                        .map(|(_, held)| held)
+                        .collect(),
                     Err(_) => Vec::new(),
                 };
             held.push((n_train..rows.len()).collect());
@@ -957,24 +951,37 @@ fn fold_plans(
         return Ok(Vec::new());
     }
     let folds = speaker_folds(train_m, k, opts.train.seed)?;
-    // Manifest row → position in the training examples (clips that failed analysis have none).
+    Ok(in_positions(&folds, train_m, train_clips)
+        .into_iter()
+        .zip(&folds)
+        .enumerate()
+        .map(|(f, ((fit, held), fold))| FoldPlan {
+            fold: f,
+            fit,
+            held,
+            val_speakers: fold.val_speakers.clone(),
+        })
+        .filter(|p| !p.fit.is_empty() && !p.held.is_empty())
+        .collect())
+}
+
+/// Each speaker fold's (fit, held) manifest rows as positions in the training clips (clips
+/// that failed analysis have none, so a fold may come out empty).
+fn in_positions(
+    folds: &[Split],
+    train_m: &Manifest,
+    train_clips: &[Analysed],
+) -> Vec<(Vec<usize>, Vec<usize>)> {
     let mut position = vec![None; train_m.rows.len()];
     for (i, a) in train_clips.iter().enumerate() {
         position[a.row] = Some(i);
     }
     let pick =
         |rows: &[usize]| -> Vec<usize> { rows.iter().filter_map(|&r| position[r]).collect() };
-    Ok(folds
+    folds
         .iter()
-        .enumerate()
-        .map(|(f, fold)| FoldPlan {
-            fold: f,
-            fit: pick(&fold.train),
-            held: pick(&fold.val),
-            val_speakers: fold.val_speakers.clone(),
-        })
-        .filter(|p| !p.fit.is_empty() && !p.held.is_empty())
-        .collect())
+        .map(|f| (pick(&f.train), pick(&f.val)))
+        .collect()
 }
 
 /// The fold heads' logits on the clips (and perturbed copies) their fold held out.
