@@ -33,6 +33,11 @@ synthetic out="synthetic-out" seed="11": build
 generalise out="target/generalise" *flags="--attention":
     cargo run --features research --example generalise -- --out "{{out}}" {{flags}}
 
+# Site adaptation on a SYNTHETIC site (scripts/site_adapt.sh): the source model against
+# `adapt` with unlabelled, labelled and both kinds of site clips, on 3 held-out voices.
+site-adapt model="" out="target/site-adapt": build
+    bash scripts/site_adapt.sh "{{model}}" "{{out}}"
+
 # Rebuild the shipped default model (models/acoustic/default, CC BY-NC-SA 4.0) from
 # ../shared: train on the 16 RAVDESS actors + their neutral clips, refine, hashes into the card.
 default-model: build

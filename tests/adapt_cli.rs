@@ -444,7 +444,7 @@ fn adapt_names_bad_inputs_and_refuses_unsafe_outputs() {
 }
 
 #[test]
-fn a_model_of_attention_heads_gets_the_baseline_and_routing_only() {
+fn a_model_of_attention_heads_gets_the_baseline_and_routing_and_with_labels_its_output_layers() {
     if !common::espeak_or_skip() {
         return;
     }
@@ -470,7 +470,13 @@ fn a_model_of_attention_heads_gets_the_baseline_and_routing_only() {
         std::fs::read(out.join(model_dir::WEIGHTS_FILE)).unwrap(),
         std::fs::read(f.model.join(model_dir::WEIGHTS_FILE)).unwrap()
     );
-    let ad = model_dir::read_meta(&out).unwrap().adaptation.unwrap();
+    let meta = model_dir::read_meta(&out).unwrap();
+    // The unfamiliarity reference (when the source has one) is kept, not dropped.
+    assert_eq!(
+        meta.unfamiliarity,
+        model_dir::read_meta(&f.model).unwrap().unfamiliarity
+    );
+    let ad = meta.adaptation.unwrap();
     assert_eq!(ad.refitted.len(), 2, "{:?}", ad.refitted);
     assert!(
         ad.refitted[0].starts_with("evidence baseline")
@@ -478,4 +484,110 @@ fn a_model_of_attention_heads_gets_the_baseline_and_routing_only() {
     );
     let dev = candle_core::Device::Cpu;
     AcousticModel::load(&out, &f.dir.join("no-models"), &dev).unwrap();
+
+    // With labelled clips the heads' output layers are refitted toward the source (or kept,
+    // when keeping them has the lowest held-out NLL); nothing else in the weights changes.
+    let labelled = f.dir.join("adapted-labelled");
+    let run = |to: &Path| {
+        camxuc(&[
+            "adapt",
+            "--model",
+            s(&f.model),
+            "--out",
+            s(to),
+            "--labelled",
+            s(&f.site_csv),
+            "--json",
+            s(&to.with_extension("json")),
+        ])
+    };
+    let o = run(&labelled);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(snapshot(&f.model), before);
+    let report = json(&labelled.with_extension("json"));
+    let ad = model_dir::read_meta(&labelled).unwrap().adaptation.unwrap();
+    let load = |dir: &Path| {
+        candle_core::safetensors::load(dir.join(model_dir::WEIGHTS_FILE), &dev).unwrap()
+    };
+    let (src_t, new_t) = (load(&f.model), load(&labelled));
+    assert_eq!(
+        src_t.keys().collect::<std::collections::BTreeSet<_>>(),
+        new_t.keys().collect::<std::collections::BTreeSet<_>>()
+    );
+    let changed: Vec<&String> = src_t
+        .keys()
+        .filter(|k| {
+            let a = src_t[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = new_t[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            a != b
+        })
+        .collect();
+    eprintln!(
+        "attention adapt: λ {:?}, before {} after {}",
+        ad.prior_lambda, report["before"], report["after"]
+    );
+    match ad.prior_lambda {
+        Some(l) => {
+            assert!(
+                !changed.is_empty() && changed.iter().all(|k| k.contains("out.")),
+                "λ = {l}; changed: {changed:?}"
+            );
+            assert!(
+                ad.refitted
+                    .iter()
+                    .any(|r| r.starts_with("attention heads' output layers")),
+                "{:?}",
+                ad.refitted
+            );
+        }
+        None => {
+            assert!(changed.is_empty(), "kept, yet changed: {changed:?}");
+            assert!(
+                ad.not_refitted.iter().any(|r| r.contains("λ = ∞ won")),
+                "{:?}",
+                ad.not_refitted
+            );
+        }
+    }
+    assert!(ad.refitted.iter().any(|r| r.starts_with("temperature")));
+    assert!(report["after"]["macro_f1"].is_number(), "{report}");
+    AcousticModel::load(&labelled, &f.dir.join("no-models"), &dev).unwrap();
+    // Deterministic.
+    let again = f.dir.join("adapted-labelled-again");
+    assert_eq!(run(&again).status.code(), Some(0));
+    for file in [model_dir::WEIGHTS_FILE, model_dir::ROUTING_FILE] {
+        assert_eq!(
+            std::fs::read(again.join(file)).unwrap(),
+            std::fs::read(labelled.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+/// The shipped default model (attention heads, Whisper front end, an unfamiliarity
+/// reference): adapting it keeps its unfamiliarity reference instead of dropping it.
+#[test]
+fn adapting_the_default_model_keeps_its_unfamiliarity_reference() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), Classifier::Attention);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/acoustic/default");
+    let out = f.dir.join("adapted-default");
+    let o = Command::new(env!("CARGO_BIN_EXE_camxuc"))
+        .args(["adapt", "--model", s(&source), "--out", s(&out)])
+        .args(["--labelled", s(&f.site_csv)])
+        .env("CAMXUC_MODELS_DIR", &models)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let src = model_dir::read_meta(&source).unwrap();
+    let new = model_dir::read_meta(&out).unwrap();
+    assert!(src.unfamiliarity.is_some());
+    assert_eq!(new.unfamiliarity, src.unfamiliarity);
+    AcousticModel::load(&out, &models, &candle_core::Device::Cpu).unwrap();
 }

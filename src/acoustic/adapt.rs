@@ -14,8 +14,10 @@
 //!                     source's route fraction
 //! ```
 //!
-//! A model of attention heads gets the evidence baseline and routing (and, with labels, the
-//! temperature); its heads are kept. With labelled clips, `before` / `after` compare the
+//! A model of attention heads gets the evidence baseline and routing; with labels, also a MAP
+//! refit of each head's output layer toward its source weights (the same λ for every head,
+//! chosen by the speaker-held-out NLL of the heads' combined logits; keeping them is a
+//! candidate) and the temperature. Its pooling layers and unfamiliarity reference are kept. With labelled clips, `before` / `after` compare the
 //! source with a model adapted *without* a held-out part of the labels (by speaker when the
 //! labelled manifest has two or more, else a seeded third of the clips), on that part.
 //! Every random choice takes the seed, so the same inputs give the same directory.
@@ -28,6 +30,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::head::{combine_logits, EnsembleCombine};
 use super::head_training::{argmax, View};
 use super::linear::{fit, FitOptions, LinearHead, Scaler};
 use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
@@ -213,7 +216,26 @@ impl Source {
         clips: &[&SiteClip],
         baseline: &Baseline,
     ) -> Result<Vec<Vec<f32>>, AcousticError> {
-        let views: Vec<View> = clips
+        let views = self.views(clips, baseline);
+        let refs: Vec<&View> = views.iter().collect();
+        self.model.logits_of_views(&refs)
+    }
+
+    /// Each attention head's output-layer inputs (`[head][clip]`) of clips with evidence
+    /// against `baseline`.
+    fn head_features(
+        &self,
+        clips: &[&SiteClip],
+        baseline: &Baseline,
+    ) -> Result<Vec<Vec<Vec<f32>>>, AcousticError> {
+        let views = self.views(clips, baseline);
+        let refs: Vec<&View> = views.iter().collect();
+        self.model.head_features(&refs)
+    }
+
+    /// The attention heads' views of clips (frames, evidence z-scores against `baseline`).
+    fn views(&self, clips: &[&SiteClip], baseline: &Baseline) -> Vec<View> {
+        clips
             .iter()
             .map(|c| {
                 let mut ev = c.evidence.clone();
@@ -225,16 +247,20 @@ impl Source {
                     evidence: evidence_vector(baseline, &self.model.meta.evidence_inputs, &mut ev),
                 }
             })
-            .collect();
-        let refs: Vec<&View> = views.iter().collect();
-        self.model.logits_of_views(&refs)
+            .collect()
     }
 }
+
+/// Attention heads' output layers, each with its head's tensor-name prefix.
+type HeadOutputs = Vec<(String, LinearHead)>;
 
 /// What one adaptation fitted (on some of the site clips).
 struct Adapted {
     baseline: Baseline,
     head: Option<LinearHead>,
+    /// The attention heads' refitted output layers, with each head's tensor-name prefix
+    /// (`None`: the heads are kept).
+    head_outputs: Option<HeadOutputs>,
     unfamiliarity: Option<Unfamiliarity>,
     temperature: f32,
     routing: RoutingConfig,
@@ -246,14 +272,32 @@ struct Adapted {
 impl Adapted {
     /// Uncalibrated logits of clips under this adaptation.
     fn logits(&self, src: &Source, clips: &[&SiteClip]) -> Result<Vec<Vec<f32>>, AcousticError> {
-        match &self.head {
-            Some(h) => Ok(clips
+        match (&self.head, &self.head_outputs) {
+            (Some(h), _) => Ok(clips
                 .iter()
                 .map(|c| h.logits(&src.input(c, &self.baseline)))
                 .collect()),
-            None => src.head_logits(clips, &self.baseline),
+            (None, Some(outs)) => {
+                let feats = src.head_features(clips, &self.baseline)?;
+                Ok(outputs_logits(outs, &feats, src.model.ensemble_combine()))
+            }
+            (None, None) => src.head_logits(clips, &self.baseline),
         }
     }
+}
+
+/// The combined logits of refitted output layers on each head's features (`feats[h][i]`).
+fn outputs_logits(
+    outs: &[(String, LinearHead)],
+    feats: &[Vec<Vec<f32>>],
+    combine: EnsembleCombine,
+) -> Vec<Vec<f32>> {
+    let per: Vec<Vec<Vec<f32>>> = outs
+        .iter()
+        .zip(feats)
+        .map(|((_, h), f)| f.iter().map(|x| h.logits(x)).collect())
+        .collect();
+    combine_logits(&per, combine)
 }
 
 /// Adapt `opts.model` to the site's clips and write `opts.out`; see the module doc.
@@ -778,7 +822,8 @@ fn adapt_on(
     let probs: Vec<Vec<f32>>;
     let mut n_out_of_fold = 0;
     let mut head_out = None;
-    let mut unfamiliarity = None;
+    let mut head_outputs = None;
+    let unfamiliarity;
     if let Some(h_src) = &src.head {
         let rows: Vec<Vec<f32>> = use_
             .iter()
@@ -797,7 +842,14 @@ fn adapt_on(
             let lab_rows: Vec<Vec<f32>> = lab.iter().map(|&i| rows[pos[&i]].clone()).collect();
             let m = site_manifest(site, &lab, labels, &path);
             let (val_sets, by_speaker) = folds(&m, seed)?;
-            let refit = refit_head(&head0, &lab_rows, &y, labels.len(), &val_sets)?;
+            let mut refit = refit_heads(
+                std::slice::from_ref(&head0),
+                &[lab_rows],
+                &y,
+                labels.len(),
+                &val_sets,
+                EnsembleCombine::MeanLogits,
+            )?;
             temperature = refit.temperature;
             n_out_of_fold = lab.len();
             for (j, &i) in lab.iter().enumerate() {
@@ -830,7 +882,7 @@ fn adapt_on(
                 refit.temperature,
                 lab.len()
             ));
-            refit.head
+            refit.heads.swap_remove(0)
         } else {
             not_refitted.push(if lab.is_empty() {
                 "linear head weights and temperature: no labelled clips".to_string()
@@ -907,29 +959,99 @@ fn adapt_on(
         head_out = Some(head);
     } else {
         not_refitted.push(
-            "attention heads and their input normalisation: adapt refits only a linear classifier (train with --classifier linear)"
+            "attention heads' pooling layers and input normalisation: kept (only their output layers are refitted, with labelled clips)"
                 .into(),
         );
-        not_refitted.push("unfamiliarity reference: the source model has none".into());
+        unfamiliarity = src.unfamiliarity.clone();
+        not_refitted.push(if unfamiliarity.is_some() {
+            "unfamiliarity reference: kept from the source (refitted only for a linear classifier)"
+                .into()
+        } else {
+            "unfamiliarity reference: the source model has none".into()
+        });
         let clips: Vec<&SiteClip> = use_.iter().map(|&i| &site[i]).collect();
-        let logits = src.head_logits(&clips, &baseline)?;
-        if n_classes >= 2 {
-            let lab_logits: Vec<Vec<f32>> = use_
+        let feats = src.head_features(&clips, &baseline)?;
+        let combine = src.model.ensemble_combine();
+        let outs0 = src.model.head_output_layers()?;
+        let (outs, oof): (HeadOutputs, HashMap<usize, Vec<f32>>) = if n_classes >= 2
+            && lab.len() >= 3
+        {
+            // Labelled positions within `use_`, and each head's inputs of those clips.
+            let lab_pos: Vec<usize> = use_
                 .iter()
-                .zip(&logits)
-                .filter(|(i, _)| site[**i].label.is_some())
-                .map(|(_, l)| l.clone())
+                .enumerate()
+                .filter(|(_, &i)| site[i].label.is_some())
+                .map(|(p, _)| p)
                 .collect();
-            temperature = fit_temperature(&lab_logits, &y);
+            let rows: Vec<Vec<Vec<f32>>> = feats
+                .iter()
+                .map(|f| lab_pos.iter().map(|&p| f[p].clone()).collect())
+                .collect();
+            let m = site_manifest(site, &lab, labels, &path);
+            let (val_sets, by_speaker) = folds(&m, seed)?;
+            let heads0: Vec<LinearHead> = outs0.iter().map(|(_, h)| h.clone()).collect();
+            let refit = refit_heads(&heads0, &rows, &y, labels.len(), &val_sets, combine)?;
+            let how = format!(
+                "{} NLL of the combined heads ({} folds) on {} labelled clips",
+                if by_speaker {
+                    "speaker-held-out"
+                } else {
+                    "held-out (clip folds)"
+                },
+                val_sets.len(),
+                lab.len()
+            );
+            match refit.lambda {
+                    Some(l) => {
+                        prior_lambda = Some(l);
+                        refitted.push(format!(
+                            "attention heads' output layers ({} heads): MAP refit on the labelled site clips toward the source weights, λ = {l} chosen by {how}",
+                            heads0.len()
+                        ));
+                    }
+                    None => not_refitted.push(format!(
+                        "attention heads' output layers: keeping the source weights gave the lowest {how} (λ = ∞ won)"
+                    )),
+                }
+            temperature = refit.temperature;
             refitted.push(format!(
-                "temperature {:.3} -> {temperature:.3}: {} labelled clips",
+                "temperature {:.3} -> {:.3}: out-of-fold predictions of {} labelled clips",
                 meta.temperature,
+                refit.temperature,
                 lab.len()
             ));
+            n_out_of_fold = lab.len();
+            let oof = lab_pos
+                .iter()
+                .zip(refit.oof)
+                .map(|(&p, l)| (p, l))
+                .collect();
+            let outs = outs0
+                .into_iter()
+                .map(|(prefix, _)| prefix)
+                .zip(refit.heads)
+                .collect();
+            (outs, oof)
         } else {
-            not_refitted.push("temperature: no labelled clips of two or more classes".into());
+            not_refitted.push(if lab.is_empty() {
+                    "attention heads' output layers and temperature: no labelled clips".to_string()
+                } else {
+                    format!(
+                        "attention heads' output layers and temperature: the {} labelled clips hold {n_classes} class(es)",
+                        lab.len()
+                    )
+                });
+            (outs0, HashMap::new())
+        };
+        let logits = outputs_logits(&outs, &feats, combine);
+        probs = logits
+            .iter()
+            .enumerate()
+            .map(|(p, l)| softmax_t(oof.get(&p).unwrap_or(l), temperature))
+            .collect();
+        if prior_lambda.is_some() {
+            head_outputs = Some(outs);
         }
-        probs = logits.iter().map(|l| softmax_t(l, temperature)).collect();
     }
 
     let speakers: Vec<String> = use_
@@ -952,6 +1074,7 @@ fn adapt_on(
     Ok(Adapted {
         baseline,
         head: head_out,
+        head_outputs,
         unfamiliarity,
         temperature,
         routing,
@@ -962,41 +1085,50 @@ fn adapt_on(
 }
 
 struct Refit {
-    head: LinearHead,
+    /// The refitted heads, in the order given.
+    heads: Vec<LinearHead>,
     /// λ of the chosen fit; `None` when the source weights were kept.
     lambda: Option<f64>,
     temperature: f32,
-    /// Out-of-fold logits of each labelled row at the chosen candidate.
+    /// Out-of-fold combined logits of each labelled row at the chosen candidate.
     oof: Vec<Vec<f32>>,
 }
 
-/// The MAP refit: candidates "source weights" and [`PRIOR_LAMBDAS`] (each fold warm-starts
-/// down the path), the one with the lowest held-out NLL after temperature scaling wins
-/// (ties go to the larger penalty), then the final fit on every labelled row.
-fn refit_head(
-    head0: &LinearHead,
-    rows: &[Vec<f32>],
+/// The MAP refit of one or several heads whose logits are combined (`combine`, an ensemble's
+/// rule): candidates "source weights" and [`PRIOR_LAMBDAS`] (each fold warm-starts down the
+/// path; every head at the same λ), the one whose combined out-of-fold logits have the
+/// lowest NLL after temperature scaling wins (ties go to the larger penalty), then the final
+/// fit on every labelled row. `rows[h][i]` is head `h`'s input of labelled row `i`.
+fn refit_heads(
+    heads0: &[LinearHead],
+    rows: &[Vec<Vec<f32>>],
     y: &[usize],
     n_labels: usize,
     val_sets: &[Vec<usize>],
+    combine: EnsembleCombine,
 ) -> Result<Refit, AcousticError> {
     let n_cand = 1 + PRIOR_LAMBDAS.len();
-    let mut oof: Vec<Vec<Vec<f32>>> = vec![vec![Vec::new(); rows.len()]; n_cand];
+    let n = y.len();
+    // per[c][h][i]: candidate c, head h, row i (out of fold).
+    let mut per: Vec<Vec<Vec<Vec<f32>>>> = vec![vec![vec![Vec::new(); n]; heads0.len()]; n_cand];
     for val in val_sets {
         let vs: BTreeSet<usize> = val.iter().copied().collect();
-        let train: Vec<usize> = (0..rows.len()).filter(|i| !vs.contains(i)).collect();
-        let xs: Vec<Vec<f32>> = train.iter().map(|&i| rows[i].clone()).collect();
+        let train: Vec<usize> = (0..n).filter(|i| !vs.contains(i)).collect();
         let ys: Vec<usize> = train.iter().map(|&i| y[i]).collect();
-        for &i in val {
-            oof[0][i] = head0.logits(&rows[i]);
-        }
-        let path = prior_path(head0, &xs, &ys, n_labels, PRIOR_LAMBDAS.len())?;
-        for (c, h) in path.iter().enumerate() {
+        for (h, head0) in heads0.iter().enumerate() {
+            let xs: Vec<Vec<f32>> = train.iter().map(|&i| rows[h][i].clone()).collect();
             for &i in val {
-                oof[c + 1][i] = h.logits(&rows[i]);
+                per[0][h][i] = head0.logits(&rows[h][i]);
+            }
+            let path = prior_path(head0, &xs, &ys, n_labels, PRIOR_LAMBDAS.len())?;
+            for (c, fitted) in path.iter().enumerate() {
+                for &i in val {
+                    per[c + 1][h][i] = fitted.logits(&rows[h][i]);
+                }
             }
         }
     }
+    let mut oof: Vec<Vec<Vec<f32>>> = per.iter().map(|p| combine_logits(p, combine)).collect();
     let mut best = 0;
     let mut best_nll = f64::INFINITY;
     for (c, lg) in oof.iter().enumerate() {
@@ -1007,15 +1139,21 @@ fn refit_head(
         }
     }
     let temperature = fit_temperature(&oof[best], y);
-    let head = if best == 0 {
-        head0.clone()
-    } else {
-        prior_path(head0, rows, y, n_labels, best)?
-            .pop()
-            .unwrap_or_else(|| head0.clone())
-    };
+    let heads = heads0
+        .iter()
+        .zip(rows)
+        .map(|(head0, xs)| {
+            Ok(if best == 0 {
+                head0.clone()
+            } else {
+                prior_path(head0, xs, y, n_labels, best)?
+                    .pop()
+                    .unwrap_or_else(|| head0.clone())
+            })
+        })
+        .collect::<Result<Vec<_>, AcousticError>>()?;
     Ok(Refit {
-        head,
+        heads,
         lambda: (best > 0).then(|| PRIOR_LAMBDAS[best - 1]),
         temperature,
         oof: oof.swap_remove(best),
@@ -1105,10 +1243,39 @@ fn write_dir(
                     }
                 })?;
             }
-            None => {
-                fs::copy(opts.model.join(model_dir::WEIGHTS_FILE), &weights)
-                    .map_err(io_err(&weights))?;
-            }
+            None => match &a.head_outputs {
+                Some(outs) => {
+                    let mut tensors = src.tensors.clone();
+                    for (prefix, h) in outs {
+                        let name = |part: &str| {
+                            if prefix.is_empty() {
+                                format!("out.{part}")
+                            } else {
+                                format!("{prefix}.out.{part}")
+                            }
+                        };
+                        let d = h.input_dim();
+                        tensors.insert(
+                            name("weight"),
+                            Tensor::from_vec(h.w.clone(), (h.n_labels, d), &Device::Cpu)?,
+                        );
+                        tensors.insert(
+                            name("bias"),
+                            Tensor::from_vec(h.b.clone(), h.n_labels, &Device::Cpu)?,
+                        );
+                    }
+                    candle_core::safetensors::save(&tensors, &weights).map_err(|source| {
+                        AcousticError::Tensors {
+                            path: weights.clone(),
+                            source: Box::new(source),
+                        }
+                    })?;
+                }
+                None => {
+                    fs::copy(opts.model.join(model_dir::WEIGHTS_FILE), &weights)
+                        .map_err(io_err(&weights))?;
+                }
+            },
         }
         let mut meta = src.model.meta.clone();
         meta.format_version = model_dir::FORMAT_VERSION;
@@ -1166,4 +1333,95 @@ fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<(), AcousticError>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Rows of three Gaussian classes in 4 dimensions (class k centred at 2·e_k), `per` each.
+    fn site_rows(per: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<usize>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for i in 0..3 * per {
+            let k = i % 3;
+            let x: Vec<f32> = (0..4)
+                .map(|d| if d == k { 2.0 } else { 0.0 } + rng.random_range(-1.0..1.0))
+                .collect();
+            xs.push(x);
+            ys.push(k);
+        }
+        (xs, ys)
+    }
+
+    /// A head reading class k from dimension `perm[k]`, on raw inputs.
+    fn head(perm: [usize; 3]) -> LinearHead {
+        let mut w = vec![0.0; 3 * 4];
+        for (k, &d) in perm.iter().enumerate() {
+            w[k * 4 + d] = 1.5;
+        }
+        LinearHead {
+            scaler: Scaler {
+                mean: vec![0.0; 4],
+                inv_std: vec![1.0; 4],
+            },
+            w,
+            b: vec![0.0; 3],
+            n_labels: 3,
+        }
+    }
+
+    fn accuracy(logits: &[Vec<f32>], y: &[usize]) -> f64 {
+        logits
+            .iter()
+            .zip(y)
+            .filter(|(l, &t)| argmax(l) == t)
+            .count() as f64
+            / y.len() as f64
+    }
+
+    /// Two heads whose output layers read the site's classes from the wrong dimensions (the
+    /// site's recording chain moved the cues): the refit moves away from them and the
+    /// combined out-of-fold predictions improve; heads that already fit the site are kept
+    /// or barely moved (a large λ).
+    #[test]
+    fn refitting_several_heads_fixes_wrong_outputs_and_keeps_right_ones() {
+        let (xs, y) = site_rows(12, 5);
+        // Three folds, each with every class (row i is of class i % 3).
+        let val_sets: Vec<Vec<usize>> = (0..3)
+            .map(|f| (0..xs.len()).filter(|i| (i / 3) % 3 == f).collect())
+            .collect();
+        let rows = vec![xs.clone(), xs.clone()];
+        let wrong = [head([1, 2, 0]), head([2, 0, 1])];
+        let before: Vec<Vec<Vec<f32>>> = wrong
+            .iter()
+            .map(|h| xs.iter().map(|x| h.logits(x)).collect())
+            .collect();
+        let before = accuracy(&combine_logits(&before, EnsembleCombine::MeanProbs), &y);
+        let r = refit_heads(&wrong, &rows, &y, 3, &val_sets, EnsembleCombine::MeanProbs).unwrap();
+        assert!(r.lambda.is_some(), "the source weights were kept");
+        let after = accuracy(&r.oof, &y);
+        assert!(
+            before < 0.2 && after > 0.8,
+            "accuracy {before} before, {after} out of fold after"
+        );
+        assert_eq!(r.heads.len(), 2);
+        assert_ne!(r.heads[0].w, wrong[0].w);
+
+        let right = [head([0, 1, 2]), head([0, 1, 2])];
+        let r = refit_heads(&right, &rows, &y, 3, &val_sets, EnsembleCombine::MeanProbs).unwrap();
+        assert!(
+            r.lambda.is_none_or(|l| l >= 1.0),
+            "heads that fit the site moved with λ = {:?}",
+            r.lambda
+        );
+        assert!(accuracy(&r.oof, &y) > 0.8);
+        // Deterministic.
+        let again =
+            refit_heads(&right, &rows, &y, 3, &val_sets, EnsembleCombine::MeanProbs).unwrap();
+        assert_eq!(again.oof, r.oof);
+    }
 }

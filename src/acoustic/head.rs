@@ -228,6 +228,30 @@ impl Head {
         Tensor::cat(&[attn, mean], 1)
     }
 
+    /// The output layer's input [B, 2H+E]: the pooled embedding with the evidence (zeros when
+    /// none is given); `forward` without dropout is `out(features)`.
+    pub fn features(
+        &self,
+        frames: &Tensor,
+        mask: &Tensor,
+        evidence: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut z = self.embed(frames, mask)?;
+        if self.cfg.evidence_dim > 0 {
+            let e = match evidence {
+                Some(e) => e.clone(),
+                None => Tensor::zeros((z.dim(0)?, self.cfg.evidence_dim), DType::F32, z.device())?,
+            };
+            z = Tensor::cat(&[z, e], 1)?;
+        }
+        Ok(z)
+    }
+
+    /// The output layer's weight [K, 2H+E] and bias [K].
+    pub fn output_layer(&self) -> (&Tensor, Option<&Tensor>) {
+        (self.out.weight(), self.out.bias())
+    }
+
     /// Logits [B, K]. `frames` [B, T, D] zero-padded, `mask` [B, T], `evidence` [B, E]
     /// (ignored when the head fuses no evidence). `dropout_mask`, when training, is a
     /// [B, 2H+E] tensor of 0 or 1/(1-p) values drawn from the caller's seeded RNG (candle's
@@ -239,14 +263,7 @@ impl Head {
         evidence: Option<&Tensor>,
         dropout_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let mut z = self.embed(frames, mask)?;
-        if self.cfg.evidence_dim > 0 {
-            let e = match evidence {
-                Some(e) => e.clone(),
-                None => Tensor::zeros((z.dim(0)?, self.cfg.evidence_dim), DType::F32, z.device())?,
-            };
-            z = Tensor::cat(&[z, e], 1)?;
-        }
+        let mut z = self.features(frames, mask, evidence)?;
         if let Some(m) = dropout_mask {
             z = (z * m)?;
         }

@@ -276,6 +276,15 @@ pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<V
     head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()
 }
 
+/// The output layer's inputs (pooled embedding ‖ evidence) of views, one row per view: what
+/// the head's last layer sees (see [`Head::features`]).
+pub fn features_of_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<Vec<f32>>> {
+    let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
+    let (x, mask) = pad_batch(&frames, dev)?;
+    let ev = evidence_batch(views, head.config().evidence_dim, dev)?;
+    head.features(&x, &mask, ev.as_ref())?.to_vec2::<f32>()
+}
+
 /// Index of the largest logit (the first on ties).
 pub(crate) use crate::math::argmax;
 

@@ -7,8 +7,8 @@ use candle_nn::VarBuilder;
 
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, Head};
-use super::head_training::{predict_views, View};
-use super::linear::LinearHead;
+use super::head_training::{features_of_views, predict_views, View};
+use super::linear::{LinearHead, Scaler};
 use super::model_dir::{self, ModelMeta, RoutingConfig};
 use super::temperature::softmax_t;
 use super::unfamiliar::Unfamiliarity;
@@ -56,6 +56,8 @@ pub struct AcousticModel {
     /// The main head first, then the other ensemble members (one head without an ensemble);
     /// empty when the pooled linear classifier classifies.
     heads: Vec<Head>,
+    /// Each head's tensor-name prefix in the weights file ("" for a single head).
+    head_prefixes: Vec<String>,
     linear: Option<LinearHead>,
     unfamiliarity: Option<Unfamiliarity>,
     combine: EnsembleCombine,
@@ -119,6 +121,11 @@ impl AcousticModel {
             meta,
             routing,
             heads,
+            head_prefixes: if linear.is_some() {
+                Vec::new()
+            } else {
+                members
+            },
             linear,
             unfamiliarity,
             combine,
@@ -274,6 +281,50 @@ impl AcousticModel {
             .map(|h| predict_views(h, views, &self.device))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(combine_logits(&per_head, self.combine))
+    }
+
+    /// Each attention head's output-layer inputs of the views (`[head][view]`); empty for the
+    /// linear classifier.
+    pub fn head_features(&self, views: &[&View]) -> Result<Vec<Vec<Vec<f32>>>, AcousticError> {
+        Ok(self
+            .heads
+            .iter()
+            .map(|h| features_of_views(h, views, &self.device))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Each attention head's output layer as a linear head on [`Self::head_features`] (the
+    /// identity standardisation), with the head's tensor-name prefix.
+    pub fn head_output_layers(&self) -> Result<Vec<(String, LinearHead)>, AcousticError> {
+        self.heads
+            .iter()
+            .zip(&self.head_prefixes)
+            .map(|(h, prefix)| {
+                let (w, b) = h.output_layer();
+                let (k, d) = w.dims2()?;
+                let b = match b {
+                    Some(b) => b.to_vec1::<f32>()?,
+                    None => vec![0.0; k],
+                };
+                Ok((
+                    prefix.clone(),
+                    LinearHead {
+                        scaler: Scaler {
+                            mean: vec![0.0; d],
+                            inv_std: vec![1.0; d],
+                        },
+                        w: w.flatten_all()?.to_vec1::<f32>()?,
+                        b,
+                        n_labels: k,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// How the heads' logits are combined.
+    pub fn ensemble_combine(&self) -> EnsembleCombine {
+        self.combine
     }
 
     /// Number of heads whose logits are combined (1 without an ensemble or for the linear
