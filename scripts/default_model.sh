@@ -6,7 +6,8 @@
 # `camxuc refine --accept` on the same clips' held-out predictions. The weights derive from
 # RAVDESS and are therefore CC BY-NC-SA 4.0 (see models/acoustic/default/MODEL_CARD.md).
 # The fused decision's parameters (fusion.json) come from the protocol's fusion study with the
-# attention head (`generalise --fusion`, every condition: held-out speakers, field chains,
+# served mixture of a linear classifier and the attention head (`generalise --fusion`, every
+# condition: held-out speakers, field chains,
 # RAVDESS <-> SYNTHETIC); FUSION_STUDY=FILE reuses a study's JSON instead of running it (~30 min).
 # It replaces the fusion `camxuc train` fits itself (held-out speakers and perturbed copies
 # only, which comes out acoustic-only on RAVDESS), because the study also sees other corpora.
@@ -52,11 +53,11 @@ cp "$work/model"/refine-round-*.md "$out/" 2>/dev/null || true
 # rules.toml is the rule set the model uses: refinement's when a round was kept, else the
 # shipped human-written rules (what the model would read anyway); the binary embeds it.
 [ -f "$out/rules.toml" ] || cp rules/vi-default.toml "$out/rules.toml"
-# The fusion fitted on every condition of the study (rules/vi-default.toml, attention head).
+# The fusion fitted on every condition of the study (rules/vi-default.toml, the served mixture).
 study=${FUSION_STUDY:-}
 if [ -z "$study" ]; then
     cargo run --features research --example generalise -- --out target/generalise \
-        --attention --fusion "attention head +outliers 0.5, frozen conv"
+        --attention --fusion "mean of linear +neutral +outliers 0.5 and attention frozen conv"
     study=$(ls -t target/generalise/fusion-*attention*.json | head -1)
 fi
 python3 - "$study" "$out/fusion.json" <<'EOF'

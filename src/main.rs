@@ -335,6 +335,12 @@ struct TrainArgs {
     /// of the training corpus.
     #[arg(long)]
     train_conv: bool,
+    /// Attention heads alone. By default (Whisper front end) a linear classifier is also
+    /// trained on the pooled encoder blocks the unfamiliarity reference reads, and the model
+    /// serves the mean of the two's calibrated probabilities: in `just generalise` that mean
+    /// had the best worst column (README).
+    #[arg(long)]
+    no_linear_member: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -679,6 +685,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         opts.train.outlier_weight = a.outlier_weight;
     }
     opts.outliers = a.outliers;
+    if a.no_linear_member {
+        opts.linear_member = false;
+    }
     if a.train_conv {
         opts.train.freeze_temporal = false;
     }

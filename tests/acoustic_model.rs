@@ -275,3 +275,95 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// The default attention classifier with the Whisper front end is a mixture: model.json has
+/// `linear_member`, the weights hold `linear_member.*`, the served logits are exactly
+/// `mix_logits` of the heads' logits (the same directory without the member) and the member's
+/// logits on the pooled vector, and the validation probabilities training wrote (computed
+/// with the training code's mixture) equal the loaded model's predictions of those clips.
+/// `linear_member: false` gives the heads alone.
+#[test]
+fn a_mixture_serves_the_mean_of_its_heads_and_linear_member_as_trained() {
+    if !common::espeak_or_skip() {
+        return;
+    }
+    let Some(models) = common::whisper_models_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = common::small_corpus_of(tmp.path(), 4, 5, 21);
+    let mut o = TrainOptions::new(manifest.clone(), tmp.path().join("mix"));
+    o.models_dir = models.clone();
+    o.frontend = FrontendChoice::Whisper { blocks: 2 };
+    o.augment_views = 1;
+    o.train.epochs = 3;
+    o.train.seed = 5;
+    o.oof_folds = 2;
+    o.force = true;
+    let report = train_model(&o, &mut |_| {}).unwrap();
+    let lm = report.meta.linear_member.clone().expect("a linear member");
+    assert_eq!(report.meta.temperature, 1.0);
+    assert_eq!(lm.linear.blocks, vec![1, 2]);
+
+    let dev = candle_core::Device::Cpu;
+    let served = AcousticModel::load(&report.dir, &models, &dev).unwrap();
+    assert!(served.has_linear_member());
+    // The heads alone: the same directory without the member (and at the heads' temperature).
+    let heads_dir = tmp.path().join("heads");
+    copy_dir(&report.dir, &heads_dir);
+    let mut meta = report.meta.clone();
+    meta.linear_member = None;
+    model_dir::write_meta(&heads_dir, &meta).unwrap();
+    let heads = AcousticModel::load(&heads_dir, &models, &dev).unwrap();
+    let tensors =
+        candle_core::safetensors::load(report.dir.join(model_dir::WEIGHTS_FILE), &dev).unwrap();
+    let get = |n: &str| tensors.get(n).cloned();
+    let member = camxuc::acoustic::linear::LinearHead::from_tensors(
+        &get,
+        camxuc::acoustic::model::LINEAR_MEMBER_PREFIX,
+        &lm.linear,
+    )
+    .unwrap();
+
+    // Validation clips: what training wrote for them.
+    let evidence: Vec<model_dir::TrainEvidence> =
+        std::fs::read_to_string(report.dir.join(model_dir::TRAIN_EVIDENCE_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &model_dir::TrainEvidence| r.split == "val")
+            .collect();
+    assert!(!evidence.is_empty());
+    let base = manifest.parent().unwrap();
+    let mut an = ClipAnalyser::new(&FeatureConfig::default()).unwrap();
+    for rec in &evidence {
+        let path = base.join(&rec.path);
+        let path = if path.is_file() {
+            path
+        } else {
+            PathBuf::from(&rec.path)
+        };
+        let clip = an.analyse(&path).unwrap();
+        let mixed = served.logits(&mut [clip.clone()]).unwrap().remove(0);
+        let h = heads.logits(&mut [clip.clone()]).unwrap().remove(0);
+        let (_, pooled) = served.view_and_pooled(&mut clip.clone()).unwrap();
+        let l = member.logits(&pooled.expect("a pooled vector"));
+        assert_eq!(mixed, camxuc::acoustic::model::mix_logits(&h, &l, &lm));
+        let p = served.predict(&mut [clip]).unwrap().remove(0);
+        let written = rec.probs.as_ref().expect("validation probabilities");
+        for (label, v) in p.labels.iter().zip(&p.values) {
+            let w = written.get(label).unwrap();
+            assert!(
+                (v - w).abs() < 1e-5,
+                "{}: {label} {v} served, {w} written",
+                rec.path
+            );
+        }
+    }
+
+    // Opting out: the heads alone.
+    o.linear_member = false;
+    o.out = tmp.path().join("heads-only");
+    let report = train_model(&o, &mut |_| {}).unwrap();
+    assert!(report.meta.linear_member.is_none());
+}

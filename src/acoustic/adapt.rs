@@ -218,7 +218,28 @@ impl Source {
     ) -> Result<Vec<Vec<f32>>, AcousticError> {
         let views = self.views(clips, baseline);
         let refs: Vec<&View> = views.iter().collect();
-        self.model.logits_of_views(&refs)
+        let heads = self.model.logits_of_views(&refs)?;
+        let pooled: Vec<Option<Vec<f32>>> = clips
+            .iter()
+            .map(|c| self.member_input(c, baseline))
+            .collect();
+        self.model.mix(heads, &pooled)
+    }
+
+    /// A mixture's linear member's input of a clip, its evidence z-scored against `baseline`
+    /// (`None` without a member).
+    fn member_input(&self, c: &SiteClip, baseline: &Baseline) -> Option<Vec<f32>> {
+        let m = self.model.meta.linear_member.as_ref()?;
+        let mut x = c.pooled.clone();
+        if m.linear.evidence_dim > 0 {
+            let mut ev = c.evidence.clone();
+            x.extend(evidence_vector(
+                baseline,
+                &self.model.meta.evidence_inputs,
+                &mut ev,
+            ));
+        }
+        Some(x)
     }
 
     /// Each attention head's output-layer inputs (`[head][clip]`) of clips with evidence
@@ -712,10 +733,22 @@ fn analyse(src: &Source, an: &mut ClipAnalyser, input: &Input) -> Result<SiteCli
             x.truncate(cfg.pooled_dim);
             (x, None)
         }
-        None => (
-            Vec::new(),
-            Some(src.model.view(&mut clip).map_err(|e| e.to_string())?.frames),
-        ),
+        None => {
+            let (view, pooled) = src
+                .model
+                .view_and_pooled(&mut clip)
+                .map_err(|e| e.to_string())?;
+            // A mixture's linear member reads the pooled blocks (its evidence part is
+            // recomputed against the baseline in use).
+            let pooled = match (&src.model.meta.linear_member, pooled) {
+                (Some(m), Some(mut x)) => {
+                    x.truncate(m.linear.pooled_dim);
+                    x
+                }
+                _ => Vec::new(),
+            };
+            (pooled, Some(view.frames))
+        }
     };
     Ok(SiteClip {
         file: input.file.clone(),
@@ -973,8 +1006,10 @@ fn adapt_on(
         let feats = src.head_features(&clips, &baseline)?;
         let combine = src.model.ensemble_combine();
         let outs0 = src.model.head_output_layers()?;
+        let mixture = src.model.meta.linear_member.is_some();
         let (outs, oof): (HeadOutputs, HashMap<usize, Vec<f32>>) = if n_classes >= 2
             && lab.len() >= 3
+            && !mixture
         {
             // Labelled positions within `use_`, and each head's inputs of those clips.
             let lab_pos: Vec<usize> = use_
@@ -1033,7 +1068,9 @@ fn adapt_on(
                 .collect();
             (outs, oof)
         } else {
-            not_refitted.push(if lab.is_empty() {
+            not_refitted.push(if mixture {
+                    "attention heads' output layers and the linear member: kept (a mixture's members are not refitted)".to_string()
+                } else if lab.is_empty() {
                     "attention heads' output layers and temperature: no labelled clips".to_string()
                 } else {
                     format!(
@@ -1043,7 +1080,27 @@ fn adapt_on(
                 });
             (outs0, HashMap::new())
         };
-        let logits = outputs_logits(&outs, &feats, combine);
+        // The model's own logits where nothing was refitted (a mixture's include its member).
+        let logits = if prior_lambda.is_some() {
+            outputs_logits(&outs, &feats, combine)
+        } else {
+            src.head_logits(&clips, &baseline)?
+        };
+        if mixture && n_classes >= 2 {
+            let lab_logits: Vec<Vec<f32>> = use_
+                .iter()
+                .zip(&logits)
+                .filter(|(i, _)| site[**i].label.is_some())
+                .map(|(_, l)| l.clone())
+                .collect();
+            temperature = fit_temperature(&lab_logits, &y);
+            n_out_of_fold = 0;
+            refitted.push(format!(
+                "temperature {:.3} -> {temperature:.3}: {} labelled clips",
+                meta.temperature,
+                lab.len()
+            ));
+        }
         probs = logits
             .iter()
             .enumerate()

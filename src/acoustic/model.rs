@@ -8,9 +8,10 @@ use candle_nn::VarBuilder;
 use super::frontend::Frontend;
 use super::head::{combine_logits, EnsembleCombine, Head};
 use super::head_training::{features_of_views, predict_views, View};
-use super::linear::{LinearHead, Scaler};
-use super::model_dir::{self, ModelMeta, RoutingConfig};
+use super::linear::{LinearConfig, LinearHead, Scaler};
+use super::model_dir::{self, LinearMember, ModelMeta, RoutingConfig};
 use super::temperature::softmax_t;
+use super::unfamiliar::PooledInput;
 use super::unfamiliar::Unfamiliarity;
 use super::AcousticError;
 use crate::clip::AnalysedClip;
@@ -48,6 +49,29 @@ pub fn pooled_vector(
 /// Tensor name prefixes in model.safetensors.
 pub const LINEAR_PREFIX: &str = "linear";
 pub const UNFAMILIARITY_PREFIX: &str = "unfamiliarity";
+/// The linear member of a mixture (model.json `linear_member`).
+pub const LINEAR_MEMBER_PREFIX: &str = "linear_member";
+
+/// A mixture's logits: the log of the mean of the heads' and the linear member's calibrated
+/// probabilities (each at its own temperature), the formula the generalisation protocol chose
+/// (README). A logit vector at temperature 1.
+pub fn mix_logits(heads: &[f32], linear: &[f32], member: &LinearMember) -> Vec<f32> {
+    let ph = softmax_t(heads, member.heads_temperature);
+    let pl = softmax_t(linear, member.linear_temperature);
+    ph.iter()
+        .zip(&pl)
+        .map(|(a, b)| (0.5 * (a + b)).max(1e-30).ln())
+        .collect()
+}
+
+/// The pooled vector a linear member reads.
+pub fn member_input(cfg: &LinearConfig) -> PooledInput {
+    PooledInput {
+        blocks: cfg.blocks.clone(),
+        utterance_norm: cfg.utterance_norm,
+        evidence: cfg.evidence_dim > 0,
+    }
+}
 
 pub struct AcousticModel {
     pub dir: PathBuf,
@@ -59,6 +83,8 @@ pub struct AcousticModel {
     /// Each head's tensor-name prefix in the weights file ("" for a single head).
     head_prefixes: Vec<String>,
     linear: Option<LinearHead>,
+    /// A mixture's linear member (beside the heads).
+    member: Option<(LinearHead, LinearMember)>,
     unfamiliarity: Option<Unfamiliarity>,
     combine: EnsembleCombine,
     frontend: Frontend,
@@ -94,6 +120,32 @@ impl AcousticModel {
             ),
             None => None,
         };
+        let member = match &meta.linear_member {
+            Some(m) => {
+                if !m.linear.std || m.linear.n_labels != meta.labels.len() {
+                    return Err(mismatch(format!(
+                        "linear_member: a member must pool mean and std and have {} labels",
+                        meta.labels.len()
+                    ))
+                    .into());
+                }
+                if let Some(input) = meta.unfamiliarity.as_ref().and_then(|u| u.input.as_ref()) {
+                    if *input != member_input(&m.linear) {
+                        return Err(mismatch(format!(
+                            "linear_member reads {:?}, the unfamiliarity reference {input:?}: both must read the same pooled vector",
+                            member_input(&m.linear)
+                        ))
+                        .into());
+                    }
+                }
+                Some((
+                    LinearHead::from_tensors(&get, LINEAR_MEMBER_PREFIX, &m.linear)
+                        .map_err(mismatch)?,
+                    m.clone(),
+                ))
+            }
+            None => None,
+        };
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
         let (members, combine) = match (&meta.ensemble, &linear) {
             (_, Some(_)) => (Vec::new(), EnsembleCombine::MeanLogits),
@@ -127,6 +179,7 @@ impl AcousticModel {
                 members
             },
             linear,
+            member,
             unfamiliarity,
             combine,
             frontend,
@@ -167,14 +220,17 @@ impl AcousticModel {
         if self.linear.is_none() {
             let mut views = Vec::with_capacity(clips.len());
             let mut unfamiliar = Vec::with_capacity(clips.len());
+            let mut pooled = Vec::with_capacity(clips.len());
             for c in clips.iter_mut() {
-                let (v, pooled) = self.view_and_pooled(c)?;
+                let (v, x) = self.view_and_pooled(c)?;
                 views.push(v);
-                unfamiliar.push(pooled.and_then(|x| self.unfamiliarity_of(&x)));
+                unfamiliar.push(x.as_ref().and_then(|x| self.unfamiliarity_of(x)));
+                pooled.push(x);
             }
             let refs: Vec<&View> = views.iter().collect();
+            let heads = self.logits_of_views(&refs)?;
             return Ok(self
-                .logits_of_views(&refs)?
+                .mix(heads, &pooled)?
                 .iter()
                 .map(|l| Probs::new(&self.meta.labels, softmax_t(l, self.meta.temperature)))
                 .zip(unfamiliar)
@@ -208,9 +264,9 @@ impl AcousticModel {
         Ok(self.view_and_pooled(clip)?.0)
     }
 
-    /// The view and, when the unfamiliarity reference reads its own pooled vector, that vector
-    /// (from the same encoder pass).
-    fn view_and_pooled(
+    /// The view and, when the unfamiliarity reference or a linear member reads a pooled vector
+    /// (the same one: checked at load), that vector (from the same encoder pass).
+    pub fn view_and_pooled(
         &self,
         clip: &mut AnalysedClip,
     ) -> Result<(View, Option<Vec<f32>>), AcousticError> {
@@ -219,10 +275,12 @@ impl AcousticModel {
             &self.meta.evidence_inputs,
             &mut clip.evidence,
         );
+        let member_input = self.member.as_ref().map(|(_, m)| member_input(&m.linear));
         let input = self
             .unfamiliarity
             .as_ref()
-            .and_then(|u| u.cfg.input.as_ref());
+            .and_then(|u| u.cfg.input.as_ref())
+            .or(member_input.as_ref());
         let (Some(input), super::model_dir::FrontendConfig::Whisper { blocks, .. }) =
             (input, &self.meta.frontend)
         else {
@@ -265,15 +323,48 @@ impl AcousticModel {
                 .map(|c| Ok(self.linear_logits(&self.pooled_input(c)?.unwrap_or_default())))
                 .collect();
         }
-        let views = clips
+        let (views, pooled): (Vec<View>, Vec<Option<Vec<f32>>>) = clips
             .iter_mut()
-            .map(|c| self.view(c))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|c| self.view_and_pooled(c))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let refs: Vec<&View> = views.iter().collect();
-        self.logits_of_views(&refs)
+        let heads = self.logits_of_views(&refs)?;
+        self.mix(heads, &pooled)
     }
 
-    /// Combined, uncalibrated logits of views already made with [`Self::view`].
+    /// A mixture's logits from the heads' combined logits and each clip's pooled vector
+    /// ([`mix_logits`]); the heads' logits unchanged for a model without a linear member.
+    pub fn mix(
+        &self,
+        heads: Vec<Vec<f32>>,
+        pooled: &[Option<Vec<f32>>],
+    ) -> Result<Vec<Vec<f32>>, AcousticError> {
+        let Some((head, member)) = &self.member else {
+            return Ok(heads);
+        };
+        heads
+            .iter()
+            .zip(pooled)
+            .map(|(h, x)| match x {
+                Some(x) => Ok(mix_logits(h, &head.logits(x), member)),
+                None => Err(model_dir::ModelDirError::Mismatch {
+                    path: self.dir.join(model_dir::META_FILE),
+                    message: "the linear member needs the Whisper front end's pooled blocks".into(),
+                }
+                .into()),
+            })
+            .collect()
+    }
+
+    /// Whether the model is a mixture of its heads and a linear member.
+    pub fn has_linear_member(&self) -> bool {
+        self.member.is_some()
+    }
+
+    /// The heads' combined, uncalibrated logits of views already made with [`Self::view`]
+    /// (for a mixture, [`Self::mix`] then adds the linear member).
     pub fn logits_of_views(&self, views: &[&View]) -> Result<Vec<Vec<f32>>, AcousticError> {
         let per_head = self
             .heads

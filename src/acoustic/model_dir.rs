@@ -299,6 +299,26 @@ pub struct ModelMeta {
     /// classifier and in directories written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_training: Option<crate::acoustic::head_training::TrainConfig>,
+    /// A linear classifier beside the attention heads (tensors `linear_member.*`), on the
+    /// pooled vector the unfamiliarity reference reads: the model's logits are then the log of
+    /// the mean of the two members' calibrated probabilities ([`super::model::mix_logits`]),
+    /// and `temperature` applies on top of them (1 as trained). Absent: the heads alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_member: Option<LinearMember>,
+}
+
+/// `model.json` `linear_member`: the linear member of a mixture and the two members'
+/// temperatures inside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearMember {
+    pub linear: LinearConfig,
+    /// Temperature of the heads' combined logits inside the mixture.
+    pub heads_temperature: f32,
+    /// Temperature of the linear member's logits inside the mixture.
+    pub linear_temperature: f32,
+    /// How its penalty and temperature were chosen.
+    pub fitted_on: String,
 }
 
 /// Outlier exposure at training (model.json `outlier_exposure`): speech outside the labels

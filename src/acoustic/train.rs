@@ -15,11 +15,12 @@ use super::head::{combine_logits, EnsembleCombine, HeadConfig};
 use super::head_training::{
     argmax, predict_logits, train_heads, EpochStats, Example, HeadJob, TrainConfig, Trained, View,
 };
+use super::linear::{fit_path, FitOptions, LinearConfig, LinearHead};
 use super::model::evidence_vector;
 use super::model_dir::{
-    self, EnsembleConfig, FrontendConfig, ModelMeta, RoutingConfig, TrainingMetrics,
+    self, EnsembleConfig, FrontendConfig, LinearMember, ModelMeta, RoutingConfig, TrainingMetrics,
 };
-use super::temperature::{ece_at, fit_temperature, softmax_t};
+use super::temperature::{ece_at, fit_temperature, mean_nll, softmax_t};
 use super::unfamiliar::{fit_held_out, PooledInput};
 use super::AcousticError;
 use crate::audio::TARGET_RATE;
@@ -78,6 +79,10 @@ pub struct TrainOptions {
     /// taught to be unsure on (uniform target, weight `train.outlier_weight`). A held-out
     /// speaker's outlier clips never train the model that scores that speaker.
     pub outliers: Option<PathBuf>,
+    /// Attention classifier with the Whisper front end: also train a linear classifier on the
+    /// pooled vector the unfamiliarity reference reads, and serve the mixture of the two
+    /// (model.json `linear_member`; chosen by `just generalise`, README).
+    pub linear_member: bool,
 }
 
 /// The classifier on the frozen front end.
@@ -118,6 +123,7 @@ impl TrainOptions {
             classifier: Classifier::Attention,
             shifted: Vec::new(),
             outliers: None,
+            linear_member: true,
         }
     }
 }
@@ -467,6 +473,7 @@ pub fn train_model(
     }
     // Outlier clips: their clean view, with their speaker.
     let mut outlier_views: Vec<(Option<String>, View)> = Vec::new();
+    let mut outlier_pooled: Vec<(Option<String>, Vec<f32>)> = Vec::new();
     if let Some(set) = outlier_set.as_mut() {
         let speakers: Vec<Option<String>> = set
             .clips
@@ -477,7 +484,12 @@ pub fn train_model(
             set.clips.iter_mut().map(|a| &mut a.clip).collect(),
             on_event,
         )?;
-        outlier_views.extend(speakers.into_iter().zip(views.into_iter().map(|(v, _)| v)));
+        for (speaker, (view, pooled)) in speakers.into_iter().zip(views) {
+            if let Some(x) = pooled {
+                outlier_pooled.push((speaker.clone(), x));
+            }
+            outlier_views.push((speaker, view));
+        }
     }
 
     lap("encode", &mut phase_seconds);
@@ -530,9 +542,34 @@ pub fn train_model(
     })?;
     drop(jobs);
     let trained = heads.remove(0);
-    let fold_heads = out_of_fold_predictions(&folds, heads, &train_examples, &device)?;
+    let mut fold_heads = out_of_fold_predictions(&folds, heads, &train_examples, &device)?;
 
     lap("heads", &mut phase_seconds);
+
+    // The mixture's linear member, on the pooled vectors of the same encoder pass.
+    let member = match (&pooled_input, opts.linear_member) {
+        (Some((input, _)), true) => {
+            let labels: Vec<usize> = train_examples.iter().map(|e| e.label).collect();
+            let m = fit_linear_member(
+                opts,
+                &folds,
+                &train_pooled,
+                &labels,
+                &outlier_pooled,
+                &val_speakers,
+                input,
+                evidence_inputs.len(),
+            )?;
+            if m.is_none() {
+                on_event(TrainEvent::Note(
+                    "no linear member: it needs speaker folds of the training part (at least 2 speakers and --oof-folds 2 or more)".into(),
+                ));
+            }
+            m
+        }
+        _ => None,
+    };
+    lap("linear_member", &mut phase_seconds);
 
     // The served model: the main head, or the main head and the fold heads combined.
     let members: Vec<&Trained> = match opts.ensemble {
@@ -552,17 +589,62 @@ pub fn train_model(
         .iter()
         .map(|t| predict_logits(&t.head, &val_examples, 32, &device))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let val_logits = combine_logits(&val_per_head, combine);
-    let oof_logits = &fold_heads.oof;
-    let mut held_logits = val_logits.clone();
-    let mut held_labels = val_labels.clone();
-    for (l, e) in oof_logits.iter().zip(&train_examples) {
-        if let Some(l) = l {
-            held_logits.push(l.clone());
-            held_labels.push(e.label);
+    let mut val_logits = combine_logits(&val_per_head, combine);
+    let held = |val_logits: &[Vec<f32>], oof: &[Option<Vec<f32>>]| {
+        let mut logits = val_logits.to_vec();
+        let mut labels = val_labels.clone();
+        for (l, e) in oof.iter().zip(&train_examples) {
+            if let Some(l) = l {
+                logits.push(l.clone());
+                labels.push(e.label);
+            }
         }
-    }
-    let temperature = fit_temperature(&held_logits, &held_labels);
+        (logits, labels)
+    };
+    let (mut held_logits, held_labels) = held(&val_logits, &fold_heads.oof);
+    let mut temperature = fit_temperature(&held_logits, &held_labels);
+    // A mixture: every held-out prediction becomes the mixture's (the heads at the temperature
+    // just fitted, the member at its own), whose logits are calibrated at temperature 1.
+    let linear_member = match &member {
+        Some(m) => {
+            let lm = LinearMember {
+                linear: m.cfg.clone(),
+                heads_temperature: temperature,
+                linear_temperature: m.temperature,
+                fitted_on: m.fitted_on.clone(),
+            };
+            let mix = |h: &[f32], x: Option<&Vec<f32>>| {
+                x.map(|x| super::model::mix_logits(h, &m.head.logits(x), &lm))
+            };
+            val_logits = val_logits
+                .iter()
+                .zip(&val_pooled)
+                .map(|(h, x)| mix(h, x.as_ref()).unwrap_or_else(|| h.clone()))
+                .collect();
+            for (i, oof) in fold_heads.oof.iter_mut().enumerate() {
+                *oof = match (oof.take(), &m.oof[i][0]) {
+                    (Some(h), Some(l)) => Some(super::model::mix_logits(&h, l, &lm)),
+                    _ => None,
+                };
+                let heads = std::mem::take(&mut fold_heads.shifted[i]);
+                fold_heads.shifted[i] = heads
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, h)| {
+                        m.oof[i]
+                            .get(k + 1)
+                            .and_then(|l| l.as_ref())
+                            .map(|l| super::model::mix_logits(h, l, &lm))
+                    })
+                    .collect();
+            }
+            held_logits = held(&val_logits, &fold_heads.oof).0;
+            temperature = 1.0;
+            Some(lm)
+        }
+        None => None,
+    };
+    let oof_logits = &fold_heads.oof;
     let probs_of = |l: &Vec<f32>| softmax_t(l, temperature);
     let val_probs: Vec<Vec<f32>> = val_logits.iter().map(probs_of).collect();
     let oof_probs: Vec<Option<Vec<f32>>> = oof_logits
@@ -667,7 +749,14 @@ pub fn train_model(
             .iter()
             .map(|t| predict_logits(&t.head, &examples, 32, &device))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let logits = combine_logits(&per_head, combine);
+        let mut logits = combine_logits(&per_head, combine);
+        if let (Some(m), Some(lm)) = (&member, &linear_member) {
+            for (l, (_, pooled)) in logits.iter_mut().zip(views) {
+                if let Some(x) = pooled {
+                    *l = super::model::mix_logits(l, &m.head.logits(x), lm);
+                }
+            }
+        }
         for ((a, (e, pooled)), l) in set.clips.iter().zip(views).zip(&logits) {
             held_out.push(HeldOutPrediction {
                 probs: crate::Probs::new(&opts.labels, probs_of(l)),
@@ -742,6 +831,7 @@ pub fn train_model(
             .as_ref()
             .map(|o| o.record(opts.train.outlier_weight)),
         head_training: Some(opts.train.clone()),
+        linear_member,
     };
 
     // Write the directory.
@@ -750,10 +840,13 @@ pub fn train_model(
     if meta.ensemble.is_some() {
         prefixed.extend(fold_heads.heads.iter().map(|(p, t)| (p.as_str(), t)));
     }
-    let extra = match &unfamiliar {
+    let mut extra = match &unfamiliar {
         Some(u) => u.tensors(super::model::UNFAMILIARITY_PREFIX)?,
         None => Vec::new(),
     };
+    if let Some(m) = &member {
+        extra.extend(m.head.tensors(super::model::LINEAR_MEMBER_PREFIX)?);
+    }
     save_heads(&weights, &prefixed, extra)?;
     model_dir::write_meta(&opts.out, &meta)?;
     model_dir::write_json(&opts.out.join(model_dir::ROUTING_FILE), &routing)?;
@@ -888,6 +981,126 @@ pub(crate) fn allowed_outliers<T: Clone>(
         .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
         .map(|(_, x)| x.clone())
         .collect()
+}
+
+/// A mixture's linear member, fitted on the training part's pooled vectors (every view).
+struct MemberFit {
+    head: LinearHead,
+    cfg: LinearConfig,
+    temperature: f32,
+    /// Per training clip, per view (clean first): logits from the fit that held its speaker
+    /// out at the chosen penalty (`None` for a clip in no fold).
+    oof: Vec<Vec<Option<Vec<f32>>>>,
+    fitted_on: String,
+}
+
+/// Fit the linear member: the L2 penalty (the linear classifier's path, `LinearChoice`) and
+/// its temperature by the speaker folds' held-out views (clean and perturbed), then the fit on
+/// every training view at that penalty, with outlier exposure as the heads have it (no
+/// validation speaker's outlier clip; per fold, none of its held-out speakers' either).
+/// `None` without folds.
+#[allow(clippy::too_many_arguments)]
+fn fit_linear_member(
+    opts: &TrainOptions,
+    folds: &[FoldPlan],
+    pooled: &[Vec<Option<Vec<f32>>>],
+    labels: &[usize],
+    outliers: &[(Option<String>, Vec<f32>)],
+    val_speakers: &[String],
+    input: &PooledInput,
+    evidence_dim: usize,
+) -> Result<Option<MemberFit>, AcousticError> {
+    if folds.is_empty() {
+        return Ok(None);
+    }
+    let lambdas = super::train_linear::LinearChoice::default().lambdas;
+    let n_labels = opts.labels.len();
+    let rows_of = |ix: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
+        ix.iter()
+            .flat_map(|&i| {
+                pooled[i]
+                    .iter()
+                    .flatten()
+                    .map(move |x| (x.clone(), labels[i]))
+            })
+            .unzip()
+    };
+    // oof[l][i][k]: penalty l, clip i, view k.
+    let mut oof: Vec<Vec<Vec<Option<Vec<f32>>>>> =
+        vec![pooled.iter().map(|v| vec![None; v.len()]).collect(); lambdas.len()];
+    for plan in folds {
+        let (xs, ys) = rows_of(&plan.fit);
+        let held_out = [val_speakers, plan.val_speakers.as_slice()].concat();
+        let out = allowed_outliers(outliers, &held_out);
+        let base = FitOptions {
+            outliers: &out,
+            outlier_weight: opts.train.outlier_weight as f64,
+            ..FitOptions::default()
+        };
+        let path = fit_path(&xs, &ys, n_labels, None, &lambdas, &base)?;
+        for &i in &plan.held {
+            for (k, x) in pooled[i].iter().enumerate() {
+                if let Some(x) = x {
+                    for (l, h) in path.iter().enumerate() {
+                        oof[l][i][k] = Some(h.logits(x));
+                    }
+                }
+            }
+        }
+    }
+    let held = |l: usize| -> (Vec<Vec<f32>>, Vec<usize>) {
+        oof[l]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, views)| views.iter().flatten().map(move |x| (x.clone(), labels[i])))
+            .unzip()
+    };
+    let mut best = 0;
+    let mut best_nll = f64::INFINITY;
+    for l in 0..lambdas.len() {
+        let (lg, y) = held(l);
+        let nll = mean_nll(&lg, &y, fit_temperature(&lg, &y));
+        if nll < best_nll {
+            best_nll = nll;
+            best = l;
+        }
+    }
+    let (lg, y) = held(best);
+    let temperature = fit_temperature(&lg, &y);
+    let all: Vec<usize> = (0..pooled.len()).collect();
+    let (xs, ys) = rows_of(&all);
+    let out = allowed_outliers(outliers, val_speakers);
+    let base = FitOptions {
+        outliers: &out,
+        outlier_weight: opts.train.outlier_weight as f64,
+        ..FitOptions::default()
+    };
+    let Some(head) = fit_path(&xs, &ys, n_labels, None, &lambdas[..=best], &base)?.pop() else {
+        return Ok(None);
+    };
+    let evidence_dim = if input.evidence { evidence_dim } else { 0 };
+    let cfg = LinearConfig {
+        blocks: input.blocks.clone(),
+        std: true,
+        utterance_norm: input.utterance_norm,
+        evidence_dim,
+        lambda: lambdas[best],
+        pooled_dim: head.input_dim() - evidence_dim,
+        n_labels,
+    };
+    Ok(Some(MemberFit {
+        head,
+        cfg,
+        temperature,
+        oof: oof.swap_remove(best),
+        fitted_on: format!(
+            "penalty {} and temperature {temperature:.3} by the held-out NLL of {} views ({} speaker folds of the training part), then fitted on all {} training views",
+            lambdas[best],
+            y.len(),
+            folds.len(),
+            xs.len()
+        ),
+    }))
 }
 
 /// The fold heads (each with its tensor prefix) and the out-of-fold logits of the training

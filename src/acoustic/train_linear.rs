@@ -436,6 +436,7 @@ pub fn train_linear(
             .as_ref()
             .map(|o| o.record(opts.train.outlier_weight)),
         head_training: None,
+        linear_member: None,
     };
 
     let weights = opts.out.join(model_dir::WEIGHTS_FILE);
