@@ -307,6 +307,18 @@ impl Adapted {
     }
 }
 
+/// How a refit's penalty was chosen, in words (for model.json `adaptation`).
+fn refit_how(score: &str, by_speaker: bool, folds: usize, clips: usize) -> String {
+    format!(
+        "{} {score} ({folds} folds) on {clips} labelled clips",
+        if by_speaker {
+            "speaker-held-out"
+        } else {
+            "held-out (clip folds)"
+        }
+    )
+}
+
 /// The combined logits of refitted output layers on each head's features (`feats[h][i]`).
 fn outputs_logits(
     outs: &[(String, LinearHead)],
@@ -888,16 +900,7 @@ fn adapt_on(
             for (j, &i) in lab.iter().enumerate() {
                 oof.insert(i, refit.oof[j].clone());
             }
-            let how = format!(
-                "{} NLL ({} folds) on {} labelled clips",
-                if by_speaker {
-                    "speaker-held-out"
-                } else {
-                    "held-out (clip folds)"
-                },
-                val_sets.len(),
-                lab.len()
-            );
+            let how = refit_how("NLL", by_speaker, val_sets.len(), lab.len());
             match refit.lambda {
                 Some(l) => {
                     prior_lambda = Some(l);
@@ -1026,15 +1029,11 @@ fn adapt_on(
             let (val_sets, by_speaker) = folds(&m, seed)?;
             let heads0: Vec<LinearHead> = outs0.iter().map(|(_, h)| h.clone()).collect();
             let refit = refit_heads(&heads0, &rows, &y, labels.len(), &val_sets, combine)?;
-            let how = format!(
-                "{} NLL of the combined heads ({} folds) on {} labelled clips",
-                if by_speaker {
-                    "speaker-held-out"
-                } else {
-                    "held-out (clip folds)"
-                },
+            let how = refit_how(
+                "NLL of the combined heads",
+                by_speaker,
                 val_sets.len(),
-                lab.len()
+                lab.len(),
             );
             match refit.lambda {
                     Some(l) => {

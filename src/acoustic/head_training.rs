@@ -690,13 +690,7 @@ mod tests {
         let frozen =
             train_head_exposed(&toy_config(), &tc, &train, &val, &[], &dev, &mut |_| {}).unwrap();
         // The initial weights training starts from: the same seeded initialisation.
-        let init = VarMap::new();
-        Head::load(
-            &toy_config(),
-            VarBuilder::from_varmap(&init, DType::F32, &dev),
-        )
-        .unwrap();
-        seeded_init(&init, &mut ChaCha8Rng::seed_from_u64(tc.seed)).unwrap();
+        let init = initial_weights(tc.seed);
         let weight = |vm: &VarMap, name: &str| -> Vec<f32> {
             vm.data().lock().unwrap()[name]
                 .as_tensor()
@@ -716,6 +710,18 @@ mod tests {
         assert!(f1 > 0.8, "validation macro-F1 with a frozen conv: {f1}");
     }
 
+    /// The toy head's seeded initial weights (what training with `seed` starts from).
+    fn initial_weights(seed: u64) -> VarMap {
+        let init = VarMap::new();
+        Head::load(
+            &toy_config(),
+            VarBuilder::from_varmap(&init, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        seeded_init(&init, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        init
+    }
+
     /// A conv at a tenth of the learning rate moves, but far less than one at the full rate
     /// over the same steps (one epoch, so both keep their last weights).
     #[test]
@@ -731,13 +737,7 @@ mod tests {
             };
             let t = train_head_exposed(&toy_config(), &tc, &train, &val, &[], &dev, &mut |_| {})
                 .unwrap();
-            let init = VarMap::new();
-            Head::load(
-                &toy_config(),
-                VarBuilder::from_varmap(&init, DType::F32, &dev),
-            )
-            .unwrap();
-            seeded_init(&init, &mut ChaCha8Rng::seed_from_u64(tc.seed)).unwrap();
+            let init = initial_weights(tc.seed);
             let w = |vm: &VarMap| -> Vec<f32> {
                 vm.data().lock().unwrap()["temporal.conv.weight"]
                     .as_tensor()
