@@ -1028,16 +1028,24 @@ fn fit_linear_member(
     // oof[l][i][k]: penalty l, clip i, view k.
     let mut oof: Vec<Vec<Vec<Option<Vec<f32>>>>> =
         vec![pooled.iter().map(|v| vec![None; v.len()]).collect(); lambdas.len()];
-    for plan in folds {
-        let (xs, ys) = rows_of(&plan.fit);
-        let held_out = [val_speakers, plan.val_speakers.as_slice()].concat();
-        let out = allowed_outliers(outliers, &held_out);
-        let base = FitOptions {
-            outliers: &out,
-            outlier_weight: opts.train.outlier_weight as f64,
-            ..FitOptions::default()
-        };
-        let path = fit_path(&xs, &ys, n_labels, None, &lambdas, &base)?;
+    // The folds' fits are independent: on rayon's pool (each is one thread's work; the
+    // results are the same in any order).
+    use rayon::prelude::*;
+    let paths = folds
+        .par_iter()
+        .map(|plan| {
+            let (xs, ys) = rows_of(&plan.fit);
+            let held_out = [val_speakers, plan.val_speakers.as_slice()].concat();
+            let out = allowed_outliers(outliers, &held_out);
+            let base = FitOptions {
+                outliers: &out,
+                outlier_weight: opts.train.outlier_weight as f64,
+                ..FitOptions::default()
+            };
+            fit_path(&xs, &ys, n_labels, None, &lambdas, &base)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for (plan, path) in folds.iter().zip(paths) {
         for &i in &plan.held {
             for (k, x) in pooled[i].iter().enumerate() {
                 if let Some(x) = x {
