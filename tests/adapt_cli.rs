@@ -564,8 +564,9 @@ fn a_model_of_attention_heads_gets_the_baseline_and_routing_and_with_labels_its_
     }
 }
 
-/// The shipped default model (attention heads, Whisper front end, an unfamiliarity
-/// reference): adapting it keeps its unfamiliarity reference instead of dropping it.
+/// The shipped default model (attention heads and a linear member, Whisper front end, an
+/// unfamiliarity reference): adapting it keeps its unfamiliarity reference instead of
+/// dropping it, and it stays a mixture.
 #[test]
 fn adapting_the_default_model_keeps_its_unfamiliarity_reference() {
     if !common::espeak_or_skip() {
@@ -589,5 +590,17 @@ fn adapting_the_default_model_keeps_its_unfamiliarity_reference() {
     let new = model_dir::read_meta(&out).unwrap();
     assert!(src.unfamiliarity.is_some());
     assert_eq!(new.unfamiliarity, src.unfamiliarity);
+    // A mixture stays one, its members refitted or kept (the temperatures come from the site).
+    assert_eq!(new.linear_member.is_some(), src.linear_member.is_some());
+    let ad = new.adaptation.as_ref().unwrap();
+    if src.linear_member.is_some() {
+        assert!(
+            ad.refitted
+                .iter()
+                .chain(&ad.not_refitted)
+                .any(|r| r.starts_with("linear member")),
+            "{ad:?}"
+        );
+    }
     AcousticModel::load(&out, &models, &candle_core::Device::Cpu).unwrap();
 }

@@ -17,7 +17,9 @@
 //! A model of attention heads gets the evidence baseline and routing; with labels, also a MAP
 //! refit of each head's output layer toward its source weights (the same λ for every head,
 //! chosen by the speaker-held-out NLL of the heads' combined logits; keeping them is a
-//! candidate) and the temperature. Its pooling layers and unfamiliarity reference are kept. With labelled clips, `before` / `after` compare the
+//! candidate) and the temperature; a mixture's linear member is refitted the same way
+//! (its own λ) and both members' temperatures come from their out-of-fold predictions. Its
+//! pooling layers and unfamiliarity reference are kept. With labelled clips, `before` / `after` compare the
 //! source with a model adapted *without* a held-out part of the labels (by speaker when the
 //! labelled manifest has two or more, else a seeded third of the clips), on that part.
 //! Every random choice takes the seed, so the same inputs give the same directory.
@@ -33,8 +35,8 @@ use sha2::{Digest, Sha256};
 use super::head::{combine_logits, EnsembleCombine};
 use super::head_training::{argmax, View};
 use super::linear::{fit, FitOptions, LinearHead, Scaler};
-use super::model::{evidence_vector, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
-use super::model_dir::{self, Adaptation, ModelDirError, RoutingConfig};
+use super::model::{evidence_vector, LINEAR_MEMBER_PREFIX, LINEAR_PREFIX, UNFAMILIARITY_PREFIX};
+use super::model_dir::{self, Adaptation, LinearMember, ModelDirError, RoutingConfig};
 use super::temperature::mean_nll;
 use super::temperature::{ece_at, fit_temperature, softmax_t};
 use super::train::fit_routing;
@@ -185,6 +187,8 @@ struct SiteClip {
 struct Source {
     model: AcousticModel,
     head: Option<LinearHead>,
+    /// A mixture's linear member and its configuration.
+    member: Option<(LinearHead, LinearMember)>,
     unfamiliarity: Option<Unfamiliarity>,
     tensors: HashMap<String, Tensor>,
 }
@@ -282,6 +286,8 @@ struct Adapted {
     /// The attention heads' refitted output layers, with each head's tensor-name prefix
     /// (`None`: the heads are kept).
     head_outputs: Option<HeadOutputs>,
+    /// A mixture's refitted linear member and temperatures (with `head_outputs`).
+    member: Option<(LinearHead, LinearMember)>,
     unfamiliarity: Option<Unfamiliarity>,
     temperature: f32,
     routing: RoutingConfig,
@@ -300,11 +306,39 @@ impl Adapted {
                 .collect()),
             (None, Some(outs)) => {
                 let feats = src.head_features(clips, &self.baseline)?;
-                Ok(outputs_logits(outs, &feats, src.model.ensemble_combine()))
+                let xs: Vec<Option<Vec<f32>>> = clips
+                    .iter()
+                    .map(|c| src.member_input(c, &self.baseline))
+                    .collect();
+                Ok(mix_members(
+                    outputs_logits(outs, &feats, src.model.ensemble_combine()),
+                    self.member.as_ref(),
+                    &xs,
+                ))
             }
             (None, None) => src.head_logits(clips, &self.baseline),
         }
     }
+}
+
+/// A mixture's logits from the heads' logits and its linear member (the heads' logits when
+/// there is none).
+fn mix_members(
+    heads: Vec<Vec<f32>>,
+    member: Option<&(LinearHead, LinearMember)>,
+    inputs: &[Option<Vec<f32>>],
+) -> Vec<Vec<f32>> {
+    let Some((mh, lm)) = member else {
+        return heads;
+    };
+    heads
+        .iter()
+        .zip(inputs)
+        .map(|(h, x)| match x {
+            Some(x) => super::model::mix_logits(h, &mh.logits(x), lm),
+            None => h.clone(),
+        })
+        .collect()
 }
 
 /// How a refit's penalty was chosen, in words (for model.json `adaptation`).
@@ -640,9 +674,17 @@ fn load_source(dir: &Path, models_dir: &Path, device: &Device) -> Result<Source,
         }
         None => None,
     };
+    let member = match &model.meta.linear_member {
+        Some(m) => Some((
+            LinearHead::from_tensors(&get, LINEAR_MEMBER_PREFIX, &m.linear).map_err(mismatch)?,
+            m.clone(),
+        )),
+        None => None,
+    };
     Ok(Source {
         model,
         head,
+        member,
         unfamiliarity,
         tensors,
     })
@@ -868,6 +910,7 @@ fn adapt_on(
     let mut n_out_of_fold = 0;
     let mut head_out = None;
     let mut head_outputs = None;
+    let mut member_out = None;
     let unfamiliarity;
     if let Some(h_src) = &src.head {
         let rows: Vec<Vec<f32>> = use_
@@ -1007,13 +1050,17 @@ fn adapt_on(
         });
         let clips: Vec<&SiteClip> = use_.iter().map(|&i| &site[i]).collect();
         let feats = src.head_features(&clips, &baseline)?;
+        let member_x: Vec<Option<Vec<f32>>> = clips
+            .iter()
+            .map(|c| src.member_input(c, &baseline))
+            .collect();
         let combine = src.model.ensemble_combine();
-        let outs0 = src.model.head_output_layers()?;
-        let mixture = src.model.meta.linear_member.is_some();
-        let (outs, oof): (HeadOutputs, HashMap<usize, Vec<f32>>) = if n_classes >= 2
-            && lab.len() >= 3
-            && !mixture
-        {
+        let mut outs = src.model.head_output_layers()?;
+        let mut member = src.member.clone();
+        // Out-of-fold logits of the labelled clips, by position in `use_`.
+        let mut oof: HashMap<usize, Vec<f32>> = HashMap::new();
+        let refit_any = n_classes >= 2 && lab.len() >= 3;
+        if refit_any {
             // Labelled positions within `use_`, and each head's inputs of those clips.
             let lab_pos: Vec<usize> = use_
                 .iter()
@@ -1027,7 +1074,7 @@ fn adapt_on(
                 .collect();
             let m = site_manifest(site, &lab, labels, &path);
             let (val_sets, by_speaker) = folds(&m, seed)?;
-            let heads0: Vec<LinearHead> = outs0.iter().map(|(_, h)| h.clone()).collect();
+            let heads0: Vec<LinearHead> = outs.iter().map(|(_, h)| h.clone()).collect();
             let refit = refit_heads(&heads0, &rows, &y, labels.len(), &val_sets, combine)?;
             let how = refit_how(
                 "NLL of the combined heads",
@@ -1036,77 +1083,107 @@ fn adapt_on(
                 lab.len(),
             );
             match refit.lambda {
-                    Some(l) => {
-                        prior_lambda = Some(l);
-                        refitted.push(format!(
-                            "attention heads' output layers ({} heads): MAP refit on the labelled site clips toward the source weights, λ = {l} chosen by {how}",
-                            heads0.len()
-                        ));
+                Some(l) => {
+                    prior_lambda = Some(l);
+                    refitted.push(format!(
+                        "attention heads' output layers ({} heads): MAP refit on the labelled site clips toward the source weights, λ = {l} chosen by {how}",
+                        heads0.len()
+                    ));
+                    for ((_, h), new) in outs.iter_mut().zip(&refit.heads) {
+                        *h = new.clone();
                     }
-                    None => not_refitted.push(format!(
-                        "attention heads' output layers: keeping the source weights gave the lowest {how} (λ = ∞ won)"
-                    )),
                 }
-            temperature = refit.temperature;
+                None => not_refitted.push(format!(
+                    "attention heads' output layers: keeping the source weights gave the lowest {how} (λ = ∞ won)"
+                )),
+            }
+            match member.as_mut() {
+                // A mixture: its linear member is refitted the same way (toward its source
+                // weights, its own λ), then both members' temperatures come from their
+                // out-of-fold predictions and the mixture's from theirs.
+                Some((mh, lm)) => {
+                    let xs: Vec<Vec<f32>> = lab_pos
+                        .iter()
+                        .map(|&p| member_x[p].clone().unwrap_or_default())
+                        .collect();
+                    let mr = refit_heads(
+                        std::slice::from_ref(mh),
+                        &[xs],
+                        &y,
+                        labels.len(),
+                        &val_sets,
+                        EnsembleCombine::MeanLogits,
+                    )?;
+                    let how = refit_how("NLL", by_speaker, val_sets.len(), lab.len());
+                    match mr.lambda {
+                        Some(l) => {
+                            refitted.push(format!(
+                                "linear member: MAP refit on the labelled site clips toward the source weights, λ = {l} chosen by {how}"
+                            ));
+                            *mh = mr.heads[0].clone();
+                        }
+                        None => not_refitted.push(format!(
+                            "linear member: keeping the source weights gave the lowest {how} (λ = ∞ won)"
+                        )),
+                    }
+                    refitted.push(format!(
+                        "mixture temperatures: heads {:.3} -> {:.3}, linear member {:.3} -> {:.3} (out-of-fold predictions of {} labelled clips)",
+                        lm.heads_temperature,
+                        refit.temperature,
+                        lm.linear_temperature,
+                        mr.temperature,
+                        lab.len()
+                    ));
+                    lm.heads_temperature = refit.temperature;
+                    lm.linear_temperature = mr.temperature;
+                    let mixed: Vec<Vec<f32>> = refit
+                        .oof
+                        .iter()
+                        .zip(&mr.oof)
+                        .map(|(h, l)| super::model::mix_logits(h, l, lm))
+                        .collect();
+                    temperature = fit_temperature(&mixed, &y);
+                    oof.extend(lab_pos.iter().copied().zip(mixed));
+                }
+                None => {
+                    temperature = refit.temperature;
+                    oof.extend(lab_pos.iter().copied().zip(refit.oof));
+                }
+            }
             refitted.push(format!(
-                "temperature {:.3} -> {:.3}: out-of-fold predictions of {} labelled clips",
+                "temperature {:.3} -> {temperature:.3}: out-of-fold predictions of {} labelled clips",
                 meta.temperature,
-                refit.temperature,
                 lab.len()
             ));
             n_out_of_fold = lab.len();
-            let oof = lab_pos
-                .iter()
-                .zip(refit.oof)
-                .map(|(&p, l)| (p, l))
-                .collect();
-            let outs = outs0
-                .into_iter()
-                .map(|(prefix, _)| prefix)
-                .zip(refit.heads)
-                .collect();
-            (outs, oof)
         } else {
-            not_refitted.push(if mixture {
-                    "attention heads' output layers and the linear member: kept (a mixture's members are not refitted)".to_string()
-                } else if lab.is_empty() {
-                    "attention heads' output layers and temperature: no labelled clips".to_string()
-                } else {
-                    format!(
-                        "attention heads' output layers and temperature: the {} labelled clips hold {n_classes} class(es)",
-                        lab.len()
-                    )
-                });
-            (outs0, HashMap::new())
-        };
-        // The model's own logits where nothing was refitted (a mixture's include its member).
-        let logits = if prior_lambda.is_some() {
-            outputs_logits(&outs, &feats, combine)
+            not_refitted.push(if lab.is_empty() {
+                "attention heads' output layers and temperature: no labelled clips".to_string()
+            } else {
+                format!(
+                    "attention heads' output layers and temperature: the {} labelled clips hold {n_classes} class(es)",
+                    lab.len()
+                )
+            });
+        }
+        // The model's own logits where nothing was refitted.
+        let logits = if refit_any {
+            mix_members(
+                outputs_logits(&outs, &feats, combine),
+                member.as_ref(),
+                &member_x,
+            )
         } else {
             src.head_logits(&clips, &baseline)?
         };
-        if mixture && n_classes >= 2 {
-            let lab_logits: Vec<Vec<f32>> = use_
-                .iter()
-                .zip(&logits)
-                .filter(|(i, _)| site[**i].label.is_some())
-                .map(|(_, l)| l.clone())
-                .collect();
-            temperature = fit_temperature(&lab_logits, &y);
-            n_out_of_fold = 0;
-            refitted.push(format!(
-                "temperature {:.3} -> {temperature:.3}: {} labelled clips",
-                meta.temperature,
-                lab.len()
-            ));
-        }
         probs = logits
             .iter()
             .enumerate()
             .map(|(p, l)| softmax_t(oof.get(&p).unwrap_or(l), temperature))
             .collect();
-        if prior_lambda.is_some() {
+        if refit_any {
             head_outputs = Some(outs);
+            member_out = member;
         }
     }
 
@@ -1131,6 +1208,7 @@ fn adapt_on(
         baseline,
         head: head_out,
         head_outputs,
+        member: member_out,
         unfamiliarity,
         temperature,
         routing,
@@ -1302,6 +1380,9 @@ fn write_dir(
             None => match &a.head_outputs {
                 Some(outs) => {
                     let mut tensors = src.tensors.clone();
+                    if let Some((mh, _)) = &a.member {
+                        tensors.extend(mh.tensors(LINEAR_MEMBER_PREFIX)?);
+                    }
                     for (prefix, h) in outs {
                         let name = |part: &str| {
                             if prefix.is_empty() {
@@ -1339,6 +1420,9 @@ fn write_dir(
         meta.evidence_baseline = a.baseline.clone();
         meta.temperature = a.temperature;
         meta.unfamiliarity = a.unfamiliarity.as_ref().map(|u| u.cfg.clone());
+        if let Some((_, lm)) = &a.member {
+            meta.linear_member = Some(lm.clone());
+        }
         meta.adaptation = Some(Adaptation {
             refitted: a.refitted.clone(),
             not_refitted: a.not_refitted.clone(),
