@@ -54,6 +54,7 @@ adapt both --labelled "$OUT/labelled.csv" --unlabelled "$OUT/unlabelled.csv"
 
 score() {
   local name=$1; shift
+  rm -f "$OUT/$name.eval.jsonl"
   "$BIN" eval --manifest "$OUT/test.csv" --llm none --no-rationale "$@" \
     --json "$OUT/$name.eval.json" --out "$OUT/$name.eval.jsonl" >/dev/null 2>"$OUT/$name.eval.log"
 }
