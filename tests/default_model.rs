@@ -68,7 +68,9 @@ fn committed_files_match_the_hashes_in_the_model_card() {
         .expect("model.json records the head training");
     assert!(tc.freeze_temporal, "{tc:?}");
     // ... and serves the mixture with a linear member on the unfamiliarity reference's input.
-    let lm = meta.linear_member.expect("model.json has the linear member");
+    let lm = meta
+        .linear_member
+        .expect("model.json has the linear member");
     assert_eq!(
         Some(camxuc::acoustic::model::member_input(&lm.linear)),
         meta.unfamiliarity.and_then(|u| u.input)

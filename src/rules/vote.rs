@@ -182,6 +182,20 @@ pub fn rationale(
         } else {
             "; no rule fired"
         });
+    } else if c.rules.is_empty() {
+        // Rules fired, but this model's fusion gives them no weight (acoustic only).
+        let ids: Vec<&str> = fired.iter().map(|r| r.id.as_str()).collect();
+        text.push_str(&if vi {
+            format!(
+                "; các quy tắc khớp ({}) không có trọng số trong quyết định của mô hình này",
+                ids.join(", ")
+            )
+        } else {
+            format!(
+                "; the rules that fired ({}) carry no weight in this model's decision",
+                ids.join(", ")
+            )
+        });
     }
     let (best, p) = probs.argmax();
     text.push_str(&if vi {
@@ -245,7 +259,7 @@ impl Reasoner for RuleVote {
         if self.skips() {
             // Nothing to fuse: the acoustic probabilities stand, bit for bit.
             let contributions = Contributions::acoustic_only(acoustic);
-            let rationale = self.rationale(acoustic, &contributions, &[]);
+            let rationale = self.rationale(acoustic, &contributions, case.fired);
             return Ok(Verdict {
                 probs: acoustic.clone(),
                 contributions: Some(contributions),
@@ -273,5 +287,37 @@ impl Reasoner for RuleVote {
                 started.elapsed().as_secs_f64() * 1e3,
             )]),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FiredRule, LabelSet};
+
+    /// Rules that fired under an acoustic-only fusion are named as carrying no weight, not
+    /// reported as absent; with none fired the rationale says so.
+    #[test]
+    fn an_acoustic_only_rationale_names_the_rules_that_fired_without_weight() {
+        let probs = Probs::new(&LabelSet::default(), vec![0.2, 0.7, 0.1]);
+        let c = Contributions::acoustic_only(&probs);
+        let fired = [FiredRule {
+            id: "angry-harsh-voice".into(),
+            label: "angry".into(),
+            weight: 1.0,
+            statement_en: "harsh voice".into(),
+            statement_vi: None,
+        }];
+        for (language, absent) in [
+            (Language::Vi, "không có quy tắc nào khớp"),
+            (Language::En, "no rule fired"),
+        ] {
+            let text = rationale(language, &probs, &c, &fired);
+            assert!(
+                text.contains("angry-harsh-voice") && !text.contains(absent),
+                "{text}"
+            );
+            assert!(rationale(language, &probs, &c, &[]).contains(absent));
+        }
     }
 }
