@@ -118,10 +118,11 @@ pub struct ExportReport {
 }
 
 /// A backend that hands out the inner backend's tensors and keeps a copy of each one asked
-/// for: loading the encoder through it lists exactly the tensors the encoder uses.
+/// for (in `seen`, which the caller shares): loading the encoder through it lists exactly the
+/// tensors the encoder uses.
 struct Recording<B> {
     inner: B,
-    seen: Mutex<BTreeMap<String, Tensor>>,
+    seen: std::sync::Arc<Mutex<BTreeMap<String, Tensor>>>,
 }
 
 impl<B: SimpleBackend> Recording<B> {
@@ -153,28 +154,6 @@ impl<B: SimpleBackend> SimpleBackend for Recording<B> {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.inner.contains_tensor(name)
-    }
-}
-
-/// Shares one recording between the `VarBuilder` (which owns its backend) and the caller.
-struct Shared<B>(std::sync::Arc<Recording<B>>);
-
-impl<B: SimpleBackend> SimpleBackend for Shared<B> {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0.get(s, name, h, dtype, dev)
-    }
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.get_unchecked(name, dtype, dev)
-    }
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains_tensor(name)
     }
 }
 
@@ -231,15 +210,15 @@ pub fn export_frontend(
         })?
         .len();
 
-    let recording = std::sync::Arc::new(Recording {
+    let seen = std::sync::Arc::new(Mutex::new(BTreeMap::new()));
+    let recording = Recording {
         inner: Ct2Backend::new(model),
-        seen: Mutex::new(BTreeMap::new()),
-    });
-    let vb = VarBuilder::from_backend(Box::new(Shared(recording.clone())), DType::F32, Device::Cpu);
+        seen: seen.clone(),
+    };
+    let vb = VarBuilder::from_backend(Box::new(recording), DType::F32, Device::Cpu);
     WhisperEncoder::load_blocks(&cfg, vb, blocks)?;
     let seen = std::mem::take(
-        &mut *recording
-            .seen
+        &mut *seen
             .lock()
             .map_err(|_| candle_core::Error::Msg("recording lock poisoned".into()))?,
     );
