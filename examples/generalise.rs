@@ -856,15 +856,14 @@ impl Model {
 
     fn logits(&self, v: &ViewData) -> anyhow::Result<Vec<f32>> {
         if !self.members.is_empty() {
-            // The log of the mean calibrated probability: a logit vector at temperature 1.
-            let mut mean = [0.0f32; 3];
-            for m in &self.members {
-                let p = softmax_t(&m.logits(v)?, m.temperature);
-                for (a, b) in mean.iter_mut().zip(p) {
-                    *a += b / self.members.len() as f32;
-                }
-            }
-            return Ok(mean.iter().map(|p| p.max(1e-12).ln()).collect());
+            // The log of the mean calibrated probability: a logit vector at temperature 1
+            // (the product's mixture formula).
+            let probs = self
+                .members
+                .iter()
+                .map(|m| Ok(softmax_t(&m.logits(v)?, m.temperature)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(camxuc::acoustic::head::ln_mean_probs(probs.into_iter()));
         }
         if let Some(h) = &self.linear {
             return Ok(h.logits(&self.pooled(v)));

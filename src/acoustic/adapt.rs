@@ -32,6 +32,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::error::io_err;
 use super::head::{combine_logits, EnsembleCombine};
 use super::head_training::{argmax, View};
 use super::linear::{fit, FitOptions, LinearHead, Scaler};
@@ -157,13 +158,6 @@ fn err(path: &Path, message: impl Into<String>) -> AcousticError {
 }
 
 /// An io failure on `path`, keeping the io::Error as the source.
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AcousticError + '_ {
-    move |source| AcousticError::Io {
-        path: path.into(),
-        source,
-    }
-}
-
 /// One input file: from the folder / unlabelled manifest (no label) or the labelled manifest.
 struct Input {
     file: PathBuf,
@@ -310,35 +304,15 @@ impl Adapted {
                     .iter()
                     .map(|c| src.member_input(c, &self.baseline))
                     .collect();
-                Ok(mix_members(
+                src.model.mix_with(
                     outputs_logits(outs, &feats, src.model.ensemble_combine()),
-                    self.member.as_ref(),
+                    self.member.as_ref().map(|(h, m)| (h, m)),
                     &xs,
-                ))
+                )
             }
             (None, None) => src.head_logits(clips, &self.baseline),
         }
     }
-}
-
-/// A mixture's logits from the heads' logits and its linear member (the heads' logits when
-/// there is none).
-fn mix_members(
-    heads: Vec<Vec<f32>>,
-    member: Option<&(LinearHead, LinearMember)>,
-    inputs: &[Option<Vec<f32>>],
-) -> Vec<Vec<f32>> {
-    let Some((mh, lm)) = member else {
-        return heads;
-    };
-    heads
-        .iter()
-        .zip(inputs)
-        .map(|(h, x)| match x {
-            Some(x) => super::model::mix_logits(h, &mh.logits(x), lm),
-            None => h.clone(),
-        })
-        .collect()
 }
 
 /// How a refit's penalty was chosen, in words (for model.json `adaptation`).
@@ -1049,18 +1023,21 @@ fn adapt_on(
             "unfamiliarity reference: the source model has none".into()
         });
         let clips: Vec<&SiteClip> = use_.iter().map(|&i| &site[i]).collect();
-        let feats = src.head_features(&clips, &baseline)?;
-        let member_x: Vec<Option<Vec<f32>>> = clips
-            .iter()
-            .map(|c| src.member_input(c, &baseline))
-            .collect();
-        let combine = src.model.ensemble_combine();
         let mut outs = src.model.head_output_layers()?;
         let mut member = src.member.clone();
         // Out-of-fold logits of the labelled clips, by position in `use_`.
         let mut oof: HashMap<usize, Vec<f32>> = HashMap::new();
         let refit_any = n_classes >= 2 && lab.len() >= 3;
+        // Every use_ clip's logits: the refitted members', or the model's own where nothing
+        // was refitted.
+        let logits;
         if refit_any {
+            let feats = src.head_features(&clips, &baseline)?;
+            let member_x: Vec<Option<Vec<f32>>> = clips
+                .iter()
+                .map(|c| src.member_input(c, &baseline))
+                .collect();
+            let combine = src.model.ensemble_combine();
             // Labelled positions within `use_`, and each head's inputs of those clips.
             let lab_pos: Vec<usize> = use_
                 .iter()
@@ -1156,7 +1133,13 @@ fn adapt_on(
                 lab.len()
             ));
             n_out_of_fold = lab.len();
+            logits = src.model.mix_with(
+                outputs_logits(&outs, &feats, combine),
+                member.as_ref().map(|(h, m)| (h, m)),
+                &member_x,
+            )?;
         } else {
+            logits = src.head_logits(&clips, &baseline)?;
             not_refitted.push(if lab.is_empty() {
                 "attention heads' output layers and temperature: no labelled clips".to_string()
             } else {
@@ -1166,16 +1149,6 @@ fn adapt_on(
                 )
             });
         }
-        // The model's own logits where nothing was refitted.
-        let logits = if refit_any {
-            mix_members(
-                outputs_logits(&outs, &feats, combine),
-                member.as_ref(),
-                &member_x,
-            )
-        } else {
-            src.head_logits(&clips, &baseline)?
-        };
         probs = logits
             .iter()
             .enumerate()

@@ -47,3 +47,11 @@ pub enum AcousticError {
     #[error("model computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
+
+/// An [`AcousticError::Io`] naming `path`, for `map_err`.
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AcousticError + '_ {
+    move |source| AcousticError::Io {
+        path: path.into(),
+        source,
+    }
+}

@@ -22,6 +22,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::Config;
 use serde::{Deserialize, Serialize};
 
+use super::error::io_err;
 use super::whisper::{whisper_config, Ct2Backend, Ct2Model, WhisperEncoder, MODEL_FILE};
 use super::AcousticError;
 
@@ -204,10 +205,7 @@ pub fn export_frontend(
     let source_sha256 =
         crate::catalog::sha256_file(&model_file).map_err(|e| bad(&model_file, e.to_string()))?;
     let source_bytes = std::fs::metadata(&model_file)
-        .map_err(|source| AcousticError::Io {
-            path: model_file.clone(),
-            source,
-        })?
+        .map_err(io_err(&model_file))?
         .len();
 
     let seen = std::sync::Arc::new(Mutex::new(BTreeMap::new()));
@@ -229,10 +227,7 @@ pub fn export_frontend(
         tensors.insert(name, t.to_dtype(dtype.dtype())?);
     }
 
-    std::fs::create_dir_all(out).map_err(|source| AcousticError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
     // Written beside, then renamed: a failed export never leaves a half file under the name.
     let weights = out.join(EXPORT_WEIGHTS);
     let part = out.join(format!("{EXPORT_WEIGHTS}.part"));
@@ -240,10 +235,7 @@ pub fn export_frontend(
         path: part.clone(),
         source: Box::new(e),
     })?;
-    std::fs::rename(&part, &weights).map_err(|source| AcousticError::Io {
-        path: weights.clone(),
-        source,
-    })?;
+    std::fs::rename(&part, &weights).map_err(io_err(&weights))?;
     let manifest = ExportManifest {
         format: EXPORT_FORMAT,
         source: source
@@ -262,16 +254,8 @@ pub fn export_frontend(
     let manifest_path = out.join(EXPORT_MANIFEST);
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| bad(&manifest_path, e.to_string()))?;
-    std::fs::write(&manifest_path, json).map_err(|source| AcousticError::Io {
-        path: manifest_path.clone(),
-        source,
-    })?;
-    let weights_bytes = std::fs::metadata(&weights)
-        .map_err(|source| AcousticError::Io {
-            path: weights.clone(),
-            source,
-        })?
-        .len();
+    std::fs::write(&manifest_path, json).map_err(io_err(&manifest_path))?;
+    let weights_bytes = std::fs::metadata(&weights).map_err(io_err(&weights))?.len();
     Ok(ExportReport {
         out: out.to_path_buf(),
         manifest,
@@ -290,10 +274,7 @@ pub fn is_export(dir: &Path) -> bool {
 /// Read an export's manifest, checking its layout.
 pub fn read_manifest(dir: &Path) -> Result<ExportManifest, AcousticError> {
     let path = dir.join(EXPORT_MANIFEST);
-    let bytes = std::fs::read(&path).map_err(|source| AcousticError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
     let bad = |message: String| AcousticError::Export {
         path: path.clone(),
         message,
@@ -338,10 +319,7 @@ pub fn load_exported(
         });
     }
     let path = dir.join(EXPORT_WEIGHTS);
-    let bytes = std::fs::read(&path).map_err(|source| AcousticError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
     let wrap = |e: candle_core::Error| AcousticError::Tensors {
         path: path.clone(),
         source: Box::new(e),

@@ -36,6 +36,21 @@ pub enum EnsembleCombine {
     MeanProbs,
 }
 
+/// The log of the mean of probability vectors (a logit vector at temperature 1): how an
+/// ensemble's heads, a mixture's members and the protocol's ensembles are combined.
+pub fn ln_mean_probs(probs: impl ExactSizeIterator<Item = Vec<f32>>) -> Vec<f32> {
+    let n = probs.len() as f32;
+    let mut mean: Vec<f32> = Vec::new();
+    for q in probs {
+        mean.resize(q.len(), 0.0);
+        for (a, b) in mean.iter_mut().zip(q) {
+            *a += b / n;
+        }
+    }
+    // Floor so a probability that underflowed to 0 keeps a finite log.
+    mean.into_iter().map(|v| v.max(1e-30).ln()).collect()
+}
+
 /// Combine the logits of several heads on the same clips: `per_head[h][i]` is head `h`'s
 /// logits of clip `i`. One head gives its own logits back unchanged.
 pub fn combine_logits(per_head: &[Vec<Vec<f32>>], how: EnsembleCombine) -> Vec<Vec<f32>> {
@@ -53,17 +68,11 @@ pub fn combine_logits(per_head: &[Vec<Vec<f32>>], how: EnsembleCombine) -> Vec<V
                 EnsembleCombine::MeanLogits => (0..k)
                     .map(|j| per_head.iter().map(|h| h[i][j]).sum::<f32>() / members)
                     .collect(),
-                EnsembleCombine::MeanProbs => {
-                    let mut p = vec![0f32; k];
-                    for h in per_head {
-                        let q = super::temperature::softmax_t(&h[i], 1.0);
-                        for (a, b) in p.iter_mut().zip(q) {
-                            *a += b / members;
-                        }
-                    }
-                    // Floor so a probability that underflowed to 0 keeps a finite log.
-                    p.into_iter().map(|v| v.max(1e-30).ln()).collect()
-                }
+                EnsembleCombine::MeanProbs => ln_mean_probs(
+                    per_head
+                        .iter()
+                        .map(|h| super::temperature::softmax_t(&h[i], 1.0)),
+                ),
             }
         })
         .collect()

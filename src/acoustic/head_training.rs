@@ -270,18 +270,26 @@ pub fn predict_logits(
 
 /// Logits of a batch of views.
 pub fn predict_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<Vec<f32>>> {
+    let (x, mask, ev) = view_batch(head, views, dev)?;
+    head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()
+}
+
+/// Views as one batch for `head`: zero-padded frames, their mask and the evidence.
+fn view_batch(
+    head: &Head,
+    views: &[&View],
+    dev: &Device,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
     let (x, mask) = pad_batch(&frames, dev)?;
     let ev = evidence_batch(views, head.config().evidence_dim, dev)?;
-    head.forward(&x, &mask, ev.as_ref(), None)?.to_vec2::<f32>()
+    Ok((x, mask, ev))
 }
 
 /// The output layer's inputs (pooled embedding ‖ evidence) of views, one row per view: what
 /// the head's last layer sees (see [`Head::features`]).
 pub fn features_of_views(head: &Head, views: &[&View], dev: &Device) -> Result<Vec<Vec<f32>>> {
-    let frames: Vec<&Tensor> = views.iter().map(|v| &v.frames).collect();
-    let (x, mask) = pad_batch(&frames, dev)?;
-    let ev = evidence_batch(views, head.config().evidence_dim, dev)?;
+    let (x, mask, ev) = view_batch(head, views, dev)?;
     head.features(&x, &mask, ev.as_ref())?.to_vec2::<f32>()
 }
 

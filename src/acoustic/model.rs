@@ -6,7 +6,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::frontend::Frontend;
-use super::head::{combine_logits, EnsembleCombine, Head};
+use super::head::{combine_logits, ln_mean_probs, EnsembleCombine, Head};
 use super::head_training::{features_of_views, predict_views, View};
 use super::linear::{LinearConfig, LinearHead, Scaler};
 use super::model_dir::{self, LinearMember, ModelMeta, RoutingConfig};
@@ -56,11 +56,30 @@ pub const LINEAR_MEMBER_PREFIX: &str = "linear_member";
 /// probabilities (each at its own temperature), the formula the generalisation protocol chose
 /// (README). A logit vector at temperature 1.
 pub fn mix_logits(heads: &[f32], linear: &[f32], member: &LinearMember) -> Vec<f32> {
-    let ph = softmax_t(heads, member.heads_temperature);
-    let pl = softmax_t(linear, member.linear_temperature);
-    ph.iter()
-        .zip(&pl)
-        .map(|(a, b)| (0.5 * (a + b)).max(1e-30).ln())
+    ln_mean_probs(
+        [
+            softmax_t(heads, member.heads_temperature),
+            softmax_t(linear, member.linear_temperature),
+        ]
+        .into_iter(),
+    )
+}
+
+/// A mixture's logits of clips: [`mix_logits`] of each clip's heads' logits and `member`'s
+/// logits of its pooled vector; the heads' logits unchanged without a member. `None` when a
+/// clip lacks the pooled vector the member reads.
+pub fn mix_clips(
+    heads: Vec<Vec<f32>>,
+    member: Option<(&LinearHead, &LinearMember)>,
+    pooled: &[Option<Vec<f32>>],
+) -> Option<Vec<Vec<f32>>> {
+    let Some((head, m)) = member else {
+        return Some(heads);
+    };
+    heads
+        .iter()
+        .zip(pooled)
+        .map(|(h, x)| x.as_ref().map(|x| mix_logits(h, &head.logits(x), m)))
         .collect()
 }
 
@@ -335,27 +354,30 @@ impl AcousticModel {
     }
 
     /// A mixture's logits from the heads' combined logits and each clip's pooled vector
-    /// ([`mix_logits`]); the heads' logits unchanged for a model without a linear member.
+    /// ([`mix_clips`] with this model's member); the heads' logits unchanged for a model
+    /// without a linear member.
     pub fn mix(
         &self,
         heads: Vec<Vec<f32>>,
         pooled: &[Option<Vec<f32>>],
     ) -> Result<Vec<Vec<f32>>, AcousticError> {
-        let Some((head, member)) = &self.member else {
-            return Ok(heads);
-        };
-        heads
-            .iter()
-            .zip(pooled)
-            .map(|(h, x)| match x {
-                Some(x) => Ok(mix_logits(h, &head.logits(x), member)),
-                None => Err(model_dir::ModelDirError::Mismatch {
-                    path: self.dir.join(model_dir::META_FILE),
-                    message: "the linear member needs the Whisper front end's pooled blocks".into(),
-                }
-                .into()),
-            })
-            .collect()
+        self.mix_with(heads, self.member.as_ref().map(|(h, m)| (h, m)), pooled)
+    }
+
+    /// [`Self::mix`] with another linear member (e.g. one refitted by `camxuc adapt`).
+    pub fn mix_with(
+        &self,
+        heads: Vec<Vec<f32>>,
+        member: Option<(&LinearHead, &LinearMember)>,
+        pooled: &[Option<Vec<f32>>],
+    ) -> Result<Vec<Vec<f32>>, AcousticError> {
+        mix_clips(heads, member, pooled).ok_or_else(|| {
+            model_dir::ModelDirError::Mismatch {
+                path: self.dir.join(model_dir::META_FILE),
+                message: "the linear member needs the Whisper front end's pooled blocks".into(),
+            }
+            .into()
+        })
     }
 
     /// Whether the model is a mixture of its heads and a linear member.

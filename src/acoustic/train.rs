@@ -16,7 +16,7 @@ use super::head_training::{
     argmax, predict_logits, train_heads, EpochStats, Example, HeadJob, TrainConfig, Trained, View,
 };
 use super::linear::{fit_path, FitOptions, LinearConfig, LinearHead};
-use super::model::evidence_vector;
+use super::model::{evidence_vector, mix_clips};
 use super::model_dir::{
     self, EnsembleConfig, FrontendConfig, LinearMember, ModelMeta, RoutingConfig, TrainingMetrics,
 };
@@ -613,14 +613,8 @@ pub fn train_model(
                 linear_temperature: m.temperature,
                 fitted_on: m.fitted_on.clone(),
             };
-            let mix = |h: &[f32], x: Option<&Vec<f32>>| {
-                x.map(|x| super::model::mix_logits(h, &m.head.logits(x), &lm))
-            };
-            val_logits = val_logits
-                .iter()
-                .zip(&val_pooled)
-                .map(|(h, x)| mix(h, x.as_ref()).unwrap_or_else(|| h.clone()))
-                .collect();
+            val_logits = mix_clips(val_logits, Some((&m.head, &lm)), &val_pooled)
+                .ok_or_else(|| no_pooled(&val_m.path))?;
             for (i, oof) in fold_heads.oof.iter_mut().enumerate() {
                 *oof = match (oof.take(), &m.oof[i][0]) {
                     (Some(h), Some(l)) => Some(super::model::mix_logits(&h, l, &lm)),
@@ -749,14 +743,14 @@ pub fn train_model(
             .iter()
             .map(|t| predict_logits(&t.head, &examples, 32, &device))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut logits = combine_logits(&per_head, combine);
-        if let (Some(m), Some(lm)) = (&member, &linear_member) {
-            for (l, (_, pooled)) in logits.iter_mut().zip(views) {
-                if let Some(x) = pooled {
-                    *l = super::model::mix_logits(l, &m.head.logits(x), lm);
-                }
-            }
-        }
+        let pooled: Vec<Option<Vec<f32>>> = views.iter().map(|(_, p)| p.clone()).collect();
+        let mixture = member.as_ref().zip(linear_member.as_ref());
+        let logits = mix_clips(
+            combine_logits(&per_head, combine),
+            mixture.map(|(m, lm)| (&m.head, lm)),
+            &pooled,
+        )
+        .ok_or_else(|| no_pooled(&set.manifest.path))?;
         for ((a, (e, pooled)), l) in set.clips.iter().zip(views).zip(&logits) {
             held_out.push(HeldOutPrediction {
                 probs: crate::Probs::new(&opts.labels, probs_of(l)),
@@ -981,6 +975,15 @@ pub(crate) fn allowed_outliers<T: Clone>(
         .filter(|(s, _)| outlier_allowed(s.as_deref(), held_out))
         .map(|(_, x)| x.clone())
         .collect()
+}
+
+/// A clip of `manifest` without the pooled vector a linear member reads (only a front end
+/// other than Whisper lacks it, and then no member is trained).
+fn no_pooled(manifest: &Path) -> AcousticError {
+    AcousticError::Training {
+        path: manifest.to_path_buf(),
+        message: "a clip has no pooled encoder vector for the linear member".into(),
+    }
 }
 
 /// A mixture's linear member, fitted on the training part's pooled vectors (every view).
