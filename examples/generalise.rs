@@ -373,7 +373,7 @@ const LINEAR_OUTLIERS_PERTURB: Candidate = Candidate {
 
 /// The mixture as `camxuc train` serves it: both members on clean and perturbed copies.
 const ENSEMBLE_AS_SERVED: Candidate = Candidate {
-    name: "mean of linear and attention frozen conv, both on perturbed copies (as served)",
+    name: "mean of linear and attention frozen conv, member without field-chain copies",
     members: &[&LINEAR_OUTLIERS_PERTURB, &ATTENTION_OUTLIERS_FROZEN],
     ..ATTENTION_OUTLIERS_FROZEN
 };

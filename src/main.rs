@@ -305,7 +305,9 @@ struct TrainArgs {
     /// Both keep an unfamiliarity reference (Whisper front end).
     #[arg(long, value_enum, default_value_t = ClassifierArg::Attention)]
     classifier: ClassifierArg,
-    /// Training copies of each clip through random field recording chains (linear classifier).
+    /// Training copies of each clip through random field recording chains: for the linear
+    /// classifier, and for the attention classifier's linear member (its heads train on the
+    /// `--augment` copies only).
     #[arg(long, default_value_t = 2)]
     field_views: usize,
     /// Rule set the fusion of routed clips is fitted with (default: the shipped
@@ -685,6 +687,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         opts.train.outlier_weight = a.outlier_weight;
     }
     opts.outliers = a.outliers;
+    opts.member_field_views = a.field_views;
     if a.no_linear_member {
         opts.linear_member = false;
     }

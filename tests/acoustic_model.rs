@@ -304,6 +304,13 @@ fn a_mixture_serves_the_mean_of_its_heads_and_linear_member_as_trained() {
     let lm = report.meta.linear_member.clone().expect("a linear member");
     assert_eq!(report.meta.temperature, 1.0);
     assert_eq!(lm.linear.blocks, vec![1, 2]);
+    // By default the member also trains on two field-chain copies of each training clip.
+    assert_eq!(lm.field_views, 2);
+    assert!(
+        lm.fitted_on.contains("2 field-chain copies"),
+        "{}",
+        lm.fitted_on
+    );
 
     let dev = candle_core::Device::Cpu;
     let served = AcousticModel::load(&report.dir, &models, &dev).unwrap();
@@ -361,9 +368,44 @@ fn a_mixture_serves_the_mean_of_its_heads_and_linear_member_as_trained() {
         }
     }
 
+    // Without field-chain copies: the heads are bit for bit the same (the copies have their
+    // own seed stream and never reach the heads), the member is not.
+    let with_field = read_tensors(&report.dir);
+    o.member_field_views = 0;
+    o.out = tmp.path().join("no-field");
+    let plain = train_model(&o, &mut |_| {}).unwrap();
+    assert_eq!(plain.meta.linear_member.as_ref().unwrap().field_views, 0);
+    let without = read_tensors(&plain.dir);
+    assert_eq!(with_field.len(), without.len());
+    for (name, bytes) in &with_field {
+        let same = without.get(name) == Some(bytes);
+        if name.starts_with(camxuc::acoustic::model::LINEAR_MEMBER_PREFIX) {
+            if name.ends_with("weight") {
+                assert!(!same, "{name}: the field-chain copies changed nothing");
+            }
+        } else {
+            assert!(same, "{name} differs: field-chain copies reached the heads");
+        }
+    }
+
     // Opting out: the heads alone.
     o.linear_member = false;
     o.out = tmp.path().join("heads-only");
     let report = train_model(&o, &mut |_| {}).unwrap();
     assert!(report.meta.linear_member.is_none());
+}
+
+/// Every tensor of a model directory's weights file, as bytes (f32 little-endian).
+fn read_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let t = candle_core::safetensors::load(
+        dir.join(model_dir::WEIGHTS_FILE),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t.into_iter()
+        .map(|(name, v)| {
+            let values: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            (name, values.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect()
 }

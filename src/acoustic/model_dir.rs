@@ -319,6 +319,10 @@ pub struct LinearMember {
     pub linear_temperature: f32,
     /// How its penalty and temperature were chosen.
     pub fitted_on: String,
+    /// Field-chain copies per training clip it also trained on (0: clean and perturbed copies
+    /// only, as before 2026-12-05).
+    #[serde(default)]
+    pub field_views: usize,
 }
 
 /// Outlier exposure at training (model.json `outlier_exposure`): speech outside the labels

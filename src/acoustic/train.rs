@@ -23,6 +23,7 @@ use super::model_dir::{
 use super::temperature::{ece_at, fit_temperature, mean_nll, softmax_t};
 use super::unfamiliar::{fit_held_out, PooledInput};
 use super::AcousticError;
+use crate::audio::field::FieldChain;
 use crate::audio::TARGET_RATE;
 use crate::catalog;
 use crate::clip::{AnalysedClip, ClipAnalyser};
@@ -83,6 +84,11 @@ pub struct TrainOptions {
     /// pooled vector the unfamiliarity reference reads, and serve the mixture of the two
     /// (model.json `linear_member`; chosen by `just generalise`, README).
     pub linear_member: bool,
+    /// Field-chain copies per training clip ([`FieldChain::random`] on the whole recording)
+    /// that the linear member also trains on and chooses its penalty and temperature by; the
+    /// heads do not see them (`just generalise`: field-chain copies made the attention head
+    /// worse in every column, the member better across corpora).
+    pub member_field_views: usize,
 }
 
 /// The classifier on the frozen front end.
@@ -124,6 +130,7 @@ impl TrainOptions {
             shifted: Vec::new(),
             outliers: None,
             linear_member: true,
+            member_field_views: 2,
         }
     }
 }
@@ -212,6 +219,24 @@ pub(crate) const UNFAMILIAR_FRACTION: f64 = 0.05;
 pub(crate) struct Analysed {
     pub(crate) row: usize,
     pub(crate) clip: AnalysedClip,
+}
+
+/// Babble for the field chains of training copies: every (n/16)-th clip's speech, a fixed
+/// small pool of the manifest's own voices.
+pub(crate) fn babble_pool(clips: &[Analysed]) -> Vec<Vec<f32>> {
+    clips
+        .iter()
+        .step_by((clips.len() / 16).max(1))
+        .map(|a| a.clip.speech.samples.clone())
+        .collect()
+}
+
+/// The whole recording of `a` (row `path`), decoded again: field chains act on it, silences
+/// included, so the VAD sees the noise too. Its speech span when decoding fails now.
+pub(crate) fn whole_recording(path: &Path, a: &AnalysedClip, an: &ClipAnalyser) -> Vec<f32> {
+    crate::audio::load(path, &an.load)
+        .map(|x| x.samples)
+        .unwrap_or_else(|_| a.speech.samples.clone())
 }
 
 pub(crate) fn analyse_rows(
@@ -344,7 +369,11 @@ pub fn train_model(
         FrontendChoice::LogMel => None,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0x5eed_a0d1);
-    let n_views = train_clips.len() * (1 + opts.augment_views)
+    let member_field_views = match (&pooled_input, opts.linear_member) {
+        (Some(_), true) => opts.member_field_views,
+        _ => 0,
+    };
+    let n_views = train_clips.len() * (1 + opts.augment_views + member_field_views)
         + val_clips.len()
         + shifted_sets.iter().map(|s| s.clips.len()).sum::<usize>()
         + outlier_set.as_ref().map_or(0, |o| o.clips.len());
@@ -392,6 +421,17 @@ pub fn train_model(
     // Per training clip: the pooled vector of each view, and the evidence of each perturbed one.
     let mut train_pooled: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(train_clips.len());
     let mut shifted_evidence: Vec<Vec<Evidence>> = Vec::with_capacity(train_clips.len());
+    // Per training clip: the pooled vectors of its field-chain copies (the linear member's
+    // only). Their chains come from their own seed stream, so the perturbed copies are those
+    // of a run without them; babble is a fixed pool of the training clips' own speech.
+    let mut field_pooled: Vec<Vec<Vec<f32>>> = Vec::with_capacity(train_clips.len());
+    let mut field_rng = ChaCha8Rng::seed_from_u64(opts.train.seed ^ 0xf1e1_d0c0_b1e5);
+    let babble = if member_field_views > 0 {
+        babble_pool(&train_clips)
+    } else {
+        Vec::new()
+    };
+    let babble: Vec<&[f32]> = babble.iter().map(|b| b.as_slice()).collect();
     // A chunk of training clips at a time, so only a chunk's perturbed copies are held.
     for chunk in train_clips.chunks_mut(ENCODE_CHUNK) {
         let mut copies: Vec<Vec<AnalysedClip>> = Vec::with_capacity(chunk.len());
@@ -413,6 +453,26 @@ pub fn train_model(
             }
             copies.push(views);
         }
+        let mut field_copies: Vec<Vec<AnalysedClip>> = Vec::with_capacity(chunk.len());
+        for a in chunk.iter() {
+            let mut views = Vec::with_capacity(member_field_views);
+            if member_field_views > 0 {
+                let whole = whole_recording(&train_m.rows[a.row].path, &a.clip, &an);
+                for _ in 0..member_field_views {
+                    let copy = FieldChain::random(&mut field_rng).apply(
+                        &whole,
+                        TARGET_RATE,
+                        &babble,
+                        &mut field_rng,
+                    );
+                    // A chain can leave no speech: that copy is left out.
+                    if let Ok(c) = an.analyse_audio(Audio::new(copy, TARGET_RATE)) {
+                        views.push(c);
+                    }
+                }
+            }
+            field_copies.push(views);
+        }
         let labels: Vec<usize> = chunk
             .iter()
             .map(|a| label_of(&opts.labels, &train_m.rows[a.row].label))
@@ -421,6 +481,7 @@ pub fn train_model(
             .iter_mut()
             .map(|a| &mut a.clip)
             .chain(copies.iter_mut().flatten())
+            .chain(field_copies.iter_mut().flatten())
             .collect();
         let mut results = encode(clips, on_event)?.into_iter();
         let clean: Vec<_> = results.by_ref().take(chunk.len()).collect();
@@ -437,6 +498,13 @@ pub fn train_model(
             train_pooled.push(pooled_views);
             // The copies' evidence, with z-scores set by their encoding.
             shifted_evidence.push(copies.into_iter().map(|c| c.evidence).collect());
+        }
+        for copies in &field_copies {
+            // Only the pooled vector is kept (the heads do not train on these copies).
+            let pooled: Vec<Vec<f32>> = (0..copies.len())
+                .filter_map(|_| results.next().expect("one result per encoded view").1)
+                .collect();
+            field_pooled.push(pooled);
         }
     }
     let val_labels: Vec<usize> = val_clips
@@ -554,6 +622,7 @@ pub fn train_model(
                 opts,
                 &folds,
                 &train_pooled,
+                &field_pooled,
                 &labels,
                 &outlier_pooled,
                 &val_speakers,
@@ -612,6 +681,7 @@ pub fn train_model(
                 heads_temperature: temperature,
                 linear_temperature: m.temperature,
                 fitted_on: m.fitted_on.clone(),
+                field_views: member_field_views,
             };
             val_logits = mix_clips(val_logits, Some((&m.head, &lm)), &val_pooled)
                 .ok_or_else(|| no_pooled(&val_m.path))?;
@@ -998,8 +1068,10 @@ struct MemberFit {
 }
 
 /// Fit the linear member: the L2 penalty (the linear classifier's path, `LinearChoice`) and
-/// its temperature by the speaker folds' held-out views (clean and perturbed), then the fit on
-/// every training view at that penalty, with outlier exposure as the heads have it (no
+/// its temperature by the speaker folds' held-out views (clean, perturbed and field-chain
+/// copies: `field[i]` are clip i's field-chain copies' pooled vectors, which train and score
+/// the member but have no heads' counterpart), then the fit on every training view at that
+/// penalty, with outlier exposure as the heads have it (no
 /// validation speaker's outlier clip; per fold, none of its held-out speakers' either).
 /// `None` without folds.
 #[allow(clippy::too_many_arguments)]
@@ -1007,6 +1079,7 @@ fn fit_linear_member(
     opts: &TrainOptions,
     folds: &[FoldPlan],
     pooled: &[Vec<Option<Vec<f32>>>],
+    field: &[Vec<Vec<f32>>],
     labels: &[usize],
     outliers: &[(Option<String>, Vec<f32>)],
     val_speakers: &[String],
@@ -1018,12 +1091,15 @@ fn fit_linear_member(
     }
     let lambdas = super::train_linear::LinearChoice::default().lambdas;
     let n_labels = opts.labels.len();
+    let no_field = Vec::new();
+    let field_of = |i: usize| field.get(i).unwrap_or(&no_field);
     let rows_of = |ix: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
         ix.iter()
             .flat_map(|&i| {
                 pooled[i]
                     .iter()
                     .flatten()
+                    .chain(field_of(i))
                     .map(move |x| (x.clone(), labels[i]))
             })
             .unzip()
@@ -1031,6 +1107,9 @@ fn fit_linear_member(
     // oof[l][i][k]: penalty l, clip i, view k.
     let mut oof: Vec<Vec<Vec<Option<Vec<f32>>>>> =
         vec![pooled.iter().map(|v| vec![None; v.len()]).collect(); lambdas.len()];
+    // field_oof[l][i]: penalty l, clip i, its field-chain copies (scoring only).
+    let mut field_oof: Vec<Vec<Vec<Vec<f32>>>> =
+        vec![vec![Vec::new(); pooled.len()]; lambdas.len()];
     // The folds' fits are independent: on rayon's pool (each is one thread's work; the
     // results are the same in any order).
     use rayon::prelude::*;
@@ -1057,13 +1136,23 @@ fn fit_linear_member(
                     }
                 }
             }
+            for (l, h) in path.iter().enumerate() {
+                field_oof[l][i] = field_of(i).iter().map(|x| h.logits(x)).collect();
+            }
         }
     }
     let held = |l: usize| -> (Vec<Vec<f32>>, Vec<usize>) {
         oof[l]
             .iter()
+            .zip(&field_oof[l])
             .enumerate()
-            .flat_map(|(i, views)| views.iter().flatten().map(move |x| (x.clone(), labels[i])))
+            .flat_map(|(i, (views, copies))| {
+                views
+                    .iter()
+                    .flatten()
+                    .chain(copies)
+                    .map(move |x| (x.clone(), labels[i]))
+            })
             .unzip()
     };
     let mut best = 0;
@@ -1105,10 +1194,11 @@ fn fit_linear_member(
         temperature,
         oof: oof.swap_remove(best),
         fitted_on: format!(
-            "penalty {} and temperature {temperature:.3} by the held-out NLL of {} views ({} speaker folds of the training part), then fitted on all {} training views",
+            "penalty {} and temperature {temperature:.3} by the held-out NLL of {} views ({} speaker folds of the training part; clean, perturbed and {} field-chain copies per clip), then fitted on all {} training views",
             lambdas[best],
             y.len(),
             folds.len(),
+            field.iter().map(Vec::len).max().unwrap_or(0),
             xs.len()
         ),
     }))

@@ -28,9 +28,9 @@ use super::model_dir::{self, FrontendConfig, ModelMeta, TrainingMetrics};
 use super::temperature::mean_nll;
 use super::temperature::{ece_at, fit_temperature, softmax_t};
 use super::train::{
-    allowed_outliers, analyse_outliers, analyse_rows, evidence_inputs, fit_routing, label_of,
-    model_name, whisper_frontend, write_evidence, HeldOutCondition, HeldOutPrediction, TrainEvent,
-    TrainOptions, TrainReport,
+    allowed_outliers, analyse_outliers, analyse_rows, babble_pool, evidence_inputs, fit_routing,
+    label_of, model_name, whisper_frontend, whole_recording, write_evidence, HeldOutCondition,
+    HeldOutPrediction, TrainEvent, TrainOptions, TrainReport,
 };
 use super::unfamiliar::{fit_held_out, Unfamiliarity};
 use super::AcousticError;
@@ -196,11 +196,7 @@ pub fn train_linear(
         Ok(x)
     };
     // Babble for the field chains: other clips of the manifest (a fixed, small pool).
-    let babble: Vec<Vec<f32>> = clips
-        .iter()
-        .step_by((clips.len() / 16).max(1))
-        .map(|a| a.clip.speech.samples.clone())
-        .collect();
+    let babble = babble_pool(&clips);
     let babble: Vec<&[f32]> = babble.iter().map(|b| b.as_slice()).collect();
     let mut pooled = Vec::with_capacity(clips.len());
     for a in clips.iter_mut() {
@@ -213,11 +209,7 @@ pub fn train_linear(
                 train.push(encode(&mut c, on_event)?);
             }
         }
-        // Field chains act on the whole recording, silences included (the VAD then sees
-        // the noise too): decode it again.
-        let whole = crate::audio::load(&m.rows[a.row].path, &an.load)
-            .map(|x| x.samples)
-            .unwrap_or_else(|_| a.clip.speech.samples.clone());
+        let whole = whole_recording(&m.rows[a.row].path, &a.clip, &an);
         for _ in 0..choice.field_views {
             let f = FieldChain::random(&mut rng).apply(&whole, TARGET_RATE, &babble, &mut rng);
             if let Ok(mut c) = an.analyse_audio(Audio::new(f, TARGET_RATE)) {
