@@ -474,8 +474,9 @@ struct EvalArgs {
     /// Seed of the bootstrap intervals and of the field-condition perturbations.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Also score each clip under simulated field conditions (gain, noise, telephone band,
-    /// echo) and report the paired difference.
+    /// Also score each clip through a random field recording chain seeded by its path (gain,
+    /// pink / babble / white noise, reverberation, telephone band with G.711, clipping: the
+    /// chains `just generalise` scores) and report the paired difference.
     #[arg(long)]
     robustness: bool,
     /// Append one JSON record per clip (Decision, true label, each ablation's label) or its

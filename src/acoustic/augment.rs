@@ -98,27 +98,6 @@ pub fn perturb(x: &[f32], sr: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     y
 }
 
-/// The field conditions of the robustness check (`camxuc eval --robustness`): random gain over
-/// a 24 dB range and noise at 12–30 dB SNR on every clip, a telephone band on half of them and
-/// a short echo on half of them.
-pub fn field_conditions(x: &[f32], sr: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let mut y = x.to_vec();
-    if rng.random_bool(0.5) {
-        telephone(&mut y, sr);
-    }
-    if rng.random_bool(0.5) {
-        y = echo(
-            &y,
-            sr,
-            rng.random_range(0.05..0.15),
-            rng.random_range(0.2..0.4),
-        );
-    }
-    add_noise(&mut y, rng.random_range(12.0..30.0), rng);
-    let gain = 10f32.powf(rng.random_range(-12.0f32..12.0) / 20.0);
-    y.iter().map(|v| (v * gain).clamp(-1.0, 1.0)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,10 +14,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::record::{AblationLabels, EvalHeader, EvalLine, EvalRecord, EvalSettings, UNUSABLE};
-use crate::acoustic::augment::field_conditions;
 use crate::acoustic::model_dir::{ModelSource, META_FILE, ROUTING_FILE};
 use crate::acoustic::AcousticError;
 use crate::audio;
+use crate::audio::field::FieldChain;
 use crate::data::manifest::{Manifest, ManifestRow};
 use crate::data::split::filter_speakers;
 use crate::data::DataError;
@@ -42,8 +42,10 @@ pub struct EvalOptions {
     pub rules: Option<PathBuf>,
     pub bootstrap_reps: usize,
     pub seed: u64,
-    /// Also score every clip under simulated field conditions (gain, noise, telephone band,
-    /// echo; `acoustic::augment::field_conditions`) and compare on the same clips.
+    /// Also score every clip through a random field recording chain, seeded by the clip's
+    /// path ([`FieldChain::random`], the chains `just generalise` scores: gain, pink / babble /
+    /// white noise, reverberation, telephone band with G.711, clipping) and compare on the same
+    /// clips.
     pub robustness: bool,
     /// Transcribe the clips the reasoner is asked about, in this Whisper language (`auto`
     /// detects it), so an LLM reasoner reads what was said.
@@ -398,7 +400,13 @@ impl Stages {
         let perturbed = self.perturbation_seed.map(|seed| {
             let mut p = decoded.clone();
             let mut rng = clip_rng(seed, &row.rel_path);
-            p.samples = field_conditions(&decoded.samples, decoded.sample_rate, &mut rng);
+            // Babble is synthesised (no pool of other speech here).
+            p.samples = FieldChain::random(&mut rng).apply(
+                &decoded.samples,
+                decoded.sample_rate,
+                &[],
+                &mut rng,
+            );
             p
         });
         let t = Instant::now();
