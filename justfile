@@ -29,7 +29,9 @@ synthetic out="synthetic-out" seed="11": build
 # The model-selection protocol: every candidate classifier scored on new RAVDESS speakers,
 # field recording chains, RAVDESS -> SYNTHETIC Vietnamese and back; writes
 # target/generalise/protocol.json and protocol.md (the README's table). Needs ../shared,
-# espeak-ng and whisper-base; about 30 min on 2 cores (`--attention` adds today's earlier head).
+# espeak-ng and whisper-base. On 2 cores: encoding 5-15 min, the linear candidates ~25 min,
+# each of the 10 attention candidates (`--attention`, the default) 3-8 min, so 1-2 h in all;
+# `--only 'NAME;NAME' --merge FILE` scores some candidates and keeps an earlier run's rows.
 generalise out="target/generalise" *flags="--attention":
     cargo run --features research --example generalise -- --out "{{out}}" {{flags}}
 
