@@ -157,7 +157,6 @@ fn err(path: &Path, message: impl Into<String>) -> AcousticError {
     }
 }
 
-/// An io failure on `path`, keeping the io::Error as the source.
 /// One input file: from the folder / unlabelled manifest (no label) or the labelled manifest.
 struct Input {
     file: PathBuf,

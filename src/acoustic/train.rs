@@ -435,6 +435,7 @@ pub fn train_model(
     // A chunk of training clips at a time, so only a chunk's perturbed copies are held.
     for chunk in train_clips.chunks_mut(ENCODE_CHUNK) {
         let mut copies: Vec<Vec<AnalysedClip>> = Vec::with_capacity(chunk.len());
+        let mut field_copies: Vec<Vec<AnalysedClip>> = Vec::with_capacity(chunk.len());
         for a in chunk.iter() {
             let mut views = Vec::with_capacity(opts.augment_views);
             for _ in 0..opts.augment_views {
@@ -452,9 +453,6 @@ pub fn train_model(
                 }
             }
             copies.push(views);
-        }
-        let mut field_copies: Vec<Vec<AnalysedClip>> = Vec::with_capacity(chunk.len());
-        for a in chunk.iter() {
             let mut views = Vec::with_capacity(member_field_views);
             if member_field_views > 0 {
                 let whole = whole_recording(&train_m.rows[a.row].path, &a.clip, &an);
@@ -1091,15 +1089,13 @@ fn fit_linear_member(
     }
     let lambdas = super::train_linear::LinearChoice::default().lambdas;
     let n_labels = opts.labels.len();
-    let no_field = Vec::new();
-    let field_of = |i: usize| field.get(i).unwrap_or(&no_field);
     let rows_of = |ix: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
         ix.iter()
             .flat_map(|&i| {
                 pooled[i]
                     .iter()
                     .flatten()
-                    .chain(field_of(i))
+                    .chain(&field[i])
                     .map(move |x| (x.clone(), labels[i]))
             })
             .unzip()
@@ -1137,7 +1133,7 @@ fn fit_linear_member(
                 }
             }
             for (l, h) in path.iter().enumerate() {
-                field_oof[l][i] = field_of(i).iter().map(|x| h.logits(x)).collect();
+                field_oof[l][i] = field[i].iter().map(|x| h.logits(x)).collect();
             }
         }
     }
