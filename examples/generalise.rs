@@ -854,7 +854,7 @@ impl Encoder<'_> {
                     .map(|b| linear::pool_block(b, true))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 self.done += 1;
-                if self.done % 200 == 0 {
+                if self.done.is_multiple_of(200) {
                     eprintln!("  {} views", self.done);
                 }
                 views.push(ViewData {

@@ -290,7 +290,7 @@ pub fn read_manifest(dir: &Path) -> Result<ExportManifest, AcousticError> {
     if m.blocks == 0
         || m.d_model == 0
         || m.encoder_attention_heads == 0
-        || m.d_model % m.encoder_attention_heads != 0
+        || !m.d_model.is_multiple_of(m.encoder_attention_heads)
         || m.num_mel_bins == 0
     {
         return Err(bad(format!(

@@ -98,7 +98,7 @@ impl Gemma3Config {
                 .meta_opt_f32("gemma3.rope.local_freq_base")?
                 .unwrap_or(10_000.0),
         };
-        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
+        if cfg.n_kv_head == 0 || !cfg.n_head.is_multiple_of(cfg.n_kv_head) {
             return Err(LlmError::BadMetadata {
                 path: file.path().to_path_buf(),
                 key: "gemma3.attention.head_count_kv".into(),
