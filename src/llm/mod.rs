@@ -17,6 +17,7 @@ mod chat;
 mod error;
 mod gemma3;
 mod gguf;
+mod kquant;
 mod kv_cache;
 #[cfg(feature = "research")]
 pub mod lora;

@@ -1,12 +1,12 @@
 //! Loading a quantised GGUF into a runnable decoder and running it: chunked prefill, KV-cache
 //! snapshots (the prompt cache), a local thread pool.
 //!
-//! Tensor formats: Q4_1 projections of the llama family (SmolLM2's) and Q8_0 run on camxuc's
-//! own SIMD products, K-quants (Q4_K, Q5_K, Q6_K) on candle's block dot products, all split
-//! across the model's helper thread (src/llm/qmatrix.rs). candle 0.11.1 has no SIMD dot
-//! product for Q5_0 / Q5_1 (nor Q4_1), so those tensors (and Q4_1 outside the llama family)
-//! are re-quantised to Q8_0 as they are read (dequantise, quantise), which costs memory and a
-//! fraction of a second at load (measured in `camxuc models bench`).
+//! Tensor formats: Q4_1, Q5_0, Q8_0 and the K-quants (Q4_K, Q5_K, Q6_K) run on camxuc's own
+//! SIMD products, split across the model's helper thread (src/llm/qmatrix.rs,
+//! src/llm/kquant.rs). Other types go to candle's product; with `q4_1_kernel` or
+//! `q5_0_kernel` off, those tensors are re-quantised to Q8_0 as they are read (dequantise,
+//! quantise), which costs memory and a fraction of a second at load (measured in
+//! `camxuc models bench`).
 
 use std::fs::File;
 use std::io::BufReader;

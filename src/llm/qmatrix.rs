@@ -1,4 +1,4 @@
-//! Products with Q4_1, Q5_0 and Q8_0 weights, run on the GGUF's own blocks.
+//! Products with Q4_1, Q5_0, Q8_0 and K-quant weights, run on the GGUF's own blocks.
 //!
 //! candle 0.11.1 has no SIMD dot product for Q4_1 or Q5_0 (its `vec_dot` for them is the
 //! scalar reference), so the loader used to re-quantise such matrices to Q8_0: time at load,
@@ -11,12 +11,10 @@
 //! multiply-adds) takes the same path with `d_w·d_a·Σ q_w·q_a`, so it can be split across
 //! threads too and gives the same numbers in any pass.
 //!
-//! K-quant weights (Q4_K, Q5_K, Q6_K: what most downloadable GGUFs use) take candle's own dot
-//! products (AVX2 or NEON where the build's target CPU has them, `.cargo/config.toml`; the
-//! scalar reference elsewhere) on their blocks, with the activations quantised once per
-//! product to Q8_K: what candle's `QMatMul` does, but on both of the model's threads, split by
-//! weight rows like the Q4_1 path, where `QMatMul` ran them on one because the model pins
-//! candle's pool to one thread.
+//! K-quant weights (Q4_K, Q5_K, Q6_K: what most downloadable GGUFs use) take the same passes
+//! with their own kernels (`super::kquant`, activations quantised per 256 values as candle's
+//! Q8_K); they used to take candle's `vec_dot`, which decodes a weight block's scales again for
+//! every activation row.
 //!
 //! Every activation row gets exactly the same arithmetic whether it comes alone (a generated
 //! token, which meets eight weight rows per pass) or with others (a prompt chunk, taken eight
@@ -35,11 +33,11 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result, Tensor};
 use half::f16;
 
+use super::kquant::{self, KFormat, Q8KRows, WideKRow, QK_K};
 use super::split::SplitPool;
 
 /// Values per block (the same for Q4_1, Q8_0 and the Q8_1 activations).
@@ -51,7 +49,7 @@ enum Format {
     /// A format with this module's own kernels.
     Own(OwnFormat),
     /// A format whose dot product is candle's (see the module docs).
-    Candle(CandleFormat),
+    K(KFormat),
 }
 
 /// The formats with this module's own kernels.
@@ -79,22 +77,14 @@ impl OwnFormat {
     }
 }
 
-/// The formats run through candle's dot products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CandleFormat {
-    Q4K,
-    Q5K,
-    Q6K,
-}
-
 impl Format {
     fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {
             GgmlDType::Q4_1 => Some(Self::Own(OwnFormat::Q4_1)),
             GgmlDType::Q8_0 => Some(Self::Own(OwnFormat::Q8_0)),
-            GgmlDType::Q4K => Some(Self::Candle(CandleFormat::Q4K)),
-            GgmlDType::Q5K => Some(Self::Candle(CandleFormat::Q5K)),
-            GgmlDType::Q6K => Some(Self::Candle(CandleFormat::Q6K)),
+            GgmlDType::Q4K => Some(Self::K(KFormat::Q4K)),
+            GgmlDType::Q5K => Some(Self::K(KFormat::Q5K)),
+            GgmlDType::Q6K => Some(Self::K(KFormat::Q6K)),
             GgmlDType::Q5_0 => Some(Self::Own(OwnFormat::Q5_0)),
             _ => None,
         }
@@ -104,37 +94,16 @@ impl Format {
     fn block(self) -> (usize, usize) {
         match self {
             Self::Own(o) => (o.block_bytes(), QK),
-            Self::Candle(c) => match c {
-                CandleFormat::Q4K => (size_of::<BlockQ4K>(), BlockQ4K::BLCK_SIZE),
-                CandleFormat::Q5K => (size_of::<BlockQ5K>(), BlockQ5K::BLCK_SIZE),
-                CandleFormat::Q6K => (size_of::<BlockQ6K>(), BlockQ6K::BLCK_SIZE),
-            },
-        }
-    }
-
-    /// The memory alignment its blocks need to be read in place.
-    fn align(self) -> usize {
-        match self {
-            Self::Own(_) => 1,
-            Self::Candle(c) => match c {
-                CandleFormat::Q4K => align_of::<BlockQ4K>(),
-                CandleFormat::Q5K => align_of::<BlockQ5K>(),
-                CandleFormat::Q6K => align_of::<BlockQ6K>(),
-            },
+            Self::K(k) => (k.block_bytes(), QK_K),
         }
     }
 }
 
-use std::mem::{align_of, size_of};
-
-/// Bytes of weight rows a candle-format product keeps in cache while the activation rows
-/// pass over them (about half of a typical 256 KB L2).
-const CANDLE_TILE_BYTES: usize = 128 * 1024;
 /// Pairs per pass, one per lane of an 8 × f32 vector: a prompt chunk meets a weight row
 /// eight activation rows at a time, a generated token eight weight rows at a time. (Eight
 /// activation rows measured faster than four on the prompt: Qwen2.5-0.5B at one thread 65-66
 /// -> 68-71 tok/s, Gemma 3 187 -> 195, SmolLM2 163 -> 167.)
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 /// Products at least this big (multiply-adds) are split with the helper thread: every
 /// projection of SmolLM2 (the smallest, k and v, have 110 k). Below this the hand-off would
 /// cost more than the half it saves.
@@ -174,11 +143,6 @@ impl QMatrix {
         if held != expected {
             bail!("{format:?} tensor of shape ({rows}, {cols}) holds {held} bytes, expected {expected}");
         }
-        // candle keeps a tensor's blocks in a vector of its block type, so they are aligned;
-        // anything else goes to candle's own product.
-        if !(data.as_ptr() as usize).is_multiple_of(format.align()) {
-            return Ok(None);
-        }
         drop(data);
         Ok(Some(Self {
             rows,
@@ -212,11 +176,12 @@ impl QMatrix {
                     self.rows_product(own, &data, &acts, j0, dst)
                 });
             }
-            Format::Candle(c) => match c {
-                CandleFormat::Q4K => self.candle_product::<BlockQ4K>(&data, &xs, m, &mut out),
-                CandleFormat::Q5K => self.candle_product::<BlockQ5K>(&data, &xs, m, &mut out),
-                CandleFormat::Q6K => self.candle_product::<BlockQ6K>(&data, &xs, m, &mut out),
-            },
+            Format::K(kf) => {
+                let acts = Q8KRows::quantize(&xs, k);
+                self.product(m, &mut out, &|j0, dst| {
+                    self.k_rows_product(kf, &data, &acts, j0, dst)
+                });
+            }
         }
         let mut shape = lead.to_vec();
         shape.push(self.rows);
@@ -252,38 +217,41 @@ impl QMatrix {
         split.join(|| rows_product(0, mine), || rows_product(half, theirs));
     }
 
-    /// The product for a format with candle's dot product: the activations quantised once to
-    /// the type it pairs with, then one `vec_dot` per (weight row, activation row), weight row
-    /// outside so it stays in cache (the same arithmetic for a row in any pass or thread).
-    fn candle_product<T: GgmlType>(&self, data: &[u8], xs: &[f32], m: usize, out: &mut [f32]) {
-        let per_row = self.cols / T::BLCK_SIZE;
-        // SAFETY: `from_qtensor` checked the length (rows × per_row blocks of T) and the
-        // alignment of these bytes, which are the tensor's own blocks of type T.
-        let w: &[T] =
-            unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, self.rows * per_row) };
-        let dot_per_row = self.cols / <T::VecDotType as GgmlType>::BLCK_SIZE;
-        let mut acts = vec![T::VecDotType::zeros(); m * dot_per_row];
-        for (x, a) in xs
-            .chunks_exact(self.cols)
-            .zip(acts.chunks_exact_mut(dot_per_row))
-        {
-            T::VecDotType::from_float(x, a);
+    /// [`Self::rows_product`] for the K-quant formats (`super::kquant`).
+    fn k_rows_product(
+        &self,
+        kf: KFormat,
+        data: &[u8],
+        acts: &Q8KRows,
+        j0: usize,
+        mut dst: Vec<&mut [f32]>,
+    ) {
+        let m = dst.len();
+        let width = dst.first().map_or(0, |r| r.len());
+        let row_bytes = self.cols / QK_K * kf.block_bytes();
+        let rows = &data[j0 * row_bytes..(j0 + width) * row_bytes];
+        let simd = Kernel::detect() != Kernel::Scalar;
+        if m == 1 {
+            let pass = LANES * row_bytes;
+            for (p, w) in rows.chunks(pass).enumerate() {
+                let n = w.len() / row_bytes;
+                let next = rows.get((p + 1) * pass..).unwrap_or(&[]);
+                let next = &next[..next.len().min(pass)];
+                let sums = kquant::token_pass(simd, kf, w, row_bytes, n, acts, 0, next);
+                dst[0][p * LANES..p * LANES + n].copy_from_slice(&sums[..n]);
+            }
+            return;
         }
-        // Weight rows in tiles of about CANDLE_TILE_BYTES: a tile stays in cache while every
-        // activation row passes over it (a prompt's activations do not fit in cache beside a
-        // whole matrix; one weight row at a time re-read them all per row).
-        let tile = (CANDLE_TILE_BYTES / (per_row * size_of::<T>())).max(1);
-        self.product(m, out, &|j0, mut dst| {
-            let width = dst.first().map_or(0, |r| r.len());
-            let rows = &w[j0 * per_row..(j0 + width) * per_row];
-            for (t, tile_rows) in rows.chunks(tile * per_row).enumerate() {
-                for (r, a) in acts.chunks_exact(dot_per_row).enumerate() {
-                    for (k, wr) in tile_rows.chunks_exact(per_row).enumerate() {
-                        dst[r][t * tile + k] = T::vec_dot(self.cols, wr, a);
-                    }
+        let mut wide = WideKRow::new(self.cols / QK_K);
+        for (j, w) in rows.chunks_exact(row_bytes).enumerate() {
+            wide.fill(kf, w);
+            for g in 0..acts.groups() {
+                let sums = kquant::prompt_pass(simd, kf, w, &wide, acts, g);
+                for (r, v) in sums.iter().take(m - g * LANES).enumerate() {
+                    dst[g * LANES + r][j] = *v;
                 }
             }
-        });
+        }
     }
 
     /// Products of weight rows `j0..j0 + dst[r].len()` with every activation row `r`.
@@ -689,9 +657,22 @@ impl Kernel {
 }
 
 #[cfg(target_feature = "avx2")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{half_at, OwnFormat, Q8Rows, WideRow, LANES, QK};
     use std::arch::x86_64::*;
+
+    /// Prefetches the line at `p` of a pass of `pass_bytes`: into L1 when a pass fits beside
+    /// the one being read (measured best for 8 rows of 896–1024 Q5_0 / Q8_0 values), else into
+    /// L2 (8 rows of 4864 Q6_K values, 32 KB, evicted the rows in use: 11 → 21 G
+    /// multiply-adds per second on a 32 MB matrix with L2).
+    #[inline(always)]
+    pub(in crate::llm) unsafe fn prefetch(p: *const u8, pass_bytes: usize) {
+        if pass_bytes <= 16 * 1024 {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+        }
+    }
 
     /// The formats as const parameters, so each kernel is compiled per format.
     pub(super) const Q4_1: u8 = 0;
@@ -771,7 +752,7 @@ mod avx2 {
 
     /// Lane `l` = the sum of the 8 lanes of `v[l]`.
     #[inline(always)]
-    unsafe fn reduce(v: &[__m256i; LANES]) -> __m256i {
+    pub(in crate::llm) unsafe fn reduce(v: &[__m256i; LANES]) -> __m256i {
         let t0 = _mm256_hadd_epi32(v[0], v[1]);
         let t1 = _mm256_hadd_epi32(v[2], v[3]);
         let t2 = _mm256_hadd_epi32(v[4], v[5]);
@@ -786,7 +767,7 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn store(acc: __m256) -> [f32; LANES] {
+    pub(in crate::llm) unsafe fn store(acc: __m256) -> [f32; LANES] {
         let mut out = [0f32; LANES];
         _mm256_storeu_ps(out.as_mut_ptr(), acc);
         out
@@ -885,7 +866,7 @@ mod avx2 {
             // short for the hardware prefetcher to ramp up on (see `Kernel::token_pass`).
             let mut at = b * next.len() / nb;
             while at < (b + 1) * next.len() / nb {
-                _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(at) as *const i8);
+                prefetch(next.as_ptr().add(at), next.len());
                 at += 64;
             }
             let i = r * nb + b;
@@ -1116,7 +1097,7 @@ mod tests {
     fn k_quant_products_equal_candles_and_the_dequantised_weights() -> Result<()> {
         for dtype in CANDLE_FORMATS {
             let (q, mine) = matrix(dtype, K_ROWS, K_COLS)?;
-            assert!(matches!(mine.format, Format::Candle(_)), "{dtype:?}");
+            assert!(matches!(mine.format, Format::K(_)), "{dtype:?}");
             for m in [1usize, 3, 5] {
                 let x = Tensor::from_vec(values(m * K_COLS, 3), (1, m, K_COLS), &Device::Cpu)?;
                 let got = mine.forward(&x)?;

@@ -118,8 +118,8 @@ const PACKED_K: usize = 256;
 
 /// A quantised projection.
 ///
-/// Q4_1 and Q8_0 weights run through [`QMatrix`] (candle 0.11.1 has only a scalar Q4_1
-/// product, and its products differ with the number of rows in a pass).
+/// Q4_1, Q5_0, Q8_0 and K-quant weights run through [`QMatrix`] (candle 0.11.1 has only a
+/// scalar Q4_1 / Q5_0 product, and its products differ with the number of rows in a pass).
 /// Otherwise candle's product, possibly on weights widened with zero input columns: candle
 /// runs Q8_0 products through packed AVX512-VNNI kernels only when the input width is a
 /// multiple of 256; SmolLM2's 576 is not, so padding the weights to 768 zero-filled columns

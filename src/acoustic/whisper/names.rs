@@ -233,7 +233,11 @@ pub fn whisper_config(model: &Ct2Model, config_json: Option<&Path>) -> Result<Co
         decoder_layers: count_layers("decoder"),
         suppress_tokens,
     };
-    if config.encoder_layers == 0 || !config.d_model.is_multiple_of(config.encoder_attention_heads) {
+    if config.encoder_layers == 0
+        || !config
+            .d_model
+            .is_multiple_of(config.encoder_attention_heads)
+    {
         return Err(Ct2Error::Config {
             path: model.path.clone(),
             reason: format!("inconsistent encoder: {config:?}"),
