@@ -369,7 +369,7 @@ pub(super) fn token_pass(
 
 #[cfg(target_feature = "avx2")]
 mod avx2 {
-    use super::super::qmatrix::avx2::{prefetch, reduce, store};
+    use super::super::qmatrix::avx2::{prefetch_share, reduce, store};
     use super::{Q8KRows, WideKRow, LANES, QK_K};
     use std::arch::x86_64::*;
 
@@ -538,11 +538,7 @@ mod avx2 {
         let w = &w[..LANES * row_bytes];
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
-            let mut at = b * next.len() / nb;
-            while at < (b + 1) * next.len() / nb {
-                prefetch(next.as_ptr().add(at), next.len());
-                at += 64;
-            }
+            prefetch_share(next, b, nb);
             let i = r * nb + b;
             let a = acts.qs.as_ptr().add(i * QK_K);
             let bs = _mm256_loadu_si256(acts.bsums.as_ptr().add(i * 16) as *const __m256i);
@@ -581,22 +577,10 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::qmatrix::tests::values as values_of;
     use super::*;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
-
-    /// Deterministic, unevenly scaled values (seeded LCG).
-    fn values_of(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|i| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (1.0 + (i % 5) as f32)
-            })
-            .collect()
-    }
 
     const FORMATS: [(GgmlDType, KFormat); 3] = [
         (GgmlDType::Q4K, KFormat::Q4K),

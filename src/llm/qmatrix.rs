@@ -170,16 +170,28 @@ impl QMatrix {
         let mut out = vec![0f32; m * self.rows];
         let data = self.tensor.data()?;
         match self.format {
-            Format::Own(own) => {
+            Format::Own(format) => {
                 let acts = Q8Rows::quantize(&xs, k);
                 self.product(m, &mut out, &|j0, dst| {
-                    self.rows_product(own, &data, &acts, j0, dst)
+                    let mut passes = OwnPasses {
+                        kernel: Kernel::detect(),
+                        format,
+                        acts: &acts,
+                        wide: WideRow::new(k / QK),
+                    };
+                    self.rows_product(&mut passes, &data, j0, dst)
                 });
             }
-            Format::K(kf) => {
+            Format::K(format) => {
                 let acts = Q8KRows::quantize(&xs, k);
                 self.product(m, &mut out, &|j0, dst| {
-                    self.k_rows_product(kf, &data, &acts, j0, dst)
+                    let mut passes = KPasses {
+                        simd: Kernel::detect() != Kernel::Scalar,
+                        format,
+                        acts: &acts,
+                        wide: WideKRow::new(k / QK_K),
+                    };
+                    self.rows_product(&mut passes, &data, j0, dst)
                 });
             }
         }
@@ -217,85 +229,98 @@ impl QMatrix {
         split.join(|| rows_product(0, mine), || rows_product(half, theirs));
     }
 
-    /// [`Self::rows_product`] for the K-quant formats (`super::kquant`).
-    fn k_rows_product(
+    /// Products of weight rows `j0..j0 + dst[r].len()` with every activation row `r`, for a
+    /// format with this module's kernels (`own`) or a K-quant.
+    fn rows_product(
         &self,
-        kf: KFormat,
+        kernels: &mut dyn Passes,
         data: &[u8],
-        acts: &Q8KRows,
         j0: usize,
         mut dst: Vec<&mut [f32]>,
     ) {
         let m = dst.len();
         let width = dst.first().map_or(0, |r| r.len());
-        let row_bytes = self.cols / QK_K * kf.block_bytes();
+        let (block_bytes, block_values) = self.format.block();
+        let row_bytes = self.cols / block_values * block_bytes;
         let rows = &data[j0 * row_bytes..(j0 + width) * row_bytes];
-        let simd = Kernel::detect() != Kernel::Scalar;
         if m == 1 {
+            // A generated token: LANES weight rows per pass over its activation row, so that
+            // many streams of weights are in flight and the per-block set-up is shared (a
+            // weight row of Gemma 3's 262k-row output projection is only 20 blocks).
             let pass = LANES * row_bytes;
             for (p, w) in rows.chunks(pass).enumerate() {
                 let n = w.len() / row_bytes;
                 let next = rows.get((p + 1) * pass..).unwrap_or(&[]);
-                let next = &next[..next.len().min(pass)];
-                let sums = kquant::token_pass(simd, kf, w, row_bytes, n, acts, 0, next);
+                let sums = kernels.token(w, row_bytes, n, &next[..next.len().min(pass)]);
                 dst[0][p * LANES..p * LANES + n].copy_from_slice(&sums[..n]);
             }
             return;
         }
-        let mut wide = WideKRow::new(self.cols / QK_K);
+        // A prompt chunk: each weight row is widened once (kept in L1) and met by every group
+        // of LANES activation rows.
         for (j, w) in rows.chunks_exact(row_bytes).enumerate() {
-            wide.fill(kf, w);
-            for g in 0..acts.groups() {
-                let sums = kquant::prompt_pass(simd, kf, w, &wide, acts, g);
+            kernels.widen(w);
+            for g in 0..m.div_ceil(LANES) {
+                let sums = kernels.prompt(w, g);
                 for (r, v) in sums.iter().take(m - g * LANES).enumerate() {
                     dst[g * LANES + r][j] = *v;
                 }
             }
         }
     }
+}
 
-    /// Products of weight rows `j0..j0 + dst[r].len()` with every activation row `r`.
-    fn rows_product(
-        &self,
-        own: OwnFormat,
-        data: &[u8],
-        acts: &Q8Rows,
-        j0: usize,
-        mut dst: Vec<&mut [f32]>,
-    ) {
-        let m = dst.len();
-        let width = dst.first().map_or(0, |r| r.len());
-        let row_bytes = self.cols / QK * own.block_bytes();
-        let rows = &data[j0 * row_bytes..(j0 + width) * row_bytes];
-        let kernel = Kernel::detect();
-        if m == 1 {
-            // A generated token: LANES weight rows per pass over its activation row, so that
-            // many streams of weights are in flight and the per-block set-up is shared (a
-            // weight row of Gemma 3's 262k-row output projection is only 20 blocks).
-            let mut j = 0;
-            let pass = LANES * row_bytes;
-            for (p, w) in rows.chunks(pass).enumerate() {
-                let n = w.len() / row_bytes;
-                let next = rows.get((p + 1) * pass..).unwrap_or(&[]);
-                let next = &next[..next.len().min(pass)];
-                let sums = kernel.token_pass(own, w, row_bytes, n, acts, 0, next);
-                dst[0][j..j + n].copy_from_slice(&sums[..n]);
-                j += n;
-            }
-            return;
-        }
-        // A prompt chunk: each weight row is widened once (a few hundred bytes, kept in L1)
-        // and met by every group of LANES activation rows.
-        let mut wide = WideRow::new(acts.blocks_per_row);
-        for (j, w) in rows.chunks_exact(row_bytes).enumerate() {
-            kernel.widen_row(own, w, &mut wide);
-            for g in 0..acts.groups() {
-                let sums = kernel.prompt_pass(own, w, &wide, acts, g);
-                for (r, v) in sums.iter().take(m - g * LANES).enumerate() {
-                    dst[g * LANES + r][j] = *v;
-                }
-            }
-        }
+/// The three kinds of pass a product is made of, for one format's kernels: a generated
+/// token's (`n` ≤ [`LANES`] weight rows with activation row 0, `next` the memory the
+/// following pass reads), and a prompt chunk's (a weight row widened once, then met by each
+/// group `g` of [`LANES`] activation rows).
+trait Passes {
+    fn token(&self, w: &[u8], row_bytes: usize, n: usize, next: &[u8]) -> [f32; LANES];
+    fn widen(&mut self, w: &[u8]);
+    fn prompt(&self, w: &[u8], g: usize) -> [f32; LANES];
+}
+
+/// [`Passes`] for Q4_1 / Q5_0 / Q8_0.
+struct OwnPasses<'a> {
+    kernel: Kernel,
+    format: OwnFormat,
+    acts: &'a Q8Rows,
+    wide: WideRow,
+}
+
+impl Passes for OwnPasses<'_> {
+    fn token(&self, w: &[u8], row_bytes: usize, n: usize, next: &[u8]) -> [f32; LANES] {
+        (self.kernel).token_pass(self.format, w, row_bytes, n, self.acts, 0, next)
+    }
+
+    fn widen(&mut self, w: &[u8]) {
+        (self.kernel).widen_row(self.format, w, &mut self.wide);
+    }
+
+    fn prompt(&self, w: &[u8], g: usize) -> [f32; LANES] {
+        (self.kernel).prompt_pass(self.format, w, &self.wide, self.acts, g)
+    }
+}
+
+/// [`Passes`] for the K-quants (`super::kquant`).
+struct KPasses<'a> {
+    simd: bool,
+    format: KFormat,
+    acts: &'a Q8KRows,
+    wide: WideKRow,
+}
+
+impl Passes for KPasses<'_> {
+    fn token(&self, w: &[u8], row_bytes: usize, n: usize, next: &[u8]) -> [f32; LANES] {
+        kquant::token_pass(self.simd, self.format, w, row_bytes, n, self.acts, 0, next)
+    }
+
+    fn widen(&mut self, w: &[u8]) {
+        self.wide.fill(self.format, w);
+    }
+
+    fn prompt(&self, w: &[u8], g: usize) -> [f32; LANES] {
+        kquant::prompt_pass(self.simd, self.format, w, &self.wide, self.acts, g)
     }
 }
 
@@ -661,16 +686,22 @@ pub(super) mod avx2 {
     use super::{half_at, OwnFormat, Q8Rows, WideRow, LANES, QK};
     use std::arch::x86_64::*;
 
-    /// Prefetches the line at `p` of a pass of `pass_bytes`: into L1 when a pass fits beside
-    /// the one being read (measured best for 8 rows of 896–1024 Q5_0 / Q8_0 values), else into
-    /// L2 (8 rows of 4864 Q6_K values, 32 KB, evicted the rows in use: 11 → 21 G
-    /// multiply-adds per second on a 32 MB matrix with L2).
+    /// Prefetches block step `b`'s share (of `nb`) of `next`, the memory of the following
+    /// pass: eight short row streams are too short for the hardware prefetcher to ramp up
+    /// on. Into L1 when a pass fits beside the one being read (measured best for 8 rows of
+    /// 896–1024 Q5_0 / Q8_0 values), else into L2 (8 rows of 4864 Q6_K values, 32 KB, evicted
+    /// the rows in use: 11 → 21 G multiply-adds per second on a 32 MB matrix with L2).
     #[inline(always)]
-    pub(in crate::llm) unsafe fn prefetch(p: *const u8, pass_bytes: usize) {
-        if pass_bytes <= 16 * 1024 {
-            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-        } else {
-            _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+    pub(in crate::llm) unsafe fn prefetch_share(next: &[u8], b: usize, nb: usize) {
+        let mut at = b * next.len() / nb;
+        while at < (b + 1) * next.len() / nb {
+            let p = next.as_ptr().add(at) as *const i8;
+            if next.len() <= 16 * 1024 {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+            } else {
+                _mm_prefetch::<_MM_HINT_T1>(p);
+            }
+            at += 64;
         }
     }
 
@@ -862,13 +893,7 @@ pub(super) mod avx2 {
         let w = &w[..LANES * row_bytes];
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
-            // The next pass's rows, a share per block step: eight short row streams are too
-            // short for the hardware prefetcher to ramp up on (see `Kernel::token_pass`).
-            let mut at = b * next.len() / nb;
-            while at < (b + 1) * next.len() / nb {
-                prefetch(next.as_ptr().add(at), next.len());
-                at += 64;
-            }
+            prefetch_share(next, b, nb);
             let i = r * nb + b;
             let a = _mm256_loadu_si256(acts.qs.as_ptr().add(i * QK) as *const __m256i);
             let mut v = [_mm256_setzero_si256(); LANES];
@@ -913,13 +938,13 @@ pub(super) mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module};
 
     /// A deterministic, unevenly scaled test matrix (seeded LCG; no RNG crate needed).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(in crate::llm) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|i| {
