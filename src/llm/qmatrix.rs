@@ -1112,15 +1112,15 @@ pub(super) mod tests {
         Ok(())
     }
 
-    /// Formats whose dot product is candle's, with an odd number of weight rows and a width
+    /// The K-quant formats (`super::kquant`), with an odd number of weight rows and a width
     /// of three K-quant super-blocks.
-    const CANDLE_FORMATS: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+    const K_FORMATS: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
     const K_ROWS: usize = 67;
     const K_COLS: usize = 768;
 
     #[test]
     fn k_quant_products_equal_candles_and_the_dequantised_weights() -> Result<()> {
-        for dtype in CANDLE_FORMATS {
+        for dtype in K_FORMATS {
             let (q, mine) = matrix(dtype, K_ROWS, K_COLS)?;
             assert!(matches!(mine.format, Format::K(_)), "{dtype:?}");
             for m in [1usize, 3, 5] {
@@ -1131,8 +1131,8 @@ pub(super) mod tests {
                 let scale = exact.abs()?.max_all()?.to_scalar::<f32>()?;
                 let err = (&got - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(err < 0.01 * scale, "{dtype:?}: error {err} against {scale}");
-                // candle's product quantises the activations the same way and calls the same
-                // dot product: the same numbers up to summation order.
+                // candle's product quantises the activations the same way (Q8_K): the same
+                // numbers up to the order of the float additions.
                 let candle = QMatMul::from_arc(q.clone())?.forward(&x)?;
                 let diff = (&got - &candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(
@@ -1147,7 +1147,7 @@ pub(super) mod tests {
     #[test]
     fn k_quant_rows_are_the_same_alone_in_a_batch_and_on_two_threads() -> Result<()> {
         let pool = Arc::new(SplitPool::new().expect("a helper thread"));
-        for dtype in CANDLE_FORMATS {
+        for dtype in K_FORMATS {
             let (q, one) = matrix(dtype, K_ROWS, K_COLS)?;
             let two = QMatrix::from_qtensor(q, Some(pool.clone()))?.expect("a supported matrix");
             let m = 7;
