@@ -408,7 +408,8 @@ impl Q8Rows {
 
 /// A weight row widened once for a prompt pass: per block the unsigned weights the byte
 /// products take (Q4_1 nibbles, Q5_0's `q` in 0..=31, Q8_0's `|q|`), Q8_0's signs, the scale
-/// `d` and (Q4_1) the minimum `m`.
+/// `d` and (Q4_1) the minimum `m`. (Only the SIMD kernels read it.)
+#[cfg_attr(not(target_feature = "avx2"), allow(dead_code))]
 struct WideRow {
     w: Vec<[u8; QK]>,
     sign: Vec<[u8; QK]>,
@@ -565,7 +566,9 @@ impl Kernel {
     /// the blocks as they are).
     fn widen_row(self, format: OwnFormat, w: &[u8], wide: &mut WideRow) {
         match self {
-            Self::Scalar => {}
+            Self::Scalar => {
+                let _ = (format, w, wide);
+            }
             // SAFETY: AVX2 is enabled at compile time; `w` holds whole blocks, one per slot
             // of `wide`.
             #[cfg(target_feature = "avx2")]
@@ -591,6 +594,7 @@ impl Kernel {
     ) -> [f32; LANES] {
         match self {
             Self::Scalar => {
+                let _ = wide;
                 let mut out = [0f32; LANES];
                 let rows = (acts.rows - g * LANES).min(LANES);
                 for (l, o) in out[..rows].iter_mut().enumerate() {
@@ -673,6 +677,7 @@ impl Kernel {
                 }
             };
         }
+        let _ = next; // prefetched by the SIMD kernels only
         let mut out = [0f32; LANES];
         for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
             *o = scalar_pair(format, row, acts, r);
