@@ -169,6 +169,8 @@ impl QMatrix {
         let m = xs.len() / k;
         let mut out = vec![0f32; m * self.rows];
         let data = self.tensor.data()?;
+        // Only a prompt chunk widens weight rows; a generated token's product needs no buffer.
+        let widened_blocks = |per_block: usize| if m > 1 { k / per_block } else { 0 };
         match self.format {
             Format::Own(format) => {
                 let acts = Q8Rows::quantize(&xs, k);
@@ -177,7 +179,7 @@ impl QMatrix {
                         kernel: Kernel::detect(),
                         format,
                         acts: &acts,
-                        wide: WideRow::new(k / QK),
+                        wide: WideRow::new(widened_blocks(QK)),
                     };
                     self.rows_product(&mut passes, &data, j0, dst)
                 });
@@ -189,7 +191,7 @@ impl QMatrix {
                         simd: Kernel::detect() != Kernel::Scalar,
                         format,
                         acts: &acts,
-                        wide: WideKRow::new(k / QK_K),
+                        wide: WideKRow::new(widened_blocks(QK_K)),
                     };
                     self.rows_product(&mut passes, &data, j0, dst)
                 });
