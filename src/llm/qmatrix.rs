@@ -1226,31 +1226,6 @@ pub(super) mod tests {
         let (_q, mine) = matrix(GgmlDType::Q4_1, 32, 64)?;
         let x = Tensor::zeros((1, 63), candle_core::DType::F32, &Device::Cpu)?;
         assert!(mine.forward(&x).is_err());
-        for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q6K] {
-            let (rows, cols) = (65536usize, 1024usize);
-            let w: Vec<f32> = (0..rows * cols)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                .collect();
-            let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?;
-            let q = Arc::new(QTensor::quantize(&w, dtype)?);
-            let bytes = q.data()?.len();
-            let m = QMatrix::from_qtensor(q, None)?.unwrap();
-            let x: Vec<f32> = (0..cols)
-                .map(|i| ((i * 31 % 997) as f32 / 498.0) - 1.0)
-                .collect();
-            let x = Tensor::from_vec(x, (1, cols), &Device::Cpu)?;
-            let _ = m.forward(&x)?;
-            let t = std::time::Instant::now();
-            for _ in 0..20 {
-                let _ = m.forward(&x)?;
-            }
-            let s = t.elapsed().as_secs_f64() / 20.0;
-            eprintln!(
-                "big {dtype:?} m=1: {:.2} ms, {:.1} GB/s",
-                s * 1e3,
-                bytes as f64 / s / 1e9
-            );
-        }
         Ok(())
     }
 }
