@@ -26,7 +26,8 @@
 //! reference ([`scalar_pair`]) bit for bit. A prompt pass widens a weight row once and meets
 //! all of the chunk's activation rows with it; a token pass prefetches the next eight rows.
 //!
-//! Measured on this project's 2-vCPU development machine (one thread, a 4864 × 896 matrix
+//! Measured on this project's 2-vCPU development machine by a temporary timing of one
+//! product (not shipped; whole-model figures: `just llama-bench`) (one thread, a 4864 × 896 matrix
 //! in cache, 128 activation rows): Q5_0 31 → 52, Q8_0 33 → 47, Q4_1 30 → 55 G multiply-adds
 //! per second against the earlier kernel (one horizontal sum per pair, the weight block
 //! widened again for every eight activation rows); candle's Q4_K / Q6_K products 29–31.
