@@ -5,6 +5,8 @@
 
 use num_traits::Float;
 
+pub mod gelu;
+
 /// Index of the largest value, the first one on ties; NaN never wins. 0 for an empty slice
 /// or one that holds only −∞ / NaN (callers that must tell those apart check the value).
 pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {

@@ -118,9 +118,7 @@ impl Block {
         let normed = self.cross_ln.forward(&x)?;
         let x = (&x + self.cross_attn.attend(&normed, audio_k, audio_v, None)?)?;
 
-        let hidden = crate::acoustic::whisper::gelu::gelu_erf(
-            &self.fc1.forward(&self.mlp_ln.forward(&x)?)?,
-        )?;
+        let hidden = crate::math::gelu::gelu_erf(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?)?;
         x + self.fc2.forward(&hidden)?
     }
 }

@@ -230,7 +230,8 @@ impl Gemma3 {
             let a = attention(layer, &h, m, rope, n_head, n_kv, hd)?;
             x = (x + layer.post_attn_norm.forward(&a)?)?;
             let h = layer.ffn_norm.forward(&x)?;
-            let f = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
+            let f = (crate::math::gelu::gelu_tanh(&layer.gate.forward(&h)?)?
+                * layer.up.forward(&h)?)?;
             x = (x + layer.post_ffn_norm.forward(&layer.down.forward(&f)?)?)?;
         }
         #[cfg(feature = "research")]

@@ -6,7 +6,7 @@
 //! - blocks are public through `forward_to_block`, and only the blocks asked for are loaded;
 //! - q, k and v are fused into one [3d, d] projection (one matmul instead of three);
 //! - GELU is the exact erf form, as in Whisper and CTranslate2 (candle's uses the tanh form),
-//!   computed by a vectorised erf ([`super::gelu`]);
+//!   computed by a vectorised erf ([`crate::math::gelu`]);
 //! - the stored position encodings are used (CTranslate2 stores them; they are sinusoids).
 //!
 //! A shorter input than 3000 mel frames is accepted: the position encodings are sliced to the
@@ -16,7 +16,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, VarBuilder};
 use candle_transformers::models::whisper::Config;
 
-use super::gelu::gelu_erf;
+use crate::math::gelu::gelu_erf;
 
 /// Whisper's layer-norm epsilon.
 const LN_EPS: f64 = 1e-5;

@@ -15,7 +15,6 @@
 
 pub mod ct2;
 pub mod encoder;
-pub(crate) mod gelu;
 pub mod mel;
 pub mod names;
 
