@@ -52,8 +52,8 @@ fn gelu_tanh_one(x: f32) -> f32 {
 fn tanh(x: f32) -> f32 {
     let x = x.clamp(-9.0, 9.0);
     let x2 = x * x;
-    let mut p = x2.mul_add(-2.760_768_5e-16, 2.000_187_9e-13);
-    p = x2.mul_add(p, -8.604_671_5e-11);
+    let mut p = x2.mul_add(-2.760_768_5e-16, 2.000_188e-13);
+    p = x2.mul_add(p, -8.604_672e-11);
     p = x2.mul_add(p, 5.122_297e-8);
     p = x2.mul_add(p, 1.485_722_4e-5);
     p = x2.mul_add(p, 6.372_619_3e-4);
