@@ -62,8 +62,9 @@ pub(super) struct Q8KRows {
 
 impl Q8KRows {
     /// candle's `BlockQ8K::from_float`: per super-block, with `max` the value of largest
-    /// magnitude, `q = round(−127·x / max)` and `d = −max / 127`.
-    pub(super) fn quantize(xs: &[f32], k: usize) -> Self {
+    /// magnitude, `q = round(−127·x / max)` and `d = −max / 127`; with `grouped` (and more
+    /// than one row) also laid out by groups for [`prompt_pass`].
+    pub(super) fn quantize(xs: &[f32], k: usize, grouped: bool) -> Self {
         let blocks = xs.len() / QK_K;
         let mut qs = vec![0i8; xs.len()];
         let mut d = vec![0f32; blocks];
@@ -104,7 +105,7 @@ impl Q8KRows {
             d_g: Vec::new(),
             bsums_g: Vec::new(),
         };
-        if rows > 1 {
+        if grouped && rows > 1 {
             let slots = me.groups() * nb * LANES;
             me.qs_g = vec![0; slots * QK_K];
             me.d_g = vec![0.0; slots];
@@ -295,6 +296,80 @@ impl WideKRow {
     }
 }
 
+/// [`LANES`] weight rows unpacked once for the tiled prompt form ([`prompt_tile`]): per
+/// super-block `b` and 4-value step `s` (slot `b·64 + s`) the rows' unsigned values `4s..4s
+/// + 4` side by side, one dword per lane; per scale group `c` (Q6_K: 16 groups of 16 values;
+/// Q4_K, Q5_K: 8 sub-blocks of 32, slot `b·16 + c`) the rows' scales and minimums as i32
+/// lanes; `d` and `dmin` as lanes. Rows past the last are zero.
+#[cfg_attr(not(target_feature = "avx2"), allow(dead_code))]
+pub(super) struct WideKTile {
+    w: Vec<[u32; LANES]>,
+    s: Vec<[i32; LANES]>,
+    m: Vec<[i32; LANES]>,
+    d: Vec<[f32; LANES]>,
+    dmin: Vec<[f32; LANES]>,
+}
+
+impl WideKTile {
+    pub(super) fn new(blocks: usize) -> Self {
+        Self {
+            w: vec![[0; LANES]; blocks * QK_K / 4],
+            s: vec![[0; LANES]; blocks * 16],
+            m: vec![[0; LANES]; blocks * 16],
+            d: vec![[0.0; LANES]; blocks],
+            dmin: vec![[0.0; LANES]; blocks],
+        }
+    }
+}
+
+/// The tiled prompt form where `tiled` (AVX-512 VNNI): the weight rows in `w` (at most
+/// [`LANES`]) unpacked once into `tile`, then every activation row against all of them, four
+/// at a time (a step's four values of the eight rows are one vector, the activation's four
+/// bytes a broadcast; per scale group one `vpmulld` by the rows' scales), products written to
+/// columns `col..` of each `dst` row. Each lane is one pair doing [`scalar_pair`]'s steps
+/// (the same exact integers, the same float operations in the same order), so the bits are
+/// the scalar reference's. `false` (nothing done) where not `tiled`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prompt_tile(
+    tiled: bool,
+    format: KFormat,
+    w: &[u8],
+    row_bytes: usize,
+    tile: &mut WideKTile,
+    acts: &Q8KRows,
+    dst: &mut [&mut [f32]],
+    col: usize,
+) -> bool {
+    if !tiled {
+        return false;
+    }
+    #[cfg(target_feature = "avx2")]
+    {
+        // SAFETY: `tiled` is set only where AVX-512 VNNI/VL were detected at run time; `w`
+        // holds at most eight rows of whole super-blocks and `tile` one slot per super-block
+        // of a row.
+        unsafe {
+            match format {
+                KFormat::Q4K => {
+                    avx2::prompt_tile::<{ avx2::Q4K }>(w, row_bytes, tile, acts, dst, col)
+                }
+                KFormat::Q5K => {
+                    avx2::prompt_tile::<{ avx2::Q5K }>(w, row_bytes, tile, acts, dst, col)
+                }
+                KFormat::Q6K => {
+                    avx2::prompt_tile::<{ avx2::Q6K }>(w, row_bytes, tile, acts, dst, col)
+                }
+            }
+        }
+        true
+    }
+    #[cfg(not(target_feature = "avx2"))]
+    {
+        let _ = (format, w, row_bytes, tile, acts, dst, col);
+        unreachable!("the tiled form needs an AVX2 build")
+    }
+}
+
 /// Weight row `w` (unpacked in `wide`) with the activation rows of group `g`; lane `l` is row
 /// `g·LANES + l` (lanes past the last row are meaningless).
 pub(super) fn prompt_pass(
@@ -369,8 +444,8 @@ pub(super) fn token_pass(
 
 #[cfg(target_feature = "avx2")]
 mod avx2 {
-    use super::super::qmatrix::avx2::{prefetch_share, reduce, store};
-    use super::{Q8KRows, WideKRow, LANES, QK_K};
+    use super::super::qmatrix::avx2::{prefetch_share, reduce, store, transpose8};
+    use super::{Q8KRows, WideKRow, WideKTile, LANES, QK_K};
     use std::arch::x86_64::*;
 
     pub(super) const Q4K: u8 = 0;
@@ -440,13 +515,46 @@ mod avx2 {
         store(acc)
     }
 
+    /// Values `32c..32c + 32` of the weight super-block at `blk`, as unsigned bytes in their
+    /// natural order (what [`super::values`] gives).
+    #[inline(always)]
+    unsafe fn chunk_values<const F: u8>(blk: *const u8, c: usize) -> __m256i {
+        let m4 = _mm256_set1_epi8(0x0F);
+        if F == Q6K {
+            // Half n = c / 4 of the block; part i = c % 4: low or high nibbles of one of two
+            // 32-byte runs, with bits 2i, 2i + 1 of the high-bit bytes above them.
+            let (n, i) = (c / 4, c % 4);
+            let l = _mm256_loadu_si256(blk.add(64 * n + 32 * (i & 1)) as *const __m256i);
+            let h = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
+            let low = if i < 2 { l } else { _mm256_srli_epi16(l, 4) };
+            let high = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * i as i32));
+            let high = _mm256_and_si256(high, _mm256_set1_epi8(3));
+            _mm256_or_si256(_mm256_and_si256(low, m4), _mm256_slli_epi16(high, 4))
+        } else {
+            let qs = blk.add(if F == Q4K { 16 } else { 48 });
+            let bits = _mm256_loadu_si256(qs.add(32 * (c / 2)) as *const __m256i);
+            let q = if c.is_multiple_of(2) {
+                bits
+            } else {
+                _mm256_srli_epi16(bits, 4)
+            };
+            let mut q = _mm256_and_si256(q, m4);
+            if F == Q5K {
+                let hb = _mm256_loadu_si256(blk.add(16) as *const __m256i);
+                let bit = _mm256_srl_epi16(hb, _mm_cvtsi32_si128(c as i32));
+                let bit = _mm256_and_si256(bit, _mm256_set1_epi8(1));
+                q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+            }
+            q
+        }
+    }
+
     /// One weight super-block at `blk` with the activation block at `a`: the exact integer
     /// sum `Σ_g s16[g]·Σ q·a` as 8 partial i32 lanes, and the 16 i16 weights of the block's
     /// 16-value sums (Q4_K, Q5_K: the minimums; Q6_K: the scales, for its −32). Each chunk's
     /// values and scales are formed where they are used, so few registers stay live.
     #[inline(always)]
     unsafe fn block_sum<const F: u8>(blk: *const u8, a: *const i8) -> (__m256i, __m256i) {
-        let m4 = _mm256_set1_epi8(0x0F);
         let act = |c: usize| _mm256_loadu_si256(a.add(32 * c) as *const __m256i);
         let mut sum = _mm256_setzero_si256();
         if F == Q6K {
@@ -458,23 +566,9 @@ mod avx2 {
                 );
                 _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick))
             };
-            let m2 = _mm256_set1_epi8(3);
-            for n in 0..2 {
-                let l0 = _mm256_loadu_si256(blk.add(64 * n) as *const __m256i);
-                let l1 = _mm256_loadu_si256(blk.add(64 * n + 32) as *const __m256i);
-                let h = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
-                let h0 = _mm256_slli_epi16(_mm256_and_si256(h, m2), 4);
-                let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4);
-                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4);
-                let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4);
-                let q0 = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
-                let q1 = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
-                let q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2);
-                let q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3);
-                for (i, q) in [q0, q1, q2, q3].into_iter().enumerate() {
-                    let c = 4 * n + i;
-                    sum = _mm256_add_epi32(sum, chunk(scale(c), q, act(c)));
-                }
+            for c in 0..8 {
+                let q = chunk_values::<F>(blk, c);
+                sum = _mm256_add_epi32(sum, chunk(scale(c), q, act(c)));
             }
             (sum, _mm256_cvtepi8_epi16(sc))
         } else {
@@ -500,29 +594,146 @@ mod avx2 {
                 let pick = _mm256_set1_epi16(i16::from_le_bytes([2 * c as u8, 2 * c as u8 + 1]));
                 _mm256_shuffle_epi8(scales, pick)
             };
-            let qs = blk.add(if F == Q4K { 16 } else { 48 });
-            let hb = _mm256_loadu_si256(blk.add(16) as *const __m256i);
-            let one = _mm256_set1_epi8(1);
-            for c in 0..4 {
-                let bits = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                let mut lo = _mm256_and_si256(bits, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-                if F == Q5K {
-                    let s = _mm_cvtsi32_si128(2 * c as i32);
-                    let s1 = _mm_cvtsi32_si128(2 * c as i32 + 1);
-                    let bl = _mm256_and_si256(_mm256_srl_epi16(hb, s), one);
-                    let bh = _mm256_and_si256(_mm256_srl_epi16(hb, s1), one);
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(bl, 4));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(bh, 4));
-                }
-                sum = _mm256_add_epi32(sum, chunk(scale(2 * c), lo, act(2 * c)));
-                sum = _mm256_add_epi32(sum, chunk(scale(2 * c + 1), hi, act(2 * c + 1)));
+            for c in 0..8 {
+                let q = chunk_values::<F>(blk, c);
+                sum = _mm256_add_epi32(sum, chunk(scale(c), q, act(c)));
             }
             let m = _mm256_extracti128_si256(all, 1);
             (
                 sum,
                 _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m)),
             )
+        }
+    }
+
+    /// Activation rows `r0..r0 + R` against the eight weight rows of `tile`: lane `k` of
+    /// entry `i` is (weight row k, activation row r0 + i).
+    #[inline(always)]
+    unsafe fn tile_rows<const F: u8, const R: usize>(
+        tile: &WideKTile,
+        acts: &Q8KRows,
+        r0: usize,
+    ) -> [__m256; R] {
+        let nb = acts.blocks_per_row;
+        let q6 = F == Q6K;
+        // Scale groups per super-block and 4-value steps per group.
+        let (groups, steps) = if q6 { (16, 4) } else { (8, 8) };
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let mut sumi = [_mm256_setzero_si256(); R];
+            let mut summ = [_mm256_setzero_si256(); R];
+            for c in 0..groups {
+                let mut dot = [_mm256_setzero_si256(); R];
+                let bsum = |i: usize, g: usize| acts.bsums[((r0 + i) * nb + b) * 16 + g] as i32;
+                if q6 {
+                    // Q6_K's −32, through the activations' 16-value sums.
+                    for (i, v) in dot.iter_mut().enumerate() {
+                        *v = _mm256_set1_epi32(-32 * bsum(i, c));
+                    }
+                }
+                for t in 0..steps {
+                    let s = c * steps + t;
+                    let w = _mm256_loadu_si256(tile.w[b * 64 + s].as_ptr() as *const __m256i);
+                    for (i, v) in dot.iter_mut().enumerate() {
+                        let a = acts.qs.as_ptr().add(((r0 + i) * nb + b) * QK_K + 4 * s);
+                        let a = _mm256_set1_epi32((a as *const i32).read_unaligned());
+                        *v = _mm256_dpbusd_epi32(*v, w, a);
+                    }
+                }
+                let sc = _mm256_loadu_si256(tile.s[b * 16 + c].as_ptr() as *const __m256i);
+                for (i, v) in dot.iter().enumerate() {
+                    sumi[i] = _mm256_add_epi32(sumi[i], _mm256_mullo_epi32(sc, *v));
+                }
+                if !q6 {
+                    let m = _mm256_loadu_si256(tile.m[b * 16 + c].as_ptr() as *const __m256i);
+                    for (i, v) in summ.iter_mut().enumerate() {
+                        let bs = _mm256_set1_epi32(bsum(i, 2 * c) + bsum(i, 2 * c + 1));
+                        *v = _mm256_add_epi32(*v, _mm256_mullo_epi32(m, bs));
+                    }
+                }
+            }
+            let dw = _mm256_loadu_ps(tile.d[b].as_ptr());
+            let dmin = _mm256_loadu_ps(tile.dmin[b].as_ptr());
+            for i in 0..R {
+                let da = _mm256_set1_ps(acts.d[(r0 + i) * nb + b]);
+                acc[i] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+                if !q6 {
+                    let sm = _mm256_mul_ps(dmin, da);
+                    acc[i] = _mm256_fnmadd_ps(sm, _mm256_cvtepi32_ps(summ[i]), acc[i]);
+                }
+            }
+        }
+        acc
+    }
+
+    /// Unpacks the weight rows of `w` (at most eight, `row_bytes` each) into `tile`
+    /// ([`WideKTile`]'s layout): per 32-value chunk the rows' values, one vector each,
+    /// transposed as dwords.
+    #[inline(always)]
+    unsafe fn fill_tile<const F: u8>(w: &[u8], row_bytes: usize, tile: &mut WideKTile) {
+        let bytes = format(F).block_bytes();
+        let n = w.len() / row_bytes;
+        let per_group = if F == Q6K { 16 } else { 32 };
+        for b in 0..row_bytes / bytes {
+            tile.d[b] = [0.0; LANES];
+            tile.dmin[b] = [0.0; LANES];
+            for c in 0..16 {
+                tile.s[b * 16 + c] = [0; LANES];
+                tile.m[b * 16 + c] = [0; LANES];
+            }
+            for k in 0..n {
+                let sc = super::scales(format(F), &w[k * row_bytes + b * bytes..][..bytes]);
+                for c in 0..QK_K / per_group {
+                    // Q4_K / Q5_K: both 16-value halves of sub-block c carry its scale.
+                    let g = c * per_group / 16;
+                    tile.s[b * 16 + c][k] = sc.s16[g] as i32;
+                    tile.m[b * 16 + c][k] = sc.m16[g] as i32;
+                }
+                tile.d[b][k] = sc.d;
+                tile.dmin[b][k] = sc.dmin;
+            }
+            for c in 0..8 {
+                let mut v = [_mm256_setzero_si256(); LANES];
+                for (k, v) in v.iter_mut().enumerate().take(n) {
+                    *v = chunk_values::<F>(w.as_ptr().add(k * row_bytes + b * bytes), c);
+                }
+                for (j, t) in transpose8(v).into_iter().enumerate() {
+                    let at = tile.w[b * 64 + 8 * c + j].as_mut_ptr() as *mut __m256i;
+                    _mm256_storeu_si256(at, t);
+                }
+            }
+        }
+    }
+
+    /// See `super::prompt_tile`.
+    #[target_feature(enable = "avx512vnni,avx512vl")]
+    pub(super) unsafe fn prompt_tile<const F: u8>(
+        w: &[u8],
+        row_bytes: usize,
+        tile: &mut WideKTile,
+        acts: &Q8KRows,
+        dst: &mut [&mut [f32]],
+        col: usize,
+    ) {
+        const R: usize = 4;
+        fill_tile::<F>(w, row_bytes, tile);
+        let n = w.len() / row_bytes;
+        let tile = &*tile;
+        let mut put = |r: usize, v: __m256| {
+            let v = store(v);
+            dst[r][col..col + n].copy_from_slice(&v[..n]);
+        };
+        let mut r = 0;
+        while r + R <= acts.rows {
+            for (i, v) in tile_rows::<F, R>(tile, acts, r).into_iter().enumerate() {
+                put(r + i, v);
+            }
+            r += R;
+        }
+        while r < acts.rows {
+            put(r, tile_rows::<F, 1>(tile, acts, r)[0]);
+            r += 1;
         }
     }
 
@@ -578,6 +789,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::super::qmatrix::tests::values as values_of;
+    use super::super::qmatrix::Kernel;
     use super::*;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
@@ -622,7 +834,7 @@ mod tests {
         // 3 super-blocks per row, 13 activation rows (a full group and a partial one), 11
         // weight rows (a full token pass and a partial one).
         let (rows, cols, m) = (11, 3 * QK_K, 13);
-        let acts = Q8KRows::quantize(&values_of(m * cols, 5), cols);
+        let acts = Q8KRows::quantize(&values_of(m * cols, 5), cols, true);
         for (dtype, kf) in FORMATS {
             let w = Tensor::from_vec(values_of(rows * cols, 7), (rows, cols), &Device::Cpu)?;
             let q = QTensor::quantize(&w, dtype)?;
@@ -643,6 +855,33 @@ mod tests {
                                 oracle(j, r).to_bits(),
                                 "{kf:?} {simd} {j}/{r}"
                             );
+                        }
+                    }
+                }
+                // The tiled prompt form (where the CPU has AVX-512 VNNI): a tile of eight
+                // weight rows and a partial one of three, 13 activation rows (three passes
+                // of four and one alone).
+                let tiled = simd && Kernel::tiles_here();
+                let mut tile = WideKTile::new(cols / QK_K);
+                let mut out = vec![vec![f32::NAN; rows]; m];
+                let mut dst: Vec<&mut [f32]> = out.iter_mut().map(|r| &mut r[..]).collect();
+                for (t, w) in data.chunks(LANES * row_bytes).enumerate() {
+                    let done = prompt_tile(
+                        tiled,
+                        kf,
+                        w,
+                        row_bytes,
+                        &mut tile,
+                        &acts,
+                        &mut dst,
+                        t * LANES,
+                    );
+                    assert_eq!(done, tiled);
+                }
+                if tiled {
+                    for (r, row) in out.iter().enumerate() {
+                        for (j, v) in row.iter().enumerate() {
+                            assert_eq!(v.to_bits(), oracle(j, r).to_bits(), "tiled {kf:?} {j}/{r}");
                         }
                     }
                 }
@@ -675,6 +914,7 @@ mod tests {
                 .map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 })
                 .collect::<Vec<_>>(),
             cols,
+            true,
         );
         for (dtype, kf) in FORMATS {
             for sign in [1.0f32, -1.0] {
@@ -689,9 +929,19 @@ mod tests {
                 let data = q.data()?;
                 let row_bytes = cols / QK_K * kf.block_bytes();
                 let got = token_pass(true, kf, &data, row_bytes, LANES, &acts, 0, &[]);
+                let mut tiled = [vec![0f32; LANES]];
+                let mut dst: Vec<&mut [f32]> = tiled.iter_mut().map(|r| &mut r[..]).collect();
+                let mut tile = WideKTile::new(cols / QK_K);
+                let has_tile = Kernel::tiles_here();
+                prompt_tile(
+                    has_tile, kf, &data, row_bytes, &mut tile, &acts, &mut dst, 0,
+                );
                 for (k, v) in got.iter().enumerate() {
                     let want = scalar_pair(kf, &data[k * row_bytes..][..row_bytes], &acts, 0);
                     assert_eq!(v.to_bits(), want.to_bits(), "{kf:?} {sign} {k}");
+                    if has_tile {
+                        assert_eq!(tiled[0][k].to_bits(), want.to_bits(), "tiled {kf:?} {sign}");
+                    }
                 }
             }
         }

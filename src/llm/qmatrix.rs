@@ -38,7 +38,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result, Tensor};
 use half::f16;
 
-use super::kquant::{self, KFormat, Q8KRows, WideKRow, QK_K};
+use super::kquant::{self, KFormat, Q8KRows, WideKRow, WideKTile, QK_K};
 use super::split::SplitPool;
 
 /// Values per block (the same for Q4_1, Q8_0 and the Q8_1 activations).
@@ -194,13 +194,21 @@ impl QMatrix {
                 });
             }
             Format::K(format) => {
-                let acts = Q8KRows::quantize(&xs, k);
+                let kernel = Kernel::detect();
+                let acts = Q8KRows::quantize(&xs, k, !kernel.tiles());
+                let (rows_blocks, tile_blocks) = if kernel.tiles() {
+                    (0, widened_blocks(QK_K))
+                } else {
+                    (widened_blocks(QK_K), 0)
+                };
                 self.product(m, &mut out, &|j0, dst| {
                     let mut passes = KPasses {
-                        simd: Kernel::detect() != Kernel::Scalar,
+                        simd: kernel != Kernel::Scalar,
+                        tiled: kernel.tiles(),
                         format,
                         acts: &acts,
-                        wide: WideKRow::new(widened_blocks(QK_K)),
+                        wide: WideKRow::new(rows_blocks),
+                        tile: WideKTile::new(tile_blocks),
                     };
                     self.rows_product(&mut passes, &data, j0, dst)
                 });
@@ -344,9 +352,11 @@ impl Passes for OwnPasses<'_> {
 /// [`Passes`] for the K-quants (`super::kquant`).
 struct KPasses<'a> {
     simd: bool,
+    tiled: bool,
     format: KFormat,
     acts: &'a Q8KRows,
     wide: WideKRow,
+    tile: WideKTile,
 }
 
 impl Passes for KPasses<'_> {
@@ -360,6 +370,20 @@ impl Passes for KPasses<'_> {
 
     fn prompt(&self, w: &[u8], g: usize) -> [f32; LANES] {
         kquant::prompt_pass(self.simd, self.format, w, &self.wide, self.acts, g)
+    }
+
+    fn tile(&mut self, w: &[u8], row_bytes: usize, dst: &mut [&mut [f32]], col: usize) -> bool {
+        let (format, acts) = (self.format, self.acts);
+        kquant::prompt_tile(
+            self.tiled,
+            format,
+            w,
+            row_bytes,
+            &mut self.tile,
+            acts,
+            dst,
+            col,
+        )
     }
 }
 
@@ -582,7 +606,7 @@ fn scalar_pair(format: OwnFormat, w: &[u8], acts: &Q8Rows, r: usize) -> f32 {
 
 /// Which instructions form the products: chosen once per product at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(super) enum Kernel {
     /// [`scalar_pair`] per pair: builds whose target lacks AVX2, and the tests' oracle.
     #[cfg_attr(target_feature = "avx2", allow(dead_code))]
     Scalar,
@@ -613,6 +637,7 @@ impl Kernel {
 
     /// Every kernel this CPU can run (for the tests).
     #[cfg(test)]
+    #[cfg_attr(not(target_feature = "avx2"), allow(unused_mut))]
     fn available() -> Vec<Self> {
         let mut all = vec![Self::Scalar];
         #[cfg(target_feature = "avx2")]
@@ -680,6 +705,12 @@ impl Kernel {
             }
         }
         true
+    }
+
+    /// Whether this CPU's kernel has the tiled prompt form (for the K-quant tests).
+    #[cfg(test)]
+    pub(super) fn tiles_here() -> bool {
+        Self::detect().tiles()
     }
 
     /// Widens weight row `w` into `wide` for [`Self::prompt_pass`] (the scalar kernel reads
@@ -1041,33 +1072,69 @@ pub(super) mod avx2 {
         store(acc)
     }
 
-    /// Widens the weight rows of `w` (at most eight) into `tile` ([`WideTile`]'s layout).
+    /// Eight rows of eight dwords, transposed: lane `k` of output `j` is dword `j` of `v[k]`.
+    #[inline(always)]
+    pub(in crate::llm) unsafe fn transpose8(v: [__m256i; LANES]) -> [__m256i; LANES] {
+        let lo = |a, b| _mm256_unpacklo_epi32(a, b);
+        let hi = |a, b| _mm256_unpackhi_epi32(a, b);
+        let t = [
+            lo(v[0], v[1]),
+            hi(v[0], v[1]),
+            lo(v[2], v[3]),
+            hi(v[2], v[3]),
+            lo(v[4], v[5]),
+            hi(v[4], v[5]),
+            lo(v[6], v[7]),
+            hi(v[6], v[7]),
+        ];
+        // Per 128-bit half: u[0] dwords 0 (and 4) of rows 0..4, u[1] dwords 1 (5), …
+        let u = [
+            _mm256_unpacklo_epi64(t[0], t[2]),
+            _mm256_unpackhi_epi64(t[0], t[2]),
+            _mm256_unpacklo_epi64(t[1], t[3]),
+            _mm256_unpackhi_epi64(t[1], t[3]),
+            _mm256_unpacklo_epi64(t[4], t[6]),
+            _mm256_unpackhi_epi64(t[4], t[6]),
+            _mm256_unpacklo_epi64(t[5], t[7]),
+            _mm256_unpackhi_epi64(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2x128_si256(u[0], u[4], 0x20),
+            _mm256_permute2x128_si256(u[1], u[5], 0x20),
+            _mm256_permute2x128_si256(u[2], u[6], 0x20),
+            _mm256_permute2x128_si256(u[3], u[7], 0x20),
+            _mm256_permute2x128_si256(u[0], u[4], 0x31),
+            _mm256_permute2x128_si256(u[1], u[5], 0x31),
+            _mm256_permute2x128_si256(u[2], u[6], 0x31),
+            _mm256_permute2x128_si256(u[3], u[7], 0x31),
+        ]
+    }
+
+    /// Widens the weight rows of `w` (at most eight) into `tile` ([`WideTile`]'s layout): per
+    /// block the rows' 32 unsigned bytes, one vector each, transposed as dwords.
     #[inline(always)]
     unsafe fn fill_tile<const F: u8>(w: &[u8], row_bytes: usize, tile: &mut WideTile) {
         let bytes = format(F).block_bytes();
         let n = w.len() / row_bytes;
-        let mut row = [0u32; QK / 4];
-        for k in 0..LANES {
-            for b in 0..row_bytes / bytes {
-                if k < n {
-                    let blk = &w[k * row_bytes + b * bytes..][..bytes];
-                    let u = if F == Q8_0 {
-                        let q = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-                        _mm256_xor_si256(q, _mm256_set1_epi8(-128))
-                    } else {
-                        widen::<F>(blk).0
-                    };
-                    _mm256_storeu_si256(row.as_mut_ptr() as *mut __m256i, u);
-                    tile.d[b][k] = half_at(blk, 0);
-                    tile.m[b][k] = if F == Q4_1 { half_at(blk, 2) } else { 0.0 };
+        for b in 0..row_bytes / bytes {
+            let mut v = [_mm256_setzero_si256(); LANES];
+            tile.d[b] = [0.0; LANES];
+            tile.m[b] = [0.0; LANES];
+            for (k, v) in v.iter_mut().enumerate().take(n) {
+                let blk = &w[k * row_bytes + b * bytes..][..bytes];
+                *v = if F == Q8_0 {
+                    let q = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+                    _mm256_xor_si256(q, _mm256_set1_epi8(-128))
                 } else {
-                    row = [0; QK / 4];
-                    tile.d[b][k] = 0.0;
-                    tile.m[b][k] = 0.0;
+                    widen::<F>(blk).0
+                };
+                tile.d[b][k] = half_at(blk, 0);
+                if F == Q4_1 {
+                    tile.m[b][k] = half_at(blk, 2);
                 }
-                for (s, v) in row.iter().enumerate() {
-                    tile.w[b * (QK / 4) + s][k] = *v;
-                }
+            }
+            for (j, t) in transpose8(v).into_iter().enumerate() {
+                _mm256_storeu_si256(tile.w[b * (QK / 4) + j].as_mut_ptr() as *mut __m256i, t);
             }
         }
     }
