@@ -421,10 +421,10 @@ if "skipped" in result["llm"]:
     print(f"LLM: skipped ({result['llm']['skipped']}).\n")
 else:
     l = result["llm"]
-    print("| LLM | Load ms | Prompt tok/s | Gen tok/s | ms/routed clip (cold) | ms/routed clip (warm) | Peak RSS MB |")
+    print("| LLM | Load ms | Prompt tok/s | Gen tok/s | ms/routed clip (cold) | ms/routed clip (warm) | Peak RSS MB (one load) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| {l['spec']} | {l.get('load_ms', 0):.0f} | {l.get('prompt_tok_s', 0):.0f} | {l.get('gen_tok_s', 0):.1f} "
-          f"| {l.get('decision_ms_cold', 0):.0f} | {l.get('decision_ms_warm', 0):.0f} | {l.get('peak_rss_mb', 0):.0f} |")
+          f"| {l.get('decision_ms_cold', 0):.0f} | {l.get('decision_ms_warm', 0):.0f} | {l.get('peak_rss_mb_one_load', l.get('peak_rss_mb', 0)):.0f} |")
     if "ms_per_clip_at_route_fraction" in l:
         print(f"\nRouting {l['route_fraction']:.0%} of clips to it adds {l['ms_per_clip_at_route_fraction']:.0f} ms per clip on average.")
     print()

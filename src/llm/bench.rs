@@ -77,7 +77,12 @@ pub struct BenchReport {
     pub explain_ms: f64,
     pub explain_tokens: usize,
     pub explain_max_tokens: usize,
+    /// Peak resident memory of the whole bench, which loads the model a second time for the
+    /// other prompt layout (allocator pages the first load freed stay resident), MB.
     pub peak_rss_mb: f64,
+    /// Peak resident memory up to the end of the product's path (one load, prefix, decisions,
+    /// rationale, explain), before that second load: what a `classify --llm` process holds, MB.
+    pub peak_rss_mb_one_load: f64,
 }
 
 /// The rules stated in the benchmark prompt (a stand-in for a rule set of typical length).
@@ -292,6 +297,7 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     let (_, explain_tokens) = reasoner.rationale_for(&case, chosen)?;
     let explain_ms = ms(t);
     drop(reasoner);
+    let peak_rss_mb_one_load = peak_rss_mb();
     let other_model = LlmModel::load(&file, options)?;
     let mut other = LlmReasoner::new(
         &file,
@@ -338,5 +344,6 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
         explain_tokens,
         explain_max_tokens: ReasonerOptions::default().max_rationale_tokens,
         peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb_one_load,
     })
 }
