@@ -444,7 +444,7 @@ pub(super) fn token_pass(
 
 #[cfg(target_feature = "avx2")]
 mod avx2 {
-    use super::super::qmatrix::avx2::{prefetch_share, reduce, store, transpose8};
+    use super::super::qmatrix::avx2::{prefetch_share, reduce, store, tile_passes, transpose8};
     use super::{Q8KRows, WideKRow, WideKTile, LANES, QK_K};
     use std::arch::x86_64::*;
 
@@ -716,25 +716,17 @@ mod avx2 {
         dst: &mut [&mut [f32]],
         col: usize,
     ) {
-        const R: usize = 4;
         fill_tile::<F>(w, row_bytes, tile);
-        let n = w.len() / row_bytes;
         let tile = &*tile;
-        let mut put = |r: usize, v: __m256| {
-            let v = store(v);
-            dst[r][col..col + n].copy_from_slice(&v[..n]);
-        };
-        let mut r = 0;
-        while r + R <= acts.rows {
-            for (i, v) in tile_rows::<F, R>(tile, acts, r).into_iter().enumerate() {
-                put(r + i, v);
-            }
-            r += R;
-        }
-        while r < acts.rows {
-            put(r, tile_rows::<F, 1>(tile, acts, r)[0]);
-            r += 1;
-        }
+        let n = w.len() / row_bytes;
+        tile_passes(
+            acts.rows,
+            n,
+            dst,
+            col,
+            |r| tile_rows::<F, 4>(tile, acts, r),
+            |r| tile_rows::<F, 1>(tile, acts, r),
+        );
     }
 
     pub(super) unsafe fn token_pass<const F: u8>(

@@ -1193,22 +1193,44 @@ pub(super) mod avx2 {
         dst: &mut [&mut [f32]],
         col: usize,
     ) {
-        const R: usize = 4;
         fill_tile::<F>(w, row_bytes, tile);
+        let tile = &*tile;
         let n = w.len() / row_bytes;
+        tile_passes(
+            acts.rows,
+            n,
+            dst,
+            col,
+            |r| tile_rows::<F, 4>(tile, acts, r),
+            |r| tile_rows::<F, 1>(tile, acts, r),
+        );
+    }
+
+    /// Every activation row of a prompt chunk (`rows` of them) against a filled tile of `n`
+    /// real weight rows: `four(r)` gives rows `r..r + 4`, `one(r)` row `r` alone (the last
+    /// `rows % 4`); lane `k` of each goes to column `col + k` of its `dst` row.
+    #[inline(always)]
+    pub(in crate::llm) unsafe fn tile_passes(
+        rows: usize,
+        n: usize,
+        dst: &mut [&mut [f32]],
+        col: usize,
+        four: impl Fn(usize) -> [__m256; 4],
+        one: impl Fn(usize) -> [__m256; 1],
+    ) {
         let mut put = |r: usize, v: __m256| {
             let v = store(v);
             dst[r][col..col + n].copy_from_slice(&v[..n]);
         };
         let mut r = 0;
-        while r + R <= acts.rows {
-            for (i, v) in tile_rows::<F, R>(tile, acts, r).into_iter().enumerate() {
+        while r + 4 <= rows {
+            for (i, v) in four(r).into_iter().enumerate() {
                 put(r + i, v);
             }
-            r += R;
+            r += 4;
         }
-        while r < acts.rows {
-            put(r, tile_rows::<F, 1>(tile, acts, r)[0]);
+        while r < rows {
+            put(r, one(r)[0]);
             r += 1;
         }
     }
