@@ -3,7 +3,8 @@
 //! 262k-token embedding to f32 (+670 MB), gates the MLP with SiLU where Gemma uses tanh-GELU,
 //! and builds a mask of mixed dtypes once a KV cache exists. Here: rotary tables for the
 //! positions asked for (two tables, local and global, shared by all layers), a quantised
-//! embedding lookup, GELU, and a causal + sliding-window mask over cached positions.
+//! embedding lookup, tanh-GELU (vectorised, [`crate::math::gelu`]), and a causal +
+//! sliding-window mask over cached positions.
 
 use std::sync::Arc;
 
