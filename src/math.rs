@@ -54,7 +54,7 @@ pub fn log_softmax<T: Float>(v: &[T]) -> Vec<T> {
     v.iter().map(|&x| x - max - lse).collect()
 }
 
-/// ln softmax(v)[index] without the whole vector (an LLM's vocabulary); −∞ for an index
+/// ln softmax(v)\[index\] without the whole vector (an LLM's vocabulary); −∞ for an index
 /// past the end.
 pub fn log_softmax_at<T: Float>(v: &[T], index: usize) -> T {
     match v.get(index) {

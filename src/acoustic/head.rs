@@ -256,7 +256,7 @@ impl Head {
         Ok(z)
     }
 
-    /// The output layer's weight [K, 2H+E] and bias [K].
+    /// The output layer's weight `[K, 2H+E]` and bias `[K]`.
     pub fn output_layer(&self) -> (&Tensor, Option<&Tensor>) {
         (self.out.weight(), self.out.bias())
     }

@@ -69,7 +69,7 @@ pub enum AudioError {
 }
 
 impl AudioError {
-    /// The file the error is about ([`IN_MEMORY`] for in-memory samples).
+    /// The file the error is about (`IN_MEMORY`, `"<in-memory samples>"`, for in-memory samples).
     pub fn path(&self) -> &Path {
         match self {
             AudioError::Io { path, .. }

@@ -17,7 +17,7 @@ use super::error::{AudioError, IN_MEMORY};
 const CHUNK_IN: usize = 1024;
 
 /// Resample mono `samples` from `from_rate` to `to_rate` (band-limited, delay-compensated).
-/// Equal rates return a copy. Errors name [`IN_MEMORY`] as the path.
+/// Equal rates return a copy. Errors name `IN_MEMORY` (`"<in-memory samples>"`) as the path.
 pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32) -> Result<Vec<f32>, AudioError> {
     let mut rs = StreamResampler::new(from_rate, to_rate)?;
     let mut out = Vec::with_capacity(expected_len(samples.len() as u64, from_rate, to_rate) + 16);

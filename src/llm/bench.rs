@@ -230,7 +230,7 @@ pub fn bench(spec_path: &Path, threads: usize) -> Result<BenchReport, LlmError> 
     bench_with(spec_path, &options)
 }
 
-/// [`bench`] with every load option chosen (e.g. `packed_kernels`).
+/// [`bench()`] with every load option chosen (e.g. `packed_kernels`).
 pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport, LlmError> {
     let threads = options.threads;
     let file = GgufFile::open(spec_path)?;

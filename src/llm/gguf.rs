@@ -61,7 +61,7 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
-    /// A required unsigned integer of the metadata, as a size (the one reader: [`metadata_u64`]).
+    /// A required unsigned integer of the metadata, as a size (the one reader: `metadata_u64`).
     pub fn meta_usize(&self, key: &str) -> Result<usize, LlmError> {
         metadata_u64(&self.content, &self.path, key).map(|v| v as usize)
     }

@@ -8,7 +8,7 @@
 //! under `--data` is owner-only.
 //!
 //! Threads: the pipeline is CPU-heavy and not `Sync`, so it lives on one worker thread
-//! ([`worker`]) that takes jobs from a channel; the async handlers only move bytes and wait
+//! (`worker`) that takes jobs from a channel; the async handlers only move bytes and wait
 //! for replies, so a long classification never blocks `/api/health` or the page.
 
 mod routes;

@@ -333,7 +333,7 @@ fn is_plain_name(name: &str) -> bool {
 }
 
 /// The client's file name reduced to a safe basename: the last path component, characters
-/// outside `[A-Za-z0-9._-]` replaced by `_`, no leading dots, at most [`MAX_NAME`] bytes
+/// outside `[A-Za-z0-9._-]` replaced by `_`, no leading dots, at most `MAX_NAME` bytes
 /// (the extension kept, it tells the decoder the format); `upload` when nothing is left.
 pub fn sanitise(client_name: &str) -> String {
     let base = client_name.rsplit(['/', '\\']).next().unwrap_or("");

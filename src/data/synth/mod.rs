@@ -4,7 +4,7 @@
 //! with its own pitch offset. Each clip speaks an everyday Vietnamese sentence that is only
 //! partly tied to its label ([`sentences`]) with prosody drawn from overlapping per-class
 //! distributions ([`prosody`]), then gets tremor, harshness, a small room, noise and a random
-//! level ([`dsp`]). Output: `<out>/clips/*.wav` (16-bit, 16 kHz, mono), `<out>/manifest.csv`
+//! level (`dsp`). Output: `<out>/clips/*.wav` (16-bit, 16 kHz, mono), `<out>/manifest.csv`
 //! and `<out>/README.md`.
 //!
 //! All random choices are drawn up front from one ChaCha8 stream seeded with `seed`, and
