@@ -17,14 +17,16 @@
 //! every activation row.
 //!
 //! Every activation row gets exactly the same arithmetic whether it comes alone (a generated
-//! token, which meets eight weight rows per pass) or with others (a prompt chunk, taken eight
-//! rows per pass over a weight row), and whichever thread computes it, so a prompt fed in one
+//! token, which meets eight weight rows per pass) or with others (a prompt chunk: eight weight
+//! rows widened once into a tile and met by four activation rows per pass where the CPU has
+//! AVX-512 VNNI, else eight activation rows per pass over one widened weight row), and
+//! whichever thread computes it, so a prompt fed in one
 //! pass or in several gives the same projections. Each of the eight pairs of a pass is one
 //! lane of a vector: a block's exact integer sum (AVX2 byte products, or AVX-512 VNNI's
 //! `vpdpbusd` where the CPU has it, chosen at run time: the same integers) is scaled and added
 //! in that lane, so no horizontal float sum is needed and every kernel equals the scalar
-//! reference ([`scalar_pair`]) bit for bit. A prompt pass widens a weight row once and meets
-//! all of the chunk's activation rows with it; a token pass prefetches the next eight rows.
+//! reference ([`scalar_pair`]) bit for bit. A prompt chunk widens its weight rows once and
+//! meets all of its activation rows with them; a token pass prefetches the next eight rows.
 //!
 //! Measured on this project's 2-vCPU development machine by a temporary timing of one
 //! product (not shipped; whole-model figures: `just llama-bench`) (one thread, a 4864 × 896 matrix
@@ -100,8 +102,9 @@ impl Format {
     }
 }
 
-/// Pairs per pass, one per lane of an 8 × f32 vector: a prompt chunk meets a weight row
-/// eight activation rows at a time, a generated token eight weight rows at a time. (Eight
+/// Pairs per pass, one per lane of an 8 × f32 vector: a generated token meets eight weight rows
+/// at a time, a prompt chunk eight weight rows (the tiled form, [`Kernel::prompt_tile`]) or,
+/// without AVX-512 VNNI, one weight row with eight activation rows. (Eight
 /// activation rows measured faster than four on the prompt: Qwen2.5-0.5B at one thread 65-66
 /// -> 68-71 tok/s, Gemma 3 187 -> 195, SmolLM2 163 -> 167.)
 pub(super) const LANES: usize = 8;
