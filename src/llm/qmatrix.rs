@@ -173,18 +173,19 @@ impl QMatrix {
         let m = xs.len() / k;
         let mut out = vec![0f32; m * self.rows];
         let data = self.tensor.data()?;
-        // Only a prompt chunk widens weight rows; a generated token's product needs no buffer.
-        let widened_blocks = |per_block: usize| if m > 1 { k / per_block } else { 0 };
+        let kernel = Kernel::detect();
+        // Blocks of the buffers a prompt chunk widens weight rows into: (one row, a tile),
+        // only the one its kernel uses; a generated token's product needs neither.
+        let widened_blocks = |per_block: usize| match (m > 1, kernel.tiles()) {
+            (false, _) => (0, 0),
+            (true, false) => (k / per_block, 0),
+            (true, true) => (0, k / per_block),
+        };
         match self.format {
             Format::Own(format) => {
-                let kernel = Kernel::detect();
                 // The tiled prompt form reads activation rows as they are: no group layout.
                 let acts = Q8Rows::quantize(&xs, k, !kernel.tiles());
-                let (rows_blocks, tile_blocks) = if kernel.tiles() {
-                    (0, widened_blocks(QK))
-                } else {
-                    (widened_blocks(QK), 0)
-                };
+                let (rows_blocks, tile_blocks) = widened_blocks(QK);
                 self.product(m, &mut out, &|j0, dst| {
                     let mut passes = OwnPasses {
                         kernel,
@@ -197,17 +198,11 @@ impl QMatrix {
                 });
             }
             Format::K(format) => {
-                let kernel = Kernel::detect();
                 let acts = Q8KRows::quantize(&xs, k, !kernel.tiles());
-                let (rows_blocks, tile_blocks) = if kernel.tiles() {
-                    (0, widened_blocks(QK_K))
-                } else {
-                    (widened_blocks(QK_K), 0)
-                };
+                let (rows_blocks, tile_blocks) = widened_blocks(QK_K);
                 self.product(m, &mut out, &|j0, dst| {
                     let mut passes = KPasses {
-                        simd: kernel != Kernel::Scalar,
-                        tiled: kernel.tiles(),
+                        kernel,
                         format,
                         acts: &acts,
                         wide: WideKRow::new(rows_blocks),
@@ -354,8 +349,7 @@ impl Passes for OwnPasses<'_> {
 
 /// [`Passes`] for the K-quants (`super::kquant`).
 struct KPasses<'a> {
-    simd: bool,
-    tiled: bool,
+    kernel: Kernel,
     format: KFormat,
     acts: &'a Q8KRows,
     wide: WideKRow,
@@ -364,7 +358,8 @@ struct KPasses<'a> {
 
 impl Passes for KPasses<'_> {
     fn token(&self, w: &[u8], row_bytes: usize, n: usize, next: &[u8]) -> [f32; LANES] {
-        kquant::token_pass(self.simd, self.format, w, row_bytes, n, self.acts, 0, next)
+        let simd = self.kernel != Kernel::Scalar;
+        kquant::token_pass(simd, self.format, w, row_bytes, n, self.acts, 0, next)
     }
 
     fn widen(&mut self, w: &[u8]) {
@@ -372,18 +367,19 @@ impl Passes for KPasses<'_> {
     }
 
     fn prompt(&self, w: &[u8], g: usize) -> [f32; LANES] {
-        kquant::prompt_pass(self.simd, self.format, w, &self.wide, self.acts, g)
+        let simd = self.kernel != Kernel::Scalar;
+        kquant::prompt_pass(simd, self.format, w, &self.wide, self.acts, g)
     }
 
     fn tile(&mut self, w: &[u8], row_bytes: usize, dst: &mut [&mut [f32]], col: usize) -> bool {
-        let (format, acts) = (self.format, self.acts);
+        let tiled = self.kernel.tiles();
         kquant::prompt_tile(
-            self.tiled,
-            format,
+            tiled,
+            self.format,
             w,
             row_bytes,
             &mut self.tile,
-            acts,
+            self.acts,
             dst,
             col,
         )
