@@ -1,4 +1,5 @@
 //! Speed of the Whisper front end: log-mel and the first three encoder blocks on 3 s of audio
+//! (and, in a direct line, all six: what the protocol's deeper candidates would cost)
 //! (skipped with a printed reason when models/whisper-base is not installed), and whether Q8
 //! would help: one encoder-sized linear layer in f32 against candle's Q8_0 `QMatMul`.
 //! Run: `RAYON_NUM_THREADS=2 cargo bench --bench whisper` (candle's CPU matmul takes its
@@ -63,6 +64,20 @@ fn bench_encoder(c: &mut Criterion) {
         mel_s * 1e3,
         enc_s * 1e3,
         SECONDS / (mel_s + enc_s)
+    );
+
+    // What a deeper front end would cost (the protocol's `--blocks 6` candidates): all six.
+    let (cfg6, vb6) = load_ct2(&dir, &device).expect("load");
+    let encoder6 = WhisperEncoder::load_blocks(&cfg6, vb6, 6).expect("encoder");
+    encoder6.forward_to_block(&spec, 6).expect("warm-up");
+    let enc6_s = time(5, &|| {
+        std::hint::black_box(encoder6.forward_to_block(&spec, 6).expect("forward"));
+    });
+    println!(
+        "threads {}: encoder 6 blocks {:.1} ms for {SECONDS} s of audio ({:.2}x the {BLOCKS} blocks)",
+        candle_core::utils::get_num_threads(),
+        enc6_s * 1e3,
+        enc6_s / enc_s
     );
 
     let mut group = c.benchmark_group("whisper");

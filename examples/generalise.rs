@@ -21,7 +21,12 @@
 //!
 //! cargo run --release --features research --example generalise -- [--out DIR] [--attention]
 //!     [--synth-per-class N] [--quick] [--only 'NAME;NAME' [--merge protocol.json]]
-//!     [--fusion CANDIDATE [--rules FILE] [--fusion-llm SPEC]]
+//!     [--fusion CANDIDATE [--rules FILE] [--fusion-llm SPEC]] [--blocks N]
+//!
+//! `--blocks N` (3 to 6; default 3, what the product runs) encodes N Whisper-base blocks, so
+//! the candidates on deeper blocks ("… b4-6 …", "… b1-6 …", "… b6 …") can be scored; the
+//! others' scores do not change (the same views, the same seeds). They cost the product's
+//! front end N/3 times its encoder work.
 //!
 //! `--fusion` runs the fused-decision study with CANDIDATE as the acoustic model instead;
 //! `--fusion-llm SPEC` adds an LLM's label scores on routed clips as the fusion's fifth term.
@@ -57,7 +62,6 @@ use serde_json::json;
 
 mod common;
 
-const BLOCKS: [usize; 3] = [1, 2, 3];
 const LAMBDAS: [f64; 6] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003];
 const INNER_FOLDS: usize = 3;
 const BOOT: usize = 1000;
@@ -77,7 +81,7 @@ enum Kind {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ViewData {
     kind: Kind,
-    /// Per encoder block 1..=3: mean ‖ std of its frames (raw).
+    /// Per encoder block 1..=N (`--blocks`): mean ‖ std of its frames (raw).
     pooled: Vec<Vec<f32>>,
     evidence: Evidence,
     /// Block-3 frames, kept for the attention head (not cached).
@@ -286,7 +290,33 @@ const CANDIDATES: &[Candidate] = &[
     ),
     LINEAR_OUTLIERS_FIELD,
     LINEAR_OUTLIERS_PERTURB,
+    // Deeper Whisper blocks (need `--blocks 6`).
+    lin("linear b6", &[6], false, false, Aug::Perturb),
+    LINEAR_DEEP_B6,
+    LINEAR_DEEP_B46,
+    LINEAR_DEEP_B16,
 ];
+
+/// The served linear member's design on the last encoder block alone.
+const LINEAR_DEEP_B6: Candidate = Candidate {
+    name: "linear b6 utt-norm field-aug +evidence +neutral +outliers 0.5",
+    blocks: &[6],
+    ..LINEAR_OUTLIERS
+};
+
+/// … on blocks 4-6 (the half of the encoder the product does not run).
+const LINEAR_DEEP_B46: Candidate = Candidate {
+    name: "linear b4-6 utt-norm field-aug +evidence +neutral +outliers 0.5",
+    blocks: &[4, 5, 6],
+    ..LINEAR_OUTLIERS
+};
+
+/// … on every block.
+const LINEAR_DEEP_B16: Candidate = Candidate {
+    name: "linear b1-6 utt-norm field-aug +evidence +neutral +outliers 0.5",
+    blocks: &[1, 2, 3, 4, 5, 6],
+    ..LINEAR_OUTLIERS
+};
 
 /// The pooled input `camxuc train` gives the attention model's unfamiliarity reference.
 const UNFAMILIARITY_VIEW: Candidate = Candidate {
@@ -393,8 +423,26 @@ const ENSEMBLE_FIELD: Candidate = Candidate {
     ..ATTENTION_OUTLIERS_FROZEN_FIELD
 };
 
+/// The served mixture's design with its linear member on every encoder block (`--blocks 6`).
+const ENSEMBLE_DEEP: Candidate = Candidate {
+    name: "mean of linear b1-6 and attention frozen conv",
+    members: &[&LINEAR_DEEP_B16, &ATTENTION_OUTLIERS_FROZEN],
+    ..ATTENTION_OUTLIERS_FROZEN
+};
+
+/// The deepest encoder block a candidate or one of its members reads (the attention head
+/// reads block 3).
+fn deepest(c: &Candidate) -> usize {
+    let own = c.blocks.iter().copied().max().unwrap_or(0);
+    c.members.iter().map(|m| deepest(m)).fold(own, usize::max)
+}
+
+/// Encoder blocks the product's front end runs: the 100× real-time aim of the acoustic route
+/// holds with three (a candidate reading deeper blocks is scored but cannot be served).
+const PRODUCT_BLOCKS: usize = 3;
+
 /// The attention candidates (they need `--attention`: frames kept), in table order.
-const ATTENTION_CANDIDATES: [&Candidate; 10] = [
+const ATTENTION_CANDIDATES: [&Candidate; 11] = [
     &ATTENTION,
     &ATTENTION_OUTLIERS,
     &ATTENTION_OUTLIERS_1,
@@ -405,6 +453,7 @@ const ATTENTION_CANDIDATES: [&Candidate; 10] = [
     &ATTENTION_OUTLIERS_FROZEN_FIELD,
     &ENSEMBLE_FIELD,
     &ENSEMBLE_AS_SERVED,
+    &ENSEMBLE_DEEP,
 ];
 
 const ATTENTION: Candidate = Candidate {
@@ -474,7 +523,15 @@ fn main() -> anyhow::Result<()> {
 
     let dev = Device::Cpu;
     let models = camxuc::catalog::models_dir();
-    let frontend = Frontend::whisper(&models.join("whisper-base"), 3, -23.0, &dev)?;
+    let n_blocks: usize = value("--blocks")?
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(3);
+    anyhow::ensure!(
+        (3..=6).contains(&n_blocks),
+        "--blocks {n_blocks}: Whisper base has 6 blocks and the product reads 3 (choose 3 to 6)"
+    );
+    let frontend = Frontend::whisper(&models.join("whisper-base"), n_blocks, -23.0, &dev)?;
     let mut an = ClipAnalyser::new(&FeatureConfig::default())?;
     let keep_frames = flag("--attention");
     // `--fusion NAME`, checked before the long encoding pass.
@@ -509,6 +566,7 @@ fn main() -> anyhow::Result<()> {
         dev: &dev,
         babble: &babble_refs,
         keep_frames,
+        blocks: (1..=n_blocks).collect(),
         done: 0,
     };
     let full = [
@@ -521,8 +579,13 @@ fn main() -> anyhow::Result<()> {
     ];
     // Pooled statistics and evidence are cached (the attention head's frames are not).
     let cache = out.join(format!(
-        "cache-{per_class}{}.json",
-        if quick { "-quick" } else { "" }
+        "cache-{per_class}{}{}.json",
+        if quick { "-quick" } else { "" },
+        if n_blocks == 3 {
+            String::new()
+        } else {
+            format!("-b{n_blocks}")
+        }
     ));
     let (rav, syn, neutral, oos) = match std::fs::read(&cache) {
         Ok(bytes) if !keep_frames => {
@@ -570,6 +633,11 @@ fn main() -> anyhow::Result<()> {
     if keep_frames {
         candidates.extend(ATTENTION_CANDIDATES.iter().copied());
     }
+    let too_deep: Vec<&str> = candidates
+        .iter()
+        .filter(|c| deepest(c) > n_blocks)
+        .map(|c| c.name)
+        .collect();
     // `--only A;B`: score only the candidates named (exactly); with `--merge` the others'
     // rows come from an earlier run.
     if let Some(only) = value("--only")? {
@@ -581,7 +649,11 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("--only: no candidate named {n}");
         }
         candidates.retain(|c| names.contains(&c.name));
+        if let Some(n) = names.iter().find(|n| too_deep.contains(n)) {
+            anyhow::bail!("--only: {n} reads deeper blocks than --blocks {n_blocks} encodes");
+        }
     }
+    candidates.retain(|c| deepest(c) <= n_blocks);
     // Rows of an earlier run (e.g. the attention head's) for candidates this run does not score.
     let mut kept: Vec<serde_json::Value> = match value("--merge")? {
         Some(f) => {
@@ -731,6 +803,7 @@ fn main() -> anyhow::Result<()> {
             "name": c.name,
             "columns": cols,
             "worst": worst,
+            "encoder_blocks": deepest(c).max(PRODUCT_BLOCKS),
             "out_of_scope_confident_flag": frac(oos_conf, oos_n),
             // Those of them the served routing would not flag as unfamiliar (both designs keep
             // the reference `camxuc train` fits, with its threshold).
@@ -760,8 +833,16 @@ fn write_protocol(
     n_syn: usize,
     encode_s: f64,
 ) -> anyhow::Result<String> {
+    // Rows of earlier runs have no `encoder_blocks`: they read the product's three.
+    let servable = |r: &&serde_json::Value| {
+        r["encoder_blocks"]
+            .as_u64()
+            .unwrap_or(PRODUCT_BLOCKS as u64)
+            <= PRODUCT_BLOCKS as u64
+    };
     let served = rows
         .iter()
+        .filter(servable)
         .max_by(|a, b| {
             a["worst"]
                 .as_f64()
@@ -772,7 +853,7 @@ fn write_protocol(
         .unwrap_or_default();
     let doc = json!({
         "protocol": "columns: new_speakers = 4 folds of 4 of RAVDESS actors 01-16 (clean); field_chains = the same held-out clips through seeded field chains; ravdess_to_synthetic = train on all 16 actors, test on the SYNTHETIC Vietnamese corpus; synthetic_to_ravdess = the reverse. Macro-F1 with 95 % bootstrap intervals (1000 resamples), ECE (15 bins) after each model's own temperature.",
-        "chosen_by": "the highest worst column (macro-F1)",
+        "chosen_by": "the highest worst column (macro-F1) among the candidates whose encoder_blocks the product runs (3: the speed aim)",
         "synthetic_corpus": {"per_class": per_class, "speakers": 12, "clips": n_syn, "note": "SYNTHETIC espeak-ng speech"},
         "encode_seconds": encode_s,
         "candidates": rows,
@@ -793,6 +874,8 @@ struct Encoder<'a> {
     dev: &'a Device,
     babble: &'a [&'a [f32]],
     keep_frames: bool,
+    /// The encoder blocks pooled per view (1..=N).
+    blocks: Vec<usize>,
     done: usize,
 }
 
@@ -846,7 +929,7 @@ impl Encoder<'_> {
                 let blocks = self.frontend.block_frames(
                     &clip.speech.samples,
                     &clip.log_mel,
-                    &BLOCKS,
+                    &self.blocks,
                     self.dev,
                 )?;
                 let pooled = blocks
