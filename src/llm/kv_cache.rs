@@ -32,7 +32,7 @@ impl KvCache {
     /// A cache holding `k`, `v` (1, n_kv, seq, d).
     pub fn new(k: &Tensor, v: &Tensor) -> Result<Self> {
         let seq = k.dim(2)?;
-        Self::grown(None, k, v, seq)
+        Self::grown(None, k, v, seq, (2 * seq).max(MIN_CAPACITY))
     }
 
     /// Positions this holder sees.
@@ -62,15 +62,29 @@ impl KvCache {
             self.len = end;
             return Ok(());
         }
-        *self = Self::grown(Some(self), k, v, end)?;
+        // Out of room: double, so a long generation copies O(log n) times. A snapshot going
+        // its own way (a label's answer, a rationale from a shared prefix) usually appends a
+        // few tokens: room for MIN_CAPACITY more, not another copy of the prefix's size
+        // (SmolLM2 kept ~3 such buffers alive, 76 MB at twice the length each; heaptrack).
+        let capacity = if end > capacity {
+            2 * end
+        } else {
+            end + MIN_CAPACITY
+        };
+        *self = Self::grown(Some(self), k, v, end, capacity)?;
         Ok(())
     }
 
-    /// Fresh buffers with room for at least twice `end` positions, holding `old`'s positions
+    /// Fresh buffers with room for `capacity` (≥ `end`) positions, holding `old`'s positions
     /// followed by `k`, `v`.
-    fn grown(old: Option<&Self>, k: &Tensor, v: &Tensor, end: usize) -> Result<Self> {
+    fn grown(
+        old: Option<&Self>,
+        k: &Tensor,
+        v: &Tensor,
+        end: usize,
+        capacity: usize,
+    ) -> Result<Self> {
         let (b, n_kv, seq, d) = k.dims4()?;
-        let capacity = (2 * end).max(MIN_CAPACITY);
         let zeros = |t: &Tensor| Tensor::zeros((b, n_kv, capacity, d), t.dtype(), t.device());
         let (kb, vb) = (zeros(k)?, zeros(v)?);
         let start = end - seq;
@@ -157,6 +171,35 @@ mod tests {
                 .to_vec1::<f32>()?,
             want
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_branch_gets_a_little_room_and_the_tip_doubles() -> Result<()> {
+        let capacity = |c: &KvCache| c.buffers().0.dim(2);
+        let prefix = KvCache::new(&step(0, 300)?, &step(0, 300)?)?;
+        assert_eq!(capacity(&prefix)?, 600);
+        let mut tip = prefix.clone();
+        tip.append(&step(300, 10)?, &step(300, 10)?)?;
+        // A second branch from the prefix copies 305 positions into room for 64 more.
+        let mut branch = prefix.clone();
+        branch.append(&step(500, 5)?, &step(500, 5)?)?;
+        assert_eq!(capacity(&branch)?, 305 + MIN_CAPACITY);
+        assert_eq!(capacity(&tip)?, 600, "the tip appended in place");
+        // The branch runs out of room: it doubles.
+        for p in 0..MIN_CAPACITY {
+            branch.append(&step(600 + p, 1)?, &step(600 + p, 1)?)?;
+        }
+        assert_eq!(branch.len(), 305 + MIN_CAPACITY);
+        branch.append(&step(1000, 1)?, &step(1000, 1)?)?;
+        assert_eq!(capacity(&branch)?, 2 * (306 + MIN_CAPACITY));
+        let want: Vec<f32> = (0..300)
+            .chain(500..505)
+            .chain(600..600 + MIN_CAPACITY)
+            .chain(1000..1001)
+            .map(|p| p as f32)
+            .collect();
+        assert_eq!(seen(&branch)?, want);
         Ok(())
     }
 }

@@ -287,6 +287,11 @@ impl LlmReasoner {
         &self.prompt
     }
 
+    /// The tokenizer built from the model's GGUF metadata.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+
     pub fn model(&self) -> &LlmModel {
         &self.model
     }
