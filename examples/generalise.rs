@@ -541,7 +541,14 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .chain(ATTENTION_CANDIDATES)
                 .find(|c| c.name == name)
-                .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))?,
+                .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))
+                .and_then(|c| {
+                    anyhow::ensure!(
+                        deepest(c) <= n_blocks,
+                        "--fusion: {name} reads deeper blocks than --blocks {n_blocks} encodes"
+                    );
+                    Ok(c)
+                })?,
         ),
         None => None,
     };
