@@ -30,7 +30,7 @@ fn bench_encoder(c: &mut Criterion) {
     let device = Device::Cpu;
     let started = Instant::now();
     let (cfg, vb) = load_ct2(&dir, &device).expect("load");
-    let encoder = WhisperEncoder::load_blocks(&cfg, vb, BLOCKS).expect("encoder");
+    let encoder = WhisperEncoder::load_blocks(&cfg, vb.clone(), BLOCKS).expect("encoder");
     println!(
         "load ({BLOCKS} blocks): {:.3} s",
         started.elapsed().as_secs_f64()
@@ -67,8 +67,7 @@ fn bench_encoder(c: &mut Criterion) {
     );
 
     // What a deeper front end would cost (the protocol's `--blocks 6` candidates): all six.
-    let (cfg6, vb6) = load_ct2(&dir, &device).expect("load");
-    let encoder6 = WhisperEncoder::load_blocks(&cfg6, vb6, 6).expect("encoder");
+    let encoder6 = WhisperEncoder::load_blocks(&cfg, vb, 6).expect("encoder");
     encoder6.forward_to_block(&spec, 6).expect("warm-up");
     let enc6_s = time(5, &|| {
         std::hint::black_box(encoder6.forward_to_block(&spec, 6).expect("forward"));

@@ -437,6 +437,16 @@ fn deepest(c: &Candidate) -> usize {
     c.members.iter().map(|m| deepest(m)).fold(own, usize::max)
 }
 
+/// Refuses (naming `flag`) a candidate that reads deeper blocks than the run encodes.
+fn ensure_encoded(c: &Candidate, n_blocks: usize, flag: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        deepest(c) <= n_blocks,
+        "{flag}: {} reads deeper blocks than --blocks {n_blocks} encodes",
+        c.name
+    );
+    Ok(())
+}
+
 /// Encoder blocks the product's front end runs: the 100× real-time aim of the acoustic route
 /// holds with three (a candidate reading deeper blocks is scored but cannot be served).
 const PRODUCT_BLOCKS: usize = 3;
@@ -526,10 +536,10 @@ fn main() -> anyhow::Result<()> {
     let n_blocks: usize = value("--blocks")?
         .map(|v| v.parse())
         .transpose()?
-        .unwrap_or(3);
+        .unwrap_or(PRODUCT_BLOCKS);
     anyhow::ensure!(
-        (3..=6).contains(&n_blocks),
-        "--blocks {n_blocks}: Whisper base has 6 blocks and the product reads 3 (choose 3 to 6)"
+        (PRODUCT_BLOCKS..=6).contains(&n_blocks),
+        "--blocks {n_blocks}: Whisper base has 6 blocks and the product reads {PRODUCT_BLOCKS} (choose {PRODUCT_BLOCKS} to 6)"
     );
     let frontend = Frontend::whisper(&models.join("whisper-base"), n_blocks, -23.0, &dev)?;
     let mut an = ClipAnalyser::new(&FeatureConfig::default())?;
@@ -542,16 +552,31 @@ fn main() -> anyhow::Result<()> {
                 .chain(ATTENTION_CANDIDATES)
                 .find(|c| c.name == name)
                 .ok_or_else(|| anyhow::anyhow!("--fusion: no candidate named {name}"))
-                .and_then(|c| {
-                    anyhow::ensure!(
-                        deepest(c) <= n_blocks,
-                        "--fusion: {name} reads deeper blocks than --blocks {n_blocks} encodes"
-                    );
-                    Ok(c)
-                })?,
+                .and_then(|c| ensure_encoded(c, n_blocks, "--fusion").map(|()| c))?,
         ),
         None => None,
     };
+    // The candidates this run scores, also checked before the encoding pass.
+    let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
+    if keep_frames {
+        candidates.extend(ATTENTION_CANDIDATES.iter().copied());
+    }
+    // `--only A;B`: score only the candidates named (exactly); with `--merge` the others'
+    // rows come from an earlier run.
+    if let Some(only) = value("--only")? {
+        let names: Vec<&str> = only.split(';').map(str::trim).collect();
+        if let Some(n) = names
+            .iter()
+            .find(|n| !candidates.iter().any(|c| c.name == **n))
+        {
+            anyhow::bail!("--only: no candidate named {n}");
+        }
+        candidates.retain(|c| names.contains(&c.name));
+        for c in &candidates {
+            ensure_encoded(c, n_blocks, "--only")?;
+        }
+    }
+    candidates.retain(|c| deepest(c) <= n_blocks);
 
     // Babble: a fixed pool of synthetic utterances (never a test speaker of RAVDESS).
     let babble: Vec<Vec<f32>> = syn_m
@@ -588,7 +613,7 @@ fn main() -> anyhow::Result<()> {
     let cache = out.join(format!(
         "cache-{per_class}{}{}.json",
         if quick { "-quick" } else { "" },
-        if n_blocks == 3 {
+        if n_blocks == PRODUCT_BLOCKS {
             String::new()
         } else {
             format!("-b{n_blocks}")
@@ -636,31 +661,6 @@ fn main() -> anyhow::Result<()> {
             &models,
         );
     }
-    let mut candidates: Vec<Candidate> = CANDIDATES.to_vec();
-    if keep_frames {
-        candidates.extend(ATTENTION_CANDIDATES.iter().copied());
-    }
-    let too_deep: Vec<&str> = candidates
-        .iter()
-        .filter(|c| deepest(c) > n_blocks)
-        .map(|c| c.name)
-        .collect();
-    // `--only A;B`: score only the candidates named (exactly); with `--merge` the others'
-    // rows come from an earlier run.
-    if let Some(only) = value("--only")? {
-        let names: Vec<&str> = only.split(';').map(str::trim).collect();
-        if let Some(n) = names
-            .iter()
-            .find(|n| !candidates.iter().any(|c| c.name == **n))
-        {
-            anyhow::bail!("--only: no candidate named {n}");
-        }
-        candidates.retain(|c| names.contains(&c.name));
-        if let Some(n) = names.iter().find(|n| too_deep.contains(n)) {
-            anyhow::bail!("--only: {n} reads deeper blocks than --blocks {n_blocks} encodes");
-        }
-    }
-    candidates.retain(|c| deepest(c) <= n_blocks);
     // Rows of an earlier run (e.g. the attention head's) for candidates this run does not score.
     let mut kept: Vec<serde_json::Value> = match value("--merge")? {
         Some(f) => {
