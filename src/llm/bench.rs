@@ -237,7 +237,7 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     let mut model = LlmModel::load(&file, options)?;
     let load = model.load_stats().clone();
 
-    // Dropped before the reasoner builds its own: a second vocabulary (~34 MB for Qwen2.5's)
+    // Dropped before the reasoner builds its own: a second tokenizer (~17 MB for Qwen2.5's)
     // is not on the product's path and must not count in its peak memory.
     let ids = file.tokenizer()?.encode(BENCH_PROMPT, true)?;
     // One untimed pass warms caches and the allocator, as a routed clip after the first would.
