@@ -295,6 +295,7 @@ const CANDIDATES: &[Candidate] = &[
     LINEAR_DEEP_B6,
     LINEAR_DEEP_B46,
     LINEAR_DEEP_B16,
+    EVIDENCE_OUTLIERS,
 ];
 
 /// The served linear member's design on the last encoder block alone.
@@ -423,6 +424,21 @@ const ENSEMBLE_FIELD: Candidate = Candidate {
     ..ATTENTION_OUTLIERS_FROZEN_FIELD
 };
 
+/// The evidence model alone, trained as the mixture's linear member (neutral speech,
+/// outlier exposure): the 33 named features carry across corpora better than the encoder.
+const EVIDENCE_OUTLIERS: Candidate = with_outliers(
+    "evidence only +neutral +outliers 0.5",
+    0.5,
+    with_neutral("", lin("", &[], false, true, Aug::Both)),
+);
+
+/// The served mixture with the evidence model as a third member.
+const ENSEMBLE_THREE: Candidate = Candidate {
+    name: "mean of linear, attention frozen conv and evidence only",
+    members: &[&LINEAR_OUTLIERS, &ATTENTION_OUTLIERS_FROZEN, &EVIDENCE_OUTLIERS],
+    ..ATTENTION_OUTLIERS_FROZEN
+};
+
 /// The served mixture's design with its linear member on every encoder block (`--blocks 6`).
 const ENSEMBLE_DEEP: Candidate = Candidate {
     name: "mean of linear b1-6 and attention frozen conv",
@@ -452,7 +468,7 @@ fn ensure_encoded(c: &Candidate, n_blocks: usize, flag: &str) -> anyhow::Result<
 const PRODUCT_BLOCKS: usize = 3;
 
 /// The attention candidates (they need `--attention`: frames kept), in table order.
-const ATTENTION_CANDIDATES: [&Candidate; 11] = [
+const ATTENTION_CANDIDATES: [&Candidate; 12] = [
     &ATTENTION,
     &ATTENTION_OUTLIERS,
     &ATTENTION_OUTLIERS_1,
@@ -464,6 +480,7 @@ const ATTENTION_CANDIDATES: [&Candidate; 11] = [
     &ENSEMBLE_FIELD,
     &ENSEMBLE_AS_SERVED,
     &ENSEMBLE_DEEP,
+    &ENSEMBLE_THREE,
 ];
 
 const ATTENTION: Candidate = Candidate {
