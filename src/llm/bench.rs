@@ -274,8 +274,10 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     } else {
         (ReasonerOptions::default(), ReasonerOptions::compact())
     };
-    let mut reasoner = LlmReasoner::new(
-        &file,
+    // As the product opens it (`LlmReasoner::from_path`): the file's metadata is freed once
+    // the reasoner has read what it needs, before its prefix is processed.
+    let mut reasoner = LlmReasoner::from_file(
+        file,
         model,
         &LabelSet::default(),
         &bench_rules(),
@@ -300,9 +302,10 @@ pub fn bench_with(spec_path: &Path, options: &LoadOptions) -> Result<BenchReport
     let explain_ms = ms(t);
     drop(reasoner);
     let peak_rss_mb_one_load = peak_rss_mb();
+    let file = GgufFile::open(spec_path)?;
     let other_model = LlmModel::load(&file, options)?;
-    let mut other = LlmReasoner::new(
-        &file,
+    let mut other = LlmReasoner::from_file(
+        file,
         other_model,
         &LabelSet::default(),
         &bench_rules(),

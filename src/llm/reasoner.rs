@@ -157,49 +157,26 @@ struct SuffixRun {
     embedding: Vec<f32>,
 }
 
-pub struct LlmReasoner {
-    model: LlmModel,
+/// What a reasoner needs from its GGUF besides the weights: the tokenizer, the prompt for the
+/// file's chat format and the token ids it uses again and again.
+struct Prepared {
     tokenizer: GgufTokenizer,
     prompt: PromptBuilder,
-    options: ReasonerOptions,
-    prefix_ids: Vec<u32>,
-    prefix_cache: KvSnapshot,
-    /// Label indices, one rotation per order.
     orders: Vec<Vec<usize>>,
     question_ids: Vec<Vec<u32>>,
     answer_ids: Vec<Vec<u32>>,
     cue_ids: Vec<u32>,
     stop_ids: Vec<u32>,
-    /// Evidence-free log-likelihoods, per order and label (zeros without calibration).
-    calibration: Vec<Vec<f32>>,
+    prefix_ids: Vec<u32>,
     name: String,
-    prefix_ms: f64,
-    /// Milliseconds of the last `loglik_after`: the evidence, then each order.
-    timing: Vec<f64>,
 }
 
-impl LlmReasoner {
-    /// Opens and loads a GGUF and prepares the prompt cache.
-    pub fn from_path(
-        path: &Path,
-        labels: &LabelSet,
-        rules: &[RuleText],
-        options: ReasonerOptions,
-        load: &LoadOptions,
-    ) -> Result<Self, LlmError> {
-        let file = GgufFile::open(path)?;
-        let model = LlmModel::load(&file, load)?;
-        Self::new(&file, model, labels, rules, options)
-    }
-
-    /// Builds the prompt for `file`'s chat format, processes the shared prefix once and, when
-    /// calibrating, scores the evidence-free prompt.
-    pub fn new(
+impl Prepared {
+    fn new(
         file: &GgufFile,
-        mut model: LlmModel,
         labels: &LabelSet,
         rules: &[RuleText],
-        options: ReasonerOptions,
+        options: &ReasonerOptions,
     ) -> Result<Self, LlmError> {
         let tokenizer = file.tokenizer()?;
         let build = if options.compact {
@@ -236,11 +213,6 @@ impl LlmReasoner {
         stop_ids.extend(tokenizer.token_id("\n"));
         stop_ids.extend(tokenizer.token_id("Ċ"));
         let prefix_ids = tokenizer.encode(prompt.prefix(), true)?;
-        let start = Instant::now();
-        model.reset();
-        model.forward(&prefix_ids)?;
-        let prefix_cache = model.snapshot();
-        let prefix_ms = start.elapsed().as_secs_f64() * 1e3;
         let name = format!(
             "llm:{}",
             file.path()
@@ -248,6 +220,107 @@ impl LlmReasoner {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
+        Ok(Self {
+            tokenizer,
+            prompt,
+            orders,
+            question_ids,
+            answer_ids,
+            cue_ids,
+            stop_ids,
+            prefix_ids,
+            name,
+        })
+    }
+}
+
+pub struct LlmReasoner {
+    model: LlmModel,
+    tokenizer: GgufTokenizer,
+    prompt: PromptBuilder,
+    options: ReasonerOptions,
+    prefix_ids: Vec<u32>,
+    prefix_cache: KvSnapshot,
+    /// Label indices, one rotation per order.
+    orders: Vec<Vec<usize>>,
+    question_ids: Vec<Vec<u32>>,
+    answer_ids: Vec<Vec<u32>>,
+    cue_ids: Vec<u32>,
+    stop_ids: Vec<u32>,
+    /// Evidence-free log-likelihoods, per order and label (zeros without calibration).
+    calibration: Vec<Vec<f32>>,
+    name: String,
+    prefix_ms: f64,
+    /// Milliseconds of the last `loglik_after`: the evidence, then each order.
+    timing: Vec<f64>,
+}
+
+impl LlmReasoner {
+    /// Opens and loads a GGUF and prepares the prompt cache.
+    pub fn from_path(
+        path: &Path,
+        labels: &LabelSet,
+        rules: &[RuleText],
+        options: ReasonerOptions,
+        load: &LoadOptions,
+    ) -> Result<Self, LlmError> {
+        let file = GgufFile::open(path)?;
+        let model = LlmModel::load(&file, load)?;
+        Self::from_file(file, model, labels, rules, options)
+    }
+
+    /// [`Self::new`] for a file that is not needed afterwards: its metadata (Qwen2.5: ~28 MB
+    /// of token strings and merges, read by the tokenizer) is freed before the prefix's KV
+    /// cache and activations are allocated, so it lowers the peak instead of adding to it.
+    pub fn from_file(
+        file: GgufFile,
+        model: LlmModel,
+        labels: &LabelSet,
+        rules: &[RuleText],
+        options: ReasonerOptions,
+    ) -> Result<Self, LlmError> {
+        let prepared = Prepared::new(&file, labels, rules, &options)?;
+        drop(file);
+        Self::start(prepared, model, labels.len(), options)
+    }
+
+    /// Builds the prompt for `file`'s chat format, processes the shared prefix once and, when
+    /// calibrating, scores the evidence-free prompt.
+    pub fn new(
+        file: &GgufFile,
+        model: LlmModel,
+        labels: &LabelSet,
+        rules: &[RuleText],
+        options: ReasonerOptions,
+    ) -> Result<Self, LlmError> {
+        let prepared = Prepared::new(file, labels, rules, &options)?;
+        Self::start(prepared, model, labels.len(), options)
+    }
+
+    /// Processes the shared prefix of a prepared prompt and, when calibrating, scores the
+    /// evidence-free prompt.
+    fn start(
+        prepared: Prepared,
+        mut model: LlmModel,
+        n: usize,
+        options: ReasonerOptions,
+    ) -> Result<Self, LlmError> {
+        let Prepared {
+            tokenizer,
+            prompt,
+            orders,
+            question_ids,
+            answer_ids,
+            cue_ids,
+            stop_ids,
+            prefix_ids,
+            name,
+        } = prepared;
+        let start = Instant::now();
+        model.reset();
+        model.forward(&prefix_ids)?;
+        let prefix_cache = model.snapshot();
+        let prefix_ms = start.elapsed().as_secs_f64() * 1e3;
         let mut r = Self {
             model,
             tokenizer,
