@@ -252,3 +252,38 @@ fn one_pass_block_frames_give_the_frames_of_the_head() {
     assert_eq!(flat(&states[2]), flat(&last));
     assert_ne!(flat(&states[0]), flat(&last));
 }
+
+/// A voiced span longer than Whisper's 30 s (a whole recording classified as one clip) is
+/// encoded in equal windows of at most 30 s and every frame is kept: as many frames as its
+/// windows give one by one, not the first 30 s only; `frames` and `block_frames` agree on it.
+#[test]
+fn a_span_longer_than_30_s_is_encoded_whole_in_windows() {
+    let Some(dir) = model_dir() else { return };
+    let device = Device::Cpu;
+    let frontend =
+        camxuc::acoustic::frontend::Frontend::whisper(&dir, 3, -23.0, &device).expect("front end");
+    let log_mel = camxuc::features::LogMel {
+        data: Vec::new(),
+        n_frames: 0,
+        n_mels: 80,
+    };
+    let audio = synthetic_voice(65 * 16_000);
+    let whole = frontend.frames(&audio, &log_mel, &device).expect("frames");
+    // Three windows of 65/3 s each.
+    let per_window: usize = audio
+        .chunks((65 * 16_000usize).div_ceil(3))
+        .map(|w| frontend.frames(w, &log_mel, &device).expect("window").dims()[0])
+        .sum();
+    let first_30_s = frontend
+        .frames(&audio[..30 * 16_000], &log_mel, &device)
+        .expect("30 s")
+        .dims()[0];
+    assert_eq!(whole.dims()[0], per_window);
+    assert!(whole.dims()[0] > 2 * first_30_s, "{whole:?} vs {first_30_s}");
+    let blocks = frontend
+        .block_frames(&audio, &log_mel, &[1, 3], &device)
+        .expect("block frames");
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(flat(&blocks[1]), flat(&whole));
+    assert_eq!(blocks[0].dims(), whole.dims());
+}

@@ -95,10 +95,13 @@ impl Frontend {
             } => {
                 // Per-clip level normalisation: the model never sees the recording's gain.
                 let x = normalise_level(speech, *level_dbfs);
-                // One analysis window is at most Whisper's 30 s; longer audio is windowed upstream.
-                let x = &x[..x.len().min(N_FRAMES_30S * 160)];
-                let m = mel.log_mel(x).to_tensor(device)?;
-                encoder.forward_to_block(&m, *blocks)?.squeeze(0)
+                let frames = encoder_windows(&x)
+                    .map(|w| {
+                        let m = mel.log_mel(w).to_tensor(device)?;
+                        encoder.forward_to_block(&m, *blocks)?.squeeze(0)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&frames, 0)
             }
             Self::LogMel => {
                 // Subtracting the clip's mean log energy removes the recording gain (a gain
@@ -128,11 +131,16 @@ impl Frontend {
                 ..
             } => {
                 let x = normalise_level(speech, *level_dbfs);
-                let x = &x[..x.len().min(N_FRAMES_30S * 160)];
-                let m = mel.log_mel(x).to_tensor(device)?;
                 let last = blocks.iter().copied().max().unwrap_or(0);
-                let states = encoder.forward_blocks(&m, last)?;
-                blocks.iter().map(|&b| states[b].squeeze(0)).collect()
+                let mut per_block = vec![Vec::new(); blocks.len()];
+                for w in encoder_windows(&x) {
+                    let m = mel.log_mel(w).to_tensor(device)?;
+                    let states = encoder.forward_blocks(&m, last)?;
+                    for (frames, &b) in per_block.iter_mut().zip(blocks) {
+                        frames.push(states[b].squeeze(0)?);
+                    }
+                }
+                per_block.iter().map(|f| Tensor::cat(f, 0)).collect()
             }
             Self::LogMel => Ok(vec![self.frames(speech, log_mel, device)?]),
         }
@@ -146,6 +154,21 @@ impl Frontend {
     }
 }
 
+/// Samples in one encoder window: Whisper's 30 s, the longest its positions cover.
+const WINDOW_SAMPLES: usize = N_FRAMES_30S * 160;
+
+/// The pieces a voiced span is encoded in: the span itself up to 30 s; a longer one (a whole
+/// recording classified as one clip) in the fewest windows of at most 30 s, of equal length,
+/// so that every frame of the recording is pooled (it used to keep the first 30 s only). Each
+/// window is encoded as a clip of its own would be; their frames follow one another. An empty
+/// span is one (empty) window, as before.
+fn encoder_windows(x: &[f32]) -> impl Iterator<Item = &[f32]> {
+    let n = x.len().div_ceil(WINDOW_SAMPLES).max(1);
+    let len = x.len().div_ceil(n).max(1);
+    let empty = x.is_empty().then_some(x);
+    x.chunks(len).chain(empty)
+}
+
 /// Scale to a fixed RMS level (dBFS); silence stays silence.
 pub fn normalise_level(x: &[f32], level_dbfs: f32) -> Vec<f32> {
     let rms = (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt();
@@ -154,4 +177,28 @@ pub fn normalise_level(x: &[f32], level_dbfs: f32) -> Vec<f32> {
     }
     let g = (10f64.powf(level_dbfs as f64 / 20.0) / rms) as f32;
     x.iter().map(|v| v * g).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_up_to_30_s_is_one_window_and_a_longer_one_is_cut_evenly() {
+        let n = |len: usize| {
+            encoder_windows(&vec![0.0; len])
+                .map(<[f32]>::len)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(n(16_000), vec![16_000]);
+        assert_eq!(n(WINDOW_SAMPLES), vec![WINDOW_SAMPLES]);
+        // 30 s + 1 sample: two halves, not 30 s and one sample.
+        assert_eq!(n(WINDOW_SAMPLES + 1), vec![240_001, 240_000]);
+        // 65 s: three windows of 21.7 s, every sample in one of them.
+        let w = n(65 * 16_000);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.iter().sum::<usize>(), 65 * 16_000);
+        assert!(w.iter().all(|&l| l <= WINDOW_SAMPLES && l + 1 >= w[0]));
+        assert_eq!(n(0), vec![0]);
+    }
 }
