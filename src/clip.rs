@@ -12,8 +12,19 @@ use crate::{Audio, Evidence};
 pub enum AnalyseError {
     #[error(transparent)]
     Audio(#[from] AudioError),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", name_once(path, source))]
     Features { path: PathBuf, source: FeatureError },
+}
+
+/// `path: message`, without naming the file twice when the feature error already names it.
+fn name_once(path: &std::path::Path, source: &FeatureError) -> String {
+    let named = format!("{}: ", path.display());
+    let message = source.to_string();
+    if message.starts_with(&named) {
+        message
+    } else {
+        named + &message
+    }
 }
 
 /// A clip ready for the acoustic model and the rules.
@@ -76,5 +87,33 @@ impl ClipAnalyser {
             evidence,
             log_mel,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn too_short(clip: &str) -> AnalyseError {
+        AnalyseError::Features {
+            path: PathBuf::from("calls/a.wav"),
+            source: FeatureError::TooShort {
+                clip: clip.into(),
+                duration_s: 0.099_937_5,
+                min_s: 0.1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_feature_error_names_the_file_once_and_the_durations_do_not_round_together() {
+        assert_eq!(
+            too_short("calls/a.wav").to_string(),
+            "calls/a.wav: the speech in the clip lasts 99.9 ms; features need at least 100.0 ms"
+        );
+        assert_eq!(
+            too_short("<memory>").to_string(),
+            "calls/a.wav: <memory>: the speech in the clip lasts 99.9 ms; features need at least 100.0 ms"
+        );
     }
 }

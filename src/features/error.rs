@@ -13,7 +13,7 @@ pub enum FeatureError {
         expected: u32,
     },
 
-    #[error("{clip}: clip is {duration_s:.3} s long; features need at least {min_s:.3} s")]
+    #[error("{clip}: the speech in the clip lasts {:.1} ms; features need at least {:.1} ms", duration_s * 1e3, min_s * 1e3)]
     TooShort {
         clip: String,
         duration_s: f64,
