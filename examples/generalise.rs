@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use camxuc::acoustic::augment::perturb;
+use camxuc::acoustic::augment::{perturb, speed};
 use camxuc::acoustic::frontend::Frontend;
 use camxuc::acoustic::head::HeadConfig;
 use camxuc::acoustic::head_training::{
@@ -74,6 +74,10 @@ enum Kind {
     Perturb,
     /// Training copy through a random field chain (a different seed stream from the test).
     FieldAug,
+    /// Training copy played 0.9 times as fast (speed perturbation: longer, lower).
+    Slower,
+    /// Training copy played 1.1 times as fast (shorter, higher).
+    Faster,
     /// The test copy through a field chain.
     FieldTest,
 }
@@ -111,6 +115,10 @@ enum Aug {
     Both,
     /// Clean + field-chain copies only.
     Field,
+    /// `Both` + speed-perturbed copies (0.9 and 1.1).
+    BothSpeed,
+    /// `Perturb` + speed-perturbed copies (0.9 and 1.1).
+    PerturbSpeed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -296,6 +304,7 @@ const CANDIDATES: &[Candidate] = &[
     LINEAR_DEEP_B46,
     LINEAR_DEEP_B16,
     EVIDENCE_OUTLIERS,
+    LINEAR_SPEED,
 ];
 
 /// The served linear member's design on the last encoder block alone.
@@ -424,6 +433,35 @@ const ENSEMBLE_FIELD: Candidate = Candidate {
     ..ATTENTION_OUTLIERS_FROZEN_FIELD
 };
 
+/// The mixture's linear member also trained on speed-perturbed copies (0.9 and 1.1: other
+/// voices' pitch and tempo, as Kaldi's recipes do for new speakers).
+const LINEAR_SPEED: Candidate = Candidate {
+    name: "linear b1-3 utt-norm field-aug +speed +evidence +neutral +outliers 0.5",
+    aug: Aug::BothSpeed,
+    ..LINEAR_OUTLIERS
+};
+
+/// The frozen-conv attention head also trained on speed-perturbed copies.
+const ATTENTION_FROZEN_SPEED: Candidate = Candidate {
+    name: "attention head +outliers 0.5, frozen conv, +speed",
+    aug: Aug::PerturbSpeed,
+    ..ATTENTION_OUTLIERS_FROZEN
+};
+
+/// The served mixture with a speed-perturbed linear member.
+const ENSEMBLE_SPEED_LINEAR: Candidate = Candidate {
+    name: "mean of linear +speed and attention frozen conv",
+    members: &[&LINEAR_SPEED, &ATTENTION_OUTLIERS_FROZEN],
+    ..ATTENTION_OUTLIERS_FROZEN
+};
+
+/// The served mixture with both members trained on speed-perturbed copies.
+const ENSEMBLE_SPEED_BOTH: Candidate = Candidate {
+    name: "mean of linear +speed and attention frozen conv +speed",
+    members: &[&LINEAR_SPEED, &ATTENTION_FROZEN_SPEED],
+    ..ATTENTION_FROZEN_SPEED
+};
+
 /// The evidence model alone, trained as the mixture's linear member (neutral speech,
 /// outlier exposure): the 33 named features carry across corpora better than the encoder.
 const EVIDENCE_OUTLIERS: Candidate = with_outliers(
@@ -435,7 +473,11 @@ const EVIDENCE_OUTLIERS: Candidate = with_outliers(
 /// The served mixture with the evidence model as a third member.
 const ENSEMBLE_THREE: Candidate = Candidate {
     name: "mean of linear, attention frozen conv and evidence only",
-    members: &[&LINEAR_OUTLIERS, &ATTENTION_OUTLIERS_FROZEN, &EVIDENCE_OUTLIERS],
+    members: &[
+        &LINEAR_OUTLIERS,
+        &ATTENTION_OUTLIERS_FROZEN,
+        &EVIDENCE_OUTLIERS,
+    ],
     ..ATTENTION_OUTLIERS_FROZEN
 };
 
@@ -468,7 +510,7 @@ fn ensure_encoded(c: &Candidate, n_blocks: usize, flag: &str) -> anyhow::Result<
 const PRODUCT_BLOCKS: usize = 3;
 
 /// The attention candidates (they need `--attention`: frames kept), in table order.
-const ATTENTION_CANDIDATES: [&Candidate; 12] = [
+const ATTENTION_CANDIDATES: [&Candidate; 15] = [
     &ATTENTION,
     &ATTENTION_OUTLIERS,
     &ATTENTION_OUTLIERS_1,
@@ -481,6 +523,9 @@ const ATTENTION_CANDIDATES: [&Candidate; 12] = [
     &ENSEMBLE_AS_SERVED,
     &ENSEMBLE_DEEP,
     &ENSEMBLE_THREE,
+    &ATTENTION_FROZEN_SPEED,
+    &ENSEMBLE_SPEED_LINEAR,
+    &ENSEMBLE_SPEED_BOTH,
 ];
 
 const ATTENTION: Candidate = Candidate {
@@ -625,6 +670,8 @@ fn main() -> anyhow::Result<()> {
         Kind::FieldAug,
         Kind::FieldAug,
         Kind::FieldTest,
+        Kind::Slower,
+        Kind::Faster,
     ];
     // Pooled statistics and evidence are cached (the attention head's frames are not).
     let cache = out.join(format!(
@@ -944,6 +991,8 @@ impl Encoder<'_> {
                         self.babble,
                         &mut test_rng,
                     ),
+                    Kind::Slower => speed(&audio.samples, 16_000, 0.9)?,
+                    Kind::Faster => speed(&audio.samples, 16_000, 1.1)?,
                 };
                 let clip = match self.an.analyse_audio(Audio::new(samples, 16_000)) {
                     Ok(c) => c,
@@ -1057,6 +1106,14 @@ fn train_kinds(aug: Aug) -> &'static [Kind] {
         Aug::Perturb => &[Kind::Clean, Kind::Perturb],
         Aug::Both => &[Kind::Clean, Kind::Perturb, Kind::FieldAug],
         Aug::Field => &[Kind::Clean, Kind::FieldAug],
+        Aug::BothSpeed => &[
+            Kind::Clean,
+            Kind::Perturb,
+            Kind::FieldAug,
+            Kind::Slower,
+            Kind::Faster,
+        ],
+        Aug::PerturbSpeed => &[Kind::Clean, Kind::Perturb, Kind::Slower, Kind::Faster],
     }
 }
 

@@ -70,6 +70,14 @@ pub fn echo(x: &[f32], sr: u32, delay_s: f64, gain: f32) -> Vec<f32> {
     y
 }
 
+/// Speed perturbation (Ko et al., "Audio augmentation for speech recognition", Interspeech
+/// 2015): the clip played `factor` times faster — shorter by that factor and every frequency,
+/// F0 included, raised by it — by band-limited resampling from `sr · factor` to `sr`.
+pub fn speed(x: &[f32], sr: u32, factor: f64) -> Result<Vec<f32>, crate::audio::AudioError> {
+    let from = (sr as f64 * factor).round() as u32;
+    crate::audio::resample(x, from, sr)
+}
+
 /// A random perturbation of a clip (the clean clip is view 0 elsewhere; this makes the others).
 pub fn perturb(x: &[f32], sr: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     // Time shift: drop up to 80 ms at the start.
@@ -120,6 +128,34 @@ mod tests {
             telephone(&mut x, 16_000);
             let ratio = rms(&x[4000..]) / rms(&tone(f, 16_000)[4000..]);
             assert_eq!(ratio > 0.7, keep, "{f} Hz kept {ratio:.3}");
+        }
+    }
+
+    /// Zero crossings per second of the middle half of `x` (two per period of a tone).
+    fn crossing_rate(x: &[f32]) -> f64 {
+        let mid = &x[x.len() / 4..3 * x.len() / 4];
+        let n = mid
+            .windows(2)
+            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+            .count();
+        n as f64 / 2.0 / (mid.len() as f64 / 16_000.0)
+    }
+
+    #[test]
+    fn speed_scales_length_and_pitch_by_the_factor() {
+        let x = tone(200.0, 16_000);
+        for factor in [0.9, 1.1] {
+            let y = speed(&x, 16_000, factor).unwrap();
+            let want = 16_000.0 / factor;
+            assert!(
+                (y.len() as f64 - want).abs() <= 2.0,
+                "{factor}: {} samples",
+                y.len()
+            );
+            let f = crossing_rate(&y);
+            assert!((f - 200.0 * factor).abs() < 2.0, "{factor}: {f:.1} Hz");
+            // Band-limited: the tone keeps its level.
+            assert!((rms(&y) / rms(&x) - 1.0).abs() < 0.02);
         }
     }
 
