@@ -59,7 +59,7 @@ use camxuc::math::argmax;
 use camxuc::metrics::accuracy_and_f1_ci;
 use camxuc::{Audio, Evidence, LabelSet};
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
@@ -541,31 +541,20 @@ fn worst_against(
     if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.0 != y.0) {
         return None;
     }
-    let worst = |cols: &[(Vec<usize>, Vec<usize>)], ix: &[Vec<usize>]| -> f64 {
-        cols.iter()
-            .zip(ix)
-            .map(|((t, p), ix)| {
-                let t: Vec<usize> = ix.iter().map(|&i| t[i]).collect();
-                let p: Vec<usize> = ix.iter().map(|&i| p[i]).collect();
-                camxuc::metrics::macro_f1(3, &t, &p)
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
-    let all: Vec<Vec<usize>> = a.iter().map(|(t, _)| (0..t.len()).collect()).collect();
-    let difference = worst(&b, &all) - worst(&a, &all);
-    let mut rng = ChaCha8Rng::seed_from_u64(0x5e1ec7);
-    let mut diffs: Vec<f64> = (0..BOOT)
-        .map(|_| {
-            let ix: Vec<Vec<usize>> = a
-                .iter()
-                .map(|(t, _)| (0..t.len()).map(|_| rng.random_range(0..t.len())).collect())
-                .collect();
-            worst(&b, &ix) - worst(&a, &ix)
-        })
+    let columns: Vec<camxuc::metrics::PairedColumn> = a
+        .iter()
+        .zip(&b)
+        .map(
+            |((truth, pred_a), (_, pred_b))| camxuc::metrics::PairedColumn {
+                truth,
+                pred_a,
+                pred_b,
+            },
+        )
         .collect();
-    let better_share = diffs.iter().filter(|&&d| d > 0.0).count() as f64 / BOOT as f64;
-    diffs.sort_by(f64::total_cmp);
-    let ci95 = [diffs[BOOT * 25 / 1000], diffs[BOOT * 975 / 1000 - 1]];
+    let (d, better_share) =
+        camxuc::metrics::paired_worst_macro_f1_test(3, &columns, BOOT, 0x5e1ec7);
+    let (difference, ci95) = (d.difference, d.ci95);
     Some(
         json!({"base": base, "worst_difference": difference, "ci95": ci95, "better_share": better_share}),
     )

@@ -316,6 +316,59 @@ pub fn paired_macro_f1_test(
     })
 }
 
+/// One test set of a paired comparison: its truth and both models' predictions.
+#[derive(Clone, Copy, Debug)]
+pub struct PairedColumn<'a> {
+    pub truth: &'a [usize],
+    pub pred_a: &'a [usize],
+    pub pred_b: &'a [usize],
+}
+
+/// The lowest macro-F1 over several test sets (a model-selection protocol's "worst column"),
+/// `b` against `a`, paired: each resample draws every set's items once, with replacement, and
+/// both models are scored on the same draw. Returns the difference (b − a) with its interval
+/// and the share of resamples where `b`'s worst set scores higher.
+pub fn paired_worst_macro_f1_test(
+    n_labels: usize,
+    columns: &[PairedColumn<'_>],
+    reps: usize,
+    seed: u64,
+) -> (PairedDifference, f64) {
+    let worst = |ix: &[Vec<usize>], b: bool| {
+        columns
+            .iter()
+            .zip(ix)
+            .map(|(c, ix)| macro_f1_on(n_labels, c.truth, if b { c.pred_b } else { c.pred_a }, ix))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let all: Vec<Vec<usize>> = columns
+        .iter()
+        .map(|c| (0..c.truth.len()).collect())
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values: Vec<f64> = (0..reps)
+        .map(|_| {
+            let ix: Vec<Vec<usize>> = columns
+                .iter()
+                .map(|c| {
+                    let n = c.truth.len();
+                    (0..n).map(|_| rng.random_range(0..n)).collect()
+                })
+                .collect();
+            worst(&ix, true) - worst(&ix, false)
+        })
+        .collect();
+    let better = values.iter().filter(|&&v| v > 0.0).count() as f64 / values.len().max(1) as f64;
+    values.sort_by(f64::total_cmp);
+    (
+        PairedDifference {
+            difference: worst(&all, true) - worst(&all, false),
+            ci95: interval(&values),
+        },
+        better,
+    )
+}
+
 pub fn paired_macro_f1_difference(
     n_labels: usize,
     truth: &[usize],
@@ -435,6 +488,60 @@ mod tests {
             accuracy_and_f1_ci(3, &truth, &pred, 200, 9),
             accuracy_and_f1_ci(3, &truth, &pred, 200, 9)
         );
+    }
+
+    #[test]
+    fn the_worst_column_test_follows_the_weakest_set() {
+        let truth: Vec<usize> = (0..300).map(|i| i % 3).collect();
+        let wrong_every = |k: usize| -> Vec<usize> {
+            truth
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i % k == 0 { (t + 1) % 3 } else { t })
+                .collect()
+        };
+        let (good, fair, poor) = (wrong_every(10), wrong_every(4), wrong_every(2));
+        // Set 1 is easy for both; on set 2 (each model's worst) `b` is much better.
+        let columns = [
+            PairedColumn {
+                truth: &truth,
+                pred_a: &good,
+                pred_b: &good,
+            },
+            PairedColumn {
+                truth: &truth,
+                pred_a: &poor,
+                pred_b: &fair,
+            },
+        ];
+        let (d, better) = paired_worst_macro_f1_test(3, &columns, 300, 5);
+        let want = macro_f1(3, &truth, &fair) - macro_f1(3, &truth, &poor);
+        assert!((d.difference - want).abs() < 1e-12, "{d:?}");
+        assert!(d.ci95[0] > 0.0 && better > 0.99, "{d:?} {better}");
+        // Improving only a set that is nobody's worst moves nothing.
+        let columns = [
+            PairedColumn {
+                truth: &truth,
+                pred_a: &fair,
+                pred_b: &good,
+            },
+            PairedColumn {
+                truth: &truth,
+                pred_a: &poor,
+                pred_b: &poor,
+            },
+        ];
+        let (d, better) = paired_worst_macro_f1_test(3, &columns, 300, 5);
+        assert_eq!(d.difference, 0.0);
+        assert_eq!(better, 0.0);
+        // A model against itself: zero, never better.
+        let same = [PairedColumn {
+            truth: &truth,
+            pred_a: &fair,
+            pred_b: &fair,
+        }];
+        let (d, better) = paired_worst_macro_f1_test(3, &same, 100, 5);
+        assert_eq!((d.difference, d.ci95, better), (0.0, [0.0, 0.0], 0.0));
     }
 
     #[test]
