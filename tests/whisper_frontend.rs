@@ -272,14 +272,22 @@ fn a_span_longer_than_30_s_is_encoded_whole_in_windows() {
     // Three windows of 65/3 s each.
     let per_window: usize = audio
         .chunks((65 * 16_000usize).div_ceil(3))
-        .map(|w| frontend.frames(w, &log_mel, &device).expect("window").dims()[0])
+        .map(|w| {
+            frontend
+                .frames(w, &log_mel, &device)
+                .expect("window")
+                .dims()[0]
+        })
         .sum();
     let first_30_s = frontend
         .frames(&audio[..30 * 16_000], &log_mel, &device)
         .expect("30 s")
         .dims()[0];
     assert_eq!(whole.dims()[0], per_window);
-    assert!(whole.dims()[0] > 2 * first_30_s, "{whole:?} vs {first_30_s}");
+    assert!(
+        whole.dims()[0] > 2 * first_30_s,
+        "{whole:?} vs {first_30_s}"
+    );
     let blocks = frontend
         .block_frames(&audio, &log_mel, &[1, 3], &device)
         .expect("block frames");
