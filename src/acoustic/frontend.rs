@@ -87,21 +87,12 @@ impl Frontend {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         match self {
-            Self::Whisper {
-                encoder,
-                mel,
-                blocks,
-                level_dbfs,
-            } => {
-                // Per-clip level normalisation: the model never sees the recording's gain.
-                let x = normalise_level(speech, *level_dbfs);
-                let frames = encoder_windows(&x)
-                    .map(|w| {
-                        let m = mel.log_mel(w).to_tensor(device)?;
-                        encoder.forward_to_block(&m, *blocks)?.squeeze(0)
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::cat(&frames, 0)
+            // The head's block, by the one path that level-normalises and windows the span.
+            Self::Whisper { blocks, .. } => {
+                let mut states = self.block_frames(speech, log_mel, &[*blocks], device)?;
+                Ok(states
+                    .pop()
+                    .expect("block_frames returns one state per block"))
             }
             Self::LogMel => {
                 // Subtracting the clip's mean log energy removes the recording gain (a gain
@@ -130,6 +121,7 @@ impl Frontend {
                 level_dbfs,
                 ..
             } => {
+                // Per-clip level normalisation: the model never sees the recording's gain.
                 let x = normalise_level(speech, *level_dbfs);
                 let last = blocks.iter().copied().max().unwrap_or(0);
                 let mut per_block = vec![Vec::new(); blocks.len()];
