@@ -215,15 +215,30 @@ fn bootstrap_values(
     seed: u64,
     mut stat: impl FnMut(&[usize]) -> f64,
 ) -> Vec<f64> {
-    if n == 0 || reps == 0 {
+    bootstrap_strata(&[n], reps, seed, |ix| stat(&ix[0]))
+}
+
+/// `stat` on `reps` seeded resamples of several sets of items (`sizes[s]` items in set `s`),
+/// each set resampled on its own (indices with replacement, set after set), sorted; empty when
+/// a set has nothing to resample. With one set this is [`bootstrap_values`].
+fn bootstrap_strata(
+    sizes: &[usize],
+    reps: usize,
+    seed: u64,
+    mut stat: impl FnMut(&[Vec<usize>]) -> f64,
+) -> Vec<f64> {
+    if sizes.is_empty() || sizes.contains(&0) || reps == 0 {
         return Vec::new();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut idx = vec![0usize; n];
+    let mut idx: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![0usize; n]).collect();
     let mut values: Vec<f64> = (0..reps)
         .map(|_| {
-            for i in idx.iter_mut() {
-                *i = rng.random_range(0..n);
+            for set in idx.iter_mut() {
+                let n = set.len();
+                for i in set.iter_mut() {
+                    *i = rng.random_range(0..n);
+                }
             }
             stat(&idx)
         })
@@ -289,12 +304,31 @@ fn paired_difference(
     seed: u64,
     metric: impl Fn(&[usize], &[usize]) -> f64,
 ) -> (PairedDifference, f64) {
-    let all: Vec<usize> = (0..n).collect();
-    let values = bootstrap_values(n, reps, seed, |ix| metric(ix, pred_b) - metric(ix, pred_a));
+    paired_strata(
+        &[n],
+        reps,
+        seed,
+        |ix| metric(&ix[0], pred_a),
+        |ix| metric(&ix[0], pred_b),
+    )
+}
+
+/// [`paired_difference`] over several sets of items resampled on their own
+/// ([`bootstrap_strata`]): `score_b − score_a` on all items and over paired resamples, with
+/// the share of resamples where `b` is strictly better.
+fn paired_strata(
+    sizes: &[usize],
+    reps: usize,
+    seed: u64,
+    score_a: impl Fn(&[Vec<usize>]) -> f64,
+    score_b: impl Fn(&[Vec<usize>]) -> f64,
+) -> (PairedDifference, f64) {
+    let all: Vec<Vec<usize>> = sizes.iter().map(|&n| (0..n).collect()).collect();
+    let values = bootstrap_strata(sizes, reps, seed, |ix| score_b(ix) - score_a(ix));
     let better = values.iter().filter(|&&v| v > 0.0).count() as f64 / values.len().max(1) as f64;
     (
         PairedDifference {
-            difference: metric(&all, pred_b) - metric(&all, pred_a),
+            difference: score_b(&all) - score_a(&all),
             ci95: interval(&values),
         },
         better,
@@ -327,45 +361,28 @@ pub struct PairedColumn<'a> {
 /// The lowest macro-F1 over several test sets (a model-selection protocol's "worst column"),
 /// `b` against `a`, paired: each resample draws every set's items once, with replacement, and
 /// both models are scored on the same draw. Returns the difference (b − a) with its interval
-/// and the share of resamples where `b`'s worst set scores higher.
-pub fn paired_worst_macro_f1_test(
+/// and the share of resamples where `b`'s worst set scores higher (an interval of `[0, 0]`,
+/// never higher, when a set has no items).
+pub fn paired_worst_macro_f1_test<'a>(
     n_labels: usize,
-    columns: &[PairedColumn<'_>],
+    columns: &[PairedColumn<'a>],
     reps: usize,
     seed: u64,
 ) -> (PairedDifference, f64) {
-    let worst = |ix: &[Vec<usize>], b: bool| {
+    let worst = |ix: &[Vec<usize>], pred: fn(&PairedColumn<'a>) -> &'a [usize]| {
         columns
             .iter()
             .zip(ix)
-            .map(|(c, ix)| macro_f1_on(n_labels, c.truth, if b { c.pred_b } else { c.pred_a }, ix))
+            .map(|(c, ix)| macro_f1_on(n_labels, c.truth, pred(c), ix))
             .fold(f64::INFINITY, f64::min)
     };
-    let all: Vec<Vec<usize>> = columns
-        .iter()
-        .map(|c| (0..c.truth.len()).collect())
-        .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut values: Vec<f64> = (0..reps)
-        .map(|_| {
-            let ix: Vec<Vec<usize>> = columns
-                .iter()
-                .map(|c| {
-                    let n = c.truth.len();
-                    (0..n).map(|_| rng.random_range(0..n)).collect()
-                })
-                .collect();
-            worst(&ix, true) - worst(&ix, false)
-        })
-        .collect();
-    let better = values.iter().filter(|&&v| v > 0.0).count() as f64 / values.len().max(1) as f64;
-    values.sort_by(f64::total_cmp);
-    (
-        PairedDifference {
-            difference: worst(&all, true) - worst(&all, false),
-            ci95: interval(&values),
-        },
-        better,
+    let sizes: Vec<usize> = columns.iter().map(|c| c.truth.len()).collect();
+    paired_strata(
+        &sizes,
+        reps,
+        seed,
+        |ix| worst(ix, |c| c.pred_a),
+        |ix| worst(ix, |c| c.pred_b),
     )
 }
 
