@@ -559,6 +559,17 @@ mod tests {
         }];
         let (d, better) = paired_worst_macro_f1_test(3, &same, 100, 5);
         assert_eq!((d.difference, d.ci95, better), (0.0, [0.0, 0.0], 0.0));
+        // A set with no items: nothing to resample, no panic.
+        let empty = [
+            same[0],
+            PairedColumn {
+                truth: &[],
+                pred_a: &[],
+                pred_b: &[],
+            },
+        ];
+        let (d, better) = paired_worst_macro_f1_test(3, &empty, 100, 5);
+        assert_eq!((d.ci95, better), ([0.0, 0.0], 0.0));
     }
 
     #[test]
