@@ -40,6 +40,11 @@ generalise out="target/generalise" *flags="--attention":
 site-adapt model="" out="target/site-adapt": build
     bash scripts/site_adapt.sh "{{model}}" "{{out}}"
 
+# Site adaptation on a site of real speech: a model trained on the SYNTHETIC corpus only,
+# adapted to RAVDESS (2 labelled actors, 4 unlabelled, 10 tested; three splits).
+site-adapt-ravdess out="target/site-adapt-ravdess": build
+    bash scripts/site_adapt_ravdess.sh "{{out}}"
+
 # Rebuild the shipped default model (models/acoustic/default, CC BY-NC-SA 4.0) from
 # ../shared: train on the 16 RAVDESS actors + their neutral clips, refine, hashes into the card.
 default-model: build

@@ -14,12 +14,13 @@
 //!                     source's route fraction
 //! ```
 //!
-//! A model of attention heads gets the evidence baseline and routing; with labels, also a MAP
+//! A model of attention heads gets the evidence baseline, the unfamiliarity reference (on the
+//! pooled vector it reads, as a linear classifier's) and routing; with labels, also a MAP
 //! refit of each head's output layer toward its source weights (the same λ for every head,
 //! chosen by the speaker-held-out NLL of the heads' combined logits; keeping them is a
 //! candidate) and the temperature; a mixture's linear member is refitted the same way
 //! (its own λ) and both members' temperatures come from their out-of-fold predictions. Its
-//! pooling layers and unfamiliarity reference are kept. With labelled clips, `before` / `after` compare the
+//! pooling layers are kept. With labelled clips, `before` / `after` compare the
 //! source with a model adapted *without* a held-out part of the labels (by speaker when the
 //! labelled manifest has two or more, else a seeded third of the clips), on that part.
 //! Every random choice takes the seed, so the same inputs give the same directory.
@@ -41,7 +42,7 @@ use super::model_dir::{self, Adaptation, LinearMember, ModelDirError, RoutingCon
 use super::temperature::mean_nll;
 use super::temperature::{ece_at, fit_temperature, softmax_t};
 use super::train::fit_routing;
-use super::unfamiliar::Unfamiliarity;
+use super::unfamiliar::{PooledInput, Unfamiliarity};
 use super::{AcousticError, AcousticModel};
 use crate::clip::ClipAnalyser;
 use crate::data::manifest::{Manifest, ManifestRow};
@@ -58,7 +59,9 @@ pub const AUDIO_EXTENSIONS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
 pub const MIN_SITE_CLIPS: usize = super::calibrate::MIN_SITE_CLIPS;
 /// Penalties toward the source weights tried by the MAP refit, largest first (each fit
 /// warm-starts from the previous one); before them, "keep the source weights" (λ = ∞).
-pub const PRIOR_LAMBDAS: [f64; 9] = [30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003];
+pub const PRIOR_LAMBDAS: [f64; 12] = [
+    30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001,
+];
 /// Share of the labelled clips held out to report `before` / `after`.
 pub const HELD_OUT_FRACTION: f64 = 1.0 / 3.0;
 /// Most folds used to choose λ and to set the unfamiliarity unit.
@@ -223,12 +226,29 @@ impl Source {
         self.model.mix(heads, &pooled)
     }
 
-    /// A mixture's linear member's input of a clip, its evidence z-scored against `baseline`
-    /// (`None` without a member).
-    fn member_input(&self, c: &SiteClip, baseline: &Baseline) -> Option<Vec<f32>> {
-        let m = self.model.meta.linear_member.as_ref()?;
+    /// The pooled vector a model with attention heads reads beside them: its unfamiliarity
+    /// reference's input, else its linear member's (the same one when both exist: checked at
+    /// load); `None` when it reads none.
+    fn pooled_input(&self) -> Option<PooledInput> {
+        let from_reference = self
+            .unfamiliarity
+            .as_ref()
+            .and_then(|u| u.cfg.input.clone());
+        from_reference.or_else(|| {
+            self.model
+                .meta
+                .linear_member
+                .as_ref()
+                .map(|m| super::model::member_input(&m.linear))
+        })
+    }
+
+    /// A clip's [`Self::pooled_input`] with its evidence z-scored against `baseline` (`None`
+    /// when the model reads none).
+    fn pooled_of(&self, c: &SiteClip, baseline: &Baseline) -> Option<Vec<f32>> {
+        let input = self.pooled_input()?;
         let mut x = c.pooled.clone();
-        if m.linear.evidence_dim > 0 {
+        if input.evidence {
             let mut ev = c.evidence.clone();
             x.extend(evidence_vector(
                 baseline,
@@ -237,6 +257,13 @@ impl Source {
             ));
         }
         Some(x)
+    }
+
+    /// A mixture's linear member's input of a clip, its evidence z-scored against `baseline`
+    /// (`None` without a member).
+    fn member_input(&self, c: &SiteClip, baseline: &Baseline) -> Option<Vec<f32>> {
+        self.model.meta.linear_member.as_ref()?;
+        self.pooled_of(c, baseline)
     }
 
     /// Each attention head's output-layer inputs (`[head][clip]`) of clips with evidence
@@ -282,6 +309,8 @@ struct Adapted {
     /// A mixture's refitted linear member and temperatures (with `head_outputs`).
     member: Option<(LinearHead, LinearMember)>,
     unfamiliarity: Option<Unfamiliarity>,
+    /// Whether `unfamiliarity` was refitted on the site (else the source's, or none).
+    unfamiliarity_refitted: bool,
     temperature: f32,
     routing: RoutingConfig,
     prior_lambda: Option<f64>,
@@ -765,11 +794,14 @@ fn analyse(src: &Source, an: &mut ClipAnalyser, input: &Input) -> Result<SiteCli
                 .model
                 .view_and_pooled(&mut clip)
                 .map_err(|e| e.to_string())?;
-            // A mixture's linear member reads the pooled blocks (its evidence part is
-            // recomputed against the baseline in use).
-            let pooled = match (&src.model.meta.linear_member, pooled) {
-                (Some(m), Some(mut x)) => {
-                    x.truncate(m.linear.pooled_dim);
+            // A mixture's linear member and the unfamiliarity reference read the same pooled
+            // vector (checked at load): its blocks part is kept, its evidence part is
+            // recomputed against the baseline in use.
+            let pooled = match (src.pooled_input(), pooled) {
+                (Some(input), Some(mut x)) => {
+                    if input.evidence {
+                        x.truncate(x.len() - view.evidence.len());
+                    }
                     x
                 }
                 _ => Vec::new(),
@@ -885,6 +917,7 @@ fn adapt_on(
     let mut head_outputs = None;
     let mut member_out = None;
     let unfamiliarity;
+    let unfamiliarity_refitted;
     if let Some(h_src) = &src.head {
         let rows: Vec<Vec<f32>> = use_
             .iter()
@@ -954,73 +987,44 @@ fn adapt_on(
                 None => softmax_t(&head.logits(&rows[p]), temperature),
             })
             .collect();
-        unfamiliarity = match &src.unfamiliarity {
-            Some(u_src) if n >= 4 => {
-                let m = site_manifest(site, use_, labels, &path);
-                let (val_sets, by_speaker) = folds(&m, seed)?;
-                // Few clips: with nearly as many directions as clips, the kept directions
-                // hold almost all of a fold's variance and its residual variance collapses,
-                // so held-out distances (the unit) would come out far larger than the final
-                // reference's. At most one direction per SITE_CLIPS_PER_COMPONENT clips keeps
-                // the fold and final fits alike.
-                let components = u_src
-                    .cfg
-                    .components
-                    .min(n / SITE_CLIPS_PER_COMPONENT)
-                    .max(1);
-                let mut held = Vec::new();
-                for val in &val_sets {
-                    let vs: BTreeSet<usize> = val.iter().copied().collect();
-                    let train: Vec<Vec<f32>> = (0..n)
-                        .filter(|p| !vs.contains(p))
-                        .map(|p| rows[p].clone())
-                        .collect();
-                    if train.len() < 2 {
-                        continue;
-                    }
-                    let u = Unfamiliarity::fit(&train, components, String::new())?;
-                    held.extend(val.iter().map(|&p| u.raw(&rows[p])));
-                }
-                let mut u = Unfamiliarity::fit(
-                    &rows,
-                    components,
-                    format!(
-                        "camxuc adapt: {n} site clips, {components} directions; unit = median of {} held-out site clips ({} folds, {})",
-                        held.len(),
-                        val_sets.len(),
-                        if by_speaker { "by speaker" } else { "by clip" }
-                    ),
-                )?;
-                u.set_reference(&held);
-                refitted.push(format!(
-                    "unfamiliarity reference: {n} site clips, {components} directions; unit = median distance of held-out site clips ({} folds, {})",
-                    val_sets.len(),
-                    if by_speaker { "by speaker" } else { "by clip" }
-                ));
-                Some(u)
-            }
-            Some(u_src) => {
-                not_refitted.push("unfamiliarity reference: too few site clips".into());
-                Some(u_src.clone())
-            }
-            None => {
-                not_refitted.push("unfamiliarity reference: the source model has none".into());
-                None
-            }
-        };
+        (unfamiliarity, unfamiliarity_refitted) = site_unfamiliarity(
+            src.unfamiliarity.as_ref(),
+            &rows,
+            (site, use_, labels, &path, seed),
+            &mut refitted,
+            &mut not_refitted,
+        )?;
         head_out = Some(head);
     } else {
         not_refitted.push(
             "attention heads' pooling layers and input normalisation: kept (only their output layers are refitted, with labelled clips)"
                 .into(),
         );
-        unfamiliarity = src.unfamiliarity.clone();
-        not_refitted.push(if unfamiliarity.is_some() {
-            "unfamiliarity reference: kept from the source (refitted only for a linear classifier)"
-                .into()
-        } else {
-            "unfamiliarity reference: the source model has none".into()
-        });
+        // The reference reads a pooled vector of the same encoder pass (a mixture's member
+        // reads it too); refitted on the site clips like a linear classifier's, so that the
+        // site's own speech is not unfamiliar to the adapted model.
+        let pooled: Option<Vec<Vec<f32>>> = use_
+            .iter()
+            .map(|&i| src.pooled_of(&site[i], &baseline))
+            .collect();
+        (unfamiliarity, unfamiliarity_refitted) = match pooled {
+            Some(rows) if src.unfamiliarity.is_some() => site_unfamiliarity(
+                src.unfamiliarity.as_ref(),
+                &rows,
+                (site, use_, labels, &path, seed),
+                &mut refitted,
+                &mut not_refitted,
+            )?,
+            _ => {
+                not_refitted.push(if src.unfamiliarity.is_some() {
+                    "unfamiliarity reference: kept from the source (it reads no pooled vector)"
+                        .into()
+                } else {
+                    "unfamiliarity reference: the source model has none".into()
+                });
+                (src.unfamiliarity.clone(), false)
+            }
+        };
         let clips: Vec<&SiteClip> = use_.iter().map(|&i| &site[i]).collect();
         let mut outs = src.model.head_output_layers()?;
         let mut member = src.member.clone();
@@ -1182,12 +1186,81 @@ fn adapt_on(
         head_outputs,
         member: member_out,
         unfamiliarity,
+        unfamiliarity_refitted,
         temperature,
         routing,
         prior_lambda,
         refitted,
         not_refitted,
     })
+}
+
+/// The unfamiliarity reference refitted on site clips' pooled vectors (`rows`, by position in
+/// `use_`): the source's number of directions at most, one per [`SITE_CLIPS_PER_COMPONENT`]
+/// clips; the unit is the median distance of held-out site clips (speaker folds when the
+/// clips name speakers), so the source's threshold keeps its meaning ("as far as a typical
+/// new speaker of this site, times the threshold"). The source's reference is kept when
+/// there are fewer than 4 clips; none when the source has none. Also says whether it refitted.
+fn site_unfamiliarity(
+    u_src: Option<&Unfamiliarity>,
+    rows: &[Vec<f32>],
+    (site, use_, labels, path, seed): (&[SiteClip], &[usize], &crate::LabelSet, &Path, u64),
+    refitted: &mut Vec<String>,
+    not_refitted: &mut Vec<String>,
+) -> Result<(Option<Unfamiliarity>, bool), AcousticError> {
+    let n = rows.len();
+    let Some(u_src) = u_src else {
+        not_refitted.push("unfamiliarity reference: the source model has none".into());
+        return Ok((None, false));
+    };
+    if n < 4 {
+        not_refitted.push("unfamiliarity reference: too few site clips".into());
+        return Ok((Some(u_src.clone()), false));
+    }
+    let m = site_manifest(site, use_, labels, path);
+    let (val_sets, by_speaker) = folds(&m, seed)?;
+    // Few clips: with nearly as many directions as clips, the kept directions
+    // hold almost all of a fold's variance and its residual variance collapses,
+    // so held-out distances (the unit) would come out far larger than the final
+    // reference's. At most one direction per SITE_CLIPS_PER_COMPONENT clips keeps
+    // the fold and final fits alike.
+    let components = u_src
+        .cfg
+        .components
+        .min(n / SITE_CLIPS_PER_COMPONENT)
+        .max(1);
+    let mut held = Vec::new();
+    for val in &val_sets {
+        let vs: BTreeSet<usize> = val.iter().copied().collect();
+        let train: Vec<Vec<f32>> = (0..n)
+            .filter(|p| !vs.contains(p))
+            .map(|p| rows[p].clone())
+            .collect();
+        if train.len() < 2 {
+            continue;
+        }
+        let u = Unfamiliarity::fit(&train, components, String::new())?;
+        held.extend(val.iter().map(|&p| u.raw(&rows[p])));
+    }
+    let mut u = Unfamiliarity::fit(
+        rows,
+        components,
+        format!(
+            "camxuc adapt: {n} site clips, {components} directions; unit = median of {} held-out site clips ({} folds, {})",
+            held.len(),
+            val_sets.len(),
+            if by_speaker { "by speaker" } else { "by clip" }
+        ),
+    )?;
+    u.set_reference(&held);
+    refitted.push(format!(
+        "unfamiliarity reference: {n} site clips, {components} directions; unit = median distance of held-out site clips ({} folds, {})",
+        val_sets.len(),
+        if by_speaker { "by speaker" } else { "by clip" }
+    ));
+    // The new reference reads the same pooled vector as the source's.
+    u.cfg.input = u_src.cfg.input.clone();
+    Ok((Some(u), true))
 }
 
 struct Refit {
@@ -1349,42 +1422,54 @@ fn write_dir(
                     }
                 })?;
             }
-            None => match &a.head_outputs {
-                Some(outs) => {
-                    let mut tensors = src.tensors.clone();
-                    if let Some((mh, _)) = &a.member {
-                        tensors.extend(mh.tensors(LINEAR_MEMBER_PREFIX)?);
-                    }
-                    for (prefix, h) in outs {
-                        let name = |part: &str| {
-                            if prefix.is_empty() {
-                                format!("out.{part}")
-                            } else {
-                                format!("{prefix}.out.{part}")
-                            }
-                        };
-                        let d = h.input_dim();
-                        tensors.insert(
-                            name("weight"),
-                            Tensor::from_vec(h.w.clone(), (h.n_labels, d), &Device::Cpu)?,
-                        );
-                        tensors.insert(
-                            name("bias"),
-                            Tensor::from_vec(h.b.clone(), h.n_labels, &Device::Cpu)?,
-                        );
-                    }
-                    candle_core::safetensors::save(&tensors, &weights).map_err(|source| {
-                        AcousticError::Tensors {
-                            path: weights.clone(),
-                            source: Box::new(source),
+            None if a.head_outputs.is_none() && a.member.is_none() && !a.unfamiliarity_refitted => {
+                // Nothing in the weights changed: the source's file, byte for byte.
+                fs::copy(opts.model.join(model_dir::WEIGHTS_FILE), &weights)
+                    .map_err(io_err(&weights))?;
+            }
+            None => {
+                // The attention heads' weights, with what was refitted replaced: the output
+                // layers and a mixture's member (labelled clips), the unfamiliarity reference.
+                let mut tensors: HashMap<String, Tensor> = src
+                    .tensors
+                    .iter()
+                    .filter(|(k, _)| {
+                        !a.unfamiliarity_refitted
+                            || !k.starts_with(&format!("{UNFAMILIARITY_PREFIX}."))
+                    })
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect();
+                if let (true, Some(u)) = (a.unfamiliarity_refitted, &a.unfamiliarity) {
+                    tensors.extend(u.tensors(UNFAMILIARITY_PREFIX)?);
+                }
+                if let Some((mh, _)) = &a.member {
+                    tensors.extend(mh.tensors(LINEAR_MEMBER_PREFIX)?);
+                }
+                for (prefix, h) in a.head_outputs.iter().flatten() {
+                    let name = |part: &str| {
+                        if prefix.is_empty() {
+                            format!("out.{part}")
+                        } else {
+                            format!("{prefix}.out.{part}")
                         }
-                    })?;
+                    };
+                    let d = h.input_dim();
+                    tensors.insert(
+                        name("weight"),
+                        Tensor::from_vec(h.w.clone(), (h.n_labels, d), &Device::Cpu)?,
+                    );
+                    tensors.insert(
+                        name("bias"),
+                        Tensor::from_vec(h.b.clone(), h.n_labels, &Device::Cpu)?,
+                    );
                 }
-                None => {
-                    fs::copy(opts.model.join(model_dir::WEIGHTS_FILE), &weights)
-                        .map_err(io_err(&weights))?;
-                }
-            },
+                candle_core::safetensors::save(&tensors, &weights).map_err(|source| {
+                    AcousticError::Tensors {
+                        path: weights.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+            }
         }
         let mut meta = src.model.meta.clone();
         meta.format_version = model_dir::FORMAT_VERSION;
