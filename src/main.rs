@@ -1551,6 +1551,8 @@ fn adapt(a: AdaptArgs) -> Result<ExitCode> {
         AdaptEvent::Stage(s) => bar.set_message(s),
     })?;
     bar.finish_and_clear();
+    let mut r = r;
+    fusion::refit_after_adapt(&mut r)?;
     for f in &r.failed {
         eprintln!("failed: {}: {}", f.file, f.reason);
     }
@@ -1574,6 +1576,9 @@ fn adapt(a: AdaptArgs) -> Result<ExitCode> {
     }
     for s in &r.not_refitted {
         println!("  kept: {s}");
+    }
+    for s in &r.fusion {
+        println!("  {s}");
     }
     let show = |s: &HeldOutScores| format!("macro-F1 {:.3}, ECE {:.3}", s.macro_f1, s.ece);
     if let (Some(h), Some(b), Some(af)) = (&r.held_out, &r.before, &r.after) {

@@ -484,6 +484,12 @@ fn a_model_of_attention_heads_gets_the_baseline_and_routing_and_with_labels_its_
     );
     let dev = candle_core::Device::Cpu;
     AcousticModel::load(&out, &f.dir.join("no-models"), &dev).unwrap();
+    // Without labels nothing was refitted that the source's fusion (here: none) describes.
+    assert!(stdout.contains("fusion: kept from the source"), "{stdout}");
+    assert_eq!(
+        out.join("fusion.json").exists(),
+        f.model.join("fusion.json").exists()
+    );
 
     // With labelled clips the heads' output layers are refitted toward the source (or kept,
     // when keeping them has the lowest held-out NLL); nothing else in the weights changes.
@@ -551,6 +557,27 @@ fn a_model_of_attention_heads_gets_the_baseline_and_routing_and_with_labels_its_
     }
     assert!(ad.refitted.iter().any(|r| r.starts_with("temperature")));
     assert!(report["after"]["macro_f1"].is_number(), "{report}");
+    // The refitted model gets a fusion of its own, fitted on the labelled clips' out-of-fold
+    // predictions; this site's few clips cannot support one, so its routed clips are decided
+    // acoustic-only (and the report says why).
+    let fit = camxuc::pipeline::fusion::read(&labelled).unwrap().unwrap();
+    assert!(
+        fit.fitted_on
+            .as_deref()
+            .unwrap()
+            .starts_with("camxuc adapt"),
+        "{fit:?}"
+    );
+    assert_eq!(
+        fit.params,
+        camxuc::pipeline::fusion::FusionParams::ACOUSTIC_ONLY
+    );
+    assert!(
+        report["fusion"][0]
+            .as_str()
+            .is_some_and(|l| l.starts_with("fusion:")),
+        "{report}"
+    );
     AcousticModel::load(&labelled, &f.dir.join("no-models"), &dev).unwrap();
     // Deterministic.
     let again = f.dir.join("adapted-labelled-again");

@@ -41,7 +41,7 @@ use super::model::{evidence_vector, LINEAR_MEMBER_PREFIX, LINEAR_PREFIX, UNFAMIL
 use super::model_dir::{self, Adaptation, LinearMember, ModelDirError, RoutingConfig};
 use super::temperature::mean_nll;
 use super::temperature::{ece_at, fit_temperature, softmax_t};
-use super::train::fit_routing;
+use super::train::{fit_routing, HeldOutCondition, HeldOutPrediction};
 use super::unfamiliar::{PooledInput, Unfamiliarity};
 use super::{AcousticError, AcousticModel};
 use crate::clip::ClipAnalyser;
@@ -151,6 +151,14 @@ pub struct AdaptReport {
     pub before: Option<HeldOutScores>,
     /// A model adapted without the held-out clips, on them.
     pub after: Option<HeldOutScores>,
+    /// The labelled clips as the adapted model predicts them out of fold (empty without a
+    /// refit on labels): what [`crate::pipeline::fusion::refit_after_adapt`] fits the site's
+    /// fusion on.
+    #[serde(skip)]
+    pub site_predictions: Vec<HeldOutPrediction>,
+    /// How the fused decision of the new directory was set (filled by
+    /// [`crate::pipeline::fusion::refit_after_adapt`]).
+    pub fusion: Vec<String>,
 }
 
 fn err(path: &Path, message: impl Into<String>) -> AcousticError {
@@ -311,6 +319,8 @@ struct Adapted {
     unfamiliarity: Option<Unfamiliarity>,
     /// Whether `unfamiliarity` was refitted on the site (else the source's, or none).
     unfamiliarity_refitted: bool,
+    /// The labelled clips' out-of-fold predictions (empty when no head was refitted).
+    site_predictions: Vec<HeldOutPrediction>,
     temperature: f32,
     routing: RoutingConfig,
     prior_lambda: Option<f64>,
@@ -563,6 +573,8 @@ pub fn adapt(
         held_out,
         before,
         after,
+        site_predictions: adapted.site_predictions,
+        fusion: Vec::new(),
     })
 }
 
@@ -916,8 +928,7 @@ fn adapt_on(
     let mut head_out = None;
     let mut head_outputs = None;
     let mut member_out = None;
-    let unfamiliarity;
-    let unfamiliarity_refitted;
+    let reference: SiteReference;
     if let Some(h_src) = &src.head {
         let rows: Vec<Vec<f32>> = use_
             .iter()
@@ -987,7 +998,7 @@ fn adapt_on(
                 None => softmax_t(&head.logits(&rows[p]), temperature),
             })
             .collect();
-        (unfamiliarity, unfamiliarity_refitted) = site_unfamiliarity(
+        reference = site_unfamiliarity(
             src.unfamiliarity.as_ref(),
             &rows,
             (site, use_, labels, &path, seed),
@@ -1007,7 +1018,7 @@ fn adapt_on(
             .iter()
             .map(|&i| src.pooled_of(&site[i], &baseline))
             .collect();
-        (unfamiliarity, unfamiliarity_refitted) = match pooled {
+        reference = match pooled {
             Some(rows) if src.unfamiliarity.is_some() => site_unfamiliarity(
                 src.unfamiliarity.as_ref(),
                 &rows,
@@ -1022,7 +1033,10 @@ fn adapt_on(
                 } else {
                     "unfamiliarity reference: the source model has none".into()
                 });
-                (src.unfamiliarity.clone(), false)
+                SiteReference {
+                    reference: src.unfamiliarity.clone(),
+                    ..SiteReference::default()
+                }
             }
         };
         let clips: Vec<&SiteClip> = use_.iter().map(|&i| &site[i]).collect();
@@ -1180,13 +1194,41 @@ fn adapt_on(
         "routing threshold {:.3} -> {:.3}: {n} site predictions at the source's route fraction {:.2}",
         src.model.routing.threshold, routing.threshold, src.model.routing.target_route_fraction
     ));
+    // The labelled clips as the adapted model predicts them without having seen them (out of
+    // fold, unfamiliarity by their fold's reference): what the site's fusion is fitted on.
+    let site_predictions = if n_out_of_fold == 0 {
+        Vec::new()
+    } else {
+        use_.iter()
+            .enumerate()
+            .filter_map(|(p, &i)| {
+                let label = site[i].label?;
+                let mut evidence = site[i].evidence.clone();
+                baseline.apply(&mut evidence);
+                Some(HeldOutPrediction {
+                    probs: crate::Probs::new(labels, probs[p].clone()),
+                    evidence,
+                    unfamiliarity: reference.held_out.get(p).copied().flatten(),
+                    label,
+                    // Clips without a speaker: three groups, so that leaving one out still
+                    // predicts clips the fit did not see.
+                    group: site[i]
+                        .speaker
+                        .clone()
+                        .unwrap_or_else(|| format!("clips-{}", p % 3)),
+                    condition: HeldOutCondition::Clean,
+                })
+            })
+            .collect()
+    };
     Ok(Adapted {
         baseline,
         head: head_out,
         head_outputs,
         member: member_out,
-        unfamiliarity,
-        unfamiliarity_refitted,
+        unfamiliarity: reference.reference,
+        unfamiliarity_refitted: reference.refitted,
+        site_predictions,
         temperature,
         routing,
         prior_lambda,
@@ -1200,22 +1242,22 @@ fn adapt_on(
 /// clips; the unit is the median distance of held-out site clips (speaker folds when the
 /// clips name speakers), so the source's threshold keeps its meaning ("as far as a typical
 /// new speaker of this site, times the threshold"). The source's reference is kept when
-/// there are fewer than 4 clips; none when the source has none. Also says whether it refitted.
+/// there are fewer than 4 clips; none when the source has none.
 fn site_unfamiliarity(
     u_src: Option<&Unfamiliarity>,
     rows: &[Vec<f32>],
     (site, use_, labels, path, seed): (&[SiteClip], &[usize], &crate::LabelSet, &Path, u64),
     refitted: &mut Vec<String>,
     not_refitted: &mut Vec<String>,
-) -> Result<(Option<Unfamiliarity>, bool), AcousticError> {
+) -> Result<SiteReference, AcousticError> {
     let n = rows.len();
     let Some(u_src) = u_src else {
         not_refitted.push("unfamiliarity reference: the source model has none".into());
-        return Ok((None, false));
+        return Ok(SiteReference::default());
     };
     if n < 4 {
         not_refitted.push("unfamiliarity reference: too few site clips".into());
-        return Ok((Some(u_src.clone()), false));
+        return Ok(SiteReference::kept(u_src, rows));
     }
     let m = site_manifest(site, use_, labels, path);
     let (val_sets, by_speaker) = folds(&m, seed)?;
@@ -1230,6 +1272,7 @@ fn site_unfamiliarity(
         .min(n / SITE_CLIPS_PER_COMPONENT)
         .max(1);
     let mut held = Vec::new();
+    let mut held_at: Vec<Option<f64>> = vec![None; n];
     for val in &val_sets {
         let vs: BTreeSet<usize> = val.iter().copied().collect();
         let train: Vec<Vec<f32>> = (0..n)
@@ -1240,7 +1283,11 @@ fn site_unfamiliarity(
             continue;
         }
         let u = Unfamiliarity::fit(&train, components, String::new())?;
-        held.extend(val.iter().map(|&p| u.raw(&rows[p])));
+        for &p in val {
+            let raw = u.raw(&rows[p]);
+            held.push(raw);
+            held_at[p] = Some(raw);
+        }
     }
     let mut u = Unfamiliarity::fit(
         rows,
@@ -1260,7 +1307,36 @@ fn site_unfamiliarity(
     ));
     // The new reference reads the same pooled vector as the source's.
     u.cfg.input = u_src.cfg.input.clone();
-    Ok((Some(u), true))
+    let unit = u.cfg.reference.max(1e-9);
+    Ok(SiteReference {
+        held_out: held_at
+            .into_iter()
+            .map(|r| r.map(|r| (r / unit) as f32))
+            .collect(),
+        reference: Some(u),
+        refitted: true,
+    })
+}
+
+/// What [`site_unfamiliarity`] gives.
+#[derive(Default)]
+struct SiteReference {
+    reference: Option<Unfamiliarity>,
+    /// Whether `reference` was refitted on the site (else the source's, or none).
+    refitted: bool,
+    /// Each site clip's unfamiliarity by a reference that was not fitted on it (its fold's,
+    /// in the final unit; the source's when it is kept); `None` where there is none.
+    held_out: Vec<Option<f32>>,
+}
+
+impl SiteReference {
+    fn kept(u: &Unfamiliarity, rows: &[Vec<f32>]) -> Self {
+        Self {
+            held_out: rows.iter().map(|x| Some(u.score(x))).collect(),
+            reference: Some(u.clone()),
+            refitted: false,
+        }
+    }
 }
 
 struct Refit {

@@ -167,7 +167,7 @@ pub struct TrainReport {
 }
 
 /// One held-out prediction of a trained model, with what the reasoning stage sees of the clip.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HeldOutPrediction {
     /// Calibrated probabilities (the served temperature).
     pub probs: crate::Probs,

@@ -451,9 +451,10 @@ async fn adapt(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
         opts.unlabelled = Some(state.store.clips_dir());
         let labels = state.store.labels_path();
         opts.labelled = labels.is_file().then_some(labels);
-        crate::acoustic::adapt::adapt(&opts, &mut |_| {})
-            .map(|report| (name, report))
-            .map_err(|e| e.to_string())
+        let mut report =
+            crate::acoustic::adapt::adapt(&opts, &mut |_| {}).map_err(|e| e.to_string())?;
+        crate::pipeline::fusion::refit_after_adapt(&mut report).map_err(|e| e.to_string())?;
+        Ok::<_, String>((name, report))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
