@@ -64,13 +64,15 @@ for m in unlabelled labelled both; do score "$m" --model "$OUT/$m"; done
 python3 - "$OUT" <<'EOF'
 import json, sys
 out = sys.argv[1]
-print("| model | macro-F1 [95 % CI] | accuracy |")
-print("|---|---|---|")
+print("| model | macro-F1 [95 % CI] | accuracy | pipeline macro-F1 (routed) |")
+print("|---|---|---|---|")
 for name, what in [("source", "source"), ("unlabelled", "adapted, unlabelled clips only"),
                    ("labelled", "adapted, labelled clips"), ("both", "adapted, labelled + unlabelled")]:
-    a = json.load(open(f"{out}/{name}.eval.json"))["ablations"]["acoustic_only"]
+    e = json.load(open(f"{out}/{name}.eval.json"))
+    a = e["ablations"]["acoustic_only"]
     lo, hi = a.get("macro_f1_ci95") or (float("nan"), float("nan"))
-    print(f"| {what} | {a['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}] | {a['accuracy']:.3f} |")
+    routed = 100 * e["routing"]["routed_fraction"]
+    print(f"| {what} | {a['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}] | {a['accuracy']:.3f} | {e['macro_f1']:.3f} ({routed:.0f} %) |")
 for name in ["labelled", "both"]:
     r = json.load(open(f"{out}/{name}.adapt.json"))
     print(f"{name}: λ {r.get('prior_lambda')}, temperature {r.get('temperature_before'):.3f} -> {r.get('temperature_after'):.3f}")

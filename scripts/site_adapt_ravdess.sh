@@ -76,17 +76,25 @@ out = sys.argv[1]
 splits = {"a": "01, 02", "b": "15, 16", "c": "07, 08"}
 rows = [("source", "source (SYNTHETIC only)"), ("unlabelled", "adapted, unlabelled clips only"),
         ("labelled", "adapted, labelled clips"), ("both", "adapted, labelled + unlabelled")]
-print("| model | " + " | ".join(f"labelled actors {a}" for a in splits.values()) + " | mean |")
+# Acoustic only, then the product's decision (routed clips fused with the rules as the
+# model's fusion.json says), with the share of clips routed.
+print("| model | " + " | ".join(f"labelled actors {a}: acoustic [95 % CI] / pipeline (routed)" for a in splits.values()) + " | mean acoustic / pipeline |")
 print("|---|" + "---|" * (len(splits) + 1))
 for name, what in rows:
-    cells, f1s = [], []
+    cells, f1s, pipe = [], [], []
     for s in splits:
-        a = json.load(open(f"{out}/split-{s}/{name}.eval.json"))["ablations"]["acoustic_only"]
+        e = json.load(open(f"{out}/split-{s}/{name}.eval.json"))
+        a = e["ablations"]["acoustic_only"]
         lo, hi = a.get("macro_f1_ci95") or (float("nan"), float("nan"))
-        cells.append(f"{a['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}]")
+        routed = 100 * e["routing"]["routed_fraction"]
+        cells.append(f"{a['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}] / {e['macro_f1']:.3f} ({routed:.0f} %)")
         f1s.append(a["macro_f1"])
-    print(f"| {what} | " + " | ".join(cells) + f" | {sum(f1s) / len(f1s):.3f} |")
+        pipe.append(e["macro_f1"])
+    print(f"| {what} | " + " | ".join(cells) + f" | {sum(f1s) / len(f1s):.3f} / {sum(pipe) / len(pipe):.3f} |")
 for s in splits:
     r = json.load(open(f"{out}/split-{s}/both.adapt.json"))
     print(f"split {s}: " + "; ".join(x for x in r["refitted"] if "λ" in x))
+    for name in ["labelled", "both"]:
+        r = json.load(open(f"{out}/split-{s}/{name}.adapt.json"))
+        print(f"split {s}, {name}: " + " ".join(x.strip() for x in r.get("fusion", [])[:2]))
 EOF
