@@ -9,6 +9,7 @@ use std::path::Path;
 use fancy_regex::Regex;
 
 use super::byte_level::ByteLevel;
+use super::vocab::Vocab;
 use crate::llm::error::LlmError;
 
 /// GPT-2's pattern; llama.cpp leaves off the final `\s+` because it keeps unmatched gaps as
@@ -50,12 +51,7 @@ pub struct Bpe {
 }
 
 impl Bpe {
-    pub fn new(
-        path: &Path,
-        pre: &str,
-        merges: &[&str],
-        token_to_id: &HashMap<String, u32>,
-    ) -> Result<Self, LlmError> {
+    pub fn new(path: &Path, pre: &str, merges: &[&str], vocab: &Vocab) -> Result<Self, LlmError> {
         let patterns =
             pre_tokenizer_patterns(pre).ok_or_else(|| LlmError::UnknownPreTokenizer {
                 path: path.to_path_buf(),
@@ -89,11 +85,9 @@ impl Bpe {
             let (left, right) = (&line[..i], &line[i + 1..]);
             let merged = format!("{left}{right}");
             // A merge whose parts or result are not tokens can never produce a token; skip it.
-            if let (Some(&l), Some(&r), Some(&m)) = (
-                token_to_id.get(left),
-                token_to_id.get(right),
-                token_to_id.get(&merged),
-            ) {
+            if let (Some(l), Some(r), Some(m)) =
+                (vocab.get(left), vocab.get(right), vocab.get(&merged))
+            {
                 merge_map.entry((l, r)).or_insert((rank as u32, m));
             }
         }
@@ -144,7 +138,7 @@ impl Bpe {
         &self,
         path: &Path,
         text: &str,
-        token_to_id: &HashMap<String, u32>,
+        vocab: &Vocab,
         unknown: Option<u32>,
         out: &mut Vec<u32>,
     ) -> Result<(), LlmError> {
@@ -154,29 +148,23 @@ impl Bpe {
             self.byte_level
                 .encode_into(&text.as_bytes()[start..end], &mut word);
             if self.ignore_merges {
-                if let Some(&id) = token_to_id.get(word.as_str()) {
+                if let Some(id) = vocab.get(word.as_str()) {
                     out.push(id);
                     continue;
                 }
             }
-            self.merge_word(&word, token_to_id, unknown, out);
+            self.merge_word(&word, vocab, unknown, out);
         }
         Ok(())
     }
 
-    fn merge_word(
-        &self,
-        word: &str,
-        token_to_id: &HashMap<String, u32>,
-        unknown: Option<u32>,
-        out: &mut Vec<u32>,
-    ) {
+    fn merge_word(&self, word: &str, vocab: &Vocab, unknown: Option<u32>, out: &mut Vec<u32>) {
         let mut buf = [0u8; 4];
         // Every mapped byte character is a token in a byte-level vocabulary; a vocabulary
         // that lacks one gets the unknown token there (llama.cpp drops it silently).
         let mut symbols: Vec<Option<u32>> = word
             .chars()
-            .map(|c| token_to_id.get(&*c.encode_utf8(&mut buf)).copied())
+            .map(|c| vocab.get(c.encode_utf8(&mut buf)))
             .collect();
         loop {
             let mut best: Option<(u32, usize, u32)> = None;

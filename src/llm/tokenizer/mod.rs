@@ -14,8 +14,8 @@
 mod bpe;
 mod byte_level;
 mod spm;
+mod vocab;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Content;
@@ -27,6 +27,7 @@ use super::gguf::{
 };
 use bpe::Bpe;
 use spm::{Spm, SPACE_MARK};
+use vocab::Vocab;
 
 /// GGUF token types (the same numbering as SentencePiece's piece types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +76,9 @@ enum Model {
 pub struct GgufTokenizer {
     path: PathBuf,
     model: Model,
-    tokens: Vec<String>,
+    /// Every token's text and the index from text to id.
+    vocab: Vocab,
     types: Vec<TokenType>,
-    token_to_id: HashMap<String, u32>,
     /// Special tokens, longest text first: the order llama.cpp partitions the input in.
     specials: Vec<u32>,
     bos: Option<u32>,
@@ -110,10 +111,11 @@ impl GgufTokenizer {
             None => vec![TokenType::Normal; n],
         };
         check_len(path, "tokenizer.ggml.token_type", types.len(), n)?;
-        let mut token_to_id = HashMap::with_capacity(n);
-        for (id, text) in tokens.iter().enumerate() {
-            token_to_id.entry((*text).to_string()).or_insert(id as u32);
-        }
+        let vocab = Vocab::new(tokens.iter().copied()).ok_or_else(|| LlmError::BadMetadata {
+            path: path.to_path_buf(),
+            key: "tokenizer.ggml.tokens".into(),
+            reason: "the token texts together exceed 4 GiB".into(),
+        })?;
 
         // Defaults follow llama.cpp when the converter wrote no explicit flag.
         let (model, default_bos, default_eos, default_unk, default_add_bos, default_space) =
@@ -124,7 +126,7 @@ impl GgufTokenizer {
                         Some(_) => metadata_str(content, path, "tokenizer.ggml.pre")?,
                         None => "default",
                     };
-                    let bpe = Bpe::new(path, pre, &merges, &token_to_id)?;
+                    let bpe = Bpe::new(path, pre, &merges, &vocab)?;
                     let add_bos = matches!(pre, "llama3" | "llama-bpe" | "llama-v3" | "falcon3");
                     (
                         Model::Bpe(Box::new(bpe)),
@@ -181,9 +183,8 @@ impl GgufTokenizer {
         Ok(Self {
             path: path.to_path_buf(),
             model,
-            tokens: tokens.into_iter().map(str::to_string).collect(),
+            vocab,
             types,
-            token_to_id,
             specials,
             bos,
             eos,
@@ -212,13 +213,9 @@ impl GgufTokenizer {
                 Fragment::Text(start, end) => {
                     let piece = &text[start..end];
                     match &self.model {
-                        Model::Bpe(bpe) => bpe.encode(
-                            &self.path,
-                            piece,
-                            &self.token_to_id,
-                            self.unknown,
-                            &mut out,
-                        )?,
+                        Model::Bpe(bpe) => {
+                            bpe.encode(&self.path, piece, &self.vocab, self.unknown, &mut out)?
+                        }
                         Model::Spm(spm) => {
                             escaped.clear();
                             if self.add_space_prefix && prev_special {
@@ -231,7 +228,7 @@ impl GgufTokenizer {
                                     c
                                 }
                             }));
-                            spm.encode(&escaped, &self.token_to_id, self.unknown, &mut out);
+                            spm.encode(&escaped, &self.vocab, self.unknown, &mut out);
                         }
                     }
                     prev_special = false;
@@ -252,7 +249,7 @@ impl GgufTokenizer {
             return Vec::new();
         }
         for &id in &self.specials {
-            let needle = self.tokens[id as usize].as_str();
+            let needle = self.vocab.text(id).unwrap_or_default();
             // Cheap test first: most special tokens (Gemma has 6,000+) never occur.
             if !fragments
                 .iter()
@@ -333,28 +330,28 @@ impl GgufTokenizer {
     }
 
     fn token(&self, id: u32) -> Result<(&str, TokenType), LlmError> {
-        match (self.tokens.get(id as usize), self.types.get(id as usize)) {
-            (Some(t), Some(&k)) => Ok((t.as_str(), k)),
+        match (self.vocab.text(id), self.types.get(id as usize)) {
+            (Some(t), Some(&k)) => Ok((t, k)),
             _ => Err(LlmError::TokenOutOfRange {
                 path: self.path.clone(),
                 id,
-                vocab_size: self.tokens.len(),
+                vocab_size: self.vocab.len(),
             }),
         }
     }
 
     /// The id of a token given its exact vocabulary text (e.g. `"<|im_end|>"`).
     pub fn token_id(&self, s: &str) -> Option<u32> {
-        self.token_to_id.get(s).copied()
+        self.vocab.get(s)
     }
 
     /// The vocabulary text of a token.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.vocab.text(id)
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.vocab.len()
     }
 
     pub fn bos_token_id(&self) -> Option<u32> {

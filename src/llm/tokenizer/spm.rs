@@ -5,7 +5,9 @@
 //! UTF-8 bytes as `<0xNN>` tokens.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::vocab::Vocab;
 
 /// SentencePiece's visible space.
 pub const SPACE_MARK: char = '\u{2581}';
@@ -71,13 +73,7 @@ impl Spm {
     }
 
     /// Appends the ids of `text` (free of special tokens; spaces already escaped to `▁`).
-    pub fn encode(
-        &self,
-        text: &str,
-        token_to_id: &HashMap<String, u32>,
-        unknown: Option<u32>,
-        out: &mut Vec<u32>,
-    ) {
+    pub fn encode(&self, text: &str, vocab: &Vocab, unknown: Option<u32>, out: &mut Vec<u32>) {
         let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
         for (i, (start, c)) in text.char_indices().enumerate() {
             symbols.push(Symbol {
@@ -100,7 +96,7 @@ impl Spm {
             };
             let (a, b) = (symbols[l], symbols[r]);
             let joined = &text[a.start..b.start + b.len];
-            if let Some(&id) = token_to_id.get(joined) {
+            if let Some(id) = vocab.get(joined) {
                 if let Some(&score) = self.scores.get(id as usize) {
                     queue.push(Bigram {
                         left: l,
@@ -134,8 +130,8 @@ impl Spm {
         while let Some(i) = cursor {
             let s = symbols[i];
             let piece = &text[s.start..s.start + s.len];
-            match token_to_id.get(piece) {
-                Some(&id) => out.push(id),
+            match vocab.get(piece) {
+                Some(id) => out.push(id),
                 None => {
                     for &b in piece.as_bytes() {
                         if let Some(id) = self.byte_tokens[b as usize].or(unknown) {
