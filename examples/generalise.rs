@@ -24,7 +24,10 @@
 //!
 //! cargo run --release --features research --example generalise -- [--out DIR] [--attention]
 //!     [--synth-per-class N] [--quick] [--only 'NAME;NAME' [--merge protocol.json]]
-//!     [--fusion CANDIDATE [--rules FILE] [--fusion-llm SPEC]] [--blocks N]
+//!     [--fusion CANDIDATE [--rules FILE] [--fusion-llm SPEC]] [--blocks N] [--rewrite]
+//!
+//! `--rewrite` writes protocol.json, protocol.md and unfamiliarity.svg (the served design's
+//! unfamiliarity per group of clips) again from what --out holds, without scoring anything.
 //!
 //! `--blocks N` (3 to 6; default 3, what the product runs) encodes N Whisper-base blocks, so
 //! the candidates on deeper blocks ("… b4-6 …", "… b1-6 …", "… b6 …") can be scored; the
@@ -611,6 +614,23 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(if quick { 12 } else { 80 });
     std::fs::create_dir_all(&out)?;
+    // `--rewrite`: protocol.json, protocol.md and the figure again from the rows and
+    // predictions already in --out (no encoding, no training).
+    if flag("--rewrite") {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("protocol.json"))?)?;
+        let predictions: serde_json::Value = match std::fs::read(out.join("predictions.json")) {
+            Ok(b) => serde_json::from_slice(&b)?,
+            Err(_) => json!({}),
+        };
+        let rows = doc["candidates"].as_array().cloned().unwrap_or_default();
+        let per_class = doc["synthetic_corpus"]["per_class"].as_u64().unwrap_or(80) as usize;
+        let n_syn = doc["synthetic_corpus"]["clips"].as_u64().unwrap_or(0) as usize;
+        let encode_s = doc["encode_seconds"].as_f64().unwrap_or(0.0);
+        write_protocol(&out, &rows, &predictions, per_class, n_syn, encode_s)?;
+        eprintln!("rewrote {}", out.join("protocol.md").display());
+        return Ok(());
+    }
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     let labels = LabelSet::default();
 
@@ -1032,7 +1052,41 @@ fn write_protocol(
         out.join("protocol.json"),
         serde_json::to_string_pretty(&doc)?,
     )?;
-    let md = markdown(&doc);
+    let mut md = markdown(&doc);
+    // The served design's unfamiliarity per group of clips, as a figure beside the table (the
+    // threshold line is the shipped default model's).
+    let served_row = rows.iter().find(|r| r["name"] == served);
+    if let Some(v) = served_row.and_then(|r| r["unfamiliarity"]["values"].as_object()) {
+        let nums = |k: &str| -> Vec<f64> {
+            v.get(k)
+                .and_then(|a| a.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default()
+        };
+        let groups = [
+            ("new speakers, clean", nums("clean")),
+            ("the same clips through field chains", nums("field")),
+            ("their other emotions (out of scope)", nums("out_of_scope")),
+            (
+                "SYNTHETIC corpus (model trained on RAVDESS)",
+                nums("synthetic"),
+            ),
+        ];
+        let refs: Vec<(&str, &[f64])> = groups.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let threshold = std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/acoustic/default/routing.json"),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|r| r["unfamiliarity_threshold"].as_f64());
+        let fig = camxuc::report::figures::unfamiliarity_cdf(&refs, threshold);
+        std::fs::write(out.join("unfamiliarity.svg"), &fig.svg)?;
+        md.push_str(&format!(
+            "\n![Unfamiliarity of the served design ({})](unfamiliarity.svg)\n\n{}\n",
+            served.as_str().unwrap_or_default(),
+            fig.caption
+        ));
+    }
     std::fs::write(out.join("protocol.md"), &md)?;
     Ok(md)
 }

@@ -373,6 +373,105 @@ pub fn coverage(records: &[EvalRecord], routed_fraction: f64) -> Figure {
     }
 }
 
+/// Unfamiliarity of groups of clips as empirical cumulative distributions on one axis (share
+/// of each group at or below a score), with the routing threshold dashed: how far apart the
+/// groups lie and which share of each the router sends on as unfamiliar. Scores beyond the
+/// right edge (the largest 98th percentile of the groups, rounded up) count there.
+pub fn unfamiliarity_cdf(groups: &[(&str, &[f64])], threshold: Option<f64>) -> Figure {
+    let mut svg = Svg::new(640.0, 470.0);
+    svg.title("Unfamiliarity: clips of new speakers, recording chains and corpora");
+    let p98 = |v: &[f64]| {
+        let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get((v.len() as f64 * 0.98) as usize)
+            .or(v.last())
+            .copied()
+            .unwrap_or(1.0)
+    };
+    let hi = groups
+        .iter()
+        .map(|(_, v)| p98(v))
+        .chain(threshold)
+        .fold(1.0, f64::max);
+    let x1 = hi.ceil().max(1.0);
+    let f = Frame {
+        left: 80.0,
+        top: 48.0,
+        width: 500.0,
+        height: 280.0,
+        x_range: (0.0, x1),
+        y_range: (0.0, 1.0),
+    };
+    let x_step = if x1 > 6.0 { 1.0 } else { 0.5 };
+    f.draw_axes(
+        &mut svg,
+        x_step,
+        0.2,
+        "unfamiliarity (1 = a typical new speaker's clip)",
+        "share of clips at or below",
+    );
+    let mut legend = Vec::new();
+    for (k, (name, values)) in groups.iter().enumerate() {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len() as f64;
+        let mut pts = vec![(f.x(0.0), f.y(0.0))];
+        for (i, &x) in v.iter().enumerate() {
+            let x = f.x(x.clamp(0.0, x1));
+            pts.push((x, f.y(i as f64 / n)));
+            pts.push((x, f.y((i + 1) as f64 / n)));
+        }
+        pts.push((f.x(x1), f.y(1.0)));
+        let colour = SERIES[k % SERIES.len()];
+        svg.polyline(&pts, &format!(r#"stroke="{colour}" stroke-width="2.2""#));
+        let median = v[v.len() / 2];
+        legend.push((
+            colour,
+            format!("{name}: {} clips, median {median:.2}", v.len()),
+        ));
+    }
+    if let Some(t) = threshold {
+        let x = f.x(t.clamp(0.0, x1));
+        svg.line(
+            x,
+            f.top,
+            x,
+            f.bottom(),
+            r##"stroke="#222" stroke-width="1.2" stroke-dasharray="4 3""##,
+        );
+        svg.text(
+            x + 4.0,
+            f.top + 14.0,
+            &format!("routing threshold {t:.2}"),
+            12.0,
+            Anchor::Start,
+            "",
+        );
+    }
+    let ly = f.bottom() + 56.0;
+    for (i, (colour, text)) in legend.iter().enumerate() {
+        let y = ly + 19.0 * i as f64;
+        svg.circle(f.left + 8.0, y - 4.0, 5.0, &format!(r#"fill="{colour}""#));
+        svg.text(f.left + 22.0, y, text, 13.0, Anchor::Start, "");
+    }
+    let caption = format!(
+        "Empirical distributions of the unfamiliarity score per group of clips; {}.",
+        match threshold {
+            Some(t) => format!("a clip above {t:.2} (dashed) is routed as unfamiliar"),
+            None => "no routing threshold".into(),
+        }
+    );
+    let svg = svg.finish(&caption);
+    Figure {
+        stem: "unfamiliarity",
+        caption,
+        svg,
+    }
+}
+
 /// Grouped bars: per-class F1 (and macro F1) for each ablation.
 pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
     let groups: Vec<String> = labels
@@ -476,5 +575,41 @@ pub fn per_class_f1(labels: &[String], rows: &[AblationRow]) -> Figure {
         stem: "per_class_f1",
         caption,
         svg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfamiliarity_cdf_draws_one_step_curve_per_group_and_the_threshold() {
+        let clean = [0.5, 0.8, 1.0, 1.2, 1.5];
+        let far = [2.0, 2.5, 3.0];
+        let fig = unfamiliarity_cdf(
+            &[("clean", &clean), ("far", &far), ("empty", &[])],
+            Some(1.3),
+        );
+        assert_eq!(fig.stem, "unfamiliarity");
+        assert!(fig.svg.starts_with("<svg"));
+        // Two non-empty groups: two curves; the empty one gets neither curve nor legend line.
+        assert_eq!(fig.svg.matches("<polyline").count(), 2);
+        assert!(
+            fig.svg.contains("clean: 5 clips, median 1.00"),
+            "{}",
+            fig.svg
+        );
+        assert!(fig.svg.contains("far: 3 clips, median 2.50"));
+        assert!(!fig.svg.contains("empty:"));
+        assert!(fig.svg.contains("routing threshold 1.30"));
+        // Each curve climbs from 0 to 1: its last point is at the top of the plot (y = 48).
+        for line in fig.svg.lines().filter(|l| l.starts_with("<polyline")) {
+            let pts = line.split('"').nth(1).unwrap();
+            let last = pts.split(' ').next_back().unwrap();
+            assert!(last.ends_with(",48.0"), "{last}");
+            let first = pts.split(' ').next().unwrap();
+            assert!(first.ends_with(",328.0"), "{first}");
+        }
+        assert!(fig.caption.contains("above 1.30"));
     }
 }
