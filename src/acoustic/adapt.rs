@@ -812,7 +812,7 @@ fn analyse(src: &Source, an: &mut ClipAnalyser, input: &Input) -> Result<SiteCli
             let pooled = match (src.pooled_input(), pooled) {
                 (Some(input), Some(mut x)) => {
                     if input.evidence {
-                        x.truncate(x.len() - view.evidence.len());
+                        x.truncate(x.len().saturating_sub(view.evidence.len()));
                     }
                     x
                 }
