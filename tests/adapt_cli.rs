@@ -675,4 +675,21 @@ fn adapting_the_default_model_refits_its_unfamiliarity_reference_on_the_site() {
     let (before, after) = (mean_unfamiliarity(&source), mean_unfamiliarity(&out));
     eprintln!("site clips' mean unfamiliarity: source {before:.2}, adapted {after:.2}");
     assert!(after < before, "source {before:.3}, adapted {after:.3}");
+    // Deterministic: the same inputs give the same weights (reference included), routing and
+    // fusion.
+    let again = f.dir.join("adapted-default-again");
+    let o = Command::new(env!("CARGO_BIN_EXE_camxuc"))
+        .args(["adapt", "--model", s(&source), "--out", s(&again)])
+        .args(["--labelled", s(&f.site_csv)])
+        .env("CAMXUC_MODELS_DIR", &models)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for file in [model_dir::WEIGHTS_FILE, model_dir::ROUTING_FILE, "fusion.json"] {
+        assert_eq!(
+            std::fs::read(again.join(file)).unwrap(),
+            std::fs::read(out.join(file)).unwrap(),
+            "{file}"
+        );
+    }
 }
