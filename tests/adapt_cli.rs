@@ -685,7 +685,11 @@ fn adapting_the_default_model_refits_its_unfamiliarity_reference_on_the_site() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    for file in [model_dir::WEIGHTS_FILE, model_dir::ROUTING_FILE, "fusion.json"] {
+    for file in [
+        model_dir::WEIGHTS_FILE,
+        model_dir::ROUTING_FILE,
+        "fusion.json",
+    ] {
         assert_eq!(
             std::fs::read(again.join(file)).unwrap(),
             std::fs::read(out.join(file)).unwrap(),
