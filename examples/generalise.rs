@@ -511,6 +511,18 @@ fn ensure_encoded(c: &Candidate, n_blocks: usize, flag: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// Every scored candidate's labels per clip and column, in --out.
+const PREDICTIONS_FILE: &str = "predictions.json";
+
+/// The predictions of earlier runs in `out` (none yet: an empty object).
+fn read_predictions(out: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    match std::fs::read(out.join(PREDICTIONS_FILE)) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({})),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The design of the shipped default model (`models/acoustic/default`): the incumbent every
 /// candidate is compared with, clip for clip.
 const SHIPPED: &str = "mean of linear +neutral +outliers 0.5 and attention frozen conv";
@@ -619,10 +631,7 @@ fn main() -> anyhow::Result<()> {
     if flag("--rewrite") {
         let doc: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("protocol.json"))?)?;
-        let predictions: serde_json::Value = match std::fs::read(out.join("predictions.json")) {
-            Ok(b) => serde_json::from_slice(&b)?,
-            Err(_) => json!({}),
-        };
+        let predictions = read_predictions(&out)?;
         let rows = doc["candidates"].as_array().cloned().unwrap_or_default();
         let per_class = doc["synthetic_corpus"]["per_class"].as_u64().unwrap_or(80) as usize;
         let n_syn = doc["synthetic_corpus"]["clips"].as_u64().unwrap_or(0) as usize;
@@ -812,11 +821,8 @@ fn main() -> anyhow::Result<()> {
     let mut rows = kept;
     // Every scored candidate's label per clip and column (kept across runs, like `--merge`
     // keeps rows): what the paired comparison with the shipped design reads.
-    let predictions_path = out.join("predictions.json");
-    let mut predictions: serde_json::Value = match std::fs::read(&predictions_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)?,
-        Err(_) => json!({}),
-    };
+    let predictions_path = out.join(PREDICTIONS_FILE);
+    let mut predictions = read_predictions(&out)?;
     for c in &candidates {
         let t0 = Instant::now();
         eprintln!("candidate: {}", c.name);
@@ -1073,12 +1079,12 @@ fn write_protocol(
             ),
         ];
         let refs: Vec<(&str, &[f64])> = groups.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-        let threshold = std::fs::read(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/acoustic/default/routing.json"),
+        let threshold = camxuc::acoustic::model_dir::read_routing(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/acoustic/default"),
         )
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|r| r["unfamiliarity_threshold"].as_f64());
+        .and_then(|r| r.unfamiliarity_threshold)
+        .map(f64::from);
         let fig = camxuc::report::figures::unfamiliarity_cdf(&refs, threshold);
         std::fs::write(out.join("unfamiliarity.svg"), &fig.svg)?;
         md.push_str(&format!(

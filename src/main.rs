@@ -1546,12 +1546,11 @@ fn adapt(a: AdaptArgs) -> Result<ExitCode> {
     opts.force = a.force;
     opts.seed = a.seed;
     let bar = progress::bar(0, "analysing");
-    let r = adapt(&opts, &mut |ev| match ev {
+    let mut r = adapt(&opts, &mut |ev| match ev {
         AdaptEvent::Analysed { done, total } => progress::show(&bar, "analysing", done, total),
         AdaptEvent::Stage(s) => bar.set_message(s),
     })?;
     bar.finish_and_clear();
-    let mut r = r;
     fusion::refit_after_adapt(&mut r)?;
     for f in &r.failed {
         eprintln!("failed: {}: {}", f.file, f.reason);

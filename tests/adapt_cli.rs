@@ -486,9 +486,10 @@ fn a_model_of_attention_heads_gets_the_baseline_and_routing_and_with_labels_its_
     AcousticModel::load(&out, &f.dir.join("no-models"), &dev).unwrap();
     // Without labels nothing was refitted that the source's fusion (here: none) describes.
     assert!(stdout.contains("fusion: kept from the source"), "{stdout}");
+    let fusion_file = camxuc::pipeline::fusion::FUSION_FILE;
     assert_eq!(
-        out.join("fusion.json").exists(),
-        f.model.join("fusion.json").exists()
+        out.join(fusion_file).exists(),
+        f.model.join(fusion_file).exists()
     );
 
     // With labelled clips the heads' output layers are refitted toward the source (or kept,
@@ -607,14 +608,17 @@ fn adapting_the_default_model_refits_its_unfamiliarity_reference_on_the_site() {
     let tmp = tempfile::tempdir().unwrap();
     let f = fixture(tmp.path(), Classifier::Attention);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/acoustic/default");
+    let adapt_default = |to: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_camxuc"))
+            .args(["adapt", "--model", s(&source), "--out", s(to)])
+            .args(["--labelled", s(&f.site_csv)])
+            .env("CAMXUC_MODELS_DIR", &models)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    };
     let out = f.dir.join("adapted-default");
-    let o = Command::new(env!("CARGO_BIN_EXE_camxuc"))
-        .args(["adapt", "--model", s(&source), "--out", s(&out)])
-        .args(["--labelled", s(&f.site_csv)])
-        .env("CAMXUC_MODELS_DIR", &models)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    adapt_default(&out);
     let src = model_dir::read_meta(&source).unwrap();
     let new = model_dir::read_meta(&out).unwrap();
     let (u_src, u_new) = (src.unfamiliarity.unwrap(), new.unfamiliarity.unwrap());
@@ -642,18 +646,11 @@ fn adapting_the_default_model_refits_its_unfamiliarity_reference_on_the_site() {
     AcousticModel::load(&out, &models, &candle_core::Device::Cpu).unwrap();
     // The site's clips (SYNTHETIC speech, far from RAVDESS) are less unfamiliar to the adapted
     // model than to the source.
-    let clips: Vec<String> = std::fs::read_to_string(&f.site_csv)
+    let clips: Vec<String> = Manifest::load_unlabelled(&f.site_csv)
         .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let p = Path::new(l.split(',').next().unwrap());
-            if p.is_absolute() {
-                p.display().to_string()
-            } else {
-                f.site_csv.parent().unwrap().join(p).display().to_string()
-            }
-        })
+        .rows
+        .iter()
+        .map(|r| r.path.display().to_string())
         .collect();
     let mean_unfamiliarity = |model: &Path| {
         let o = Command::new(env!("CARGO_BIN_EXE_camxuc"))
@@ -678,17 +675,11 @@ fn adapting_the_default_model_refits_its_unfamiliarity_reference_on_the_site() {
     // Deterministic: the same inputs give the same weights (reference included), routing and
     // fusion.
     let again = f.dir.join("adapted-default-again");
-    let o = Command::new(env!("CARGO_BIN_EXE_camxuc"))
-        .args(["adapt", "--model", s(&source), "--out", s(&again)])
-        .args(["--labelled", s(&f.site_csv)])
-        .env("CAMXUC_MODELS_DIR", &models)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    adapt_default(&again);
     for file in [
         model_dir::WEIGHTS_FILE,
         model_dir::ROUTING_FILE,
-        "fusion.json",
+        camxuc::pipeline::fusion::FUSION_FILE,
     ] {
         assert_eq!(
             std::fs::read(again.join(file)).unwrap(),

@@ -712,13 +712,12 @@ pub fn refit_after_adapt(
         && (fit.n < ADAPT_MIN_ROUTED || fit.groups.len() < ADAPT_MIN_GROUPS)
         && fit.withdrawn.is_none()
     {
-        fit.withdrawn = Some(format!(
+        let why = format!(
             "too few labelled site clips for a fusion: {} routed in {} speaker groups (needs {ADAPT_MIN_ROUTED} in {ADAPT_MIN_GROUPS})",
             fit.n,
             fit.groups.len()
-        ));
-        fit.fitted_params = Some(fit.params);
-        fit.params = FusionParams::ACOUSTIC_ONLY;
+        );
+        withdraw(&mut fit, why);
     }
     fit.fitted_on = Some(format!(
         "camxuc adapt: {} routed of {} labelled site clips, predicted out of fold by the adapted model; rules {} v{}",
@@ -742,13 +741,19 @@ fn withdraw_if_it_subtracts(fitted: &mut FusionFit) {
         .iter()
         .find(|c| c.accuracy_fused < c.accuracy_acoustic - CHECK_TOLERANCE)
     {
-        fitted.withdrawn = Some(format!(
+        let why = format!(
             "held-out routed accuracy of {} clips fell from {:.3} to {:.3} (tolerance {CHECK_TOLERANCE})",
             c.condition, c.accuracy_acoustic, c.accuracy_fused
-        ));
-        fitted.fitted_params = Some(fitted.params);
-        fitted.params = FusionParams::ACOUSTIC_ONLY;
+        );
+        withdraw(fitted, why);
     }
+}
+
+/// Back to acoustic-only, keeping what was fitted (`fitted_params`) and why (`withdrawn`).
+fn withdraw(fitted: &mut FusionFit, why: String) {
+    fitted.withdrawn = Some(why);
+    fitted.fitted_params = Some(fitted.params);
+    fitted.params = FusionParams::ACOUSTIC_ONLY;
 }
 
 /// A fit in a few lines for a person: the parameters, how they were chosen and, when
